@@ -1,0 +1,232 @@
+/* python-mpi: the executable every rank starts.
+ *
+ *   PYTHON_MPI_PKGROOT=/proj/pkgs PYTHON_MPI_PACKAGES=python-3.11.tar.zst:env.tar.zst \
+ *   PYTHON_MPI_CHROOT=/dev/shm/$SLURM_JOB_ID srun -n 4096 python-mpi script.py args
+ *
+ * init MPI -> read configuration -> rank 0 reads the manifests -> stage to
+ * every node (stage.c) -> run the staged interpreter (start.c). */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pmb.h"
+
+pmb_comms pmb_c = {0};
+pmb_config pmb_cfg = {0};
+int pmb_mpi_up = 0;
+static int collective_phase = 0;
+
+void pmb_die(const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (pmb_mpi_up && collective_phase && pmb_c.world_rank != 0) {
+        /* every rank sees the same bad setting: let rank 0 report it once
+         * and abort the job; report it ourselves only if that never comes */
+        struct timespec ts = {0, 100000000};
+        for (int i = 0; i < 100; i++)
+            nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "python-mpi: rank %d: %s\n", pmb_c.world_rank, msg);
+    fflush(stderr);
+    if (pmb_mpi_up)
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    exit(1);
+}
+
+void pmb_log(const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "python-mpi: %s\n", msg);
+    fflush(stderr);
+}
+
+double pmb_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void *pmb_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        pmb_die("out of memory (%zu bytes)", n);
+    return p;
+}
+
+char *pmb_xstrdup(const char *s)
+{
+    char *p = strdup(s);
+    if (!p)
+        pmb_die("out of memory");
+    return p;
+}
+
+static int print_info(void)
+{
+    int provided;
+    MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
+    char v[MPI_MAX_LIBRARY_VERSION_STRING];
+    int n = 0;
+    MPI_Get_library_version(v, &n);
+    while (n > 0 && (v[n - 1] == '\n' || v[n - 1] == ' ' || v[n - 1] == 0))
+        v[--n] = 0;
+    char *nl = strchr(v, '\n');
+    if (nl)
+        *nl = 0;
+    int major, minor;
+    MPI_Get_version(&major, &minor);
+    char why[256] = "";
+    int exec_ok = pmb_exec_supported(why, sizeof why);
+    printf("mpi_library: %s\n", v);
+    printf("mpi_standard: %d.%d\n", major, minor);
+    printf("thread_level: %s\n", provided == MPI_THREAD_MULTIPLE ? "multiple" :
+           provided == MPI_THREAD_SERIALIZED ? "serialized" : provided == MPI_THREAD_FUNNELED ? "funneled" : "single");
+    printf("modes: embed stage-only%s\n", exec_ok ? " exec" : "");
+    if (!exec_ok)
+        printf("exec_mode: unavailable (%s)\n", why);
+    MPI_Finalize();
+    return 0;
+}
+
+static void bcast_manifests(pmb_manifest *ms, int n)
+{
+    for (int i = 0; i < n; i++) {
+        unsigned long long len = pmb_c.world_rank == 0 ? ms[i].text_len : 0;
+        MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+        char *text = pmb_c.world_rank == 0 ? ms[i].text : pmb_xmalloc(len + 1);
+        MPI_Bcast(text, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD);
+        if (pmb_c.world_rank != 0) {
+            char err[512];
+            ms[i].file = pmb_cfg.packages[i];
+            if (pmb_manifest_parse(&ms[i], text, len, err, sizeof err))
+                pmb_die("package '%s': %s", pmb_cfg.packages[i], err);
+            free(text);
+        }
+        unsigned long long ps = ms[i].payload_start;
+        MPI_Bcast(&ps, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+        ms[i].payload_start = ps;
+    }
+}
+
+/* Layers: at most one interpreter, first; environments match its Python. */
+static const pmb_manifest *check_layers(pmb_manifest *ms, int n)
+{
+    const pmb_manifest *interp = NULL;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(ms[i].kind, "interpreter")) {
+            if (interp)
+                pmb_die("PYTHON_MPI_PACKAGES names two interpreter packages ('%s' and '%s'); "
+                        "give exactly one", interp->file, ms[i].file);
+            if (i != 0)
+                pmb_die("interpreter package '%s' must come first in PYTHON_MPI_PACKAGES", ms[i].file);
+            interp = &ms[i];
+        }
+    }
+    for (int i = 0; interp && i < n; i++)
+        if (!strcmp(ms[i].kind, "environment") &&
+            (strcmp(ms[i].python ? ms[i].python : "", interp->python ? interp->python : "") ||
+             (ms[i].abi && interp->abi && strcmp(ms[i].abi, interp->abi))))
+            pmb_die("package '%s' was built for Python %s but the interpreter package '%s' is "
+                    "Python %s; repack one of them", ms[i].file, ms[i].python ? ms[i].python : "?",
+                    interp->file, interp->python ? interp->python : "?");
+    if (!interp && pmb_cfg.mode != PMB_MODE_STAGE_ONLY)
+        pmb_die("PYTHON_MPI_PACKAGES has no interpreter package; put one first (make it with "
+                "'python-mpi-bcast pack --python') or use --stage-only");
+    return interp;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--pmb-info"))
+        return print_info();
+    int stage_only = 0;
+    if (argc > 1 && !strcmp(argv[1], "--stage-only")) {
+        stage_only = 1;
+        argv[1] = argv[0];
+        argv++;
+        argc--;
+    }
+    double t_begin = pmb_now();
+    int provided;
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "python-mpi: MPI_Init_thread failed\n");
+        return 1;
+    }
+    pmb_mpi_up = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &pmb_c.world_rank);
+    collective_phase = 1;
+    pmb_config_read(&pmb_cfg);
+    if (stage_only)
+        pmb_cfg.mode = PMB_MODE_STAGE_ONLY;
+    if (pmb_cfg.mode == PMB_MODE_EXEC) {
+        char why[256];
+        if (!pmb_exec_supported(why, sizeof why))
+            pmb_die("PYTHON_MPI_MODE=exec does not work with this MPI (%s); use the default "
+                    "embed mode or --stage-only", why);
+    }
+    pmb_comms_init(&pmb_c);
+
+    int n = pmb_cfg.npackages;
+    pmb_manifest *ms = calloc((size_t)n, sizeof *ms);
+    int *fds = calloc((size_t)n, sizeof *fds);
+    if (!ms || !fds)
+        pmb_die("out of memory");
+    double t_read = pmb_now();
+    collective_phase = 0;
+    if (pmb_c.world_rank == 0) {
+        for (int i = 0; i < n; i++)
+            pmb_manifest_read_file(&ms[i], pmb_cfg.pkgroot, pmb_cfg.packages[i], &fds[i]);
+        check_layers(ms, n);
+    }
+    t_read = pmb_now() - t_read;
+    bcast_manifests(ms, n);
+    const pmb_manifest *interp = check_layers(ms, n);
+
+    double tm[5];
+    char *tree = pmb_stage(ms, n, fds, tm);
+    if (pmb_c.world_rank == 0) {
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+    }
+    if (pmb_cfg.verbose && pmb_c.world_rank == 0) {
+        uint64_t bytes = 0, unpacked = 0;
+        for (int i = 0; i < n; i++) {
+            bytes += ms[i].payload_size;
+            unpacked += ms[i].unpacked_size;
+        }
+        if (tm[4])
+            pmb_log("stage: %d package(s) already staged on all %d node(s) in %s; nothing read or "
+                    "sent (%.3f s)", n, pmb_c.nnodes, tree, tm[3]);
+        else
+            pmb_log("stage: %d package(s), %.1f MB sent, %.1f MB unpacked, %d node(s), %d rank(s): "
+                    "manifests %.3f s, read %.3f s, broadcast %.3f s, unpack %.3f s, total %.3f s",
+                    n, bytes / 1e6, unpacked / 1e6, pmb_c.nnodes, pmb_c.world_size, t_read, tm[0],
+                    tm[1], tm[2], tm[3]);
+        pmb_log("stage: tree %s ready %.3f s after start", tree, pmb_now() - t_begin);
+    }
+    if (pmb_cfg.mode == PMB_MODE_STAGE_ONLY) {
+        if (pmb_c.world_rank == 0) {
+            printf("%s\n", tree);
+            fflush(stdout);
+        }
+        MPI_Finalize();
+        return 0;
+    }
+    if (pmb_cfg.mode == PMB_MODE_EXEC)
+        pmb_start_exec(tree, interp, argc, argv);
+    pmb_start_embed(tree, interp, argc, argv);
+}

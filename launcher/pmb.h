@@ -1,0 +1,119 @@
+/* python-mpi: stage packaged Python environments over MPI, then run them.
+ *
+ * Files by phase: config.c (environment variables), manifest.c (package
+ * headers), stage.c (MPI distribution and node directories), unpack.c
+ * (zstd + tar into the node directory), start.c (embed / exec), main.c.
+ * Every symbol carries the pmb_ prefix. */
+#ifndef PMB_H
+#define PMB_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PMB_SKIPPABLE_MAGIC 0x184D2A5Bu
+#define PMB_MAX_MANIFEST (64u << 20)
+#define PMB_FORMAT_VERSION 1
+
+enum pmb_mode { PMB_MODE_EMBED, PMB_MODE_EXEC, PMB_MODE_STAGE_ONLY };
+
+typedef struct {
+    uint64_t offset, csize, usize, nfiles;
+    unsigned char sha[32];
+} pmb_shard;
+
+typedef struct {
+    int binary;
+    char *path;
+    char *placeholder;
+} pmb_prefix;
+
+typedef struct {
+    char *file;            /* the name as given in PYTHON_MPI_PACKAGES */
+    char *name, *kind, *python, *abi, *libpython, *executable, *site_dir;
+    uint64_t unpacked_size, files, payload_size, payload_start;
+    unsigned char content_hash[32];
+    int nshards;
+    pmb_shard *shards;
+    int nprefix;
+    pmb_prefix *prefix;
+    char *text;            /* the manifest text as read (broadcast to all ranks) */
+    size_t text_len;
+} pmb_manifest;
+
+typedef struct {
+    char *pkgroot;
+    char **packages;
+    int npackages;
+    char *chroot;          /* may hold %n (node index), %h (host name) */
+    int verbose;
+    enum pmb_mode mode;
+    int cleanup;
+    uint64_t chunk;
+    int nbuf;
+} pmb_config;
+
+typedef struct {
+    int world_rank, world_size;
+    int node_rank, node_size, node_index, nnodes;
+    MPI_Comm node, leaders;  /* leaders == MPI_COMM_NULL on non-leaders */
+} pmb_comms;
+
+/* global state used by error reporting and the exit handler */
+extern pmb_comms pmb_c;
+extern pmb_config pmb_cfg;
+extern int pmb_mpi_up;
+
+/* errors: one line "python-mpi: rank R: ...", then MPI_Abort (or exit) */
+void pmb_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+void pmb_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+double pmb_now(void);
+void *pmb_xmalloc(size_t n);
+char *pmb_xstrdup(const char *s);
+
+/* config.c */
+void pmb_config_read(pmb_config *cfg);
+int pmb_parse_size(const char *s, uint64_t *out);
+char *pmb_expand_chroot(const char *pattern, int node_index);
+
+/* manifest.c */
+int pmb_manifest_parse(pmb_manifest *m, char *text, size_t len, char *err, size_t errlen);
+void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, int *fd_out);
+void pmb_percent_decode(char *s);
+
+/* sha256.c */
+typedef struct {
+    uint32_t h[8];
+    uint64_t len;
+    unsigned char buf[64];
+    size_t fill;
+} pmb_sha256;
+void pmb_sha256_init(pmb_sha256 *s);
+void pmb_sha256_update(pmb_sha256 *s, const void *data, size_t n);
+void pmb_sha256_final(pmb_sha256 *s, unsigned char out[32]);
+void pmb_hex(const unsigned char *in, size_t n, char *out);
+
+/* unpack.c */
+typedef struct pmb_unpacker pmb_unpacker;
+pmb_unpacker *pmb_unpacker_new(const char *root, const char *final_root, const pmb_manifest *m);
+void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *data, size_t n);
+void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes);
+void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_manifest *m);
+void pmb_set_poke(void (*fn)(void));
+int pmb_rmtree(const char *path);
+
+/* stage.c */
+void pmb_comms_init(pmb_comms *c);
+char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings);
+void pmb_wait(MPI_Request *req);
+void pmb_node_barrier(void);
+
+/* start.c */
+int pmb_start_embed(const char *tree, const pmb_manifest *interp, int argc, char **argv)
+    __attribute__((noreturn));
+int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char **argv)
+    __attribute__((noreturn));
+void pmb_install_exit_handler(const char *tree);
+int pmb_exec_supported(char *why, size_t len);
+
+#endif

@@ -1,0 +1,148 @@
+/* Starting the staged interpreter.
+ *
+ * embed (default): dlopen the staged libpython with RTLD_GLOBAL and run
+ *   Py_BytesMain with argv[0] = the staged bin/pythonX.Y, so sys.prefix and
+ *   sys.executable are the staged tree and MPI stays initialised for mpi4py.
+ *   Exit policy (as mpi4py's python-mpi): status 0 -> MPI_Finalize; anything
+ *   else -> MPI_Abort, so one failing rank ends the job instead of hanging it.
+ *   sys.exit() calls C exit() from inside Python, so the policy lives in an
+ *   on_exit handler.
+ * exec: MPI_Finalize, then execv the staged interpreter (only with MPIs where
+ *   a finalised process may start a new MPI program: MPICH >= 5, Open MPI >= 5).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pmb.h"
+
+static char *exit_tree;
+
+static void exit_policy(int status, void *arg)
+{
+    (void)arg;
+    int init = 0, fin = 0;
+    MPI_Initialized(&init);
+    MPI_Finalized(&fin);
+    if (!init || fin)
+        return;
+    fflush(stdout);
+    fflush(stderr);
+    if (status != 0) {
+        fprintf(stderr, "python-mpi: rank %d: exit status %d, aborting the job\n",
+                    pmb_c.world_rank, status);
+        MPI_Abort(MPI_COMM_WORLD, status);
+        _exit(status);
+    }
+    if (pmb_cfg.cleanup && exit_tree) {
+        /* the node's last rank out removes the tree */
+        pmb_node_barrier();
+        if (pmb_c.node_rank == 0 && pmb_rmtree(exit_tree) && pmb_cfg.verbose)
+            fprintf(stderr, "python-mpi: rank %d: could not remove %s: %s\n", pmb_c.world_rank,
+                    exit_tree, strerror(errno));
+    }
+    MPI_Finalize();
+}
+
+void pmb_install_exit_handler(const char *tree)
+{
+    exit_tree = tree ? pmb_xstrdup(tree) : NULL;
+    on_exit(exit_policy, NULL);
+}
+
+static char **python_argv(const char *exe, int argc, char **argv)
+{
+    char **out = pmb_xmalloc(sizeof(char *) * (size_t)(argc + 1));
+    out[0] = (char *)exe;
+    for (int i = 1; i < argc; i++)
+        out[i] = argv[i];
+    out[argc] = NULL;
+    return out;
+}
+
+int pmb_start_embed(const char *tree, const pmb_manifest *interp, int argc, char **argv)
+{
+    char lib[PATH_MAX], exe[PATH_MAX];
+    if (!interp->libpython || !*interp->libpython)
+        pmb_die("package '%s' has no shared libpython, which embed mode needs; use "
+                "PYTHON_MPI_MODE=stage-only (then run the staged bin/python3) or pack a Python "
+                "built with --enable-shared", interp->file);
+    snprintf(lib, sizeof lib, "%s/%s", tree, interp->libpython);
+    snprintf(exe, sizeof exe, "%s/%s", tree, interp->executable ? interp->executable : "bin/python3");
+    if (access(lib, R_OK))
+        pmb_die("staged tree %s has no %s (%s); the node directory is damaged: remove it and rerun",
+                tree, interp->libpython, strerror(errno));
+    double t0 = pmb_now();
+    void *h = dlopen(lib, RTLD_NOW | RTLD_GLOBAL);
+    if (!h)
+        pmb_die("cannot load the staged libpython: %s", dlerror());
+    int (*bytes_main)(int, char **) = (int (*)(int, char **))dlsym(h, "Py_BytesMain");
+    if (!bytes_main)
+        pmb_die("%s has no Py_BytesMain (Python >= 3.8 is needed)", lib);
+    if (pmb_cfg.verbose && pmb_c.world_rank == 0)
+        pmb_log("start: loaded %s in %.3f s", lib, pmb_now() - t0);
+    unsetenv("PYTHONHOME");
+    setenv("PYTHON_MPI_TREE", tree, 1);
+    pmb_install_exit_handler(tree);
+    int status = bytes_main(argc, python_argv(exe, argc, argv));
+    exit(status);
+}
+
+/* exec mode is refused where it is known not to work (measured: MPICH 4 and
+ * Open MPI 4 fail; MPICH 5 and Open MPI 5 work). */
+int pmb_exec_supported(char *why, size_t len)
+{
+    char v[MPI_MAX_LIBRARY_VERSION_STRING];
+    int n = 0;
+    MPI_Get_library_version(v, &n);
+    const char *p;
+    if ((p = strstr(v, "MPICH Version:"))) {
+        int major = atoi(p + 14 + strspn(p + 14, " \t"));
+        if (major < 5) {
+            snprintf(why, len, "MPICH %d cannot start MPI again after MPI_Finalize in the same process", major);
+            return 0;
+        }
+    } else if ((p = strstr(v, "Open MPI v"))) {
+        int major = atoi(p + 10);
+        if (major < 5) {
+            snprintf(why, len, "Open MPI %d cannot start MPI again after MPI_Finalize in the same process", major);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char **argv)
+{
+    char exe[PATH_MAX];
+    snprintf(exe, sizeof exe, "%s/%s", tree, interp->executable ? interp->executable : "bin/python3");
+    /* the staged interpreter loads its own libpython; mpi4py must find the
+     * launcher's MPI library */
+    Dl_info info;
+    if (dladdr((void *)MPI_Init, &info) && info.dli_fname) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", info.dli_fname);
+        char *s = strrchr(dir, '/');
+        if (s) {
+            *s = 0;
+            const char *old = getenv("LD_LIBRARY_PATH");
+            size_t l = strlen(dir) + (old ? strlen(old) : 0) + 2;
+            char *v = pmb_xmalloc(l);
+            snprintf(v, l, "%s%s%s", dir, old && *old ? ":" : "", old ? old : "");
+            setenv("LD_LIBRARY_PATH", v, 1);
+        }
+    }
+    unsetenv("PYTHONHOME");
+    setenv("PYTHON_MPI_TREE", tree, 1);
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Finalize();
+    execv(exe, python_argv(exe, argc, argv));
+    fprintf(stderr, "python-mpi: rank %d: cannot exec %s: %s\n", pmb_c.world_rank, exe, strerror(errno));
+    _exit(127);
+}

@@ -1,0 +1,176 @@
+"""The ``python-mpi-bcast`` command: argparse and one call per subcommand.
+
+Expected failures are :class:`PmbError` and print one line,
+``python-mpi-bcast: error: ...``, with exit status 1.  ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import PmbError
+
+log = logging.getLogger("python_mpi_bcast")
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("ib")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 8M, 512k)") from None
+
+
+def _level(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= v <= 22:
+        raise argparse.ArgumentTypeError("zstd level must be between 1 and 22")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python-mpi-bcast",
+                                description="Package Python environments and start them fast "
+                                            "on many MPI ranks.")
+    p.add_argument("--version", action="version", version=f"python-mpi-bcast {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    pk = sub.add_parser("pack", help="pack an interpreter and/or a venv into package files",
+                        description="Pack a Python installation (--python) and/or a venv into "
+                                    "relocatable NAME.tar.zst packages.")
+    pk.add_argument("venv", nargs="?", help="the venv to pack as an environment layer")
+    pk.add_argument("--python", nargs="?", const="", default=None, metavar="PREFIX",
+                    help="also (or only) pack the base interpreter: a prefix, an executable or a "
+                         "venv (default: the venv's base interpreter)")
+    pk.add_argument("--directory", metavar="DIR", help="pack a plain directory instead")
+    pk.add_argument("-o", "--output", default=".", metavar="DIR", help="where to write packages")
+    pk.add_argument("-n", "--name", help="package name (default: python-X.Y / the venv's name)")
+    pk.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                    help="leave out paths matching PATTERN (repeatable)")
+    pk.add_argument("--keep-all", action="store_true",
+                    help="keep test/, idlelib, tkinter, ensurepip in the interpreter package")
+    pk.add_argument("--level", type=_level, default=10, help="zstd level (default 10)")
+    pk.add_argument("--threads", type=int, default=0, help="compression threads (default: all cores)")
+    pk.add_argument("--shard-size", type=_size, default=8 << 20, metavar="SIZE",
+                    help="unpacked bytes per shard (default 8M)")
+    pk.add_argument("-f", "--force", action="store_true", help="replace existing packages")
+    pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pk.add_argument("--tmpdir", help="directory for the staging copy (default $TMPDIR)")
+
+    ins = sub.add_parser("inspect", help="show a package's manifest")
+    ins.add_argument("package")
+    ins.add_argument("--json", action="store_true", help="print JSON")
+
+    ver = sub.add_parser("verify", help="check a package's hashes and scan for leftover paths")
+    ver.add_argument("package")
+
+    up = sub.add_parser("unpack", help="unpack packages (in order) into one directory")
+    up.add_argument("packages", nargs="+", metavar="PKG")
+    up.add_argument("dest", metavar="DEST")
+    up.add_argument("-f", "--force", action="store_true", help="replace DEST if it exists")
+
+    sub.add_parser("info", help="show the launcher, the MPI it links and its start modes")
+    return p
+
+
+def cmd_pack(a) -> int:
+    from .pack import pack
+    python = a.python
+    with_python = python is not None
+    if python == "":
+        python = None
+    if a.venv is None and a.directory is None and not with_python:
+        raise PmbError("nothing to pack: give a venv, --python [PREFIX] or --directory DIR")
+    written = pack(venv=a.venv, python=python, with_python=with_python, directory=a.directory,
+                   output_dir=a.output, name=a.name, excludes=a.exclude, slim=not a.keep_all,
+                   level=a.level, threads=a.threads, shard_size=a.shard_size, force=a.force,
+                   quiet=a.quiet, tmpdir=a.tmpdir)
+    for path, m in written:
+        print(f"{path}: {m.kind}, Python {m.python}, {m.files} files, "
+              f"{m.unpacked_size / 1e6:.1f} MB unpacked, {len(m.shards) - 1} shards")
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from .inspect import inspect
+    m = inspect(a.package)
+    if a.json:
+        print(json.dumps(m.to_dict(), indent=2))
+        return 0
+    print(f"package:       {a.package}")
+    for key in ("name", "kind", "python", "abi", "platform", "libpython", "executable",
+                "site_dir", "files", "unpacked_size", "payload_size", "content_hash",
+                "created_by"):
+        value = getattr(m, key)
+        if value != "":
+            print(f"{key + ':':<14} {value}")
+    print(f"{'shards:':<14} {len(m.shards) - 1} (+ tar end frame)")
+    print(f"{'prefix files:':<14} {len(m.prefix_files)}")
+    for p in m.prefix_files:
+        print(f"  {p.mode:<6} {p.path}")
+    return 0
+
+
+def cmd_verify(a) -> int:
+    from .inspect import verify
+    from .pkgformat import read_manifest
+    m = read_manifest(a.package)[0]
+    res = verify(a.package, m.sources.split(":") if m.sources else [])
+    if res["leftovers"]:
+        for name in res["leftovers"][:20]:
+            print(f"leftover source path in: {name}")
+        raise PmbError(f"{a.package}: {len(res['leftovers'])} files still refer to the "
+                       f"source location ({m.sources}); repack with this version")
+    print(f"{a.package}: OK ({res['files']} files, {res['unpacked_size']} bytes, "
+          f"{len(m.shards) - 1} shards, hash {m.content_hash[:16]})")
+    return 0
+
+
+def cmd_unpack(a) -> int:
+    from .unpack import unpack
+    unpack(a.packages, a.dest, force=a.force)
+    print(a.dest)
+    return 0
+
+
+def cmd_info(a) -> int:
+    from .info import info
+    for key, value in info().items():
+        print(f"{key + ':':<16} {value}")
+    return 0
+
+
+COMMANDS = {"pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify,
+            "unpack": cmd_unpack, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(format="python-mpi-bcast: %(levelname)s: %(message)s",
+                        level=logging.DEBUG if a.debug else logging.INFO)
+    if not a.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[a.command](a)
+    except PmbError as e:
+        if a.debug:
+            raise
+        print(f"python-mpi-bcast: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("python-mpi-bcast: interrupted", file=sys.stderr)
+        return 130

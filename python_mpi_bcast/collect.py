@@ -1,0 +1,265 @@
+"""Find what to pack and copy it into a staging tree laid out like a Python
+installation prefix (``bin/``, ``lib/``, ``lib/pythonX.Y/...``).
+
+Layers stack: the interpreter package provides ``bin/pythonX.Y``, the shared
+``libpython`` and the standard library; environment packages add their
+``site-packages``, scripts and data on top, in the same tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import glob
+import os
+import shutil
+
+from . import pyinfo
+from .errors import PmbError
+
+# Parts of the standard library that batch jobs do not need (left out unless
+# --keep-all).  Patterns match paths relative to the stdlib directory.
+SLIM_EXCLUDES = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip",
+                 "lib2to3/tests", "unittest/test", "ctypes/test", "distutils/tests",
+                 "sqlite3/test", "tkinter/test", "lib-dynload/_test*", "lib-dynload/_ctypes_test*",
+                 "lib-dynload/_tkinter*", "lib-dynload/xxlimited*", "config-*")
+ALWAYS_EXCLUDES = ("__pycache__", "*.pyc", "*.pyo", "site-packages", "dist-packages")
+
+# Prefixes that exist on every compute node: paths under them are never
+# rewritten (Debian's python3 lives in /usr).
+SYSTEM_PREFIXES = ("/", "/usr", "/usr/local", "/opt", "/bin", "/lib", "/lib64")
+
+VENV_BIN_SKIP = ("python", "python3", "python3.*", "pypy*", "activate", "activate.*",
+                 "activate_this.py", "Activate.ps1", "deactivate*")
+
+
+@dataclasses.dataclass
+class Staged:
+    """What collect produced: a staging directory plus facts for the manifest."""
+    root: str
+    kind: str
+    name: str
+    info: dict                      # the interpreter's facts (pyinfo.query)
+    site_dir: str = ""              # relative, where environments put packages
+    libpython: str = ""             # relative path, interpreter kind only
+    executable: str = ""            # relative path, interpreter kind only
+    scrub: list[str] = dataclasses.field(default_factory=list)   # old prefixes
+    moves: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # old abs dir -> tree rel
+    site_abs_old: str = ""          # the old absolute site-packages directory
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def _excluded(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    parts = rel.split("/")
+    for pat in patterns:
+        if "/" in pat:
+            if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, pat + "/*"):
+                return True
+        elif any(fnmatch.fnmatch(p, pat) for p in parts):
+            return True
+    return False
+
+
+def copy_tree(src: str, dst: str, excludes=(), rel_base: str = "") -> None:
+    """Copy ``src`` into ``dst`` keeping symlinks as symlinks, skipping
+    paths (relative to ``src``) that match ``excludes``."""
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel_dir = os.path.relpath(dirpath, src)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        keep = []
+        for d in sorted(dirnames):
+            rel = os.path.join(rel_dir, d)
+            full = os.path.join(dirpath, d)
+            if _excluded(rel, excludes) or _excluded(os.path.join(rel_base, rel), excludes):
+                continue
+            if os.path.islink(full):
+                _copy_link(full, os.path.join(dst, rel))
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        os.makedirs(os.path.join(dst, rel_dir), exist_ok=True)
+        for fn in sorted(filenames):
+            rel = os.path.join(rel_dir, fn)
+            if _excluded(rel, excludes) or _excluded(os.path.join(rel_base, rel), excludes):
+                continue
+            _copy_entry(os.path.join(dirpath, fn), os.path.join(dst, rel))
+
+
+def _copy_link(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.lexists(dst):
+        os.unlink(dst)
+    os.symlink(os.readlink(src), dst)
+
+
+def _copy_entry(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.islink(src):
+        _copy_link(src, dst)
+        return
+    if not os.path.isfile(src):
+        return  # sockets, fifos, devices: nothing a Python job needs
+    try:
+        shutil.copy2(src, dst)
+    except PermissionError:
+        raise PmbError(f"{src}: permission denied while reading; packing needs read "
+                       f"access to every file") from None
+
+
+def _real_variants(path: str) -> list[str]:
+    out = [os.path.abspath(path).rstrip("/")]
+    real = os.path.realpath(path).rstrip("/")
+    if real not in out:
+        out.append(real)
+    return [p for p in out if p and p not in SYSTEM_PREFIXES]
+
+
+def find_libpython(info: dict) -> str | None:
+    names = [n for n in (info["instsoname"], info["ldlibrary"]) if n and ".so" in n]
+    dirs = [info["libdir"]]
+    if info["multiarch"]:
+        dirs.append(os.path.join(info["libdir"], info["multiarch"]))
+        dirs.append(os.path.join("/usr/lib", info["multiarch"]))
+    dirs.append(os.path.join(info["base_prefix"], "lib"))
+    for d in dirs:
+        for n in names:
+            p = os.path.join(d, n)
+            if d and os.path.isfile(p):
+                return os.path.realpath(p) if n == info["instsoname"] else p
+    return None
+
+
+def site_rel(info: dict) -> str:
+    """Where packages go inside a tree whose prefix is the interpreter's own:
+    the first site directory that the interpreter reports under its prefix
+    (``lib/python3.11/site-packages``; Debian's python3 reports
+    ``local/lib/python3.11/dist-packages``)."""
+    for s in info["sites"]:
+        return os.path.relpath(s, info["prefix"])
+    return f"lib/python{info['version']}/site-packages"
+
+
+def stage_interpreter(exe: str, staging: str, excludes: list[str], slim: bool,
+                      name: str | None) -> Staged:
+    info = pyinfo.query(exe)
+    ver = info["version"]
+    prefix = info["prefix"]
+    st = Staged(root=staging, kind="interpreter", name=name or f"python-{ver}", info=info)
+    stdlib_rel = f"lib/python{ver}"
+    pats = list(ALWAYS_EXCLUDES) + (list(SLIM_EXCLUDES) if slim else []) + list(excludes)
+    copy_tree(info["stdlib"], os.path.join(staging, stdlib_rel), pats)
+    if os.path.realpath(info["platstdlib"]) != os.path.realpath(info["stdlib"]):
+        copy_tree(info["platstdlib"], os.path.join(staging, stdlib_rel), pats)
+    # the interpreter itself, under its versioned name, plus the usual links
+    bindir = os.path.join(staging, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    real_exe = os.path.realpath(info["executable"])
+    shutil.copy2(real_exe, os.path.join(bindir, f"python{ver}"))
+    for link in ("python3", "python"):
+        os.symlink(f"python{ver}", os.path.join(bindir, link))
+    st.executable = f"bin/python{ver}"
+    lib = find_libpython(info)
+    if lib:
+        soname = info["instsoname"] or os.path.basename(lib)
+        shutil.copy2(lib, os.path.join(staging, "lib", soname))
+        dev = f"libpython{ver}.so"
+        if soname != dev:
+            os.symlink(soname, os.path.join(staging, "lib", dev))
+        st.libpython = f"lib/{soname}"
+    else:
+        st.warnings.append(f"{exe} has no shared libpython; the launcher's embed mode "
+                           f"needs one (use PYTHON_MPI_MODE=exec or a Python built with "
+                           f"--enable-shared)")
+    st.site_dir = site_rel(info)
+    os.makedirs(os.path.join(staging, st.site_dir), exist_ok=True)
+    st.scrub = _real_variants(prefix)
+    st.moves = [(p, "") for p in st.scrub]
+    return st
+
+
+def _check_editable(site: str) -> None:
+    """Editable installs keep their code outside the venv: refuse them."""
+    for path in glob.glob(os.path.join(site, "*.dist-info", "direct_url.json")):
+        try:
+            import json
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if d.get("dir_info", {}).get("editable"):
+            dist = os.path.basename(os.path.dirname(path)).split("-")[0]
+            src = d.get("url", "?").removeprefix("file://")
+            raise PmbError(f"{path}: '{dist}' is an editable install (pip install -e) whose "
+                           f"code lives in {src}, outside the venv; reinstall it without -e "
+                           f"(pip install {src}) and pack again")
+    for path in glob.glob(os.path.join(site, "*.egg-link")):
+        raise PmbError(f"{path}: an editable (develop) install whose code lives outside the "
+                       f"venv; reinstall that package without -e and pack again")
+
+
+def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None) -> Staged:
+    venv = os.path.abspath(venv)
+    if not os.path.isdir(venv):
+        raise PmbError(f"{venv}: no such directory")
+    cfg = pyinfo.read_pyvenv_cfg(venv)
+    base_exe = pyinfo.base_interpreter_of_venv(venv)
+    base = pyinfo.query(base_exe)
+    vinfo = pyinfo.query(pyinfo.venv_python(venv))
+    if vinfo["version"] != base["version"]:
+        raise PmbError(f"{venv}: runs Python {vinfo['version']} but its base interpreter "
+                       f"{base_exe} is {base['version']}; recreate the venv")
+    st = Staged(root=staging, kind="environment",
+                name=name or os.path.basename(venv.rstrip("/")), info=base)
+    st.site_dir = site_rel(base)
+    if cfg.get("include-system-site-packages", "false").lower() == "true":
+        st.warnings.append(f"{venv} uses system site-packages; those are not packed "
+                           f"(pack the base interpreter's packages separately if jobs need them)")
+    sites = []
+    for s in (vinfo["purelib"], vinfo.get("platlib") or vinfo["purelib"]):
+        if s not in sites and os.path.isdir(s):
+            sites.append(s)
+    for s in sites:
+        _check_editable(s)
+        copy_tree(s, os.path.join(staging, st.site_dir),
+                  list(ALWAYS_EXCLUDES[:2]) + list(excludes))
+    st.site_abs_old = sites[0] if sites else ""
+    # scripts and data; the interpreter layer provides python itself
+    for entry in sorted(os.listdir(venv)):
+        full = os.path.join(venv, entry)
+        if entry in ("lib", "lib64", "pyvenv.cfg") or os.path.islink(full):
+            continue
+        if entry == "bin":
+            for fn in sorted(os.listdir(full)):
+                if any(fnmatch.fnmatch(fn, p) for p in VENV_BIN_SKIP):
+                    continue
+                if _excluded("bin/" + fn, excludes):
+                    continue
+                _copy_entry(os.path.join(full, fn), os.path.join(staging, "bin", fn))
+        elif os.path.isdir(full):
+            copy_tree(full, os.path.join(staging, entry), list(ALWAYS_EXCLUDES[:2]) + list(excludes),
+                      rel_base=entry)
+        elif not _excluded(entry, excludes):
+            _copy_entry(full, os.path.join(staging, entry))
+    st.scrub = _real_variants(venv) + [p for p in _real_variants(base["prefix"])
+                                       if p not in _real_variants(venv)]
+    st.moves = []
+    for v in _real_variants(venv):
+        for s in sites:
+            for sv in {s, os.path.realpath(s)}:
+                if sv.startswith(v + "/") or os.path.realpath(sv).startswith(v + "/"):
+                    st.moves.append((sv, st.site_dir))
+        st.moves.append((v, ""))
+    st.moves += [(p, "") for p in _real_variants(base["prefix"])]
+    return st
+
+
+def stage_directory(src: str, staging: str, excludes: list[str], name: str | None,
+                    info: dict) -> Staged:
+    src = os.path.abspath(src)
+    if not os.path.isdir(src):
+        raise PmbError(f"{src}: no such directory")
+    st = Staged(root=staging, kind="directory", name=name or os.path.basename(src), info=info)
+    copy_tree(src, staging, list(ALWAYS_EXCLUDES[:2]) + list(excludes))
+    st.scrub = _real_variants(src)
+    st.moves = [(p, "") for p in st.scrub]
+    return st

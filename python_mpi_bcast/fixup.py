@@ -1,0 +1,154 @@
+"""Make a staging tree relocatable: apply the byte rewrites of
+:mod:`relocate` to the right files, fix ELF RPATHs and symlinks, record the
+files that must keep an absolute prefix, and byte-compile everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import subprocess
+
+from . import elf, relocate
+from .collect import Staged
+from .errors import PmbError
+from .pkgformat import PrefixFile
+
+log = logging.getLogger("python_mpi_bcast")
+
+
+def _under(path: str, prefixes: list[str]) -> str | None:
+    for p in sorted(prefixes, key=len, reverse=True):
+        if path == p or path.startswith(p + "/"):
+            return p
+    return None
+
+
+def _map_abs(path: str, moves: list[tuple[str, str]]) -> str | None:
+    """Where an absolute path of the old install lives inside the tree."""
+    for old, new in sorted(moves, key=lambda m: len(m[0]), reverse=True):
+        if path == old or path.startswith(old + "/"):
+            return os.path.normpath(os.path.join(new, path[len(old):].lstrip("/")))
+    return None
+
+
+def fix_symlinks(st: Staged) -> None:
+    """Absolute links into the old prefixes become relative; links to
+    anything outside the tree are replaced by a copy of their target."""
+    root = st.root
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                continue
+            rel = os.path.relpath(full, root)
+            target = os.readlink(full)
+            if os.path.isabs(target):
+                inside = _map_abs(target, st.moves)
+                if inside is not None:
+                    os.unlink(full)
+                    os.symlink(os.path.relpath(inside, os.path.dirname(rel) or "."), full)
+                    continue
+                resolved = target
+            else:
+                norm = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+                if not norm.startswith("../") and norm != "..":
+                    continue  # stays inside the tree
+                resolved = os.path.realpath(full)
+            os.unlink(full)
+            if os.path.isfile(resolved):
+                shutil.copy2(resolved, full)
+            elif os.path.isdir(resolved):
+                raise PmbError(f"{rel}: symlink to directory {target} outside the packed "
+                               f"tree; copy that directory into the environment or drop the link")
+            else:
+                st.warnings.append(f"{rel}: dangling symlink to {target} left out")
+
+
+def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
+    """Rewrite every file that refers to an old prefix.
+
+    Returns the prefix-bearing files for the manifest.
+    """
+    scrub = sorted({p for p in st.scrub}, key=len, reverse=True)
+    scrub_b = [p.encode() for p in scrub]
+    prefix_files: list[PrefixFile] = []
+    site_old = st.site_abs_old.encode()
+    site_tree = st.site_dir
+    for dirpath, dirnames, filenames in os.walk(st.root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            full = os.path.join(dirpath, fn)
+            if os.path.islink(full) or not os.path.isfile(full):
+                continue
+            rel = os.path.relpath(full, st.root)
+            mode = os.stat(full).st_mode
+            if not mode & stat.S_IWUSR:
+                os.chmod(full, mode | stat.S_IWUSR)
+            with open(full, "rb") as f:
+                data = f.read()
+            orig = data
+            if relocate.is_elf(data) and scrub:
+                try:
+                    changed = elf.relocate_rpath(full, rel, st.moves, st.root)
+                except PmbError:
+                    changed = False  # not a dynamic object (static, or odd ELF)
+                if changed:
+                    with open(full, "rb") as f:
+                        data = orig = f.read()
+            if not any(p in data for p in scrub_b):
+                continue
+            interp = relocate.python_shebang_target(data, scrub_b)
+            if interp is not None:
+                data = relocate.rewrite_shebang(data, b"python3")
+            elif fn.endswith(".pth") and site_old:
+                data, foreign = relocate.relativize_pth(data, site_old, scrub_b, site_tree.encode())
+                if foreign:
+                    raise PmbError(f"{rel}: refers to {foreign[0].decode(errors='replace')}, "
+                                   f"outside the packed environment; remove that line or "
+                                   f"install the package into the venv")
+            elif fn == "RECORD" and site_old:
+                data = relocate.relocate_record(data, site_old, scrub_b)
+            if any(p in data for p in scrub_b):
+                if relocate.is_binary(data):
+                    for p in scrub:
+                        if p.encode() in data:
+                            prefix_files.append(PrefixFile("binary", rel, p))
+                            break
+                else:
+                    for p in scrub_b:
+                        data = relocate.replace_text_prefix(data, p, relocate.PLACEHOLDER)
+                    prefix_files.append(PrefixFile("text", rel, relocate.PLACEHOLDER.decode()))
+            if data != orig:
+                with open(full, "wb") as f:
+                    f.write(data)
+                os.chmod(full, mode)
+    return prefix_files
+
+
+_COMPILE = r"""
+import compileall, py_compile, sys
+root, workers, checked = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+U = py_compile.PycInvalidationMode.UNCHECKED_HASH
+C = py_compile.PycInvalidationMode.CHECKED_HASH
+compileall.compile_dir(root, quiet=2, workers=workers, invalidation_mode=U, stripdir=root)
+for rel in checked:
+    compileall.compile_file(root + "/" + rel, quiet=2, invalidation_mode=C, stripdir=root)
+"""
+
+
+def byte_compile(st: Staged, python: str, prefix_files: list[PrefixFile], workers: int) -> None:
+    """Compile every ``.py`` with the packed interpreter (its magic number),
+    as unchecked-hash ``.pyc`` so no rank stats sources at run time.  Files
+    whose source the unpacker patches get checked-hash ``.pyc`` instead."""
+    checked = [p.path for p in prefix_files if p.path.endswith(".py")]
+    try:
+        out = subprocess.run([python, "-I", "-c", _COMPILE, st.root, str(max(1, workers))] + checked,
+                             capture_output=True, text=True, timeout=3600, check=False)
+    except subprocess.TimeoutExpired:
+        raise PmbError("byte-compiling took more than an hour; giving up") from None
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["?"])[-1]
+        raise PmbError(f"byte-compiling with {python} failed: {last}")

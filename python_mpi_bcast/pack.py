@@ -1,0 +1,92 @@
+"""``python-mpi-bcast pack``: find → copy → relocate → compile → archive."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+
+from . import collect, fixup, pyinfo
+from .archive import write_package
+from .errors import PmbError
+from .pkgformat import SUFFIX, Manifest
+from .progress import Progress
+
+log = logging.getLogger("python_mpi_bcast")
+
+
+def _check_output_dir(output_dir: str) -> str:
+    output_dir = os.path.abspath(output_dir)
+    if not os.path.isdir(output_dir):
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+        except OSError as e:
+            raise PmbError(f"cannot create output directory {output_dir}: {e.strerror}") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise PmbError(f"output directory {output_dir} is not writable; choose another with -o")
+    return output_dir
+
+
+def _target(output_dir: str, name: str, force: bool) -> str:
+    if "/" in name or name.startswith(".") or not name:
+        raise PmbError(f"invalid package name {name!r}")
+    path = os.path.join(output_dir, name + SUFFIX)
+    if os.path.exists(path) and not force:
+        raise PmbError(f"{path} already exists; choose another --name or pass --force to replace it")
+    return path
+
+
+def pack(venv: str | None = None, python: str | None = None, with_python: bool = False,
+         directory: str | None = None, output_dir: str = ".", name: str | None = None,
+         excludes: list[str] | None = None, slim: bool = True, level: int = 10,
+         threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
+         quiet: bool = False, tmpdir: str | None = None) -> list[tuple[str, Manifest]]:
+    """Pack an interpreter and/or a venv (or a plain directory).
+
+    Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
+    """
+    excludes = list(excludes or [])
+    output_dir = _check_output_dir(output_dir)
+    jobs = []  # (kind, source)
+    if with_python or python is not None:
+        jobs.append(("interpreter", python if python is not None else venv))
+    if venv is not None:
+        jobs.append(("environment", venv))
+    if directory is not None:
+        jobs.append(("directory", directory))
+    if not jobs:
+        raise PmbError("nothing to pack: give a venv, --python [PREFIX] or --directory DIR")
+    if name is not None and len(jobs) > 1:
+        raise PmbError("--name applies to one package; pack the interpreter and the venv "
+                       "in two commands to name both")
+    written = []
+    threads = threads or os.cpu_count() or 1
+    for kind, source in jobs:
+        staging = tempfile.mkdtemp(prefix="pmb-stage-", dir=tmpdir)
+        try:
+            if kind == "interpreter":
+                exe = pyinfo.resolve_interpreter(source)
+                st = collect.stage_interpreter(exe, staging, excludes, slim, name)
+                compiler = exe
+            elif kind == "environment":
+                st = collect.stage_venv(source, staging, excludes, name)
+                compiler = pyinfo.base_interpreter_of_venv(source)
+            else:
+                exe = pyinfo.resolve_interpreter(None)
+                st = collect.stage_directory(source, staging, excludes, name, pyinfo.query(exe))
+                compiler = exe
+            out = _target(output_dir, st.name, force)
+            fixup.fix_symlinks(st)
+            prefix_files = fixup.relocate_files(st)
+            fixup.byte_compile(st, compiler, prefix_files, threads)
+            for w in st.warnings:
+                log.warning("%s", w)
+            prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
+            m = write_package(st, prefix_files, out, level=level, threads=threads,
+                              shard_size=shard_size, progress=prog)
+            prog.finish()
+            written.append((out, m))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return written

@@ -1,0 +1,151 @@
+"""Pure byte-level relocation helpers (no imports from this package).
+
+Everything here takes bytes and returns bytes, so it can be unit tested
+without files.  The pack pipeline decides *which* function applies to a file;
+these functions decide *how* its bytes change.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Written into text files at pack time wherever the old install prefix was.
+# The unpacker (Python and C) replaces it by the directory the tree lands in.
+# It is long so that binary files recorded with it have room for real paths.
+PLACEHOLDER = b"/" + b"_" * 24 + b"python-mpi-bcast-prefix-placeholder" + b"_" * 24
+
+# A shebang that finds the interpreter next to the script, whatever directory
+# the tree is unpacked into.  /bin/sh reads line 2 and execs; Python reads
+# line 2-3 as a string literal and carries on (the same trick pip/distlib use
+# for shebangs that are too long).
+RELOCATABLE_SHEBANG = (
+    b"#!/bin/sh\n"
+    b"'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")/%s\" \"$0\" \"$@\"\n"
+    b"' '''\n"
+)
+
+_SHEBANG_RE = re.compile(rb"^#!\s*(\S+)([^\r\n]*)\r?\n")
+
+
+def is_binary(data: bytes) -> bool:
+    """A file is treated as binary when it holds a NUL byte."""
+    return b"\0" in data
+
+
+def is_elf(data: bytes) -> bool:
+    return data[:4] == b"\x7fELF"
+
+
+def python_shebang_target(data: bytes, prefixes: list[bytes]) -> bytes | None:
+    """Return the interpreter basename if ``data`` starts with a shebang that
+    runs a Python under one of ``prefixes``; otherwise None."""
+    m = _SHEBANG_RE.match(data)
+    if not m:
+        return None
+    exe = m.group(1)
+    if not any(exe.startswith(p.rstrip(b"/") + b"/") for p in prefixes):
+        return None
+    base = exe.rsplit(b"/", 1)[-1]
+    if not base.startswith(b"python"):
+        return None
+    return base
+
+
+def rewrite_shebang(data: bytes, interpreter: bytes = b"python3") -> bytes:
+    """Replace the first line (a shebang) by the relocatable preamble."""
+    m = _SHEBANG_RE.match(data)
+    if not m:
+        raise ValueError("no shebang")
+    rest = data[m.end():]
+    args = m.group(2).strip()
+    if args:
+        # Options on the shebang line ("-E", "-s") are kept by passing them
+        # through the exec line.
+        pre = RELOCATABLE_SHEBANG.replace(
+            b'/%s" "$0"', b'/%s" ' + args.replace(b"'", b"") + b' "$0"')
+        return pre % interpreter + rest
+    return RELOCATABLE_SHEBANG % interpreter + rest
+
+
+def relativize_pth(data: bytes, site_dir: bytes, prefixes: list[bytes],
+                   new_site_rel: bytes) -> tuple[bytes, list[bytes]]:
+    """Make the path lines of a ``.pth`` file relative to the site directory.
+
+    ``site_dir`` is the absolute site-packages the file came from;
+    ``prefixes`` maps old absolute locations that are packed (the venv);
+    ``new_site_rel`` is unused by the caller today but kept for symmetry.
+    Returns the new bytes and a list of absolute lines that point outside the
+    packed prefixes (the caller reports them: they cannot be relocated).
+    """
+    del new_site_rel
+    out = []
+    foreign = []
+    for line in data.splitlines(keepends=True):
+        stripped = line.strip()
+        if (not stripped or stripped.startswith(b"#")
+                or stripped.startswith(b"import ") or stripped.startswith(b"import\t")
+                or not stripped.startswith(b"/")):
+            out.append(line)
+            continue
+        eol = line[len(line.rstrip(b"\r\n")):]
+        target = stripped.rstrip(b"/")
+        sd = site_dir.rstrip(b"/")
+        if target == sd:
+            out.append(b"." + eol)
+        elif target.startswith(sd + b"/"):
+            out.append(target[len(sd) + 1:] + eol)
+        elif any(target == p.rstrip(b"/") or target.startswith(p.rstrip(b"/") + b"/")
+                 for p in prefixes):
+            out.append(_relpath(target, sd) + eol)
+        else:
+            foreign.append(stripped)
+            out.append(line)
+    return b"".join(out), foreign
+
+
+def _relpath(target: bytes, start: bytes) -> bytes:
+    t = [c for c in target.split(b"/") if c]
+    s = [c for c in start.split(b"/") if c]
+    i = 0
+    while i < min(len(t), len(s)) and t[i] == s[i]:
+        i += 1
+    parts = [b".."] * (len(s) - i) + t[i:]
+    return b"/".join(parts) or b"."
+
+
+def replace_text_prefix(data: bytes, old: bytes, new: bytes) -> bytes:
+    """Replace every occurrence of ``old`` by ``new`` in a text file."""
+    return data.replace(old, new)
+
+
+def replace_binary_prefix(data: bytes, old: bytes, new: bytes) -> bytes:
+    """Replace ``old`` by ``new`` inside NUL-terminated strings of a binary
+    file without moving any byte after the string (conda's technique).
+
+    Each C string that contains ``old`` keeps its length: the replaced string
+    is padded with NUL bytes.  ``new`` must not be longer than ``old``.
+    """
+    if len(new) > len(old):
+        raise ValueError("new prefix is longer than the recorded one")
+    pat = re.compile(re.escape(old) + rb"([^\0]*?)\0")
+
+    def sub(m: re.Match) -> bytes:
+        tail = m.group(1).replace(old, new)
+        s = new + tail
+        return s + b"\0" * (len(m.group(0)) - len(s))
+
+    return pat.sub(sub, data)
+
+
+def relocate_record(data: bytes, site_dir: bytes, prefixes: list[bytes]) -> bytes:
+    """Rewrite absolute paths inside a wheel ``RECORD`` file to paths
+    relative to the site directory (which is how pip writes them for files
+    outside site-packages, e.g. ``../../../bin/pip``)."""
+    out = []
+    for line in data.splitlines(keepends=True):
+        path, sep, rest = line.partition(b",")
+        if path.startswith(b"/") and any(
+                path.startswith(p.rstrip(b"/") + b"/") for p in prefixes):
+            path = _relpath(path, site_dir.rstrip(b"/"))
+        out.append(path + sep + rest)
+    return b"".join(out)
