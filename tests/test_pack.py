@@ -1,0 +1,379 @@
+"""pack / unpack / inspect / verify on a real venv with real wheels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CLI, base_python, make_venv, run
+
+from python_mpi_bcast.pkgformat import read_manifest
+
+
+def tree_digest(root: str) -> dict:
+    """path -> (type, mode, content hash or link target) for a whole tree."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                out[rel] = ("l", os.readlink(full))
+            elif os.path.isdir(full):
+                out[rel] = ("d",)
+            else:
+                with open(full, "rb") as f:
+                    out[rel] = ("f", st.st_mode & 0o777, hashlib.sha256(f.read()).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def moved_venv(tmp_path_factory, demo_venv):
+    """A private copy of the demo venv (with an extra console script) that
+    the test can pack and then rename away."""
+    base = tmp_path_factory.mktemp("moved")
+    venv = str(base / "orig-venv")
+    make_venv(venv, [])
+    # reuse the cached wheels: copy numpy/mpi4py over from the demo venv
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    src_site = os.path.join(demo_venv, "lib", ver, "site-packages")
+    dst_site = os.path.join(venv, "lib", ver, "site-packages")
+    for name in os.listdir(src_site):
+        if name.startswith(("numpy", "mpi4py")):
+            s, d = os.path.join(src_site, name), os.path.join(dst_site, name)
+            if os.path.isdir(s):
+                shutil.copytree(s, d, symlinks=True)
+            else:
+                shutil.copy2(s, d)
+    # console scripts as pip writes them (absolute shebang into this venv)
+    for script, body in (("f2py", "from numpy.f2py.f2py2e import main\nimport sys\nsys.exit(main())"),
+                         ("show-prefix", "import sys\nprint(sys.prefix)")):
+        p = os.path.join(venv, "bin", script)
+        with open(p, "w") as f:
+            f.write(f"#!{venv}/bin/python\n{body}\n")
+        os.chmod(p, 0o755)
+    # a .pth file with an absolute path into the venv
+    os.makedirs(os.path.join(dst_site, "extra_dir"))
+    with open(os.path.join(dst_site, "extra_dir", "extra_mod.py"), "w") as f:
+        f.write("VALUE = 42\n")
+    with open(os.path.join(dst_site, "extra.pth"), "w") as f:
+        f.write(f"{dst_site}/extra_dir\n")
+    out = base / "pkgs"
+    run(CLI + ["pack", "--python", venv, "-o", str(out), "-q"], timeout=600)
+    run(CLI + ["pack", venv, "-o", str(out), "-n", "env", "-q"], timeout=600)
+    away = str(base / "renamed-away")
+    os.rename(venv, away)
+    ver_s = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    yield {"venv": venv, "away": away, "out": str(out),
+           "python": str(out / f"python-{ver_s}.tar.zst"), "env": str(out / "env.tar.zst"),
+           "base_prefix": os.path.dirname(os.path.dirname(base_python()))}
+    if os.path.exists(away):
+        os.rename(away, venv)
+
+
+@pytest.fixture(scope="module")
+def unpacked(moved_venv, tmp_path_factory):
+    dest = str(tmp_path_factory.mktemp("dest") / "somewhere" / "else")
+    run(CLI + ["unpack", moved_venv["python"], moved_venv["env"], dest], timeout=300)
+    return dest
+
+
+def test_numpy_runs_from_unpacked_tree_after_venv_is_gone(unpacked, moved_venv):
+    assert not os.path.exists(moved_venv["venv"])
+    py = os.path.join(unpacked, "bin", "python3")
+    code = ("import sys, numpy as np, extra_mod\n"
+            "a = np.arange(12.0).reshape(3, 4)\n"
+            "print(sys.prefix, float((a @ a.T).trace()), np.linalg.det(np.eye(3) * 2), extra_mod.VALUE)")
+    r = run([py, "-c", code], timeout=120, env={"PATH": "/usr/bin:/bin"})
+    prefix, trace, det, value = r.stdout.split()
+    assert prefix == unpacked
+    assert float(trace) == 506.0 and abs(float(det) - 8.0) < 1e-12 and value == "42"
+
+
+def test_console_scripts_run_from_unpacked_tree(unpacked):
+    r = run([os.path.join(unpacked, "bin", "show-prefix")], timeout=60)
+    assert r.stdout.strip() == unpacked
+    r = run([os.path.join(unpacked, "bin", "f2py"), "-v"], timeout=60)
+    numpy_version = run([os.path.join(unpacked, "bin", "python3"), "-c",
+                         "import numpy; print(numpy.__version__)"], timeout=60).stdout.strip()
+    assert r.stdout.strip() == numpy_version
+    r = run([os.path.join(unpacked, "bin", "pip"), "--version"], timeout=60)
+    assert unpacked in r.stdout
+
+
+def test_no_old_prefix_bytes_left_outside_listed_files(unpacked, moved_venv):
+    listed = set()
+    for pkg in (moved_venv["python"], moved_venv["env"]):
+        listed |= {p.path for p in read_manifest(pkg)[0].prefix_files}
+    old = [moved_venv["venv"].encode(), os.path.realpath(moved_venv["venv"]).encode()]
+    base = moved_venv["base_prefix"]
+    if base not in ("/usr", "/usr/local"):
+        old.append(base.encode())
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(unpacked):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, unpacked)
+            if os.path.islink(full) or rel in listed:
+                continue
+            with open(full, "rb") as f:
+                data = f.read()
+            if any(o in data for o in old):
+                bad.append(rel)
+    assert bad == []
+
+
+def test_elf_rpaths_do_not_point_to_old_locations(unpacked, moved_venv):
+    from python_mpi_bcast import elf
+    for dirpath, dirnames, filenames in os.walk(unpacked):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                continue
+            with open(full, "rb") as f:
+                if f.read(4) != b"\x7fELF":
+                    continue
+            for entry in elf.get_rpath(full):
+                assert not entry.startswith(moved_venv["venv"]), (full, entry)
+                assert not entry.startswith(moved_venv["base_prefix"] + "/") or \
+                    moved_venv["base_prefix"] in ("/usr",), (full, entry)
+
+
+def test_everything_byte_compiled_unchecked(unpacked):
+    import importlib.util
+    missing = []
+    flags_seen = set()
+    for sub in ("lib",):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(unpacked, sub)):
+            if "__pycache__" in dirpath:
+                continue
+            for name in filenames:
+                if not name.endswith(".py"):
+                    continue
+                tag = sys.implementation.cache_tag
+                pyc = os.path.join(dirpath, "__pycache__", f"{name[:-3]}.{tag}.pyc")
+                if not os.path.exists(pyc):
+                    missing.append(os.path.join(dirpath, name))
+                    continue
+                with open(pyc, "rb") as f:
+                    head = f.read(8)
+                assert head[:4] == importlib.util.MAGIC_NUMBER
+                flags_seen.add(int.from_bytes(head[4:8], "little"))
+    # files with syntax errors for this Python (test data) may lack a pyc
+    assert len(missing) < 20, missing[:20]
+    assert 0b01 in flags_seen  # hash-based, not checked
+
+
+def test_tar_zstd_extracts_the_same_tree(moved_venv, unpacked, tmp_path):
+    """Standard tools read the format: tar --zstd, and zstd -dc | tar -x."""
+    if not shutil.which("zstd"):
+        pytest.skip("zstd command not installed")
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for pkg in (moved_venv["python"], moved_venv["env"]):
+        run(["tar", "--zstd", "-xf", pkg, "-C", str(a)], timeout=120)
+        run(["sh", "-c", f"zstd -dcq '{pkg}' | tar -x -C '{b}'"], timeout=120)
+    ref = str(tmp_path / "ref")
+    run(CLI + ["unpack", moved_venv["python"], moved_venv["env"], ref], timeout=300)
+    # prefix-bearing files differ on purpose (they are patched for ref)
+    listed = set()
+    for pkg in (moved_venv["python"], moved_venv["env"]):
+        listed |= {p.path for p in read_manifest(pkg)[0].prefix_files}
+    da, db, dr = tree_digest(str(a)), tree_digest(str(b)), tree_digest(ref)
+    assert da == db
+    assert set(da) == set(dr)
+    diff = [k for k in da if da[k] != dr[k] and k not in listed]
+    assert diff == []
+
+
+def test_inspect_shows_manifest(moved_venv):
+    r = run(CLI + ["inspect", "--json", moved_venv["env"]], timeout=60)
+    m = json.loads(r.stdout)
+    assert m["kind"] == "environment" and m["name"] == "env" and m["format_version"] == 1
+    assert m["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert m["files"] > 1000 and m["unpacked_size"] > 10_000_000
+    assert len(m["shards"]) >= 3
+    r = run(CLI + ["inspect", moved_venv["python"]], timeout=60)
+    assert "kind:          interpreter" in r.stdout and "libpython" in r.stdout
+
+
+def test_shards_are_independent_zstd_frames_balanced_by_size(moved_venv):
+    import io
+    import tarfile
+    import zstandard
+    m, start = read_manifest(moved_venv["env"])
+    with open(moved_venv["env"], "rb") as f:
+        data = f.read()
+    sizes = []
+    for s in m.shards[:-1]:
+        raw = zstandard.ZstdDecompressor().decompress(data[start + s.offset:start + s.offset + s.csize],
+                                                      max_output_size=s.usize)
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tf:  # whole members only
+            assert sum(1 for ti in tf if ti.isreg()) == s.nfiles
+        sizes.append(s.usize)
+    big = max(sizes)
+    # balanced: no shard is far above the mean unless one file is that big
+    assert big <= 3 * (sum(sizes) / len(sizes)) or big > 8 << 20
+
+
+def test_verify_ok_and_detects_corruption(moved_venv, tmp_path):
+    r = run(CLI + ["verify", moved_venv["env"]], timeout=120)
+    assert "OK" in r.stdout
+    bad = tmp_path / "bad.tar.zst"
+    data = bytearray(open(moved_venv["env"], "rb").read())
+    data[-5000] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    r = run(CLI + ["verify", str(bad)], timeout=120, check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith("python-mpi-bcast: error: ") and "corrupt" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_verify_reports_leftover_paths(tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    # a binary file (NUL byte) holding the source path cannot be rewritten as
+    # text; it is listed as prefix-bearing, so verify accepts it
+    (src / "blob.bin").write_bytes(b"\0" + str(src).encode() + b"\0")
+    (src / "plain.txt").write_text("hello\n")
+    run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "d", "-q"], timeout=120)
+    pkg = str(tmp_path / "d.tar.zst")
+    m = read_manifest(pkg)[0]
+    assert [p.path for p in m.prefix_files] == ["blob.bin"]
+    assert "OK" in run(CLI + ["verify", pkg], timeout=60).stdout
+
+
+def test_unpack_refuses_existing_dest(moved_venv, tmp_path):
+    d = tmp_path / "exists"
+    d.mkdir()
+    r = run(CLI + ["unpack", moved_venv["env"], str(d)], timeout=60, check=False)
+    assert r.returncode == 1 and "already exists" in r.stderr
+
+
+# -- bad input: one line, exit 1 ---------------------------------------------
+
+def one_line_error(r, *needles):
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("python-mpi-bcast: error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_not_a_venv(tmp_path):
+    (tmp_path / "plain").mkdir()
+    r = run(CLI + ["pack", str(tmp_path / "plain"), "-o", str(tmp_path)], check=False)
+    one_line_error(r, "is not a venv", "pyvenv.cfg")
+
+
+def test_missing_venv(tmp_path):
+    r = run(CLI + ["pack", str(tmp_path / "nope"), "-o", str(tmp_path)], check=False)
+    one_line_error(r, "nope")
+
+
+def test_venv_whose_base_interpreter_is_gone(tmp_path):
+    v = tmp_path / "v"
+    make_venv(str(v), [])
+    cfg = (v / "pyvenv.cfg").read_text()
+    (v / "pyvenv.cfg").write_text("\n".join(
+        "home = /nonexistent/python/bin" if line.startswith("home") else line
+        for line in cfg.splitlines()))
+    r = run(CLI + ["pack", str(v), "-o", str(tmp_path)], check=False)
+    one_line_error(r, "base interpreter is gone", "/nonexistent/python/bin")
+
+
+def test_output_dir_not_writable(tmp_path, demo_venv):
+    if os.geteuid() == 0:
+        # root writes anywhere; a path under a regular file cannot be created
+        (tmp_path / "file").write_text("x")
+        r = run(CLI + ["pack", demo_venv, "-o", str(tmp_path / "file" / "sub")], check=False)
+        one_line_error(r, "output directory")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        r = run(CLI + ["pack", demo_venv, "-o", str(ro)], check=False)
+        one_line_error(r, "not writable")
+
+
+def test_name_clash(tmp_path):
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "f").write_text("x")
+    run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "x", "-q"])
+    r = run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "x", "-q"], check=False)
+    one_line_error(r, "already exists", "--force")
+    run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "x", "-q", "--force"])
+
+
+def test_editable_install_is_refused(tmp_path):
+    v = tmp_path / "v"
+    make_venv(str(v), [])
+    proj = tmp_path / "proj"
+    (proj / "edpkg").mkdir(parents=True)
+    (proj / "edpkg" / "__init__.py").write_text("X = 1\n")
+    (proj / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "edpkg"\nversion = "0.1"\n')
+    r = run([str(v / "bin" / "pip"), "install", "-q", "-e", str(proj)], timeout=600, check=False)
+    if r.returncode != 0:
+        pytest.skip("could not make an editable install here: " + r.stderr[-200:])
+    r = run(CLI + ["pack", str(v), "-o", str(tmp_path)], check=False)
+    one_line_error(r, "editable", "edpkg", "without -e")
+
+
+def test_full_disk(tmp_path, demo_venv):
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    r = run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=False)
+    if r.returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        r = run(CLI + ["pack", demo_venv, "-o", str(small), "-q"], timeout=300, check=False)
+        one_line_error(r, "no space left")
+        assert [p for p in os.listdir(small) if not p.startswith(".")] == []
+        assert os.listdir(small) == []
+    finally:
+        run(["umount", str(small)], check=False)
+
+
+def test_interrupted_pack_leaves_no_half_file(tmp_path, demo_venv):
+    out = tmp_path / "out"
+    out.mkdir()
+    for delay in (0.5, 1.5, 3.0):
+        p = subprocess.Popen(CLI + ["pack", demo_venv, "-o", str(out), "-n", "big", "-q", "-f",
+                                    "--level", "19"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+        final = out / "big.tar.zst"
+        if final.exists():  # it finished: then it must be whole
+            assert "OK" in run(CLI + ["verify", str(final)], timeout=120).stdout
+            final.unlink()
+    assert not (out / "big.tar.zst").exists()
+
+
+def test_bad_option_values(tmp_path):
+    r = run(CLI + ["pack", "--directory", str(tmp_path), "--level", "99"], check=False)
+    assert r.returncode == 2 and "zstd level" in r.stderr
+    r = run(CLI + ["inspect", str(tmp_path / "none.tar.zst")], check=False)
+    one_line_error(r, "none.tar.zst")
+    junk = tmp_path / "junk.tar.zst"
+    junk.write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(100))
+    r = run(CLI + ["inspect", str(junk)], check=False)
+    one_line_error(r, "not a python-mpi-bcast package")
