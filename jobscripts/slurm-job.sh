@@ -1,0 +1,21 @@
+#!/bin/bash
+#SBATCH --job-name=python-mpi-example
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=32
+#SBATCH --time=00:10:00
+# A Slurm batch script: numpy on every rank, started from node-local memory.
+# Submit with: sbatch jobscripts/slurm-job.sh
+# Packages were made on the login node with:
+#   python-mpi-bcast pack --python $HOME/envs/science -o $PROJECT/pkgs
+#   python-mpi-bcast pack $HOME/envs/science -o $PROJECT/pkgs
+set -euo pipefail
+
+export PYTHON_MPI_PKGROOT="$PROJECT/pkgs"
+export PYTHON_MPI_PACKAGES="python-3.11.tar.zst:science.tar.zst"
+export PYTHON_MPI_CHROOT="/dev/shm/$SLURM_JOB_ID"
+export PYTHON_MPI_VERBOSE=1
+export PYTHON_MPI_CLEANUP=1     # remove the node directory when the step ends
+
+# start scripts from a fast filesystem, not $HOME
+cd "${SCRATCH:-$PWD}"
+srun -n "$SLURM_NTASKS" python-mpi "$PROJECT/my_script.py" --steps 10
