@@ -77,6 +77,16 @@ void pmb_config_read(pmb_config *cfg)
             pmb_die("PYTHON_MPI_CHUNK='%s' is not a valid size; use 64k to 1G, e.g. 16M", v);
     }
 
+    v = getenv("PYTHON_MPI_UNPACK_RANKS");
+    if (v && *v) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*end || n < 0 || n > 4096)
+            pmb_die("PYTHON_MPI_UNPACK_RANKS='%s' is not valid; use 0 (all ranks of a node) or "
+                    "a number of ranks per node", v);
+        cfg->unpack_ranks = (int)n;
+    }
+
     v = getenv("PYTHON_MPI_PKGROOT");
     if (!v || !*v)
         pmb_die("PYTHON_MPI_PKGROOT is not set; set it to the directory that holds your "

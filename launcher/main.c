@@ -36,8 +36,10 @@ void pmb_die(const char *fmt, ...)
     }
     fprintf(stderr, "python-mpi: rank %d: %s\n", pmb_c.world_rank, msg);
     fflush(stderr);
-    if (pmb_mpi_up)
+    if (pmb_mpi_up) {
+        pmb_abort_grace();
         MPI_Abort(MPI_COMM_WORLD, 1);
+    }
     exit(1);
 }
 
@@ -50,6 +52,14 @@ void pmb_log(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "python-mpi: %s\n", msg);
     fflush(stderr);
+}
+
+/* Give the process manager a moment to forward what this rank just wrote
+ * to stderr: hydra drops pending output of a process that calls MPI_Abort. */
+void pmb_abort_grace(void)
+{
+    struct timespec ts = {0, 300000000};
+    nanosleep(&ts, NULL);
 }
 
 double pmb_now(void)

@@ -51,6 +51,7 @@ typedef struct {
     int cleanup;
     uint64_t chunk;
     int nbuf;
+    int unpack_ranks;      /* ranks per node that unpack (0: all) */
 } pmb_config;
 
 typedef struct {
@@ -68,6 +69,7 @@ extern int pmb_mpi_up;
 void pmb_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 void pmb_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 double pmb_now(void);
+void pmb_abort_grace(void);
 void *pmb_xmalloc(size_t n);
 char *pmb_xstrdup(const char *s);
 
@@ -97,7 +99,7 @@ void pmb_hex(const unsigned char *in, size_t n, char *out);
 typedef struct pmb_unpacker pmb_unpacker;
 pmb_unpacker *pmb_unpacker_new(const char *root, const char *final_root, const pmb_manifest *m);
 void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *data, size_t n);
-void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes);
+void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes, int *saw_end);
 void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_manifest *m);
 void pmb_set_poke(void (*fn)(void));
 int pmb_rmtree(const char *path);

@@ -139,79 +139,238 @@ static void read_exact(int fd, unsigned char *buf, size_t n, const char *file)
     }
 }
 
-/* Broadcast package PKG (rank 0 reads from fd) to the leaders; leaders with
- * an unpacker feed the bytes into it and check every shard's hash. */
-static void bcast_package(pmb_manifest *m, int fd, pmb_unpacker *u, double *t)
+/* Give each of nw unpacking ranks a set of shards with about the same
+ * unpacked size (largest first, each to the least loaded rank). */
+static void assign_shards(const pmb_manifest *m, int nw, int *owner)
+{
+    int n = m->nshards;
+    int *order = pmb_xmalloc(sizeof(int) * (size_t)n);
+    uint64_t *load = calloc((size_t)nw, sizeof *load);
+    if (!load)
+        pmb_die("out of memory");
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    for (int i = 1; i < n; i++) { /* insertion sort by usize, descending (n is small) */
+        int v = order[i], j = i - 1;
+        while (j >= 0 && m->shards[order[j]].usize < m->shards[v].usize) {
+            order[j + 1] = order[j];
+            j--;
+        }
+        order[j + 1] = v;
+    }
+    for (int i = 0; i < n; i++) {
+        int best = 0;
+        for (int w = 1; w < nw; w++)
+            if (load[w] < load[best])
+                best = w;
+        owner[order[i]] = best;
+        load[best] += m->shards[order[i]].usize + 1;
+    }
+    free(order);
+    free(load);
+}
+
+/* Where the chunks live: on a node that unpacks with several ranks, in an
+ * MPI shared-memory window owned by the leader, so every unpacking rank
+ * reads the bytes the leader received without another copy. */
+typedef struct {
+    unsigned char *base;
+    MPI_Win win;
+    int shared;
+} pmb_buffers;
+
+static void buffers_open(pmb_buffers *b, size_t size, MPI_Comm unpackers)
+{
+    memset(b, 0, sizeof *b);
+    b->win = MPI_WIN_NULL;
+    int nw = 1;
+    if (unpackers != MPI_COMM_NULL)
+        MPI_Comm_size(unpackers, &nw);
+    if (nw > 1) {
+        int me;
+        MPI_Comm_rank(unpackers, &me);
+        void *base = NULL;
+        if (MPI_Win_allocate_shared(me == 0 ? (MPI_Aint)size : 0, 1, MPI_INFO_NULL, unpackers,
+                                    &base, &b->win) != MPI_SUCCESS)
+            pmb_die("cannot allocate %zu bytes of node shared memory for staging; lower "
+                    "PYTHON_MPI_CHUNK", size);
+        MPI_Aint sz;
+        int du;
+        MPI_Win_shared_query(b->win, 0, &sz, &du, &base);
+        MPI_Win_lock_all(MPI_MODE_NOCHECK, b->win);
+        b->base = base;
+        b->shared = 1;
+    } else if (pmb_c.node_rank == 0) {
+        b->base = pmb_xmalloc(size);
+    }
+}
+
+static void buffers_close(pmb_buffers *b)
+{
+    if (b->shared) {
+        MPI_Win_unlock_all(b->win);
+        MPI_Win_free(&b->win);
+    } else {
+        free(b->base);
+    }
+}
+
+/* This rank's view of a package being unpacked: which shards are its own,
+ * and the running hash of the shard it is in. */
+typedef struct {
+    const pmb_manifest *m;
+    pmb_unpacker *u;
+    int *owner;
+    int me;
+    int shard;          /* first shard that may still overlap coming chunks */
+    int cur;            /* shard being hashed, -1 if none */
+    uint64_t cur_done;
+    pmb_sha256 sha;
+} pmb_part;
+
+static void part_feed(pmb_part *p, const unsigned char *buf, uint64_t cs, uint64_t len)
+{
+    const pmb_manifest *m = p->m;
+    uint64_t ce = cs + len;
+    while (p->shard < m->nshards && m->shards[p->shard].offset + m->shards[p->shard].csize <= cs)
+        p->shard++;
+    for (int s = p->shard; s < m->nshards && m->shards[s].offset < ce; s++) {
+        if (p->owner[s] != p->me)
+            continue;
+        const pmb_shard *sh = &m->shards[s];
+        uint64_t a = sh->offset > cs ? sh->offset : cs;
+        uint64_t b = sh->offset + sh->csize < ce ? sh->offset + sh->csize : ce;
+        if (a >= b)
+            continue;
+        if (p->cur != s) {
+            p->cur = s;
+            p->cur_done = 0;
+            pmb_sha256_init(&p->sha);
+        }
+        pmb_sha256_update(&p->sha, buf + (a - cs), (size_t)(b - a));
+        p->cur_done += b - a;
+        pmb_unpacker_feed(p->u, buf + (a - cs), (size_t)(b - a));
+        if (p->cur_done == sh->csize) {
+            unsigned char d[32];
+            pmb_sha256_final(&p->sha, d);
+            if (memcmp(d, sh->sha, 32))
+                pmb_die("package '%s' is corrupt: shard %d fails its SHA-256 check; copy or "
+                        "pack it again", m->file, s);
+            p->cur = -1;
+        }
+    }
+}
+
+/* Move one package from rank 0 to every node and, where `unpack`, into
+ * `tmp` on that node.  Leaders take part in the broadcast; the unpacking
+ * ranks of a node (comm `unpackers`, leader first) share the chunks through
+ * `bufs` and each unpack their own shards.  t[]: read, wait, unpack seconds. */
+static void stage_package(pmb_manifest *m, int fd, int unpack, MPI_Comm unpackers,
+                          pmb_buffers *bufs, const char *tmp, const char *tree, double *t,
+                          uint64_t *files_out, uint64_t *bytes_out)
 {
     const uint64_t chunk = pmb_cfg.chunk, total = m->payload_size;
     const int nbuf = pmb_cfg.nbuf;
-    uint64_t nchunks = (total + chunk - 1) / chunk;
-    unsigned char *buf[8];
-    MPI_Request req[8];
-    for (int i = 0; i < nbuf; i++) {
-        buf[i] = pmb_xmalloc(chunk);
-        req[i] = MPI_REQUEST_NULL;
+    const uint64_t nchunks = (total + chunk - 1) / chunk;
+    const int leader = pmb_c.node_rank == 0, root = pmb_c.world_rank == 0;
+    int nw = 1, me = 0;
+    if (unpack && unpackers != MPI_COMM_NULL) {
+        MPI_Comm_size(unpackers, &nw);
+        MPI_Comm_rank(unpackers, &me);
     }
-    int root = pmb_c.world_rank == 0;
+    const int sync = unpack && nw > 1;
+    MPI_Request req[8], done = MPI_REQUEST_NULL;
+    for (int i = 0; i < nbuf; i++)
+        req[i] = MPI_REQUEST_NULL;
     if (root && lseek(fd, (off_t)m->payload_start, SEEK_SET) < 0)
         pmb_die("package '%s': seek failed: %s", m->file, strerror(errno));
-    poke_reqs = req;
-    poke_n = nbuf;
-    pmb_set_poke(poke);
 
-    pmb_sha256 sh;
-    pmb_sha256_init(&sh);
-    int shard = 0;
-    uint64_t shard_left = m->shards[0].csize, pos = 0;
+    pmb_part part = {0};
+    if (unpack) {
+        part.m = m;
+        part.me = me;
+        part.cur = -1;
+        part.owner = pmb_xmalloc(sizeof(int) * (size_t)m->nshards);
+        assign_shards(m, nw, part.owner);
+        part.u = pmb_unpacker_new(tmp, tree, m);
+    }
+    if (leader) {
+        poke_reqs = req;
+        poke_n = nbuf;
+        pmb_set_poke(poke);
+    }
 
     uint64_t posted = 0;
+#define CHUNK_LEN(k) ((size_t)(((k) + 1) * chunk > total ? total - (k) * chunk : chunk))
 #define POST(k) do { \
-        uint64_t k_ = (k); int b_ = (int)(k_ % (uint64_t)nbuf); \
-        size_t len_ = (size_t)((k_ + 1) * chunk > total ? total - k_ * chunk : chunk); \
-        if (root) { double t0_ = pmb_now(); read_exact(fd, buf[b_], len_, m->file); t[0] += pmb_now() - t0_; } \
-        MPI_Ibcast(buf[b_], (int)len_, MPI_BYTE, 0, pmb_c.leaders, &req[b_]); \
+        uint64_t k_ = (k); unsigned char *b_ = bufs->base + (k_ % (uint64_t)nbuf) * chunk; \
+        if (root) { double t0_ = pmb_now(); read_exact(fd, b_, CHUNK_LEN(k_), m->file); t[0] += pmb_now() - t0_; } \
+        MPI_Ibcast(b_, (int)CHUNK_LEN(k_), MPI_BYTE, 0, pmb_c.leaders, &req[k_ % (uint64_t)nbuf]); \
     } while (0)
 
-    while (posted < nchunks && posted < (uint64_t)nbuf - 1)
-        POST(posted++);
-    for (uint64_t k = 0; k < nchunks; k++) {
-        if (posted < nchunks)
+    if (leader)
+        while (posted < nchunks && posted < (uint64_t)nbuf - 1)
             POST(posted++);
+    for (uint64_t k = 0; k < nchunks; k++) {
         int b = (int)(k % (uint64_t)nbuf);
         double t0 = pmb_now();
-        pmb_wait(&req[b]);
+        if (sync)
+            pmb_wait(&done); /* everyone finished chunk k-1: its buffer is free */
+        if (leader) {
+            if (posted < nchunks)
+                POST(posted++);
+            pmb_wait(&req[b]);
+        }
+        if (sync) {
+            MPI_Request ready;
+            if (leader)
+                MPI_Win_sync(bufs->win);
+            MPI_Ibarrier(unpackers, &ready);
+            pmb_wait(&ready);
+            MPI_Win_sync(bufs->win);
+        }
         t[1] += pmb_now() - t0;
-        size_t len = (size_t)((k + 1) * chunk > total ? total - k * chunk : chunk);
-        if (!u)
+        if (!unpack)
             continue;
         t0 = pmb_now();
-        /* hash shard by shard */
-        size_t off = 0;
-        while (off < len) {
-            size_t take = shard_left < len - off ? (size_t)shard_left : len - off;
-            pmb_sha256_update(&sh, buf[b] + off, take);
-            off += take;
-            shard_left -= take;
-            pos += take;
-            if (!shard_left) {
-                unsigned char d[32];
-                pmb_sha256_final(&sh, d);
-                if (memcmp(d, m->shards[shard].sha, 32))
-                    pmb_die("package '%s' is corrupt: shard %d fails its SHA-256 check; copy or "
-                            "pack it again", m->file, shard);
-                pmb_sha256_init(&sh);
-                if (++shard < m->nshards)
-                    shard_left = m->shards[shard].csize;
-            }
-        }
-        pmb_unpacker_feed(u, buf[b], len);
+        part_feed(&part, bufs->base + (uint64_t)b * chunk, k * chunk, CHUNK_LEN(k));
         t[2] += pmb_now() - t0;
+        if (sync)
+            MPI_Ibarrier(unpackers, &done);
     }
 #undef POST
-    poke_n = 0;
-    pmb_set_poke(NULL);
-    for (int i = 0; i < nbuf; i++)
-        free(buf[i]);
+#undef CHUNK_LEN
+    if (sync)
+        pmb_wait(&done);
+    if (leader) {
+        poke_n = 0;
+        pmb_set_poke(NULL);
+    }
+    if (!unpack)
+        return;
+    uint64_t counts[3] = {0, 0, 0}, sums[3] = {0, 0, 0};
+    int saw_end = 0;
+    pmb_unpacker_finish(part.u, &counts[0], &counts[1], &saw_end);
+    counts[2] = (uint64_t)saw_end;
+    free(part.owner);
+    if (sync) {
+        MPI_Request r;
+        MPI_Iallreduce(counts, sums, 3, MPI_UINT64_T, MPI_SUM, unpackers, &r);
+        pmb_wait(&r);
+    } else {
+        memcpy(sums, counts, sizeof sums);
+    }
+    if (leader) {
+        if (sums[2] != 1)
+            pmb_die("package '%s': truncated package data (the archive does not end where the "
+                    "manifest says)", m->file);
+        if (sums[0] != m->files || sums[1] != m->unpacked_size)
+            pmb_die("package '%s' is corrupt (unpacked %llu files / %llu bytes, manifest says "
+                    "%llu / %llu)", m->file, (unsigned long long)sums[0], (unsigned long long)sums[1],
+                    (unsigned long long)m->files, (unsigned long long)m->unpacked_size);
+    }
+    *files_out += sums[0];
+    *bytes_out += sums[1];
 }
 
 /* The tree directory name: a hash over the content hashes of all layers. */
@@ -262,46 +421,68 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         pmb_wait(&r);
     }
     timings[0] = timings[1] = timings[2] = 0;
-    if (pmb_c.leaders != MPI_COMM_NULL && !all_have) {
-        char tmp[PATH_MAX];
-        pmb_unpacker *u = NULL;
-        if (!have) {
-            snprintf(tmp, sizeof tmp, "%s/.env-%s.XXXXXX", chroot, id);
-            if (!mkdtemp(tmp))
-                pmb_die("cannot create a temporary directory in %s: %s", chroot, strerror(errno));
-        }
-        double t0 = pmb_now();
-        uint64_t nf = 0, nb = 0;
-        for (int i = 0; i < n; i++) {
-            if (!have)
-                u = pmb_unpacker_new(tmp, tree, &ms[i]);
-            bcast_package(&ms[i], pmb_c.world_rank == 0 ? fds[i] : -1, have ? NULL : u, timings);
-            if (!have) {
-                uint64_t f = 0, b = 0;
-                pmb_unpacker_finish(u, &f, &b);
-                nf += f;
-                nb += b;
-                pmb_patch_prefixes(tmp, tree, &ms[i]);
+    /* every rank of a node learns whether its node unpacks */
+    int node_state[2] = {have, all_have};
+    MPI_Bcast(node_state, 2, MPI_INT, 0, pmb_c.node);
+    have = node_state[0];
+    all_have = node_state[1];
+    if (!all_have) {
+        int nw = pmb_cfg.unpack_ranks ? pmb_cfg.unpack_ranks : pmb_c.node_size;
+        int unpacker = !have && pmb_c.node_rank < nw;
+        MPI_Comm unpackers;
+        MPI_Comm_split(pmb_c.node, unpacker ? 0 : MPI_UNDEFINED, pmb_c.node_rank, &unpackers);
+        int participates = pmb_c.node_rank == 0 || unpacker;
+        char tmp[PATH_MAX] = "";
+        if (participates) {
+            if (pmb_c.node_rank == 0 && !have) {
+                snprintf(tmp, sizeof tmp, "%s/.env-%s.XXXXXX", chroot, id);
+                if (!mkdtemp(tmp))
+                    pmb_die("cannot create a temporary directory in %s: %s", chroot, strerror(errno));
             }
-        }
-        if (!have) {
-            if (chmod(tmp, 0700))
-                pmb_die("cannot chmod %s: %s", tmp, strerror(errno));
-            if (rename(tmp, tree)) {
-                if (errno == EEXIST || errno == ENOTEMPTY) {
-                    pmb_rmtree(tmp); /* someone else finished first: theirs is complete */
-                } else {
-                    pmb_die("cannot rename %s to %s: %s", tmp, tree, strerror(errno));
+            if (unpackers != MPI_COMM_NULL)
+                MPI_Bcast(tmp, PATH_MAX, MPI_CHAR, 0, unpackers);
+            pmb_buffers bufs;
+            buffers_open(&bufs, (size_t)pmb_cfg.chunk * (size_t)pmb_cfg.nbuf, unpackers);
+            double t0 = pmb_now();
+            uint64_t nf = 0, nb = 0;
+            for (int i = 0; i < n; i++) {
+                stage_package(&ms[i], pmb_c.world_rank == 0 ? fds[i] : -1, unpacker, unpackers,
+                              &bufs, tmp, tree, timings, &nf, &nb);
+                if (unpacker && unpackers != MPI_COMM_NULL) {
+                    /* layers apply in order: all of this one before the next */
+                    MPI_Request r;
+                    MPI_Ibarrier(unpackers, &r);
+                    pmb_wait(&r);
                 }
             }
-            if (pmb_cfg.verbose >= 2)
-                pmb_log("rank %d (node %d): unpacked %d package(s), %llu files, %.1f MB in %.3f s into %s",
-                        pmb_c.world_rank, pmb_c.node_index, n, (unsigned long long)nf, nb / 1e6,
-                        pmb_now() - t0, tree);
+            buffers_close(&bufs);
+            if (pmb_c.node_rank == 0 && !have)
+                for (int i = 0; i < n; i++)
+                    pmb_patch_prefixes(tmp, tree, &ms[i]);
+            if (pmb_c.node_rank == 0 && !have) {
+                if (chmod(tmp, 0700))
+                    pmb_die("cannot chmod %s: %s", tmp, strerror(errno));
+                if (rename(tmp, tree)) {
+                    if (errno == EEXIST || errno == ENOTEMPTY)
+                        pmb_rmtree(tmp); /* another step finished first; its tree is complete */
+                    else
+                        pmb_die("cannot rename %s to %s: %s", tmp, tree, strerror(errno));
+                }
+                if (pmb_cfg.verbose >= 2) {
+                    int nwk = 1;
+                    if (unpackers != MPI_COMM_NULL)
+                        MPI_Comm_size(unpackers, &nwk);
+                    pmb_log("rank %d (node %d): unpacked %d package(s), %llu files, %.1f MB in "
+                            "%.3f s with %d rank(s) into %s", pmb_c.world_rank, pmb_c.node_index, n,
+                            (unsigned long long)nf, nb / 1e6, pmb_now() - t0, nwk, tree);
+                }
+            }
         }
-    } else if (pmb_c.node_rank == 0 && pmb_cfg.verbose >= 2) {
-        pmb_log("rank %d (node %d): reusing %s", pmb_c.world_rank, pmb_c.node_index, tree);
+        if (unpackers != MPI_COMM_NULL)
+            MPI_Comm_free(&unpackers);
     }
+    if (have && pmb_c.node_rank == 0 && pmb_cfg.verbose >= 2)
+        pmb_log("rank %d (node %d): reusing %s", pmb_c.world_rank, pmb_c.node_index, tree);
     pmb_node_barrier();
     int reused = all_have;
     MPI_Bcast(&reused, 1, MPI_INT, 0, pmb_c.node);

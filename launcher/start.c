@@ -36,6 +36,8 @@ static void exit_policy(int status, void *arg)
     if (status != 0) {
         fprintf(stderr, "python-mpi: rank %d: exit status %d, aborting the job\n",
                     pmb_c.world_rank, status);
+        fflush(stderr);
+        pmb_abort_grace();
         MPI_Abort(MPI_COMM_WORLD, status);
         _exit(status);
     }
