@@ -82,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-f", "--force", action="store_true", help="replace DEST if it exists")
 
     sub.add_parser("info", help="show the launcher, the MPI it links and its start modes")
+
+    cl = sub.add_parser("clean", help="remove leftovers of staging from a node directory",
+                        description="Remove temporary directories left by killed stagings and, "
+                                    "with --all or --older-than, staged trees.  Run it once per "
+                                    "node, e.g. 'srun --ntasks-per-node=1 python-mpi-bcast clean "
+                                    "--all'.")
+    cl.add_argument("directory", nargs="?",
+                    help="node directory (default: PYTHON_MPI_CHROOT, or its default)")
+    cl.add_argument("--all", action="store_true", help="also remove staged trees")
+    cl.add_argument("--older-than", type=float, metavar="HOURS",
+                    help="also remove staged trees not modified for HOURS")
+    cl.add_argument("-n", "--dry-run", action="store_true", help="only list what would go")
     return p
 
 
@@ -152,7 +164,17 @@ def cmd_info(a) -> int:
     return 0
 
 
-COMMANDS = {"pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify,
+def cmd_clean(a) -> int:
+    from .clean import clean
+    from .paths import node_directory
+    directory = a.directory or node_directory()
+    for path in clean(directory, all_trees=a.all, older_than_hours=a.older_than,
+                      dry_run=a.dry_run):
+        print(("would remove " if a.dry_run else "removed ") + path)
+    return 0
+
+
+COMMANDS = {"clean": cmd_clean, "pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify,
             "unpack": cmd_unpack, "info": cmd_info}
 
 

@@ -67,6 +67,25 @@ def fix_symlinks(st: Staged) -> None:
                 st.warnings.append(f"{rel}: dangling symlink to {target} left out")
 
 
+BIG_FILE = 64 << 20
+
+
+def _find_any(path: str, needles: list[bytes]) -> bytes | None:
+    """The first of ``needles`` found in a (large) file, read in chunks."""
+    keep = max(len(n) for n in needles) - 1
+    tail = b""
+    with open(path, "rb") as f:
+        while True:
+            buf = f.read(16 << 20)
+            if not buf:
+                return None
+            window = tail + buf
+            for n in needles:
+                if n in window:
+                    return n
+            tail = window[-keep:] if keep else b""
+
+
 def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
     """Rewrite every file that refers to an old prefix.
 
@@ -87,6 +106,13 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
             mode = os.stat(full).st_mode
             if not mode & stat.S_IWUSR:
                 os.chmod(full, mode | stat.S_IWUSR)
+            if scrub_b and os.path.getsize(full) > BIG_FILE:
+                # large data files: scan without loading them; one that holds
+                # an old prefix is recorded as binary prefix-bearing
+                hit = _find_any(full, scrub_b)
+                if hit is not None:
+                    prefix_files.append(PrefixFile("binary", rel, hit.decode()))
+                continue
             with open(full, "rb") as f:
                 data = f.read()
             orig = data

@@ -445,3 +445,73 @@ def test_layers_apply_in_order_with_parallel_unpack(pkgroot, shm_chroot, tmp_pat
     r = mpirun(4, ["-c", code], env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "bad [[], [], [], []]", r.stdout
+
+
+def test_package_over_2_gib_stages(shm_chroot, tmp_path):
+    """64-bit sizes end to end: one file of 2.25 GiB (incompressible) in a
+    package over 2 GiB, broadcast to 2 nodes and checked byte for byte."""
+    free_shm = shutil.disk_usage("/dev/shm").free
+    free_tmp = shutil.disk_usage(str(tmp_path)).free
+    if free_shm < 6 << 30 or free_tmp < 6 << 30:
+        pytest.skip("needs 6 GiB free in /dev/shm and in the temporary directory")
+    src = tmp_path / "big"
+    src.mkdir()
+    block = os.urandom(64 << 20)
+    h = hashlib.sha256()
+    with open(src / "data.bin", "wb") as f:
+        for i in range(36):  # 36 x 64 MiB = 2.25 GiB; level 1 cannot see the repeats
+            f.write(block)
+            h.update(block)
+    root = tmp_path / "pk"
+    root.mkdir()
+    run([sys.executable, "-m", "python_mpi_bcast", "pack", "--directory", str(src), "-o", str(root),
+         "-n", "big", "-q", "--level", "1"], timeout=600)
+    (src / "data.bin").unlink()
+    assert os.path.getsize(root / "big.tar.zst") > 2 << 30
+    env = mpi_env({"root": str(root)}, shm_chroot, cliques=2, packages="big.tar.zst")
+    r = run([MPIEXEC, "-n", "2", LAUNCHER, "--stage-only"], env=env, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr
+    for tree in ready_trees(shm_chroot):
+        g = hashlib.sha256()
+        with open(os.path.join(tree, "data.bin"), "rb") as f:
+            while True:
+                buf = f.read(64 << 20)
+                if not buf:
+                    break
+                g.update(buf)
+        assert g.hexdigest() == h.hexdigest()
+    assert len(ready_trees(shm_chroot)) == 2
+
+
+def test_killed_staging_leaves_no_ready_tree_and_clean_removes_leftovers(pkgroot, shm_chroot):
+    import signal
+    import time
+    env = mpi_env(pkgroot, shm_chroot, cliques=1, PYTHON_MPI_CHUNK="64k")
+    node0 = shm_chroot.replace("%n", "0")
+    p = subprocess.Popen([MPIEXEC, "-n", "2", LAUNCHER, "-c", "pass"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if os.path.isdir(node0) and any(e.startswith(".env-") for e in os.listdir(node0)):
+                break
+            time.sleep(0.005)
+        else:
+            pytest.fail("staging never started")
+        os.killpg(p.pid, signal.SIGKILL)
+    finally:
+        p.wait(timeout=30)
+    leftovers = [e for e in os.listdir(node0) if e.startswith(".env-")]
+    assert leftovers and not [e for e in os.listdir(node0) if e.startswith("env-")]
+    # the next job stages afresh and works
+    r = mpirun(2, ["-c", CHECK], mpi_env(pkgroot, shm_chroot, cliques=1))
+    assert r.returncode == 0, r.stderr
+    cli = [sys.executable, "-m", "python_mpi_bcast", "clean"]
+    r = run(cli + [node0, "--dry-run"])
+    assert r.stdout.count("would remove") == len(leftovers)
+    r = run(cli + [node0])
+    assert r.stdout.count("removed") == len(leftovers)
+    assert [e for e in os.listdir(node0) if e.startswith(".env-")] == []
+    assert len([e for e in os.listdir(node0) if e.startswith("env-")]) == 1
+    run(cli + [node0, "--all"])
+    assert not os.path.exists(node0)

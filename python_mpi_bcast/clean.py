@@ -1,0 +1,59 @@
+"""``python-mpi-bcast clean``: remove what staging left in node directories.
+
+Temporary unpack directories (``.env-<id>.XXXXXX``) are left only by a
+staging that was killed; they are always safe to remove.  Ready trees
+(``env-<id>``) are removed with ``--all`` or when older than ``--older-than``
+hours.  Only entries owned by the caller are touched and no symlink is
+followed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import time
+
+from .errors import PmbError
+
+TMP_RE = re.compile(r"^\.env-[0-9a-f]{32}\.[A-Za-z0-9]{6}$")
+TREE_RE = re.compile(r"^env-[0-9a-f]{32}$")
+
+
+def clean(directory: str, all_trees: bool = False, older_than_hours: float | None = None,
+          dry_run: bool = False) -> list[str]:
+    """Return the paths removed (or that would be, with ``dry_run``)."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise PmbError(f"{directory}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise PmbError(f"{directory} is a symlink; refusing to follow it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise PmbError(f"{directory} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise PmbError(f"{directory} is owned by uid {st.st_uid}, not by you")
+    removed = []
+    now = time.time()
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        est = os.lstat(path)
+        if not stat.S_ISDIR(est.st_mode) or est.st_uid != os.geteuid():
+            continue
+        if TMP_RE.match(name):
+            pass
+        elif TREE_RE.match(name):
+            old = older_than_hours is not None and now - est.st_mtime > older_than_hours * 3600
+            if not (all_trees or old):
+                continue
+        else:
+            continue
+        removed.append(path)
+        if not dry_run:
+            shutil.rmtree(path)
+    if all_trees and not dry_run and not os.listdir(directory):
+        os.rmdir(directory)
+    return removed
