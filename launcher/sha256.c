@@ -3,7 +3,7 @@
 
 #include "pmb.h"
 
-static const uint32_t K[64] = {
+const uint32_t pmb_sha256_k[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
     0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
     0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
@@ -29,12 +29,29 @@ static void block(pmb_sha256 *s, const unsigned char *p)
     a = s->h[0]; b = s->h[1]; c = s->h[2]; d = s->h[3];
     e = s->h[4]; f = s->h[5]; g = s->h[6]; h = s->h[7];
     for (int i = 0; i < 64; i++) {
-        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
+        uint32_t t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + pmb_sha256_k[i] + w[i];
         uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
         h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
     }
     s->h[0] += a; s->h[1] += b; s->h[2] += c; s->h[3] += d;
     s->h[4] += e; s->h[5] += f; s->h[6] += g; s->h[7] += h;
+}
+
+int pmb_sha256_have_shani(void);
+void pmb_sha256_blocks_shani(uint32_t state[8], const unsigned char *p, size_t nblocks);
+
+static int use_shani = -1;
+
+static void blocks(pmb_sha256 *s, const unsigned char *p, size_t n)
+{
+    if (use_shani < 0)
+        use_shani = pmb_sha256_have_shani();
+    if (use_shani) {
+        pmb_sha256_blocks_shani(s->h, p, n);
+        return;
+    }
+    for (; n; n--, p += 64)
+        block(s, p);
 }
 
 void pmb_sha256_init(pmb_sha256 *s)
@@ -58,11 +75,12 @@ void pmb_sha256_update(pmb_sha256 *s, const void *data, size_t n)
         n -= take;
         if (s->fill < 64)
             return;
-        block(s, s->buf);
+        blocks(s, s->buf, 1);
         s->fill = 0;
     }
-    for (; n >= 64; n -= 64, p += 64)
-        block(s, p);
+    blocks(s, p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
     memcpy(s->buf, p, n);
     s->fill = n;
 }

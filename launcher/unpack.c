@@ -212,12 +212,17 @@ static void begin_member(pmb_unpacker *u)
     u->pad = 0;
 
     switch (type) {
-    case '5':
-        make_parents(u, name);
-        if (mkdirat(u->rootfd, name, (u->mode | 0700) & 07777) && errno != EEXIST)
+    case '5': {
+        int r = mkdirat(u->rootfd, name, (u->mode | 0700) & 07777);
+        if (r && errno == ENOENT) { /* parents not there yet (another shard's) */
+            make_parents(u, name);
+            r = mkdirat(u->rootfd, name, (u->mode | 0700) & 07777);
+        }
+        if (r && errno != EEXIST)
             UFAIL(u, "cannot create directory %s/%s: %s", u->root, name, strerror(errno));
         u->state = ST_HEADER;
         return;
+    }
     case '2':
         if (!link_inside(u, name, link)) {
             make_parents(u, name);
@@ -233,8 +238,11 @@ static void begin_member(pmb_unpacker *u)
     case '0':
     case '\0':
     case '7':
-        make_parents(u, name);
         u->fd = openat(u->rootfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (u->fd < 0 && errno == ENOENT) { /* parents not there yet (another shard's) */
+            make_parents(u, name);
+            u->fd = openat(u->rootfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        }
         if (u->fd < 0 && (errno == ELOOP || errno == EISDIR || errno == ETXTBSY)) {
             unlinkat(u->rootfd, name, 0);
             u->fd = openat(u->rootfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);

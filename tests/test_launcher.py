@@ -162,19 +162,23 @@ def test_shared_root_touched_by_one_process_constant_in_ranks(pkgroot, shm_chroo
         pytest.skip("strace not installed")
     counts = {}
     for n in (1, 2, 4, 8):
-        trace = tmp_path / f"trace{n}"
+        tdir = tmp_path / f"trace{n}"
+        tdir.mkdir()
         env = mpi_env(pkgroot, shm_chroot.replace("node-%n", f"n{n}-%n"), cliques=2 if n > 1 else 1)
+        # -ff: one file per process, so no call is split into unfinished/resumed
         r = mpirun(n, ["-c", "import numpy"], env, timeout=240,
-                   prefix=["strace", "-f", "-qq", "-e", "trace=%file", "-o", str(trace)])
+                   prefix=["strace", "-ff", "-qq", "-e", "trace=%file", "-o", str(tdir / "t")])
         if r.returncode != 0 and "ptrace" in r.stderr:
             pytest.skip("ptrace not permitted here")
         assert r.returncode == 0, r.stderr
         pids = set()
         calls = 0
-        for line in trace.read_text(errors="replace").splitlines():
-            if pkgroot["root"] in line:
-                pids.add(line.split()[0])
-                calls += 1
+        for f in tdir.iterdir():
+            hits = sum(1 for line in f.read_text(errors="replace").splitlines()
+                       if pkgroot["root"] in line)
+            if hits:
+                pids.add(f.name)
+                calls += hits
         counts[n] = (calls, len(pids))
     assert all(p == 1 for _, p in counts.values()), counts
     assert len({c for c, _ in counts.values()}) == 1, counts

@@ -1,0 +1,423 @@
+"""python-mpi-bcast benchmarks: counts and ratios measured side by side in
+one run, written as a Markdown report with PNG plots.
+
+    bash benchmarks/run.sh [--quick] [--out DIR]
+
+Sections
+  1. pack: time, size, unpack throughput at several zstd levels, next to
+     tar -czf / tar -xzf of the same tree
+  2. shared-filesystem load: file-related system calls on the shared tree
+     (package root and venv) per job, plain venv vs python-mpi, vs ranks
+  3. bytes read from the package root per job
+  4. stage throughput on one node: python-mpi with 1 and 2 unpacking ranks
+     vs tar --zstd -xf of the same package and tar -xzf of a gzip tar
+  5. end to end on a slow shared filesystem (FUSE, one metadata server with
+     a fixed latency per operation): import numpy, scipy on 1..16 ranks
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+MPIEXEC = os.path.join(BIN, "mpiexec")
+LAUNCHER = os.path.join(BIN, "python-mpi")
+CLI = [sys.executable, "-m", "python_mpi_bcast"]
+WORK = os.path.join(REPO, "build", "bench")
+IMPORT = "import numpy, scipy, scipy.linalg, scipy.sparse"
+
+
+def sh(args, timeout=3600, check=True, **kw):
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    r = subprocess.run(args, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{args} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return r
+
+
+def timed(args, **kw) -> float:
+    t0 = time.perf_counter()
+    sh(args, **kw)
+    return time.perf_counter() - t0
+
+
+def median_of(n, fn):
+    return statistics.median(fn() for _ in range(n))
+
+
+def base_python() -> str:
+    for name in (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3"):
+        exe = os.path.join(sys.base_prefix, "bin", name)
+        if os.path.exists(exe):
+            return os.path.realpath(exe)
+    raise RuntimeError("no base interpreter")
+
+
+def mpi_env(pkgroot, packages, chroot, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON_MPI_")}
+    env.update(PYTHON_MPI_PKGROOT=pkgroot, PYTHON_MPI_PACKAGES=packages,
+               PYTHON_MPI_CHROOT=chroot, MPIR_CVAR_NUM_CLIQUES="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def fresh_chroot() -> str:
+    return tempfile.mkdtemp(prefix="pmb-bench-", dir="/dev/shm")
+
+
+def du(path) -> tuple[int, int]:
+    size = files = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                size += os.path.getsize(p)
+                files += 1
+    return size, files
+
+
+class Report:
+    def __init__(self, out):
+        self.out = out
+        self.parts = []
+
+    def h(self, text):
+        self.parts.append(f"\n## {text}\n")
+        print(f"\n== {text}", flush=True)
+
+    def p(self, text):
+        self.parts.append(text + "\n")
+        print(text, flush=True)
+
+    def table(self, header, rows):
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        self.p("\n".join(lines) + "\n")
+
+    def write(self):
+        path = os.path.join(self.out, "report.md")
+        with open(path, "w") as f:
+            f.write("".join(self.parts))
+        print(f"\nreport: {path}")
+
+
+# ---------------------------------------------------------------------------
+
+def setup(venv_dir, pkgroot):
+    if not os.path.exists(os.path.join(venv_dir, ".complete")):
+        shutil.rmtree(venv_dir, ignore_errors=True)
+        sh([base_python(), "-m", "venv", venv_dir])
+        sh([os.path.join(venv_dir, "bin", "pip"), "install", "-q", "numpy", "scipy", "mpi4py"])
+        open(os.path.join(venv_dir, ".complete"), "w").close()
+    os.makedirs(pkgroot, exist_ok=True)
+    ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    sh(CLI + ["pack", "--python", venv_dir, "-o", pkgroot, "-f", "-q"])
+    sh(CLI + ["pack", venv_dir, "-o", pkgroot, "-n", "science", "-f", "-q"])
+    return f"python-{ver}.tar.zst", "science.tar.zst"
+
+
+def stage_seconds(pkgroot, packages, ranks, unpack_ranks=0) -> float:
+    chroot = fresh_chroot()
+    try:
+        env = mpi_env(pkgroot, packages, chroot, PYTHON_MPI_VERBOSE=1,
+                      PYTHON_MPI_UNPACK_RANKS=unpack_ranks)
+        r = sh([MPIEXEC, "-n", str(ranks), LAUNCHER, "--stage-only"], env=env)
+        m = re.search(r"total ([\d.]+) s", r.stderr)
+        return float(m.group(1))
+    finally:
+        shutil.rmtree(chroot, ignore_errors=True)
+
+
+def tar_extract_seconds(args) -> float:
+    d = fresh_chroot()
+    try:
+        return timed(["tar"] + args + ["-C", d])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def bench_pack(rep, venv_dir, env_pkg, reps, levels, tmp):
+    rep.h("1. Packing the numpy+scipy venv")
+    rows = []
+    tree = os.path.join(tmp, "tree")
+    sh(CLI + ["unpack", env_pkg, tree])
+    usize, nfiles = du(tree)
+    for level in levels:
+        out = os.path.join(tmp, f"lvl{level}")
+        os.makedirs(out, exist_ok=True)
+        t = timed(CLI + ["pack", venv_dir, "-o", out, "-n", "env", "-f", "-q", "--level", str(level)])
+        pkg = os.path.join(out, "env.tar.zst")
+        size = os.path.getsize(pkg)
+        t_tar = median_of(reps, lambda: tar_extract_seconds(["--zstd", "-xf", pkg]))
+        t_stage = median_of(reps, lambda: stage_seconds(out, "env.tar.zst", 1, 1))
+        rows.append([f"python-mpi-bcast pack, zstd {level}", f"{t:.1f}", f"{size / 1e6:.1f}",
+                     f"{usize / size:.2f}", f"{usize / 1e6 / t_stage:.0f}", f"{nfiles / t_stage:.0f}",
+                     f"{usize / 1e6 / t_tar:.0f}"])
+    gz = os.path.join(tmp, "env.tar.gz")
+    t = timed(["tar", "-czf", gz, "-C", tree, "."])
+    size = os.path.getsize(gz)
+    t_x = median_of(reps, lambda: tar_extract_seconds(["-xzf", gz]))
+    rows.append(["tar -czf (gzip 6, one core)", f"{t:.1f}", f"{size / 1e6:.1f}", f"{usize / size:.2f}",
+                 "", "", f"{usize / 1e6 / t_x:.0f} (tar -xzf)"])
+    rep.p(f"Tree: {usize / 1e6:.1f} MB in {nfiles} files (the venv's site-packages, scripts, "
+          f"data). Pack time includes copying, relocation and byte-compiling. Unpack into "
+          f"/dev/shm, median of {reps}.\n")
+    rep.table(["method", "pack s", "size MB", "ratio", "python-mpi stage MB/s (1 rank)",
+               "files/s", "tar --zstd -xf MB/s"], rows)
+
+
+def strace_count(cmd, env, roots, tmp, label) -> tuple[int, int, int]:
+    """Run cmd under strace, one trace file per process (-ff: no calls split
+    into 'unfinished'/'resumed' halves); return (calls on roots, processes
+    touching roots, bytes read from files under roots)."""
+    prefix = os.path.join(tmp, f"trace-{label}")
+    sh(["strace", "-ff", "-qq", "-y", "-e", "trace=%file,read,pread64", "-o", prefix] + cmd, env=env)
+    calls = nbytes = 0
+    pids = set()
+    read_re = re.compile(r"^p?read(?:64)?\((\d+)<([^>]*)>.*\)\s+=\s+(\d+)")
+    for name in os.listdir(tmp):
+        if not name.startswith(f"trace-{label}."):
+            continue
+        path = os.path.join(tmp, name)
+        pid = name.rsplit(".", 1)[1]
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = read_re.match(line)
+                if m:
+                    if any(m.group(2).startswith(r) for r in roots):
+                        nbytes += int(m.group(3))
+                        pids.add(pid)
+                elif any(r in line for r in roots):
+                    calls += 1
+                    pids.add(pid)
+        os.unlink(path)
+    return calls, len(pids), nbytes
+
+
+def bench_metadata(rep, venv_dir, pkgroot, packages, ranks_list, tmp):
+    rep.h("2. Shared-filesystem load per job (strace counts)")
+    venv_real = os.path.realpath(venv_dir)
+    rows = []
+    series = {"plain": [], "python-mpi": []}
+    bytes_rows = []
+    for n in ranks_list:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON_MPI_")}
+        env["LD_LIBRARY_PATH"] = os.path.join(os.path.dirname(BIN), "lib")
+        plain = strace_count([MPIEXEC, "-n", str(n), os.path.join(venv_dir, "bin", "python"), "-c",
+                              IMPORT], env, [venv_dir, venv_real, pkgroot], tmp, f"plain{n}")
+        chroot = fresh_chroot()
+        try:
+            env = mpi_env(pkgroot, packages, chroot)
+            staged = strace_count([MPIEXEC, "-n", str(n), LAUNCHER, "-c", IMPORT], env,
+                                  [venv_dir, venv_real, pkgroot], tmp, f"pmb{n}")
+        finally:
+            shutil.rmtree(chroot, ignore_errors=True)
+        series["plain"].append(plain[0])
+        series["python-mpi"].append(staged[0])
+        rows.append([n, plain[0], plain[1], staged[0], staged[1], f"{plain[0] / max(staged[0], 1):.0f}x"])
+        bytes_rows.append([n, f"{plain[2] / 1e6:.1f}", f"{staged[2] / 1e6:.1f}"])
+        print(f"  ranks {n}: plain {plain}, python-mpi {staged}", flush=True)
+    rep.p(f"`{IMPORT}` on every rank, one simulated node. Counted: file-related system calls "
+          f"(`strace -f -e trace=%file`) whose path lies under the venv or the package root, "
+          f"summed over all processes of the job. The base interpreter's own prefix is not "
+          f"counted (it is on local disk here).\n")
+    rep.table(["ranks", "plain venv: calls", "processes", "python-mpi: calls", "processes",
+               "reduction"], rows)
+    total = sum(os.path.getsize(os.path.join(pkgroot, p)) for p in packages.split(":"))
+    rep.h("3. Bytes read from the shared tree per job")
+    rep.p(f"Package files: {total / 1e6:.1f} MB in all. python-mpi should read exactly that "
+          f"(manifest + payload, once, by rank 0), whatever the number of ranks.\n")
+    rep.table(["ranks", "plain venv MB read", "python-mpi MB read"], bytes_rows)
+    return series
+
+
+def bench_stage(rep, pkgroot, packages, reps, tmp):
+    rep.h("4. Stage throughput on one node")
+    tree = os.path.join(tmp, "stage-tree")
+    sh(CLI + ["unpack"] + [os.path.join(pkgroot, p) for p in packages.split(":")] + [tree])
+    usize, nfiles = du(tree)
+    gz = os.path.join(tmp, "all.tar.gz")
+    sh(["tar", "-czf", gz, "-C", tree, "."])
+    pk = [os.path.join(pkgroot, p) for p in packages.split(":")]
+
+    def tar_zstd():
+        d = fresh_chroot()
+        try:
+            t0 = time.perf_counter()
+            for p in pk:
+                sh(["tar", "--zstd", "-xf", p, "-C", d])
+            return time.perf_counter() - t0
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    t_zstd = median_of(reps, tar_zstd)
+    t_gz = median_of(reps, lambda: tar_extract_seconds(["-xzf", gz]))
+    t1 = median_of(reps, lambda: stage_seconds(pkgroot, packages, 1, 1))
+    t2 = median_of(reps, lambda: stage_seconds(pkgroot, packages, 2, 2))
+    rows = []
+    for label, t in (("python-mpi, 1 rank per node", t1), ("python-mpi, 2 ranks per node", t2),
+                     ("tar --zstd -xf (same packages)", t_zstd), ("tar -xzf (gzip tar, older tool)", t_gz)):
+        rows.append([label, f"{t:.2f}", f"{usize / 1e6 / t:.0f}", f"{nfiles / t:.0f}",
+                     f"{t_zstd / t:.2f}"])
+    rep.p(f"Interpreter + numpy/scipy environment: {usize / 1e6:.1f} MB, {nfiles} files, into "
+          f"/dev/shm; python-mpi time is its own 'stage' total (read + broadcast + verify + "
+          f"unpack + rename), median of {reps}. Machine: {os.cpu_count()} cores.\n")
+    rep.table(["method", "seconds", "MB/s", "files/s", "speed vs tar --zstd"], rows)
+
+
+def bench_slowfs(rep, ranks_list, latency_us, reps, tmp):
+    rep.h(f"5. End to end on a slow shared filesystem ({latency_us} µs per metadata operation)")
+    exe = os.path.join(WORK, "slowfs")
+    src = os.path.join(REPO, "benchmarks", "slowfs.c")
+    flags = sh(["pkg-config", "--cflags", "--libs", "fuse3"]).stdout.split()
+    sh(["cc", "-O2", src, "-o", exe] + flags)
+    shared = os.path.join(WORK, "shared")
+    venv_dir = os.path.join(shared, "venv")
+    pkgroot = os.path.join(shared, "pkgs")
+    if not os.path.exists(os.path.join(venv_dir, ".complete")):
+        shutil.rmtree(shared, ignore_errors=True)
+        os.makedirs(shared)
+        sh([base_python(), "-m", "venv", venv_dir])
+        sh([os.path.join(venv_dir, "bin", "pip"), "install", "-q", "numpy", "scipy", "mpi4py"])
+        open(os.path.join(venv_dir, ".complete"), "w").close()
+    py, env_pkg = setup(venv_dir, pkgroot)
+    packages = f"{py}:{env_pkg}"
+    proc = subprocess.Popen([exe, shared, shared, str(latency_us), "-f"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if "slowfs" in open("/proc/mounts").read():
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("slowfs did not mount: " + proc.stderr.read().decode()[-500:])
+        rows = []
+        plain_t, pmb_t = [], []
+        for n in ranks_list:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON_MPI_")}
+            env["LD_LIBRARY_PATH"] = os.path.join(os.path.dirname(BIN), "lib")
+            tp = median_of(reps, lambda: timed([MPIEXEC, "-n", str(n), os.path.join(venv_dir, "bin", "python"),
+                                                "-c", IMPORT], env=env))
+
+            def staged():
+                chroot = fresh_chroot()
+                try:
+                    return timed([MPIEXEC, "-n", str(n), LAUNCHER, "-c", IMPORT],
+                                 env=mpi_env(pkgroot, packages, chroot))
+                finally:
+                    shutil.rmtree(chroot, ignore_errors=True)
+            ts = median_of(reps, staged)
+            plain_t.append(tp)
+            pmb_t.append(ts)
+            rows.append([n, f"{tp:.2f}", f"{ts:.2f}", f"{tp / ts:.1f}x"])
+            print(f"  ranks {n}: plain {tp:.2f} s, python-mpi {ts:.2f} s", flush=True)
+    finally:
+        sh(["fusermount3", "-u", shared], check=False)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    rep.p(f"A read-only FUSE passthrough (benchmarks/slowfs.c) over the venv and the package "
+          f"root: every metadata operation sleeps {latency_us} µs while holding one lock (one "
+          f"metadata server), kernel caching off; data reads are not slowed. Wall time of "
+          f"`mpiexec -n N ... -c \"{IMPORT}\"`; python-mpi includes staging into a fresh "
+          f"/dev/shm directory. Median of {reps}.\n")
+    rep.table(["ranks", "plain venv s", "python-mpi s", "speed-up"], rows)
+    return plain_t, pmb_t
+
+
+def plot(out, ranks_md, series, ranks_e2e, e2e):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    if series:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(ranks_md, series["plain"], "o-", label="plain venv")
+        ax.plot(ranks_md, [max(v, 1) for v in series["python-mpi"]], "s-", label="python-mpi")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("MPI ranks")
+        ax.set_ylabel("file system calls on the shared tree per job")
+        ax.set_title("Shared-filesystem metadata load")
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        p = os.path.join(out, "metadata_calls.png")
+        fig.savefig(p, dpi=120)
+        made.append(p)
+    if e2e:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(ranks_e2e, e2e[0], "o-", label="plain venv")
+        ax.plot(ranks_e2e, e2e[1], "s-", label="python-mpi (incl. staging)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("MPI ranks")
+        ax.set_ylabel("seconds to import numpy, scipy")
+        ax.set_title("End to end on a slow shared filesystem")
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        p = os.path.join(out, "end_to_end_slowfs.png")
+        fig.savefig(p, dpi=120)
+        made.append(p)
+    return made
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",
+                                                  datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
+    ap.add_argument("--latency-us", type=int, default=500)
+    ap.add_argument("--only", default="1,2,4,5", help="sections to run (3 comes with 2)")
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    only = set(a.only.split(","))
+    reps = 1 if a.quick else 3
+    levels = [3, 10] if a.quick else [3, 10, 19]
+    ranks_md = [1, 2, 4, 8] if a.quick else [1, 2, 4, 8, 16, 32]
+    ranks_e2e = [1, 4, 16] if a.quick else [1, 2, 4, 8, 16]
+    rep = Report(a.out)
+    rep.p(f"# python-mpi-bcast benchmarks\n\n{datetime.datetime.now():%Y-%m-%d %H:%M}, "
+          f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+          f"{sh([LAUNCHER, '--pmb-info']).stdout.splitlines()[0]}\n")
+    venv_dir = os.path.join(WORK, "venv")
+    pkgroot = os.path.join(WORK, "pkgs")
+    py, env_pkg = setup(venv_dir, pkgroot)
+    packages = f"{py}:{env_pkg}"
+    tmp = tempfile.mkdtemp(prefix="pmb-bench-", dir=WORK)
+    series, e2e = None, None
+    try:
+        if "1" in only:
+            bench_pack(rep, venv_dir, os.path.join(pkgroot, env_pkg), reps, levels, tmp)
+        if "2" in only:
+            series = bench_metadata(rep, venv_dir, pkgroot, packages, ranks_md, tmp)
+        if "4" in only:
+            bench_stage(rep, pkgroot, packages, reps, tmp)
+        if "5" in only:
+            if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+                rep.p("(section 5 skipped: needs root and /dev/fuse)")
+            else:
+                e2e = bench_slowfs(rep, ranks_e2e, a.latency_us, reps, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for p in plot(a.out, ranks_md, series, ranks_e2e, e2e):
+        rep.p(f"![{os.path.basename(p)}]({os.path.basename(p)})")
+    rep.write()
+
+
+if __name__ == "__main__":
+    main()
