@@ -230,7 +230,7 @@ def bench_metadata(rep, venv_dir, pkgroot, packages, ranks_list, tmp):
         bytes_rows.append([n, f"{plain[2] / 1e6:.1f}", f"{staged[2] / 1e6:.1f}"])
         print(f"  ranks {n}: plain {plain}, python-mpi {staged}", flush=True)
     rep.p(f"`{IMPORT}` on every rank, one simulated node. Counted: file-related system calls "
-          f"(`strace -f -e trace=%file`) whose path lies under the venv or the package root, "
+          f"(`strace -ff -e trace=%file`) whose path lies under the venv or the package root, "
           f"summed over all processes of the job. The base interpreter's own prefix is not "
           f"counted (it is on local disk here).\n")
     rep.table(["ranks", "plain venv: calls", "processes", "python-mpi: calls", "processes",

@@ -96,6 +96,14 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
     prefix_files: list[PrefixFile] = []
     site_old = st.site_abs_old.encode()
     site_tree = st.site_dir
+    site_olds = sorted({site_old, os.path.realpath(st.site_abs_old).encode()} - {b""},
+                       key=len, reverse=True) if site_old else []
+    # where the old site directory sat relative to its venv, for RECORD's ../ entries
+    old_site_rel = b""
+    for old, new in st.moves:
+        if new == "" and st.site_abs_old.startswith(old + "/"):
+            old_site_rel = os.path.relpath(st.site_abs_old, old).encode()
+            break
     for dirpath, dirnames, filenames in os.walk(st.root):
         dirnames.sort()
         for fn in sorted(filenames):
@@ -124,7 +132,13 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                 if changed:
                     with open(full, "rb") as f:
                         data = orig = f.read()
+            if fn == "RECORD" and old_site_rel and old_site_rel != site_tree.encode():
+                data = relocate.rebase_record(data, old_site_rel, site_tree.encode())
             if not any(p in data for p in scrub_b):
+                if data != orig:
+                    with open(full, "wb") as f:
+                        f.write(data)
+                os.chmod(full, mode)
                 continue
             interp = relocate.python_shebang_target(data, scrub_b)
             if interp is not None:
@@ -144,6 +158,10 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                             prefix_files.append(PrefixFile("binary", rel, p))
                             break
                 else:
+                    # the old site directory first: it may sit elsewhere in the tree
+                    for old_site in site_olds:
+                        data = relocate.replace_text_prefix(
+                            data, old_site, relocate.PLACEHOLDER + b"/" + site_tree.encode())
                     for p in scrub_b:
                         data = relocate.replace_text_prefix(data, p, relocate.PLACEHOLDER)
                     prefix_files.append(PrefixFile("text", rel, relocate.PLACEHOLDER.decode()))

@@ -149,3 +149,28 @@ def relocate_record(data: bytes, site_dir: bytes, prefixes: list[bytes]) -> byte
             path = _relpath(path, site_dir.rstrip(b"/"))
         out.append(path + sep + rest)
     return b"".join(out)
+
+
+def rebase_record(data: bytes, old_site_rel: bytes, new_site_rel: bytes) -> bytes:
+    """Re-aim the relative ``../`` entries of a ``RECORD`` file when the site
+    directory sits at another depth in the tree than in the venv (Debian's
+    ``local/lib/python3.11/dist-packages`` vs ``lib/python3.11/site-packages``).
+
+    Both site paths are relative to the root of the venv / tree.
+    """
+    if old_site_rel == new_site_rel:
+        return data
+    out = []
+    for line in data.splitlines(keepends=True):
+        path, sep, rest = line.partition(b",")
+        if path.startswith(b"../"):
+            parts = [c for c in old_site_rel.split(b"/") if c]
+            for c in path.split(b"/"):
+                if c == b"..":
+                    if parts:
+                        parts.pop()
+                elif c and c != b".":
+                    parts.append(c)
+            path = _relpath(b"/".join(parts), new_site_rel)
+        out.append(path + sep + rest)
+    return b"".join(out)

@@ -132,6 +132,28 @@ def test_no_old_prefix_bytes_left_outside_listed_files(unpacked, moved_venv):
     assert bad == []
 
 
+def test_record_entries_resolve_inside_the_tree(pkgroot, tmp_path):
+    """pip's RECORD (used by uninstall) still names real files, including the
+    ../ entries for console scripts, whatever depth the site dir has."""
+    import glob
+    unpacked = str(tmp_path / "tree")
+    run(CLI + ["unpack", os.path.join(pkgroot["root"], pkgroot["python"]),
+               os.path.join(pkgroot["root"], pkgroot["env"]), unpacked], timeout=300)
+    records = glob.glob(os.path.join(unpacked, "**", "numpy-*.dist-info", "RECORD"), recursive=True)
+    assert len(records) == 1
+    site = os.path.dirname(os.path.dirname(records[0]))
+    missing = []
+    scripts = 0
+    for line in open(records[0]).read().splitlines():
+        path = line.split(",")[0]
+        if not path or "__pycache__" in path:
+            continue
+        scripts += path.startswith("../")
+        if not os.path.lexists(os.path.normpath(os.path.join(site, path))):
+            missing.append(path)
+    assert missing == [] and scripts >= 1
+
+
 def test_elf_rpaths_do_not_point_to_old_locations(unpacked, moved_venv):
     from python_mpi_bcast import elf
     for dirpath, dirnames, filenames in os.walk(unpacked):

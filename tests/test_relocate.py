@@ -70,3 +70,10 @@ def test_relocate_record():
 def test_is_binary_and_elf():
     assert R.is_binary(b"a\0b") and not R.is_binary(b"text")
     assert R.is_elf(b"\x7fELF\x02") and not R.is_elf(b"#!/bin/sh")
+
+
+def test_rebase_record_for_a_site_dir_at_another_depth():
+    data = b"numpy/__init__.py,sha256=x,1\n../../../bin/f2py,sha256=y,2\n"
+    out = R.rebase_record(data, b"lib/python3.11/site-packages", b"local/lib/python3.11/dist-packages")
+    assert out == b"numpy/__init__.py,sha256=x,1\n../../../../bin/f2py,sha256=y,2\n"
+    assert R.rebase_record(data, b"a/b", b"a/b") is data
