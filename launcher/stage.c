@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -170,49 +171,64 @@ static void assign_shards(const pmb_manifest *m, int nw, int *owner)
     free(load);
 }
 
-/* Where the chunks live: on a node that unpacks with several ranks, in an
- * MPI shared-memory window owned by the leader, so every unpacking rank
- * reads the bytes the leader received without another copy. */
+/* Where the chunks live: on a node that unpacks with several ranks, in a
+ * file in the node directory that the leader creates and every unpacking
+ * rank maps (MAP_SHARED), so all read the bytes the leader received without
+ * another copy.  Plain POSIX shared memory works with every MPI (MPI RMA
+ * windows did not: Open MPI from PyPI hangs in MPI_Win_allocate_shared).
+ * The file is unlinked as soon as everyone has mapped it. */
 typedef struct {
     unsigned char *base;
-    MPI_Win win;
-    int shared;
+    size_t size;
+    int mapped;
 } pmb_buffers;
 
-static void buffers_open(pmb_buffers *b, size_t size, MPI_Comm unpackers)
+static void buffers_open(pmb_buffers *b, size_t size, MPI_Comm unpackers, const char *dir)
 {
     memset(b, 0, sizeof *b);
-    b->win = MPI_WIN_NULL;
+    b->size = size;
     int nw = 1;
     if (unpackers != MPI_COMM_NULL)
         MPI_Comm_size(unpackers, &nw);
-    if (nw > 1) {
-        int me;
-        MPI_Comm_rank(unpackers, &me);
-        void *base = NULL;
-        if (MPI_Win_allocate_shared(me == 0 ? (MPI_Aint)size : 0, 1, MPI_INFO_NULL, unpackers,
-                                    &base, &b->win) != MPI_SUCCESS)
-            pmb_die("cannot allocate %zu bytes of node shared memory for staging; lower "
-                    "PYTHON_MPI_CHUNK", size);
-        MPI_Aint sz;
-        int du;
-        MPI_Win_shared_query(b->win, 0, &sz, &du, &base);
-        MPI_Win_lock_all(MPI_MODE_NOCHECK, b->win);
-        b->base = base;
-        b->shared = 1;
-    } else if (pmb_c.node_rank == 0) {
-        b->base = pmb_xmalloc(size);
+    if (nw <= 1) {
+        if (pmb_c.node_rank == 0)
+            b->base = pmb_xmalloc(size);
+        return;
     }
+    char path[PATH_MAX] = "";
+    int fd = -1;
+    if (pmb_c.node_rank == 0) {
+        snprintf(path, sizeof path, "%s/.pmb-chunks.XXXXXX", dir);
+        fd = mkstemp(path);
+        if (fd < 0 || ftruncate(fd, (off_t)size))
+            pmb_die("cannot create the staging buffer %s: %s", path, strerror(errno));
+    }
+    MPI_Bcast(path, PATH_MAX, MPI_CHAR, 0, unpackers);
+    if (pmb_c.node_rank != 0) {
+        fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            pmb_die("cannot open the staging buffer %s: %s", path, strerror(errno));
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        pmb_die("cannot map the staging buffer %s (%zu bytes): %s; lower PYTHON_MPI_CHUNK",
+                path, size, strerror(errno));
+    close(fd);
+    MPI_Request r;
+    MPI_Ibarrier(unpackers, &r);
+    pmb_wait(&r);
+    if (pmb_c.node_rank == 0)
+        unlink(path);
+    b->base = p;
+    b->mapped = 1;
 }
 
 static void buffers_close(pmb_buffers *b)
 {
-    if (b->shared) {
-        MPI_Win_unlock_all(b->win);
-        MPI_Win_free(&b->win);
-    } else {
+    if (b->mapped)
+        munmap(b->base, b->size);
+    else
         free(b->base);
-    }
 }
 
 /* This rank's view of a package being unpacked: which shards are its own,
@@ -323,11 +339,10 @@ static void stage_package(pmb_manifest *m, int fd, int unpack, MPI_Comm unpacker
         }
         if (sync) {
             MPI_Request ready;
-            if (leader)
-                MPI_Win_sync(bufs->win);
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
             MPI_Ibarrier(unpackers, &ready);
             pmb_wait(&ready);
-            MPI_Win_sync(bufs->win);
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
         }
         t[1] += pmb_now() - t0;
         if (!unpack)
@@ -410,7 +425,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             check_owned_dir(tree, "staged tree");
         } else {
             have = 0;
-            check_space(chroot, need, files);
+            check_space(chroot, need + pmb_cfg.chunk * (uint64_t)pmb_cfg.nbuf, files);
         }
     }
     /* does every node already hold this exact tree?  (rank 0 is a leader) */
@@ -442,7 +457,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             if (unpackers != MPI_COMM_NULL)
                 MPI_Bcast(tmp, PATH_MAX, MPI_CHAR, 0, unpackers);
             pmb_buffers bufs;
-            buffers_open(&bufs, (size_t)pmb_cfg.chunk * (size_t)pmb_cfg.nbuf, unpackers);
+            buffers_open(&bufs, (size_t)pmb_cfg.chunk * (size_t)pmb_cfg.nbuf, unpackers, chroot);
             double t0 = pmb_now();
             uint64_t nf = 0, nb = 0;
             for (int i = 0; i < n; i++) {

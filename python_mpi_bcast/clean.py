@@ -1,7 +1,8 @@
 """``python-mpi-bcast clean``: remove what staging left in node directories.
 
-Temporary unpack directories (``.env-<id>.XXXXXX``) are left only by a
-staging that was killed; they are always safe to remove.  Ready trees
+Temporary unpack directories (``.env-<id>.XXXXXX``) and staging buffers
+(``.pmb-chunks.XXXXXX``) are left only by a staging that was killed; they
+are always safe to remove.  Ready trees
 (``env-<id>``) are removed with ``--all`` or when older than ``--older-than``
 hours.  Only entries owned by the caller are touched and no symlink is
 followed.
@@ -19,6 +20,7 @@ from .errors import PmbError
 
 TMP_RE = re.compile(r"^\.env-[0-9a-f]{32}\.[A-Za-z0-9]{6}$")
 TREE_RE = re.compile(r"^env-[0-9a-f]{32}$")
+CHUNKS_RE = re.compile(r"^\.pmb-chunks\.[A-Za-z0-9]{6}$")
 
 
 def clean(directory: str, all_trees: bool = False, older_than_hours: float | None = None,
@@ -41,7 +43,14 @@ def clean(directory: str, all_trees: bool = False, older_than_hours: float | Non
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
         est = os.lstat(path)
-        if not stat.S_ISDIR(est.st_mode) or est.st_uid != os.geteuid():
+        if est.st_uid != os.geteuid():
+            continue
+        if CHUNKS_RE.match(name) and stat.S_ISREG(est.st_mode):
+            removed.append(path)  # staging buffer of a killed job
+            if not dry_run:
+                os.unlink(path)
+            continue
+        if not stat.S_ISDIR(est.st_mode):
             continue
         if TMP_RE.match(name):
             pass

@@ -505,7 +505,7 @@ def test_killed_staging_leaves_no_ready_tree_and_clean_removes_leftovers(pkgroot
         os.killpg(p.pid, signal.SIGKILL)
     finally:
         p.wait(timeout=30)
-    leftovers = [e for e in os.listdir(node0) if e.startswith(".env-")]
+    leftovers = [e for e in os.listdir(node0) if e.startswith((".env-", ".pmb-chunks."))]
     assert leftovers and not [e for e in os.listdir(node0) if e.startswith("env-")]
     # the next job stages afresh and works
     r = mpirun(2, ["-c", CHECK], mpi_env(pkgroot, shm_chroot, cliques=1))
@@ -515,7 +515,7 @@ def test_killed_staging_leaves_no_ready_tree_and_clean_removes_leftovers(pkgroot
     assert r.stdout.count("would remove") == len(leftovers)
     r = run(cli + [node0])
     assert r.stdout.count("removed") == len(leftovers)
-    assert [e for e in os.listdir(node0) if e.startswith(".env-")] == []
+    assert [e for e in os.listdir(node0) if e.startswith((".env-", ".pmb-chunks."))] == []
     assert len([e for e in os.listdir(node0) if e.startswith("env-")]) == 1
     run(cli + [node0, "--all"])
     assert not os.path.exists(node0)

