@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from python_mpi_bcast.pyinfo import running_base_interpreter as base_python
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 MPIEXEC = os.path.join(BIN, "mpiexec")
@@ -57,12 +59,6 @@ def median_of(n, fn):
     return statistics.median(fn() for _ in range(n))
 
 
-def base_python() -> str:
-    for name in (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3"):
-        exe = os.path.join(sys.base_prefix, "bin", name)
-        if os.path.exists(exe):
-            return os.path.realpath(exe)
-    raise RuntimeError("no base interpreter")
 
 
 def mpi_env(pkgroot, packages, chroot, **extra):

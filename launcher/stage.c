@@ -471,10 +471,9 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
                 }
             }
             buffers_close(&bufs);
-            if (pmb_c.node_rank == 0 && !have)
+            if (pmb_c.node_rank == 0 && !have) {
                 for (int i = 0; i < n; i++)
                     pmb_patch_prefixes(tmp, tree, &ms[i]);
-            if (pmb_c.node_rank == 0 && !have) {
                 if (chmod(tmp, 0700))
                     pmb_die("cannot chmod %s: %s", tmp, strerror(errno));
                 if (rename(tmp, tree)) {

@@ -160,6 +160,12 @@ static int link_inside(pmb_unpacker *u, const char *name, const char *link)
     return 1;
 }
 
+/* Create (or truncate) a regular file of the tree, never through a symlink. */
+static int create_member(pmb_unpacker *u, const char *name)
+{
+    return openat(u->rootfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+}
+
 static void begin_member(pmb_unpacker *u)
 {
     const unsigned char *h = u->hdr;
@@ -238,14 +244,14 @@ static void begin_member(pmb_unpacker *u)
     case '0':
     case '\0':
     case '7':
-        u->fd = openat(u->rootfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        u->fd = create_member(u, name);
         if (u->fd < 0 && errno == ENOENT) { /* parents not there yet (another shard's) */
             make_parents(u, name);
-            u->fd = openat(u->rootfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+            u->fd = create_member(u, name);
         }
         if (u->fd < 0 && (errno == ELOOP || errno == EISDIR || errno == ETXTBSY)) {
-            unlinkat(u->rootfd, name, 0);
-            u->fd = openat(u->rootfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+            unlinkat(u->rootfd, name, 0); /* a link or file of an earlier layer */
+            u->fd = create_member(u, name);
         }
         if (u->fd < 0) {
             if (errno == ENOSPC)

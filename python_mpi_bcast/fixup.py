@@ -86,6 +86,37 @@ def _find_any(path: str, needles: list[bytes]) -> bytes | None:
             tail = window[-keep:] if keep else b""
 
 
+def _relocate_content(data: bytes, fn: str, rel: str, scrub: list[str], scrub_b: list[bytes],
+                   site_old: bytes, site_olds: list[bytes], site_tree: str,
+                   prefix_files: list[PrefixFile]) -> bytes:
+    """Rewrite one file that still names an old prefix; what cannot be made
+    relative is recorded in ``prefix_files`` for the unpacker to patch."""
+    if relocate.python_shebang_target(data, scrub_b) is not None:
+        data = relocate.rewrite_shebang(data, b"python3")
+    elif fn.endswith(".pth") and site_old:
+        data, foreign = relocate.relativize_pth(data, site_old, scrub_b, site_tree.encode())
+        if foreign:
+            raise PmbError(f"{rel}: refers to {foreign[0].decode(errors='replace')}, "
+                           f"outside the packed environment; remove that line or "
+                           f"install the package into the venv")
+    elif fn == "RECORD" and site_old:
+        data = relocate.relocate_record(data, site_old, scrub_b)
+    if not any(p in data for p in scrub_b):
+        return data
+    if relocate.is_binary(data):
+        old = next(p for p in scrub if p.encode() in data)
+        prefix_files.append(PrefixFile("binary", rel, old))
+        return data
+    # the old site directory first: it may sit elsewhere in the tree
+    for old_site in site_olds:
+        data = relocate.replace_text_prefix(
+            data, old_site, relocate.PLACEHOLDER + b"/" + site_tree.encode())
+    for p in scrub_b:
+        data = relocate.replace_text_prefix(data, p, relocate.PLACEHOLDER)
+    prefix_files.append(PrefixFile("text", rel, relocate.PLACEHOLDER.decode()))
+    return data
+
+
 def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
     """Rewrite every file that refers to an old prefix.
 
@@ -112,63 +143,39 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                 continue
             rel = os.path.relpath(full, st.root)
             mode = os.stat(full).st_mode
-            if not mode & stat.S_IWUSR:
+            read_only = not mode & stat.S_IWUSR
+            if read_only:  # patchelf and our own rewrites need to write
                 os.chmod(full, mode | stat.S_IWUSR)
-            if scrub_b and os.path.getsize(full) > BIG_FILE:
-                # large data files: scan without loading them; one that holds
-                # an old prefix is recorded as binary prefix-bearing
-                hit = _find_any(full, scrub_b)
-                if hit is not None:
-                    prefix_files.append(PrefixFile("binary", rel, hit.decode()))
-                continue
-            with open(full, "rb") as f:
-                data = f.read()
-            orig = data
-            if relocate.is_elf(data) and scrub:
-                try:
-                    changed = elf.relocate_rpath(full, rel, st.moves, st.root)
-                except PmbError:
-                    changed = False  # not a dynamic object (static, or odd ELF)
-                if changed:
-                    with open(full, "rb") as f:
-                        data = orig = f.read()
-            if fn == "RECORD" and old_site_rel and old_site_rel != site_tree.encode():
-                data = relocate.rebase_record(data, old_site_rel, site_tree.encode())
-            if not any(p in data for p in scrub_b):
+            try:
+                if scrub_b and os.path.getsize(full) > BIG_FILE:
+                    # large data files: scan without loading them; one that holds
+                    # an old prefix is recorded as binary prefix-bearing
+                    hit = _find_any(full, scrub_b)
+                    if hit is not None:
+                        prefix_files.append(PrefixFile("binary", rel, hit.decode()))
+                    continue
+                with open(full, "rb") as f:
+                    data = f.read()
+                if relocate.is_elf(data) and scrub:
+                    try:
+                        changed = elf.relocate_rpath(full, rel, st.moves, st.root)
+                    except PmbError:
+                        changed = False  # not a dynamic object (static, or odd ELF)
+                    if changed:
+                        with open(full, "rb") as f:
+                            data = f.read()
+                orig = data
+                if fn == "RECORD" and old_site_rel:
+                    data = relocate.rebase_record(data, old_site_rel, site_tree.encode())
+                if any(p in data for p in scrub_b):
+                    data = _relocate_content(data, fn, rel, scrub, scrub_b, site_old, site_olds,
+                                          site_tree, prefix_files)
                 if data != orig:
                     with open(full, "wb") as f:
                         f.write(data)
-                os.chmod(full, mode)
-                continue
-            interp = relocate.python_shebang_target(data, scrub_b)
-            if interp is not None:
-                data = relocate.rewrite_shebang(data, b"python3")
-            elif fn.endswith(".pth") and site_old:
-                data, foreign = relocate.relativize_pth(data, site_old, scrub_b, site_tree.encode())
-                if foreign:
-                    raise PmbError(f"{rel}: refers to {foreign[0].decode(errors='replace')}, "
-                                   f"outside the packed environment; remove that line or "
-                                   f"install the package into the venv")
-            elif fn == "RECORD" and site_old:
-                data = relocate.relocate_record(data, site_old, scrub_b)
-            if any(p in data for p in scrub_b):
-                if relocate.is_binary(data):
-                    for p in scrub:
-                        if p.encode() in data:
-                            prefix_files.append(PrefixFile("binary", rel, p))
-                            break
-                else:
-                    # the old site directory first: it may sit elsewhere in the tree
-                    for old_site in site_olds:
-                        data = relocate.replace_text_prefix(
-                            data, old_site, relocate.PLACEHOLDER + b"/" + site_tree.encode())
-                    for p in scrub_b:
-                        data = relocate.replace_text_prefix(data, p, relocate.PLACEHOLDER)
-                    prefix_files.append(PrefixFile("text", rel, relocate.PLACEHOLDER.decode()))
-            if data != orig:
-                with open(full, "wb") as f:
-                    f.write(data)
-                os.chmod(full, mode)
+            finally:
+                if read_only:
+                    os.chmod(full, mode)
     return prefix_files
 
 

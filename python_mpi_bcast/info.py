@@ -27,10 +27,9 @@ def launcher_path() -> str:
 def info() -> dict:
     exe = launcher_path()
     out = {"python-mpi-bcast": __version__, "launcher": exe}
-    env = dict(os.environ)
     try:
         r = subprocess.run([exe, "--pmb-info"], capture_output=True, text=True, timeout=60,
-                           env=env, check=False)
+                           check=False)
     except subprocess.TimeoutExpired:
         raise PmbError(f"{exe} --pmb-info did not answer within 60 s (MPI singleton start "
                        f"hangs?); try 'mpiexec -n 1 {exe} --pmb-info'") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 from .errors import PmbError
 
@@ -102,6 +103,16 @@ def base_interpreter_of_venv(venv: str) -> str:
                    f"which has no python{mm or '3'}); recreate the venv with an existing Python")
 
 
+def running_base_interpreter() -> str:
+    """The base interpreter of the Python running this code (outside any
+    venv), of the same X.Y version."""
+    for name in (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3"):
+        exe = os.path.join(sys.base_prefix, "bin", name)
+        if os.path.exists(exe):
+            return os.path.realpath(exe)
+    raise PmbError(f"no python3 found in {sys.base_prefix}/bin, the base of {sys.executable}")
+
+
 def resolve_interpreter(spec: str | None) -> str:
     """Turn ``--python [SPEC]`` into an interpreter executable.
 
@@ -109,12 +120,11 @@ def resolve_interpreter(spec: str | None) -> str:
     executable.  Without SPEC: the base of the active venv, else the base of
     the Python running this tool.
     """
-    import sys
     if spec is None:
         venv = os.environ.get("VIRTUAL_ENV")
         if venv and is_venv(venv):
             return base_interpreter_of_venv(venv)
-        spec = sys.base_prefix
+        return running_base_interpreter()
     if not os.path.exists(spec):
         raise PmbError(f"{spec}: no such file or directory")
     if os.path.isdir(spec):

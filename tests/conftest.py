@@ -17,6 +17,8 @@ import uuid
 
 import pytest
 
+from python_mpi_bcast.pyinfo import running_base_interpreter as base_python
+
 BIN = os.path.dirname(sys.executable)
 MPIEXEC = os.path.join(BIN, "mpiexec")
 LAUNCHER = os.path.join(BIN, "python-mpi")
@@ -35,13 +37,6 @@ def run(args, timeout=120, check=True, **kw):
     return r
 
 
-def base_python() -> str:
-    """The base interpreter of the Python running the tests."""
-    for name in (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3"):
-        exe = os.path.join(sys.base_prefix, "bin", name)
-        if os.path.exists(exe):
-            return os.path.realpath(exe)
-    raise RuntimeError("no base interpreter found")
 
 
 def make_venv(path: str, packages: list[str]) -> str:
