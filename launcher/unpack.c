@@ -466,8 +466,15 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
     for (int i = 0; i < m->nprefix; i++) {
         const pmb_prefix *pf = &m->prefix[i];
         size_t olen = strlen(pf->placeholder);
-        if (!olen || (pf->binary && nlen > olen))
+        if (!olen)
             continue;
+        if (pf->binary && nlen > olen) {
+            /* the tree is <chroot>/env-<32 hex digits>: 37 bytes more than the chroot */
+            pmb_die("package '%s': %s can hold a path of at most %zu bytes (its recorded "
+                    "placeholder), but the staged tree %s has %zu; set PYTHON_MPI_CHROOT to a "
+                    "path of at most %zu bytes", m->file, pf->path, olen, final_root, nlen,
+                    olen > 37 ? olen - 37 : 0);
+        }
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", root, pf->path);
         int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);

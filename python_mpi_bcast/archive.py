@@ -288,7 +288,10 @@ def patch_prefixes(m: Manifest, dest: str, final_dest: str) -> None:
         elif len(new) <= len(old):
             data = relocate.replace_binary_prefix(data, old, new)
         else:
-            continue  # no room: the compiled-in path stays (only a fallback)
+            raise PmbError(f"{p.path} can hold a path of at most {len(old)} bytes (its "
+                           f"recorded placeholder), but {final_dest} has {len(new)}; "
+                           f"unpack into a directory whose path is at most {len(old)} "
+                           f"bytes long")
         st = os.stat(full)
         with open(full, "wb") as f:
             f.write(data)

@@ -145,6 +145,9 @@ def cmd_verify(a) -> int:
             print(f"leftover source path in: {name}")
         raise PmbError(f"{a.package}: {len(res['leftovers'])} files still refer to the "
                        f"source location ({m.sources}); repack with this version")
+    if res["compiled_in"]:
+        print(f"{len(res['compiled_in'])} binary file(s) keep a compiled-in path of the source "
+              f"as a fallback (not used when relocated): {', '.join(res['compiled_in'][:5])}")
     print(f"{a.package}: OK ({res['files']} files, {res['unpacked_size']} bytes, "
           f"{len(m.shards) - 1} shards, hash {m.content_hash[:16]})")
     return 0

@@ -46,6 +46,7 @@ class Staged:
     scrub: list[str] = dataclasses.field(default_factory=list)   # old prefixes
     moves: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # old abs dir -> tree rel
     site_abs_old: str = ""          # the old absolute site-packages directory
+    compiled_in: list[str] = dataclasses.field(default_factory=list)  # binaries keeping an old path
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 

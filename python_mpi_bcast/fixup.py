@@ -86,9 +86,9 @@ def _find_any(path: str, needles: list[bytes]) -> bytes | None:
             tail = window[-keep:] if keep else b""
 
 
-def _relocate_content(data: bytes, fn: str, rel: str, scrub: list[str], scrub_b: list[bytes],
-                   site_old: bytes, site_olds: list[bytes], site_tree: str,
-                   prefix_files: list[PrefixFile]) -> bytes:
+def _relocate_content(data: bytes, fn: str, rel: str, scrub_b: list[bytes],
+                      site_old: bytes, site_olds: list[bytes], site_tree: str,
+                      prefix_files: list[PrefixFile], kept: list[str]) -> bytes:
     """Rewrite one file that still names an old prefix; what cannot be made
     relative is recorded in ``prefix_files`` for the unpacker to patch."""
     if relocate.python_shebang_target(data, scrub_b) is not None:
@@ -104,8 +104,16 @@ def _relocate_content(data: bytes, fn: str, rel: str, scrub: list[str], scrub_b:
     if not any(p in data for p in scrub_b):
         return data
     if relocate.is_binary(data):
-        old = next(p for p in scrub if p.encode() in data)
-        prefix_files.append(PrefixFile("binary", rel, old))
+        # A path compiled into a binary (libpython's PREFIX, a string in an
+        # extension module) is left exactly as it is.  Rewriting it in place
+        # is unsafe: linkers merge a string into the tail of a longer one
+        # (CPython's "3.11.7" is the end of "/opt/python/3.11.7"), and the
+        # padded rewrite cuts such a string.  Nothing needs it either: CPython
+        # finds its prefix from where its executable and library are, and
+        # ELF loaders use the $ORIGIN RPATHs set above; the compiled-in path
+        # is only a fallback.  Only files whose placeholders were recorded
+        # when they were built (conda's) get a binary rewrite.
+        kept.append(rel)
         return data
     # the old site directory first: it may sit elsewhere in the tree
     for old_site in site_olds:
@@ -125,6 +133,7 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
     scrub = sorted({p for p in st.scrub}, key=len, reverse=True)
     scrub_b = [p.encode() for p in scrub]
     prefix_files: list[PrefixFile] = []
+    kept: list[str] = []
     site_old = st.site_abs_old.encode()
     site_tree = st.site_dir
     site_olds = sorted({site_old, os.path.realpath(st.site_abs_old).encode()} - {b""},
@@ -150,9 +159,9 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                 if scrub_b and os.path.getsize(full) > BIG_FILE:
                     # large data files: scan without loading them; one that holds
                     # an old prefix is recorded as binary prefix-bearing
-                    hit = _find_any(full, scrub_b)
-                    if hit is not None:
-                        prefix_files.append(PrefixFile("binary", rel, hit.decode()))
+                    # (a text file this large is data: it is kept as it is, as binaries are)
+                    if _find_any(full, scrub_b) is not None:
+                        kept.append(rel)
                     continue
                 with open(full, "rb") as f:
                     data = f.read()
@@ -168,14 +177,18 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                 if fn == "RECORD" and old_site_rel:
                     data = relocate.rebase_record(data, old_site_rel, site_tree.encode())
                 if any(p in data for p in scrub_b):
-                    data = _relocate_content(data, fn, rel, scrub, scrub_b, site_old, site_olds,
-                                          site_tree, prefix_files)
+                    data = _relocate_content(data, fn, rel, scrub_b, site_old, site_olds,
+                                             site_tree, prefix_files, kept)
                 if data != orig:
                     with open(full, "wb") as f:
                         f.write(data)
             finally:
                 if read_only:
                     os.chmod(full, mode)
+    for rel in kept:
+        log.debug("%s: keeps a compiled-in path of the old location (a fallback only; "
+                  "not rewritten)", rel)
+    st.compiled_in = kept
     return prefix_files
 
 

@@ -20,12 +20,15 @@ def inspect(path: str) -> Manifest:
 def verify(path: str, forbidden: list[str] | None = None) -> dict:
     """Check every shard's hash and the content hash; decompress everything
     and report files that still contain any of ``forbidden`` (byte strings of
-    old locations) and are not listed as prefix-bearing."""
+    old locations) and are not listed as prefix-bearing.  Binary files that
+    keep such a path (a compiled-in fallback, left alone on purpose) are
+    listed apart as ``compiled_in``."""
     forbidden_b = [f.encode() for f in (forbidden or []) if f]
     dctx = zstandard.ZstdDecompressor()
     files = 0
     size = 0
     leftovers = []
+    compiled_in = []
     m = None
     for m, i, data in iter_frames(path, verify=True):
         try:
@@ -44,11 +47,13 @@ def verify(path: str, forbidden: list[str] | None = None) -> dict:
                     if forbidden_b and ti.name not in listed:
                         content = tf.extractfile(ti).read()
                         if any(f in content for f in forbidden_b):
-                            leftovers.append(ti.name)
+                            # binaries keep compiled-in paths on purpose (fixup.py)
+                            (compiled_in if b"\0" in content else leftovers).append(ti.name)
                 elif ti.issym() and any(f in ti.linkname.encode() for f in forbidden_b):
                     leftovers.append(ti.name)
     assert m is not None
     if files != m.files or size != m.unpacked_size:
         raise PmbError(f"{path}: manifest says {m.files} files / {m.unpacked_size} bytes, "
                        f"content has {files} / {size}")
-    return {"files": files, "unpacked_size": size, "leftovers": leftovers, "manifest": m}
+    return {"files": files, "unpacked_size": size, "leftovers": leftovers,
+            "compiled_in": compiled_in, "manifest": m}

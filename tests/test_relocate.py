@@ -77,3 +77,24 @@ def test_rebase_record_for_a_site_dir_at_another_depth():
     out = R.rebase_record(data, b"lib/python3.11/site-packages", b"local/lib/python3.11/dist-packages")
     assert out == b"numpy/__init__.py,sha256=x,1\n../../../../bin/f2py,sha256=y,2\n"
     assert R.rebase_record(data, b"a/b", b"a/b") is data
+
+
+def test_padded_binary_rewrite_cuts_a_tail_merged_string():
+    """Why binaries of an interpreter or venv are never rewritten: a linker
+    stores "3.11.7" as the tail of "/opt/python/3.11.7" and points into it;
+    the padded rewrite of the prefix moves that tail and leaves a NUL where
+    the version string starts."""
+    data = b"\0/opt/python/3.11.7\0"
+    version_at = data.index(b"3.11.7")
+    out = R.replace_binary_prefix(data, b"/opt/python/3.11.7", b"/scr/t")
+    assert out[version_at:].split(b"\0")[0] != b"3.11.7"
+
+
+def test_binary_holding_an_old_prefix_is_kept_and_not_recorded():
+    from python_mpi_bcast.fixup import _relocate_content
+    data = b"\x7fELF\0\0/opt/python/3.11.7\0\0"
+    prefix_files, kept = [], []
+    out = _relocate_content(data, "libpython3.11.so.1.0", "lib/libpython3.11.so.1.0",
+                            [b"/opt/python/3.11.7"], b"", [], "lib/python3.11/site-packages",
+                            prefix_files, kept)
+    assert out is data and prefix_files == [] and kept == ["lib/libpython3.11.so.1.0"]
