@@ -108,6 +108,11 @@ static int print_info(void)
     printf("modes: embed stage-only%s\n", exec_ok ? " exec" : "");
     if (!exec_ok)
         printf("exec_mode: unavailable (%s)\n", why);
+    const char *lib = pmb_mpi_library_path();
+    printf("mpi_abi: %s\n", pmb_mpi_family());
+    if (lib)
+        printf("mpi_file: %s\n", lib);
+    printf("mpi4py: %s\n", pmb_mpi4py_plan(lib));
     MPI_Finalize();
     return 0;
 }

@@ -416,3 +416,23 @@ void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n)
         pmb_log("start: mpi4py's %s needs %s: resolved to the loaded %s", base_name(m.ext),
                 m.needed, real);
 }
+
+/* For `python-mpi-bcast info`: what the PyPI wheel's extension will load. */
+const char *pmb_mpi4py_plan(const char *lib)
+{
+    static char out[PATH_MAX + 256];
+    const char *family = pmb_mpi_family();
+    const char *want = !strcmp(family, "mpich") ? "libmpi.so.12" :
+                       !strcmp(family, "openmpi") ? "libmpi.so.40" : NULL;
+    if (!lib)
+        snprintf(out, sizeof out, "MPI is linked statically; mpi4py uses it as it finds it");
+    else if (!want)
+        snprintf(out, sizeof out, "the PyPI wheel has no build for the %s ABI of %s; build mpi4py "
+                 "from source against it", family, lib);
+    else if (!strcmp(base_name(lib), want))
+        snprintf(out, sizeof out, "the PyPI wheel's %s is %s", want, lib);
+    else
+        snprintf(out, sizeof out, "embed mode points the PyPI wheel's %s at %s (exec and "
+                 "stage-only modes need a file of that name on the loader path)", want, lib);
+    return out;
+}

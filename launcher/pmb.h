@@ -123,5 +123,6 @@ int pmb_exec_supported(char *why, size_t len);
 const char *pmb_mpi_family(void);
 const char *pmb_mpi_library_path(void);
 void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n);
+const char *pmb_mpi4py_plan(const char *lib);
 
 #endif
