@@ -163,3 +163,10 @@ def test_mpi4py_for_another_mpi_family_is_one_line_error(debian_openmpi_launcher
     assert "needs libmpich.so.12 (mpich ABI), but the launcher runs " in lines[0], lines
     assert "libmpi.so.40 (openmpi ABI)" in lines[0], lines
     assert "Traceback" not in r.stderr and "TOTAL" not in r.stdout
+
+
+def test_info_tells_which_library_the_wheel_will_use(debian_mpich_launcher):
+    r = run([debian_mpich_launcher, "--pmb-info"], timeout=60)
+    assert "mpi_abi: mpich\n" in r.stdout, r.stdout
+    assert "mpi_file: /" in r.stdout and "libmpich.so.12\n" in r.stdout, r.stdout
+    assert "mpi4py: embed mode points the PyPI wheel's libmpi.so.12 at /" in r.stdout, r.stdout
