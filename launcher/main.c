@@ -108,6 +108,11 @@ static int print_info(void)
     printf("modes: embed stage-only%s\n", exec_ok ? " exec" : "");
     if (!exec_ok)
         printf("exec_mode: unavailable (%s)\n", why);
+    const char *lib = pmb_mpi_library_path();
+    printf("mpi_abi: %s\n", pmb_mpi_family());
+    if (lib)
+        printf("mpi_file: %s\n", lib);
+    printf("mpi4py: %s\n", pmb_mpi4py_plan(lib));
     MPI_Finalize();
     return 0;
 }
@@ -238,5 +243,9 @@ int main(int argc, char **argv)
     }
     if (pmb_cfg.mode == PMB_MODE_EXEC)
         pmb_start_exec(tree, interp, argc, argv);
+    /* every rank judges the same staged tree: rank 0 reports a problem once */
+    collective_phase = 1;
+    pmb_mpi4py_prepare(tree, ms, n);
+    collective_phase = 0;
     pmb_start_embed(tree, interp, argc, argv);
 }

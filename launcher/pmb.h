@@ -2,7 +2,8 @@
  *
  * Files by phase: config.c (environment variables), manifest.c (package
  * headers), stage.c (MPI distribution and node directories), unpack.c
- * (zstd + tar into the node directory), start.c (embed / exec), main.c.
+ * (zstd + tar into the node directory), start.c (embed / exec), mpilib.c
+ * (mpi4py finds the launcher's MPI library), main.c.
  * Every symbol carries the pmb_ prefix. */
 #ifndef PMB_H
 #define PMB_H
@@ -117,5 +118,11 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     __attribute__((noreturn));
 void pmb_install_exit_handler(const char *tree);
 int pmb_exec_supported(char *why, size_t len);
+
+/* mpilib.c */
+const char *pmb_mpi_family(void);
+const char *pmb_mpi_library_path(void);
+void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n);
+const char *pmb_mpi4py_plan(const char *lib);
 
 #endif

@@ -124,11 +124,12 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     char exe[PATH_MAX];
     snprintf(exe, sizeof exe, "%s/%s", tree, interp->executable ? interp->executable : "bin/python3");
     /* the staged interpreter loads its own libpython; mpi4py must find the
-     * launcher's MPI library */
-    Dl_info info;
-    if (dladdr((void *)MPI_Init, &info) && info.dli_fname) {
+     * launcher's MPI library (under the name its extension asks for: the
+     * in-process alias of embed mode does not survive execv) */
+    const char *mpilib = pmb_mpi_library_path();
+    if (mpilib) {
         char dir[PATH_MAX];
-        snprintf(dir, sizeof dir, "%s", info.dli_fname);
+        snprintf(dir, sizeof dir, "%s", mpilib);
         char *s = strrchr(dir, '/');
         if (s) {
             *s = 0;
@@ -139,6 +140,12 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
             setenv("LD_LIBRARY_PATH", v, 1);
         }
     }
+    /* mpi4py's wheel (>= 4.1.1) picks its ABI build from the library named
+     * here instead of the first libmpi.so* on the loader path (Debian puts
+     * Open MPI's there) */
+    const char *lib = pmb_mpi_library_path();
+    if (lib && !getenv("MPI4PY_LIBMPI"))
+        setenv("MPI4PY_LIBMPI", lib, 1);
     unsetenv("PYTHONHOME");
     setenv("PYTHON_MPI_TREE", tree, 1);
     fflush(stdout);
