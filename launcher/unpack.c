@@ -307,9 +307,6 @@ static void begin_member(pmb_unpacker *u)
     name[nl] = 0;
     if (type == '5' && nl > 1 && name[nl - 1] == '/')
         name[--nl] = 0;
-    const char *why = pmb_path_problem(name, nl);
-    if (why)
-        UFAIL(u, "refusing archive member '%s' (%s)", shown(name, nl, b, sizeof b), why);
     const char *link = u->pax_link;
     size_t ll = u->pax_link_len;
     char ulink[101];
@@ -322,6 +319,9 @@ static void begin_member(pmb_unpacker *u)
     if (type != '0' && type != '5' && type != '2')
         UFAIL(u, "refusing archive member '%s' of unsupported type '%s%c'",
               shown(name, nl, b, sizeof b), type ? "" : "\\", type ? type : '0');
+    const char *why = pmb_path_problem(name, nl);
+    if (why)
+        UFAIL(u, "refusing archive member '%s' (%s)", shown(name, nl, b, sizeof b), why);
     if (type != '2' && ll)
         UFAIL(u, "refusing archive member '%s' (a link target on a %s)", shown(name, nl, b, sizeof b),
               type == '5' ? "directory" : "file");
