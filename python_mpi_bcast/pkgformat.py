@@ -139,20 +139,6 @@ def quote(s: str) -> str:
     return "".join(out)
 
 
-def unquote(s: str) -> str:
-    b = s.encode("utf-8", "surrogateescape")
-    out = bytearray()
-    i = 0
-    while i < len(b):
-        if b[i] == 0x25 and i + 3 <= len(b):
-            out.append(int(b[i + 1:i + 3], 16))
-            i += 3
-        else:
-            out.append(b[i])
-            i += 1
-    return out.decode("utf-8", "surrogateescape")
-
-
 def content_hash(shard_digests: list[str]) -> str:
     h = hashlib.sha256()
     for d in shard_digests:
@@ -186,9 +172,11 @@ def decode_manifest_frame(body: bytes) -> bytes:
         params = zstandard.get_frame_parameters(body)
         text = zstandard.ZstdDecompressor().decompress(body, allow_extra_data=False)
     except zstandard.ZstdError as e:
-        msg = str(e)
-        if "extra data" in msg or "unused" in msg:
+        msg = str(e).replace("decompression error: ", "")
+        if "extra data" in msg or "unused" in msg or "full frame" in msg:
             raise ManifestError("corrupt manifest (not exactly one zstd frame)") from None
+        if "content size" in msg:
+            raise ManifestError("corrupt manifest (bad size)") from None
         raise ManifestError(f"corrupt manifest (zstd: {msg})") from None
     if params.content_size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) \
             or params.content_size > MAX_MANIFEST or len(text) != params.content_size:

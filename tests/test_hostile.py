@@ -743,3 +743,35 @@ def test_mutation_both_readers_agree_and_accepted_trees_are_exact(place):
         assert place.snapshot() == before
     print(f"mutants: {n}, {tried}")
     assert n >= 20
+
+
+def test_manifest_frames_are_checked_alike(tmp_path):
+    """The frame around the manifest text: one checksummed zstd frame with
+    its size, or a version 1 package (raw text), or refused."""
+    m = pkgformat.Manifest(name="n", kind="directory", unpacked_size=0, files=0, payload_size=10,
+                           content_hash="a" * 64)
+    m.shards = [pkgformat.Shard(0, 10, 1024, 0, "b" * 64)]
+    t = m.to_text().encode()
+    good = zframe(t)
+    cases = {
+        "good": good, "two frames": good + good, "junk after": good + b"x",
+        "no checksum": zframe(t, checksum=False), "bad checksum": good[:-1] + bytes([good[-1] ^ 1]),
+        "cut short": good[:-3], "version 1": t.replace(b"package 2", b"package 1"),
+        "no size": zstandard.ZstdCompressor(write_checksum=True, write_content_size=False).compress(t),
+        "skippable": struct.pack("<II", 0x184D2A50, 1) + b"x", "empty": b"",
+    }
+    paths = []
+    for i, body in enumerate(cases.values()):
+        p = tmp_path / f"f{i}.tar.zst"
+        p.write_bytes(struct.pack("<II", pkgformat.SKIPPABLE_MAGIC, len(body)) + body)
+        paths.append(str(p))
+    out = run([LAUNCHER, "--pmb-manifest"] + paths, timeout=60).stdout.splitlines()
+    out = [ln for ln in out if ln.startswith(("OK", "ERR "))]
+    for (name, body), c in zip(cases.items(), out):
+        try:
+            pkgformat.parse_manifest_text(pkgformat.decode_manifest_frame(body))
+            py = "OK"
+        except pkgformat.ManifestError as e:
+            py = "ERR " + str(e)
+        assert c == py or (py == "OK" and c.startswith("OK")), (name, c, py)
+        assert (py == "OK") == (name == "good"), (name, py)
