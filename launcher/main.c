@@ -168,6 +168,10 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--pmb-info"))
         return print_info();
+    if (argc > 1 && !strcmp(argv[1], "--pmb-unpack")) /* no MPI: python-mpi-bcast unpack */
+        return pmb_unpack_main(argc - 2, argv + 2);
+    if (argc > 1 && !strcmp(argv[1], "--pmb-manifest")) /* no MPI: the tests' parser check */
+        return pmb_manifest_main(argc - 2, argv + 2);
     int stage_only = 0;
     if (argc > 1 && !strcmp(argv[1], "--stage-only")) {
         stage_only = 1;

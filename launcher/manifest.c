@@ -1,67 +1,179 @@
-/* Package manifests: a zstd skippable frame at the start of the file, text
- * lines "key value" (format described in python_mpi_bcast/pkgformat.py). */
+/* Package manifests (format version 2, described in python_mpi_bcast/pkgformat.py):
+ * a zstd skippable frame at the start of the file holding one zstd frame
+ * with a content checksum, which holds the manifest text.  The text is
+ * parsed strictly: every line known, every field checked, every size and
+ * offset range-checked.  pkgformat.Manifest.from_text applies exactly the
+ * same rules (tests/test_hostile.py runs both on one corpus). */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "pmb.h"
+
+#define PMB_MAX_U63 9223372036854775807ull
+#define PMB_MAX_SHARDS (1 << 20)
+
+/* ---- path rules (shared with unpack.c) ---------------------------------- */
+
+/* A member path: relative, components non-empty and neither '.' nor '..',
+ * no NUL, at most PATH_MAX - 1 bytes.  NULL if fine, else the reason. */
+const char *pmb_path_problem(const char *p, size_t len)
+{
+    if (!len)
+        return "empty path";
+    if (len > PATH_MAX - 1)
+        return "path longer than 4095 bytes";
+    if (memchr(p, 0, len))
+        return "NUL byte in path";
+    if (p[0] == '/')
+        return "absolute path";
+    size_t i = 0;
+    while (i <= len) {
+        size_t j = i;
+        while (j < len && p[j] != '/')
+            j++;
+        size_t c = j - i;
+        if (c == 0)
+            return "empty path component";
+        if (c == 1 && p[i] == '.')
+            return "'.' path component";
+        if (c == 2 && p[i] == '.' && p[i + 1] == '.')
+            return "'..' path component";
+        i = j + 1;
+    }
+    return NULL;
+}
+
+/* A symlink target for the member at `name`: relative; either exactly "."
+ * or some leading '..' components (no more than the link's depth) followed
+ * by names only (no '.', '..' or empty components after them).  Parents
+ * are always real directories (unpack.c), so such a link resolves inside
+ * the tree whatever else the tree holds. */
+const char *pmb_link_problem(const char *name, const char *t, size_t len)
+{
+    if (!len)
+        return "empty target";
+    if (len > PATH_MAX - 1)
+        return "target longer than 4095 bytes";
+    if (memchr(t, 0, len))
+        return "NUL byte in target";
+    if (t[0] == '/')
+        return "absolute target";
+    if (len == 1 && t[0] == '.')
+        return NULL;
+    size_t depth = 0;
+    for (const char *s = name; *s; s++)
+        depth += *s == '/';
+    size_t i = 0, ups = 0;
+    int named = 0;
+    while (i <= len) {
+        size_t j = i;
+        while (j < len && t[j] != '/')
+            j++;
+        size_t c = j - i;
+        if (c == 0)
+            return "empty component in target";
+        if (c == 1 && t[i] == '.')
+            return "'.' component in target";
+        if (c == 2 && t[i] == '.' && t[i + 1] == '.') {
+            if (named)
+                return "'..' after a name in target";
+            if (++ups > depth)
+                return "more '..' than the link's depth";
+        } else {
+            named = 1;
+        }
+        i = j + 1;
+    }
+    return NULL;
+}
+
+/* ---- manifest text ------------------------------------------------------ */
 
 static int hexval(int c)
 {
     if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
-void pmb_percent_decode(char *s)
+/* Strict percent-decoding of n bytes: '%' + two upper-case hex digits,
+ * never a NUL.  Returns a new string (length in *out_len) or NULL. */
+static char *decode(const char *s, size_t n, size_t *out_len)
 {
-    char *o = s;
-    for (char *p = s; *p; p++) {
-        if (*p == '%' && hexval(p[1]) >= 0 && hexval(p[2]) >= 0) {
-            *o++ = (char)(hexval(p[1]) * 16 + hexval(p[2]));
-            p += 2;
+    char *o = pmb_xmalloc(n + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            if (i + 2 >= n) {
+                free(o);
+                return NULL;
+            }
+            int hi = hexval((unsigned char)s[i + 1]), lo = hexval((unsigned char)s[i + 2]);
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                free(o);
+                return NULL;
+            }
+            o[k++] = (char)(hi * 16 + lo);
+            i += 2;
         } else {
-            *o++ = *p;
+            o[k++] = s[i];
         }
     }
-    *o = 0;
+    o[k] = 0;
+    *out_len = k;
+    return o;
 }
 
-static int parse_u64(const char *s, uint64_t *out)
+/* canonical decimal (no sign, no leading zero) up to 2^63 - 1 */
+static int parse_num(const char *s, size_t n, uint64_t *out)
 {
-    char *end;
-    if (!s || !*s)
+    if (!n || n > 19 || (n > 1 && s[0] == '0'))
         return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end || errno)
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v > PMB_MAX_U63)
         return -1;
     *out = v;
     return 0;
 }
 
-static int parse_hash(const char *s, unsigned char out[32])
+static int parse_hash(const char *s, size_t n, unsigned char out[32])
 {
-    if (!s || strlen(s) != 64)
+    if (n != 64)
         return -1;
     for (int i = 0; i < 32; i++) {
-        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i] = (unsigned char)(hi * 16 + lo);
+        int v[2];
+        for (int k = 0; k < 2; k++) {
+            int c = (unsigned char)s[2 * i + k];
+            v[k] = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+            if (v[k] < 0)
+                return -1;
+        }
+        out[i] = (unsigned char)(v[0] * 16 + v[1]);
     }
     return 0;
 }
 
-#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
+#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
 
-/* Parse manifest text in place (the buffer is kept and referenced). */
-int pmb_manifest_parse(pmb_manifest *m, char *text, size_t len, char *err, size_t errlen)
+static const char *const KEYS[] = {"name", "kind", "python", "abi", "platform", "libpython",
+                                   "executable", "site_dir", "unpacked_size", "files",
+                                   "payload_size", "content_hash", "created_by", "sources"};
+#define NKEYS (int)(sizeof KEYS / sizeof KEYS[0])
+
+/* Parse manifest text (a copy is kept in m->text).  0 or -1 with err set. */
+int pmb_manifest_parse(pmb_manifest *m, const char *text, size_t len, char *err, size_t errlen)
 {
     char *file = m->file;
     memset(m, 0, sizeof *m);
@@ -70,98 +182,178 @@ int pmb_manifest_parse(pmb_manifest *m, char *text, size_t len, char *err, size_
     memcpy(m->text, text, len);
     m->text[len] = 0;
     m->text_len = len;
-    char *work = pmb_xmalloc(len + 1);
-    memcpy(work, text, len);
-    work[len] = 0;
-    if (memchr(work, 0, len))
-        FAIL("corrupt manifest (NUL byte)");
-    char *save = NULL;
-    char *line = strtok_r(work, "\n", &save);
-    if (!line || strncmp(line, "python-mpi-bcast-package ", 25))
-        FAIL("not a python-mpi-bcast package (bad manifest header)");
-    if (atoi(line + 25) != PMB_FORMAT_VERSION)
-        FAIL("package format version %s is not supported (this launcher reads version %d); "
-             "repack it with a matching python-mpi-bcast", line + 25, PMB_FORMAT_VERSION);
-    int declared = -1, ended = 0, have_hash = 0;
-    int cap_s = 0, cap_p = 0;
-    while ((line = strtok_r(NULL, "\n", &save))) {
-        char *f[8] = {0};
-        int nf = 0;
-        char *s2 = NULL;
-        for (char *t = strtok_r(line, " ", &s2); t && nf < 8; t = strtok_r(NULL, " ", &s2))
-            f[nf++] = t;
-        if (!nf)
-            continue;
-        if (ended)
+    if (!len || text[len - 1] != '\n')
+        FAIL("corrupt manifest (does not end with a newline)");
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if ((c < 0x20 && c != '\n') || c == 0x7f)
+            FAIL("corrupt manifest (control byte 0x%02x)", c);
+    }
+    int seen[NKEYS] = {0};
+    int phase = 0; /* 0 keys, 1 shard lines, 2 prefix lines, 3 ended */
+    long long declared = 0;
+    uint64_t off = 0, nfiles = 0, usum = 0;
+    int cap_p = 0, lineno = 0;
+    size_t pos = 0;
+    while (pos < len) {
+        const char *line = text + pos;
+        size_t ll = (size_t)((const char *)memchr(line, '\n', len - pos) - line);
+        pos += ll + 1;
+        lineno++;
+        if (phase == 3)
             FAIL("corrupt manifest (text after 'end')");
-        if (!strcmp(f[0], "end")) {
-            ended = 1;
-        } else if (!strcmp(f[0], "shards") && nf == 2) {
-            declared = atoi(f[1]);
-        } else if (!strcmp(f[0], "shard") && nf == 6) {
-            if (m->nshards == cap_s) {
-                cap_s = cap_s ? 2 * cap_s : 64;
-                m->shards = realloc(m->shards, sizeof(pmb_shard) * (size_t)cap_s);
-                if (!m->shards) FAIL("out of memory");
+        if (!ll)
+            FAIL("corrupt manifest (empty line %d)", lineno);
+        const char *f[7];
+        size_t fl[7];
+        int nf = 0;
+        size_t i = 0;
+        while (i <= ll) {
+            size_t j = i;
+            while (j < ll && line[j] != ' ')
+                j++;
+            if (j == i)
+                FAIL("corrupt manifest (empty field in line %d)", lineno);
+            if (nf == 7)
+                FAIL("corrupt manifest (too many fields in line %d)", lineno);
+            f[nf] = line + i;
+            fl[nf++] = j - i;
+            i = j + 1;
+        }
+#define IS(k, s) (fl[k] == strlen(s) && !memcmp(f[k], s, fl[k]))
+        if (lineno == 1) {
+            if (nf != 2 || !IS(0, "python-mpi-bcast-package"))
+                FAIL("not a python-mpi-bcast package (bad manifest header)");
+            if (!IS(1, "2"))
+                FAIL("package format version %.*s is not supported (this python-mpi reads "
+                     "version %d); re-pack it with python-mpi-bcast pack",
+                     (int)(fl[1] < 20 ? fl[1] : 20), f[1], PMB_FORMAT_VERSION);
+            continue;
+        }
+        if (IS(0, "shards")) {
+            uint64_t n;
+            if (phase != 0 || nf != 2)
+                FAIL("corrupt manifest (misplaced 'shards' line)");
+            if (parse_num(f[1], fl[1], &n) || n < 1 || n > PMB_MAX_SHARDS)
+                FAIL("corrupt manifest (bad shard count)");
+            static const int required[] = {0, 1, 8, 9, 10, 11};
+            for (int r = 0; r < 6; r++)
+                if (!seen[required[r]])
+                    FAIL("corrupt manifest (no '%s' line)", KEYS[required[r]]);
+            declared = (long long)n;
+            m->shards = calloc((size_t)n, sizeof(pmb_shard));
+            if (!m->shards)
+                FAIL("out of memory");
+            phase = 1;
+        } else if (IS(0, "shard")) {
+            if (phase != 1 || nf != 6)
+                FAIL("corrupt manifest (bad shard line %d)", lineno);
+            pmb_shard *sh = &m->shards[m->nshards];
+            if (parse_num(f[1], fl[1], &sh->offset) || parse_num(f[2], fl[2], &sh->csize) ||
+                parse_num(f[3], fl[3], &sh->usize) || parse_num(f[4], fl[4], &sh->nfiles) ||
+                parse_hash(f[5], fl[5], sh->sha))
+                FAIL("corrupt manifest (bad shard line %d)", lineno);
+            if (sh->offset != off)
+                FAIL("corrupt manifest (shard %d is not contiguous)", m->nshards);
+            if (sh->csize < 1 || sh->usize % 512 || sh->nfiles > sh->usize / 512)
+                FAIL("corrupt manifest (shard %d has impossible sizes)", m->nshards);
+            if (sh->csize > PMB_MAX_U63 - off || sh->usize > PMB_MAX_U63 - usum)
+                FAIL("corrupt manifest (shard sizes overflow)");
+            off += sh->csize;
+            usum += sh->usize;
+            nfiles += sh->nfiles; /* <= usum / 512: cannot overflow */
+            if (++m->nshards == declared)
+                phase = 2;
+        } else if (IS(0, "prefix")) {
+            if (phase != 2 || nf != 4)
+                FAIL("corrupt manifest (bad prefix line %d)", lineno);
+            int binary = IS(1, "binary");
+            if (!binary && !IS(1, "text"))
+                FAIL("corrupt manifest (prefix mode must be text or binary, line %d)", lineno);
+            size_t pl, hl;
+            char *path = decode(f[2], fl[2], &pl), *ph = decode(f[3], fl[3], &hl);
+            if (!path || !ph) {
+                free(path);
+                free(ph);
+                FAIL("corrupt manifest (bad percent-encoding in line %d)", lineno);
             }
-            pmb_shard *sh = &m->shards[m->nshards++];
-            if (parse_u64(f[1], &sh->offset) || parse_u64(f[2], &sh->csize) ||
-                parse_u64(f[3], &sh->usize) || parse_u64(f[4], &sh->nfiles) || parse_hash(f[5], sh->sha))
-                FAIL("corrupt manifest (bad shard line)");
-        } else if (!strcmp(f[0], "prefix") && nf == 4) {
+            const char *why = pmb_path_problem(path, pl);
+            if (why) {
+                snprintf(err, errlen, "corrupt manifest (prefix file path: %s)", why);
+                free(path);
+                free(ph);
+                goto fail;
+            }
             if (m->nprefix == cap_p) {
                 cap_p = cap_p ? 2 * cap_p : 16;
-                m->prefix = realloc(m->prefix, sizeof(pmb_prefix) * (size_t)cap_p);
-                if (!m->prefix) FAIL("out of memory");
+                pmb_prefix *np = realloc(m->prefix, sizeof(pmb_prefix) * (size_t)cap_p);
+                if (!np)
+                    FAIL("out of memory");
+                m->prefix = np;
             }
             pmb_prefix *p = &m->prefix[m->nprefix++];
-            p->binary = !strcmp(f[1], "binary");
-            p->path = pmb_xstrdup(f[2]);
-            p->placeholder = pmb_xstrdup(f[3]);
-            pmb_percent_decode(p->path);
-            pmb_percent_decode(p->placeholder);
-            if (p->path[0] == '/' || strstr(p->path, ".."))
-                FAIL("corrupt manifest (prefix file path '%s')", p->path);
-        } else if (nf == 2) {
-            char *v = pmb_xstrdup(f[1]);
-            pmb_percent_decode(v);
-            if (!strcmp(f[0], "name")) m->name = v;
-            else if (!strcmp(f[0], "kind")) m->kind = v;
-            else if (!strcmp(f[0], "python")) m->python = v;
-            else if (!strcmp(f[0], "abi")) m->abi = v;
-            else if (!strcmp(f[0], "libpython")) m->libpython = v;
-            else if (!strcmp(f[0], "executable")) m->executable = v;
-            else if (!strcmp(f[0], "site_dir")) m->site_dir = v;
-            else if (!strcmp(f[0], "unpacked_size")) { if (parse_u64(v, &m->unpacked_size)) FAIL("corrupt manifest (unpacked_size)"); }
-            else if (!strcmp(f[0], "files")) { if (parse_u64(v, &m->files)) FAIL("corrupt manifest (files)"); }
-            else if (!strcmp(f[0], "payload_size")) { if (parse_u64(v, &m->payload_size)) FAIL("corrupt manifest (payload_size)"); }
-            else if (!strcmp(f[0], "content_hash")) { if (parse_hash(v, m->content_hash)) FAIL("corrupt manifest (content_hash)"); have_hash = 1; }
+            p->binary = binary;
+            p->path = path;
+            p->placeholder = ph;
+        } else if (IS(0, "end")) {
+            if (phase != 2 || nf != 1)
+                FAIL("corrupt manifest (misplaced 'end')");
+            phase = 3;
+        } else {
+            int k = 0;
+            while (k < NKEYS && !IS(0, KEYS[k]))
+                k++;
+            if (k == NKEYS)
+                FAIL("corrupt manifest (unknown line %d '%.*s')", lineno,
+                     (int)(fl[0] < 40 ? fl[0] : 40), f[0]);
+            if (phase != 0 || nf != 2 || seen[k])
+                FAIL("corrupt manifest (misplaced or repeated '%s' line)", KEYS[k]);
+            seen[k] = 1;
+            size_t vl;
+            char *v = decode(f[1], fl[1], &vl);
+            if (!v)
+                FAIL("corrupt manifest (bad percent-encoding in line %d)", lineno);
+            const char *key = KEYS[k];
+            int bad = 0;
+            if (!strcmp(key, "unpacked_size")) bad = parse_num(v, vl, &m->unpacked_size);
+            else if (!strcmp(key, "files")) bad = parse_num(v, vl, &m->files);
+            else if (!strcmp(key, "payload_size")) bad = parse_num(v, vl, &m->payload_size);
+            else if (!strcmp(key, "content_hash")) bad = parse_hash(v, vl, m->content_hash);
+            else if (!strcmp(key, "kind"))
+                bad = strcmp(v, "interpreter") && strcmp(v, "environment") && strcmp(v, "directory");
+            else if (!strcmp(key, "libpython") || !strcmp(key, "executable") || !strcmp(key, "site_dir"))
+                bad = pmb_path_problem(v, vl) != NULL;
+            if (bad) {
+                free(v);
+                FAIL("corrupt manifest (bad '%s' value)", key);
+            }
+            if (!strcmp(key, "name")) m->name = v;
+            else if (!strcmp(key, "kind")) m->kind = v;
+            else if (!strcmp(key, "python")) m->python = v;
+            else if (!strcmp(key, "abi")) m->abi = v;
+            else if (!strcmp(key, "libpython")) m->libpython = v;
+            else if (!strcmp(key, "executable")) m->executable = v;
+            else if (!strcmp(key, "site_dir")) m->site_dir = v;
             else free(v);
         }
+#undef IS
     }
-    free(work);
-    if (!ended || declared != m->nshards || m->nshards < 1 || !have_hash || !m->kind)
-        FAIL("corrupt or truncated manifest");
-    if (strcmp(m->kind, "interpreter") && strcmp(m->kind, "environment") && strcmp(m->kind, "directory"))
-        FAIL("unknown package kind '%s'", m->kind);
-    /* the shard table must be contiguous, cover the payload and match the content hash */
-    uint64_t off = 0;
-    pmb_sha256 h;
-    pmb_sha256_init(&h);
-    for (int i = 0; i < m->nshards; i++) {
-        if (m->shards[i].offset != off)
-            FAIL("corrupt manifest (shard %d is not contiguous)", i);
-        off += m->shards[i].csize;
-        pmb_sha256_update(&h, m->shards[i].sha, 32);
-    }
+    if (phase != 3)
+        FAIL("corrupt or truncated manifest (no 'end' line)");
     if (off != m->payload_size)
         FAIL("corrupt manifest (shards cover %llu bytes, payload is %llu)",
              (unsigned long long)off, (unsigned long long)m->payload_size);
-    unsigned char d[32];
-    pmb_sha256_final(&h, d);
-    if (memcmp(d, m->content_hash, 32))
-        FAIL("corrupt manifest (shard table does not match the content hash)");
+    if (nfiles != m->files)
+        FAIL("corrupt manifest (shards hold %llu files, manifest says %llu)",
+             (unsigned long long)nfiles, (unsigned long long)m->files);
+    if (m->unpacked_size > usum)
+        FAIL("corrupt manifest (unpacked_size larger than the shards)");
+    pmb_shard *tail = &m->shards[m->nshards - 1];
+    if (tail->usize != 1024 || tail->nfiles != 0)
+        FAIL("corrupt manifest (last shard is not the archive end)");
     return 0;
+fail:
+    return -1;
 }
 
 static ssize_t read_full(int fd, void *buf, size_t n)
@@ -181,18 +373,68 @@ static ssize_t read_full(int fd, void *buf, size_t n)
     return (ssize_t)got;
 }
 
-/* Rank 0: open DIR/FILE, read and parse its manifest; leave the file open
- * at the start of the payload. */
+/* The manifest frame's body: one checksummed zstd frame holding the text. */
+static char *decode_frame(const unsigned char *body, size_t size, size_t *text_len,
+                          char *err, size_t errlen)
+{
+    static const char v1[] = "python-mpi-bcast-package ";
+    if (size >= sizeof v1 - 1 && !memcmp(body, v1, sizeof v1 - 1)) {
+        size_t n = sizeof v1 - 1;
+        while (n < size && n < sizeof v1 + 8 && body[n] >= '0' && body[n] <= '9')
+            n++;
+        snprintf(err, errlen, "package format version %.*s is not supported (this python-mpi "
+                 "reads version %d); re-pack it with python-mpi-bcast pack",
+                 (int)(n - (sizeof v1 - 1)), (const char *)body + sizeof v1 - 1, PMB_FORMAT_VERSION);
+        return NULL;
+    }
+    if (size < 5 || body[0] != 0x28 || body[1] != 0xb5 || body[2] != 0x2f || body[3] != 0xfd) {
+        snprintf(err, errlen, "corrupt manifest (not a zstd frame)");
+        return NULL;
+    }
+    if (!(body[4] & 0x04)) {
+        snprintf(err, errlen, "corrupt manifest (its frame has no checksum)");
+        return NULL;
+    }
+    size_t fsz = ZSTD_findFrameCompressedSize(body, size);
+    if (ZSTD_isError(fsz) || fsz != size) {
+        snprintf(err, errlen, "corrupt manifest (not exactly one zstd frame)");
+        return NULL;
+    }
+    unsigned long long csz = ZSTD_getFrameContentSize(body, size);
+    if (csz == ZSTD_CONTENTSIZE_UNKNOWN || csz == ZSTD_CONTENTSIZE_ERROR || csz > PMB_MAX_MANIFEST) {
+        snprintf(err, errlen, "corrupt manifest (bad size)");
+        return NULL;
+    }
+    char *text = pmb_xmalloc((size_t)csz + 1);
+    size_t r = ZSTD_decompress(text, (size_t)csz, body, size);
+    if (ZSTD_isError(r) || r != csz) {
+        snprintf(err, errlen, "corrupt manifest (zstd: %s)",
+                 ZSTD_isError(r) ? ZSTD_getErrorName(r) : "wrong size");
+        free(text);
+        return NULL;
+    }
+    text[csz] = 0;
+    *text_len = (size_t)csz;
+    return text;
+}
+
+/* Open a package (DIR/FILE, or FILE alone when dir is NULL), read and parse
+ * its manifest, check the file's size; leave the file open (in *fd_out). */
 void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, int *fd_out)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
+    char path[PATH_MAX];
+    if (dir)
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+    else
+        snprintf(path, sizeof path, "%s", file);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        if (errno == ENOENT)
+        if (errno == ENOENT && dir)
             pmb_die("package '%s' not found in %s", file, dir);
+        if (errno == ENOENT)
+            pmb_die("package '%s' not found", file);
         if (errno == EACCES)
-            pmb_die("package '%s' in %s is not readable (permission denied)", file, dir);
+            pmb_die("package '%s' is not readable (permission denied)", path);
         pmb_die("package '%s': cannot open %s: %s", file, path, strerror(errno));
     }
     struct stat st;
@@ -209,12 +451,17 @@ void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, 
                 "with 'python-mpi-bcast pack')", file);
     if (size > PMB_MAX_MANIFEST)
         pmb_die("package '%s' is corrupt (manifest of %u bytes)", file, size);
-    char *text = pmb_xmalloc(size + 1);
-    if (read_full(fd, text, size) != (ssize_t)size)
+    unsigned char *body = pmb_xmalloc(size + 1);
+    if (read_full(fd, body, size) != (ssize_t)size)
         pmb_die("package '%s' is truncated (manifest cut short)", file);
     char err[512];
+    size_t tlen = 0;
+    char *text = decode_frame(body, size, &tlen, err, sizeof err);
+    free(body);
+    if (!text)
+        pmb_die("package '%s': %s", file, err);
     m->file = (char *)file;
-    if (pmb_manifest_parse(m, text, size, err, sizeof err))
+    if (pmb_manifest_parse(m, text, tlen, err, sizeof err))
         pmb_die("package '%s': %s", file, err);
     free(text);
     m->payload_start = 8 + (uint64_t)size;
@@ -223,4 +470,71 @@ void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, 
                 "copy or pack it again", file,
                 (unsigned long long)(m->payload_start + m->payload_size), (unsigned long long)st.st_size);
     *fd_out = fd;
+}
+
+static void print_hex(const char *key, const char *v)
+{
+    printf(" %s=", key);
+    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++)
+        printf("%02x", *p);
+}
+
+/* python-mpi --pmb-manifest FILE...: parse each manifest (no MPI) and print
+ * "OK" and the parsed fields, or "ERR" and the reason, one record per file.
+ * Used by the tests to hold the Python parser to the same rules. */
+int pmb_manifest_main(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        int fd = open(argv[i], O_RDONLY | O_CLOEXEC);
+        unsigned char head[8];
+        if (fd < 0 || read_full(fd, head, 8) != 8) {
+            printf("ERR cannot read\n");
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        uint32_t size = (uint32_t)head[4] | (uint32_t)head[5] << 8 | (uint32_t)head[6] << 16 | (uint32_t)head[7] << 24;
+        if (size > PMB_MAX_MANIFEST) {
+            printf("ERR too big\n");
+            close(fd);
+            continue;
+        }
+        unsigned char *body = pmb_xmalloc(size + 1);
+        char err[512];
+        size_t tlen;
+        char *text = NULL;
+        if (read_full(fd, body, size) != (ssize_t)size)
+            snprintf(err, sizeof err, "truncated");
+        else
+            text = decode_frame(body, size, &tlen, err, sizeof err);
+        close(fd);
+        free(body);
+        pmb_manifest m = {0};
+        if (!text || pmb_manifest_parse(&m, text, tlen, err, sizeof err)) {
+            printf("ERR %s\n", err);
+            free(text);
+            continue;
+        }
+        free(text);
+        printf("OK");
+        const char *keys[] = {"name", "kind", "python", "abi", "libpython", "executable", "site_dir"};
+        const char *vals[] = {m.name, m.kind, m.python, m.abi, m.libpython, m.executable, m.site_dir};
+        for (int k = 0; k < 7; k++)
+            print_hex(keys[k], vals[k]);
+        printf(" unpacked_size=%llu files=%llu payload_size=%llu shards=%d prefixes=%d\n",
+               (unsigned long long)m.unpacked_size, (unsigned long long)m.files,
+               (unsigned long long)m.payload_size, m.nshards, m.nprefix);
+        for (int s = 0; s < m.nshards; s++)
+            printf("shard %llu %llu %llu %llu\n", (unsigned long long)m.shards[s].offset,
+                   (unsigned long long)m.shards[s].csize, (unsigned long long)m.shards[s].usize,
+                   (unsigned long long)m.shards[s].nfiles);
+        for (int p = 0; p < m.nprefix; p++) {
+            printf("prefix %s", m.prefix[p].binary ? "binary" : "text");
+            print_hex("path", m.prefix[p].path);
+            print_hex("placeholder", m.prefix[p].placeholder);
+            printf("\n");
+        }
+    }
+    fflush(stdout);
+    return 0;
 }

@@ -14,7 +14,7 @@
 
 #define PMB_SKIPPABLE_MAGIC 0x184D2A5Bu
 #define PMB_MAX_MANIFEST (64u << 20)
-#define PMB_FORMAT_VERSION 1
+#define PMB_FORMAT_VERSION 2
 
 enum pmb_mode { PMB_MODE_EMBED, PMB_MODE_EXEC, PMB_MODE_STAGE_ONLY };
 
@@ -79,31 +79,25 @@ void pmb_config_read(pmb_config *cfg);
 int pmb_parse_size(const char *s, uint64_t *out);
 char *pmb_expand_chroot(const char *pattern, int node_index);
 
-/* manifest.c */
-int pmb_manifest_parse(pmb_manifest *m, char *text, size_t len, char *err, size_t errlen);
+/* manifest.c: the format's rules (pkgformat.py applies the same) */
+int pmb_manifest_parse(pmb_manifest *m, const char *text, size_t len, char *err, size_t errlen);
 void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, int *fd_out);
-void pmb_percent_decode(char *s);
+const char *pmb_path_problem(const char *path, size_t len);
+const char *pmb_link_problem(const char *name, const char *target, size_t len);
+int pmb_manifest_main(int argc, char **argv);
 
-/* sha256.c */
-typedef struct {
-    uint32_t h[8];
-    uint64_t len;
-    unsigned char buf[64];
-    size_t fill;
-} pmb_sha256;
-void pmb_sha256_init(pmb_sha256 *s);
-void pmb_sha256_update(pmb_sha256 *s, const void *data, size_t n);
-void pmb_sha256_final(pmb_sha256 *s, unsigned char out[32]);
-void pmb_hex(const unsigned char *in, size_t n, char *out);
-
-/* unpack.c */
+/* unpack.c: every shard one checksummed zstd frame of whole tar members;
+ * writes never leave the tree (see the comment at the top of unpack.c) */
 typedef struct pmb_unpacker pmb_unpacker;
-pmb_unpacker *pmb_unpacker_new(const char *root, const char *final_root, const pmb_manifest *m);
-void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *data, size_t n);
-void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes, int *saw_end);
+pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m);
+void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *buf, uint64_t offset, size_t len,
+                       const int *owner, int me);
+void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes);
+void pmb_check_totals(const pmb_manifest *m, uint64_t files, uint64_t bytes);
 void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_manifest *m);
 void pmb_set_poke(void (*fn)(void));
 int pmb_rmtree(const char *path);
+int pmb_unpack_main(int argc, char **argv);
 
 /* stage.c */
 void pmb_comms_init(pmb_comms *c);

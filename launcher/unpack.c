@@ -1,9 +1,25 @@
-/* Unpack a package's payload (zstd frames of tar members) into a directory.
+/* Unpack a package's payload into a directory: the one implementation of
+ * the reading rules, used by the launcher on every node and, through
+ * `python-mpi --pmb-unpack`, by `python-mpi-bcast unpack`, `verify` and
+ * every other command that reads packages.
  *
- * Streaming: bytes arrive in chunks of any size (pmb_unpacker_feed); the zstd
- * stream decoder hands decompressed bytes to a small tar state machine that
- * writes files as their data comes in.  Members with absolute paths or '..',
- * and symlinks that leave the tree, are refused. */
+ * Integrity: every shard must be exactly one zstd frame with a content
+ * checksum (libzstd verifies it while decoding), ending exactly at the
+ * shard's end, decoding to exactly the manifest's size and holding exactly
+ * its number of files, each a whole POSIX tar member; the last shard is the
+ * two zero blocks that end the archive.  Totals are checked by the caller
+ * (pmb_check_totals).  Every loop is bounded by the declared sizes.
+ *
+ * Containment, by construction rather than by looking at names: member
+ * paths are relative with no '.', '..' or empty component; every parent
+ * is opened component by component with O_NOFOLLOW|O_DIRECTORY (or openat2
+ * RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS) and created as a real directory
+ * when missing, and a parent that is not a real directory is refused;
+ * files are created with O_EXCL|O_NOFOLLOW, links with symlinkat,
+ * directories with mkdirat, all relative to that parent.  Symlink targets
+ * obey pmb_link_problem (leading '..' only, never more than the link's
+ * depth), which with real-directory parents keeps every link inside the
+ * tree whatever else it holds. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -13,22 +29,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
 #include <zstd.h>
 
 #include "pmb.h"
 
-enum { ST_HEADER, ST_DATA, ST_PAX, ST_LONGNAME, ST_LONGLINK, ST_SKIP, ST_END };
+enum { ST_HEADER, ST_DATA, ST_PAX };
+
+#define PMB_MAX_PAX (1u << 20)
 
 struct pmb_unpacker {
     const pmb_manifest *m;
     char root[PATH_MAX];
-    char final_root[PATH_MAX];
     int rootfd;
     ZSTD_DStream *zd;
     unsigned char *zout;
     size_t zout_size;
+    /* the shard being decoded (-1: between shards) */
+    int shard, tail;
+    uint64_t fed, decoded, shard_files;
+    unsigned char fhd[5];
+    int fhd_have, frame_done;
+    int shards_done;
     /* tar state */
     int state;
     unsigned char hdr[512];
@@ -38,12 +62,16 @@ struct pmb_unpacker {
     char name[PATH_MAX];
     unsigned mode;
     int64_t mtime;
-    char *ext;                /* pax / GNU long name payload */
-    size_t ext_len, ext_cap;
-    char *pax_path, *pax_link, *long_name, *long_link;
+    char *ext;                /* pax header payload */
+    size_t ext_len;
+    int have_pax;
+    char *pax_path, *pax_link;
+    size_t pax_path_len, pax_link_len;
     int pax_has_size;
     uint64_t pax_size;
-    int zero_blocks;
+    /* the last parent directory opened (members arrive sorted) */
+    char pdir[PATH_MAX];
+    int pdirfd;
     uint64_t files, bytes, since_poke;
 };
 
@@ -55,284 +83,387 @@ void pmb_set_poke(void (*fn)(void)) { poke_fn = fn; }
         char msg_[1024]; snprintf(msg_, sizeof msg_, __VA_ARGS__); \
         pmb_die("package '%s': %s", (u)->m->file, msg_); } while (0)
 
-pmb_unpacker *pmb_unpacker_new(const char *root, const char *final_root, const pmb_manifest *m)
+pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m)
 {
     pmb_unpacker *u = calloc(1, sizeof *u);
     if (!u)
         pmb_die("out of memory");
     u->m = m;
     snprintf(u->root, sizeof u->root, "%s", root);
-    snprintf(u->final_root, sizeof u->final_root, "%s", final_root);
-    u->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    u->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (u->rootfd < 0)
-        pmb_die("cannot open node directory %s: %s", root, strerror(errno));
+        pmb_die("cannot open %s: %s", root, strerror(errno));
     u->zd = ZSTD_createDStream();
     if (!u->zd)
         pmb_die("out of memory (zstd)");
-    ZSTD_initDStream(u->zd);
-    u->zout_size = 1u << 20;
+    u->zout_size = ZSTD_DStreamOutSize();
+    if (u->zout_size < (1u << 20))
+        u->zout_size = 1u << 20;
     u->zout = pmb_xmalloc(u->zout_size);
+    u->ext = pmb_xmalloc(PMB_MAX_PAX);
     u->fd = -1;
-    u->state = ST_HEADER;
+    u->pdirfd = -1;
+    u->shard = -1;
     return u;
 }
 
-static uint64_t parse_num(pmb_unpacker *u, const unsigned char *p, size_t n)
+/* ---- names -------------------------------------------------------------- */
+
+/* A name for messages: at most 200 bytes, control bytes as '?'. */
+static const char *shown(const char *s, size_t n, char *buf, size_t cap)
 {
-    if (p[0] & 0x80) { /* base-256 (GNU) */
-        uint64_t v = p[0] & 0x7f;
-        for (size_t i = 1; i < n; i++)
-            v = (v << 8) | p[i];
-        return v;
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 4 < cap && i < 200; i++)
+        buf[k++] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
+    if (n > 200 && k + 4 < cap) {
+        memcpy(buf + k, "...", 3);
+        k += 3;
     }
-    uint64_t v = 0;
-    size_t i = 0;
-    while (i < n && (p[i] == ' ' || p[i] == 0)) i++;
-    for (; i < n && p[i] >= '0' && p[i] <= '7'; i++)
-        v = v * 8 + (uint64_t)(p[i] - '0');
-    (void)u;
-    return v;
+    buf[k] = 0;
+    return buf;
 }
 
-static int safe_name(const char *name)
+/* Open (creating when missing) the directory holding `name`, walking from
+ * the root without following any symlink.  Returns a cached fd. */
+static int parent_fd(pmb_unpacker *u, const char *name, const char **leaf)
 {
-    if (!*name || name[0] == '/')
-        return 0;
-    const char *p = name;
-    while (*p) {
-        const char *s = strchr(p, '/');
-        size_t len = s ? (size_t)(s - p) : strlen(p);
-        if (len == 2 && p[0] == '.' && p[1] == '.')
-            return 0;
-        if (!s)
-            break;
-        p = s + 1;
+    const char *slash = strrchr(name, '/');
+    if (!slash) {
+        *leaf = name;
+        return u->rootfd;
     }
-    return 1;
-}
-
-/* mkdir -p for the parents of name, relative to rootfd */
-static void make_parents(pmb_unpacker *u, const char *name)
-{
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", name);
-    for (char *s = strchr(tmp, '/'); s; s = strchr(s + 1, '/')) {
-        *s = 0;
-        if (mkdirat(u->rootfd, tmp, 0755) && errno != EEXIST)
-            UFAIL(u, "cannot create directory %s/%s: %s", u->root, tmp, strerror(errno));
-        *s = '/';
-    }
-}
-
-/* Does a symlink at NAME with target LINK stay inside the tree?  Judged from
- * the link's physical parent, so chains of links cannot climb out. */
-static int link_inside(pmb_unpacker *u, const char *name, const char *link)
-{
-    if (link[0] == '/')
-        return 0;
-    char parent[PATH_MAX], real_parent[PATH_MAX], real_root[PATH_MAX];
-    snprintf(parent, sizeof parent, "%s/%s", u->root, name);
-    char *slash = strrchr(parent, '/');
-    *slash = 0;
-    if (!realpath(parent, real_parent) || !realpath(u->root, real_root))
-        return 0;
-    size_t rl = strlen(real_root);
-    if (strncmp(real_parent, real_root, rl) || (real_parent[rl] && real_parent[rl] != '/'))
-        return 0;
-    /* depth of the parent below the root, then walk the link's components */
-    int depth = 0;
-    for (const char *p = real_parent + rl; *p; p++)
-        depth += *p == '/';
-    const char *p = link;
-    while (*p) {
-        const char *s = strchr(p, '/');
-        size_t len = s ? (size_t)(s - p) : strlen(p);
-        if (len == 2 && p[0] == '.' && p[1] == '.') {
-            if (--depth < 0)
-                return 0;
-        } else if (len && !(len == 1 && p[0] == '.')) {
-            depth++;
+    *leaf = slash + 1;
+    size_t dl = (size_t)(slash - name);
+    if (u->pdirfd >= 0 && strlen(u->pdir) == dl && !memcmp(u->pdir, name, dl))
+        return u->pdirfd;
+    if (u->pdirfd >= 0)
+        close(u->pdirfd);
+    u->pdirfd = -1;
+    char dir[PATH_MAX];
+    memcpy(dir, name, dl);
+    dir[dl] = 0;
+#ifdef SYS_openat2
+    static int no_openat2;
+    if (!no_openat2) {
+        struct { uint64_t flags, mode, resolve; } how = {
+            O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, 0x08 /* RESOLVE_BENEATH */ | 0x04 /* NO_SYMLINKS */};
+        long fd = syscall(SYS_openat2, u->rootfd, dir, &how, sizeof how);
+        if (fd >= 0) {
+            u->pdirfd = (int)fd;
+            memcpy(u->pdir, dir, dl + 1);
+            return u->pdirfd;
         }
+        if (errno == ENOSYS || errno == EPERM)
+            no_openat2 = 1; /* old kernel (RHEL 8) or seccomp: walk */
+    }
+#endif
+    int fd = u->rootfd;
+    char *comp = dir;
+    for (;;) {
+        char *s = strchr(comp, '/');
+        if (s)
+            *s = 0;
+        int nfd = -1;
+        for (int tries = 0; tries < 8 && nfd < 0; tries++) {
+            nfd = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (nfd >= 0)
+                break;
+            if (errno == ENOENT) {
+                if (mkdirat(fd, comp, 0755) && errno != EEXIST)
+                    UFAIL(u, "cannot create directory %s/%s: %s", u->root, dir, strerror(errno));
+                continue;
+            }
+            char b[256];
+            if (errno == ELOOP || errno == ENOTDIR)
+                UFAIL(u, "refusing archive member '%s' (its parent '%s' is a symlink or a file, "
+                      "not a directory)", shown(name, strlen(name), b, sizeof b), dir);
+            UFAIL(u, "cannot open directory %s/%s: %s", u->root, dir, strerror(errno));
+        }
+        if (nfd < 0)
+            UFAIL(u, "cannot create directory %s/%s", u->root, dir);
+        if (fd != u->rootfd)
+            close(fd);
+        fd = nfd;
         if (!s)
             break;
-        p = s + 1;
+        *s = '/';
+        comp = s + 1;
     }
-    return 1;
+    u->pdirfd = fd;
+    memcpy(u->pdir, name, dl);
+    u->pdir[dl] = 0;
+    return fd;
 }
 
-/* Create (or truncate) a regular file of the tree, never through a symlink. */
-static int create_member(pmb_unpacker *u, const char *name)
+/* Make room for a new file or link `leaf` in `pfd`: an entry of that name
+ * left by an earlier layer (or a repeated member) is removed, unless it is
+ * a directory. */
+static void clear_leaf(pmb_unpacker *u, int pfd, const char *leaf, const char *name)
 {
-    return openat(u->rootfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    struct stat st;
+    if (fstatat(pfd, leaf, &st, AT_SYMLINK_NOFOLLOW))
+        return; /* gone already */
+    char b[256];
+    if (S_ISDIR(st.st_mode))
+        UFAIL(u, "refusing archive member '%s' (a directory of that name exists)",
+              shown(name, strlen(name), b, sizeof b));
+    if (unlinkat(pfd, leaf, 0) && errno != ENOENT)
+        UFAIL(u, "cannot replace %s/%s: %s", u->root, name, strerror(errno));
+}
+
+/* ---- tar members -------------------------------------------------------- */
+
+/* Strict octal field: optional leading spaces, digits, then NULs/spaces.
+ * Base-256 (GNU) and anything else: -1. */
+static int octal(const unsigned char *p, size_t n, uint64_t *out)
+{
+    size_t i = 0;
+    while (i < n && p[i] == ' ')
+        i++;
+    if (i == n || p[i] < '0' || p[i] > '7')
+        return -1;
+    uint64_t v = 0;
+    for (; i < n && p[i] >= '0' && p[i] <= '7'; i++)
+        v = v * 8 + (uint64_t)(p[i] - '0'); /* at most 12 digits: no overflow */
+    for (; i < n; i++)
+        if (p[i] != 0 && p[i] != ' ')
+            return -1;
+    *out = v;
+    return 0;
+}
+
+static void reset_pax(pmb_unpacker *u)
+{
+    free(u->pax_path);
+    free(u->pax_link);
+    u->pax_path = u->pax_link = NULL;
+    u->have_pax = u->pax_has_size = 0;
+}
+
+static void finish_file(pmb_unpacker *u)
+{
+    if (fchmod(u->fd, u->mode))
+        UFAIL(u, "cannot set mode of %s: %s", u->name, strerror(errno));
+    struct timespec ts[2] = {{u->mtime, 0}, {u->mtime, 0}};
+    if (futimens(u->fd, ts))
+        UFAIL(u, "cannot set times of %s: %s", u->name, strerror(errno));
+    if (close(u->fd))
+        UFAIL(u, "cannot write %s/%s: %s", u->root, u->name, strerror(errno));
+    u->fd = -1;
 }
 
 static void begin_member(pmb_unpacker *u)
 {
     const unsigned char *h = u->hdr;
-    char type = (char)h[156];
-    /* checksum */
-    unsigned sum = 0;
+    char b[256];
+    uint64_t sum = 0, want;
     for (int i = 0; i < 512; i++)
         sum += (i >= 148 && i < 156) ? ' ' : h[i];
-    if (parse_num(u, h + 148, 8) != sum)
-        UFAIL(u, "corrupt archive (tar header checksum mismatch); repack it");
-    uint64_t size = u->pax_has_size ? u->pax_size : parse_num(u, h + 124, 12);
-    char name[PATH_MAX];
-    if (u->pax_path) {
-        snprintf(name, sizeof name, "%s", u->pax_path);
-    } else if (u->long_name) {
-        snprintf(name, sizeof name, "%s", u->long_name);
-    } else {
-        char n[101], pre[156];
-        memcpy(n, h, 100); n[100] = 0;
-        memcpy(pre, h + 345, 155); pre[155] = 0;
-        if (!memcmp(h + 257, "ustar", 5) && pre[0])
-            snprintf(name, sizeof name, "%s/%s", pre, n);
-        else
-            snprintf(name, sizeof name, "%s", n);
-    }
-    char link[PATH_MAX];
-    if (u->pax_link)
-        snprintf(link, sizeof link, "%s", u->pax_link);
-    else if (u->long_link)
-        snprintf(link, sizeof link, "%s", u->long_link);
-    else {
-        memcpy(link, h + 157, 100);
-        link[100] = 0;
-    }
-    free(u->pax_path); free(u->pax_link); free(u->long_name); free(u->long_link);
-    u->pax_path = u->pax_link = u->long_name = u->long_link = NULL;
-    u->pax_has_size = 0;
-
-    size_t nl = strlen(name);
-    while (nl > 1 && name[nl - 1] == '/')
-        name[--nl] = 0;
-    while (!strncmp(name, "./", 2))
-        memmove(name, name + 2, strlen(name + 2) + 1);
-    if (!safe_name(name))
-        UFAIL(u, "refusing archive member '%s' (absolute path or '..')", name);
-    u->mode = (unsigned)parse_num(u, h + 100, 8) & 07777;
-    u->mtime = (int64_t)parse_num(u, h + 136, 12);
-    snprintf(u->name, sizeof u->name, "%s", name);
+    if (octal(h + 148, 8, &want) || want != sum)
+        UFAIL(u, "corrupt archive in shard %d (tar header checksum mismatch)", u->shard);
+    if (memcmp(h + 257, "ustar\0" "00", 8))
+        UFAIL(u, "corrupt archive in shard %d (not a POSIX ustar header)", u->shard);
+    char type = (char)h[156];
+    uint64_t size, mode, mtime;
+    if (octal(h + 124, 12, &size) || octal(h + 100, 8, &mode) || octal(h + 136, 12, &mtime))
+        UFAIL(u, "corrupt archive in shard %d (bad number in a tar header)", u->shard);
+    if (u->pax_has_size)
+        size = u->pax_size;
     u->remaining = 0;
     u->pad = 0;
-
-    switch (type) {
-    case '5': {
-        int r = mkdirat(u->rootfd, name, (u->mode | 0700) & 07777);
-        if (r && errno == ENOENT) { /* parents not there yet (another shard's) */
-            make_parents(u, name);
-            r = mkdirat(u->rootfd, name, (u->mode | 0700) & 07777);
-        }
-        if (r && errno != EEXIST)
-            UFAIL(u, "cannot create directory %s/%s: %s", u->root, name, strerror(errno));
-        u->state = ST_HEADER;
-        return;
-    }
-    case '2':
-        if (!link_inside(u, name, link)) {
-            make_parents(u, name);
-            if (!link_inside(u, name, link))
-                UFAIL(u, "refusing symlink %s -> %s (points outside the tree)", name, link);
-        }
-        make_parents(u, name);
-        unlinkat(u->rootfd, name, 0);
-        if (symlinkat(link, u->rootfd, name))
-            UFAIL(u, "cannot create symlink %s/%s: %s", u->root, name, strerror(errno));
-        u->state = ST_HEADER;
-        return;
-    case '0':
-    case '\0':
-    case '7':
-        u->fd = create_member(u, name);
-        if (u->fd < 0 && errno == ENOENT) { /* parents not there yet (another shard's) */
-            make_parents(u, name);
-            u->fd = create_member(u, name);
-        }
-        if (u->fd < 0 && (errno == ELOOP || errno == EISDIR || errno == ETXTBSY)) {
-            unlinkat(u->rootfd, name, 0); /* a link or file of an earlier layer */
-            u->fd = create_member(u, name);
-        }
-        if (u->fd < 0) {
-            if (errno == ENOSPC)
-                UFAIL(u, "no space left in %s while writing %s; set PYTHON_MPI_CHROOT to a "
-                      "directory with more room", u->root, name);
-            UFAIL(u, "cannot create %s/%s: %s", u->root, name, strerror(errno));
-        }
-        u->remaining = size;
-        u->pad = (512 - size % 512) % 512;
-        u->files++;
-        u->state = size ? ST_DATA : ST_HEADER;
-        if (!size) {
-            fchmod(u->fd, u->mode);
-            close(u->fd);
-            u->fd = -1;
-        }
-        return;
-    case 'x':
-    case 'L':
-    case 'K':
+    if (type == 'x') {
+        if (u->have_pax)
+            UFAIL(u, "corrupt archive in shard %d (two pax headers in a row)", u->shard);
+        if (size > PMB_MAX_PAX || size == 0)
+            UFAIL(u, "corrupt archive in shard %d (pax header of %llu bytes)", u->shard,
+                  (unsigned long long)size);
+        u->have_pax = 1;
         u->ext_len = 0;
         u->remaining = size;
         u->pad = (512 - size % 512) % 512;
-        if (size > (16u << 20))
-            UFAIL(u, "corrupt archive (extended header of %llu bytes)", (unsigned long long)size);
-        u->state = type == 'x' ? ST_PAX : type == 'L' ? ST_LONGNAME : ST_LONGLINK;
-        if (!size)
-            u->state = ST_HEADER;
+        u->state = ST_PAX;
         return;
-    case 'g':
+    }
+    /* the member's name and link target */
+    char name[PATH_MAX];
+    size_t nl;
+    if (u->pax_path) {
+        nl = u->pax_path_len;
+        if (nl > PATH_MAX - 1)
+            UFAIL(u, "refusing archive member '%s' (path longer than 4095 bytes)",
+                  shown(u->pax_path, nl, b, sizeof b));
+        memcpy(name, u->pax_path, nl);
+    } else {
+        size_t pl = strnlen((const char *)h + 345, 155), bl = strnlen((const char *)h, 100);
+        nl = 0;
+        if (pl) {
+            memcpy(name, h + 345, pl);
+            name[pl] = '/';
+            nl = pl + 1;
+        }
+        memcpy(name + nl, h, bl);
+        nl += bl;
+    }
+    name[nl] = 0;
+    if (type == '5' && nl > 1 && name[nl - 1] == '/')
+        name[--nl] = 0;
+    const char *link = u->pax_link;
+    size_t ll = u->pax_link_len;
+    char ulink[101];
+    if (!link) {
+        ll = strnlen((const char *)h + 157, 100);
+        memcpy(ulink, h + 157, ll);
+        ulink[ll] = 0;
+        link = ulink;
+    }
+    if (type != '0' && type != '5' && type != '2')
+        UFAIL(u, "refusing archive member '%s' of unsupported type '%s%c'",
+              shown(name, nl, b, sizeof b), type ? "" : "\\", type ? type : '0');
+    const char *why = pmb_path_problem(name, nl);
+    if (why)
+        UFAIL(u, "refusing archive member '%s' (%s)", shown(name, nl, b, sizeof b), why);
+    if (type != '2' && ll)
+        UFAIL(u, "refusing archive member '%s' (a link target on a %s)", shown(name, nl, b, sizeof b),
+              type == '5' ? "directory" : "file");
+    if (type != '0' && size)
+        UFAIL(u, "refusing archive member '%s' (a %s with data)", shown(name, nl, b, sizeof b),
+              type == '5' ? "directory" : "symlink");
+    u->mode = (unsigned)mode & 0777;
+    u->mtime = (int64_t)mtime;
+    memcpy(u->name, name, nl + 1);
+    const char *leaf;
+    int pfd = parent_fd(u, name, &leaf);
+    switch (type) {
+    case '5': {
+        int dfd = -1;
+        for (int tries = 0; tries < 8 && dfd < 0; tries++) {
+            if (mkdirat(pfd, leaf, 0700) && errno != EEXIST)
+                UFAIL(u, "cannot create directory %s/%s: %s", u->root, name, strerror(errno));
+            dfd = openat(pfd, leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (dfd < 0 && (errno == ELOOP || errno == ENOTDIR))
+                UFAIL(u, "refusing archive member '%s' (a file or symlink of that name exists)",
+                      shown(name, nl, b, sizeof b));
+        }
+        if (dfd < 0)
+            UFAIL(u, "cannot open directory %s/%s: %s", u->root, name, strerror(errno));
+        if (fchmod(dfd, u->mode | 0700))
+            UFAIL(u, "cannot set mode of %s/%s: %s", u->root, name, strerror(errno));
+        close(dfd);
+        break;
+    }
+    case '2': {
+        why = pmb_link_problem(name, link, ll);
+        if (why) {
+            char b2[256];
+            UFAIL(u, "refusing symlink %s -> %s (points outside the tree: %s)",
+                  shown(name, nl, b, sizeof b), shown(link, ll, b2, sizeof b2), why);
+        }
+        int ok = 0;
+        for (int tries = 0; tries < 8 && !ok; tries++) {
+            ok = !symlinkat(link, pfd, leaf);
+            if (!ok && errno != EEXIST)
+                UFAIL(u, "cannot create symlink %s/%s: %s", u->root, name, strerror(errno));
+            if (!ok)
+                clear_leaf(u, pfd, leaf, name);
+        }
+        if (!ok)
+            UFAIL(u, "cannot create symlink %s/%s", u->root, name);
+        break;
+    }
+    default: /* '0' */
+        for (int tries = 0; tries < 8 && u->fd < 0; tries++) {
+            u->fd = openat(pfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+            if (u->fd >= 0)
+                break;
+            if (errno == ENOSPC)
+                UFAIL(u, "no space left in %s while writing %s; set PYTHON_MPI_CHROOT to a "
+                      "directory with more room", u->root, name);
+            if (errno != EEXIST)
+                UFAIL(u, "cannot create %s/%s: %s", u->root, name, strerror(errno));
+            clear_leaf(u, pfd, leaf, name);
+        }
+        if (u->fd < 0)
+            UFAIL(u, "cannot create %s/%s", u->root, name);
+        u->files++;
+        u->shard_files++;
         u->remaining = size;
         u->pad = (512 - size % 512) % 512;
-        u->state = size ? ST_SKIP : ST_HEADER;
-        return;
-    default:
-        UFAIL(u, "refusing archive member '%s' of unsupported type '%c'", name, type);
+        u->state = ST_DATA;
+        if (!size)
+            finish_file(u);
+        break;
     }
+    reset_pax(u);
+    if (u->fd < 0)
+        u->state = ST_HEADER;
 }
 
-static void finish_ext(pmb_unpacker *u, int kind)
+/* pax records "LEN key=value\n", strictly: only the keys a POSIX writer
+ * puts there for plain files, each at most once. */
+static void finish_pax(pmb_unpacker *u)
 {
-    if (kind == ST_LONGNAME || kind == ST_LONGLINK) {
-        char *s = pmb_xmalloc(u->ext_len + 1);
-        memcpy(s, u->ext, u->ext_len);
-        s[u->ext_len] = 0;
-        if (kind == ST_LONGNAME) { free(u->long_name); u->long_name = s; }
-        else { free(u->long_link); u->long_link = s; }
-        return;
-    }
-    /* pax records: "LEN key=value\n" */
     size_t i = 0;
+    int seen_path = 0, seen_link = 0;
     while (i < u->ext_len) {
-        char *rec = u->ext + i;
-        char *end;
-        unsigned long len = strtoul(rec, &end, 10);
-        if (!len || end == rec || *end != ' ' || i + len > u->ext_len || rec[len - 1] != '\n')
-            UFAIL(u, "corrupt archive (bad pax header)");
-        char *key = end + 1;
-        char *eq = memchr(key, '=', (size_t)(rec + len - key));
-        if (!eq)
-            UFAIL(u, "corrupt archive (bad pax record)");
-        size_t klen = (size_t)(eq - key), vlen = (size_t)(rec + len - 1 - (eq + 1));
-        char *val = pmb_xmalloc(vlen + 1);
-        memcpy(val, eq + 1, vlen);
-        val[vlen] = 0;
-        if (klen == 4 && !memcmp(key, "path", 4)) { free(u->pax_path); u->pax_path = val; }
-        else if (klen == 8 && !memcmp(key, "linkpath", 8)) { free(u->pax_link); u->pax_link = val; }
-        else if (klen == 4 && !memcmp(key, "size", 4)) {
-            u->pax_size = strtoull(val, NULL, 10);
+        const char *rec = u->ext + i;
+        size_t avail = u->ext_len - i, d = 0, len = 0;
+        while (d < avail && d < 8 && rec[d] >= '0' && rec[d] <= '9')
+            len = len * 10 + (size_t)(rec[d++] - '0');
+        if (!d || d == 8 || (d > 1 && rec[0] == '0') || d >= avail || rec[d] != ' ' ||
+            len > avail || len < d + 4 || rec[len - 1] != '\n')
+            UFAIL(u, "corrupt archive in shard %d (bad pax record)", u->shard);
+        const char *key = rec + d + 1, *end = rec + len - 1;
+        const char *eq = memchr(key, '=', (size_t)(end - key));
+        if (!eq || eq == key)
+            UFAIL(u, "corrupt archive in shard %d (bad pax record)", u->shard);
+        size_t kl = (size_t)(eq - key), vl = (size_t)(end - eq - 1);
+        const char *val = eq + 1;
+#define KEY(s) (kl == sizeof(s) - 1 && !memcmp(key, s, kl))
+        if (KEY("path") || KEY("linkpath")) {
+            int is_path = KEY("path");
+            if (is_path ? seen_path++ : seen_link++)
+                UFAIL(u, "corrupt archive in shard %d (repeated pax record)", u->shard);
+            char *v = pmb_xmalloc(vl + 1);
+            memcpy(v, val, vl);
+            v[vl] = 0;
+            if (is_path) { u->pax_path = v; u->pax_path_len = vl; }
+            else { u->pax_link = v; u->pax_link_len = vl; }
+        } else if (KEY("size")) {
+            uint64_t v = 0;
+            if (u->pax_has_size || !vl || vl > 18 || (vl > 1 && val[0] == '0'))
+                UFAIL(u, "corrupt archive in shard %d (bad pax size)", u->shard);
+            for (size_t k = 0; k < vl; k++) {
+                if (val[k] < '0' || val[k] > '9')
+                    UFAIL(u, "corrupt archive in shard %d (bad pax size)", u->shard);
+                v = v * 10 + (uint64_t)(val[k] - '0');
+            }
+            u->pax_size = v;
             u->pax_has_size = 1;
-            free(val);
-        } else free(val);
+        } else if (!(KEY("mtime") || KEY("atime") || KEY("ctime") || KEY("uid") || KEY("gid") ||
+                     KEY("uname") || KEY("gname") || KEY("hdrcharset") || KEY("comment"))) {
+            char b[64];
+            UFAIL(u, "corrupt archive in shard %d (unsupported pax record '%s')", u->shard,
+                  shown(key, kl, b, sizeof b));
+        }
+#undef KEY
         i += len;
     }
 }
 
 static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
 {
+    const pmb_shard *sh = &u->m->shards[u->shard];
+    if (n > sh->usize - u->decoded)
+        UFAIL(u, "corrupt package: shard %d unpacks to more than the %llu bytes the manifest "
+              "says", u->shard, (unsigned long long)sh->usize);
+    u->decoded += n;
+    if (u->tail) { /* the archive's end: zero blocks only */
+        for (size_t i = 0; i < n; i++)
+            if (p[i])
+                UFAIL(u, "corrupt package: the archive's end blocks are not zero");
+        return;
+    }
     while (n) {
-        if (u->state == ST_END)
-            return; /* trailing zero padding after the end blocks */
         if (u->state == ST_HEADER) {
             size_t take = 512 - u->hdr_have < n ? 512 - u->hdr_have : n;
             memcpy(u->hdr + u->hdr_have, p, take);
@@ -345,16 +476,11 @@ static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
             int zero = 1;
             for (int i = 0; i < 512 && zero; i++)
                 zero = u->hdr[i] == 0;
-            if (zero) {
-                if (++u->zero_blocks == 2)
-                    u->state = ST_END;
-                continue;
-            }
-            u->zero_blocks = 0;
+            if (zero)
+                UFAIL(u, "corrupt archive in shard %d (zero block between members)", u->shard);
             begin_member(u);
             continue;
         }
-        /* data (file, extended header, skipped) then padding */
         if (u->remaining) {
             size_t take = u->remaining < n ? (size_t)u->remaining : n;
             if (u->state == ST_DATA) {
@@ -372,14 +498,8 @@ static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
                     off += (size_t)w;
                 }
                 u->bytes += take;
-            } else if (u->state != ST_SKIP) {
-                if (u->ext_len + take > u->ext_cap) {
-                    u->ext_cap = (u->ext_len + take) * 2;
-                    u->ext = realloc(u->ext, u->ext_cap);
-                    if (!u->ext)
-                        pmb_die("out of memory");
-                }
-                memcpy(u->ext + u->ext_len, p, take);
+            } else {
+                memcpy(u->ext + u->ext_len, p, take); /* size <= PMB_MAX_PAX, checked */
                 u->ext_len += take;
             }
             u->remaining -= take;
@@ -387,17 +507,10 @@ static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
             n -= take;
             if (u->remaining)
                 continue;
-            if (u->state == ST_DATA) {
-                if (fchmod(u->fd, u->mode))
-                    UFAIL(u, "cannot set mode of %s: %s", u->name, strerror(errno));
-                struct timespec ts[2] = {{u->mtime, 0}, {u->mtime, 0}};
-                futimens(u->fd, ts);
-                if (close(u->fd))
-                    UFAIL(u, "cannot write %s/%s: %s", u->root, u->name, strerror(errno));
-                u->fd = -1;
-            } else if (u->state == ST_PAX || u->state == ST_LONGNAME || u->state == ST_LONGLINK) {
-                finish_ext(u, u->state);
-            }
+            if (u->state == ST_DATA)
+                finish_file(u);
+            else
+                finish_pax(u);
         }
         if (u->pad) {
             size_t take = u->pad < n ? (size_t)u->pad : n;
@@ -411,63 +524,183 @@ static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
     }
 }
 
-void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *data, size_t n)
+/* ---- shards ------------------------------------------------------------- */
+
+static void shard_begin(pmb_unpacker *u, int s)
 {
+    size_t r = ZSTD_initDStream(u->zd);
+    if (ZSTD_isError(r))
+        UFAIL(u, "zstd: %s", ZSTD_getErrorName(r));
+    u->shard = s;
+    u->tail = s == u->m->nshards - 1;
+    u->fed = u->decoded = u->shard_files = 0;
+    u->fhd_have = u->frame_done = 0;
+    u->state = ST_HEADER;
+    u->hdr_have = 0;
+}
+
+static void shard_end(pmb_unpacker *u)
+{
+    const pmb_shard *sh = &u->m->shards[u->shard];
+    /* flush what the decoder still holds */
+    for (int guard = 0; !u->frame_done; guard++) {
+        ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
+        ZSTD_inBuffer none = {NULL, 0, 0};
+        size_t r = ZSTD_decompressStream(u->zd, &out, &none);
+        if (ZSTD_isError(r))
+            UFAIL(u, "corrupt package: shard %d fails its check (zstd: %s); copy or pack it "
+                  "again", u->shard, ZSTD_getErrorName(r));
+        tar_feed(u, u->zout, out.pos);
+        if (r == 0)
+            u->frame_done = 1;
+        else if (out.pos == 0 || guard > 1000000)
+            UFAIL(u, "corrupt package: shard %d is cut short (its zstd frame does not end "
+                  "where the manifest says)", u->shard);
+    }
+    if (u->decoded != sh->usize)
+        UFAIL(u, "corrupt package: shard %d unpacks to %llu bytes, the manifest says %llu",
+              u->shard, (unsigned long long)u->decoded, (unsigned long long)sh->usize);
+    if (u->state != ST_HEADER || u->hdr_have || u->have_pax || u->fd >= 0)
+        UFAIL(u, "corrupt package: shard %d ends inside an archive member", u->shard);
+    if (u->shard_files != sh->nfiles)
+        UFAIL(u, "corrupt package: shard %d holds %llu files, the manifest says %llu", u->shard,
+              (unsigned long long)u->shard_files, (unsigned long long)sh->nfiles);
+    u->shard = -1;
+    u->shards_done++;
+}
+
+/* n bytes of shard s (in order); the shard ends when all csize arrived. */
+static void shard_data(pmb_unpacker *u, int s, const unsigned char *data, size_t n)
+{
+    if (u->shard != s)
+        shard_begin(u, s);
+    const pmb_shard *sh = &u->m->shards[s];
+    u->fed += n;
+    /* the frame header: zstd magic and the content-checksum flag */
+    for (size_t i = 0; i < n && u->fhd_have < 5; i++) {
+        u->fhd[u->fhd_have++] = data[i];
+        if (u->fhd_have == 5) {
+            static const unsigned char magic[4] = {0x28, 0xb5, 0x2f, 0xfd};
+            if (memcmp(u->fhd, magic, 4))
+                UFAIL(u, "corrupt package: shard %d is not a zstd frame", s);
+            if (!(u->fhd[4] & 0x04))
+                UFAIL(u, "corrupt package: shard %d has no checksum (not made by python-mpi-bcast "
+                      "pack)", s);
+        }
+    }
     ZSTD_inBuffer in = {data, n, 0};
     while (in.pos < in.size) {
+        if (u->frame_done)
+            UFAIL(u, "corrupt package: shard %d holds data after its zstd frame", s);
         ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
+        size_t before = in.pos;
         size_t r = ZSTD_decompressStream(u->zd, &out, &in);
         if (ZSTD_isError(r))
-            UFAIL(u, "corrupt package data (zstd: %s); copy or pack it again", ZSTD_getErrorName(r));
+            UFAIL(u, "corrupt package: shard %d fails its check (zstd: %s); copy or pack it "
+                  "again", s, ZSTD_getErrorName(r));
         tar_feed(u, u->zout, out.pos);
+        if (r == 0)
+            u->frame_done = 1;
+        else if (in.pos == before && out.pos == 0)
+            UFAIL(u, "corrupt package: shard %d makes the zstd decoder stall", s);
         u->since_poke += out.pos;
         if (poke_fn && u->since_poke >= (1u << 20)) {
             u->since_poke = 0;
             poke_fn();
         }
     }
-    /* drain output the decoder still holds for this input */
-    for (;;) {
-        ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
-        ZSTD_inBuffer none = {NULL, 0, 0};
-        size_t r = ZSTD_decompressStream(u->zd, &out, &none);
-        if (ZSTD_isError(r))
-            UFAIL(u, "corrupt package data (zstd: %s)", ZSTD_getErrorName(r));
-        tar_feed(u, u->zout, out.pos);
-        if (out.pos < out.size)
-            break;
+    if (u->fed == sh->csize) {
+        if (u->fhd_have < 5)
+            UFAIL(u, "corrupt package: shard %d is not a zstd frame", s);
+        shard_end(u);
     }
 }
 
-/* End of this rank's part of a package.  With several unpacking ranks per
- * node each sees only its shards: it must stop at a member boundary, and the
- * caller sums the counts and checks that some rank saw the archive's end. */
-void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes, int *saw_end)
+/* Bytes [offset, offset + len) of the payload, in order: feed the parts
+ * that belong to this rank's shards (owner[s] == me; all when owner is NULL). */
+void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *buf, uint64_t offset, size_t len,
+                       const int *owner, int me)
 {
-    int at_boundary = (u->state == ST_HEADER && u->hdr_have == 0) || u->state == ST_END;
-    if (!at_boundary || u->fd >= 0)
-        UFAIL(u, "truncated package data (a shard ends inside an archive member)");
+    const pmb_manifest *m = u->m;
+    uint64_t end = offset + len;
+    /* shards are contiguous and sorted: binary search the first overlap */
+    int lo = 0, hi = m->nshards - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (m->shards[mid].offset + m->shards[mid].csize <= offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (int s = lo; s < m->nshards && m->shards[s].offset < end; s++) {
+        if (owner && owner[s] != me)
+            continue;
+        const pmb_shard *sh = &m->shards[s];
+        uint64_t a = sh->offset > offset ? sh->offset : offset;
+        uint64_t b = sh->offset + sh->csize < end ? sh->offset + sh->csize : end;
+        if (a < b)
+            shard_data(u, s, buf + (a - offset), (size_t)(b - a));
+    }
+}
+
+void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes)
+{
+    if (u->shard >= 0)
+        UFAIL(u, "truncated package data (shard %d incomplete)", u->shard);
     *files = u->files;
     *bytes = u->bytes;
-    *saw_end = u->state == ST_END;
     ZSTD_freeDStream(u->zd);
+    if (u->pdirfd >= 0)
+        close(u->pdirfd);
     close(u->rootfd);
+    reset_pax(u);
     free(u->zout);
     free(u->ext);
     free(u);
 }
 
+void pmb_check_totals(const pmb_manifest *m, uint64_t files, uint64_t bytes)
+{
+    if (files != m->files || bytes != m->unpacked_size)
+        pmb_die("package '%s' is corrupt (unpacked %llu files / %llu bytes, manifest says "
+                "%llu / %llu)", m->file, (unsigned long long)files, (unsigned long long)bytes,
+                (unsigned long long)m->files, (unsigned long long)m->unpacked_size);
+}
+
+/* ---- prefixes ----------------------------------------------------------- */
+
+static void write_all(int fd, const char *data, size_t n, const char *what)
+{
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = write(fd, data + off, n - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            pmb_die("cannot write %s: %s", what, strerror(errno));
+        }
+        off += (size_t)w;
+    }
+}
+
 /* Replace the recorded placeholder by the final tree path in every
- * prefix-bearing file (text: plain replace; binary: inside NUL-terminated
- * strings, padded with NULs, only when the new path fits). */
+ * prefix-bearing file of this package (text: plain replace; binary: inside
+ * NUL-terminated strings, padded with NULs, only when the new path fits).
+ * Called right after the package's own layer is unpacked; each listed path
+ * must then be a regular file, reached without following a symlink. */
 void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_manifest *m)
 {
     size_t nlen = strlen(final_root);
+    pmb_unpacker walk = {0};
+    walk.m = m;
+    snprintf(walk.root, sizeof walk.root, "%s", root);
+    walk.rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (walk.rootfd < 0)
+        pmb_die("cannot open %s: %s", root, strerror(errno));
+    walk.pdirfd = -1;
     for (int i = 0; i < m->nprefix; i++) {
         const pmb_prefix *pf = &m->prefix[i];
         size_t olen = strlen(pf->placeholder);
-        if (!olen)
-            continue;
         if (pf->binary && nlen > olen) {
             /* the tree is <chroot>/env-<32 hex digits>: 37 bytes more than the chroot */
             pmb_die("package '%s': %s can hold a path of at most %zu bytes (its recorded "
@@ -475,27 +708,33 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
                     "path of at most %zu bytes", m->file, pf->path, olen, final_root, nlen,
                     olen > 37 ? olen - 37 : 0);
         }
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/%s", root, pf->path);
-        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-            continue; /* replaced by a later layer */
+        const char *leaf;
+        int pfd = parent_fd(&walk, pf->path, &leaf);
+        int fd = openat(pfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         struct stat st;
-        if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-            close(fd);
-            continue;
-        }
+        if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode))
+            pmb_die("package '%s': corrupt manifest (prefix file '%s' is not a regular file of "
+                    "the package)", m->file, pf->path);
         size_t size = (size_t)st.st_size;
         char *data = pmb_xmalloc(size + 1);
         size_t got = 0;
         while (got < size) {
             ssize_t r = read(fd, data + got, size - got);
+            if (r < 0 && errno == EINTR)
+                continue;
             if (r <= 0)
-                pmb_die("cannot read %s while patching prefixes", path);
+                pmb_die("cannot read %s/%s while patching prefixes", root, pf->path);
             got += (size_t)r;
         }
         close(fd);
-        size_t cap = pf->binary ? size : size + (nlen > olen ? (nlen - olen) * (size / olen + 1) : 0);
+        size_t cap = size;
+        if (!pf->binary && nlen > olen) { /* exact size: count the hits first */
+            size_t hits = 0;
+            for (char *p = data; (p = memmem(p, size - (size_t)(p - data), pf->placeholder, olen));
+                 p += olen)
+                hits++;
+            cap = size + hits * (nlen - olen);
+        }
         char *out = pmb_xmalloc(cap + 1);
         size_t o = 0, j = 0;
         while (j < size) {
@@ -533,27 +772,24 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
                 j += slen;
             }
         }
-        char tmp[PATH_MAX + 16];
-        snprintf(tmp, sizeof tmp, "%s.pmb-patch", path);
-        int wfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, st.st_mode & 07777);
+        char tmp[64];
+        snprintf(tmp, sizeof tmp, ".pmb-patch.%ld.tmp", (long)getpid());
+        if (unlinkat(pfd, tmp, 0) && errno != ENOENT)
+            pmb_die("cannot remove %s/%s: %s", root, tmp, strerror(errno));
+        int wfd = openat(pfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (wfd < 0)
-            pmb_die("cannot write %s: %s", tmp, strerror(errno));
-        size_t off = 0;
-        while (off < o) {
-            ssize_t w = write(wfd, out + off, o - off);
-            if (w < 0) {
-                if (errno == EINTR)
-                    continue;
-                pmb_die("cannot write %s: %s", tmp, strerror(errno));
-            }
-            off += (size_t)w;
-        }
-        fchmod(wfd, st.st_mode & 07777);
-        if (close(wfd) || rename(tmp, path))
-            pmb_die("cannot replace %s: %s", path, strerror(errno));
+            pmb_die("cannot write %s/%s: %s", root, tmp, strerror(errno));
+        write_all(wfd, out, o, tmp);
+        if (fchmod(wfd, st.st_mode & 0777))
+            pmb_die("cannot set mode of %s: %s", tmp, strerror(errno));
+        if (close(wfd) || renameat(pfd, tmp, pfd, leaf))
+            pmb_die("cannot replace %s/%s: %s", root, pf->path, strerror(errno));
         free(data);
         free(out);
     }
+    if (walk.pdirfd >= 0)
+        close(walk.pdirfd);
+    close(walk.rootfd);
 }
 
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -567,4 +803,55 @@ static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW 
 int pmb_rmtree(const char *path)
 {
     return nftw(path, rm_one, 32, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- python-mpi --pmb-unpack DEST FINAL PKG... ---------------------------- */
+
+/* Unpack packages in order into the existing directory DEST, patching
+ * prefixes for FINAL, without MPI: the reader behind `python-mpi-bcast
+ * unpack`.  One line on stderr and exit status 1 on any problem. */
+int pmb_unpack_main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: python-mpi --pmb-unpack DEST FINAL PKG...\n");
+        return 2;
+    }
+    const char *dest = argv[0], *final_root = argv[1];
+    int n = argc - 2;
+    pmb_manifest *ms = calloc((size_t)n, sizeof *ms);
+    int *fds = calloc((size_t)n, sizeof *fds);
+    if (!ms || !fds)
+        pmb_die("out of memory");
+    for (int i = 0; i < n; i++)
+        pmb_manifest_read_file(&ms[i], NULL, argv[2 + i], &fds[i]);
+    const size_t chunk = 4u << 20;
+    unsigned char *buf = pmb_xmalloc(chunk);
+    for (int i = 0; i < n; i++) {
+        pmb_manifest *m = &ms[i];
+        if (lseek(fds[i], (off_t)m->payload_start, SEEK_SET) < 0)
+            pmb_die("package '%s': seek failed: %s", m->file, strerror(errno));
+        pmb_unpacker *u = pmb_unpacker_new(dest, m);
+        for (uint64_t off = 0; off < m->payload_size;) {
+            size_t want = m->payload_size - off < chunk ? (size_t)(m->payload_size - off) : chunk;
+            size_t got = 0;
+            while (got < want) {
+                ssize_t r = read(fds[i], buf + got, want - got);
+                if (r < 0 && errno == EINTR)
+                    continue;
+                if (r <= 0)
+                    pmb_die("package '%s': read failed: %s", m->file,
+                            r < 0 ? strerror(errno) : "unexpected end of file");
+                got += (size_t)r;
+            }
+            pmb_unpacker_feed(u, buf, off, want, NULL, 0);
+            off += want;
+        }
+        uint64_t files, bytes;
+        pmb_unpacker_finish(u, &files, &bytes);
+        pmb_check_totals(m, files, bytes);
+        pmb_patch_prefixes(dest, final_root, m);
+        close(fds[i]);
+    }
+    free(buf);
+    return 0;
 }

@@ -1,16 +1,17 @@
-"""``inspect`` (show a manifest) and ``verify`` (check hashes, scan the
+"""``inspect`` (show a manifest) and ``verify`` (everything the readers
+check, plus every shard's SHA-256 and the content hash, plus a scan of the
 unpacked content for leftover source paths)."""
 
 from __future__ import annotations
 
-import io
-import tarfile
+import hashlib
+import os
+import shutil
+import tempfile
 
-import zstandard
-
-from .archive import iter_frames
+from .archive import iter_frames, unpack_packages
 from .errors import PmbError
-from .pkgformat import Manifest, read_manifest
+from .pkgformat import Manifest, content_hash, read_manifest
 
 
 def inspect(path: str) -> Manifest:
@@ -18,42 +19,65 @@ def inspect(path: str) -> Manifest:
 
 
 def verify(path: str, forbidden: list[str] | None = None) -> dict:
-    """Check every shard's hash and the content hash; decompress everything
-    and report files that still contain any of ``forbidden`` (byte strings of
-    old locations) and are not listed as prefix-bearing.  Binary files that
-    keep such a path (a compiled-in fallback, left alone on purpose) are
-    listed apart as ``compiled_in``."""
+    """Check the SHA-256 of every shard and the content hash, unpack with the
+    launcher's unpacker into a temporary directory (so verify refuses at
+    least what the readers refuse), and report files that still contain any
+    of ``forbidden`` (old locations) and are not listed as prefix-bearing.
+    Binary files that keep such a path (a compiled-in fallback, left alone on
+    purpose) are listed apart as ``compiled_in``."""
     forbidden_b = [f.encode() for f in (forbidden or []) if f]
-    dctx = zstandard.ZstdDecompressor()
-    files = 0
-    size = 0
-    leftovers = []
-    compiled_in = []
     m = None
-    for m, i, data in iter_frames(path, verify=True):
-        try:
-            raw = dctx.decompress(data, max_output_size=m.shards[i].usize or 1)
-        except zstandard.ZstdError as e:
-            raise PmbError(f"{path}: corrupt package (shard {i}: {e})") from None
-        if len(raw) != m.shards[i].usize:
-            raise PmbError(f"{path}: corrupt package (shard {i} unpacks to {len(raw)} bytes, "
-                           f"manifest says {m.shards[i].usize})")
-        listed = {p.path for p in m.prefix_files}
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
-            for ti in tf:
-                if ti.isreg():
-                    files += 1
-                    size += ti.size
-                    if forbidden_b and ti.name not in listed:
-                        content = tf.extractfile(ti).read()
-                        if any(f in content for f in forbidden_b):
-                            # binaries keep compiled-in paths on purpose (fixup.py)
-                            (compiled_in if b"\0" in content else leftovers).append(ti.name)
-                elif ti.issym() and any(f in ti.linkname.encode() for f in forbidden_b):
-                    leftovers.append(ti.name)
+    for m, i, data in iter_frames(path):
+        if hashlib.sha256(data).hexdigest() != m.shards[i].sha256:
+            raise PmbError(f"{path}: corrupt package (shard {i} fails its SHA-256 check)")
     assert m is not None
-    if files != m.files or size != m.unpacked_size:
-        raise PmbError(f"{path}: manifest says {m.files} files / {m.unpacked_size} bytes, "
-                       f"content has {files} / {size}")
+    if content_hash([s.sha256 for s in m.shards]) != m.content_hash:
+        raise PmbError(f"{path}: corrupt package (shard table does not match the content hash)")
+    tmp = tempfile.mkdtemp(prefix="pmb-verify-")
+    try:
+        tree = os.path.join(tmp, "tree")
+        os.mkdir(tree, 0o700)
+        unpack_packages([path], tree)
+        listed = {p.path for p in m.prefix_files}
+        files = size = 0
+        leftovers = []
+        compiled_in = []
+        for dirpath, dirnames, filenames in os.walk(tree):
+            for name in sorted(filenames + [d for d in dirnames
+                                            if os.path.islink(os.path.join(dirpath, d))]):
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, tree)
+                if os.path.islink(full):
+                    if any(f in os.readlink(full).encode() for f in forbidden_b):
+                        leftovers.append(rel)
+                    continue
+                files += 1
+                size += os.path.getsize(full)
+                if forbidden_b and rel not in listed:
+                    found, binary = _scan(full, forbidden_b)
+                    if found:
+                        # binaries keep compiled-in paths on purpose (fixup.py)
+                        (compiled_in if binary else leftovers).append(rel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"files": files, "unpacked_size": size, "leftovers": leftovers,
             "compiled_in": compiled_in, "manifest": m}
+
+
+def _scan(path: str, needles: list[bytes]) -> tuple[bool, bool]:
+    """Whether the file holds any of ``needles``, and whether it is binary
+    (holds a NUL byte)."""
+    keep = max(len(n) for n in needles) - 1
+    tail = b""
+    found = binary = False
+    with open(path, "rb") as f:
+        while True:
+            buf = f.read(16 << 20)
+            if not buf:
+                return found, binary
+            binary = binary or b"\0" in buf
+            data = tail + buf
+            found = found or any(n in data for n in needles)
+            if found and binary:
+                return found, binary
+            tail = data[-keep:] if keep else b""

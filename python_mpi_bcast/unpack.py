@@ -1,4 +1,6 @@
-"""``python-mpi-bcast unpack PKG... DEST``: the reference unpacker.
+"""``python-mpi-bcast unpack PKG... DEST``: what the launcher does on each
+node, by the launcher's own unpacker (``python-mpi --pmb-unpack``), so both
+accept and refuse exactly the same packages.
 
 Layers unpack in order into one tree; the tree appears under DEST only when
 every layer is complete (unpacked into a temporary sibling, then renamed).
@@ -10,7 +12,7 @@ import os
 import shutil
 import tempfile
 
-from .archive import unpack_package
+from .archive import unpack_packages
 from .errors import PmbError
 from .pkgformat import Manifest, read_manifest
 
@@ -41,9 +43,8 @@ def unpack(packages: list[str], dest: str, force: bool = False) -> list[Manifest
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.unpack-", dir=parent)
     try:
-        out = []
-        for p, _ in manifests:
-            out.append(unpack_package(p, tmp, final_dest=dest))
+        unpack_packages(packages, tmp, final_dest=dest)
+        out = [m for _, m in manifests]
         os.chmod(tmp, 0o755)
         if os.path.lexists(dest):
             shutil.rmtree(dest)

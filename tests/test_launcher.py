@@ -362,8 +362,8 @@ def craft_package(path, members, kind="directory", python="", **fields):
             raw.write(data + b"\0" * ((-len(data)) % 512))
             nfiles += 1
             size += len(data)
-    body = zstandard.ZstdCompressor().compress(raw.getvalue())
-    tail = zstandard.ZstdCompressor().compress(b"\0" * 1024)
+    body = zstandard.ZstdCompressor(write_checksum=True).compress(raw.getvalue())
+    tail = zstandard.ZstdCompressor(write_checksum=True).compress(b"\0" * 1024)
     m = pkgformat.Manifest(name="crafted", kind=kind, python=python, files=nfiles,
                            unpacked_size=size, **fields)
     m.shards = [pkgformat.Shard(0, len(body), len(raw.getvalue()), nfiles, hashlib.sha256(body).hexdigest()),

@@ -225,7 +225,7 @@ def test_tar_zstd_extracts_the_same_tree(moved_venv, unpacked, tmp_path):
 def test_inspect_shows_manifest(moved_venv):
     r = run(CLI + ["inspect", "--json", moved_venv["env"]], timeout=60)
     m = json.loads(r.stdout)
-    assert m["kind"] == "environment" and m["name"] == "env" and m["format_version"] == 1
+    assert m["kind"] == "environment" and m["name"] == "env" and m["format_version"] == 2
     assert m["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert m["files"] > 1000 and m["unpacked_size"] > 10_000_000
     assert len(m["shards"]) >= 3
