@@ -14,7 +14,8 @@ import tempfile
 
 import pytest
 
-from conftest import CLI, LAUNCHER, MPIEXEC, mpi_env, mpirun, run
+from conftest import CLI, mpi_env, mpirun, run
+from test_examples import sandbox  # noqa: F401  (fixture)
 
 import condaenv
 
@@ -158,3 +159,25 @@ def test_tree_longer_than_the_conda_placeholder_is_refused_naming_the_file(packe
         assert not os.path.exists(dest)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def readme_conda_blocks() -> list[str]:
+    import re
+    from conftest import REPO
+    text = open(os.path.join(REPO, "README.rst")).read()
+    sec = text[text.index("Conda environments\n---"):text.index("Start modes\n---")]
+    return ["\n".join(line[3:] for line in m.group(1).splitlines())
+            for m in re.finditer(r"^\.\. code-block:: sh\n\n((?:   .*\n|\n)+)", sec, re.M)]
+
+
+def test_readme_conda_section(conda_env, sandbox):
+    blocks = readme_conda_blocks()
+    assert len(blocks) == 2
+    env = dict(sandbox["env"], CONDA_PREFIX=conda_env)
+    script = "set -euo pipefail\n" + "\n".join(blocks) + "\n"
+    r = run(["bash", "-c", script], env=env, cwd=str(sandbox["project"]), timeout=900,
+            check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kind:          interpreter" in r.stdout and "binary bin/pmbdemo" in r.stdout
+    assert "my_script: 4 ranks, total 4.0" in r.stdout
+    assert r.stdout.strip().splitlines()[-1][:1].isdigit()  # numpy's version
