@@ -13,6 +13,9 @@ Sections
      vs tar --zstd -xf of the same package and tar -xzf of a gzip tar
   5. end to end on a slow shared filesystem (FUSE, one metadata server with
      a fixed latency per operation): import numpy, scipy on 1..16 ranks
+  6. a conda environment (tests/condaenv.py: real CPython, numpy, mpi4py,
+     padded binary placeholders): pack and unpack time and size, python-mpi-bcast
+     vs conda-pack + conda-unpack
 """
 
 from __future__ import annotations
@@ -332,6 +335,61 @@ def bench_slowfs(rep, ranks_list, latency_us, reps, tmp):
     return plain_t, pmb_t
 
 
+def bench_conda(rep, reps, tmp):
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import condaenv
+    root = os.path.join(WORK, "conda")
+    prefix = os.path.join(root, "envs", "demo")
+    if not os.path.exists(os.path.join(root, ".complete")):
+        shutil.rmtree(root, ignore_errors=True)
+        condaenv.build(root, sys.executable, ["numpy", "mpi4py"])
+        open(os.path.join(root, ".complete"), "w").close()
+    usize, nfiles = du(prefix)
+    threads = str(os.cpu_count() or 1)
+    ours, cp = os.path.join(tmp, "demo.tar.zst"), os.path.join(tmp, "cp.tar.zst")
+    t_ours = median_of(reps, lambda: timed(CLI + ["pack", prefix, "-o", tmp, "-q", "-f"]))
+    t_cp = median_of(reps, lambda: timed([os.path.join(BIN, "conda-pack"), "-p", prefix, "-o", cp,
+                                          "-q", "-f", "--n-threads", threads]))
+
+    def unpack_ours():
+        d = os.path.join(fresh_chroot(), "t")
+        try:
+            return timed(CLI + ["unpack", ours, d])
+        finally:
+            shutil.rmtree(os.path.dirname(d), ignore_errors=True)
+
+    def stage_ours():
+        c = fresh_chroot()
+        try:
+            env = mpi_env(tmp, "demo.tar.zst", c)
+            return timed([MPIEXEC, "-n", "1", LAUNCHER, "--stage-only"], env=env)
+        finally:
+            shutil.rmtree(c, ignore_errors=True)
+
+    def unpack_cp():
+        d = fresh_chroot()
+        try:
+            t0 = time.perf_counter()
+            sh(["tar", "--zstd", "-xf", cp, "-C", d])
+            sh([os.path.join(d, "bin", "python"), os.path.join(d, "bin", "conda-unpack")])
+            return time.perf_counter() - t0
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    u_ours, s_ours, u_cp = (median_of(reps, f) for f in (unpack_ours, stage_ours, unpack_cp))
+    rep.h("6. Conda environment: python-mpi-bcast vs conda-pack")
+    rep.p(f"{usize / 1e6:.0f} MB, {nfiles} files (CPython {sys.version.split()[0]}, numpy, "
+          f"mpi4py, 255-byte binary placeholders); median of {reps}; pack includes our "
+          f"byte-compilation, zstd level 10 vs conda-pack's default tar.zst level.")
+    rep.table(["tool", "pack s", "package MB", "unpack into /dev/shm s"], [
+        ["python-mpi-bcast pack / unpack", f"{t_ours:.1f}", f"{os.path.getsize(ours) / 1e6:.1f}",
+         f"{u_ours:.2f}"],
+        ["python-mpi-bcast pack / python-mpi --stage-only (1 rank)", f"{t_ours:.1f}",
+         f"{os.path.getsize(ours) / 1e6:.1f}", f"{s_ours:.2f}"],
+        ["conda-pack / tar --zstd -xf + conda-unpack", f"{t_cp:.1f}",
+         f"{os.path.getsize(cp) / 1e6:.1f}", f"{u_cp:.2f}"]])
+
+
 def plot(out, ranks_md, series, ranks_e2e, e2e):
     try:
         import matplotlib
@@ -378,7 +436,7 @@ def main():
                                                   datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     ap.add_argument("--latency-us", type=int, default=500)
-    ap.add_argument("--only", default="1,2,4,5", help="sections to run (3 comes with 2)")
+    ap.add_argument("--only", default="1,2,4,5,6", help="sections to run (3 comes with 2)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     only = set(a.only.split(","))
@@ -392,8 +450,10 @@ def main():
           f"{sh([LAUNCHER, '--pmb-info']).stdout.splitlines()[0]}\n")
     venv_dir = os.path.join(WORK, "venv")
     pkgroot = os.path.join(WORK, "pkgs")
-    py, env_pkg = setup(venv_dir, pkgroot)
-    packages = f"{py}:{env_pkg}"
+    if only & {"1", "2", "4", "5"}:
+        py, env_pkg = setup(venv_dir, pkgroot)
+        packages = f"{py}:{env_pkg}"
+    os.makedirs(WORK, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="pmb-bench-", dir=WORK)
     series, e2e = None, None
     try:
@@ -408,6 +468,8 @@ def main():
                 rep.p("(section 5 skipped: needs root and /dev/fuse)")
             else:
                 e2e = bench_slowfs(rep, ranks_e2e, a.latency_us, reps, tmp)
+        if "6" in only:
+            bench_conda(rep, reps, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for p in plot(a.out, ranks_md, series, ranks_e2e, e2e):

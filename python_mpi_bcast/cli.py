@@ -47,10 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    pk = sub.add_parser("pack", help="pack an interpreter and/or a venv into package files",
+    pk = sub.add_parser("pack", help="pack an interpreter and/or a venv, or a conda env, into "
+                                     "package files",
                         description="Pack a Python installation (--python) and/or a venv into "
-                                    "relocatable NAME.tar.zst packages.")
-    pk.add_argument("venv", nargs="?", help="the venv to pack as an environment layer")
+                                    "relocatable NAME.tar.zst packages; a conda environment "
+                                    "becomes one package holding its interpreter and packages.")
+    pk.add_argument("venv", nargs="?", help="the venv to pack as an environment layer, or a "
+                                            "conda environment (CONDA_PREFIX)")
     pk.add_argument("--python", nargs="?", const="", default=None, metavar="PREFIX",
                     help="also (or only) pack the base interpreter: a prefix, an executable or a "
                          "venv (default: the venv's base interpreter)")
@@ -68,6 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("-f", "--force", action="store_true", help="replace existing packages")
     pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pk.add_argument("--tmpdir", help="directory for the staging copy (default $TMPDIR)")
+
+    rl = sub.add_parser("relocate", help="copy a venv or conda env to a new location with every "
+                                         "reference rewritten",
+                        description="Copy a venv or conda environment to DEST with every path "
+                                    "that names SRC rewritten (text files, shebangs, activate "
+                                    "scripts, pyvenv.cfg, .pth, RECORD, RPATHs, conda's recorded "
+                                    "prefix files), check that no old path is left, then put it "
+                                    "in place atomically.  SRC is not modified.  Site aliases "
+                                    "come from the config file's [aliases] table.")
+    rl.add_argument("src", metavar="SRC", help="the venv or conda environment to copy")
+    rl.add_argument("-o", "--output", required=True, metavar="DEST",
+                    help="where the environment will live")
+    rl.add_argument("--map", nargs=2, action="append", default=[], metavar=("OLD", "NEW"),
+                    help="also rewrite the absolute path OLD to NEW (repeatable; e.g. a data "
+                         "directory that moved with the environment)")
+    rl.add_argument("--tar", metavar="FILE",
+                    help="write the relocated environment to this archive (.tar, .tar.gz, "
+                         ".tar.xz, .tar.zst) instead of creating DEST")
+    rl.add_argument("-f", "--force", action="store_true",
+                    help="replace DEST (or FILE) if it exists")
+    rl.add_argument("--no-config", action="store_true",
+                    help="ignore the config file's site aliases")
 
     ins = sub.add_parser("inspect", help="show a package's manifest")
     ins.add_argument("package")
@@ -112,6 +137,16 @@ def cmd_pack(a) -> int:
     for path, m in written:
         print(f"{path}: {m.kind}, Python {m.python}, {m.files} files, "
               f"{m.unpacked_size / 1e6:.1f} MB unpacked, {len(m.shards) - 1} shards")
+    return 0
+
+
+def cmd_relocate(a) -> int:
+    from .relocate_env import relocate
+    res = relocate(a.src, a.output, maps=[tuple(m) for m in a.map], tar=a.tar, force=a.force,
+                   use_config=not a.no_config)
+    for w in res["warnings"]:
+        log.warning("%s", w)
+    print(f"{res['written']}: {res['kind']} relocated for {res['dest']}")
     return 0
 
 
@@ -177,7 +212,7 @@ def cmd_clean(a) -> int:
     return 0
 
 
-COMMANDS = {"clean": cmd_clean, "pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify,
+COMMANDS = {"clean": cmd_clean, "pack": cmd_pack, "relocate": cmd_relocate, "inspect": cmd_inspect, "verify": cmd_verify,
             "unpack": cmd_unpack, "info": cmd_info}
 
 

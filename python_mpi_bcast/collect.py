@@ -14,7 +14,7 @@ import glob
 import os
 import shutil
 
-from . import pyinfo
+from . import conda, pyinfo
 from .errors import PmbError
 
 # Parts of the standard library that batch jobs do not need (left out unless
@@ -47,6 +47,9 @@ class Staged:
     moves: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # old abs dir -> tree rel
     site_abs_old: str = ""          # the old absolute site-packages directory
     compiled_in: list[str] = dataclasses.field(default_factory=list)  # binaries keeping an old path
+    # conda's records: relative path -> (file_mode, recorded build placeholder)
+    recorded: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    maps: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # --map OLD NEW
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -262,5 +265,104 @@ def stage_directory(src: str, staging: str, excludes: list[str], name: str | Non
     st = Staged(root=staging, kind="directory", name=name or os.path.basename(src), info=info)
     copy_tree(src, staging, list(ALWAYS_EXCLUDES[:2]) + list(excludes))
     st.scrub = _real_variants(src)
+    st.moves = [(p, "") for p in st.scrub]
+    return st
+
+
+def classify(path: str) -> str:
+    """"venv" or "conda"; anything else is refused with one line."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise PmbError(f"{path}: no such directory")
+    if pyinfo.is_venv(path):
+        return "venv"
+    if conda.is_conda_env(path):
+        return "conda"
+    if conda.looks_like_conda_env(path):
+        raise PmbError(f"{path}: looks like a conda environment but conda-meta/ is missing, "
+                       f"so conda's records of which files hold the prefix are gone; "
+                       f"recreate the environment with conda")
+    raise PmbError(f"{path} is not a venv (no pyvenv.cfg) and not a conda environment (no "
+                   f"conda-meta/); give the directory made by 'python -m venv' or 'conda create'")
+
+
+def conda_python(prefix: str, version: str = "") -> str:
+    mm = ".".join(version.split(".")[:2])
+    for name in ([f"python{mm}"] if mm else []) + ["python3", "python"]:
+        exe = os.path.join(prefix, "bin", name)
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return exe
+    raise PmbError(f"{prefix}: a conda environment without Python (no bin/python3); "
+                   f"install python into it (conda install -p {prefix} python) or pack it "
+                   f"with --directory")
+
+
+def copy_conda_prefix(env: "conda.CondaEnv", staging: str, excludes: list[str]) -> None:
+    """The whole env, as conda-pack takes it: every top-level entry but the
+    package cache and other envs, without byte code (compiled again later)."""
+    pats = list(ALWAYS_EXCLUDES[:2]) + list(excludes)
+    os.makedirs(staging, exist_ok=True)
+    for entry in sorted(os.listdir(env.prefix)):
+        if entry in conda.IGNORED_TOP or entry.endswith("~") or _excluded(entry, pats):
+            continue
+        full = os.path.join(env.prefix, entry)
+        if os.path.isdir(full) and not os.path.islink(full):
+            copy_tree(full, os.path.join(staging, entry), pats, rel_base=entry)
+        else:
+            _copy_entry(full, os.path.join(staging, entry))
+    for rel in conda.UNRECORDED_CONDA_SCRIPTS - env.managed:
+        if os.path.lexists(os.path.join(staging, rel)):
+            os.unlink(os.path.join(staging, rel))
+
+
+def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None,
+                for_launcher: bool = True) -> Staged:
+    """A conda env is interpreter and packages in one tree: one package of
+    kind interpreter (PYTHON_MPI_PACKAGES=NAME.tar.zst alone)."""
+    prefix = os.path.abspath(prefix)
+    env = conda.read_env(prefix)
+    exe = conda_python(prefix, env.python_version)
+    info = pyinfo.query(exe)
+    if os.path.realpath(info["prefix"]) != os.path.realpath(prefix):
+        raise PmbError(f"{exe} reports sys.prefix {info['prefix']}, not {prefix}; is "
+                       f"PYTHONHOME set, or is bin/python a link to another installation?")
+    st = Staged(root=staging, kind="interpreter",
+                name=name or os.path.basename(prefix.rstrip("/")), info=info)
+    copy_conda_prefix(env, staging, excludes)
+    ver = info["version"]
+    if os.path.lexists(os.path.join(staging, "bin", f"python{ver}")):
+        st.executable = f"bin/python{ver}"
+    else:
+        st.executable = os.path.relpath(exe, prefix)
+    for n in (info["instsoname"], info["ldlibrary"], f"libpython{ver}.so"):
+        if n and ".so" in n and os.path.exists(os.path.join(staging, "lib", n)):
+            st.libpython = f"lib/{n}"
+            break
+    else:
+        st.warnings.append(f"{prefix} has no lib/libpython{ver}.so; the launcher's embed mode "
+                           f"needs one (use PYTHON_MPI_MODE=exec or stage-only)")
+    st.site_dir = site_rel(info)
+    st.site_abs_old = os.path.join(prefix, st.site_dir)
+    st.scrub = _real_variants(prefix)
+    st.moves = [(p, "") for p in st.scrub]
+    st.recorded = {rel: (r.mode, r.placeholder) for rel, r in env.prefix_files.items()
+                   if os.path.isfile(os.path.join(staging, rel))}
+    if for_launcher and os.path.isdir(os.path.join(staging, st.site_dir)):
+        with open(os.path.join(staging, st.site_dir, conda.ACTIVATE_PTH), "w") as f:
+            f.write(conda.ACTIVATE_PTH_TEXT)
+    return st
+
+
+def stage_whole_venv(venv: str, staging: str) -> Staged:
+    """A venv as it is (for relocate): bin/ with its interpreter links,
+    pyvenv.cfg, activate scripts, site-packages; byte code left out."""
+    venv = os.path.abspath(venv)
+    pyinfo.read_pyvenv_cfg(venv)
+    vinfo = pyinfo.query(pyinfo.venv_python(venv))
+    st = Staged(root=staging, kind="environment", name=os.path.basename(venv), info=vinfo)
+    copy_tree(venv, staging, list(ALWAYS_EXCLUDES[:2]))
+    st.site_dir = os.path.relpath(vinfo["purelib"], vinfo["prefix"])
+    st.site_abs_old = os.path.join(venv, st.site_dir)
+    st.scrub = _real_variants(venv)
     st.moves = [(p, "") for p in st.scrub]
     return st

@@ -34,10 +34,13 @@ def _map_abs(path: str, moves: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def fix_symlinks(st: Staged) -> None:
+def fix_symlinks(st: Staged, keep_outside: bool = False) -> None:
     """Absolute links into the old prefixes become relative; links to
-    anything outside the tree are replaced by a copy of their target."""
+    anything outside the tree are replaced by a copy of their target (or, with
+    ``keep_outside``, kept as they are: a relocated venv still links to its
+    base interpreter).  Absolute links under a ``--map`` OLD are re-aimed."""
     root = st.root
+    maps = [(o.encode(), n.encode()) for o, n in st.maps]
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
@@ -51,11 +54,21 @@ def fix_symlinks(st: Staged) -> None:
                     os.unlink(full)
                     os.symlink(os.path.relpath(inside, os.path.dirname(rel) or "."), full)
                     continue
+                if maps:
+                    mapped = relocate.apply_maps(target.encode(), maps).decode()
+                    if mapped != target:
+                        os.unlink(full)
+                        os.symlink(mapped, full)
+                        continue
+                if keep_outside:
+                    continue
                 resolved = target
             else:
                 norm = os.path.normpath(os.path.join(os.path.dirname(rel), target))
                 if not norm.startswith("../") and norm != "..":
                     continue  # stays inside the tree
+                if keep_outside:
+                    continue
                 resolved = os.path.realpath(full)
             os.unlink(full)
             if os.path.isfile(resolved):
@@ -86,9 +99,33 @@ def _find_any(path: str, needles: list[bytes]) -> bytes | None:
             tail = window[-keep:] if keep else b""
 
 
+def _restore_conda_placeholder(data: bytes, rel: str, recorded: str, scrub_b: list[bytes],
+                               prefix_files: list[PrefixFile], kept: list[str],
+                               warnings: list[str]) -> bytes:
+    """A binary file conda recorded with a build placeholder: each string
+    that holds the env prefix was padded with NULs up to the placeholder's
+    length when conda installed it.  Put a placeholder of our own of that
+    length back, so the unpacker can write a tree path of up to that length."""
+    ph = relocate.make_placeholder(len(recorded.encode()))
+    out = data
+    try:
+        for p in scrub_b:
+            if len(p) > len(ph):
+                raise ValueError("prefix longer than the recorded placeholder")
+            out = relocate.restore_binary_placeholder(out, p, ph)
+    except ValueError:
+        warnings.append(f"{rel}: conda recorded it as holding the prefix, but the prefix in it "
+                        f"has no NUL padding up to the recorded placeholder; kept as it is")
+        kept.append(rel)
+        return data
+    prefix_files.append(PrefixFile("binary", rel, ph.decode()))
+    return out
+
+
 def _relocate_content(data: bytes, fn: str, rel: str, scrub_b: list[bytes],
                       site_old: bytes, site_olds: list[bytes], site_tree: str,
-                      prefix_files: list[PrefixFile], kept: list[str]) -> bytes:
+                      prefix_files: list[PrefixFile], kept: list[str],
+                      force_text: bool = False) -> bytes:
     """Rewrite one file that still names an old prefix; what cannot be made
     relative is recorded in ``prefix_files`` for the unpacker to patch."""
     if relocate.python_shebang_target(data, scrub_b) is not None:
@@ -103,7 +140,7 @@ def _relocate_content(data: bytes, fn: str, rel: str, scrub_b: list[bytes],
         data = relocate.relocate_record(data, site_old, scrub_b)
     if not any(p in data for p in scrub_b):
         return data
-    if relocate.is_binary(data):
+    if relocate.is_binary(data) and not force_text:
         # A path compiled into a binary (libpython's PREFIX, a string in an
         # extension module) is left exactly as it is.  Rewriting it in place
         # is unsafe: linkers merge a string into the tail of a longer one
@@ -136,6 +173,7 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
     kept: list[str] = []
     site_old = st.site_abs_old.encode()
     site_tree = st.site_dir
+    maps = [(o.encode(), n.encode()) for o, n in st.maps]
     site_olds = sorted({site_old, os.path.realpath(st.site_abs_old).encode()} - {b""},
                        key=len, reverse=True) if site_old else []
     # where the old site directory sat relative to its venv, for RECORD's ../ entries
@@ -165,6 +203,19 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                     continue
                 with open(full, "rb") as f:
                     data = f.read()
+                mode_ph = st.recorded.get(rel)
+                if mode_ph and mode_ph[0] == "binary":
+                    if any(p in data for p in scrub_b):
+                        new = _restore_conda_placeholder(data, rel, mode_ph[1], scrub_b,
+                                                         prefix_files, kept, st.warnings)
+                        if new != data:
+                            with open(full, "wb") as f:
+                                f.write(new)
+                    continue
+                if maps and not relocate.is_binary(data) and any(o in data for o, _ in maps):
+                    with open(full, "wb") as f:
+                        f.write(relocate.apply_maps(data, maps))
+                    data = relocate.apply_maps(data, maps)
                 if relocate.is_elf(data) and scrub:
                     try:
                         changed = elf.relocate_rpath(full, rel, st.moves, st.root)
@@ -178,7 +229,8 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                     data = relocate.rebase_record(data, old_site_rel, site_tree.encode())
                 if any(p in data for p in scrub_b):
                     data = _relocate_content(data, fn, rel, scrub_b, site_old, site_olds,
-                                             site_tree, prefix_files, kept)
+                                             site_tree, prefix_files, kept,
+                                             force_text=bool(mode_ph))
                 if data != orig:
                     with open(full, "wb") as f:
                         f.write(data)
@@ -194,22 +246,29 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
 
 _COMPILE = r"""
 import compileall, py_compile, sys
-root, workers, checked = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-U = py_compile.PycInvalidationMode.UNCHECKED_HASH
-C = py_compile.PycInvalidationMode.CHECKED_HASH
-compileall.compile_dir(root, quiet=2, workers=workers, invalidation_mode=U, stripdir=root)
+root, workers, ddir, checked = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None, sys.argv[4:]
+M = py_compile.PycInvalidationMode
+U = M.TIMESTAMP if ddir else M.UNCHECKED_HASH
+C = M.TIMESTAMP if ddir else M.CHECKED_HASH
+compileall.compile_dir(root, quiet=2, workers=workers, invalidation_mode=U, stripdir=root,
+                       prependdir=ddir)
 for rel in checked:
-    compileall.compile_file(root + "/" + rel, quiet=2, invalidation_mode=C, stripdir=root)
+    compileall.compile_file(root + "/" + rel, quiet=2, invalidation_mode=C, stripdir=root,
+                            prependdir=ddir)
 """
 
 
-def byte_compile(st: Staged, python: str, prefix_files: list[PrefixFile], workers: int) -> None:
+def byte_compile(st: Staged, python: str, prefix_files: list[PrefixFile], workers: int,
+                 ddir: str | None = None) -> None:
     """Compile every ``.py`` with the packed interpreter (its magic number),
     as unchecked-hash ``.pyc`` so no rank stats sources at run time.  Files
-    whose source the unpacker patches get checked-hash ``.pyc`` instead."""
+    whose source the unpacker patches get checked-hash ``.pyc`` instead.
+    With ``ddir`` (relocate: the tree's final place, where users may edit
+    sources) ``.pyc`` are timestamp-checked and name their sources there."""
     checked = [p.path for p in prefix_files if p.path.endswith(".py")]
     try:
-        out = subprocess.run([python, "-I", "-c", _COMPILE, st.root, str(max(1, workers))] + checked,
+        out = subprocess.run([python, "-I", "-c", _COMPILE, st.root, str(max(1, workers)),
+                              ddir or ""] + checked,
                              capture_output=True, text=True, timeout=3600, check=False)
     except subprocess.TimeoutExpired:
         raise PmbError("byte-compiling took more than an hour; giving up") from None

@@ -42,13 +42,20 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
          excludes: list[str] | None = None, slim: bool = True, level: int = 10,
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
          quiet: bool = False, tmpdir: str | None = None) -> list[tuple[str, Manifest]]:
-    """Pack an interpreter and/or a venv (or a plain directory).
+    """Pack an interpreter and/or a venv, a conda env (interpreter and
+    packages in one package), or a plain directory.
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """
     excludes = list(excludes or [])
     output_dir = _check_output_dir(output_dir)
     jobs = []  # (kind, source)
+    if venv is not None and collect.classify(venv) == "conda":
+        if with_python or python is not None or directory is not None:
+            raise PmbError(f"{venv} is a conda environment, which holds its own interpreter: "
+                           f"pack it alone (one package, no --python)")
+        jobs.append(("conda", venv))
+        venv = None
     if with_python or python is not None:
         jobs.append(("interpreter", python if python is not None else venv))
     if venv is not None:
@@ -69,6 +76,9 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 exe = pyinfo.resolve_interpreter(source)
                 st = collect.stage_interpreter(exe, staging, excludes, slim, name)
                 compiler = exe
+            elif kind == "conda":
+                st = collect.stage_conda(source, staging, excludes, name)
+                compiler = collect.conda_python(os.path.abspath(source), st.info["version"])
             elif kind == "environment":
                 st = collect.stage_venv(source, staging, excludes, name)
                 compiler = pyinfo.base_interpreter_of_venv(source)

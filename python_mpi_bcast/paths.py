@@ -26,3 +26,14 @@ def node_directory(pattern: str | None = None, node_index: int | None = None) ->
     if node_index is not None:
         out = out.replace("%n", str(node_index))
     return out.replace("\0", "%").rstrip("/") or "/"
+
+
+def config_file() -> str:
+    """The user's config file: $PYTHON_MPI_BCAST_CONFIG, else
+    $XDG_CONFIG_HOME/python-mpi-bcast/config.toml (XDG_CONFIG_HOME defaults
+    to ~/.config)."""
+    explicit = os.environ.get("PYTHON_MPI_BCAST_CONFIG")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "python-mpi-bcast", "config.toml")

@@ -174,3 +174,62 @@ def rebase_record(data: bytes, old_site_rel: bytes, new_site_rel: bytes) -> byte
             path = _relpath(b"/".join(parts), new_site_rel)
         out.append(path + sep + rest)
     return b"".join(out)
+
+
+def make_placeholder(length: int) -> bytes:
+    """A placeholder of our own of exactly ``length`` bytes, put back at pack
+    time where conda had written the env prefix over its recorded (longer)
+    build placeholder, so the unpacker may write a path of up to ``length``
+    bytes there."""
+    base = b"/python-mpi-bcast-placeholder"
+    if length < 8:
+        raise ValueError("a binary placeholder needs at least 8 bytes")
+    if length <= len(base):
+        return b"/pmb" + b"_" * (length - 4)
+    return base + b"_" * (length - len(base))
+
+
+def restore_binary_placeholder(data: bytes, prefix: bytes, placeholder: bytes) -> bytes:
+    """Undo conda's padded install-time rewrite in a binary file.
+
+    Conda replaced the build placeholder by ``prefix`` inside each
+    NUL-terminated string and padded the string with NULs so nothing after it
+    moved.  This writes ``placeholder`` (as long as the recorded one) back in
+    place of ``prefix``, consuming that padding; the rest of each string is
+    kept.  Raises ValueError when a string lacks the padding (the file was not
+    written by such a rewrite, so its layout cannot be trusted).
+    """
+    if len(placeholder) < len(prefix):
+        raise ValueError("placeholder shorter than the prefix")
+    grow = len(placeholder) - len(prefix)
+    pat = re.compile(re.escape(prefix) + rb"[^\0]*\0")
+    out = []
+    pos = 0
+    for m in pat.finditer(data):
+        s = m.group(0)[:-1]
+        need = s.count(prefix) * grow
+        end = m.end() - 1          # index of the terminating NUL
+        pad = 0
+        while end + pad < len(data) and data[end + pad] == 0 and pad < need + 1:
+            pad += 1
+        # the string's own NUL plus ``need`` bytes of padding must be there
+        if pad < need + 1:
+            raise ValueError("no NUL padding after the prefix")
+        new = s.replace(prefix, placeholder)
+        out.append(data[pos:m.start()])
+        out.append(new + b"\0")
+        pos = m.end() + need
+    out.append(data[pos:])
+    res = b"".join(out)
+    assert len(res) == len(data)
+    return res
+
+
+def apply_maps(data: bytes, maps: list[tuple[bytes, bytes]]) -> bytes:
+    """Replace every ``old`` of ``maps`` by its ``new`` in one pass (longest
+    ``old`` first, so a mapped result is never mapped again)."""
+    if not maps:
+        return data
+    table = dict(maps)
+    pat = re.compile(b"|".join(re.escape(o) for o in sorted(table, key=len, reverse=True)))
+    return pat.sub(lambda m: table[m.group(0)], data)

@@ -98,3 +98,19 @@ def mpirun(n: int, args: list[str], env: dict, timeout: int = 120, check: bool =
            input: str | None = None, prefix: list[str] | None = None):
     cmd = (prefix or []) + [MPIEXEC, "-n", str(n), LAUNCHER] + args
     return run(cmd, env=env, timeout=timeout, check=check, input=input)
+
+
+@pytest.fixture(scope="session")
+def conda_env():
+    """A conda installation laid out as conda lays it out (package cache +
+    env with conda-meta records, padded binary placeholders), numpy and
+    mpi4py installed into the env with pip; built once per cache dir
+    (tests/condaenv.py says from what)."""
+    import condaenv
+    root = os.path.join(CACHE, f"conda-py{sys.version_info[0]}{sys.version_info[1]}")
+    marker = os.path.join(root, ".complete")
+    if not os.path.exists(marker):
+        shutil.rmtree(root, ignore_errors=True)
+        condaenv.build(root, sys.executable, ["numpy", "mpi4py"])
+        open(marker, "w").close()
+    return os.path.join(root, "envs", "demo")

@@ -98,3 +98,40 @@ def test_binary_holding_an_old_prefix_is_kept_and_not_recorded():
                             [b"/opt/python/3.11.7"], b"", [], "lib/python3.11/site-packages",
                             prefix_files, kept)
     assert out is data and prefix_files == [] and kept == ["lib/libpython3.11.so.1.0"]
+
+
+def test_restore_binary_placeholder_consumes_condas_padding():
+    ph = b"/build/_h_env_placehold_placehold"          # what conda-build recorded
+    env = b"/home/u/env"                                 # what conda wrote over it
+    built = b"\x7fELF\0" + ph + b"/lib\0x\0" + ph + b"/a:" + ph + b"/b\0\xff3.11.7\0"
+
+    def conda_install(data, new):  # conda's padded install-time rewrite
+        import re
+        return re.sub(re.escape(ph) + rb"([^\0]*?)\0",
+                      lambda m: (new + m.group(1).replace(ph, new)).ljust(len(m.group(0)), b"\0"),
+                      data)
+
+    installed = conda_install(built, env)
+    ours = R.make_placeholder(len(ph))
+    assert len(ours) == len(ph) and ours != ph
+    out = R.restore_binary_placeholder(installed, env, ours)
+    assert out == built.replace(ph, ours)                # every byte back where it was built
+    # and the reader's rewrite then writes any tree of up to len(ph) bytes
+    tree = b"/dev/shm/x/env-0123"
+    assert R.replace_binary_prefix(out, ours, tree) == conda_install(built, tree)
+
+
+def test_restore_binary_placeholder_refuses_unpadded_strings():
+    import pytest
+    data = b"\0/home/u/env/lib\0next\0"
+    with pytest.raises(ValueError):
+        R.restore_binary_placeholder(data, b"/home/u/env", R.make_placeholder(40))
+    assert R.restore_binary_placeholder(data, b"/home/u/env", R.make_placeholder(11)) == \
+        b"\0" + R.make_placeholder(11) + b"/lib\0next\0"
+
+
+def test_apply_maps_is_one_pass_longest_first():
+    maps = [(b"/fs2", b"/work"), (b"/fs2/home/u", b"/home/u"), (b"/work", b"/other")]
+    assert R.apply_maps(b"a=/fs2/home/u/x b=/fs2/y c=/work/z", maps) == \
+        b"a=/home/u/x b=/work/y c=/other/z"
+    assert R.apply_maps(b"x", []) == b"x"

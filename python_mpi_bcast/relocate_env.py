@@ -1,0 +1,166 @@
+"""``python-mpi-bcast relocate``: collect → relocate → verify → place.
+
+Copies a venv or a conda env to a new location with every reference
+rewritten, using the same engine as ``pack`` (``collect`` copies,
+``fixup`` rewrites to placeholders and records what must hold a path,
+``archive.patch_prefixes`` writes the final path exactly as the unpacker
+does), then scans the copy for any old path left and only then renames it
+into place (or writes it as an archive with ``--tar``).  The source is never
+modified; nothing appears under the final name unless it is complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tarfile
+import tempfile
+
+from . import collect, config, fixup
+from .archive import patch_prefixes
+from .errors import PmbError
+from .pkgformat import Manifest
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _check_paths(src: str, dest: str, tar: str | None, force: bool) -> str:
+    """Refuse a DEST inside SRC (or the other way round); return the path
+    that will be written (DEST, or the --tar file)."""
+    for s in {src, os.path.realpath(src)}:
+        for d in {dest, os.path.realpath(dest)}:
+            if _inside(d, s):
+                raise PmbError(f"{dest} is inside {src}; choose a DEST outside the "
+                               f"environment being relocated")
+            if not tar and _inside(s, d):
+                raise PmbError(f"{src} is inside {dest}; choose a DEST that does not "
+                               f"contain the environment being relocated")
+    final = os.path.abspath(tar) if tar else dest
+    if tar and _inside(final, src):
+        raise PmbError(f"{final} is inside {src}; write the archive elsewhere")
+    if os.path.lexists(final):
+        if not force:
+            raise PmbError(f"{final} already exists; remove it or pass --force to replace it")
+        if not tar and (os.path.islink(final) or not os.path.isdir(final)):
+            raise PmbError(f"{final} exists and is not a directory; remove it first")
+    return final
+
+
+def _leftovers(root: str, olds: list[bytes]) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            if os.path.islink(full):
+                if any(o in os.readlink(full).encode() for o in olds):
+                    found.append(rel)
+                continue
+            if fixup._find_any(full, olds) is not None:
+                found.append(rel)
+    return sorted(found)
+
+
+def _olds(st: collect.Staged) -> list[bytes]:
+    olds = [p.encode() for p in st.scrub] + [o.encode() for o, _ in st.maps]
+    return sorted({o.rstrip(b"/") for o in olds if o.rstrip(b"/")}, key=len, reverse=True)
+
+
+def _write_tar(root: str, arcname: str, out: str) -> None:
+    mode = {".gz": "w:gz", ".tgz": "w:gz", ".bz2": "w:bz2", ".xz": "w:xz"}.get(
+        os.path.splitext(out)[1], "w")
+    parent = os.path.dirname(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".part", dir=parent)
+    os.close(fd)
+    try:
+        if out.endswith((".zst", ".tzst")):
+            import zstandard
+            with open(tmp, "wb") as raw:
+                with zstandard.ZstdCompressor(level=10, threads=-1).stream_writer(raw) as z:
+                    with tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+                        tf.add(root, arcname=arcname)
+        else:
+            with tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tf:
+                tf.add(root, arcname=arcname)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+        tmp = None
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
+             tar: str | None = None, force: bool = False, use_config: bool = True) -> dict:
+    """Copy the venv or conda env ``src`` so that it works from ``dest``.
+
+    ``maps`` are extra (OLD, NEW) rewrites (``--map``); site aliases from the
+    config file come first and flags win.  With ``tar``, the relocated tree is
+    written to that archive (members under ``basename(dest)/``) and ``dest``
+    is only the location the tree is made for.  Returns facts for the CLI.
+    """
+    src = os.path.abspath(src)
+    dest = os.path.abspath(dest)
+    kind = collect.classify(src)
+    final = _check_paths(src, dest, tar, force)
+    maps = config.merge_maps(config.site_aliases() if use_config else [], list(maps or []))
+    for old, new in maps:
+        if _inside(old, src) or _inside(src, old):
+            raise PmbError(f"--map {old} {new}: {old} overlaps the environment {src}, which is "
+                           f"rewritten to {dest} anyway; map other paths only")
+    parent = os.path.dirname(final)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise PmbError(f"cannot create {parent}: {e.strerror}") from None
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.relocate-", dir=parent)
+    tree = os.path.join(work, "tree")
+    try:
+        try:
+            if kind == "conda":
+                st = collect.stage_conda(src, tree, [], None, for_launcher=False)
+                python = collect.conda_python(src, st.info["version"])
+            else:
+                st = collect.stage_whole_venv(src, tree)
+                python = os.path.join(src, "bin", "python3")
+            st.maps = maps
+            # collect → relocate (to placeholders) → write the final path
+            fixup.fix_symlinks(st, keep_outside=True)
+            prefix_files = fixup.relocate_files(st)
+            m = Manifest(name=st.name, kind=st.kind, prefix_files=prefix_files)
+            patch_prefixes(m, tree, dest)
+            fixup.byte_compile(st, python, [], os.cpu_count() or 1, ddir=dest)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise PmbError(f"no space left on device while copying {src} into {parent}; "
+                               f"free space there or choose another DEST") from None
+            raise PmbError(f"relocating {src}: {e.strerror or e}"
+                           + (f" ({e.filename})" if e.filename else "")) from None
+        # verify: nothing may still name the old locations
+        left = _leftovers(tree, _olds(st))
+        if left:
+            raise PmbError(f"{len(left)} file(s) of the copy still refer to {src} or a mapped "
+                           f"path (first: {left[0]}); nothing was written. Add --map OLD NEW "
+                           f"for other locations, or report this file")
+        try:
+            if tar:
+                _write_tar(tree, os.path.basename(dest), final)
+            else:
+                os.chmod(tree, 0o755)
+                trash = None
+                if os.path.lexists(final):  # --force
+                    trash = os.path.join(work, "old")
+                    os.rename(final, trash)
+                os.rename(tree, final)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise PmbError(f"no space left on device while writing {final}; free space in "
+                               f"{parent} or choose another location") from None
+            raise PmbError(f"writing {final}: {e.strerror or e}") from None
+        return {"kind": kind, "dest": dest, "written": final, "files": len(prefix_files),
+                "compiled_in": st.compiled_in, "warnings": st.warnings}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

