@@ -275,3 +275,32 @@ def byte_compile(st: Staged, python: str, prefix_files: list[PrefixFile], worker
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["?"])[-1]
         raise PmbError(f"byte-compiling with {python} failed: {last}")
+
+
+def write_final_paths(root: str, prefix_files: list[PrefixFile], final: str) -> None:
+    """Write ``final`` in place of the placeholders of a tree this process
+    made itself (``relocate``), with the same byte rules as the launcher's
+    unpacker (launcher/unpack.c, pmb_patch_prefixes): text by replacement;
+    binary inside NUL-terminated strings, padded with NULs, never past the
+    recorded placeholder's length.  Packages from elsewhere are patched by
+    the launcher's unpacker only."""
+    new = os.path.abspath(final).encode()
+    for p in prefix_files:
+        full = os.path.join(root, p.path)
+        with open(full, "rb") as f:
+            data = f.read()
+        old = p.placeholder.encode()
+        if p.mode == "text":
+            data = relocate.replace_text_prefix(data, old, new)
+        elif len(new) <= len(old):
+            data = relocate.replace_binary_prefix(data, old, new)
+        else:
+            raise PmbError(f"{p.path} can hold a path of at most {len(old)} bytes (its recorded "
+                           f"placeholder), but {final} has {len(new)}; choose a destination "
+                           f"whose path is at most {len(old)} bytes long")
+        mode = stat.S_IMODE(os.stat(full).st_mode)
+        if not mode & stat.S_IWUSR:
+            os.chmod(full, mode | stat.S_IWUSR)
+        with open(full, "wb") as f:
+            f.write(data)
+        os.chmod(full, mode)

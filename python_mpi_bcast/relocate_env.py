@@ -3,8 +3,8 @@
 Copies a venv or a conda env to a new location with every reference
 rewritten, using the same engine as ``pack`` (``collect`` copies,
 ``fixup`` rewrites to placeholders and records what must hold a path,
-``archive.patch_prefixes`` writes the final path exactly as the unpacker
-does), then scans the copy for any old path left and only then renames it
+``fixup.write_final_paths`` writes the final path by the launcher
+unpacker's rules), then scans the copy for any old path left and only then renames it
 into place (or writes it as an archive with ``--tar``).  The source is never
 modified; nothing appears under the final name unless it is complete.
 """
@@ -18,9 +18,7 @@ import tarfile
 import tempfile
 
 from . import collect, config, fixup
-from .archive import patch_prefixes
 from .errors import PmbError
-from .pkgformat import Manifest
 
 
 def _inside(path: str, root: str) -> bool:
@@ -130,8 +128,7 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
             # collect → relocate (to placeholders) → write the final path
             fixup.fix_symlinks(st, keep_outside=True)
             prefix_files = fixup.relocate_files(st)
-            m = Manifest(name=st.name, kind=st.kind, prefix_files=prefix_files)
-            patch_prefixes(m, tree, dest)
+            fixup.write_final_paths(tree, prefix_files, dest)
             fixup.byte_compile(st, python, [], os.cpu_count() or 1, ddir=dest)
         except OSError as e:
             if e.errno == errno.ENOSPC:
