@@ -40,8 +40,11 @@ def unpack(packages: list[str], dest: str, force: bool = False) -> list[Manifest
         if os.path.islink(dest) or not os.path.isdir(dest):
             raise PmbError(f"{dest} exists and is not a directory")
     parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.unpack-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.unpack-", dir=parent)
+    except OSError as e:
+        raise PmbError(f"cannot create a directory next to {dest}: {e.strerror or e}") from None
     try:
         unpack_packages(packages, tmp, final_dest=dest)
         out = [m for _, m in manifests]
