@@ -94,6 +94,43 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--older-than", type=float, metavar="HOURS",
                     help="also remove staged trees not modified for HOURS")
     cl.add_argument("-n", "--dry-run", action="store_true", help="only list what would go")
+
+    si = sub.add_parser("shell-init", help="print shell code that makes pip work offline on "
+                                           "compute nodes",
+                        description="Print shell code for your start-up file that wraps pip: in "
+                                    "a batch job (SLURM_JOB_ID, PBS_JOBID, LSB_JOBID, FLUX_JOB_ID "
+                                    "or COBALT_JOBID set) or on a host matching --compute-host, "
+                                    "'pip install/download/wheel' run with --no-index "
+                                    "--find-links WHEELHOUSE; elsewhere 'pip download' and 'pip "
+                                    "wheel' fill the wheelhouse and 'pip install' also looks "
+                                    "there.  PYTHON_MPI_BCAST_NODE=compute|login overrides the "
+                                    "detection.  Use: python-mpi-bcast shell-init bash >> "
+                                    "~/.bashrc (fish: >> ~/.config/fish/config.fish).")
+    si.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"),
+                    help="default: the basename of $SHELL, else bash")
+    si.add_argument("--wheelhouse", metavar="DIR",
+                    help="default: $PYTHON_MPI_BCAST_WHEELHOUSE, else next to the cache")
+    si.add_argument("--compute-host", action="append", default=[], metavar="GLOB",
+                    help="host names that are compute nodes even outside a job (repeatable), "
+                         "e.g. 'nid*'")
+
+    wh = sub.add_parser("wheelhouse", help="manage the wheels compute nodes install from")
+    whs = wh.add_subparsers(dest="wh_command", metavar="ACTION")
+    wha = whs.add_parser("add", help="build or download wheels (and their dependencies) into "
+                                     "the wheelhouse, on a login node",
+                         description="Run 'pip wheel' for the requirements into the wheelhouse "
+                                     "(sdists are built once, here).  Arguments after '--' go to "
+                                     "pip, e.g. '-- --no-binary :all:'.")
+    wha.add_argument("requirements", nargs="*", metavar="REQ")
+    wha.add_argument("-r", "--requirement", action="append", default=[], metavar="FILE",
+                     help="a requirements file (repeatable)")
+    wha.add_argument("--python", default=None, metavar="PYTHON",
+                     help="the interpreter whose pip runs and whose version/platform the wheels "
+                          "are for (default: python3 of the active environment, else this one)")
+    for w in (wha, whs.add_parser("list", help="list the wheels"),
+              whs.add_parser("path", help="print the wheelhouse directory")):
+        w.add_argument("--wheelhouse", metavar="DIR",
+                       help="default: $PYTHON_MPI_BCAST_WHEELHOUSE, else next to the cache")
     return p
 
 
@@ -177,13 +214,57 @@ def cmd_clean(a) -> int:
     return 0
 
 
-COMMANDS = {"clean": cmd_clean, "pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify,
+def cmd_shell_init(a) -> int:
+    import os
+    from .paths import wheelhouse_dir
+    from .shellinit import SHELLS, shell_code
+    shell = a.shell or os.path.basename(os.environ.get("SHELL", ""))
+    if shell not in SHELLS:
+        shell = "bash"
+    sys.stdout.write(shell_code(shell, wheelhouse_dir(a.wheelhouse), a.compute_host))
+    return 0
+
+
+def cmd_wheelhouse(a) -> int:
+    import os
+    import shutil
+    from . import wheelhouse
+    from .paths import wheelhouse_dir
+    where = wheelhouse_dir(a.wheelhouse)
+    if a.wh_command == "path":
+        print(where)
+    elif a.wh_command == "list":
+        for name, size in wheelhouse.listing(where):
+            print(f"{size / 1e6:9.1f} MB  {name}")
+    elif a.wh_command == "add":
+        python = a.python
+        if python is None:
+            venv = os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX")
+            cand = os.path.join(venv, "bin", "python3") if venv else None
+            python = cand if cand and os.path.exists(cand) else (shutil.which("python3")
+                                                                 or sys.executable)
+        added = wheelhouse.add(where, a.requirements, a.requirement, python, a.pip_args)
+        for name in added:
+            print(f"added {name}")
+        print(f"{where}: {len(wheelhouse.listing(where))} wheels")
+    else:
+        raise PmbError("wheelhouse: give an action: add, list or path")
+    return 0
+
+
+COMMANDS = {"clean": cmd_clean, "shell-init": cmd_shell_init, "wheelhouse": cmd_wheelhouse, "pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify,
             "unpack": cmd_unpack, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pip_args = []
+    if "--" in argv:  # 'wheelhouse add REQ -- PIP ARGS': the rest goes to pip
+        i = argv.index("--")
+        argv, pip_args = argv[:i], argv[i + 1:]
     a = parser.parse_args(argv)
+    a.pip_args = pip_args
     logging.basicConfig(format="python-mpi-bcast: %(levelname)s: %(message)s",
                         level=logging.DEBUG if a.debug else logging.INFO)
     if not a.command:

@@ -26,3 +26,45 @@ def node_directory(pattern: str | None = None, node_index: int | None = None) ->
     if node_index is not None:
         out = out.replace("%n", str(node_index))
     return out.replace("\0", "%").rstrip("/") or "/"
+
+
+# ---- the environment cache and the wheelhouse -----------------------------
+#
+# Precedence: default < environment variable < command-line flag.
+
+JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID", "COBALT_JOBID")
+
+
+def data_home() -> str:
+    """$XDG_DATA_HOME/python-mpi-bcast, by default ~/.local/share/python-mpi-bcast."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return os.path.join(base, "python-mpi-bcast")
+
+
+def _absolute(value: str, what: str) -> str:
+    if not value.startswith("/"):
+        raise PmbError(f"{what}={value!r} must be an absolute path")
+    return value.rstrip("/") or "/"
+
+
+def cache_dir(flag: str | None = None) -> str:
+    """Where saved environments live: a package root (``PYTHON_MPI_PKGROOT``
+    can point at it).  --cache > $PYTHON_MPI_BCAST_CACHE > <data home>/envs."""
+    if flag:
+        return os.path.abspath(flag)
+    env = os.environ.get("PYTHON_MPI_BCAST_CACHE")
+    if env:
+        return _absolute(env, "PYTHON_MPI_BCAST_CACHE")
+    return os.path.join(data_home(), "envs")
+
+
+def wheelhouse_dir(flag: str | None = None) -> str:
+    """Wheels for offline installs, next to the cache.  --wheelhouse >
+    $PYTHON_MPI_BCAST_WHEELHOUSE > <cache>/../wheelhouse."""
+    if flag:
+        return os.path.abspath(flag)
+    env = os.environ.get("PYTHON_MPI_BCAST_WHEELHOUSE")
+    if env:
+        return _absolute(env, "PYTHON_MPI_BCAST_WHEELHOUSE")
+    return os.path.join(os.path.dirname(cache_dir()), "wheelhouse")
