@@ -119,6 +119,89 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--older-than", type=float, metavar="HOURS",
                     help="also remove staged trees not modified for HOURS")
     cl.add_argument("-n", "--dry-run", action="store_true", help="only list what would go")
+
+    cache_help = "the cache directory (default: $PYTHON_MPI_BCAST_CACHE, else " \
+                 "~/.local/share/python-mpi-bcast/envs)"
+    cr = sub.add_parser("create", help="create a venv in node-local scratch",
+                        description="Create a venv in node-local scratch ($SLURM_TMPDIR in a "
+                                    "job, else $TMPDIR) with python3.X from PATH.")
+    cr.add_argument("version", nargs="?", help="3.X (default: python3 on PATH)")
+    cr.add_argument("name", nargs="?", help="the venv's name (default: a generated one)")
+
+    sv = sub.add_parser("save", help="save the active environment (with its interpreter) "
+                                     "into the cache",
+                        description="Pack the active environment (venv, conda env or one made "
+                                    "by 'load') with its interpreter into CACHE/NAME.tar.zst, "
+                                    "atomically: a failed or interrupted save leaves the "
+                                    "previous entry as it was.  The cache is a package root: "
+                                    "PYTHON_MPI_PKGROOT=CACHE PYTHON_MPI_PACKAGES=NAME.tar.zst "
+                                    "launches it with python-mpi.")
+    sv.add_argument("name")
+    sv.add_argument("-f", "--force", action="store_true", help="replace an existing entry")
+    sv.add_argument("--venv", metavar="PATH", help="save this environment instead of the active one")
+    sv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    ld = sub.add_parser("load", help="unpack a saved environment into node-local scratch",
+                        description="Unpack a saved environment into node-local scratch "
+                                    "($SLURM_TMPDIR in a job, else $TMPDIR) and print how to "
+                                    "activate it.")
+    ld.add_argument("name")
+    ld.add_argument("--as", dest="as_name", metavar="NEW", help="load under another name")
+    ld.add_argument("--to", metavar="DIR", help="unpack into DIR instead")
+    ld.add_argument("-f", "--force", action="store_true", help="replace a loaded copy")
+
+    ls = sub.add_parser("list", help="list saved environments")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+
+    rm = sub.add_parser("rm", help="remove a saved environment")
+    rm.add_argument("name")
+
+    ac = sub.add_parser("activate", help="print shell code that activates a loaded environment",
+                        description="Print shell code for eval: eval \"$(python-mpi-bcast "
+                                    "activate NAME)\" (fish: python-mpi-bcast activate NAME "
+                                    "--shell fish | source).")
+    ac.add_argument("name", nargs="?", help="a loaded environment's name or directory "
+                                            "(default: list them)")
+    ac.add_argument("--shell", choices=("bash", "zsh", "fish"), default=None)
+    for c in (sv, ld, ls, rm):
+        c.add_argument("--cache", metavar="DIR", help=cache_help)
+
+    si = sub.add_parser("shell-init", help="print shell code that makes pip work offline on "
+                                           "compute nodes",
+                        description="Print shell code for your start-up file that wraps pip: in "
+                                    "a batch job (SLURM_JOB_ID, PBS_JOBID, LSB_JOBID, FLUX_JOB_ID "
+                                    "or COBALT_JOBID set) or on a host matching --compute-host, "
+                                    "'pip install/download/wheel' run with --no-index "
+                                    "--find-links WHEELHOUSE; elsewhere 'pip download' and 'pip "
+                                    "wheel' fill the wheelhouse and 'pip install' also looks "
+                                    "there.  PYTHON_MPI_BCAST_NODE=compute|login overrides the "
+                                    "detection.  Use: python-mpi-bcast shell-init bash >> "
+                                    "~/.bashrc (fish: >> ~/.config/fish/config.fish).")
+    si.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"),
+                    help="default: the basename of $SHELL, else bash")
+    si.add_argument("--wheelhouse", metavar="DIR",
+                    help="default: $PYTHON_MPI_BCAST_WHEELHOUSE, else next to the cache")
+    si.add_argument("--compute-host", action="append", default=[], metavar="GLOB",
+                    help="host names that are compute nodes even outside a job (repeatable), "
+                         "e.g. 'nid*'")
+
+    wh = sub.add_parser("wheelhouse", help="manage the wheels compute nodes install from")
+    whs = wh.add_subparsers(dest="wh_command", metavar="ACTION")
+    wha = whs.add_parser("add", help="build or download wheels (and their dependencies) into "
+                                     "the wheelhouse, on a login node",
+                         description="Run 'pip wheel' for the requirements into the wheelhouse "
+                                     "(sdists are built once, here).  Arguments after '--' go to "
+                                     "pip, e.g. '-- --no-binary :all:'.")
+    wha.add_argument("requirements", nargs="*", metavar="REQ")
+    wha.add_argument("-r", "--requirement", action="append", default=[], metavar="FILE",
+                     help="a requirements file (repeatable)")
+    wha.add_argument("--python", default=None, metavar="PYTHON",
+                     help="the interpreter whose pip runs and whose version/platform the wheels "
+                          "are for (default: python3 of the active environment, else this one)")
+    for w in (wha, whs.add_parser("list", help="list the wheels"),
+              whs.add_parser("path", help="print the wheelhouse directory")):
+        w.add_argument("--wheelhouse", metavar="DIR",
+                       help="default: $PYTHON_MPI_BCAST_WHEELHOUSE, else next to the cache")
     return p
 
 
@@ -212,13 +295,141 @@ def cmd_clean(a) -> int:
     return 0
 
 
-COMMANDS = {"clean": cmd_clean, "pack": cmd_pack, "relocate": cmd_relocate, "inspect": cmd_inspect, "verify": cmd_verify,
-            "unpack": cmd_unpack, "info": cmd_info}
+def cmd_create(a) -> int:
+    from .cache import create
+    dest = create(a.version, a.name)
+    print(dest)
+    print(f"activate with: source {dest}/bin/activate", file=sys.stderr)
+    return 0
+
+
+def cmd_save(a) -> int:
+    from .cache import save
+    from .paths import cache_dir
+    cache = cache_dir(a.cache)
+    rec = save(cache, a.name, a.venv, force=a.force, quiet=a.quiet)
+    print(f"saved {rec['source']} as '{a.name}' in {cache} ({rec['size'] / 1e6:.1f} MB, "
+          f"Python {rec['python']}, {len(rec['distributions'])} packages)")
+    return 0
+
+
+def cmd_load(a) -> int:
+    from .cache import load
+    from .paths import cache_dir
+    dest = load(cache_dir(a.cache), a.name, a.as_name, a.to, force=a.force)
+    print(dest)
+    print(f"activate with: source {dest}/bin/activate   (fish: source {dest}/bin/activate.fish)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_list(a) -> int:
+    from .cache import entries, is_dirty
+    from .paths import cache_dir
+    import os
+    cache = cache_dir(a.cache)
+    es = entries(cache)
+    active = os.environ.get("PYTHON_MPI_BCAST_LOADED")
+    active_name = os.environ.get("PYTHON_MPI_BCAST_NAME")
+    if a.json:
+        print(json.dumps(es, indent=2))
+        return 0
+    if not es:
+        print(f"no saved environments in {cache}")
+        return 0
+    print(f"{'name':<20} {'size':>9} {'python':<7} {'packages':>8}  {'saved':<24} source")
+    for e in es:
+        if "error" in e:
+            print(f"{e['name']:<20} damaged: {e['error']}")
+            continue
+        mark = ""
+        if active and active_name == e["name"] and is_dirty(active):
+            mark = " (loaded copy changed since saved: save again to keep it)"
+        pk = "?" if e["packages"] is None else str(e["packages"])
+        print(f"{e['name']:<20} {e['size'] / 1e6:8.1f}M {e['python']:<7} {pk:>8}  "
+              f"{e['saved']:<24} {e['source']}{mark}")
+    return 0
+
+
+def cmd_rm(a) -> int:
+    from .cache import remove
+    from .paths import cache_dir
+    print(f"removed {remove(cache_dir(a.cache), a.name)}")
+    return 0
+
+
+def cmd_activate(a) -> int:
+    import os
+    from .cache import activation, loaded_here, scratch_dir
+    if not a.name:
+        here = loaded_here()
+        if not here:
+            print(f"no loaded environments in {scratch_dir()}", file=sys.stderr)
+        for t in here:
+            print(os.path.basename(t))
+        return 0
+    shell = a.shell or ("fish" if os.path.basename(os.environ.get("SHELL", "")) == "fish"
+                        else "bash")
+    sys.stdout.write(activation(a.name, shell))
+    return 0
+
+
+def cmd_shell_init(a) -> int:
+    import os
+    from .paths import wheelhouse_dir
+    from .shellinit import SHELLS, shell_code
+    shell = a.shell or os.path.basename(os.environ.get("SHELL", ""))
+    if shell not in SHELLS:
+        shell = "bash"
+    from .paths import compute_hosts
+    sys.stdout.write(shell_code(shell, wheelhouse_dir(a.wheelhouse),
+                                compute_hosts() + a.compute_host))
+    return 0
+
+
+def cmd_wheelhouse(a) -> int:
+    import os
+    import shutil
+    from . import wheelhouse
+    from .paths import wheelhouse_dir
+    where = wheelhouse_dir(a.wheelhouse)
+    if a.wh_command == "path":
+        print(where)
+    elif a.wh_command == "list":
+        for name, size in wheelhouse.listing(where):
+            print(f"{size / 1e6:9.1f} MB  {name}")
+    elif a.wh_command == "add":
+        python = a.python
+        if python is None:
+            venv = os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX")
+            cand = os.path.join(venv, "bin", "python3") if venv else None
+            python = cand if cand and os.path.exists(cand) else (shutil.which("python3")
+                                                                 or sys.executable)
+        added = wheelhouse.add(where, a.requirements, a.requirement, python, a.pip_args)
+        for name in added:
+            print(f"added {name}")
+        print(f"{where}: {len(wheelhouse.listing(where))} wheels")
+    else:
+        raise PmbError("wheelhouse: give an action: add, list or path")
+    return 0
+
+
+COMMANDS = {"pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify, "unpack": cmd_unpack,
+            "relocate": cmd_relocate, "info": cmd_info, "clean": cmd_clean,
+            "create": cmd_create, "save": cmd_save, "load": cmd_load, "list": cmd_list,
+            "rm": cmd_rm, "activate": cmd_activate, "shell-init": cmd_shell_init,
+            "wheelhouse": cmd_wheelhouse}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pip_args = []
+    if "--" in argv:  # 'wheelhouse add REQ -- PIP ARGS': the rest goes to pip
+        i = argv.index("--")
+        argv, pip_args = argv[:i], argv[i + 1:]
     a = parser.parse_args(argv)
+    a.pip_args = pip_args
     logging.basicConfig(format="python-mpi-bcast: %(levelname)s: %(message)s",
                         level=logging.DEBUG if a.debug else logging.INFO)
     if not a.command:

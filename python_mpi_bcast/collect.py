@@ -366,3 +366,85 @@ def stage_whole_venv(venv: str, staging: str) -> Staged:
     st.scrub = _real_variants(venv)
     st.moves = [(p, "") for p in st.scrub]
     return st
+
+
+def _merge(interp: Staged, env: Staged) -> Staged:
+    """One tree holding an interpreter layer and an environment layer."""
+    st = dataclasses.replace(interp, name=env.name, site_dir=env.site_dir,
+                             site_abs_old=env.site_abs_old)
+    st.scrub = sorted(set(interp.scrub) | set(env.scrub), key=len, reverse=True)
+    st.moves = env.moves + [m for m in interp.moves if m not in env.moves]
+    st.warnings = interp.warnings + env.warnings
+    return st
+
+
+def stage_whole(source: str, staging: str, excludes: list[str], name: str) -> tuple[Staged, str]:
+    """Stage an environment together with its interpreter, for one package:
+    a venv (its base interpreter, then its packages), or a Python prefix
+    that holds its own packages (a tree made by ``load``).  Returns the
+    staged tree and the interpreter that byte-compiles it."""
+    source = os.path.abspath(source)
+    if not os.path.isdir(source):
+        raise PmbError(f"{source}: no such directory")
+    if conda.is_conda_env(source):  # a conda env holds its own interpreter
+        st = stage_conda(source, staging, excludes, name)
+        return st, conda_python(source, st.info["version"])
+    if pyinfo.is_venv(source):
+        exe = pyinfo.base_interpreter_of_venv(source)
+        interp = stage_interpreter(exe, staging, excludes, True, name)
+        return _merge(interp, stage_venv(source, staging, excludes, name)), exe
+    exe = None
+    for cand in ("python3", "python"):
+        p = os.path.join(source, "bin", cand)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            exe = p
+            break
+    if exe is None:
+        raise PmbError(f"{source} is neither a venv (no pyvenv.cfg) nor a Python prefix (no "
+                       f"bin/python3); give the environment's directory")
+    interp = stage_interpreter(exe, staging, excludes, True, name)
+    info = interp.info
+    if os.path.realpath(info["prefix"]) != os.path.realpath(source):
+        raise PmbError(f"{exe} belongs to the Python installed in {info['prefix']}, not to "
+                       f"{source}; give a venv or a Python prefix")
+    # everything else of the prefix: its packages, scripts, data (not the
+    # interpreter files stage_interpreter took, nor load's activation files)
+    taken = {"bin/python", "bin/python3", f"bin/python{info['version']}", interp.libpython}
+    skip = list(ALWAYS_EXCLUDES[:2]) + list(excludes) + [
+        f"lib/python{info['version']}", "bin/activate", "bin/activate.fish",
+        ".python-mpi-bcast-load.json", ".python-mpi-bcast-site-mtime"]
+    for entry in sorted(os.listdir(source)):
+        full = os.path.join(source, entry)
+        if entry == "lib":
+            for sub in sorted(os.listdir(full)):
+                rel = f"lib/{sub}"
+                if rel in taken or _excluded(rel, skip) or sub.startswith("libpython"):
+                    continue
+                _copy_any(os.path.join(full, sub), os.path.join(staging, rel), skip, rel)
+            continue
+        if entry == "bin":
+            for fn in sorted(os.listdir(full)):
+                rel = f"bin/{fn}"
+                if rel in taken or _excluded(rel, skip):
+                    continue
+                _copy_entry(os.path.join(full, fn), os.path.join(staging, rel))
+            continue
+        if _excluded(entry, skip):
+            continue
+        _copy_any(full, os.path.join(staging, entry), skip, entry)
+    site = os.path.join(source, interp.site_dir)
+    if os.path.isdir(site):
+        _check_editable(site)
+        copy_tree(site, os.path.join(staging, interp.site_dir),
+                  list(ALWAYS_EXCLUDES[:2]) + list(excludes))
+    interp.site_abs_old = site
+    interp.moves = [(site, interp.site_dir)] + interp.moves
+    interp.name = name
+    return interp, exe
+
+
+def _copy_any(src: str, dst: str, excludes: list[str], rel: str) -> None:
+    if os.path.isdir(src) and not os.path.islink(src):
+        copy_tree(src, dst, excludes, rel_base=rel)
+    else:
+        _copy_entry(src, dst)

@@ -87,16 +87,40 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 st = collect.stage_directory(source, staging, excludes, name, pyinfo.query(exe))
                 compiler = exe
             out = _target(output_dir, st.name, force)
-            fixup.fix_symlinks(st)
-            prefix_files = fixup.relocate_files(st)
-            fixup.byte_compile(st, compiler, prefix_files, threads)
-            for w in st.warnings:
-                log.warning("%s", w)
-            prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
-            m = write_package(st, prefix_files, out, level=level, threads=threads,
-                              shard_size=shard_size, progress=prog)
-            prog.finish()
-            written.append((out, m))
+            written.append(_finish(st, compiler, out, level, threads, shard_size, quiet))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _finish(st: collect.Staged, compiler: str, out: str, level: int, threads: int,
+            shard_size: int, quiet: bool) -> tuple[str, Manifest]:
+    """relocate → compile → archive a staged tree into ``out`` (atomically)."""
+    fixup.fix_symlinks(st)
+    prefix_files = fixup.relocate_files(st)
+    fixup.byte_compile(st, compiler, prefix_files, threads)
+    for w in st.warnings:
+        log.warning("%s", w)
+    prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
+    m = write_package(st, prefix_files, out, level=level, threads=threads,
+                      shard_size=shard_size, progress=prog)
+    prog.finish()
+    return out, m
+
+
+def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | None = None,
+               level: int = 10, threads: int = 0, shard_size: int = 8 << 20,
+               force: bool = False, quiet: bool = True, tmpdir: str | None = None,
+               ) -> tuple[str, Manifest, collect.Staged]:
+    """Pack an environment *with* its interpreter into one package (what the
+    cache saves): find → copy → relocate → compile → archive."""
+    output_dir = _check_output_dir(output_dir)
+    out = _target(output_dir, name, force)
+    threads = threads or os.cpu_count() or 1
+    staging = tempfile.mkdtemp(prefix="pmb-stage-", dir=tmpdir)
+    try:
+        st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
+        out, m = _finish(st, compiler, out, level, threads, shard_size, quiet)
+        return out, m, st
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

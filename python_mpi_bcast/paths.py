@@ -37,3 +37,85 @@ def config_file() -> str:
         return explicit
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "python-mpi-bcast", "config.toml")
+
+
+# ---- the environment cache and the wheelhouse -----------------------------
+#
+# Precedence: default < config file < environment variable < command-line flag.
+# The config file (config_file()) may hold:
+#
+#   [cache]
+#   dir = "/proj/me/pmb-envs"
+#   [wheelhouse]
+#   dir = "/proj/me/wheels"
+#   [shell]
+#   compute_hosts = ["nid*", "cn[0-9]*"]     # or "nid*,cn[0-9]*"
+
+
+def _config_value(table: str, key: str):
+    from . import config
+    where = config_file()
+    section = config.load().get(table, {})
+    if not isinstance(section, dict):
+        raise PmbError(f"{where}: [{table}] must be a table")
+    return section.get(key), where
+
+
+def _config_dir(table: str) -> str | None:
+    value, where = _config_value(table, "dir")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("/", "~")):
+        raise PmbError(f"{where}: [{table}] dir = {value!r} must be an absolute path")
+    return os.path.expanduser(value).rstrip("/") or "/"
+
+
+def compute_hosts() -> list[str]:
+    """[shell] compute_hosts of the config file: host-name globs of compute nodes."""
+    value, where = _config_value("shell", "compute_hosts")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PmbError(f"{where}: [shell] compute_hosts must be a list of host-name globs")
+    return value
+
+JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID", "COBALT_JOBID")
+
+
+def data_home() -> str:
+    """$XDG_DATA_HOME/python-mpi-bcast, by default ~/.local/share/python-mpi-bcast."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return os.path.join(base, "python-mpi-bcast")
+
+
+def _absolute(value: str, what: str) -> str:
+    if not value.startswith("/"):
+        raise PmbError(f"{what}={value!r} must be an absolute path")
+    return value.rstrip("/") or "/"
+
+
+def cache_dir(flag: str | None = None) -> str:
+    """Where saved environments live: a package root (``PYTHON_MPI_PKGROOT``
+    can point at it).  --cache > $PYTHON_MPI_BCAST_CACHE > [cache] dir of the
+    config file > <data home>/envs."""
+    if flag:
+        return os.path.abspath(flag)
+    env = os.environ.get("PYTHON_MPI_BCAST_CACHE")
+    if env:
+        return _absolute(env, "PYTHON_MPI_BCAST_CACHE")
+    return _config_dir("cache") or os.path.join(data_home(), "envs")
+
+
+def wheelhouse_dir(flag: str | None = None) -> str:
+    """Wheels for offline installs, next to the cache.  --wheelhouse >
+    $PYTHON_MPI_BCAST_WHEELHOUSE > [wheelhouse] dir of the config file >
+    <cache>/../wheelhouse."""
+    if flag:
+        return os.path.abspath(flag)
+    env = os.environ.get("PYTHON_MPI_BCAST_WHEELHOUSE")
+    if env:
+        return _absolute(env, "PYTHON_MPI_BCAST_WHEELHOUSE")
+    return _config_dir("wheelhouse") or os.path.join(os.path.dirname(cache_dir()), "wheelhouse")

@@ -1,0 +1,369 @@
+"""Saved environments: ``create``, ``save``, ``load``, ``list``, ``rm``,
+``activate``.
+
+The cache is a package root: ``save NAME`` packs the environment together
+with its interpreter into ``NAME.tar.zst`` there (atomically: written under a
+temporary name, renamed when complete, so a failed or killed save never
+damages the previous entry), so ``PYTHON_MPI_PKGROOT=<cache>
+PYTHON_MPI_PACKAGES=NAME.tar.zst`` launches it on any number of ranks.  A
+small ``NAME.json`` beside it records what ``list`` shows; it is advisory
+(checked against the package's content hash).  ``load`` is ``unpack`` into
+node-local scratch plus activation scripts and a record of what was loaded,
+so a changed environment shows as dirty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+from . import pyinfo
+from .errors import PmbError
+from .paths import JOB_VARIABLES
+from .pkgformat import SUFFIX, read_manifest
+
+LOAD_RECORD = ".python-mpi-bcast-load.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or "") or name.endswith(SUFFIX):
+        raise PmbError(f"invalid environment name {name!r}: use letters, digits and . _ + - "
+                       f"(not starting with a dot or dash)")
+    return name
+
+
+def scratch_dir() -> str:
+    """Node-local scratch: $SLURM_TMPDIR in a job, else $TMPDIR, else /tmp."""
+    for var in ("SLURM_TMPDIR", "TMPDIR"):
+        v = os.environ.get(var)
+        if v and os.path.isabs(v):
+            return os.path.join(v, "python-mpi-bcast")
+    return os.path.join("/tmp", f"python-mpi-bcast-{os.geteuid()}")
+
+
+def site_fingerprint(prefix: str, site_dir: str) -> tuple[str, list[list[str]]]:
+    """What is installed: the distributions (name, version) and a hash over
+    their RECORD files.  Cheap: no file of the packages themselves is read."""
+    site = os.path.join(prefix, site_dir)
+    dists = []
+    h = hashlib.sha256()
+    try:
+        entries = sorted(os.listdir(site))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        if not entry.endswith(".dist-info"):
+            continue
+        name, _, version = entry[:-len(".dist-info")].partition("-")
+        dists.append([name, version])
+        h.update(entry.encode() + b"\0")
+        try:
+            with open(os.path.join(site, entry, "RECORD"), "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+        except OSError:
+            h.update(b"-")
+    return h.hexdigest(), dists
+
+
+def _entry(cache: str, name: str) -> str:
+    return os.path.join(cache, check_name(name) + SUFFIX)
+
+
+def _write_json_atomic(path: str, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def active_environment() -> str:
+    """The environment a user means by 'the active one'."""
+    for var in ("PYTHON_MPI_BCAST_LOADED", "VIRTUAL_ENV", "CONDA_PREFIX"):
+        v = os.environ.get(var)
+        if v and os.path.isdir(v):
+            return v
+    raise PmbError("no active environment (VIRTUAL_ENV and CONDA_PREFIX are unset); "
+                   "activate one or give --venv PATH")
+
+
+def save(cache: str, name: str, source: str | None = None, force: bool = False,
+         quiet: bool = True) -> dict:
+    """Pack ``source`` (default: the active environment) with its
+    interpreter into the cache as ``name``."""
+    from .pack import pack_whole
+    check_name(name)
+    source = os.path.abspath(source or active_environment())
+    path = _entry(cache, name)
+    if os.path.exists(path) and not force:
+        raise PmbError(f"a saved environment '{name}' already exists in {cache}; pass -f to "
+                       f"replace it")
+    os.makedirs(cache, exist_ok=True)
+    out, m, st = pack_whole(source, cache, name, force=force, quiet=quiet)
+    fp, dists = site_fingerprint(source, _site_of(source, st.site_dir))
+    record = {"name": name, "content_hash": m.content_hash, "python": m.python,
+              "source": source, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "distributions": dists, "fingerprint": fp, "size": os.path.getsize(out),
+              "site_dir": m.site_dir}
+    _write_json_atomic(os.path.join(cache, name + ".json"), record)
+    if load_record(source) is not None:  # saved from a loaded tree: clean again
+        _mark_loaded(source, load_record(source)["name"], m.content_hash, m.site_dir)
+    return record
+
+
+def _site_of(source: str, tree_site_dir: str) -> str:
+    """The site directory of ``source`` relative to it (a venv's may differ
+    from the tree's: Debian's dist-packages)."""
+    if pyinfo.is_venv(source):
+        info = pyinfo.query(pyinfo.venv_python(source))
+        return os.path.relpath(info["purelib"], source)
+    return tree_site_dir
+
+
+def entries(cache: str) -> list[dict]:
+    """The saved environments, each with what ``list`` shows."""
+    out = []
+    try:
+        names = sorted(os.listdir(cache))
+    except FileNotFoundError:
+        return out
+    for fn in names:
+        if fn.startswith(".") or not fn.endswith(SUFFIX):
+            continue
+        path = os.path.join(cache, fn)
+        name = fn[:-len(SUFFIX)]
+        try:
+            m = read_manifest(path)[0]
+        except PmbError as e:
+            out.append({"name": name, "path": path, "error": str(e)})
+            continue
+        rec = {}
+        try:
+            with open(os.path.join(cache, name + ".json")) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            pass
+        if rec.get("content_hash") != m.content_hash:
+            rec = {}  # describes an older save: not this package
+        st = os.stat(path)
+        out.append({"name": name, "path": path, "size": st.st_size, "python": m.python,
+                    "packages": len(rec["distributions"]) if "distributions" in rec else None,
+                    "saved": rec.get("saved") or time.strftime("%Y-%m-%dT%H:%M:%S%z",
+                                                               time.localtime(st.st_mtime)),
+                    "source": rec.get("source") or m.sources.split(":")[0],
+                    "content_hash": m.content_hash, "kind": m.kind})
+    return out
+
+
+def _unknown(cache: str, name: str) -> PmbError:
+    known = [e["name"] for e in entries(cache)]
+    listing = ", ".join(known) if known else "none saved yet"
+    return PmbError(f"no saved environment '{name}' in {cache} (saved: {listing})")
+
+
+def remove(cache: str, name: str) -> str:
+    path = _entry(cache, name)
+    if not os.path.exists(path):
+        raise _unknown(cache, name)
+    os.unlink(path)
+    side = os.path.join(cache, name + ".json")
+    if os.path.exists(side):
+        os.unlink(side)
+    return path
+
+
+def load(cache: str, name: str, as_name: str | None = None, to: str | None = None,
+         force: bool = False) -> str:
+    """Unpack a saved environment into node-local scratch (or ``to``) under
+    ``as_name``; returns the directory."""
+    from .unpack import unpack
+    path = _entry(cache, name)
+    if not os.path.exists(path):
+        raise _unknown(cache, name)
+    new = check_name(as_name or name)
+    dest = os.path.abspath(to) if to else os.path.join(scratch_dir(), new)
+    if os.path.exists(dest) and not force:
+        raise PmbError(f"{dest} already exists (an environment loaded before?); activate it "
+                       f"with 'eval \"$(python-mpi-bcast activate {new})\"', load under "
+                       f"another name with --as, or pass --force to replace it")
+    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+    m = unpack([path], dest, force=force)[0]
+    _write_activation(dest, new, m.site_dir)
+    _mark_loaded(dest, new, m.content_hash, m.site_dir)
+    return dest
+
+
+def _mark_loaded(tree: str, name: str, content_hash: str, site_dir: str) -> None:
+    """Record what a loaded tree holds now (its clean state)."""
+    fp, _ = site_fingerprint(tree, site_dir)
+    site = os.path.join(tree, site_dir)
+    with open(os.path.join(tree, MTIME_FILE), "w") as f:
+        f.write(f"{int(os.stat(site).st_mtime) if os.path.isdir(site) else 0}\n")
+    _write_json_atomic(os.path.join(tree, LOAD_RECORD), {
+        "name": name, "content_hash": content_hash, "site_dir": site_dir, "fingerprint": fp})
+
+
+def load_record(tree: str) -> dict | None:
+    try:
+        with open(os.path.join(tree, LOAD_RECORD)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_dirty(tree: str) -> bool | None:
+    """Whether a loaded environment's installed distributions differ from
+    what was loaded or last saved (None: not a loaded environment)."""
+    rec = load_record(tree)
+    if rec is None:
+        return None
+    return site_fingerprint(tree, rec["site_dir"])[0] != rec["fingerprint"]
+
+
+_ACTIVATE_SH = r'''# Activate the environment loaded by python-mpi-bcast: source this file
+# (bash/zsh).  'deactivate' undoes it.  The prompt shows '*' once packages
+# were installed or removed since the environment was loaded or saved.
+deactivate() {
+    if [ -n "${_PMB_OLD_PATH+x}" ]; then PATH="$_PMB_OLD_PATH"; export PATH; unset _PMB_OLD_PATH; fi
+    if [ -n "${_PMB_OLD_PS1+x}" ]; then PS1="$_PMB_OLD_PS1"; unset _PMB_OLD_PS1; fi
+    unset PYTHON_MPI_BCAST_LOADED PYTHON_MPI_BCAST_NAME
+    hash -r 2>/dev/null
+    if [ "${1-}" != nondestructive ]; then unset -f _pmb_dirty_mark deactivate; fi
+}
+deactivate nondestructive
+PYTHON_MPI_BCAST_LOADED=@TREE@
+PYTHON_MPI_BCAST_NAME=@NAME@
+export PYTHON_MPI_BCAST_LOADED PYTHON_MPI_BCAST_NAME
+_PMB_OLD_PATH="$PATH"
+PATH="$PYTHON_MPI_BCAST_LOADED/bin:$PATH"
+export PATH
+# dirty: the site directory changed (pip adds or removes a .dist-info there)
+_pmb_dirty_mark() {
+    [ "$(stat -c %Y "$PYTHON_MPI_BCAST_LOADED/@SITE@" 2>/dev/null)" = \
+      "$(cat "$PYTHON_MPI_BCAST_LOADED/@MTIMEFILE@" 2>/dev/null)" ] || printf '*'
+}
+if [ -z "${PYTHON_MPI_BCAST_NO_PROMPT:-}" ]; then
+    _PMB_OLD_PS1="${PS1-}"
+    if [ -n "${ZSH_VERSION:-}" ]; then
+        setopt PROMPT_SUBST
+    fi
+    PS1='('"$PYTHON_MPI_BCAST_NAME"'$(_pmb_dirty_mark)) '"${PS1-}"
+fi
+hash -r 2>/dev/null
+'''
+
+_ACTIVATE_FISH = r'''# Activate the environment loaded by python-mpi-bcast: source this file
+# (fish).  'deactivate' undoes it.
+function deactivate
+    if set -q _PMB_OLD_PATH
+        set -gx PATH $_PMB_OLD_PATH
+        set -e _PMB_OLD_PATH
+    end
+    if functions -q _pmb_old_fish_prompt
+        functions -e fish_prompt
+        functions -c _pmb_old_fish_prompt fish_prompt
+        functions -e _pmb_old_fish_prompt
+    end
+    set -e PYTHON_MPI_BCAST_LOADED
+    set -e PYTHON_MPI_BCAST_NAME
+    if test "$argv[1]" != nondestructive
+        functions -e deactivate
+    end
+end
+deactivate nondestructive
+set -gx PYTHON_MPI_BCAST_LOADED @TREE@
+set -gx PYTHON_MPI_BCAST_NAME @NAME@
+set -g _PMB_OLD_PATH $PATH
+set -gx PATH $PYTHON_MPI_BCAST_LOADED/bin $PATH
+if not set -q PYTHON_MPI_BCAST_NO_PROMPT; and functions -q fish_prompt
+    functions -c fish_prompt _pmb_old_fish_prompt
+    function fish_prompt
+        set -l mark ""
+        test (stat -c %Y $PYTHON_MPI_BCAST_LOADED/@SITE@ 2>/dev/null) = (cat $PYTHON_MPI_BCAST_LOADED/@MTIMEFILE@ 2>/dev/null); or set mark "*"
+        printf '(%s%s) ' $PYTHON_MPI_BCAST_NAME $mark
+        _pmb_old_fish_prompt
+    end
+end
+'''
+
+
+def _sq(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+MTIME_FILE = ".python-mpi-bcast-site-mtime"
+
+
+def _write_activation(tree: str, name: str, site_dir: str) -> None:
+    for fn, text in (("activate", _ACTIVATE_SH), ("activate.fish", _ACTIVATE_FISH)):
+        body = (text.replace("@TREE@", _sq(tree)).replace("@NAME@", _sq(name))
+                .replace("@SITE@", site_dir).replace("@MTIMEFILE@", MTIME_FILE))
+        with open(os.path.join(tree, "bin", fn), "w") as f:
+            f.write(body)
+
+
+def activation(name_or_dir: str, shell: str = "bash") -> str:
+    """Shell code that activates a loaded environment (for eval)."""
+    tree = name_or_dir if os.path.isabs(name_or_dir) else os.path.join(
+        scratch_dir(), check_name(name_or_dir))
+    if load_record(tree) is None:
+        here = loaded_here()
+        listing = ", ".join(os.path.basename(t) for t in here) or "none"
+        raise PmbError(f"no loaded environment at {tree} (loaded in {scratch_dir()}: "
+                       f"{listing}); load one with 'python-mpi-bcast load NAME'")
+    script = os.path.join(tree, "bin", "activate.fish" if shell == "fish" else "activate")
+    return f"source {_sq(script)}\n"
+
+
+def loaded_here() -> list[str]:
+    base = scratch_dir()
+    try:
+        return [os.path.join(base, d) for d in sorted(os.listdir(base))
+                if load_record(os.path.join(base, d)) is not None]
+    except FileNotFoundError:
+        return []
+
+
+def create(version: str | None, name: str | None) -> str:
+    """A new venv in node-local scratch with python3.X from PATH."""
+    if version is not None and not re.match(r"^3\.\d+$", version):
+        raise PmbError(f"version {version!r}: give it as 3.X, e.g. 3.11")
+    name = check_name(name or f"env-{os.getpid()}-{int(time.time())}")
+    exe_name = f"python{version}" if version else "python3"
+    exe = shutil.which(exe_name)
+    if exe is None:
+        raise PmbError(f"{exe_name} is not on PATH; load a module that provides it (e.g. "
+                       f"'module load python/{version or '3'}') or create the venv with another "
+                       f"version")
+    dest = os.path.join(scratch_dir(), name)
+    if os.path.exists(dest):
+        raise PmbError(f"{dest} already exists; choose another name")
+    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+    try:
+        r = subprocess.run([exe, "-m", "venv", "--prompt", name, dest], capture_output=True,
+                           text=True, timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise PmbError(f"{exe} -m venv did not finish within 10 minutes") from None
+    if r.returncode != 0:
+        shutil.rmtree(dest, ignore_errors=True)
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        raise PmbError(f"{exe} -m venv {dest} failed: {last}")
+    return dest
+
+
+def in_job() -> bool:
+    return any(os.environ.get(v) for v in JOB_VARIABLES)

@@ -1,0 +1,217 @@
+"""Saved environments (issue 10, part 1): save / list / load / activate /
+rm / create as a user runs them, a saved environment launched straight from
+the cache with python-mpi, and the failure paths (interrupted save, unknown
+name, existing entry)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CLI, LAUNCHER, MPIEXEC, make_venv, run
+from test_shell_init import make_wheel
+
+VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def copy_numpy(demo_venv: str, venv: str) -> None:
+    """numpy and mpi4py from the cached demo venv (real wheels, no download)."""
+    src = os.path.join(demo_venv, "lib", f"python{VER}", "site-packages")
+    dst = os.path.join(venv, "lib", f"python{VER}", "site-packages")
+    for name in os.listdir(src):
+        if name.startswith(("numpy", "mpi4py")):
+            s, d = os.path.join(src, name), os.path.join(dst, name)
+            if os.path.isdir(s):
+                shutil.copytree(s, d, symlinks=True)
+            else:
+                shutil.copy2(s, d)
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory, demo_venv):
+    """A user's setting: private HOME, cache, scratch, and a venv with numpy
+    that gets saved and then moved away."""
+    base = tmp_path_factory.mktemp("cacheuser")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_"))}
+    env.update({"HOME": str(base / "home"), "TMPDIR": str(base / "scratch"),
+                "PYTHON_MPI_BCAST_CACHE": str(base / "cache"), "PIP_NO_INDEX": "1",
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    os.makedirs(env["HOME"])
+    os.makedirs(env["TMPDIR"])
+    venv = make_venv(str(base / "myvenv"), [])
+    copy_numpy(demo_venv, venv)
+    run(CLI + ["save", "science", "--venv", venv, "-q"], env=env, timeout=900)
+    away = str(base / "moved-away")
+    os.rename(venv, away)
+    yield {"base": str(base), "env": env, "venv": venv, "cache": env["PYTHON_MPI_BCAST_CACHE"],
+           "scratch": os.path.join(env["TMPDIR"], "python-mpi-bcast"), "wheels": str(base / "wh")}
+    os.rename(away, venv)
+
+
+def cli(user, *args, check=True, timeout=300, **extra):
+    env = dict(user["env"], **extra)
+    return run(CLI + list(args), env=env, timeout=timeout, check=check)
+
+
+def test_list_shows_saved_environments(user):
+    r = cli(user, "list")
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("science ")][0]
+    assert f" {VER} " in line and line.rstrip().endswith(user["venv"])
+    e = json.loads(cli(user, "list", "--json").stdout)[0]
+    assert e["name"] == "science" and e["python"] == VER and e["source"] == user["venv"]
+    assert e["packages"] >= 3 and e["size"] == os.path.getsize(e["path"])
+
+
+def test_load_under_new_name_runs_numpy_with_the_original_gone(user):
+    r = cli(user, "load", "science", "--as", "analysis")
+    tree = r.stdout.strip()
+    assert tree == os.path.join(user["scratch"], "analysis")
+    code = ("import numpy, sys; print(sys.prefix, round(numpy.linalg.det(numpy.eye(3) * 2), 9))")
+    out = run(["bash", "-c", f'source "{tree}/bin/activate" && python3 -c "{code}"'],
+              env=user["env"], timeout=120).stdout.split()
+    assert out == [tree, "8.0"]
+
+
+def test_saved_env_launches_from_the_cache_on_two_nodes(user, shm_chroot):
+    env = dict(user["env"], PYTHON_MPI_PKGROOT=user["cache"],
+               PYTHON_MPI_PACKAGES="science.tar.zst", PYTHON_MPI_CHROOT=shm_chroot,
+               MPIR_CVAR_NUM_CLIQUES="2")
+    prog = ("from mpi4py import MPI; import numpy, sys; c = MPI.COMM_WORLD; "
+            "sys.stdout.write('%d\\n' % c.allreduce(int(numpy.ones(3).sum())))")
+    r = run([MPIEXEC, "-n", "4", LAUNCHER, "-c", prog], env=env, timeout=180, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["12"] * 4
+
+
+def test_activate_prints_code_for_eval_and_the_prompt_marks_changes(user):
+    tree = cli(user, "load", "science", "--as", "act").stdout.strip()
+    code = cli(user, "activate", "act").stdout
+    assert code == f"source '{tree}/bin/activate'\n"
+    script = (f'PS1="$ "; eval "$(python-mpi-bcast activate act)"; echo "[${{PS1@P}}]"; '
+              f'mkdir "{tree}/lib/python{VER}/site-packages/x-1.dist-info"; echo "[${{PS1@P}}]"; '
+              f'deactivate; echo "[${{PS1@P}}]"')
+    env = dict(user["env"], PATH=os.path.dirname(sys.executable) + ":" + os.environ["PATH"])
+    time.sleep(1.1)  # the marker compares the site directory's mtime in seconds
+    out = run(["bash", "-c", script], env=env, timeout=120).stdout.splitlines()
+    assert out == ["[(act) $ ]", "[(act*) $ ]", "[$ ]"]
+
+
+def test_installing_into_a_loaded_env_marks_it_dirty_until_saved(user):
+    tree = cli(user, "load", "science", "--as", "dirty").stdout.strip()
+    whl = make_wheel(user["wheels"])
+    run([os.path.join(tree, "bin", "python3"), "-m", "pip", "install", "-q", whl],
+        env=user["env"], timeout=300)
+    r = cli(user, "list", PYTHON_MPI_BCAST_LOADED=tree, PYTHON_MPI_BCAST_NAME="science")
+    assert "loaded copy changed since saved" in r.stdout
+    # saving the loaded tree (the active environment) stores the change ...
+    r = cli(user, "save", "science2", "-q", PYTHON_MPI_BCAST_LOADED=tree, timeout=900)
+    assert "saved " + tree in r.stdout
+    # ... and a copy loaded from the new entry has the new package
+    t2 = cli(user, "load", "science2").stdout.strip()
+    r = run([os.path.join(t2, "bin", "python3"), "-c", "import pmbdemo, numpy; print(pmbdemo.VALUE)"],
+            env=user["env"], timeout=60)
+    assert r.stdout.strip() == "42"
+    e = {x["name"]: x for x in json.loads(cli(user, "list", "--json").stdout)}
+    assert e["science2"]["packages"] == e["science"]["packages"] + 1
+
+
+def test_save_refuses_to_replace_without_force(user):
+    r = cli(user, "save", "science", "--venv", user["base"] + "/moved-away", check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith("python-mpi-bcast: error: a saved environment 'science' already "
+                               "exists") and "-f" in r.stderr
+
+
+def test_killed_save_leaves_the_previous_entry_intact(user, demo_venv):
+    path = os.path.join(user["cache"], "science.tar.zst")
+    with open(path, "rb") as f:
+        before = hashlib.sha256(f.read()).hexdigest()
+    env = dict(user["env"])
+    p = subprocess.Popen(CLI + ["save", "science", "-f", "-q", "--venv", demo_venv], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and p.poll() is None:
+            if any(f.startswith(".science.tar.zst.") for f in os.listdir(user["cache"])):
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "save finished before it could be interrupted"
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.wait(timeout=60)
+    with open(path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == before
+    r = cli(user, "list")
+    assert "science " in r.stdout and "damaged" not in r.stdout
+    # the killed save's partial file is not an entry
+    assert all(not ln.startswith(".") for ln in r.stdout.splitlines())
+
+
+def test_load_of_an_unknown_name_lists_the_saved_ones(user):
+    r = cli(user, "load", "nope", check=False)
+    assert r.returncode == 1
+    assert "no saved environment 'nope'" in r.stderr and "science" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_load_into_an_existing_copy_is_refused(user):
+    cli(user, "load", "science", "--as", "twice")
+    r = cli(user, "load", "science", "--as", "twice", check=False)
+    assert r.returncode == 1 and "already exists" in r.stderr and "--as" in r.stderr
+
+
+def test_rm_removes_an_entry(user):
+    shutil.copy(os.path.join(user["cache"], "science.tar.zst"),
+                os.path.join(user["cache"], "gone.tar.zst"))
+    assert "removed" in cli(user, "rm", "gone").stdout
+    assert not os.path.exists(os.path.join(user["cache"], "gone.tar.zst"))
+    r = cli(user, "rm", "gone", check=False)
+    assert r.returncode == 1 and "no saved environment 'gone'" in r.stderr
+
+
+def test_create_makes_a_venv_in_scratch(user):
+    r = cli(user, "create", VER, "fresh")
+    assert r.stdout.strip() == os.path.join(user["scratch"], "fresh")
+    assert os.path.exists(os.path.join(user["scratch"], "fresh", "pyvenv.cfg"))
+    r = cli(user, "create", "3.99", "nothere", check=False)
+    assert r.returncode == 1 and "python3.99 is not on PATH" in r.stderr
+    r = cli(user, "create", "3.11", "bad/name", check=False)
+    assert r.returncode == 1 and "invalid environment name" in r.stderr
+
+
+def test_save_without_an_active_environment(user):
+    r = cli(user, "save", "x", check=False)
+    assert r.returncode == 1 and "no active environment" in r.stderr
+
+
+def test_cache_and_wheelhouse_locations_follow_the_documented_precedence(tmp_path):
+    """default < config file < environment variable < flag."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON_MPI_BCAST_", "XDG_"))}
+    env["HOME"] = str(home)
+    where = lambda *a: run(CLI + list(a), env=env, timeout=60).stdout.strip()  # noqa: E731
+    assert where("list") == f"no saved environments in {home}/.local/share/python-mpi-bcast/envs"
+    assert where("wheelhouse", "path") == f"{home}/.local/share/python-mpi-bcast/wheelhouse"
+    cfg = home / ".config" / "python-mpi-bcast" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[cache]\ndir = "/proj/a/envs"\n[shell]\ncompute_hosts = ["nid*"]\n')
+    assert where("list") == "no saved environments in /proj/a/envs"
+    assert where("wheelhouse", "path") == "/proj/a/wheelhouse"
+    assert "nid*) return 0" in where("shell-init", "bash")
+    env["PYTHON_MPI_BCAST_CACHE"] = "/proj/b/envs"
+    assert where("list") == "no saved environments in /proj/b/envs"
+    assert where("list", "--cache", "/proj/c") == "no saved environments in /proj/c"
+    cfg.write_text('[cache]\ndir = "relative"\n')
+    del env["PYTHON_MPI_BCAST_CACHE"]
+    r = run(CLI + ["list"], env=env, timeout=60, check=False)
+    assert r.returncode == 1 and "must be an absolute path" in r.stderr
