@@ -120,6 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also remove staged trees not modified for HOURS")
     cl.add_argument("-n", "--dry-run", action="store_true", help="only list what would go")
 
+    mg = sub.add_parser("migrate", help="move environments to another storage area, "
+                                        "removing each source only after its copy checks out",
+                        description="Find the venvs and conda envs in DIR, export a spec of "
+                                    "each (requirements.txt; environment.yml for conda envs), "
+                                    "relocate it to DEST, compare old and new (distributions, "
+                                    "files and contents, imports) and only then remove the old "
+                                    "one.  Any difference keeps the source and shows what "
+                                    "differs.")
+    mg.add_argument("-d", "--directory", required=True, metavar="DIR",
+                    help="the directory holding the environments (e.g. $SCRATCH/envs)")
+    mg.add_argument("names", nargs="*", metavar="NAME", help="environments to migrate")
+    mg.add_argument("--all", action="store_true", help="migrate every valid environment")
+    mg.add_argument("--to", metavar="DEST", help="destination directory (default: "
+                    "~/.conda/envs for conda envs, ~/venvs for venvs)")
+    mg.add_argument("--keep", action="store_true", help="keep the source after a good copy")
+    mg.add_argument("--update-rc", action="store_true",
+                    help="rewrite the old locations in your shell start-up files (after a "
+                         "backup; the diff is shown)")
+    mg.add_argument("--specs", metavar="DIR", help="where specs go (default: "
+                    "~/.local/share/python-mpi-bcast/specs/NAME)")
+
     cache_help = "the cache directory (default: $PYTHON_MPI_BCAST_CACHE, else " \
                  "~/.local/share/python-mpi-bcast/envs)"
     cr = sub.add_parser("create", help="create a venv in node-local scratch",
@@ -374,6 +395,65 @@ def cmd_activate(a) -> int:
     return 0
 
 
+def _choose(valid, a) -> list:
+    if a.names:
+        by_name = {f.name: f for f in valid}
+        unknown = [n for n in a.names if n not in by_name]
+        if unknown:
+            raise PmbError(f"no valid environment named {', '.join(unknown)} in {a.directory} "
+                           f"(valid: {', '.join(by_name) or 'none'})")
+        return [by_name[n] for n in a.names]
+    if a.all:
+        return list(valid)
+    if not sys.stdin.isatty():
+        raise PmbError("name the environments to migrate, or pass --all (no terminal to ask on)")
+    answer = input("Select environments to migrate (comma-separated numbers or names, "
+                   "'all'): ").strip()
+    if answer.lower() == "all":
+        return list(valid)
+    chosen = []
+    for item in (x.strip() for x in answer.split(",") if x.strip()):
+        match = [f for i, f in enumerate(valid, 1) if item in (str(i), f.name)]
+        if not match:
+            raise PmbError(f"{item!r} is not one of the listed environments")
+        chosen.append(match[0])
+    return chosen
+
+
+def cmd_migrate(a) -> int:
+    import os
+    from . import migrate
+    from .paths import data_home
+    found = migrate.scan(a.directory)
+    for f in found:
+        print(f"{'valid:' if not f.invalid else 'INVALID:':<9} {f.name} ({f.kind or '?'})"
+              + (f": {f.invalid}" if f.invalid else ""))
+    valid = [f for f in found if not f.invalid]
+    if not valid:
+        raise PmbError(f"no valid environment in {a.directory}")
+    for i, f in enumerate(valid, 1):
+        print(f"{i}. {f.name} ({f.path})")
+    chosen = _choose(valid, a)
+    failed, moves = [], []
+    for f in chosen:
+        dest = migrate.default_destination(f, a.to)
+        spec_dir = os.path.join(a.specs or os.path.join(data_home(), "specs"), f.name)
+        print(f"== {f.name}: {f.path} -> {dest}")
+        try:
+            migrate.migrate_one(f, dest, spec_dir, a.keep, print)
+            moves.append((f.path, dest))
+        except PmbError as e:
+            print(f"python-mpi-bcast: error: {e}", file=sys.stderr)
+            failed.append(f.name)
+    if a.update_rc and moves:
+        changed = migrate.update_rc(os.path.expanduser("~"), moves, print)
+        print(f"updated {', '.join(changed)}" if changed else "no shell start-up file named "
+              "the old locations")
+    if failed:
+        raise PmbError(f"not migrated: {', '.join(failed)} (sources kept)")
+    return 0
+
+
 def cmd_shell_init(a) -> int:
     import os
     from .paths import wheelhouse_dir
@@ -418,7 +498,7 @@ COMMANDS = {"pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify, "unp
             "relocate": cmd_relocate, "info": cmd_info, "clean": cmd_clean,
             "create": cmd_create, "save": cmd_save, "load": cmd_load, "list": cmd_list,
             "rm": cmd_rm, "activate": cmd_activate, "shell-init": cmd_shell_init,
-            "wheelhouse": cmd_wheelhouse}
+            "wheelhouse": cmd_wheelhouse, "migrate": cmd_migrate}
 
 
 def main(argv: list[str] | None = None) -> int:

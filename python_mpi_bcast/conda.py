@@ -40,6 +40,8 @@ class CondaEnv:
     managed: set[str]                       # every path conda installed (relative)
     prefix_files: dict[str, PrefixRecord]   # the recorded prefix-bearing files
     packages: list[str]                     # "name-version-build"
+    specs: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
+    # (name, version, build, channel) of each record, for environment.yml
 
 
 def is_conda_env(path: str) -> bool:
@@ -79,6 +81,14 @@ def read_env(prefix: str) -> CondaEnv:
             raise PmbError(f"{path}: not a conda package record (no 'name'); restore it or "
                            f"reinstall that package with conda")
         env.packages.append(f"{rec['name']}-{rec.get('version', '?')}-{rec.get('build', '?')}")
+        # "https://conda.anaconda.org/conda-forge/linux-64" or "conda-forge"
+        parts = [c for c in str(rec.get("channel") or "").split("/") if c]
+        if parts and (parts[-1] == rec.get("subdir") or parts[-1] == "noarch"
+                      or parts[-1].startswith(("linux-", "osx-", "win-"))):
+            parts.pop()
+        channel = parts[-1] if parts and ":" not in parts[-1] else ""
+        env.specs.append((rec["name"], str(rec.get("version", "")), str(rec.get("build", "")),
+                          channel))
         if rec["name"] == "python":
             env.python_version = str(rec.get("version", ""))
         paths = (rec.get("paths_data") or {}).get("paths")

@@ -1,0 +1,315 @@
+"""``python-mpi-bcast migrate``: move environments out of a storage area
+(scratch is purged, home is small) without losing any.
+
+find → export specs → relocate → compare → remove the source.  Each step
+uses the engine the other commands use (``collect.classify``,
+``relocate_env.relocate``); the source is removed only after the copy has
+the same distributions, the same files with the same content (apart from
+the old location, rewritten) and imports what the source imports.  The
+copy appears under its final name only when complete, and the source is
+first renamed aside in one step, so a killed migrate leaves both
+environments or the source, never neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+from . import collect, conda, pyinfo
+from .errors import PmbError
+from .relocate_env import relocate
+
+RC_FILES = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".zprofile",
+            ".zshenv", ".cshrc", ".tcshrc", ".config/fish/config.fish", ".condarc")
+
+_DISTS = r"""
+import importlib.metadata as m, json, sys
+out = {}
+for d in m.distributions():
+    name = (d.metadata["Name"] or "").strip()
+    if not name:
+        continue
+    top = (d.read_text("top_level.txt") or "").split()
+    if not top:
+        seen = []
+        for f in d.files or []:
+            p = f.parts
+            if len(p) == 1 and p[0].endswith(".py"):
+                seen.append(p[0][:-3])
+            elif len(p) > 1 and p[0].isidentifier() and not p[0].endswith(".dist-info"):
+                seen.append(p[0])
+        top = sorted(set(seen))
+    installer = (d.read_text("INSTALLER") or "").strip()
+    out[name.lower()] = [name, d.version, top, installer]
+print(json.dumps(out))
+"""
+
+_IMPORTS = r"""
+import importlib, json, sys
+ok = []
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+        ok.append(name)
+    except BaseException:
+        pass
+print(json.dumps(ok))
+"""
+
+
+@dataclasses.dataclass
+class Found:
+    name: str
+    path: str
+    kind: str = ""        # "venv" or "conda"
+    invalid: str = ""     # why it cannot be migrated
+
+
+def python_of(path: str, kind: str) -> str:
+    if kind == "conda":
+        return collect.conda_python(path, conda.read_env(path).python_version)
+    return pyinfo.venv_python(path)
+
+
+def scan(directory: str) -> list[Found]:
+    """The environments directly inside ``directory``, valid or not."""
+    directory = os.path.abspath(directory)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        raise PmbError(f"{directory}: no such directory") from None
+    except NotADirectoryError:
+        raise PmbError(f"{directory} is not a directory") from None
+    out = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if name.startswith(".") or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        f = Found(name, path)
+        try:
+            f.kind = collect.classify(path)
+            if f.kind == "venv":
+                pyinfo.base_interpreter_of_venv(path)
+            else:
+                conda.read_env(path)
+            _run(python_of(path, f.kind), "-c", "pass")
+        except PmbError as e:
+            f.invalid = str(e).replace(path + ": ", "").replace(path + " ", "")
+        out.append(f)
+    return out
+
+
+def _run(python: str, *args: str, timeout: int = 300) -> str:
+    try:
+        r = subprocess.run([python, "-I", *args], capture_output=True, text=True,
+                           timeout=timeout, check=False)
+    except OSError as e:
+        raise PmbError(f"cannot run {python}: {e.strerror}") from None
+    except subprocess.TimeoutExpired:
+        raise PmbError(f"{python} did not answer within {timeout} s") from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        raise PmbError(f"its Python ({python}) does not start: {last}")
+    return r.stdout
+
+
+def distributions(python: str) -> dict[str, list]:
+    """lower-case name -> [name, version, top-level modules, installer]."""
+    return json.loads(_run(python, "-c", _DISTS))
+
+
+def export_specs(found: Found, dists: dict[str, list], spec_dir: str) -> list[str]:
+    """requirements.txt (every distribution) and, for a conda env,
+    environment.yml (conda's records, plus pip's distributions)."""
+    os.makedirs(spec_dir, exist_ok=True)
+    written = []
+    req = os.path.join(spec_dir, "requirements.txt")
+    lines = [f"# {found.path}, exported by python-mpi-bcast migrate on "
+             f"{time.strftime('%Y-%m-%d %H:%M')}"]
+    lines += [f"{n}=={v}" for n, v, _, _ in sorted(dists.values(), key=lambda d: d[0].lower())]
+    _write(req, "\n".join(lines) + "\n")
+    written.append(req)
+    if found.kind == "conda":
+        env = conda.read_env(found.path)
+        channels = sorted({c for *_, c in env.specs if c})
+        conda_names = {n.lower() for n, *_ in env.specs}
+        out = [f"name: {found.name}", "channels:"] + [f"  - {c}" for c in channels]
+        out.append("dependencies:")
+        for n, v, b, c in sorted(env.specs):
+            out.append(f"  - {c + '::' if c else ''}{n}={v}={b}")
+        pip_only = [d for k, d in sorted(dists.items())
+                    if k not in conda_names and d[3] != "conda"]
+        if pip_only:
+            out.append("  - pip:")
+            out += [f"    - {n}=={v}" for n, v, _, _ in pip_only]
+        yml = os.path.join(spec_dir, "environment.yml")
+        _write(yml, "\n".join(out) + "\n")
+        written.append(yml)
+    return written
+
+
+def _write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _files(root: str) -> dict[str, str]:
+    """rel path -> "l:target" for links, else "f"; byte code left out."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            rel = os.path.relpath(full, root)
+            out[rel] = "l:" + os.readlink(full) if os.path.islink(full) else "f"
+    return out
+
+
+def _digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for buf in iter(lambda: f.read(1 << 20), b""):
+            h.update(buf)
+    return h.hexdigest()
+
+
+def _holds(path: str, needles: list[bytes]) -> bool:
+    with open(path, "rb") as f:
+        data = f.read()
+    return any(n in data for n in needles)
+
+
+def compare(src: str, dest: str, kind: str, olds: list[str]) -> list[str]:
+    """What differs between the source and its relocated copy, beyond the
+    old location being rewritten: distributions, files, contents, imports."""
+    diffs = []
+    py_old, py_new = python_of(src, kind), python_of(dest, kind)
+    a, b = distributions(py_old), distributions(py_new)
+    for k in sorted(set(a) | set(b)):
+        if k not in b:
+            diffs.append(f"distribution {a[k][0]} {a[k][1]} is missing in the copy")
+        elif k not in a:
+            diffs.append(f"distribution {b[k][0]} {b[k][1]} appeared in the copy")
+        elif a[k][1] != b[k][1]:
+            diffs.append(f"distribution {a[k][0]}: {a[k][1]} in the source, {b[k][1]} in the copy")
+    fa, fb = _files(src), _files(dest)
+    # relocate leaves these out or makes them anew
+    skip = re.compile(r"^(conda-meta/history$|bin/activate|bin/Activate\.ps1$|pyvenv\.cfg$)")
+    old_b = [o.encode() for o in olds]
+    for rel in sorted(set(fa) | set(fb)):
+        if skip.match(rel):
+            continue
+        if rel not in fb:
+            diffs.append(f"file {rel} is missing in the copy")
+        elif rel not in fa:
+            diffs.append(f"file {rel} appeared in the copy")
+        elif fa[rel] != fb[rel]:
+            if not (fa[rel].startswith("l:") and any(o in fa[rel] for o in olds)):
+                diffs.append(f"{rel}: {fa[rel]} in the source, {fb[rel]} in the copy")
+        elif fa[rel] == "f":
+            s, d = os.path.join(src, rel), os.path.join(dest, rel)
+            if os.path.getsize(s) < (256 << 20) and _digest(s) != _digest(d) \
+                    and not _holds(s, old_b):
+                diffs.append(f"{rel}: content differs and the source holds no old path there")
+    tops = sorted({t for n, v, top, _ in a.values() for t in top if t.isidentifier()
+                   and not t.startswith("_")})
+    if tops:
+        ok_old = set(json.loads(_run(py_old, "-c", _IMPORTS, *tops, timeout=900)))
+        ok_new = set(json.loads(_run(py_new, "-c", _IMPORTS, *tops, timeout=900)))
+        for t in sorted(ok_old - ok_new):
+            diffs.append(f"'import {t}' works in the source but fails in the copy")
+    return diffs
+
+
+def default_destination(found: Found, to: str | None) -> str:
+    """--to DIR/NAME; else ~/.conda/envs/NAME (where conda looks) for a
+    conda env and ~/venvs/NAME for a venv."""
+    if to:
+        return os.path.join(os.path.abspath(to), found.name)
+    home = os.path.expanduser("~")
+    if found.kind == "conda":
+        return os.path.join(home, ".conda", "envs", found.name)
+    return os.path.join(home, "venvs", found.name)
+
+
+def migrate_one(found: Found, dest: str, spec_dir: str, keep: bool, log) -> dict:
+    """Export, relocate, compare, and only then remove the source."""
+    src = found.path
+    py = python_of(src, found.kind)
+    dists = distributions(py)
+    specs = export_specs(found, dists, spec_dir)
+    log(f"{found.name}: {len(dists)} distributions; spec written to "
+        f"{', '.join(specs)}")
+    if os.path.lexists(dest):
+        raise PmbError(f"{dest} already exists; {found.name} was not migrated (remove it or "
+                       f"choose another --to)")
+    res = relocate(src, dest)
+    log(f"{found.name}: copied to {dest}")
+    olds = sorted({src, os.path.realpath(src)})
+    diffs = compare(src, dest, found.kind, olds)
+    if diffs:
+        trash = _aside(dest)
+        shutil.rmtree(trash, ignore_errors=True)
+        shown = "\n  ".join(diffs[:20]) + (f"\n  ... and {len(diffs) - 20} more"
+                                          if len(diffs) > 20 else "")
+        raise PmbError(f"{found.name}: the copy differs from the source, so the source was "
+                       f"kept and the copy removed:\n  {shown}")
+    log(f"{found.name}: the copy matches (distributions, files, contents, imports)")
+    removed = False
+    if not keep:
+        trash = _aside(src)  # one rename: the source is gone only as a whole
+        shutil.rmtree(trash)
+        removed = True
+        log(f"{found.name}: removed {src}")
+    return {"name": found.name, "source": src, "dest": dest, "specs": specs,
+            "removed": removed, "relocated": res}
+
+
+def _aside(path: str) -> str:
+    trash = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.migrated-"
+                                                 f"{os.getpid()}")
+    os.rename(path, trash)
+    return trash
+
+
+def update_rc(home: str, moves: list[tuple[str, str]], log) -> list[str]:
+    """Rewrite references to the old locations in the user's shell start-up
+    files, each after a backup; returns the files changed."""
+    changed = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for rel in RC_FILES:
+        path = os.path.join(home, rel)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+        new = text
+        for old, dest in sorted(moves, key=lambda m: len(m[0]), reverse=True):
+            new = re.sub(re.escape(old) + r"(?=$|[/\s\"':;)}])", dest.replace("\\", r"\\"),
+                         new, flags=re.M)
+        if new == text:
+            continue
+        backup = f"{path}.pmb-backup-{stamp}"
+        shutil.copy2(path, backup)
+        diff = difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                    fromfile=backup, tofile=path)
+        log("".join(diff).rstrip("\n"))
+        tmp = path + ".pmb-tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(new)
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+        changed.append(path)
+    return changed
