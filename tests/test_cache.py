@@ -17,6 +17,7 @@ import time
 import pytest
 
 from conftest import CLI, LAUNCHER, MPIEXEC, make_venv, run
+from test_examples import sandbox  # noqa: F401  (fixture)
 from test_shell_init import make_wheel
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -215,3 +216,55 @@ def test_cache_and_wheelhouse_locations_follow_the_documented_precedence(tmp_pat
     del env["PYTHON_MPI_BCAST_CACHE"]
     r = run(CLI + ["list"], env=env, timeout=60, check=False)
     assert r.returncode == 1 and "must be an absolute path" in r.stderr
+
+
+def readme_blocks(start: str, end: str) -> list[str]:
+    import re
+    from conftest import REPO
+    text = open(os.path.join(REPO, "README.rst")).read()
+    sec = text[text.index(start):text.index(end)]
+    return ["\n".join(line[3:] for line in m.group(1).splitlines())
+            for m in re.finditer(r"^\.\. code-block:: sh\n\n((?:   .*\n|\n)+)", sec, re.M)]
+
+
+def test_readme_saved_environments_and_migrate(sandbox, demo_venv, tmp_path):
+    save, mig = readme_blocks("Saved environments: ``save``", "``pip`` on compute nodes")
+    scratch = tmp_path / "scratch"
+    venv = make_venv(str(scratch / "envs" / "old"), [])
+    copy_numpy(demo_venv, venv)
+    env = dict(sandbox["env"], VENV=demo_venv, SCRATCH=str(scratch),
+               TMPDIR=str(tmp_path / "tmp"))
+    os.makedirs(env["TMPDIR"])
+    r = run(["bash", "-c", "set -euo pipefail\n" + save], env=env,
+            cwd=str(sandbox["project"]), timeout=1200, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("saved ") and any(ln.startswith("science ") for ln in lines)
+    assert "my_script: 4 ranks, total 4.0" in r.stdout
+    assert lines[-1][:1].isdigit()  # numpy's version, from the loaded copy
+    r = run(["bash", "-c", "set -euo pipefail\n" + mig], env=env, timeout=1200, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.path.exists(os.path.join(sandbox["home"], "envs", "old", "pyvenv.cfg"))
+    assert not os.path.exists(venv)
+
+
+def test_readme_offline_pip(sandbox, tmp_path):
+    (block,) = readme_blocks("``pip`` on compute nodes", "Start modes\n---")
+    steps = [ln.split("  #")[0].strip() for ln in block.splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    assert len(steps) == 3
+    user_venv = make_venv(str(tmp_path / "uv"), [])
+    env = dict(sandbox["env"], PATH=os.path.join(user_venv, "bin") + ":" + sandbox["env"]["PATH"],
+               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    outs = []
+    for step in steps:   # login node, login node, then a job (SLURM_JOB_ID is set there)
+        e = dict(env) if step.startswith("bash -ic") else {
+            k: v for k, v in env.items() if k != "SLURM_JOB_ID"}
+        r = run(["bash", "-c", step], env=e, timeout=900, check=False,
+                stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, step + "\n" + r.stdout + r.stderr
+        outs.append(r.stdout + r.stderr)
+    wheelhouse = os.path.join(sandbox["home"], ".local/share/python-mpi-bcast/wheelhouse")
+    assert [f for f in os.listdir(wheelhouse) if f.startswith("mpi4py-")]
+    assert "Looking in indexes" not in outs[2] and "Looking in links" in outs[2]
+    run([os.path.join(user_venv, "bin", "python"), "-c", "import mpi4py"], timeout=60)
