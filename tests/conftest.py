@@ -4,7 +4,9 @@ real packer, and a helper that launches real MPI jobs with a timeout.
 MPI comes from PyPI (``pip install mpich``) and lives next to the Python
 running the tests; several "nodes" are simulated with MPICH's
 MPIR_CVAR_NUM_CLIQUES (all of them share one /dev/shm, so PYTHON_MPI_CHROOT
-gets a %n placeholder per node).
+gets a %n placeholder per node).  Nodes with their own /dev/shm come from a
+real Slurm cluster on this machine (``slurm_cluster``, tests/slurm.py) and
+from a fake-ssh launcher for mpiexec (tests/fakessh).
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ def run(args, timeout=120, check=True, **kw):
     return r
 
 
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real 4-node Slurm cluster (tests/slurm.py), up for the whole session,
+    torn down (every daemon and job killed) even when tests fail."""
+    import slurm
+    why = slurm.missing()
+    if why:
+        pytest.skip("no Slurm cluster: " + why)
+    cluster = slurm.Cluster(nodes=4)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def make_venv(path: str, packages: list[str]) -> str:
