@@ -9,8 +9,8 @@ SIGKILL ends it all (slurmd ignores SIGTERM), and ``unshare`` itself dies
 with the process that started it.
 
 Each node is real node-local storage: its slurmd runs in its own mount and
-UTS namespace with a fresh tmpfs on ``/dev/shm`` and on its ``TmpFS``, and
-its own host name; the tasks of a job step inherit them.  From outside, a
+UTS namespace with a fresh tmpfs on ``/dev/shm`` and on its ``TmpFS``, its
+own host name and an ``/etc/hosts`` in which every node's name resolves; the tasks of a job step inherit them.  From outside, a
 node's files are reachable through ``/proc/<slurmd pid>/root`` (``node_path``).
 
 Facts this depends on (measured on Debian 12): ``SlurmdParameters=
@@ -134,6 +134,7 @@ for n in {names}; do
     hostname "$1"
     mount -t tmpfs -o size={shm},mode=1777 tmpfs /dev/shm
     mount -t tmpfs -o size={shm},mode=1777 tmpfs "$2/tmp/$1"
+    mount --bind "$2/hosts" /etc/hosts
     exec slurmd -D -N "$1" -f "$2/slurm.conf"' node "$n" "$D" >>$D/log/slurmd-$n.out 2>&1 &
 done
 wait
@@ -175,6 +176,8 @@ class Cluster:
         with open(self.conf, "w") as f:
             f.write(CONF.format(tag=os.path.basename(d)[-6:].lower().replace("_", ""),
                                 ctld_port=base, d=d, nodes=nodes, nodelist=nodelist))
+        with open(os.path.join(d, "hosts"), "w") as f:  # the nodes' names resolve on the nodes
+            f.write(f"127.0.0.1 localhost {' '.join(self.names)}\n::1 localhost\n")
         boot = os.path.join(d, "boot.sh")
         with open(boot, "w") as f:
             f.write(BOOT.format(d=d, names=" ".join(self.names), shm=self.shm))
@@ -283,6 +286,7 @@ class Cluster:
         r = self.run(["sbatch", "--parsable", "-o", out, *args, script], timeout=60, env=env,
                      cwd=cwd, check=True)
         jobid = r.stdout.strip().split(";")[0]
+        self.last_job = jobid
         deadline = time.monotonic() + timeout
         while True:
             # array jobs: one line per task; done when all are
