@@ -29,6 +29,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("PMB_TEST_CACHE", os.path.join(REPO, "build", "test-cache"))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", default=False,
+                     help="also run the tests marked slow (tests/run.sh --all)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--all") or os.environ.get("PMB_TEST_ALL") == "1":
+        return
+    if "slow" in (config.getoption("-m") or ""):
+        return  # asked for by marker
+    skip = pytest.mark.skip(reason="slow: run with tests/run.sh --all (or PMB_TEST_ALL=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def run(args, timeout=120, check=True, **kw):
     """subprocess.run with a timeout and captured text output."""
     kw.setdefault("capture_output", True)
