@@ -27,6 +27,7 @@ import glob
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -74,6 +75,7 @@ def _free_ports(n: int) -> int:
 def _die_with_parent():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files of crashed tasks in cwd
 
 
 CONF = """\

@@ -276,6 +276,22 @@ def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
 
 # -- Open MPI 5 (PyPI) under srun --mpi=pmix ---------------------------------------
 
+# Open MPI 5.0.x sometimes segfaults inside MPI_Init under srun --mpi=pmix
+# (mca_pml_ob1_recv_frag_callback_match, address 0xe0: a message on
+# MPI_COMM_WORLD arrives before the pml has set it up; open-mpi/ompi#12495),
+# before python-mpi runs any code of its own: seen in about 1 of 20 launches
+# here.  A launch that fails exactly so is retried once.
+OMPI_INIT_RACE = "mca_pml_ob1_recv_frag_callback_match"
+
+
+def srun_open_mpi(job, args, env):
+    for attempt in (1, 2):
+        r = job["cluster"].run(["srun", "-K", "--mpi=pmix", *args], env=env, timeout=180)
+        if r.returncode == 0 or OMPI_INIT_RACE not in r.stderr or attempt == 2:
+            return r
+        print("Open MPI init race (open-mpi/ompi#12495), retrying:\n" + r.stderr[-2000:])
+
+
 @pytest.mark.parametrize("nodes,per_node", [(2, 3), (4, 2)])
 def test_open_mpi_under_srun_pmix(job, ompi, nodes, per_node):
     """Slurm's PMIx plugin (Debian's libpmix) starting Open MPI 5 from PyPI,
@@ -283,17 +299,16 @@ def test_open_mpi_under_srun_pmix(job, ompi, nodes, per_node):
     from conftest import env_file
     ranks = nodes * per_node
     env = dict(env_file("env.openmpi"), PATH=f"{ompi}/bin:{os.environ['PATH']}")
-    r = job["cluster"].run(["srun", "-K", "--mpi=pmix", "-N", str(nodes),
-                            f"--ntasks-per-node={per_node}", f"{ompi}/bin/python-mpi", "-c",
-                            CHECK + "\nassert MPI.Get_library_version().startswith('Open MPI v5')\n"],
-                           env=dict(job["env"], **env), timeout=180)
+    env = dict(job["env"], **env)
+    r = srun_open_mpi(job, ["-N", str(nodes), f"--ntasks-per-node={per_node}", f"{ompi}/bin/python-mpi",
+                            "-c", CHECK + "\nassert MPI.Get_library_version().startswith('Open MPI v5')\n"],
+                      env)
     assert r.returncode == 0, r.stdout + r.stderr
     by_host = check_rows(r.stdout, ranks, nodes)
     assert all(len(v) == per_node for v in by_host.values())
     assert unpacked(r.stderr) == nodes, r.stderr
     # stage-only: the tree is there on every node, nothing unpacked again
-    r = job["cluster"].run(["srun", "-K", "--mpi=pmix", "-N", str(nodes), f"--ntasks-per-node={per_node}",
-                            f"{ompi}/bin/python-mpi", "--stage-only"], env=dict(job["env"], **env),
-                           timeout=180)
+    r = srun_open_mpi(job, ["-N", str(nodes), f"--ntasks-per-node={per_node}",
+                            f"{ompi}/bin/python-mpi", "--stage-only"], env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(job["chroot"] + "/env-") and unpacked(r.stderr) == 0
