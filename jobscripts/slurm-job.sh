@@ -18,4 +18,7 @@ export PYTHON_MPI_CLEANUP=1     # remove the node directory when the step ends
 
 # start scripts from a fast filesystem, not $HOME
 cd "${SCRATCH:-$PWD}"
-srun -n "$SLURM_NTASKS" python-mpi "$PROJECT/my_script.py" --steps 10
+# one rank per task of the job; --kill-on-bad-exit: a killed rank ends the
+# step instead of leaving the others waiting (add --mpi=pmi2 for MPICH if
+# your site's MpiDefault is none)
+srun --kill-on-bad-exit=1 python-mpi "$PROJECT/my_script.py" --steps 10

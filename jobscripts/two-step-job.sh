@@ -1,4 +1,7 @@
 #!/bin/bash
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=32
+#SBATCH --time=00:10:00
 # Two job steps with any MPI: stage once, then start the staged interpreter
 # directly (no embedding).  A second python-mpi step in the same allocation
 # with the same packages reads and sends nothing: the tree is reused.
@@ -8,7 +11,9 @@ export PYTHON_MPI_PKGROOT="$PROJECT/pkgs"
 export PYTHON_MPI_PACKAGES="python-3.11.tar.zst:science.tar.zst"
 export PYTHON_MPI_CHROOT="/dev/shm/$SLURM_JOB_ID"
 
-TREE="$(srun -n "$SLURM_NTASKS" python-mpi --stage-only)"   # prints the staged tree
+TREE="$(srun --kill-on-bad-exit=1 python-mpi --stage-only)"   # prints the staged tree
 # the staged interpreter is an ordinary Python; mpi4py in it needs the MPI
 # library on LD_LIBRARY_PATH, as for any Python on the cluster
-srun -n "$SLURM_NTASKS" "$TREE/bin/python3" "$PROJECT/my_script.py" --steps 10
+srun --kill-on-bad-exit=1 "$TREE/bin/python3" "$PROJECT/my_script.py" --steps 10
+# remove the tree from every node's memory
+srun --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 python-mpi-bcast clean --all

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/mman.h>
 #include <sys/statvfs.h>
@@ -115,6 +117,177 @@ static void check_space(const char *dir, uint64_t need, uint64_t files)
     if (avail < want)
         pmb_die("node directory %s has %.1f MB free, the packages need %.1f MB unpacked; free "
                 "space or set PYTHON_MPI_CHROOT elsewhere", dir, avail / 1e6, want / 1e6);
+}
+
+/* ---- ready trees and concurrent steps --------------------------------
+ * A tree is ready when it holds the stamp PMB_READY, written right after the
+ * rename with the tree's ctime at that moment: anything changed, added or
+ * removed in the tree later has a newer ctime (the entry or its directory),
+ * so a step that would reuse the tree notices and stages it again.
+ * One step at a time stages a given tree into a node directory (flock on
+ * .pmb-lock-<id>); a step that finds it locked does not unpack but, after
+ * the broadcast (never inside a collective, so two steps cannot deadlock),
+ * waits for the lock and uses the other step's tree. */
+#define PMB_READY ".pmb-ready"
+
+static struct timespec ready_base;
+static char changed_path[PATH_MAX];
+
+static int newer_than_base(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    if (f->level == 1 && strcmp(path + f->base, PMB_READY) == 0)
+        return 0;
+    if (flag == FTW_NS || flag == FTW_DNR || st->st_ctim.tv_sec > ready_base.tv_sec ||
+        (st->st_ctim.tv_sec == ready_base.tv_sec && st->st_ctim.tv_nsec > ready_base.tv_nsec)) {
+        snprintf(changed_path, sizeof changed_path, "%s", path);
+        return 1;
+    }
+    return 0;
+}
+
+/* 1 if `tree` is complete and unchanged since it was staged; else 0 and why */
+static int tree_intact(const char *tree, char *why, size_t len)
+{
+    char stamp[PATH_MAX], buf[64];
+    snprintf(stamp, sizeof stamp, "%s/" PMB_READY, tree);
+    int fd = open(stamp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, len, "%s is missing (not staged by this launcher, or damaged)", PMB_READY);
+        return 0;
+    }
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    long long sec, nsec;
+    if (r <= 0 || (buf[r] = 0, sscanf(buf, "%lld.%lld", &sec, &nsec) != 2)) {
+        snprintf(why, len, "%s is unreadable", PMB_READY);
+        return 0;
+    }
+    ready_base.tv_sec = (time_t)sec;
+    ready_base.tv_nsec = (long)nsec;
+    changed_path[0] = 0;
+    int rc = nftw(tree, newer_than_base, 16, FTW_PHYS);
+    if (rc == 1) {
+        snprintf(why, len, "%s was changed after staging", changed_path);
+        return 0;
+    }
+    if (rc) {
+        snprintf(why, len, "cannot read it: %s", strerror(errno));
+        return 0;
+    }
+    return 1;
+}
+
+static void write_ready(const char *tree)
+{
+    char stamp[PATH_MAX], buf[64];
+    snprintf(stamp, sizeof stamp, "%s/" PMB_READY, tree);
+    int fd = open(stamp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    struct stat st;
+    if (fd < 0 || stat(tree, &st))
+        pmb_die("cannot write %s: %s", stamp, strerror(errno));
+    int n = snprintf(buf, sizeof buf, "%lld.%09ld\n", (long long)st.st_ctim.tv_sec,
+                     (long)st.st_ctim.tv_nsec);
+    if (write(fd, buf, (size_t)n) != n || close(fd))
+        pmb_die("cannot write %s: %s", stamp, strerror(errno));
+}
+
+/* Take the node's lock for tree `id`; -1 if another step holds it. */
+static int lock_tree(const char *chroot, const char *id, int wait)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/.pmb-lock-%s", chroot, id);
+    long ns = 1000000;
+    for (;;) {
+        int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0)
+            pmb_die("cannot create %s: %s", path, strerror(errno));
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            struct stat a, b; /* still the file under that name (not unlinked by its holder)? */
+            if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+                return fd;
+        } else if (errno != EWOULDBLOCK) {
+            pmb_die("cannot lock %s: %s", path, strerror(errno));
+        } else if (!wait) {
+            close(fd);
+            return -1;
+        }
+        close(fd);
+        struct timespec ts = {0, ns};
+        nanosleep(&ts, NULL);
+        if (ns < 100000000)
+            ns *= 2;
+    }
+}
+
+static void unlock_tree(const char *chroot, const char *id, int fd)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/.pmb-lock-%s", chroot, id);
+    unlink(path);
+    close(fd);
+}
+
+/* Move a damaged tree out of the way (to a name `clean` removes) and delete it. */
+static void discard_tree(const char *chroot, const char *tree, const char *id)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s/.env-%s.XXXXXX", chroot, id);
+    if (!mkdtemp(tmp) || rename(tree, tmp))
+        pmb_die("cannot move the damaged tree %s aside: %s; remove it (python-mpi-bcast clean "
+                "--all %s)", tree, strerror(errno), chroot);
+    pmb_rmtree(tmp);
+}
+
+enum { PMB_NODE_STAGES, PMB_NODE_READY, PMB_NODE_WAITS };
+
+/* Node leader: reuse the tree, stage it (lock taken: *lockfd), or wait for
+ * another step that is staging it. */
+static int node_claim(const char *chroot, const char *tree, const char *id, uint64_t need,
+                      uint64_t files, int *lockfd)
+{
+    char why[PATH_MAX + 128];
+    struct stat st;
+    int exists = lstat(tree, &st) == 0;
+    if (exists) {
+        check_owned_dir(tree, "staged tree");
+        if (tree_intact(tree, why, sizeof why))
+            return PMB_NODE_READY;
+    } else {
+        check_space(chroot, need, files);
+    }
+    int fd = lock_tree(chroot, id, 0);
+    if (fd < 0)
+        return PMB_NODE_WAITS;
+    if (lstat(tree, &st) == 0) { /* under the lock: a step may just have finished */
+        if (tree_intact(tree, why, sizeof why)) {
+            unlock_tree(chroot, id, fd);
+            return PMB_NODE_READY;
+        }
+        fprintf(stderr, "python-mpi: rank %d (node %d): staged tree %s: %s; staging it again\n",
+                pmb_c.world_rank, pmb_c.node_index, tree, why);
+        discard_tree(chroot, tree, id);
+        check_space(chroot, need, files);
+    }
+    *lockfd = fd;
+    return PMB_NODE_STAGES;
+}
+
+/* After the broadcast: wait until the step that holds the lock is done. */
+static void wait_for_other_step(const char *chroot, const char *tree, const char *id)
+{
+    double t0 = pmb_now();
+    int fd = lock_tree(chroot, id, 1);
+    char why[PATH_MAX + 128];
+    struct stat st;
+    if (lstat(tree, &st) || !tree_intact(tree, why, sizeof why)) {
+        unlock_tree(chroot, id, fd);
+        pmb_die("another job step staging %s on this node ended without a complete tree (killed "
+                "or failed); run this step again", tree);
+    }
+    unlock_tree(chroot, id, fd);
+    if (pmb_cfg.verbose >= 2)
+        pmb_log("rank %d (node %d): waited %.3f s for another job step staging %s",
+                pmb_c.world_rank, pmb_c.node_index, pmb_now() - t0, tree);
 }
 
 /* ---- the broadcast pipeline ------------------------------------------ */
@@ -362,7 +535,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
     char *tree = pmb_xmalloc(plen);
     snprintf(tree, plen, "%s/env-%s", chroot, id);
 
-    int have = 1;
+    int have = 1, waits = 0, lockfd = -1;
     uint64_t need = 0, files = 0;
     for (int i = 0; i < n; i++) { /* each < 2^63, n small: saturate */
         need = need > UINT64_MAX - ms[i].unpacked_size ? UINT64_MAX : need + ms[i].unpacked_size;
@@ -370,13 +543,10 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
     }
     if (pmb_c.node_rank == 0) {
         make_node_dir(chroot);
-        struct stat st;
-        if (lstat(tree, &st) == 0) {
-            check_owned_dir(tree, "staged tree");
-        } else {
-            have = 0;
-            check_space(chroot, need + pmb_cfg.chunk * (uint64_t)pmb_cfg.nbuf, files);
-        }
+        int claim = node_claim(chroot, tree, id, need + pmb_cfg.chunk * (uint64_t)pmb_cfg.nbuf,
+                               files, &lockfd);
+        have = claim != PMB_NODE_STAGES; /* a waiting node takes no part in unpacking */
+        waits = claim == PMB_NODE_WAITS;
     }
     /* does every node already hold this exact tree?  (rank 0 is a leader) */
     int all_have = 1;
@@ -434,7 +604,10 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
                         pmb_rmtree(tmp); /* another step finished first; its tree is complete */
                     else
                         pmb_die("cannot rename %s to %s: %s", tmp, tree, strerror(errno));
+                } else {
+                    write_ready(tree);
                 }
+                unlock_tree(chroot, id, lockfd);
                 if (pmb_cfg.verbose >= 2) {
                     int nwk = 1;
                     if (unpackers != MPI_COMM_NULL)
@@ -448,7 +621,9 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         if (unpackers != MPI_COMM_NULL)
             MPI_Comm_free(&unpackers);
     }
-    if (have && pmb_c.node_rank == 0 && pmb_cfg.verbose >= 2)
+    if (waits)
+        wait_for_other_step(chroot, tree, id);
+    else if (have && pmb_c.node_rank == 0 && pmb_cfg.verbose >= 2)
         pmb_log("rank %d (node %d): reusing %s", pmb_c.world_rank, pmb_c.node_index, tree);
     pmb_node_barrier();
     int reused = all_have;

@@ -1,8 +1,9 @@
 """``python-mpi-bcast clean``: remove what staging left in node directories.
 
-Temporary unpack directories (``.env-<id>.XXXXXX``) and staging buffers
-(``.pmb-chunks.XXXXXX``) are left only by a staging that was killed; they
-are always safe to remove.  Ready trees
+Temporary unpack directories (``.env-<id>.XXXXXX``), staging buffers
+(``.pmb-chunks.XXXXXX``) and staging locks (``.pmb-lock-<id>``) are left
+only by a staging that was killed; they are safe to remove when no job is
+staging into the directory.  Ready trees
 (``env-<id>``) are removed with ``--all`` or when older than ``--older-than``
 hours.  Only entries owned by the caller are touched and no symlink is
 followed.
@@ -21,6 +22,7 @@ from .errors import PmbError
 TMP_RE = re.compile(r"^\.env-[0-9a-f]{32}\.[A-Za-z0-9]{6}$")
 TREE_RE = re.compile(r"^env-[0-9a-f]{32}$")
 CHUNKS_RE = re.compile(r"^\.pmb-chunks\.[A-Za-z0-9]{6}$")
+LOCK_RE = re.compile(r"^\.pmb-lock-[0-9a-f]{32}$")
 
 
 def clean(directory: str, all_trees: bool = False, older_than_hours: float | None = None,
@@ -45,8 +47,8 @@ def clean(directory: str, all_trees: bool = False, older_than_hours: float | Non
         est = os.lstat(path)
         if est.st_uid != os.geteuid():
             continue
-        if CHUNKS_RE.match(name) and stat.S_ISREG(est.st_mode):
-            removed.append(path)  # staging buffer of a killed job
+        if (CHUNKS_RE.match(name) or LOCK_RE.match(name)) and stat.S_ISREG(est.st_mode):
+            removed.append(path)  # staging buffer or lock of a killed job
             if not dry_run:
                 os.unlink(path)
             continue

