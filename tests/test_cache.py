@@ -232,15 +232,19 @@ def test_readme_saved_environments_and_migrate(sandbox, demo_venv, tmp_path):
     scratch = tmp_path / "scratch"
     venv = make_venv(str(scratch / "envs" / "old"), [])
     copy_numpy(demo_venv, venv)
+    from test_examples import SIZE
     env = dict(sandbox["env"], VENV=demo_venv, SCRATCH=str(scratch),
                TMPDIR=str(tmp_path / "tmp"))
     os.makedirs(env["TMPDIR"])
-    r = run(["bash", "-c", "set -euo pipefail\n" + save], env=env,
-            cwd=str(sandbox["project"]), timeout=1200, check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert lines[0].startswith("saved ") and any(ln.startswith("science ") for ln in lines)
-    assert "my_script: 4 ranks, total 4.0" in r.stdout
+    script = sandbox["tmp"] / "readme-save-job.sh"   # run as a batch job on the test cluster
+    script.write_text("#!/bin/bash\nset -euo pipefail\ncd \"$PROJECT\"\n" + save + "\n")
+    state, code, out = sandbox["cluster"].sbatch(str(script), SIZE, env=env,
+                                                 cwd=str(sandbox["tmp"]), timeout=1200)
+    assert (state, code) == ("COMPLETED", 0), out
+    lines = out.strip().splitlines()
+    assert any(ln.startswith("saved ") for ln in lines)
+    assert any(ln.startswith("science ") for ln in lines)
+    assert "my_script: 4 ranks, total 4.0" in out
     assert lines[-1][:1].isdigit()  # numpy's version, from the loaded copy
     r = run(["bash", "-c", "set -euo pipefail\n" + mig], env=env, timeout=1200, check=False)
     assert r.returncode == 0, r.stdout + r.stderr

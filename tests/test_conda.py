@@ -165,7 +165,7 @@ def readme_conda_blocks() -> list[str]:
     import re
     from conftest import REPO
     text = open(os.path.join(REPO, "README.rst")).read()
-    sec = text[text.index("Conda environments\n---"):text.index("Start modes\n---")]
+    sec = text[text.index("Conda environments\n---"):text.index("Saved environments: ``save``")]
     return ["\n".join(line[3:] for line in m.group(1).splitlines())
             for m in re.finditer(r"^\.\. code-block:: sh\n\n((?:   .*\n|\n)+)", sec, re.M)]
 
@@ -173,11 +173,14 @@ def readme_conda_blocks() -> list[str]:
 def test_readme_conda_section(conda_env, sandbox):
     blocks = readme_conda_blocks()
     assert len(blocks) == 2
+    from test_examples import SIZE
     env = dict(sandbox["env"], CONDA_PREFIX=conda_env)
-    script = "set -euo pipefail\n" + "\n".join(blocks) + "\n"
-    r = run(["bash", "-c", script], env=env, cwd=str(sandbox["project"]), timeout=900,
-            check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "kind:          interpreter" in r.stdout and "binary bin/pmbdemo" in r.stdout
-    assert "my_script: 4 ranks, total 4.0" in r.stdout
-    assert r.stdout.strip().splitlines()[-1][:1].isdigit()  # numpy's version
+    script = sandbox["tmp"] / "readme-conda-job.sh"   # run as a batch job on the test cluster
+    script.write_text("#!/bin/bash\nset -euo pipefail\ncd \"$PROJECT\"\n" + "\n".join(blocks)
+                      + "\n")
+    state, code, out = sandbox["cluster"].sbatch(str(script), SIZE, env=env,
+                                                 cwd=str(sandbox["tmp"]), timeout=900)
+    assert (state, code) == ("COMPLETED", 0), out
+    assert "kind:          interpreter" in out and "binary bin/pmbdemo" in out
+    assert "my_script: 4 ranks, total 4.0" in out
+    assert out.strip().splitlines()[-1][:1].isdigit()  # numpy's version

@@ -209,3 +209,14 @@ def test_mpiexec_job_script(sandbox, science_pkgs):
     out = submit(sandbox, os.path.join(REPO, "jobscripts", "mpiexec-job.sh"))
     assert "my_script: 4 ranks, total 40.0" in out
     assert re.search(r"python-mpi: stage: 2 package\(s\), .* 2 node\(s\), 4 rank\(s\)", out), out
+
+
+def test_saved_env_job_script(sandbox, demo_venv):
+    """An environment saved with 'python-mpi-bcast save', launched from the
+    cache by the job script (default cache location under $HOME)."""
+    run([os.path.join(BIN, "python-mpi-bcast"), "save", "science", "--venv", demo_venv, "-q"],
+        env=sandbox["env"], timeout=900)
+    out = submit(sandbox, os.path.join(REPO, "jobscripts", "saved-env-job.sh"))
+    assert "my_script: 4 ranks, total 40.0" in out
+    assert re.search(r"python-mpi: stage: 1 package\(s\), .* 2 node\(s\), 4 rank\(s\)", out), out
+    assert not [e for v in node_dirs(sandbox).values() for e in v if "env-" in e]
