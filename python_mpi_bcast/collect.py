@@ -23,7 +23,9 @@ SLIM_EXCLUDES = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip",
                  "lib2to3/tests", "unittest/test", "ctypes/test", "distutils/tests",
                  "sqlite3/test", "tkinter/test", "lib-dynload/_test*", "lib-dynload/_ctypes_test*",
                  "lib-dynload/_tkinter*", "lib-dynload/xxlimited*", "config-*")
-ALWAYS_EXCLUDES = ("__pycache__", "*.pyc", "*.pyo", "site-packages", "dist-packages")
+ALWAYS_EXCLUDES = ("__pycache__", "*.pyc", "*.pyo", "site-packages", "dist-packages",
+                   # Debian's PEP 668 marker: the distribution manages /usr, not our tree
+                   "EXTERNALLY-MANAGED")
 
 # Prefixes that exist on every compute node: paths under them are never
 # rewritten (Debian's python3 lives in /usr).

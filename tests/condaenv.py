@@ -84,6 +84,19 @@ STDLIB_SKIP = {"site-packages", "test", "tests", "idlelib", "tkinter", "turtlede
                "ensurepip", "__pycache__", "lib2to3", "unittest/test"}
 
 
+def unavailable() -> str | None:
+    """Why a conda-layout env cannot be made from the Python running the
+    tests, or None.  It needs a CPython installed in a prefix of its own
+    (pyenv, python.org, a module): Debian's /usr Python is patched to look
+    in dist-packages and carries the distribution's PEP 668 marker, so a copy
+    of it does not behave like conda's python."""
+    if sys.base_prefix in ("/usr", "/usr/local") or \
+            "dist-packages" in sysconfig.get_path("purelib"):
+        return (f"the conda-layout fixture needs a CPython in its own prefix (this one is "
+                f"{sys.base_prefix}, a distribution's patched Python)")
+    return None
+
+
 def _build_python(pkg: str, placeholder: str) -> dict[str, str]:
     """Returns {relpath: "text"} for the files that hold the placeholder."""
     base = sys.base_prefix

@@ -103,6 +103,15 @@ def ompi():
     return venv
 
 
+# A private mount namespace for a test's own mounts (tmpfs over a path).
+# 'unshare -m' alone fails where / is not a mount point (a chroot, as in
+# ../shared/tools/fresh-debian); so keep the propagation as it is and make
+# everything private from inside (where / is no mount point the enclosing
+# namespace is already private).
+UNSHARE_MOUNT = ["unshare", "-m", "--propagation", "unchanged", "sh", "-c"]
+PRIVATE = "mount --make-rprivate / 2>/dev/null; "
+
+
 def make_venv(path: str, packages: list[str]) -> str:
     run([base_python(), "-m", "venv", path], timeout=300)
     if packages:
@@ -171,6 +180,8 @@ def conda_env():
     mpi4py installed into the env with pip; built once per cache dir
     (tests/condaenv.py says from what)."""
     import condaenv
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
     root = os.path.join(CACHE, f"conda-py{sys.version_info[0]}{sys.version_info[1]}")
     marker = os.path.join(root, ".complete")
     if not os.path.exists(marker):

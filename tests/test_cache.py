@@ -97,8 +97,9 @@ def test_activate_prints_code_for_eval_and_the_prompt_marks_changes(user):
     tree = cli(user, "load", "science", "--as", "act").stdout.strip()
     code = cli(user, "activate", "act").stdout
     assert code == f"source '{tree}/bin/activate'\n"
+    site = json.load(open(os.path.join(tree, ".python-mpi-bcast-load.json")))["site_dir"]
     script = (f'PS1="$ "; eval "$(python-mpi-bcast activate act)"; echo "[${{PS1@P}}]"; '
-              f'mkdir "{tree}/lib/python{VER}/site-packages/x-1.dist-info"; echo "[${{PS1@P}}]"; '
+              f'mkdir "{tree}/{site}/x-1.dist-info"; echo "[${{PS1@P}}]"; '
               f'deactivate; echo "[${{PS1@P}}]"')
     env = dict(user["env"], PATH=os.path.dirname(sys.executable) + ":" + os.environ["PATH"])
     time.sleep(1.1)  # the marker compares the site directory's mtime in seconds

@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from conftest import CLI, mpi_env, mpirun, run
+from conftest import PRIVATE, UNSHARE_MOUNT, CLI, mpi_env, mpirun, run
 from test_examples import sandbox  # noqa: F401  (fixture)
 
 import condaenv
@@ -37,7 +37,7 @@ def hidden(paths: list[str], cmd: list[str]) -> list[str]:
     hidden under empty tmpfs mounts in a private mount namespace."""
     mounts = " && ".join(f'mount -t tmpfs pmb-hide "${i + 1}"' for i in range(len(paths)))
     n = len(paths)
-    return (["unshare", "-m", "sh", "-c", f'{mounts} && shift {n} && exec "$@"', "sh"]
+    return (UNSHARE_MOUNT + [PRIVATE + f'{mounts} && shift {n} && exec "$@"', "sh"]
             + paths + cmd)
 
 

@@ -631,11 +631,15 @@ def small_package(place, src_root) -> str:
 
 
 def tree_digest(root) -> dict:
+    """Every entry of a tree; the launcher's ready stamp (.pmb-ready, which
+    only a staged tree has) left out."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
+            if rel == ".pmb-ready":
+                continue
             if os.path.islink(full):
                 out[rel] = ("l", os.readlink(full))
             elif os.path.isdir(full):

@@ -24,6 +24,8 @@ def scratch(tmp_path, demo_venv):
     """$SCRATCH/envs with a conda env, a venv with numpy, a directory that is
     no environment and a venv whose base interpreter is gone; a HOME whose
     .bashrc names two of them."""
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
     root = tmp_path / "scratch"
     prefix = condaenv.build(str(root), sys.executable, [])   # root/envs/demo
     envs = os.path.dirname(prefix)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import CLI, base_python, run
+from conftest import PRIVATE, UNSHARE_MOUNT, CLI, base_python, run
 
 from test_conda import can_hide, hidden, outputs
 
@@ -118,7 +118,9 @@ def test_tar_writes_an_archive_and_force_replaces(venv, tmp_path):
     assert r.returncode == 0, r.stderr
     assert os.path.isfile(archive) and not os.path.exists(dest)
     with tarfile.open(archive) as tf:
-        tf.extractall(str(tmp_path), filter="tar")
+        # (the extraction filters exist since Python 3.11.4 / 3.10.12)
+        kw = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+        tf.extractall(str(tmp_path), **kw)
     r = in_hidden(src, [f"{dest}/bin/python", "-c", "import sys, extramod; print(sys.prefix)"])
     assert r.stdout.strip() == dest, r.stderr
     one_line_error(relocate([src, "-o", dest]), dest, "--force")
@@ -236,8 +238,8 @@ def test_relocate_refuses_dest_inside_src_too_long_and_no_space(conda_env, venv,
         pytest.skip("needs root and unshare for a small tmpfs")
     small = str(tmp_path / "small")
     os.makedirs(small)
-    r = run(["unshare", "-m", "sh", "-c",
-             'mount -t tmpfs -o size=2m pmb-small "$0" && "$@"; rc=$?; ls -A "$0"; exit $rc',
+    r = run(UNSHARE_MOUNT + [
+             PRIVATE + 'mount -t tmpfs -o size=2m pmb-small "$0" && "$@"; rc=$?; ls -A "$0"; exit $rc',
              small] + CLI + ["relocate", conda_env, "-o", f"{small}/dest"], timeout=300, check=False)
     one_line_error(r, "no space left")
     assert r.stdout.strip() == "", r.stdout
