@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <zstd.h> /* the system's, or launcher/zstd-shim/zstd.h */
 
 #include "pmb.h"
 
@@ -87,6 +88,10 @@ char *pmb_xstrdup(const char *s)
 
 static int print_info(void)
 {
+#ifdef PMB_ZSTD_DLOPEN
+    pmb_zstd_require();
+#endif
+    unsigned zv = ZSTD_versionNumber();
     int provided;
     MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
     char v[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -113,6 +118,12 @@ static int print_info(void)
     if (lib)
         printf("mpi_file: %s\n", lib);
     printf("mpi4py: %s\n", pmb_mpi4py_plan(lib));
+#ifdef PMB_ZSTD_DLOPEN
+    printf("zstd: libzstd %u.%u.%u, loaded at run time from %s\n", zv / 10000, zv / 100 % 100,
+           zv % 100, pmb_zstd_describe());
+#else
+    printf("zstd: libzstd %u.%u.%u, linked\n", zv / 10000, zv / 100 % 100, zv % 100);
+#endif
     MPI_Finalize();
     return 0;
 }
@@ -191,6 +202,9 @@ int main(int argc, char **argv)
     pmb_config_read(&pmb_cfg);
     if (stage_only)
         pmb_cfg.mode = PMB_MODE_STAGE_ONLY;
+#ifdef PMB_ZSTD_DLOPEN
+    pmb_zstd_require(); /* every rank may unpack: a missing libzstd.so.1 stops the job here */
+#endif
     if (pmb_cfg.mode == PMB_MODE_EXEC) {
         char why[256];
         if (!pmb_exec_supported(why, sizeof why))
