@@ -37,6 +37,19 @@ def run(args, timeout=120, check=True, **kw):
     return r
 
 
+def pytest_addoption(parser):
+    parser.addoption("--extended", action="store_true",
+                     help="also run the tests marked 'extended' (slow: every MPI provider); "
+                          "tests/run.sh --all sets it")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--extended"):
+        return
+    skip = pytest.mark.skip(reason="extended test: run with tests/run.sh --all (pytest --extended)")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
 
 
 def make_venv(path: str, packages: list[str]) -> str:
