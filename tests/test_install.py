@@ -6,8 +6,9 @@ of the installed launcher.
 CI runs pip's MPICH, Debian's MPICH (``module load`` style: a directory first
 on PATH whose ``mpicc`` is it), a Cray-style ``cc`` wrapper with no ``mpicc``
 on PATH, and a build without libzstd headers.  pip's Open MPI and Debian's
-Open MPI are marked ``extended`` (``tests/run.sh --all``).  Each install
-builds the launcher with CMake: about 25 s on 2 cores.
+Open MPI are marked ``extended`` (``tests/run.sh --all``).  The README's
+install examples run here too (``module load`` in CI, the others extended).
+Each install builds the launcher with CMake: 20 to 30 s on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -247,3 +248,64 @@ def test_no_zstd_headers(tmp_path, sdist, interpreter_pkg):
     assert "libzstd" not in ldd
     two_ranks("/usr/bin/mpiexec.mpich", venv, interpreter_pkg, env, tmp_path,
               MPIR_CVAR_NUM_CLIQUES="2")
+
+
+# --- the README's install examples, run as written -------------------------
+
+MODULE = """# a stand-in for the module command of a cluster (Lmod's is a shell function too)
+module() {{
+  [ "$1" = load ] && [ "$2" = mpich ] || {{ echo "module: cannot $*" >&2; return 1; }}
+  export PATH="{bindir}:$PATH"
+}}
+"""
+
+
+@pytest.fixture
+def readme_sandbox(tmp_path, sdist):
+    """HOME and PROJECT in tmp_path, a `module load mpich` that puts Debian's
+    MPICH first on PATH, and pip finding python-mpi-bcast (not on PyPI
+    here) as the sdist just built."""
+    if not os.path.exists(DEBIAN_MPICH):
+        pytest.skip("Debian's libmpich-dev is not installed")
+    bindir = tmp_path / "modules" / "mpich" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "mpicc").symlink_to(DEBIAN_MPICH)
+    (bindir / "mpiexec").symlink_to("/usr/bin/mpiexec.mpich")
+    (tmp_path / "module.sh").write_text(MODULE.format(bindir=bindir))
+    for d in ("home", "project"):
+        (tmp_path / d).mkdir()
+    env = clean_env(system_path())
+    env.update(HOME=str(tmp_path / "home"), PROJECT=str(tmp_path / "project"),
+               BASH_ENV=str(tmp_path / "module.sh"),
+               PIP_FIND_LINKS=" ".join([os.path.dirname(sdist)]
+                                       + os.environ.get("PIP_FIND_LINKS", "").split()))
+    return {"env": env, "home": tmp_path / "home", "project": tmp_path / "project"}
+
+
+def run_readme(block: str, sandbox) -> str:
+    from test_examples import readme_block
+    script = "set -euo pipefail\n" + readme_block(block)
+    r = run(["bash", "-c", script], env=sandbox["env"], cwd=str(sandbox["home"]), timeout=1200,
+            check=False)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return r.stdout
+
+
+def test_readme_install_after_module_load(readme_sandbox):
+    out = run_readme("envs/tools", readme_sandbox)
+    assert f"{readme_sandbox['home']}/envs/tools/bin/python-mpi" in out
+    assert "MPICH" in out and "libmpich.so.12" in out
+
+
+@pytest.mark.extended
+def test_readme_install_with_pips_mpich(readme_sandbox):
+    out = run_readme("pip install mpich", readme_sandbox)
+    assert f"{readme_sandbox['home']}/envs/mpi/lib/libmpi.so.12" in out  # the venv's MPICH
+
+
+@pytest.mark.extended
+def test_readme_site_wheelhouse(readme_sandbox):
+    out = run_readme("pip wheel", readme_sandbox)
+    (wheel,) = os.listdir(readme_sandbox["project"] / "wheelhouse")
+    assert wheel.startswith("python_mpi_bcast-") and wheel.endswith(".whl")
+    assert f"{readme_sandbox['home']}/envs/user/bin/python-mpi" in out and "MPICH" in out
