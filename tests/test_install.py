@@ -309,3 +309,28 @@ def test_readme_site_wheelhouse(readme_sandbox):
     (wheel,) = os.listdir(readme_sandbox["project"] / "wheelhouse")
     assert wheel.startswith("python_mpi_bcast-") and wheel.endswith(".whl")
     assert f"{readme_sandbox['home']}/envs/user/bin/python-mpi" in out and "MPICH" in out
+
+
+# --- bad MPI settings stop the build with one line that says what to do ------
+
+def configure(tmp_path, **env) -> str:
+    e = clean_env(system_path())
+    e.update(env)
+    r = run(["cmake", "-S", REPO, "-B", str(tmp_path / "build")], env=e, timeout=300,
+            check=False)
+    assert r.returncode != 0, r.stdout
+    return " ".join(r.stderr.split())
+
+
+def test_mpicc_that_does_not_exist(tmp_path):
+    err = configure(tmp_path, MPICC="/nowhere/mpicc")
+    assert "MPICC='/nowhere/mpicc' is not an executable file nor a program on PATH" in err
+
+
+def test_plain_compiler_is_never_taken_for_mpi(tmp_path):
+    d = tmp_path / "nompi"
+    d.mkdir()
+    (d / "mpicc").symlink_to(shutil.which("gcc"))  # an "mpicc" that knows no MPI
+    err = configure(tmp_path, PATH=f"{d}:{os.environ['PATH']}", CC="gcc")
+    assert "(from mpicc on PATH) cannot compile and link an MPI program" in err
+    assert "'module load' your MPI" in err and "pip install mpich" in err
