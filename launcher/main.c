@@ -6,85 +6,13 @@
  * init MPI -> read configuration -> rank 0 reads the manifests -> stage to
  * every node (stage.c) -> run the staged interpreter (start.c). */
 #define _GNU_SOURCE
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <zstd.h> /* the system's, or launcher/zstd-shim/zstd.h */
 
 #include "pmb.h"
-
-pmb_comms pmb_c = {0};
-pmb_config pmb_cfg = {0};
-int pmb_mpi_up = 0;
-static int collective_phase = 0;
-
-void pmb_die(const char *fmt, ...)
-{
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (pmb_mpi_up && collective_phase && pmb_c.world_rank != 0) {
-        /* every rank sees the same bad setting: let rank 0 report it once
-         * and abort the job; report it ourselves only if that never comes */
-        struct timespec ts = {0, 100000000};
-        for (int i = 0; i < 100; i++)
-            nanosleep(&ts, NULL);
-    }
-    fprintf(stderr, "python-mpi: rank %d: %s\n", pmb_c.world_rank, msg);
-    fflush(stderr);
-    if (pmb_mpi_up) {
-        pmb_abort_grace();
-        MPI_Abort(MPI_COMM_WORLD, 1);
-    }
-    exit(1);
-}
-
-void pmb_log(const char *fmt, ...)
-{
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "python-mpi: %s\n", msg);
-    fflush(stderr);
-}
-
-/* Give the process manager a moment to forward what this rank just wrote
- * to stderr: hydra drops pending output of a process that calls MPI_Abort. */
-void pmb_abort_grace(void)
-{
-    struct timespec ts = {0, 300000000};
-    nanosleep(&ts, NULL);
-}
-
-double pmb_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-void *pmb_xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p)
-        pmb_die("out of memory (%zu bytes)", n);
-    return p;
-}
-
-char *pmb_xstrdup(const char *s)
-{
-    char *p = strdup(s);
-    if (!p)
-        pmb_die("out of memory");
-    return p;
-}
 
 static int print_info(void)
 {
@@ -198,7 +126,7 @@ int main(int argc, char **argv)
     }
     pmb_mpi_up = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &pmb_c.world_rank);
-    collective_phase = 1;
+    pmb_collective_phase = 1;
     pmb_config_read(&pmb_cfg);
     if (stage_only)
         pmb_cfg.mode = PMB_MODE_STAGE_ONLY;
@@ -219,7 +147,7 @@ int main(int argc, char **argv)
     if (!ms || !fds)
         pmb_die("out of memory");
     double t_read = pmb_now();
-    collective_phase = 0;
+    pmb_collective_phase = 0;
     if (pmb_c.world_rank == 0) {
         for (int i = 0; i < n; i++)
             pmb_manifest_read_file(&ms[i], pmb_cfg.pkgroot, pmb_cfg.packages[i], &fds[i]);

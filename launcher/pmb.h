@@ -3,7 +3,8 @@
  * Files by phase: config.c (environment variables), manifest.c (package
  * headers), stage.c (MPI distribution and node directories), unpack.c
  * (zstd + tar into the node directory), start.c (embed / exec), mpilib.c
- * (mpi4py finds the launcher's MPI library), main.c.
+ * (mpi4py finds the launcher's MPI library), main.c (the pipeline); util.c
+ * has the helpers they all use.
  * Every symbol carries the pmb_ prefix. */
 #ifndef PMB_H
 #define PMB_H
@@ -65,8 +66,9 @@ typedef struct {
 extern pmb_comms pmb_c;
 extern pmb_config pmb_cfg;
 extern int pmb_mpi_up;
+extern int pmb_collective_phase; /* every rank runs the same step: rank 0 reports errors */
 
-/* errors: one line "python-mpi: rank R: ...", then MPI_Abort (or exit) */
+/* util.c; errors: one line "python-mpi: rank R: ...", then MPI_Abort (or exit) */
 void pmb_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 void pmb_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 double pmb_now(void);

@@ -29,20 +29,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("PMB_TEST_CACHE", os.path.join(REPO, "build", "test-cache"))
 
 
+LONG_MARKERS = ("slow", "extended")  # slow: the Debian MPI matrix; extended: installs per MPI
+
+
 def pytest_addoption(parser):
     parser.addoption("--all", action="store_true", default=False,
-                     help="also run the tests marked slow (tests/run.sh --all)")
+                     help="also run the tests marked slow or extended (tests/run.sh --all)")
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--all") or os.environ.get("PMB_TEST_ALL") == "1":
         return
-    if "slow" in (config.getoption("-m") or ""):
-        return  # asked for by marker
-    skip = pytest.mark.skip(reason="slow: run with tests/run.sh --all (or PMB_TEST_ALL=1)")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    asked = config.getoption("-m") or ""
+    for marker in LONG_MARKERS:
+        if marker in asked:
+            continue  # asked for by marker
+        skip = pytest.mark.skip(reason=f"{marker}: run with tests/run.sh --all (or "
+                                       f"PMB_TEST_ALL=1)")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def run(args, timeout=120, check=True, **kw):
@@ -53,8 +59,6 @@ def run(args, timeout=120, check=True, **kw):
     if check and r.returncode != 0:
         raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
-
-
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,8 @@
 #!/bin/bash
 # The whole test suite, from a fresh machine: set up (.ci/setup), then pytest.
+#   bash tests/run.sh [--all] [PYTEST ARGS...]
+# --all also runs the tests marked 'slow' (the Debian MPI matrix) and
+# 'extended' (real installs of the sdist against every MPI provider).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup
