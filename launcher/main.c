@@ -190,8 +190,8 @@ int main(int argc, char **argv)
     if (pmb_cfg.mode == PMB_MODE_EXEC)
         pmb_start_exec(tree, interp, argc, argv);
     /* every rank judges the same staged tree: rank 0 reports a problem once */
-    collective_phase = 1;
+    pmb_collective_phase = 1;
     pmb_mpi4py_prepare(tree, ms, n);
-    collective_phase = 0;
+    pmb_collective_phase = 0;
     pmb_start_embed(tree, interp, argc, argv);
 }
