@@ -143,9 +143,11 @@ def test_killed_save_leaves_the_previous_entry_intact(user, demo_venv):
     try:
         deadline = time.time() + 600
         while time.time() < deadline and p.poll() is None:
-            if any(f.startswith(".science.tar.zst.") for f in os.listdir(user["cache"])):
+            # the shard files (written first) or the final temporary file
+            if any(f.startswith((".science.tar.zst.", ".pmb-shards-"))
+                   for f in os.listdir(user["cache"])):
                 break
-            time.sleep(0.05)
+            time.sleep(0.005)
         assert p.poll() is None, "save finished before it could be interrupted"
         p.send_signal(signal.SIGKILL)
     finally:
