@@ -226,3 +226,9 @@ def test_saved_env_job_script(sandbox, demo_venv):
     assert "my_script: 4 ranks, total 40.0" in out
     assert re.search(r"python-mpi: stage: 1 package\(s\), .* 2 node\(s\), 4 rank\(s\)", out), out
     assert not [e for v in node_dirs(sandbox).values() for e in v if "env-" in e]
+
+
+def test_readme_is_valid_restructuredtext():
+    """A broken table or heading would render as garbage on PyPI."""
+    run([sys.executable, "-m", "docutils", "--halt=warning", os.path.join(REPO, "README.rst"),
+         os.devnull], timeout=120)
