@@ -25,7 +25,6 @@ import time
 
 from . import pyinfo
 from .errors import PmbError
-from .paths import JOB_VARIABLES
 from .pkgformat import SUFFIX, read_manifest
 
 LOAD_RECORD = ".python-mpi-bcast-load.json"
@@ -364,6 +363,3 @@ def create(version: str | None, name: str | None) -> str:
         raise PmbError(f"{exe} -m venv {dest} failed: {last}")
     return dest
 
-
-def in_job() -> bool:
-    return any(os.environ.get(v) for v in JOB_VARIABLES)

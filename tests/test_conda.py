@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 
 import pytest
@@ -17,7 +15,6 @@ import pytest
 from conftest import PRIVATE, UNSHARE_MOUNT, CLI, mpi_env, mpirun, run
 from test_examples import sandbox  # noqa: F401  (fixture)
 
-import condaenv
 
 BIN = os.path.dirname(sys.executable)
 OLD_BASE = sys.base_prefix

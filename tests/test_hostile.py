@@ -11,7 +11,6 @@ tests/test_hostile.py -k mutation`` (the default fits a minute of CI).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import shutil

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import CLI, make_venv, run
-from test_cache import VER, copy_numpy
+from test_cache import copy_numpy
 
 import condaenv
 

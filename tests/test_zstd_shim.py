@@ -5,7 +5,6 @@ libzstd.so.1 at run time.  Both builds must answer every call the same way."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 import zstandard
