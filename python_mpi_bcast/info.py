@@ -21,7 +21,8 @@ def launcher_path() -> str:
     if found:
         return found
     raise PmbError("the python-mpi launcher is not installed next to this Python or on PATH; "
-                   "reinstall with 'MPICC=$(which mpicc) pip install python-mpi-bcast'")
+                   "load your MPI (its mpicc on PATH) and reinstall: "
+                   "'pip install --force-reinstall --no-deps python-mpi-bcast'")
 
 
 def info() -> dict:
