@@ -83,7 +83,7 @@ def fix_symlinks(st: Staged, keep_outside: bool = False) -> None:
 BIG_FILE = 64 << 20
 
 
-def _find_any(path: str, needles: list[bytes]) -> bytes | None:
+def find_any(path: str, needles: list[bytes]) -> bytes | None:
     """The first of ``needles`` found in a (large) file, read in chunks."""
     keep = max(len(n) for n in needles) - 1
     tail = b""
@@ -198,7 +198,7 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                     # large data files: scan without loading them; one that holds
                     # an old prefix is recorded as binary prefix-bearing
                     # (a text file this large is data: it is kept as it is, as binaries are)
-                    if _find_any(full, scrub_b) is not None:
+                    if find_any(full, scrub_b) is not None:
                         kept.append(rel)
                     continue
                 with open(full, "rb") as f:

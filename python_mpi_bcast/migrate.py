@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 
-from . import collect, conda, pyinfo
+from . import collect, conda, fixup, pyinfo
 from .errors import PmbError
 from .relocate_env import relocate
 
@@ -185,12 +185,6 @@ def _digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _holds(path: str, needles: list[bytes]) -> bool:
-    with open(path, "rb") as f:
-        data = f.read()
-    return any(n in data for n in needles)
-
-
 def compare(src: str, dest: str, kind: str, olds: list[str]) -> list[str]:
     """What differs between the source and its relocated copy, beyond the
     old location being rewritten: distributions, files, contents, imports."""
@@ -221,7 +215,7 @@ def compare(src: str, dest: str, kind: str, olds: list[str]) -> list[str]:
         elif fa[rel] == "f":
             s, d = os.path.join(src, rel), os.path.join(dest, rel)
             if os.path.getsize(s) < (256 << 20) and _digest(s) != _digest(d) \
-                    and not _holds(s, old_b):
+                    and (not old_b or fixup.find_any(s, old_b) is None):
                 diffs.append(f"{rel}: content differs and the source holds no old path there")
     tops = sorted({t for n, v, top, _ in a.values() for t in top if t.isidentifier()
                    and not t.startswith("_")})

@@ -57,7 +57,7 @@ def _leftovers(root: str, olds: list[bytes]) -> list[str]:
                 if any(o in os.readlink(full).encode() for o in olds):
                     found.append(rel)
                 continue
-            if fixup._find_any(full, olds) is not None:
+            if fixup.find_any(full, olds) is not None:
                 found.append(rel)
     return sorted(found)
 
