@@ -44,9 +44,20 @@ static void exit_policy(int status, void *arg)
     if (pmb_cfg.cleanup && exit_tree) {
         /* the node's last rank out removes the tree */
         pmb_node_barrier();
-        if (pmb_c.node_rank == 0 && pmb_rmtree(exit_tree) && pmb_cfg.verbose)
-            fprintf(stderr, "python-mpi: rank %d: could not remove %s: %s\n", pmb_c.world_rank,
-                    exit_tree, strerror(errno));
+        if (pmb_c.node_rank == 0) {
+            if (pmb_rmtree(exit_tree)) {
+                if (pmb_cfg.verbose)
+                    fprintf(stderr, "python-mpi: rank %d: could not remove %s: %s\n",
+                            pmb_c.world_rank, exit_tree, strerror(errno));
+            } else {
+                /* and the node directory, when nothing else (another step's tree) is in it */
+                char *slash = strrchr(exit_tree, '/');
+                if (slash && slash != exit_tree) {
+                    *slash = 0;
+                    rmdir(exit_tree);
+                }
+            }
+        }
     }
     MPI_Finalize();
 }

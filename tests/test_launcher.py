@@ -207,6 +207,7 @@ def test_cleanup_removes_node_directory(pkgroot, shm_chroot):
     r = mpirun(4, ["-c", "import numpy"], env)
     assert r.returncode == 0, r.stderr
     assert ready_trees(shm_chroot) == []
+    assert node_dirs(shm_chroot) == []  # the emptied node directories went too
 
 
 # -- bad input and faults ------------------------------------------------------
