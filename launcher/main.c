@@ -111,6 +111,8 @@ int main(int argc, char **argv)
         return pmb_unpack_main(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "--pmb-manifest")) /* no MPI: the tests' parser check */
         return pmb_manifest_main(argc - 2, argv + 2);
+    if (argc > 1 && !strcmp(argv[1], "--pmb-exec-check")) /* no MPI: the tests' exec-mode rule */
+        return pmb_exec_check_main(argc - 2, argv + 2);
     int stage_only = 0;
     if (argc > 1 && !strcmp(argv[1], "--stage-only")) {
         stage_only = 1;

@@ -114,6 +114,8 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     __attribute__((noreturn));
 void pmb_install_exit_handler(const char *tree);
 int pmb_exec_supported(char *why, size_t len);
+int pmb_exec_supported_by(const char *version, char *why, size_t len);
+int pmb_exec_check_main(int argc, char **argv);
 
 /* mpilib.c */
 const char *pmb_mpi_family(void);

@@ -202,6 +202,27 @@ def test_exec_mode(pkgroot, shm_chroot):
     assert r.stdout.count("OK ") == 2
 
 
+# Version strings as MPI_Get_library_version reports them; the Cray and
+# Intel ones are from MPIs that do not run here, so only the rule is tested.
+@pytest.mark.parametrize("version, verdict", [
+    ("MPICH Version:      5.0.0\nMPICH Release date: ...", "supported"),
+    ("MPICH Version:      4.0.2\nMPICH Release date: ...", "MPICH 4 cannot"),
+    ("Open MPI v5.0.8, package: Open MPI ...", "supported"),
+    ("Open MPI v4.1.4, package: Debian OpenMPI, ...", "Open MPI 4 cannot"),
+    ("MPI VERSION    : CRAY MPICH version 8.1.28.15 (ANL base 3.4a2)",
+     "Cray MPICH (built on MPICH 3) cannot"),
+    ("MPI VERSION    : CRAY MPICH version 9.0.0 (ANL base 4.1.2)",
+     "Cray MPICH (built on MPICH 4) cannot"),
+    ("MPI VERSION    : CRAY MPICH version 8.1.0", "Cray MPICH cannot"),
+    ("Intel(R) MPI Library 2021.10 for Linux* OS", "Intel MPI (built on MPICH 3) cannot"),
+    ("MVAPICH2 Version      :\t2.3.7", "supported"),
+])
+def test_exec_mode_rule_by_version_string(version, verdict):
+    r = run([LAUNCHER, "--pmb-exec-check", version], timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(verdict), r.stdout
+
+
 def test_cleanup_removes_node_directory(pkgroot, shm_chroot):
     env = mpi_env(pkgroot, shm_chroot, cliques=2, PYTHON_MPI_CLEANUP=1)
     r = mpirun(4, ["-c", "import numpy"], env)
