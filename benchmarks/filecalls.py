@@ -12,7 +12,7 @@ As a library (benchmarks/run.py, tests/test_no_writes.py, the quick start)::
 As a command::
 
     python3 benchmarks/filecalls.py count --root DIR [--root DIR2] \\
-        [--place LABEL=DIR] [--per-job] -- CMD...
+        [--place LABEL=DIR] [--per-job] [--list PLACE] [--total] -- CMD...
 
 prints, per process that touched anything (threads and forks without exec
 count with the program they belong to), the calls whose path lies under
@@ -370,6 +370,9 @@ def main(argv=None) -> int:
                    help="a further place to sort calls into (checked first)")
     c.add_argument("--per-job", action="store_true", help="print only the job's totals")
     c.add_argument("--list", metavar="PLACE", help="also print every call sorted into PLACE")
+    c.add_argument("--total", action="store_true",
+                   help="print only the number of calls under the roots per job (the "
+                        "command's own output is dropped unless it fails)")
     c.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
@@ -389,6 +392,11 @@ def main(argv=None) -> int:
         print(f"filecalls.py: error: {e}", file=sys.stderr)
         return 1
     r = tasks[None]
+    if a.total and r.returncode == 0:
+        labels = list(dict.fromkeys(a.root))
+        dirs = [os.path.abspath(x) for x in labels] + [os.path.realpath(x) for x in labels]
+        print(count_roots(tasks, dirs)[0])
+        return 0
     sys.stderr.write(r.stderr)
     sys.stdout.write(r.stdout)
     owners = by_program(tasks)
