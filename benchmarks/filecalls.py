@@ -120,9 +120,10 @@ def split_args(text: str) -> list[str]:
 def _unquote(s: str) -> str | None:
     if len(s) >= 2 and s[0] == '"' and s.rstrip(".").endswith('"'):
         body = s.rstrip(".")[1:-1]
-        try:
-            return body.encode("latin-1", "backslashreplace").decode("unicode_escape")
-        except UnicodeDecodeError:
+        try:  # strace writes bytes it does not print as \ooo or \xhh
+            raw = body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+            return raw.encode("latin-1").decode("utf-8", "surrogateescape")
+        except (UnicodeDecodeError, UnicodeEncodeError):
             return body
     return None
 
@@ -164,7 +165,7 @@ def parse_line(line: str, cwd: str) -> tuple[Call | None, str]:
         elif base and base.startswith("/"):
             paths.append(os.path.normpath(os.path.join(base, s)))
         base = cwd
-    if not paths and strings == 0 and args:
+    if not paths and args and (strings == 0 or name in READS):
         fd = _FD.match(args[0])  # a call on a descriptor: fstat, read, fchmod ...
         if fd and fd.group(1).startswith("/") and not args[0].startswith("AT_FDCWD"):
             paths.append(fd.group(1))
@@ -392,10 +393,17 @@ def main(argv=None) -> int:
         print(f"filecalls.py: error: {e}", file=sys.stderr)
         return 1
     r = tasks[None]
-    if a.total and r.returncode == 0:
-        labels = list(dict.fromkeys(a.root))
-        dirs = [os.path.abspath(x) for x in labels] + [os.path.realpath(x) for x in labels]
-        print(count_roots(tasks, dirs)[0])
+    if r.returncode != 0 and not any(t.events for k, t in tasks.items() if k is not None):
+        why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        print(f"filecalls.py: error: {why}", file=sys.stderr)
+        return 1
+    if a.total:
+        if r.returncode != 0:
+            sys.stderr.write(r.stdout[-2000:] + r.stderr[-4000:])
+            print(f"filecalls.py: error: {cmd[0]} failed (exit status {r.returncode})",
+                  file=sys.stderr)
+            return r.returncode
+        print(count_roots(tasks, [d for _, d in roots])[0])
         return 0
     sys.stderr.write(r.stderr)
     sys.stdout.write(r.stdout)
@@ -407,10 +415,11 @@ def main(argv=None) -> int:
     if a.list:
         cwd, home = os.path.realpath(os.getcwd()), os.path.realpath(os.path.expanduser("~"))
         for (tid, prog), calls in sorted(owners.items(), key=lambda kv: kv[0][0]):
-            for c in calls:
-                if c.name not in READS and a.list in {place_of(x, places, cwd, home)
-                                                      for x in c.paths}:
-                    print(f"{tid} {os.path.basename(prog)}: {c.name}({c.args[:160]}) = {c.ret}")
+            for call in calls:
+                if call.name not in READS and a.list in {place_of(x, places, cwd, home)
+                                                         for x in call.paths}:
+                    print(f"{tid} {os.path.basename(prog)}: {call.name}({call.args[:160]}) "
+                          f"= {call.ret}")
     under_roots = count_roots(tasks, [d for _, d in roots])
     if a.per_job:
         total: dict = {}
