@@ -88,7 +88,13 @@ if [ "$(id -u)" != 0 ] || [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/n
 fi
 "$WORK/slowfs" "$WORK" "$WORK" "$LATENCY" -f 2>/dev/null &
 slowfs=$!
-trap 'fusermount3 -u "$WORK" 2>/dev/null; kill $slowfs 2>/dev/null; rm -rf "/dev/shm/python-mpi-demo.$$"' EXIT
+unmount() {  # slowfs ends by itself once unmounted
+  fusermount3 -u "$WORK" 2>/dev/null || fusermount3 -u -z "$WORK" 2>/dev/null || true
+  kill "$slowfs" 2>/dev/null || true
+  wait "$slowfs" 2>/dev/null || true
+  rm -rf "/dev/shm/python-mpi-demo.$$"
+}
+trap unmount EXIT
 for _ in $(seq 100); do grep -q " $WORK fuse" /proc/mounts && break; sleep 0.05; done
 if ! grep -q " $WORK fuse" /proc/mounts; then
   echo "== slow shared filesystem demo skipped: FUSE could not mount here"
