@@ -12,6 +12,7 @@ node-local memory three ways, in one run, repeats interleaved:
   python-mpi       srun --mpi=pmi2 python-mpi --stage-only, 1 and 2 ranks
                    per node (rank 0 reads, MPI broadcasts, every rank unpacks)
 
+next to an empty step (srun true: what Slurm's step launch alone costs),
 and, in one extra traced run per method, the file-related system calls on
 the package root: strace on the submitting commands (sbcast, srun) and
 strace attached to every node's slurmd (following the step daemons and the
@@ -43,10 +44,16 @@ from python_mpi_bcast import pkgformat, relocate  # noqa: E402
 
 TAR = "sbcast + tar --zstd -xf"
 UNPACK = "sbcast + python-mpi-bcast unpack"
+LAUNCH = "(srun true: step launch alone)"
 
 
 def pmb(r: int) -> str:
     return f"python-mpi --stage-only, {r} rank{'s' if r > 1 else ''}/node"
+
+
+def ranks(how: str) -> int:
+    """Ranks per node of a python-mpi method (pmb's label)."""
+    return int(how.split(", ")[1].split()[0])
 
 
 def _rng(v: list[float]) -> str:
@@ -148,8 +155,7 @@ class Bench:
             t_b = sum(self.timed(cmd) for cmd in self.sbcast_cmds(n, tag))
             t_x = self.timed(self.extract_cmd(n, tag, how))
             return {"total": t_b + t_x, "sbcast": t_b, "step": t_x}
-        r = int(how.split(", ")[1].split()[0])
-        cmd, env = self.stage_cmd(n, r, tag)
+        cmd, env = self.stage_cmd(n, ranks(how), tag)
         t = self.timed(cmd, env=env)
         return {"total": t, "step": t}
 
@@ -160,32 +166,31 @@ class Bench:
         job, names = self.jobs[n]
         pids = self.c.slurmd_pids()
         label = f"tr{uuid.uuid4().hex[:8]}"
+        trace = ["strace", "-ff", "-qq", "-y", "-e", "trace=%file,read,pread64,mmap", "-o"]
         tracers = []
-        for node in names:
-            prefix = os.path.join(self.tmp, f"{label}-{node}")
-            p = subprocess.Popen(["strace", "-ff", "-qq", "-y", "-e",
-                                  "trace=%file,read,pread64,mmap", "-o", prefix, "-p", str(pids[node])],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            tracers.append(p)
-            deadline = time.monotonic() + 10
-            while not any(f.startswith(f"{label}-{node}.") for f in os.listdir(self.tmp)):
-                if time.monotonic() > deadline or p.poll() is not None:
-                    raise RuntimeError(f"strace could not attach to slurmd of {node}")
-                time.sleep(0.02)
-        time.sleep(0.2)
-        client = ["strace", "-ff", "-qq", "-y", "-e", "trace=%file,read,pread64,mmap", "-o",
-                  os.path.join(self.tmp, f"{label}-client")]
         try:
+            for node in names:
+                p = subprocess.Popen(trace + [os.path.join(self.tmp, f"{label}-{node}"),
+                                              "-p", str(pids[node])],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                tracers.append(p)
+                deadline = time.monotonic() + 10
+                while not any(f.startswith(f"{label}-{node}.") for f in os.listdir(self.tmp)):
+                    if time.monotonic() > deadline or p.poll() is not None:
+                        raise RuntimeError(f"strace could not attach to the slurmd of {node}")
+                    time.sleep(0.02)
+            time.sleep(0.2)  # every thread attached
+            client = trace + [os.path.join(self.tmp, f"{label}-client")]
             if how in (TAR, UNPACK):
                 for cmd in self.sbcast_cmds(n, tag):
                     self.run(cmd, prefix=client)
                 self.run(self.extract_cmd(n, tag, how), prefix=client)
             else:
-                cmd, env = self.stage_cmd(n, int(how.split(", ")[1].split()[0]), tag)
+                cmd, env = self.stage_cmd(n, ranks(how), tag)
                 self.run(cmd, env=env, prefix=client)
         finally:
             for p in tracers:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGINT)  # detach
             for p in tracers:
                 try:
                     p.wait(timeout=30)
@@ -260,7 +265,7 @@ def measure(rep, cluster, pkgroot: str, packages: str, tmp: str, nodes=(1, 2, 4)
     method), False or the methods to trace."""
     b = Bench(cluster, pkgroot, packages, list(rpn), tmp)
     methods = [TAR, UNPACK] + [pmb(r) for r in rpn]
-    times = {(n, m): [] for n in nodes for m in methods}
+    times = {(n, m): [] for n in nodes for m in methods + [LAUNCH]}
     lists: dict[str, dict[str, list[str]]] = {m: {} for m in methods}
     left: dict[str, list[str]] = {}
     calls: dict[str, dict] = {}
@@ -280,6 +285,8 @@ def measure(rep, cluster, pkgroot: str, packages: str, tmp: str, nodes=(1, 2, 4)
                                 left[m] = placeholders(b.tree(b.jobs[n][1][0], tag, m))
                     finally:
                         b.clean(n, tag)
+                t = b.timed(b.srun(n, 1) + ["true"])
+                times[(n, LAUNCH)].append({"total": t, "step": t})
             print(f"  sbcast comparison, repeat {i + 1}/{reps}", flush=True)
         if trace and shutil.which("strace"):
             n = max(nodes)
@@ -311,17 +318,17 @@ def measure(rep, cluster, pkgroot: str, packages: str, tmp: str, nodes=(1, 2, 4)
           f"'{UNPACK}' = the same sbcast, then `python-mpi-bcast unpack` of the copies per node; "
           f"python-mpi = `srun --mpi=pmi2 --ntasks-per-node=R python-mpi --stage-only` "
           f"(includes starting the ranks and MPI). Every srun step also pays Slurm's step "
-          f"launch.\n")
+          f"launch, measured alone in the last row of each node count.\n")
     rows = []
     for n in nodes:
         ref = statistics.median(t["total"] for t in times[(n, pmb(rpn[0]))])
-        for m in methods:
+        for m in methods + [LAUNCH]:
             ts = times[(n, m)]
             tot = [t["total"] for t in ts]
             rows.append([n, m, _rng(tot),
                          _rng([t["sbcast"] for t in ts]) if "sbcast" in ts[0] else "",
                          _rng([t["step"] for t in ts]),
-                         f"{statistics.median(tot) / ref:.2f}"])
+                         "" if m == LAUNCH else f"{statistics.median(tot) / ref:.2f}"])
     rep.table(["nodes", "method", "total s", "sbcast s", "srun step s",
                f"time / {pmb(rpn[0])}"], rows)
     same = len({tuple(v) for d in lists.values() for v in d.values()}) == 1

@@ -17,8 +17,9 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 
 def test_sbcast_comparison_quick(slurm_cluster, pkgroot, tmp_path):
-    if not shutil.which("sbcast"):
-        pytest.skip("sbcast not installed")
+    for tool in ("sbcast", "strace"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed")
     import bench_sbcast
     import run as bench_run
     rep = bench_run.Report(str(tmp_path))
@@ -30,7 +31,7 @@ def test_sbcast_comparison_quick(slurm_cluster, pkgroot, tmp_path):
     methods = [bench_sbcast.TAR, bench_sbcast.UNPACK, bench_sbcast.pmb(1), bench_sbcast.pmb(2)]
     assert res["methods"] == methods
     for n in (1, 2):
-        for m in methods:
+        for m in methods + [bench_sbcast.LAUNCH]:
             assert f"| {n} | {m} | " in text, text
             assert len(res["times"][(n, m)]) == 1
     # every method, every node: one tree, the same file list
