@@ -20,6 +20,10 @@ Sections
   6. a conda environment (tests/condaenv.py: real CPython, numpy, mpi4py,
      padded binary placeholders): pack and unpack time and size, python-mpi-bcast
      vs conda-pack + conda-unpack
+  9. Slurm's own broadcast (benchmarks/bench_sbcast.py, needs root): on a
+     real 4-node Slurm cluster, sbcast + tar --zstd -xf per node vs
+     python-mpi --stage-only on 1, 2, 4 nodes, and the load on the package
+     root per node
  10. what every rank loads from outside the staged tree (launcher, MPI,
      loader, cwd, $HOME, os), per rank, with -s -P / -I and a launcher with
      libzstd linked statically (benchmarks/filecalls.py counts)
@@ -662,8 +666,9 @@ def main():
                                                   datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     ap.add_argument("--latency-us", type=int, default=500)
-    ap.add_argument("--only", default="1,2,4,5,6,7,10",
-                    help="sections to run (3 comes with 2; 7 = scale model; 10 = launcher load)")
+    ap.add_argument("--only", default="1,2,4,5,6,7,9,10",
+                    help="sections to run (3 comes with 2; 7 = scale model; 9 = sbcast on Slurm; "
+                         "10 = launcher load)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     only = set(a.only.split(","))
@@ -678,7 +683,7 @@ def main():
           f"{sh([LAUNCHER, '--pmb-info']).stdout.splitlines()[0]}\n")
     venv_dir = os.path.join(WORK, "venv")
     pkgroot = os.path.join(WORK, "pkgs")
-    if only & {"1", "2", "4", "5", "7", "10"}:
+    if only & {"1", "2", "4", "5", "7", "9", "10"}:
         py, env_pkg = setup(venv_dir, pkgroot)
         packages = f"{py}:{env_pkg}"
     os.makedirs(WORK, exist_ok=True)
@@ -700,6 +705,10 @@ def main():
             bench_conda(rep, reps, tmp)
         if "7" in only:
             model_series = bench_model(rep, pkgroot, packages, model_reps, tmp, a.out)
+        if "9" in only:
+            sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+            import bench_sbcast
+            bench_sbcast.bench(rep, pkgroot, packages, tmp, reps=model_reps)
         if "10" in only:
             bench_launcher_load(rep, pkgroot, packages, tmp)
     finally:
