@@ -19,6 +19,7 @@ import pytest
 
 from conftest import BIN, CLI, make_venv, run
 from test_cache import copy_numpy
+from test_examples import sandbox  # noqa: F401  (fixture)
 from test_shell_init import make_wheel
 
 SCRIPT = """import sys, numpy as np
@@ -256,3 +257,33 @@ def test_srun_on_the_slurm_cluster(user, slurm_cluster):
     finally:
         for n in slurm_cluster.names:
             shutil.rmtree(slurm_cluster.node_path(n, chroot), ignore_errors=True)
+
+
+def test_two_runs_of_one_env_at_once_pack_it_once(user):
+    procs = [subprocess.Popen(CLI + ["run", "mpiexec", "-n", "1", "python", "-c", "pass"],
+                              env=user["env"], cwd=user["proj"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    errs = sorted(e for _, e in outs)
+    assert sum("packing" in e for e in errs) == 1 and sum("using cached" in e for e in errs) == 1
+    assert len(entries(user)) == 1
+
+
+def test_readme_run_examples(sandbox, demo_venv):
+    """The README's block as a batch job on the test cluster (2 nodes x 2)."""
+    from test_examples import SIZE
+    from test_cache import readme_blocks
+    (block,) = readme_blocks("Without packing by hand: ``run``", "Configuration\n---")
+    venv = make_venv(str(sandbox["home"] / "envs" / "science"), [])
+    copy_numpy(demo_venv, venv)
+    script = sandbox["tmp"] / "readme-run-job.sh"
+    script.write_text("#!/bin/bash\nset -euo pipefail\ncd \"$PROJECT\"\n" + block + "\n")
+    state, code, out = sandbox["cluster"].sbatch(str(script), SIZE, env=sandbox["env"],
+                                                 cwd=str(sandbox["tmp"]), timeout=1200)
+    assert (state, code) == ("COMPLETED", 0), out
+    assert out.count("my_script: 4 ranks, total 4.0") == 3, out
+    assert out.count("packing ") == 2  # the env once, the --with-dir layer once
+    assert out.count("using cached package") >= 2
+    assert re.search(r"would run: .* aprun -n 4096 -N 32 \S+/python-mpi my_script.py "
+                     r"--its-args", out), out
