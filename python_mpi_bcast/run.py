@@ -73,7 +73,23 @@ def find_env(python_word: str, environ: dict) -> tuple[str, str]:
     if not is_env(prefix):
         raise PmbError(f"{prefix} (from {rule}) is not a venv or conda environment; activate "
                        f"one, or name its python by path (e.g. $HOME/envs/x/bin/python)")
+    asked = re.match(r"^python(3\.\d+)$", os.path.basename(python_word))
+    have = _version_of(prefix)
+    if asked and have and asked.group(1) != have:
+        raise PmbError(f"the line asks for {os.path.basename(python_word)} but {prefix} (from "
+                       f"{rule}) is Python {have}; write python3 or python{have}, or activate "
+                       f"a Python {asked.group(1)} environment")
     return prefix, rule
+
+
+def _version_of(prefix: str) -> str | None:
+    """X.Y of an environment, from its files (no interpreter started)."""
+    if pyinfo.is_venv(prefix):
+        cfg = pyinfo.read_pyvenv_cfg(prefix)
+        v = cfg.get("version_info") or cfg.get("version") or ""
+        return ".".join(v.split(".")[:2]) or None
+    found = glob.glob(os.path.join(prefix, "lib", "python3.*", "os.py"))
+    return os.path.basename(os.path.dirname(found[0]))[6:] if len(found) == 1 else None
 
 
 def _stat_bits(path: str) -> bytes:

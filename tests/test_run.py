@@ -227,6 +227,19 @@ def test_env_of_a_python_named_by_path_wins_over_the_active_one(user, tmp_path):
     assert f"environment: {other} (from $VIRTUAL_ENV)" in r.stderr
 
 
+def test_a_python_version_the_env_does_not_have_is_refused(user):
+    r = pmb_run(user, "--dry-run", "mpiexec", "-n", "1", "python3.99", "x.py", check=False)
+    assert r.returncode == 1 and "the line asks for python3.99 but" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_launcher_tree_arg_bad_value_is_one_line(user):
+    from conftest import LAUNCHER, MPIEXEC
+    env = dict(user["env"], PYTHON_MPI_TREE_ARG="x")
+    r = run([MPIEXEC, "-n", "1", LAUNCHER, "-c", "pass"], env=env, timeout=120, check=False)
+    assert r.returncode != 0 and "PYTHON_MPI_TREE_ARG='x' is not valid" in r.stderr
+
+
 def test_conda_env(user, conda_env, shm_chroot):
     env = dict(user["env"], CONDA_PREFIX=conda_env, PATH=f"{conda_env}/bin:{BIN}:/usr/bin:/bin")
     del env["VIRTUAL_ENV"]
