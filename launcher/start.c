@@ -211,10 +211,11 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
         setenv("MPI4PY_LIBMPI", lib, 1);
     unsetenv("PYTHONHOME");
     setenv("PYTHON_MPI_TREE", tree, 1);
+    char **pargv = python_argv(tree, exe, argc, argv); /* may report an error: MPI still up */
     fflush(stdout);
     fflush(stderr);
     MPI_Finalize();
-    execv(exe, python_argv(tree, exe, argc, argv));
+    execv(exe, pargv);
     fprintf(stderr, "python-mpi: rank %d: cannot exec %s: %s\n", pmb_c.world_rank, exe, strerror(errno));
     _exit(127);
 }

@@ -144,6 +144,10 @@ def test_with_dir_stages_the_scripts_directory(user):
     assert len(entries(user, "rundir-proj-")) == 2
     r = pmb_run(user, "--with-dir", "mpiexec", "-n", "1", "python", "-c", "pass", check=False)
     assert r.returncode == 1 and "--with-dir needs a script" in r.stderr
+    # exec mode (MPICH 5 allows it) runs the staged script too
+    r = run(CLI + ["run", "--with-dir", "mpiexec", "-n", "2", "python", "main.py"],
+            env=dict(user["env"], PYTHON_MPI_MODE="exec"), timeout=600, cwd=proj)
+    assert r.stdout.count("from the helper changed data True True []") == 2, r.stdout + r.stderr
 
 
 def test_keep_prunes_old_packages_but_not_one_a_running_job_holds(user):
@@ -157,7 +161,7 @@ def test_keep_prunes_old_packages_but_not_one_a_running_job_holds(user):
     change(0)
     # a job that runs for a while from the first package
     job = subprocess.Popen(CLI + ["run", "mpiexec", "-n", "1", "python", "-c",
-                                  "import time; print('job up', flush=True); time.sleep(60)"],
+                                  "import time; print('job up', flush=True); time.sleep(900)"],
                            env=user["env"], cwd=user["proj"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
