@@ -87,6 +87,16 @@ void pmb_config_read(pmb_config *cfg)
         cfg->unpack_ranks = (int)n;
     }
 
+    v = getenv("PYTHON_MPI_TREE_ARG"); /* set by 'python-mpi-bcast run --with-dir' */
+    if (v && *v) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*end || n < 1 || n > 1000000)
+            pmb_die("PYTHON_MPI_TREE_ARG='%s' is not valid; use the index (1 or more) of the "
+                    "argument that names a path inside the staged tree", v);
+        cfg->tree_arg = (int)n;
+    }
+
     v = getenv("PYTHON_MPI_PKGROOT");
     if (!v || !*v)
         pmb_die("PYTHON_MPI_PKGROOT is not set; set it to the directory that holds your "

@@ -54,6 +54,7 @@ typedef struct {
     uint64_t chunk;
     int nbuf;
     int unpack_ranks;      /* ranks per node that unpack (0: all) */
+    int tree_arg;          /* argv[tree_arg] is relative to the staged tree (0: none) */
 } pmb_config;
 
 typedef struct {

@@ -68,13 +68,24 @@ void pmb_install_exit_handler(const char *tree)
     on_exit(exit_policy, NULL);
 }
 
-static char **python_argv(const char *exe, int argc, char **argv)
+/* argv for python; PYTHON_MPI_TREE_ARG=N: argv[N] is a path inside the tree
+ * (the script of 'python-mpi-bcast run --with-dir') */
+static char **python_argv(const char *tree, const char *exe, int argc, char **argv)
 {
     char **out = pmb_xmalloc(sizeof(char *) * (size_t)(argc + 1));
     out[0] = (char *)exe;
     for (int i = 1; i < argc; i++)
         out[i] = argv[i];
     out[argc] = NULL;
+    if (pmb_cfg.tree_arg >= argc && pmb_cfg.tree_arg)
+        pmb_die("PYTHON_MPI_TREE_ARG=%d but python-mpi got %d argument(s)", pmb_cfg.tree_arg,
+                argc - 1);
+    if (pmb_cfg.tree_arg) {
+        size_t l = strlen(tree) + strlen(argv[pmb_cfg.tree_arg]) + 2;
+        out[pmb_cfg.tree_arg] = pmb_xmalloc(l);
+        snprintf(out[pmb_cfg.tree_arg], l, "%s/%s", tree, argv[pmb_cfg.tree_arg]);
+    }
+    unsetenv("PYTHON_MPI_TREE_ARG"); /* not for programs the script starts */
     return out;
 }
 
@@ -102,7 +113,7 @@ int pmb_start_embed(const char *tree, const pmb_manifest *interp, int argc, char
     unsetenv("PYTHONHOME");
     setenv("PYTHON_MPI_TREE", tree, 1);
     pmb_install_exit_handler(tree);
-    int status = bytes_main(argc, python_argv(exe, argc, argv));
+    int status = bytes_main(argc, python_argv(tree, exe, argc, argv));
     exit(status);
 }
 
@@ -200,10 +211,11 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
         setenv("MPI4PY_LIBMPI", lib, 1);
     unsetenv("PYTHONHOME");
     setenv("PYTHON_MPI_TREE", tree, 1);
+    char **pargv = python_argv(tree, exe, argc, argv); /* may report an error: MPI still up */
     fflush(stdout);
     fflush(stderr);
     MPI_Finalize();
-    execv(exe, python_argv(exe, argc, argv));
+    execv(exe, pargv);
     fprintf(stderr, "python-mpi: rank %d: cannot exec %s: %s\n", pmb_c.world_rank, exe, strerror(errno));
     _exit(127);
 }

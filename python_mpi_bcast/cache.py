@@ -174,9 +174,13 @@ def _unknown(cache: str, name: str) -> PmbError:
 
 
 def remove(cache: str, name: str) -> str:
+    from .run import is_held
     path = _entry(cache, name)
     if not os.path.exists(path):
         raise _unknown(cache, name)
+    if is_held(path):
+        raise PmbError(f"{path} is in use by a running job (started by 'python-mpi-bcast "
+                       f"run'); remove it after the job ends")
     os.unlink(path)
     side = os.path.join(cache, name + ".json")
     if os.path.exists(side):

@@ -206,6 +206,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="host names that are compute nodes even outside a job (repeatable), "
                          "e.g. 'nid*'")
 
+    rn = sub.add_parser("run", help="pack the active environment on demand and run a "
+                                    "launch line with python replaced by python-mpi",
+                        description="Pack the environment of the line's python (a venv or "
+                                    "conda env, with its interpreter) into the cache unless an "
+                                    "identical one is there (keyed by the installed "
+                                    "distributions and their RECORDs, .pth files, bin/ and "
+                                    "the interpreter), then run the line with python replaced "
+                                    "by python-mpi and PYTHON_MPI_PKGROOT/PYTHON_MPI_PACKAGES "
+                                    "exported.  E.g. python-mpi-bcast run srun -n 64 python "
+                                    "x.py.  Its exit status is the line's.")
+    rn.add_argument("--with-dir", metavar="DIR", default=None,
+                    help="--with-dir or --with-dir=DIR: also stage DIR (default: the script's "
+                         "directory) and run the script from the staged copy")
+    rn.add_argument("--repack", action="store_true", help="pack even if the cache has it")
+    rn.add_argument("--keep", type=int, default=3, metavar="N",
+                    help="keep the newest N packages of this environment (default 3); "
+                         "older ones are removed unless a running job uses them")
+    rn.add_argument("--dry-run", action="store_true",
+                    help="print the rewritten line and the exports; pack and run nothing")
+    rn.add_argument("--cache", metavar="DIR", help=cache_help)
+    rn.add_argument("-q", "--quiet", action="store_true", help="say nothing before the line "
+                                                               "runs")
+    rn.add_argument("line", nargs=argparse.REMAINDER, metavar="LAUNCHER...",
+                    help="the launch line: srun|mpiexec|mpirun|aprun [OPTIONS] python SCRIPT ARGS")
+
     wh = sub.add_parser("wheelhouse", help="manage the wheels compute nodes install from")
     whs = wh.add_subparsers(dest="wh_command", metavar="ACTION")
     wha = whs.add_parser("add", help="build or download wheels (and their dependencies) into "
@@ -467,6 +492,15 @@ def cmd_shell_init(a) -> int:
     return 0
 
 
+def cmd_run(a) -> int:
+    from .run import run
+    if not a.line:
+        raise PmbError("give a launch line: python-mpi-bcast run srun -n 4 python SCRIPT ARGS")
+    say = (lambda msg: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))
+    return run(a.line, with_dir=a.with_dir, repack=a.repack, keep=a.keep, cache=a.cache,
+               dry_run=a.dry_run, say=say)
+
+
 def cmd_wheelhouse(a) -> int:
     import os
     import shutil
@@ -498,14 +532,25 @@ COMMANDS = {"pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify, "unp
             "relocate": cmd_relocate, "info": cmd_info, "clean": cmd_clean,
             "create": cmd_create, "save": cmd_save, "load": cmd_load, "list": cmd_list,
             "rm": cmd_rm, "activate": cmd_activate, "shell-init": cmd_shell_init,
-            "wheelhouse": cmd_wheelhouse, "migrate": cmd_migrate}
+            "wheelhouse": cmd_wheelhouse, "migrate": cmd_migrate, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     pip_args = []
-    if "--" in argv:  # 'wheelhouse add REQ -- PIP ARGS': the rest goes to pip
+    words = [w for w in argv if not w.startswith("-")]
+    if words[:1] == ["run"]:
+        # 'run [--with-dir] LAUNCHER...': a bare --with-dir takes no value (the line,
+        # its own '--' included, is argparse's remainder)
+        i = argv.index("run") + 1
+        while i < len(argv) and argv[i].startswith("-"):
+            if argv[i] == "--with-dir":
+                argv[i] = "--with-dir="
+            elif argv[i] in ("--keep", "--cache"):
+                i += 1
+            i += 1
+    elif "--" in argv:  # 'wheelhouse add REQ -- PIP ARGS': the rest goes to pip
         i = argv.index("--")
         argv, pip_args = argv[:i], argv[i + 1:]
     a = parser.parse_args(argv)

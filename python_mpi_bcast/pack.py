@@ -124,3 +124,31 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
         return out, m, st
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: str,
+                 level: int = 10, threads: int = 0, quiet: bool = True,
+                 tmpdir: str | None = None) -> tuple[str, Manifest]:
+    """A directory as a layer staged at TREE/``subdir`` (``run --with-dir``):
+    find → copy → compile → archive.  Not relocated: what its files name
+    stays as it is."""
+    output_dir = _check_output_dir(output_dir)
+    out = _target(output_dir, name, True)
+    threads = threads or os.cpu_count() or 1
+    staging = tempfile.mkdtemp(prefix="pmb-stage-", dir=tmpdir)
+    try:
+        src = os.path.abspath(src)
+        info = pyinfo.query(compiler)
+        st = collect.Staged(root=staging, kind="directory", name=name, info=info)
+        collect.copy_tree(src, os.path.join(staging, subdir), list(collect.ALWAYS_EXCLUDES[:2]))
+        st.moves = [(src, subdir)]
+        fixup.fix_symlinks(st)
+        fixup.byte_compile(st, compiler, [], threads)
+        st.scrub = [src]  # recorded as the package's source
+        prog = Progress(f"packing {name}", enabled=False if quiet else None)
+        m = write_package(st, [], out, level=level, threads=threads, shard_size=8 << 20,
+                          progress=prog)
+        prog.finish()
+        return out, m
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
