@@ -478,8 +478,9 @@ static void stage_package(pmb_manifest *m, int fd, int unpack, const pmb_team *t
             posted++;
             moved = 1;
         }
-        /* chunk `ready` arrived (and every unpacking rank of the node knows) */
-        if (ready < nchunks) {
+        /* chunk `ready` arrived (and every unpacking rank of the node knows);
+         * the leader tests only posted chunks (a finished request tests true) */
+        if (ready < nchunks && (!leader || ready < posted)) {
             int in = 1;
             if (leader)
                 MPI_Test(&req[ready % (uint64_t)nbuf], &in, MPI_STATUS_IGNORE);
