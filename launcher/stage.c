@@ -319,8 +319,17 @@ static void read_exact(int fd, unsigned char *buf, size_t n, const char *file)
 }
 
 /* Give each of nw unpacking workers (threads of the unpacking ranks) a set
- * of shards with about the same unpacked size (largest first, each to the
- * least loaded worker). */
+ * of shards with about the same cost (largest first, each to the least
+ * loaded worker).  Cost: unpacked bytes plus PMB_FILE_COST per file (creating
+ * a file, setting its mode and times costs about as much as writing 8 KiB:
+ * measured per thread on /dev/shm, 2.5 ms per MB and 25 us per file). */
+#define PMB_FILE_COST 8192u
+static uint64_t shard_cost(const pmb_shard *sh)
+{
+    uint64_t f = sh->nfiles > UINT64_MAX / 2 / PMB_FILE_COST ? UINT64_MAX / 2 : sh->nfiles * PMB_FILE_COST;
+    return sh->usize > UINT64_MAX / 2 - f ? UINT64_MAX / 2 : sh->usize + f;
+}
+
 void pmb_assign_shards(const pmb_manifest *m, int nw, int *owner)
 {
     int n = m->nshards;
@@ -330,9 +339,9 @@ void pmb_assign_shards(const pmb_manifest *m, int nw, int *owner)
         pmb_die("out of memory");
     for (int i = 0; i < n; i++)
         order[i] = i;
-    for (int i = 1; i < n; i++) { /* insertion sort by usize, descending (n is small) */
+    for (int i = 1; i < n; i++) { /* insertion sort by cost, descending (n is small) */
         int v = order[i], j = i - 1;
-        while (j >= 0 && m->shards[order[j]].usize < m->shards[v].usize) {
+        while (j >= 0 && shard_cost(&m->shards[order[j]]) < shard_cost(&m->shards[v])) {
             order[j + 1] = order[j];
             j--;
         }
@@ -344,7 +353,7 @@ void pmb_assign_shards(const pmb_manifest *m, int nw, int *owner)
             if (load[w] < load[best])
                 best = w;
         owner[order[i]] = best;
-        load[best] += m->shards[order[i]].usize + 1;
+        load[best] += shard_cost(&m->shards[order[i]]) + 1;
     }
     free(order);
     free(load);

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pmb.h"
 
@@ -237,8 +238,12 @@ void pmb_pool_finish(pmb_pool *p, uint64_t *files, uint64_t *bytes)
 int pmb_affinity_cpus(cpu_set_t *set)
 {
     CPU_ZERO(set);
-    if (sched_getaffinity(0, sizeof *set, set))
-        return 0;
+    if (sched_getaffinity(0, sizeof *set, set)) {
+        /* more CPUs than a cpu_set_t holds (EINVAL): count the online ones */
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        for (long c = 0; c < n && c < CPU_SETSIZE; c++)
+            CPU_SET((int)c, set);
+    }
     return CPU_COUNT(set);
 }
 
