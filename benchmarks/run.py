@@ -24,6 +24,13 @@ Sections
   8. cold start vs a pre-installed env: import numpy, scipy, mpi4py on 2
      ranks from a tree already in /dev/shm (plain mpiexec), python-mpi cold,
      reused, and cold with --slim packages; ratios to the pre-installed run
+  9. Slurm's own broadcast (benchmarks/bench_sbcast.py, needs root): on a
+     real 4-node Slurm cluster, sbcast + tar --zstd -xf per node vs
+     python-mpi --stage-only on 1, 2, 4 nodes, and the load on the package
+     root per node
+ 10. what every rank loads from outside the staged tree (launcher, MPI,
+     loader, cwd, $HOME, os), per rank, with -s -P / -I and a launcher with
+     libzstd linked statically (benchmarks/filecalls.py counts)
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ import tempfile
 import time
 
 from python_mpi_bcast.pyinfo import running_base_interpreter as base_python
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import filecalls  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -186,31 +196,9 @@ def bench_pack(rep, venv_dir, env_pkg, reps, levels, tmp):
 
 
 def strace_count(cmd, env, roots, tmp, label) -> tuple[int, int, int]:
-    """Run cmd under strace, one trace file per process (-ff: no calls split
-    into 'unfinished'/'resumed' halves); return (calls on roots, processes
-    touching roots, bytes read from files under roots)."""
-    prefix = os.path.join(tmp, f"trace-{label}")
-    sh(["strace", "-ff", "-qq", "-y", "-e", "trace=%file,read,pread64", "-o", prefix] + cmd, env=env)
-    calls = nbytes = 0
-    pids = set()
-    read_re = re.compile(r"^p?read(?:64)?\((\d+)<([^>]*)>.*\)\s+=\s+(\d+)")
-    for name in os.listdir(tmp):
-        if not name.startswith(f"trace-{label}."):
-            continue
-        path = os.path.join(tmp, name)
-        pid = name.rsplit(".", 1)[1]
-        with open(path, errors="replace") as f:
-            for line in f:
-                m = read_re.match(line)
-                if m:
-                    if any(m.group(2).startswith(r) for r in roots):
-                        nbytes += int(m.group(3))
-                        pids.add(pid)
-                elif any(r in line for r in roots):
-                    calls += 1
-                    pids.add(pid)
-        os.unlink(path)
-    return calls, len(pids), nbytes
+    """Run cmd under strace (benchmarks/filecalls.py); return (calls on
+    roots, processes touching roots, bytes read from files under roots)."""
+    return filecalls.count_roots(filecalls.trace(cmd, env=env, workdir=tmp), roots)
 
 
 def bench_metadata(rep, venv_dir, pkgroot, packages, ranks_list, tmp):
@@ -658,6 +646,72 @@ def bench_model(rep, pkgroot, packages, reps, tmp, out):
     return series
 
 
+def bench_launcher_load(rep, pkgroot, packages, tmp):
+    """Section 10: per rank, the file calls of `python-mpi -c pass` on a
+    tree already staged, sorted by where they land."""
+    rep.h("10. What every rank loads from outside the staged tree")
+    chroot = fresh_chroot()
+    home = os.path.join(tmp, "home")
+    project = os.path.join(tmp, "project")
+    os.makedirs(home, exist_ok=True)
+    os.makedirs(project, exist_ok=True)
+    zstd = sh([LAUNCHER, "--pmb-info"]).stdout.split("zstd: ")[1].split("\n")[0]
+    launchers = [(f"as installed ({zstd.split(', ', 1)[-1]})", LAUNCHER)]
+    static = os.path.join(tmp, "static")
+    r = sh(["cmake", "-S", REPO, "-B", static, "-DPMB_ZSTD=static"], check=False,
+           env=dict(os.environ, MPICC=os.path.join(BIN, "mpicc")))
+    if r.returncode == 0 and sh(["cmake", "--build", static, "-j2"], check=False).returncode == 0:
+        launchers.append(("PMB_ZSTD=static", os.path.join(static, "python-mpi")))
+    else:
+        rep.p("(no PMB_ZSTD=static build here: " + (r.stderr.strip().splitlines() or ["?"])[-1] + ")")
+    cols = ["launcher", "MPI library", "cwd", "home", "other", "loader + system libs", "os",
+            "package root", "staged tree"]
+    rows = []
+    try:
+        env = mpi_env(pkgroot, packages, chroot, HOME=home)
+        sh([MPIEXEC, "-n", "2", LAUNCHER, "--stage-only"], env=env, cwd=project)
+        imp = ["-c", "import numpy"]
+        variants = [(launchers[0], a) for a in (["-c", "pass"], imp, ["-s", "-P"] + imp,
+                                                 ["-I"] + imp, ["-I", "-c", "pass"])]
+        variants += [(lc, ["-I", "-c", "pass"]) for lc in launchers[1:]]
+        for (name, exe), args in variants:
+            tasks = filecalls.trace([MPIEXEC, "-n", "2", exe] + args, env=env,
+                                    cwd=project, workdir=tmp)
+            owners = filecalls.by_program(tasks)
+            places = ([("staged tree", os.path.realpath(chroot))]
+                      + [("MPI library", d) for d in filecalls.mpi_dirs(owners)]
+                      + [("launcher", os.path.realpath(exe)), ("package root", pkgroot)])
+            ranks = [(calls, filecalls.count(calls, places, cwd=project, home=home))
+                     for (tid, prog), calls in sorted(owners.items(), key=lambda kv: kv[0][0])
+                     if os.path.realpath(prog) == os.path.realpath(exe)]
+            ranks.sort(key=lambda rc: -rc[1].get("package root", 0))  # rank 0 reads the root
+            for i, (_, c) in enumerate(ranks):
+                shared = sum(c.get(k, 0) for k in cols[:5])
+                rows.append([name, " ".join(a if " " not in a else f"'{a}'" for a in args),
+                             f"rank {i}", shared]
+                            + [c.get(k, 0) for k in cols])
+            print(f"  {name} {' '.join(args)}: {[r[3] for r in rows[-len(ranks):]]}", flush=True)
+    finally:
+        shutil.rmtree(chroot, ignore_errors=True)
+    rep.p("`mpiexec -n 2 python-mpi ARGS` on a tree already staged on the node (the "
+          "second job step), traced with `strace -ff -y` (benchmarks/filecalls.py): file-related "
+          "calls of each rank (its threads included; mpiexec and its proxy not counted), by "
+          "where their path lies. `launcher` is the python-mpi executable, `MPI library` the "
+          "directory libmpi was opened from (and its parents, resolved by realpath), `cwd` the "
+          "job's working directory, `home` $HOME, `other` anything else (MPI's compiled-in "
+          "prefix); these five are what a cluster usually keeps on a shared filesystem, "
+          "their sum is `shared`. `loader + system libs` (/lib, /usr/lib, ld.so.cache) and "
+          "`os` (/etc, /proc, /sys, /dev, /tmp) are the node's own; rank 0 alone opens the "
+          "package root (the manifests, to check the tree is current) and, as node leader, "
+          "checks the staged tree. `-s -P` (or `-I`) keeps Python from looking in $HOME "
+          "(user site) and the working directory (sys.path[0] of `-c`; of a script, its "
+          "directory); what remains there is UCX looking for ucx.conf. PMB_ZSTD=static is "
+          "this checkout built with libzstd.a linked in. Counts, one run each (they vary by a "
+          "few calls).\n")
+    rep.table(["launcher", "args", "rank", "shared"] + cols, rows)
+    return rows
+
+
 def plot(out, ranks_md, series, ranks_e2e, e2e, model_series=None):
     try:
         import matplotlib
@@ -721,8 +775,9 @@ def main():
                                                   datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     ap.add_argument("--latency-us", type=int, default=500)
-    ap.add_argument("--only", default="1,2,4,5,6,7,8",
-                    help="sections to run (3 comes with 2; 7 = scale model)")
+    ap.add_argument("--only", default="1,2,4,5,6,7,8,9,10",
+                    help="sections to run (3 comes with 2; 7 = scale model; 8 = cold start; "
+                         "9 = sbcast on Slurm; 10 = launcher load)")
     ap.add_argument("--reps", type=int, default=5,
                     help="interleaved repeats in sections 4 and 8 (default 5)")
     a = ap.parse_args()
@@ -739,7 +794,7 @@ def main():
           f"{sh([LAUNCHER, '--pmb-info']).stdout.splitlines()[0]}\n")
     venv_dir = os.path.join(WORK, "venv")
     pkgroot = os.path.join(WORK, "pkgs")
-    if only & {"1", "2", "4", "5", "7", "8"}:
+    if only & {"1", "2", "4", "5", "7", "8", "9", "10"}:
         py, env_pkg = setup(venv_dir, pkgroot)
         packages = f"{py}:{env_pkg}"
     os.makedirs(WORK, exist_ok=True)
@@ -763,6 +818,12 @@ def main():
             model_series = bench_model(rep, pkgroot, packages, model_reps, tmp, a.out)
         if "8" in only:
             bench_coldstart(rep, venv_dir, pkgroot, packages, a.reps, tmp)
+        if "9" in only:
+            sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+            import bench_sbcast
+            bench_sbcast.bench(rep, pkgroot, packages, tmp, reps=model_reps)
+        if "10" in only:
+            bench_launcher_load(rep, pkgroot, packages, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for p in plot(a.out, ranks_md, series, ranks_e2e, e2e, model_series):

@@ -49,6 +49,8 @@ static int print_info(void)
 #ifdef PMB_ZSTD_DLOPEN
     printf("zstd: libzstd %u.%u.%u, loaded at run time from %s\n", zv / 10000, zv / 100 % 100,
            zv % 100, pmb_zstd_describe());
+#elif defined(PMB_ZSTD_STATIC)
+    printf("zstd: libzstd %u.%u.%u, linked statically\n", zv / 10000, zv / 100 % 100, zv % 100);
 #else
     printf("zstd: libzstd %u.%u.%u, linked\n", zv / 10000, zv / 100 % 100, zv % 100);
 #endif

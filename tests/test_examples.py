@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -152,6 +153,22 @@ def test_quickstart(tmp_path):
     assert "== end to end: python-mpi" in r.stdout
     assert not [d for d in os.listdir("/dev/shm") if d.startswith("python-mpi-demo.")
                 and os.path.exists(f"/dev/shm/{d}/node-0")]
+    # the shared-filesystem calls of both runs, counted: a handful per job vs hundreds per rank
+    m = re.search(r"python-mpi (\d+) \(rank 0 reads the packages once\), plain venv ([\d,]+) "
+                  r"\(([\d,]+) per rank x 4\)", r.stdout)
+    assert m, r.stdout
+    assert int(m.group(1)) <= 10 and int(m.group(3).replace(",", "")) >= 100, m.group(0)
+    # the slow shared filesystem: run where FUSE is, one line saying why not elsewhere
+    fuse = (os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("fusermount3")
+            and run(["pkg-config", "--exists", "fuse3"], check=False).returncode == 0)
+    slow = re.search(r"== on a simulated slow shared filesystem \(200 µs .*\n"
+                     r"   python-mpi ([\d.]+) s \(includes staging\), plain venv ([\d.]+) s",
+                     r.stdout)
+    if fuse:
+        assert slow or "demo skipped: FUSE could not mount here" in r.stdout, r.stdout
+    else:
+        assert "== slow shared filesystem demo skipped: needs root" in r.stdout, r.stdout
+    assert str(tmp_path / "demo") not in open("/proc/mounts").read()  # unmounted
 
 
 @pytest.fixture(scope="session")

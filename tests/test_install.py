@@ -5,7 +5,8 @@ of the installed launcher.
 
 CI runs pip's MPICH, Debian's MPICH (``module load`` style: a directory first
 on PATH whose ``mpicc`` is it), a Cray-style ``cc`` wrapper with no ``mpicc``
-on PATH, and a build without libzstd headers.  pip's Open MPI and Debian's
+on PATH, a build without libzstd headers and one with libzstd linked
+statically.  pip's Open MPI and Debian's
 Open MPI are marked ``extended`` (``tests/run.sh --all``).  The README's
 install examples run here too (``module load`` in CI, the others extended).
 Each install builds the launcher with CMake: 20 to 30 s on 2 idle cores.
@@ -246,6 +247,25 @@ def test_no_zstd_headers(tmp_path, sdist, interpreter_pkg):
     assert "loaded at run time" in i["zstd"], i
     ldd = run(["ldd", os.path.join(venv, "bin", "python-mpi")], timeout=30).stdout
     assert "libzstd" not in ldd
+    two_ranks("/usr/bin/mpiexec.mpich", venv, interpreter_pkg, env, tmp_path,
+              MPIR_CVAR_NUM_CLIQUES="2")
+
+
+@pytest.mark.skipif(not os.path.exists(DEBIAN_MPICH), reason="Debian's libmpich-dev is not installed")
+@pytest.mark.skipif(not glob.glob("/usr/lib/*/libzstd.a") + glob.glob("/usr/lib*/libzstd.a"),
+                    reason="libzstd.a (libzstd-dev) is not installed")
+def test_static_zstd(tmp_path, sdist, interpreter_pkg):
+    """PMB_ZSTD=static links libzstd.a into the launcher: every rank then
+    loads only MPI's libraries (and libc), and stages all the same."""
+    venv = str(tmp_path / "venv")
+    env = clean_env([mpicc_dir(tmp_path, DEBIAN_MPICH)] + system_path())
+    pip = new_venv(venv, env)
+    said = pip_install(pip, sdist, env, ["PMB_ZSTD=static"])
+    assert "libzstd linked statically" in said, said
+    i = info(venv, env)
+    assert i["zstd"].endswith("linked statically"), i
+    ldd = run(["ldd", os.path.join(venv, "bin", "python-mpi")], timeout=30).stdout
+    assert "libzstd" not in ldd and "libmpich" in ldd, ldd
     two_ranks("/usr/bin/mpiexec.mpich", venv, interpreter_pkg, env, tmp_path,
               MPIR_CVAR_NUM_CLIQUES="2")
 

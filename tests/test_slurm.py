@@ -120,6 +120,29 @@ def test_every_node_stages_its_own_tree_once_and_a_second_step_reuses_it(job):
     assert r2.stderr.count("reusing") == 4
 
 
+SENT = r"""
+import os
+from mpi4py import MPI
+maps = [ln.split()[-1] for ln in open("/proc/self/maps") if "libmpi" in ln]
+print("SENT", MPI.COMM_WORLD.rank, os.readlink("/proc/self/exe"), maps[0], flush=True)
+"""
+
+
+def test_launcher_and_its_libraries_sent_by_srun_bcast_send_libs(job):
+    """README: 'srun --bcast=PATH --send-libs python-mpi' runs a node-local
+    copy of the launcher with node-local copies of the libraries it links
+    (libmpi), so no rank loads them from the shared installation."""
+    dest = f"{job['chroot']}-launcher"
+    r = srun(job, ["-N", "2", "--ntasks-per-node=1", f"--bcast={dest}", "--send-libs",
+                   "python-mpi", "-c", SENT])
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = sorted(ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith("SENT "))
+    assert rows == [[str(i), dest, f"{dest}_libs/libmpi.so.12"] for i in (0, 1)], r.stdout
+    for n in NODES:
+        node = job["cluster"].node_path
+        run(["rm", "-rf", node(n, dest), node(n, dest + "_libs")], check=False)
+
+
 # -- faults ---------------------------------------------------------------------
 
 CONCURRENT = """#!/bin/bash
