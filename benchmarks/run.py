@@ -9,8 +9,9 @@ Sections
   2. shared-filesystem load: file-related system calls on the shared tree
      (package root and venv) per job, plain venv vs python-mpi, vs ranks
   3. bytes read from the package root per job
-  4. stage throughput on one node: python-mpi with 1 and 2 unpacking ranks
-     vs tar --zstd -xf of the same package and tar -xzf of a gzip tar
+  4. stage throughput on one node: wall time of python-mpi stage-only jobs
+     with 1 and 2 ranks (threads on every core) vs tar --zstd -xf of the same
+     packages and tar -xzf of a gzip tar, interleaved repeats (--reps)
   5. end to end on a slow shared filesystem (FUSE, one metadata server with
      a fixed latency per operation): import numpy, scipy on 1..16 ranks
   7. scale model (benchmarks/model.py): constants measured here (read,
@@ -20,6 +21,9 @@ Sections
   6. a conda environment (tests/condaenv.py: real CPython, numpy, mpi4py,
      padded binary placeholders): pack and unpack time and size, python-mpi-bcast
      vs conda-pack + conda-unpack
+  8. cold start vs a pre-installed env: import numpy, scipy, mpi4py on 2
+     ranks from a tree already in /dev/shm (plain mpiexec), python-mpi cold,
+     reused, and cold with --slim packages; ratios to the pre-installed run
   9. Slurm's own broadcast (benchmarks/bench_sbcast.py, needs root): on a
      real 4-node Slurm cluster, sbcast + tar --zstd -xf per node vs
      python-mpi --stage-only on 1, 2, 4 nodes, and the load on the package
@@ -234,6 +238,32 @@ def bench_metadata(rep, venv_dir, pkgroot, packages, ranks_list, tmp):
     return series
 
 
+def interleaved(reps, methods):
+    """Run every method once per repeat, in turn (so load drifts hit all
+    alike); name -> list of seconds."""
+    got = {k: [] for k in methods}
+    for i in range(reps):
+        for k, fn in methods.items():
+            got[k].append(fn())
+        print(f"  repeat {i + 1}/{reps}", flush=True)
+    return got
+
+
+def med_range(v) -> str:
+    return f"{statistics.median(v):.3f} [{min(v):.3f}–{max(v):.3f}]"
+
+
+def stage_job_seconds(pkgroot, packages, ranks) -> float:
+    """Wall time of a whole `mpiexec -n N python-mpi --stage-only` job on one
+    node into a fresh node directory."""
+    chroot = fresh_chroot()
+    try:
+        return timed([MPIEXEC, "-n", str(ranks), LAUNCHER, "--stage-only"],
+                     env=mpi_env(pkgroot, packages, chroot))
+    finally:
+        shutil.rmtree(chroot, ignore_errors=True)
+
+
 def bench_stage(rep, pkgroot, packages, reps, tmp):
     rep.h("4. Stage throughput on one node")
     tree = os.path.join(tmp, "stage-tree")
@@ -253,19 +283,98 @@ def bench_stage(rep, pkgroot, packages, reps, tmp):
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
-    t_zstd = median_of(reps, tar_zstd)
-    t_gz = median_of(reps, lambda: tar_extract_seconds(["-xzf", gz]))
-    t1 = median_of(reps, lambda: stage_seconds(pkgroot, packages, 1, 1))
-    t2 = median_of(reps, lambda: stage_seconds(pkgroot, packages, 2, 2))
+    got = interleaved(reps, {
+        "python-mpi, 1 rank per node (mpiexec -n 1)": lambda: stage_job_seconds(pkgroot, packages, 1),
+        "python-mpi, 2 ranks per node (mpiexec -n 2)": lambda: stage_job_seconds(pkgroot, packages, 2),
+        "tar --zstd -xf (same packages)": tar_zstd,
+        "tar -xzf (gzip tar, older tool)": lambda: tar_extract_seconds(["-xzf", gz]),
+    })
+    t_zstd = statistics.median(got["tar --zstd -xf (same packages)"])
     rows = []
-    for label, t in (("python-mpi, 1 rank per node", t1), ("python-mpi, 2 ranks per node", t2),
-                     ("tar --zstd -xf (same packages)", t_zstd), ("tar -xzf (gzip tar, older tool)", t_gz)):
-        rows.append([label, f"{t:.2f}", f"{usize / 1e6 / t:.0f}", f"{nfiles / t:.0f}",
-                     f"{t_zstd / t:.2f}"])
+    for label, v in got.items():
+        t = statistics.median(v)
+        rows.append([label, med_range(v), f"{usize / 1e6 / t:.0f}", f"{nfiles / t:.0f}",
+                     f"{t_zstd / t:.2f}x"])
+    threads = len(os.sched_getaffinity(0))
     rep.p(f"Interpreter + numpy/scipy environment: {usize / 1e6:.1f} MB, {nfiles} files, into "
-          f"/dev/shm; python-mpi time is its own 'stage' total (read + broadcast + verify + "
-          f"unpack + rename), median of {reps}. Machine: {os.cpu_count()} cores.\n")
-    rep.table(["method", "seconds", "MB/s", "files/s", "speed vs tar --zstd"], rows)
+          f"/dev/shm on one node. python-mpi: wall time of the whole stage-only job "
+          f"(mpiexec start, read, broadcast, verify, unpack with every core: threads per rank "
+          f"from its CPU affinity, {threads} CPUs here; rename, MPI_Finalize). tar: wall "
+          f"time of the tar processes. Median [min–max] of {reps} interleaved repeats; "
+          f"'vs tar' = tar --zstd time / this time (above 1: faster than tar). "
+          f"Machine: {os.cpu_count()} cores, shared with other jobs when this ran.\n")
+    rep.table(["method", "seconds", "MB/s", "files/s", "vs tar --zstd"], rows)
+
+
+IMPORT8 = ("import numpy, scipy, scipy.linalg, scipy.sparse; from mpi4py import MPI; "
+           "MPI.COMM_WORLD.Barrier()")
+
+
+def bench_coldstart(rep, venv_dir, pkgroot, packages, reps, tmp):
+    rep.h("8. Cold start vs a pre-installed env")
+    slim_root = os.path.join(tmp, "slim-pkgs")
+    os.makedirs(slim_root)
+    r1 = sh(CLI + ["pack", "--slim", "--python", venv_dir, "-o", slim_root, "-q"])
+    r2 = sh(CLI + ["pack", "--slim", venv_dir, "-o", slim_root, "-n", "science", "-q"])
+    dropped = [ln.split("INFO: ", 1)[-1] for ln in (r1.stderr + r2.stderr).splitlines()
+               if "slim:" in ln]
+    # (a): the same tree, already in /dev/shm, run by its own interpreter;
+    # libmpi found the way a module system provides it (LD_LIBRARY_PATH)
+    pre = fresh_chroot()
+    tree = os.path.join(pre, "tree")
+    sh(CLI + ["unpack"] + [os.path.join(pkgroot, p) for p in packages.split(":")] + [tree])
+    usize, nfiles = du(tree)
+    libdir = os.path.dirname(sh([LAUNCHER, "--pmb-info"]).stdout.split("mpi_file: ")[1].split()[0])
+    pre_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON_MPI_")}
+    pre_env["LD_LIBRARY_PATH"] = libdir + (":" + pre_env["LD_LIBRARY_PATH"]
+                                           if pre_env.get("LD_LIBRARY_PATH") else "")
+    reused = fresh_chroot()
+    reuse_env = mpi_env(pkgroot, packages, reused)
+    sh([MPIEXEC, "-n", "2", LAUNCHER, "-c", IMPORT8], env=reuse_env)  # stage it once
+
+    def cold(root):
+        def run():
+            chroot = fresh_chroot()
+            try:
+                return timed([MPIEXEC, "-n", "2", LAUNCHER, "-c", IMPORT8],
+                             env=mpi_env(root, packages, chroot))
+            finally:
+                shutil.rmtree(chroot, ignore_errors=True)
+        return run
+
+    names = ["(a) pre-installed tree in /dev/shm, plain mpiexec",
+             "(b) python-mpi cold (staging included)",
+             "(c) python-mpi, tree reused (second job step)",
+             "(d) python-mpi cold, --slim packages"]
+    try:
+        got = interleaved(reps, {
+            names[0]: lambda: timed([MPIEXEC, "-n", "2", os.path.join(tree, "bin", "python3"),
+                                     "-c", IMPORT8], env=pre_env),
+            names[1]: cold(pkgroot),
+            names[2]: lambda: timed([MPIEXEC, "-n", "2", LAUNCHER, "-c", IMPORT8], env=reuse_env),
+            names[3]: cold(slim_root),
+        })
+    finally:
+        shutil.rmtree(pre, ignore_errors=True)
+        shutil.rmtree(reused, ignore_errors=True)
+    base = statistics.median(got[names[0]])
+    rows = []
+    for k, v in got.items():
+        rows.append([k, med_range(v), "1" if k == names[0] else f"{statistics.median(v) / base:.2f}x"])
+    slim_size = sum(pkgformat_usize(os.path.join(slim_root, p)) for p in packages.split(":"))
+    rep.p(f"`{IMPORT8}` on 2 ranks, one node: wall time of the whole mpiexec job. The tree: "
+          f"interpreter + numpy/scipy/mpi4py, {usize / 1e6:.1f} MB in {nfiles} files "
+          f"({slim_size / 1e6:.1f} MB with --slim). (a) finds libmpi through LD_LIBRARY_PATH "
+          f"as a module system would. Median [min–max] of {reps} interleaved repeats; ratio = "
+          f"median / median of (a). Targets (issue 14): (b) ≤ 1.5x, (c) ≤ 1.05x. "
+          f"Machine: {os.cpu_count()} cores, shared with other jobs when this ran.\n")
+    rep.table(["start", "seconds", "vs pre-installed"], rows)
+    rep.p("--slim dropped: " + "; ".join(dropped) + "\n")
+
+
+def pkgformat_usize(path) -> int:
+    from python_mpi_bcast.pkgformat import read_manifest
+    return read_manifest(path)[0].unpacked_size
 
 
 def bench_slowfs(rep, ranks_list, latency_us, reps, tmp):
@@ -666,9 +775,11 @@ def main():
                                                   datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     ap.add_argument("--latency-us", type=int, default=500)
-    ap.add_argument("--only", default="1,2,4,5,6,7,9,10",
-                    help="sections to run (3 comes with 2; 7 = scale model; 9 = sbcast on Slurm; "
-                         "10 = launcher load)")
+    ap.add_argument("--only", default="1,2,4,5,6,7,8,9,10",
+                    help="sections to run (3 comes with 2; 7 = scale model; 8 = cold start; "
+                         "9 = sbcast on Slurm; 10 = launcher load)")
+    ap.add_argument("--reps", type=int, default=5,
+                    help="interleaved repeats in sections 4 and 8 (default 5)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     only = set(a.only.split(","))
@@ -683,7 +794,7 @@ def main():
           f"{sh([LAUNCHER, '--pmb-info']).stdout.splitlines()[0]}\n")
     venv_dir = os.path.join(WORK, "venv")
     pkgroot = os.path.join(WORK, "pkgs")
-    if only & {"1", "2", "4", "5", "7", "9", "10"}:
+    if only & {"1", "2", "4", "5", "7", "8", "9", "10"}:
         py, env_pkg = setup(venv_dir, pkgroot)
         packages = f"{py}:{env_pkg}"
     os.makedirs(WORK, exist_ok=True)
@@ -695,7 +806,7 @@ def main():
         if "2" in only:
             series = bench_metadata(rep, venv_dir, pkgroot, packages, ranks_md, tmp)
         if "4" in only:
-            bench_stage(rep, pkgroot, packages, reps, tmp)
+            bench_stage(rep, pkgroot, packages, a.reps, tmp)
         if "5" in only:
             if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
                 rep.p("(section 5 skipped: needs root and /dev/fuse)")
@@ -705,6 +816,8 @@ def main():
             bench_conda(rep, reps, tmp)
         if "7" in only:
             model_series = bench_model(rep, pkgroot, packages, model_reps, tmp, a.out)
+        if "8" in only:
+            bench_coldstart(rep, venv_dir, pkgroot, packages, a.reps, tmp)
         if "9" in only:
             sys.path.insert(0, os.path.join(REPO, "benchmarks"))
             import bench_sbcast

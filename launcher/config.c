@@ -43,21 +43,36 @@ static int parse_bool(const char *name, const char *v)
     pmb_die("%s='%s' is not a valid value; use 0 or 1", name, v);
 }
 
+/* The settings `python-mpi --pmb-unpack` reads too (it has no MPI). */
+void pmb_config_threads(pmb_config *cfg)
+{
+    const char *v = getenv("PYTHON_MPI_VERBOSE");
+    if (v && *v) {
+        char *end;
+        long lv = strtol(v, &end, 10);
+        if (*end || lv < 0 || lv > 9)
+            pmb_die("PYTHON_MPI_VERBOSE='%s' is not a valid value; use 0, 1, 2 or 3", v);
+        cfg->verbose = (int)lv;
+    }
+
+    v = getenv("PYTHON_MPI_THREADS");
+    if (v && *v) {
+        char *end;
+        long n = strtol(v, &end, 10);
+        if (*end || n < 0 || n > 1024)
+            pmb_die("PYTHON_MPI_THREADS='%s' is not valid; use 0 (one per CPU the rank may run "
+                    "on, the default) or a number of threads per rank from 1 to 1024", v);
+        cfg->threads = (int)n;
+    }
+}
+
 void pmb_config_read(pmb_config *cfg)
 {
     const char *v;
     memset(cfg, 0, sizeof *cfg);
     cfg->chunk = 16ull << 20;
     cfg->nbuf = 3;
-
-    v = getenv("PYTHON_MPI_VERBOSE");
-    if (v && *v) {
-        char *end;
-        long lv = strtol(v, &end, 10);
-        if (*end || lv < 0 || lv > 9)
-            pmb_die("PYTHON_MPI_VERBOSE='%s' is not a valid value; use 0, 1 or 2", v);
-        cfg->verbose = (int)lv;
-    }
+    pmb_config_threads(cfg);
 
     v = getenv("PYTHON_MPI_MODE");
     if (!v || !*v || !strcmp(v, "embed"))
@@ -75,6 +90,7 @@ void pmb_config_read(pmb_config *cfg)
     if (v && *v) {
         if (pmb_parse_size(v, &cfg->chunk) || cfg->chunk < (64u << 10) || cfg->chunk > (1ull << 30))
             pmb_die("PYTHON_MPI_CHUNK='%s' is not a valid size; use 64k to 1G, e.g. 16M", v);
+        cfg->chunk_set = 1;
     }
 
     v = getenv("PYTHON_MPI_UNPACK_RANKS");

@@ -128,6 +128,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "python-mpi: MPI_Init_thread failed\n");
         return 1;
     }
+    /* only this thread ever calls MPI (unpacking threads decompress and
+     * create files, nothing else): FUNNELED is enough for them; with less,
+     * threads.c unpacks in this thread alone */
+    pmb_thread_level = provided;
     pmb_mpi_up = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &pmb_c.world_rank);
     pmb_collective_phase = 1;

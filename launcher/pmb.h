@@ -3,7 +3,8 @@
  * Files by phase: config.c (environment variables), manifest.c (package
  * headers), stage.c (MPI distribution and node directories), unpack.c
  * (zstd + tar into the node directory), start.c (embed / exec), mpilib.c
- * (mpi4py finds the launcher's MPI library), main.c (the pipeline); util.c
+ * (mpi4py finds the launcher's MPI library), threads.c (unpacking threads),
+ * main.c (the pipeline); util.c
  * has the helpers they all use.
  * Every symbol carries the pmb_ prefix. */
 #ifndef PMB_H
@@ -55,6 +56,8 @@ typedef struct {
     int nbuf;
     int unpack_ranks;      /* ranks per node that unpack (0: all) */
     int tree_arg;          /* argv[tree_arg] is relative to the staged tree (0: none) */
+    int chunk_set;         /* PYTHON_MPI_CHUNK was given */
+    int threads;           /* PYTHON_MPI_THREADS: cap on threads per rank (0: auto) */
 } pmb_config;
 
 typedef struct {
@@ -68,6 +71,10 @@ extern pmb_comms pmb_c;
 extern pmb_config pmb_cfg;
 extern int pmb_mpi_up;
 extern int pmb_collective_phase; /* every rank runs the same step: rank 0 reports errors */
+extern int pmb_thread_level;     /* what MPI_Init_thread provided */
+/* set in unpacking worker threads: pmb_die there records the message and
+ * ends the thread instead of calling MPI (threads.c) */
+extern __thread void (*pmb_thread_die)(const char *msg);
 
 /* util.c; errors: one line "python-mpi: rank R: ...", then MPI_Abort (or exit) */
 void pmb_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
@@ -79,6 +86,7 @@ char *pmb_xstrdup(const char *s);
 
 /* config.c */
 void pmb_config_read(pmb_config *cfg);
+void pmb_config_threads(pmb_config *cfg);
 int pmb_parse_size(const char *s, uint64_t *out);
 char *pmb_expand_chroot(const char *pattern, int node_index);
 
@@ -96,11 +104,26 @@ pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m);
 void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *buf, uint64_t offset, size_t len,
                        const int *owner, int me);
 void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes);
+int pmb_unpacker_shard(const pmb_unpacker *u);
+void pmb_assign_shards(const pmb_manifest *m, int nw, int *owner);
 void pmb_check_totals(const pmb_manifest *m, uint64_t files, uint64_t bytes);
 void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_manifest *m);
 void pmb_set_poke(void (*fn)(void));
 int pmb_rmtree(const char *path);
 int pmb_unpack_main(int argc, char **argv);
+
+/* threads.c: a pool of threads unpacks one package from a ring of chunks;
+ * only the caller's thread calls MPI */
+typedef struct pmb_pool pmb_pool;
+pmb_pool *pmb_pool_new(const char *root, const pmb_manifest *m, const int *owner, int first,
+                       int nthreads, const unsigned char *base, uint64_t chunk, int nbuf,
+                       int inline_mode);
+void pmb_pool_publish(pmb_pool *p, uint64_t n);
+uint64_t pmb_pool_done(pmb_pool *p);
+void pmb_pool_wait(pmb_pool *p, long ns);
+void pmb_pool_finish(pmb_pool *p, uint64_t *files, uint64_t *bytes);
+int pmb_threads_for(MPI_Comm comm);
+int pmb_threads_local(void);
 
 /* stage.c */
 void pmb_comms_init(pmb_comms *c);

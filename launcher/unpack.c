@@ -643,6 +643,8 @@ void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *buf, uint64_t offse
     }
 }
 
+int pmb_unpacker_shard(const pmb_unpacker *u) { return u ? u->shard : -1; }
+
 void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes)
 {
     if (u->shard >= 0)
@@ -824,18 +826,30 @@ int pmb_unpack_main(int argc, char **argv)
         pmb_die("out of memory");
     for (int i = 0; i < n; i++)
         pmb_manifest_read_file(&ms[i], NULL, argv[2 + i], &fds[i]);
-    const size_t chunk = 4u << 20;
-    unsigned char *buf = pmb_xmalloc(chunk);
+    /* the launcher's pipeline without MPI: this thread reads chunks into a
+     * ring, the pool's threads unpack them (threads.c) */
+    pmb_config_threads(&pmb_cfg);
+    int nt = pmb_threads_local();
+    const uint64_t chunk = 4u << 20;
+    const int nbuf = 8;
+    unsigned char *buf = pmb_xmalloc(chunk * nbuf);
     for (int i = 0; i < n; i++) {
         pmb_manifest *m = &ms[i];
         if (lseek(fds[i], (off_t)m->payload_start, SEEK_SET) < 0)
             pmb_die("package '%s': seek failed: %s", m->file, strerror(errno));
-        pmb_unpacker *u = pmb_unpacker_new(dest, m);
-        for (uint64_t off = 0; off < m->payload_size;) {
+        int *owner = pmb_xmalloc(sizeof(int) * (size_t)m->nshards);
+        pmb_assign_shards(m, nt, owner);
+        pmb_pool *pool = pmb_pool_new(dest, m, owner, 0, nt, buf, chunk, nbuf, nt == 1);
+        uint64_t nchunks = (m->payload_size + chunk - 1) / chunk;
+        for (uint64_t k = 0; k < nchunks; k++) {
+            while (k >= nbuf && pmb_pool_done(pool) <= k - nbuf)
+                pmb_pool_wait(pool, 1000000);
+            uint64_t off = k * chunk;
             size_t want = m->payload_size - off < chunk ? (size_t)(m->payload_size - off) : chunk;
+            unsigned char *b = buf + (k % nbuf) * chunk;
             size_t got = 0;
             while (got < want) {
-                ssize_t r = read(fds[i], buf + got, want - got);
+                ssize_t r = read(fds[i], b + got, want - got);
                 if (r < 0 && errno == EINTR)
                     continue;
                 if (r <= 0)
@@ -843,11 +857,11 @@ int pmb_unpack_main(int argc, char **argv)
                             r < 0 ? strerror(errno) : "unexpected end of file");
                 got += (size_t)r;
             }
-            pmb_unpacker_feed(u, buf, off, want, NULL, 0);
-            off += want;
+            pmb_pool_publish(pool, k + 1);
         }
         uint64_t files, bytes;
-        pmb_unpacker_finish(u, &files, &bytes);
+        pmb_pool_finish(pool, &files, &bytes);
+        free(owner);
         pmb_check_totals(m, files, bytes);
         pmb_patch_prefixes(dest, final_root, m);
         close(fds[i]);

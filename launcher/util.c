@@ -14,6 +14,7 @@ pmb_comms pmb_c = {0};
 pmb_config pmb_cfg = {0};
 int pmb_mpi_up = 0;
 int pmb_collective_phase = 0;
+int pmb_thread_level = MPI_THREAD_SINGLE;
 
 void pmb_die(const char *fmt, ...)
 {
@@ -22,6 +23,8 @@ void pmb_die(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (pmb_thread_die)
+        pmb_thread_die(msg); /* a worker thread: never calls MPI; does not return */
     if (pmb_mpi_up && pmb_collective_phase && pmb_c.world_rank != 0) {
         /* every rank sees the same bad setting: let rank 0 report it once
          * and abort the job; report it ourselves only if that never comes */

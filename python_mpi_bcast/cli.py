@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave out paths matching PATTERN (repeatable)")
     pk.add_argument("--keep-all", action="store_true",
                     help="keep test/, idlelib, tkinter, ensurepip in the interpreter package")
+    pk.add_argument("--slim", action="store_true",
+                    help="leave out what jobs never use: tests inside installed packages (unless "
+                         "their own code imports them), C headers, manuals and documents; strip "
+                         "debug info from the interpreter")
     pk.add_argument("--level", type=_level, default=10, help="zstd level (default 10)")
     pk.add_argument("--threads", type=int, default=0, help="compression threads (default: all cores)")
     pk.add_argument("--shard-size", type=_size, default=8 << 20, metavar="SIZE",
@@ -262,7 +266,7 @@ def cmd_pack(a) -> int:
     written = pack(venv=a.venv, python=python, with_python=with_python, directory=a.directory,
                    output_dir=a.output, name=a.name, excludes=a.exclude, slim=not a.keep_all,
                    level=a.level, threads=a.threads, shard_size=a.shard_size, force=a.force,
-                   quiet=a.quiet, tmpdir=a.tmpdir)
+                   quiet=a.quiet, tmpdir=a.tmpdir, drop_unused=a.slim)
     for path, m in written:
         print(f"{path}: {m.kind}, Python {m.python}, {m.files} files, "
               f"{m.unpacked_size / 1e6:.1f} MB unpacked, {len(m.shards) - 1} shards")

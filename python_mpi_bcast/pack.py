@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from . import collect, fixup, pyinfo
+from . import collect, fixup, pyinfo, slim as slimming
 from .archive import write_package
 from .errors import PmbError
 from .pkgformat import SUFFIX, Manifest
@@ -41,9 +41,12 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
          directory: str | None = None, output_dir: str = ".", name: str | None = None,
          excludes: list[str] | None = None, slim: bool = True, level: int = 10,
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
-         quiet: bool = False, tmpdir: str | None = None) -> list[tuple[str, Manifest]]:
+         quiet: bool = False, tmpdir: str | None = None,
+         drop_unused: bool = False) -> list[tuple[str, Manifest]]:
     """Pack an interpreter and/or a venv, a conda env (interpreter and
-    packages in one package), or a plain directory.
+    packages in one package), or a plain directory.  ``drop_unused``
+    (``--slim``): leave out tests, headers, documents and debug info
+    (slim.py says which).
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """
@@ -87,10 +90,26 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 st = collect.stage_directory(source, staging, excludes, name, pyinfo.query(exe))
                 compiler = exe
             out = _target(output_dir, st.name, force)
+            if drop_unused:
+                _drop_unused(st)
             written.append(_finish(st, compiler, out, level, threads, shard_size, quiet))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _drop_unused(st: collect.Staged) -> None:
+    """--slim: tests, headers and documents of venv environments, debug
+    info of the interpreter; says what went.  Conda envs are left whole
+    (conda's records list their files for relocation)."""
+    if st.kind == "interpreter":
+        dropped = slimming.strip_interpreter(st.root)
+    elif st.kind == "environment":
+        dropped = slimming.slim_environment(st.root, st.site_dir)
+    else:
+        log.info("slim: %s: a %s package is packed whole", st.name, st.kind)
+        return
+    log.info("%s", dropped.summary(st.name))
 
 
 def _finish(st: collect.Staged, compiler: str, out: str, level: int, threads: int,
