@@ -43,27 +43,28 @@ static int parse_bool(const char *name, const char *v)
     pmb_die("%s='%s' is not a valid value; use 0 or 1", name, v);
 }
 
+/* An integer setting from lo to hi: *out is left alone when the variable is
+ * unset or empty; any other value out of range stops the job with
+ * "NAME='VALUE' <complaint>". */
+static void env_int(const char *name, long lo, long hi, const char *complaint, int *out)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < lo || n > hi)
+        pmb_die("%s='%s' %s", name, v, complaint);
+    *out = (int)n;
+}
+
 /* The settings `python-mpi --pmb-unpack` reads too (it has no MPI). */
 void pmb_config_threads(pmb_config *cfg)
 {
-    const char *v = getenv("PYTHON_MPI_VERBOSE");
-    if (v && *v) {
-        char *end;
-        long lv = strtol(v, &end, 10);
-        if (*end || lv < 0 || lv > 9)
-            pmb_die("PYTHON_MPI_VERBOSE='%s' is not a valid value; use 0, 1, 2 or 3", v);
-        cfg->verbose = (int)lv;
-    }
-
-    v = getenv("PYTHON_MPI_THREADS");
-    if (v && *v) {
-        char *end;
-        long n = strtol(v, &end, 10);
-        if (*end || n < 0 || n > 1024)
-            pmb_die("PYTHON_MPI_THREADS='%s' is not valid; use 0 (one per CPU the rank may run "
-                    "on, the default) or a number of threads per rank from 1 to 1024", v);
-        cfg->threads = (int)n;
-    }
+    env_int("PYTHON_MPI_VERBOSE", 0, 9, "is not a valid value; use 0, 1, 2 or 3", &cfg->verbose);
+    env_int("PYTHON_MPI_THREADS", 0, 1024,
+            "is not valid; use 0 (one per CPU the rank may run on, the default) or a number of "
+            "threads per rank from 1 to 1024", &cfg->threads);
 }
 
 void pmb_config_read(pmb_config *cfg)
@@ -93,25 +94,13 @@ void pmb_config_read(pmb_config *cfg)
         cfg->chunk_set = 1;
     }
 
-    v = getenv("PYTHON_MPI_UNPACK_RANKS");
-    if (v && *v) {
-        char *end;
-        long n = strtol(v, &end, 10);
-        if (*end || n < 0 || n > 4096)
-            pmb_die("PYTHON_MPI_UNPACK_RANKS='%s' is not valid; use 0 (all ranks of a node) or "
-                    "a number of ranks per node", v);
-        cfg->unpack_ranks = (int)n;
-    }
-
-    v = getenv("PYTHON_MPI_TREE_ARG"); /* set by 'python-mpi-bcast run --with-dir' */
-    if (v && *v) {
-        char *end;
-        long n = strtol(v, &end, 10);
-        if (*end || n < 1 || n > 1000000)
-            pmb_die("PYTHON_MPI_TREE_ARG='%s' is not valid; use the index (1 or more) of the "
-                    "argument that names a path inside the staged tree", v);
-        cfg->tree_arg = (int)n;
-    }
+    env_int("PYTHON_MPI_UNPACK_RANKS", 0, 4096,
+            "is not valid; use 0 (all ranks of a node) or a number of ranks per node",
+            &cfg->unpack_ranks);
+    /* set by 'python-mpi-bcast run --with-dir' */
+    env_int("PYTHON_MPI_TREE_ARG", 1, 1000000,
+            "is not valid; use the index (1 or more) of the argument that names a path inside "
+            "the staged tree", &cfg->tree_arg);
 
     v = getenv("PYTHON_MPI_PKGROOT");
     if (!v || !*v)
