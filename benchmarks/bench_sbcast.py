@@ -38,6 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
 sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, HERE)
+import filecalls  # noqa: E402  (benchmarks/filecalls.py: strace parsing)
 import slurm  # noqa: E402  (tests/slurm.py: the cluster)
 
 from python_mpi_bcast import pkgformat, relocate  # noqa: E402
@@ -206,29 +208,17 @@ class Bench:
 
 def count_trace(tmp: str, prefix: str, roots) -> tuple[int, int]:
     """(file calls naming a path under roots, bytes read or mapped from files
-    under roots) over the strace -ff files tmp/prefix*, which are removed.
-    An execve's argument list is not a call on the paths it names; sbcast
-    maps the file it sends instead of reading it."""
-    calls = nbytes = 0
-    read_re = re.compile(r"^p?read(?:64)?\((\d+)<([^>]*)>.*\)\s+=\s+(\d+)")
-    mmap_re = re.compile(r"^mmap\([^,]*, (\d+), [^,]*, [^,]*, (\d+)<([^>]*)>")
-    for name in os.listdir(tmp):
-        if not name.startswith(prefix):
-            continue
-        path = os.path.join(tmp, name)
-        with open(path, errors="replace") as f:
-            for line in f:
-                m = read_re.match(line) or mmap_re.match(line)
-                if m:
-                    if any(m.group(2 if line.startswith(("read", "pread")) else 3)
-                           .startswith(r + "/") for r in roots):
-                        nbytes += int(m.group(3) if line.startswith(("read", "pread"))
-                                      else m.group(1))
-                    continue
-                line = re.sub(r"\[[^\]]*\]", "", line)  # execve's argv
-                if any(r + "/" in line or f'"{r}"' in line for r in roots):
-                    calls += 1
-        os.unlink(path)
+    under roots) over the strace -ff files tmp/prefix*, which are removed;
+    parsed by filecalls (an execve's argument list is not a call on the
+    paths it names; sbcast maps the file it sends instead of reading it)."""
+    tasks = {}
+    for name in sorted(os.listdir(tmp)):
+        if name.startswith(prefix):
+            path = os.path.join(tmp, name)
+            task = filecalls.parse_file(path, None)
+            tasks[task.tid] = task
+            os.unlink(path)
+    calls, _, nbytes = filecalls.count_roots(tasks, roots)
     return calls, nbytes
 
 

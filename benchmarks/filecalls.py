@@ -41,6 +41,9 @@ from dataclasses import dataclass, field
 # which program a thread or a forked child belongs to)
 TRACE = "%file,read,pread64,fchmod,fchown,ftruncate,fsetxattr,clone,clone3,fork,vfork"
 READS = {"read", "pread64"}
+# mapping a file reads it too (sbcast maps what it sends): traced only when
+# asked for (trace=mmap), counted as bytes of the file like a read
+MAPS = {"mmap"}
 TASKS = {"clone", "clone3", "fork", "vfork"}
 # calls that change the file system, and open flags that may
 MODIFY = {"mkdir", "mkdirat", "rename", "renameat", "renameat2", "unlink", "unlinkat", "rmdir",
@@ -171,6 +174,13 @@ def parse_line(line: str, cwd: str) -> tuple[Call | None, str]:
             paths.append(fd.group(1))
     if name == "chdir" and retval == 0 and paths:
         cwd = paths[0]
+    if name in MAPS:  # mmap(addr, length, prot, flags, fd<path>, offset)
+        fd = _FD.match(args[4]) if len(args) > 4 else None
+        if not fd or not fd.group(1).startswith("/") or retval is None or retval < 0:
+            return None, cwd  # anonymous, or failed
+        call = Call(name, [fd.group(1)], retval, argtext)
+        call.nbytes = int(args[1], 0)
+        return call, cwd
     call = Call(name, paths, retval, argtext)
     if name in READS and retval and retval > 0:
         call.nbytes = retval
@@ -305,7 +315,7 @@ def count(calls, places, cwd=None, home=None) -> dict:
     for c in calls:
         if not c.paths:
             continue
-        if c.name in READS:
+        if c.name in READS or c.name in MAPS:
             p = place_of(c.paths[0], places, cwd, home)
             out["bytes:" + p] = out.get("bytes:" + p, 0) + c.nbytes
             continue
@@ -327,7 +337,7 @@ def count_roots(tasks: dict, roots) -> tuple[int, int, int]:
             if isinstance(ev, tuple) or not any(under(p, r) for p in ev.paths for r in roots):
                 continue
             pids.add(tid)
-            if ev.name in READS:
+            if ev.name in READS or ev.name in MAPS:
                 nbytes += ev.nbytes
             else:
                 calls += 1
@@ -416,8 +426,9 @@ def main(argv=None) -> int:
         cwd, home = os.path.realpath(os.getcwd()), os.path.realpath(os.path.expanduser("~"))
         for (tid, prog), calls in sorted(owners.items(), key=lambda kv: kv[0][0]):
             for call in calls:
-                if call.name not in READS and a.list in {place_of(x, places, cwd, home)
-                                                         for x in call.paths}:
+                if call.name in READS or call.name in MAPS:
+                    continue
+                if a.list in {place_of(x, places, cwd, home) for x in call.paths}:
                     print(f"{tid} {os.path.basename(prog)}: {call.name}({call.args[:160]}) "
                           f"= {call.ret}")
     under_roots = count_roots(tasks, [d for _, d in roots])
