@@ -297,3 +297,37 @@ def srun_export_fix(line: LaunchLine, names: list[str]) -> None:
                                   f"tasks; use --export=ALL (or leave it out)")
         new = ",".join([value] + names)
         a[at] = ("--export=" + new) if at == i else new
+
+
+# hydra options that keep the launch environment from the ranks (on other
+# nodes: locally started proxies inherit it anyway)
+HYDRA_ENV_LIMITS = {"genvnone", "envnone", "genvlist", "envlist"}
+
+
+def export_fix(line: LaunchLine, env: dict[str, str], open_mpi: bool) -> None:
+    """Make the launch line pass ``env`` (the PYTHON_MPI_* settings, also set
+    in the launcher's own environment) to the ranks on every node, in place.
+
+    srun passes the whole environment unless --export says otherwise (see
+    srun_export_fix).  MPICH's hydra passes it too, unless -genvnone,
+    -envnone, -genvlist or -envlist limit it: then each setting is added as
+    ``-genv NAME VALUE``, which hydra passes whatever the rest says.  Open
+    MPI's mpirun passes only what ``-x`` names to ranks it starts through ssh:
+    ``-x NAME`` is added for each.  aprun passes the environment."""
+    names = sorted(env)
+    if line.launcher == "srun":
+        srun_export_fix(line, names)
+        return
+    a = line.argv
+    if open_mpi:
+        extra = [w for n in names for w in ("-x", n)]
+    elif LAUNCHERS.get(line.launcher) == "hydra" and any(
+            w.startswith("-") and w.lstrip("-") in HYDRA_ENV_LIMITS
+            for w in a[1:line.python_index]):
+        extra = [w for n in names for w in ("-genv", n, env[n])]
+    else:
+        return
+    a[1:1] = extra
+    line.python_index += len(extra)
+    if line.script_index is not None:
+        line.script_index += len(extra)

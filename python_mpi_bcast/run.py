@@ -24,10 +24,11 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 
 from . import __version__, conda, pyinfo
 from .errors import PmbError
-from .launchline import LaunchLine, LaunchLineError, rewrite, srun_export_fix
+from .launchline import LAUNCHERS, LaunchLine, LaunchLineError, export_fix, rewrite
 from .pkgformat import FORMAT_VERSION, SUFFIX, read_manifest
 
 log = logging.getLogger("python_mpi_bcast")
@@ -344,8 +345,27 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
         ll.argv[ll.script_index] = f"{sub}/{os.path.relpath(os.path.abspath(ll.script), run_dir)}"
         exports["PYTHON_MPI_TREE_ARG"] = str(ll.script_index - ll.python_index)
     exports["PYTHON_MPI_PACKAGES"] = ":".join(packages)
-    srun_export_fix(ll, sorted(exports))
+    # every PYTHON_MPI_* setting the ranks will see, the user's own included
+    passed = {k: v for k, v in environ.items()
+              if k.startswith("PYTHON_MPI_") and k != "PYTHON_MPI_TREE_ARG"}
+    passed.update(exports)
+    export_fix(ll, passed, is_open_mpi(line[0], environ))
     return ll, exports, fds
+
+
+def is_open_mpi(launcher: str, environ: dict) -> bool:
+    """Whether the launcher word is Open MPI's mpirun/mpiexec: by its name
+    where that tells (mpirun.openmpi, orterun, prterun), else by what its
+    --version prints ("mpirun (Open MPI) 4.1.4"; hydra's says HYDRA)."""
+    family = LAUNCHERS.get(os.path.basename(launcher))
+    if family != "hydra" or os.path.basename(launcher) not in ("mpiexec", "mpirun"):
+        return family == "ompi"
+    try:
+        r = subprocess.run([launcher, "--version"], capture_output=True, text=True,
+                           timeout=30, env=environ, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Open MPI" in r.stdout + r.stderr
 
 
 def run(line: list[str], **kw) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from python_mpi_bcast.launchline import LaunchLineError, rewrite, srun_export_fix
+from python_mpi_bcast.launchline import LaunchLineError, export_fix, rewrite, srun_export_fix
 
 PM = "/opt/pmb/bin/python-mpi"
 
@@ -131,3 +131,35 @@ def test_srun_export_list_gets_the_variables_and_none_is_refused():
     ll = rw("srun --export=NONE -n 2 python x.py")
     with pytest.raises(LaunchLineError, match="--export=ALL"):
         srun_export_fix(ll, ["PYTHON_MPI_PKGROOT"])
+
+
+ENV = {"PYTHON_MPI_PKGROOT": "/c a", "PYTHON_MPI_PACKAGES": "p.tar.zst"}
+
+
+def test_open_mpi_gets_x_for_each_setting():
+    ll = rw("mpirun --host a:2,b:2 -np 4 python -u x.py 1")
+    export_fix(ll, ENV, open_mpi=True)
+    assert ll.argv[:5] == ["mpirun", "-x", "PYTHON_MPI_PACKAGES", "-x", "PYTHON_MPI_PKGROOT"]
+    assert ll.argv[ll.python_index] == PM and ll.script == "x.py"
+    assert ll.argv[ll.python_index:] == [PM, "-u", "x.py", "1"]
+
+
+def test_hydra_gets_genv_only_when_the_line_limits_the_environment():
+    ll = rw("mpiexec -n 4 python x.py")
+    export_fix(ll, ENV, open_mpi=False)
+    assert ll.argv == ["mpiexec", "-n", "4", PM, "x.py"]
+    for limit in ("-genvnone", "--envnone", "-genvlist HOME", "-envlist PATH"):
+        ll = rw(f"mpiexec {limit} -n 4 python x.py")
+        export_fix(ll, ENV, open_mpi=False)
+        assert ll.argv[:7] == ["mpiexec", "-genv", "PYTHON_MPI_PACKAGES", "p.tar.zst",
+                               "-genv", "PYTHON_MPI_PKGROOT", "/c a"], limit
+        assert ll.argv[ll.python_index] == PM and ll.script == "x.py"
+
+
+def test_srun_and_aprun_pass_the_environment_themselves():
+    ll = rw("srun --export=HOME -n 2 python x.py")
+    export_fix(ll, ENV, open_mpi=False)
+    assert ll.argv[1] == "--export=HOME,PYTHON_MPI_PACKAGES,PYTHON_MPI_PKGROOT"
+    ll = rw("aprun -n 2 python x.py")
+    export_fix(ll, ENV, open_mpi=False)
+    assert ll.argv == ["aprun", "-n", "2", PM, "x.py"]

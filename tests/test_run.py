@@ -123,9 +123,12 @@ def test_with_dir_stages_the_scripts_directory(user):
         f.write("import os, sys, helper\nfrom mpi4py import MPI\n"
                 "here = os.path.dirname(os.path.abspath(__file__))\n"
                 "data = open(os.path.join(here, 'data.txt')).read().strip()\n"
-                "print(MPI.COMM_WORLD.rank, helper.WORD, data, "
+                # one write per rank: with -u, print() writes each piece apart
+                # and the two ranks' output could interleave
+                "out = (MPI.COMM_WORLD.rank, helper.WORD, data, "
                 "__file__.startswith(os.environ['PYTHON_MPI_TREE'] + '/pmb-run/proj/'),"
-                " helper.__file__.startswith(os.environ['PYTHON_MPI_TREE']), sys.argv[1:])\n")
+                " helper.__file__.startswith(os.environ['PYTHON_MPI_TREE']), sys.argv[1:])\n"
+                "sys.stdout.write(' '.join(map(str, out)) + '\\n')\n")
     # from another directory, the script named by an absolute path
     r = pmb_run(user, "--with-dir", "mpiexec", "-n", "2", "python", "-u",
                 os.path.join(proj, "main.py"), "a1", cwd=str(user["tmp"]))
@@ -304,3 +307,23 @@ def test_readme_run_examples(sandbox, demo_venv):
     assert out.count("using cached package") >= 2
     assert re.search(r"would run: .* aprun -n 4096 -N 32 \S+/python-mpi my_script.py "
                      r"--its-args", out), out
+
+
+FAKESSH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakessh")
+
+
+@pytest.mark.parametrize("limit", [[], ["-genvnone"]])
+def test_settings_reach_ranks_started_through_ssh(user, limit):
+    """Nodes started through (fake) ssh get a login's environment, not the
+    caller's; hydra passes the caller's on, unless -genvnone: then run adds
+    its settings as -genv pairs, and the job still stages and runs."""
+    if os.geteuid() != 0:
+        pytest.skip("fakessh mounts a tmpfs per node: needs root")
+    user["env"]["PMB_FAKESSH_ENV"] = "login"
+    r = pmb_run(user, "mpiexec", *limit, "-launcher", "ssh", "-launcher-exec", FAKESSH,
+                "-iface", "lo", "-hosts", "a:2,b:2", "-n", "4", "python", "x.py", timeout=300)
+    assert "ran: 4 ranks, total 180.0" in r.stdout, r.stdout + r.stderr
+    if limit:
+        assert re.search(r"running: .* mpiexec -genv PYTHON_MPI_BCAST_CACHE \S+ -genv "
+                         r"PYTHON_MPI_CHROOT \S+ -genv PYTHON_MPI_PACKAGES run-\S+ -genv "
+                         r"PYTHON_MPI_PKGROOT \S+ -genvnone", r.stdout), r.stdout
