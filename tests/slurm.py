@@ -37,6 +37,33 @@ import time
 
 DAEMONS = ("slurmctld", "slurmd", "munged", "srun", "sbatch", "unshare")
 
+_PROPAGATION: list | None = None
+
+
+def mount_propagation() -> str | None:
+    """How ``unshare -m`` makes a private mount namespace here, as its
+    --propagation value: 'private' (unshare's default: every mount made
+    private) where that works.  Where / is no mount point, as in a chroot
+    (../shared/tools/fresh-debian), unshare cannot change the propagation of
+    / and stops; there 'unchanged' is as private provided no mount in sight
+    is shared (new mounts then reach no other namespace).  None: neither."""
+    global _PROPAGATION
+    if _PROPAGATION is None:
+        def ok(how):
+            return subprocess.run(["unshare", "-m", "--propagation", how, "true"],
+                                  capture_output=True, timeout=30).returncode == 0
+        how = None
+        if ok("private"):
+            how = "private"
+        elif ok("unchanged"):
+            with open("/proc/self/mountinfo") as f:
+                # optional fields (shared:N, master:N) sit between field 6 and '-'
+                shared = any(w.startswith("shared:")
+                             for ln in f for w in ln.split(" - ")[0].split()[6:])
+            how = None if shared else "unchanged"
+        _PROPAGATION = [how]
+    return _PROPAGATION[0]
+
 
 def missing() -> str | None:
     """Why a cluster cannot run here, or None."""
@@ -45,8 +72,12 @@ def missing() -> str | None:
     for exe in DAEMONS:
         if not shutil.which(exe) and not os.path.exists(f"/usr/sbin/{exe}"):
             return f"{exe} not installed (apt-get install slurmctld slurmd slurm-client munge)"
-    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "-m", "-u", "true"],
-                       capture_output=True, timeout=30)
+    how = mount_propagation()
+    if how is None:
+        return ("cannot create a private mount namespace here (unshare -m fails, and some "
+                "mount is shared)")
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "-m", "-u",
+                        "--propagation", how, "true"], capture_output=True, timeout=30)
     if r.returncode != 0:
         return "cannot create PID/mount namespaces here: " + r.stderr.decode(errors="replace").strip()
     return None
@@ -131,7 +162,7 @@ for i in $(seq 100); do [ -S $D/munge/munge.socket ] && break; sleep 0.05; done
 slurmctld -D -i -f $D/slurm.conf >>$D/log/slurmctld.out 2>&1 &
 for n in {names}; do
   # the node: own mount and UTS namespace, own tmpfs on /dev/shm and TmpFS
-  unshare -m -u --propagation private sh -c '
+  unshare -m -u --propagation {propagation} sh -c '
     set -e
     hostname "$1"
     [ {private} = 0 ] || mount -t tmpfs -o size={shm},mode=1777 tmpfs /dev/shm
@@ -184,11 +215,13 @@ class Cluster:
         boot = os.path.join(d, "boot.sh")
         with open(boot, "w") as f:
             f.write(BOOT.format(d=d, names=" ".join(self.names), shm=self.shm,
-                                private=int(self.private_shm)))
+                                private=int(self.private_shm),
+                                propagation=mount_propagation() or "private"))
         self.log = open(os.path.join(d, "log", "boot.out"), "wb")
         self.proc = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "-u",
-             "bash", boot], stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+             "--propagation", mount_propagation() or "private", "bash", boot],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=_die_with_parent)
         self.env = dict(os.environ, SLURM_CONF=self.conf)
         for k in list(self.env):

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+import slurm
 from conftest import LAUNCHER, MPIEXEC, REPO, mpi_env, run
 from test_slurm import CHECK, check_rows
 
@@ -20,9 +21,11 @@ FAKESSH = os.path.join(REPO, "tests", "fakessh")
 def fakessh():
     if os.geteuid() != 0:
         pytest.skip("fakessh mounts a tmpfs per node: needs root")
-    r = run(["unshare", "-m", "-u", "true"], check=False, timeout=30)
-    if r.returncode != 0:
-        pytest.skip("cannot create mount/UTS namespaces here: " + r.stderr.strip())
+    how = slurm.mount_propagation()
+    r = run(["unshare", "-m", "-u", "--propagation", how or "private", "true"], check=False,
+            timeout=30)
+    if how is None or r.returncode != 0:
+        pytest.skip("cannot create private mount/UTS namespaces here: " + r.stderr.strip())
     return [MPIEXEC, "-launcher", "ssh", "-launcher-exec", FAKESSH, "-iface", "lo"]
 
 
