@@ -111,7 +111,7 @@ def _die_with_parent():
 
 CONF = """\
 ClusterName=pmb{tag}
-SlurmctldHost=localhost
+SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmUser=root
 SlurmdUser=root
