@@ -151,3 +151,26 @@ def test_under_srun(debian_mpi, pkgroot, slurm_cluster):
     finally:
         for n in slurm_cluster.names:
             run(["rm", "-rf", slurm_cluster.node_path(n, env["PYTHON_MPI_CHROOT"])], check=False)
+
+
+def test_run_reaches_ranks_on_nodes_started_through_ssh(debian_mpi, tmp_path):
+    """`python-mpi-bcast run` with the site's mpiexec over (fake) ssh nodes
+    that get a login's environment, not the caller's: Open MPI passes such
+    ranks only what -x names, so run adds -x for its settings."""
+    script = tmp_path / "x.py"
+    script.write_text("import socket, sys\nfrom mpi4py import MPI\nc = MPI.COMM_WORLD\n"
+                      "hosts = c.gather(socket.gethostname())\n"
+                      "if c.rank == 0:\n"
+                      "    print('ran', c.size, sorted(set(hosts)), sys.prefix.startswith('/dev/shm/'))\n")
+    env = user_env(debian_mpi, {"root": "", "python": "", "env": ""},
+                   VIRTUAL_ENV=debian_mpi["venv"], PMB_FAKESSH_ENV="login",
+                   PYTHON_MPI_BCAST_CACHE=str(tmp_path / "cache"))
+    for k in ("PYTHON_MPI_PKGROOT", "PYTHON_MPI_PACKAGES"):
+        del env[k]
+    cli = os.path.join(debian_mpi["venv"], "bin", "python-mpi-bcast")
+    r = run([cli, "run"] + mpiexec(debian_mpi, "a:2,b:2", 4) + ["python", str(script)],
+            env=env, timeout=600, check=False, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ran 4 ['a', 'b'] True" in r.stdout, r.stdout + r.stderr
+    if debian_mpi["name"] == "openmpi4":
+        assert " -x PYTHON_MPI_PACKAGES " in r.stdout, r.stdout
