@@ -10,7 +10,9 @@ with the process that started it.
 
 Each node is real node-local storage: its slurmd runs in its own mount and
 UTS namespace with a fresh tmpfs on ``/dev/shm`` and on its ``TmpFS``, its
-own host name and an ``/etc/hosts`` in which every node's name resolves; the tasks of a job step inherit them.  From outside, a
+own host name and an ``/etc/hosts`` in which every node's name resolves (a
+copy of ``/etc`` with one where the machine has none); the tasks of a job
+step inherit them.  From outside, a
 node's files are reachable through ``/proc/<slurmd pid>/root`` (``node_path``).
 
 Facts this depends on (measured on Debian 12): ``SlurmdParameters=
@@ -167,7 +169,7 @@ for n in {names}; do
     hostname "$1"
     [ {private} = 0 ] || mount -t tmpfs -o size={shm},mode=1777 tmpfs /dev/shm
     mount -t tmpfs -o size={shm},mode=1777 tmpfs "$2/tmp/$1"
-    mount --bind "$2/hosts" /etc/hosts
+    if [ -e /etc/hosts ]; then mount --bind "$2/hosts" /etc/hosts; else mount --bind "$2/etc" /etc; fi
     exec slurmd -D -N "$1" -f "$2/slurm.conf"' node "$n" "$D" >>$D/log/slurmd-$n.out 2>&1 &
 done
 wait
@@ -210,8 +212,16 @@ class Cluster:
         with open(self.conf, "w") as f:
             f.write(CONF.format(tag=os.path.basename(d)[-6:].lower().replace("_", ""),
                                 ctld_port=base, d=d, nodes=nodes, nodelist=nodelist))
+        hosts = f"127.0.0.1 localhost {' '.join(self.names)}\n::1 localhost\n"
         with open(os.path.join(d, "hosts"), "w") as f:  # the nodes' names resolve on the nodes
-            f.write(f"127.0.0.1 localhost {' '.join(self.names)}\n::1 localhost\n")
+            f.write(hosts)
+        if not os.path.exists("/etc/hosts"):
+            # nothing to mount over (a bare debootstrap has no /etc/hosts): the
+            # nodes get a copy of /etc that has one
+            subprocess.run(["cp", "-a", "/etc", os.path.join(d, "etc")], check=True,
+                           capture_output=True, timeout=300)
+            with open(os.path.join(d, "etc", "hosts"), "w") as f:
+                f.write(hosts)
         boot = os.path.join(d, "boot.sh")
         with open(boot, "w") as f:
             f.write(BOOT.format(d=d, names=" ".join(self.names), shm=self.shm,
@@ -235,9 +245,10 @@ class Cluster:
             if len(idle) == len(self.names) and len(self.slurmd_pids()) == len(self.names):
                 return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                logs = self.logs()  # before stop() removes them
                 self.stop()
                 raise RuntimeError(f"Slurm cluster did not come up:\n{r.stdout}{r.stderr}\n"
-                                   + self.logs())
+                                   + logs)
             time.sleep(0.2)
 
     def stop(self):
