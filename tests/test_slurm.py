@@ -240,7 +240,7 @@ def test_node_memory_filling_up_part_way_through_unpack(job, tmp_path):
     mnt = job["chroot"]
     for n in NODES:
         os.makedirs(c.node_path(n, mnt), mode=0o700)
-        run(["nsenter", "-t", str(c.slurmd_pids()[n]), "-m", "mount", "-t", "tmpfs", "-o",
+        run(["nsenter", "-t", str(c.slurmd_pids()[n]), "-m", "-r", "mount", "-t", "tmpfs", "-o",
              "size=11m,mode=0700", "tmpfs", mnt], timeout=30)
     try:
         env = dict(PYTHON_MPI_PKGROOT=str(root), PYTHON_MPI_PACKAGES="many.tar.zst",
@@ -254,7 +254,7 @@ def test_node_memory_filling_up_part_way_through_unpack(job, tmp_path):
             assert not [e for e in entries if e.startswith("env-")], entries
         # room again (the site grows the tmpfs or the user frees it), clean, stage: works
         for n in NODES:
-            run(["nsenter", "-t", str(c.slurmd_pids()[n]), "-m", "mount", "-o",
+            run(["nsenter", "-t", str(c.slurmd_pids()[n]), "-m", "-r", "mount", "-o",
                  "remount,size=64m", mnt], timeout=30)
         r = srun(job, ["-N", "4", "--ntasks-per-node=1", "python-mpi-bcast", "clean", mnt + "/job"])
         assert r.returncode == 0 and r.stdout.count("removed") >= 4, r.stdout + r.stderr
@@ -266,8 +266,8 @@ def test_node_memory_filling_up_part_way_through_unpack(job, tmp_path):
             assert len(os.listdir(c.node_path(n, tree + "/d"))) == 1500
     finally:
         for n in NODES:
-            run(["nsenter", "-t", str(c.slurmd_pids()[n]), "-m", "umount", "-l", mnt], timeout=30,
-                check=False)
+            run(["nsenter", "-t", str(c.slurmd_pids()[n]), "-m", "-r", "umount", "-l", mnt],
+                timeout=30, check=False)
 
 
 def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
