@@ -9,6 +9,7 @@ waiting in a collective.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import signal
@@ -275,7 +276,13 @@ def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
     r = srun(job, ["-N", "4", "--ntasks-per-node=1", "python-mpi", "--stage-only"])
     assert r.returncode == 0, r.stderr
     tree = r.stdout.strip()
-    site = "lib/python%d.%d/site-packages" % sys.version_info[:2]
+    # where numpy is in the tree: the interpreter's first site directory
+    # (lib/python3.X/site-packages; Debian's python3: local/lib/python3.X/dist-packages)
+    top = c.node_path("n2", tree)
+    found = glob.glob(f"{top}/lib/python3*/*-packages/numpy") + \
+        glob.glob(f"{top}/local/lib/python3*/*-packages/numpy")
+    assert len(found) == 1, found
+    site = os.path.relpath(os.path.dirname(found[0]), top)
     # n2: a file edited; n3: a package directory deleted; n4: the stamp removed
     with open(c.node_path("n2", f"{tree}/{site}/numpy/version.py"), "a") as f:
         f.write("raise ImportError('damaged')\n")
