@@ -307,9 +307,9 @@ def bench_stage(rep, pkgroot, packages, reps, tmp):
         names[2]: tar_zstd,
         names[3]: tar_gz,
     })
-    # tar's two packages are two runs: sum their CPU per repeat
+    # one tar run per package: sum their CPU per repeat
     z = cpu[names[2]]
-    cpu[names[2]] = [z[i] + z[i + 1] for i in range(0, len(z), 2)]
+    cpu[names[2]] = [sum(z[i:i + len(pk)]) for i in range(0, len(z), len(pk))]
     t_zstd = statistics.median(got[names[2]])
     ncpu = len(os.sched_getaffinity(0))
     rows = []
