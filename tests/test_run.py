@@ -317,8 +317,9 @@ def test_settings_reach_ranks_started_through_ssh(user, limit):
     """Nodes started through (fake) ssh get a login's environment, not the
     caller's; hydra passes the caller's on, unless -genvnone: then run adds
     its settings as -genv pairs, and the job still stages and runs."""
-    if os.geteuid() != 0:
-        pytest.skip("fakessh mounts a tmpfs per node: needs root")
+    import slurm
+    if os.geteuid() != 0 or slurm.mount_propagation() is None:
+        pytest.skip("fakessh mounts a tmpfs per node: needs root and a private mount namespace")
     user["env"]["PMB_FAKESSH_ENV"] = "login"
     r = pmb_run(user, "mpiexec", *limit, "-launcher", "ssh", "-launcher-exec", FAKESSH,
                 "-iface", "lo", "-hosts", "a:2,b:2", "-n", "4", "python", "x.py", timeout=300)
