@@ -165,10 +165,10 @@ def stage_seconds(pkgroot, packages, ranks, unpack_ranks=0) -> float:
         shutil.rmtree(chroot, ignore_errors=True)
 
 
-def tar_extract_seconds(args) -> float:
+def tar_extract_seconds(args, cpu=None) -> float:
     d = fresh_chroot()
     try:
-        return timed(["tar"] + args + ["-C", d])
+        return timed(["tar"] + args + ["-C", d], cpu=cpu)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -294,18 +294,11 @@ def bench_stage(rep, pkgroot, packages, reps, tmp):
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
-    def tar_gz():
-        d = fresh_chroot()
-        try:
-            return timed(["tar", "-xzf", gz, "-C", d], cpu=cpu[names[3]])
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-
     got = interleaved(reps, {
         names[0]: lambda: stage_job_seconds(pkgroot, packages, 1, cpu[names[0]]),
         names[1]: lambda: stage_job_seconds(pkgroot, packages, 2, cpu[names[1]]),
         names[2]: tar_zstd,
-        names[3]: tar_gz,
+        names[3]: lambda: tar_extract_seconds(["-xzf", gz], cpu[names[3]]),
     })
     # one tar run per package: sum their CPU per repeat
     z = cpu[names[2]]
@@ -318,11 +311,10 @@ def bench_stage(rep, pkgroot, packages, reps, tmp):
         c = statistics.median(cpu[label])
         rows.append([label, med_range(v), f"{usize / 1e6 / t:.0f}", f"{nfiles / t:.0f}",
                      f"{t_zstd / t:.2f}x", f"{c:.2f}", f"{c / ncpu:.3f}"])
-    threads = len(os.sched_getaffinity(0))
     rep.p(f"Interpreter + numpy/scipy environment: {usize / 1e6:.1f} MB, {nfiles} files, into "
           f"/dev/shm on one node. python-mpi: wall time of the whole stage-only job "
           f"(mpiexec start, read, broadcast, verify, unpack with every core: threads per rank "
-          f"from its CPU affinity, {threads} CPUs here; rename, MPI_Finalize). tar: wall "
+          f"from its CPU affinity, {ncpu} CPUs here; rename, MPI_Finalize). tar: wall "
           f"time of the tar processes. Median [min–max] of {reps} interleaved repeats; "
           f"'vs tar' = tar --zstd time / this time (above 1: faster than tar). CPU s: user + "
           f"system seconds of every process of the run (median); CPU s / {ncpu}: the least wall "
