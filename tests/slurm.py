@@ -25,6 +25,7 @@ directory per cluster, ``ProctrackType=proctrack/linuxproc`` and
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 import random
@@ -39,9 +40,7 @@ import time
 
 DAEMONS = ("slurmctld", "slurmd", "munged", "srun", "sbatch", "unshare")
 
-_PROPAGATION: list | None = None
-
-
+@functools.cache
 def mount_propagation() -> str | None:
     """How ``unshare -m`` makes a private mount namespace here, as its
     --propagation value: 'private' (unshare's default: every mount made
@@ -49,22 +48,18 @@ def mount_propagation() -> str | None:
     (../shared/tools/fresh-debian), unshare cannot change the propagation of
     / and stops; there 'unchanged' is as private provided no mount in sight
     is shared (new mounts then reach no other namespace).  None: neither."""
-    global _PROPAGATION
-    if _PROPAGATION is None:
-        def ok(how):
-            return subprocess.run(["unshare", "-m", "--propagation", how, "true"],
-                                  capture_output=True, timeout=30).returncode == 0
-        how = None
-        if ok("private"):
-            how = "private"
-        elif ok("unchanged"):
-            with open("/proc/self/mountinfo") as f:
-                # optional fields (shared:N, master:N) sit between field 6 and '-'
-                shared = any(w.startswith("shared:")
-                             for ln in f for w in ln.split(" - ")[0].split()[6:])
-            how = None if shared else "unchanged"
-        _PROPAGATION = [how]
-    return _PROPAGATION[0]
+    def ok(how):
+        return subprocess.run(["unshare", "-m", "--propagation", how, "true"],
+                              capture_output=True, timeout=30).returncode == 0
+    if ok("private"):
+        return "private"
+    if not ok("unchanged"):
+        return None
+    with open("/proc/self/mountinfo") as f:
+        # optional fields (shared:N, master:N) sit between field 6 and '-'
+        shared = any(w.startswith("shared:")
+                     for ln in f for w in ln.split(" - ")[0].split()[6:])
+    return None if shared else "unchanged"
 
 
 def missing() -> str | None:
