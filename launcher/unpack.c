@@ -685,14 +685,50 @@ static void write_all(int fd, const char *data, size_t n, const char *what)
     }
 }
 
+/* The final path as it must be written inside a Python string literal (a
+ * prefix-bearing text file whose name ends in ".py", e.g. _sysconfigdata:
+ * its paths are quoted literals): backslash, both quotes and control bytes
+ * escaped, so a tree path with a quote in it stays valid Python.  The same
+ * rule as fixup.write_final_paths (relocate.py_literal_body).  Returns a
+ * malloc'd string. */
+static char *py_literal_body(const char *s, size_t *len)
+{
+    size_t n = strlen(s);
+    char *out = pmb_xmalloc(4 * n + 1), *o = out;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\\' || c == '\'' || c == '"') {
+            *o++ = '\\';
+            *o++ = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            o += sprintf(o, "\\x%02x", c);
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    *o = 0;
+    *len = (size_t)(o - out);
+    return out;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
 /* Replace the recorded placeholder by the final tree path in every
- * prefix-bearing file of this package (text: plain replace; binary: inside
+ * prefix-bearing file of this package (text: plain replace, the path
+ * escaped for a string literal in a ".py" file; binary: inside
  * NUL-terminated strings, padded with NULs, only when the new path fits).
  * Called right after the package's own layer is unpacked; each listed path
  * must then be a regular file, reached without following a symlink. */
 void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_manifest *m)
 {
-    size_t nlen = strlen(final_root);
+    const char *const raw_root = final_root;
+    size_t raw_len = strlen(raw_root);
+    size_t py_len;
+    char *py_root = py_literal_body(raw_root, &py_len);
     pmb_unpacker walk = {0};
     walk.m = m;
     snprintf(walk.root, sizeof walk.root, "%s", root);
@@ -703,6 +739,9 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
     for (int i = 0; i < m->nprefix; i++) {
         const pmb_prefix *pf = &m->prefix[i];
         size_t olen = strlen(pf->placeholder);
+        int py = !pf->binary && ends_with(pf->path, ".py");
+        final_root = py ? py_root : raw_root;
+        size_t nlen = py ? py_len : raw_len;
         if (pf->binary && nlen > olen) {
             /* the tree is <chroot>/env-<32 hex digits>: 37 bytes more than the chroot */
             pmb_die("package '%s': %s can hold a path of at most %zu bytes (its recorded "
@@ -792,6 +831,7 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
     if (walk.pdirfd >= 0)
         close(walk.pdirfd);
     close(walk.rootfd);
+    free(py_root);
 }
 
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)

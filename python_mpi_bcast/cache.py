@@ -198,10 +198,20 @@ def load(cache: str, name: str, as_name: str | None = None, to: str | None = Non
         raise _unknown(cache, name)
     new = check_name(as_name or name)
     dest = os.path.abspath(to) if to else os.path.join(scratch_dir(), new)
-    if os.path.exists(dest) and not force:
-        raise PmbError(f"{dest} already exists (an environment loaded before?); activate it "
-                       f"with 'eval \"$(python-mpi-bcast activate {new})\"', load under "
-                       f"another name with --as, or pass --force to replace it")
+    if os.path.lexists(dest):
+        # --force replaces only a copy 'load' made (it carries the load record);
+        # anything else is someone's data and is never touched
+        if os.path.islink(dest) or not os.path.isdir(dest) or load_record(dest) is None:
+            other = ("choose a --to that does not exist yet" if to
+                     else "load under another name with --as")
+            raise PmbError(f"{dest} already exists and is not an environment loaded by "
+                           f"python-mpi-bcast; it was left as it is: {other}")
+        how = (f"source {_sq(dest + '/bin/activate')}" if to
+               else f"eval \"$(python-mpi-bcast activate {new})\"")
+        if not force:
+            raise PmbError(f"{dest} already exists (an environment loaded before); activate it "
+                           f"with '{how}', load under another name with --as, or pass --force "
+                           f"to replace it")
     os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
     m = unpack([path], dest, force=force)[0]
     _write_activation(dest, new, m.site_dir)

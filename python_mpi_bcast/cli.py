@@ -366,10 +366,11 @@ def cmd_save(a) -> int:
 def cmd_load(a) -> int:
     from .cache import load
     from .paths import cache_dir
+    import shlex
     dest = load(cache_dir(a.cache), a.name, a.as_name, a.to, force=a.force)
     print(dest)
-    print(f"activate with: source {dest}/bin/activate   (fish: source {dest}/bin/activate.fish)",
-          file=sys.stderr)
+    print(f"activate with: source {shlex.quote(dest + '/bin/activate')}   (fish: source "
+          f"{shlex.quote(dest + '/bin/activate.fish')})", file=sys.stderr)
     return 0
 
 
@@ -463,23 +464,41 @@ def cmd_migrate(a) -> int:
     for i, f in enumerate(valid, 1):
         print(f"{i}. {f.name} ({f.path})")
     chosen = _choose(valid, a)
-    failed, moves = [], []
+    failed, moves, kept = [], [], []
     for f in chosen:
         dest = migrate.default_destination(f, a.to)
         spec_dir = os.path.join(a.specs or os.path.join(data_home(), "specs"), f.name)
         print(f"== {f.name}: {f.path} -> {dest}")
         try:
-            migrate.migrate_one(f, dest, spec_dir, a.keep, print)
-            moves.append((f.path, dest))
+            # with --update-rc a source goes only once no start-up file names it
+            migrate.migrate_one(f, dest, spec_dir, a.keep or a.update_rc, print)
+            moves.append((f, dest))
         except PmbError as e:
             print(f"python-mpi-bcast: error: {e}", file=sys.stderr)
             failed.append(f.name)
     if a.update_rc and moves:
-        changed = migrate.update_rc(os.path.expanduser("~"), moves, print)
+        home = os.path.expanduser("~")
+        pairs = [(old, dest) for f, dest in moves for old in {f.path, os.path.realpath(f.path)}]
+        changed = migrate.update_rc(home, pairs, print)
         print(f"updated {', '.join(changed)}" if changed else "no shell start-up file named "
               "the old locations")
+        for f, dest in moves:
+            still = migrate.rc_naming(home, sorted({f.path, os.path.realpath(f.path)}))
+            if still:
+                print(f"python-mpi-bcast: error: {f.name}: {still[0]} still names {f.path}, so "
+                      f"the source was kept (the copy is {dest}); edit that file, then remove "
+                      f"the source", file=sys.stderr)
+                kept.append(f.name)
+            elif not a.keep:
+                migrate.remove_source(f, print)
+    problems = []
     if failed:
-        raise PmbError(f"not migrated: {', '.join(failed)} (sources kept)")
+        problems.append(f"not migrated: {', '.join(failed)} (sources kept)")
+    if kept:
+        problems.append(f"copied, sources kept while a start-up file names them: "
+                        f"{', '.join(kept)}")
+    if problems:
+        raise PmbError("; ".join(problems))
     return 0
 
 

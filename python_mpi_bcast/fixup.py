@@ -83,20 +83,27 @@ def fix_symlinks(st: Staged, keep_outside: bool = False) -> None:
 BIG_FILE = 64 << 20
 
 
-def find_any(path: str, needles: list[bytes]) -> bytes | None:
-    """The first of ``needles`` found in a (large) file, read in chunks."""
-    keep = max(len(n) for n in needles) - 1
+def find_any(path: str, needles: list[bytes], chunk: int = 16 << 20) -> bytes | None:
+    """The first of ``needles`` a (large) file holds as a whole path prefix
+    (relocate.PATH_END: ``/x/ana-data`` is no ``/x/ana``), read in chunks."""
+    needles = [n for n in needles if n]
+    if not needles:
+        return None
+    mid, last = relocate.prefix_regex(needles, at_end=False), relocate.prefix_regex(needles)
+    keep = max(len(n) for n in needles)
     tail = b""
     with open(path, "rb") as f:
+        buf = f.read(chunk)
         while True:
-            buf = f.read(16 << 20)
-            if not buf:
-                return None
+            nxt = f.read(chunk)
             window = tail + buf
-            for n in needles:
-                if n in window:
-                    return n
-            tail = window[-keep:] if keep else b""
+            # a match at the very end of a chunk is decided by the next byte
+            m = (mid if nxt else last).search(window)
+            if m:
+                return m.group(0)
+            if not nxt:
+                return None
+            tail, buf = window[-keep:], nxt
 
 
 def _restore_conda_placeholder(data: bytes, rel: str, recorded: str, scrub_b: list[bytes],
@@ -138,7 +145,7 @@ def _relocate_content(data: bytes, fn: str, rel: str, scrub_b: list[bytes],
                            f"install the package into the venv")
     elif fn == "RECORD" and site_old:
         data = relocate.relocate_record(data, site_old, scrub_b)
-    if not any(p in data for p in scrub_b):
+    if not relocate.has_prefix(data, scrub_b):
         return data
     if relocate.is_binary(data) and not force_text:
         # A path compiled into a binary (libpython's PREFIX, a string in an
@@ -205,17 +212,17 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                     data = f.read()
                 mode_ph = st.recorded.get(rel)
                 if mode_ph and mode_ph[0] == "binary":
-                    if any(p in data for p in scrub_b):
+                    if relocate.has_prefix(data, scrub_b):
                         new = _restore_conda_placeholder(data, rel, mode_ph[1], scrub_b,
                                                          prefix_files, kept, st.warnings)
                         if new != data:
                             with open(full, "wb") as f:
                                 f.write(new)
                     continue
-                if maps and not relocate.is_binary(data) and any(o in data for o, _ in maps):
-                    with open(full, "wb") as f:
-                        f.write(relocate.apply_maps(data, maps))
+                if maps and not relocate.is_binary(data) and relocate.has_prefix(data, [o for o, _ in maps]):
                     data = relocate.apply_maps(data, maps)
+                    with open(full, "wb") as f:
+                        f.write(data)
                 if relocate.is_elf(data) and scrub:
                     try:
                         changed = elf.relocate_rpath(full, rel, st.moves, st.root)
@@ -227,7 +234,7 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                 orig = data
                 if fn == "RECORD" and old_site_rel:
                     data = relocate.rebase_record(data, old_site_rel, site_tree.encode())
-                if any(p in data for p in scrub_b):
+                if relocate.has_prefix(data, scrub_b):
                     data = _relocate_content(data, fn, rel, scrub_b, site_old, site_olds,
                                              site_tree, prefix_files, kept,
                                              force_text=bool(mode_ph))
@@ -280,7 +287,8 @@ def byte_compile(st: Staged, python: str, prefix_files: list[PrefixFile], worker
 def write_final_paths(root: str, prefix_files: list[PrefixFile], final: str) -> None:
     """Write ``final`` in place of the placeholders of a tree this process
     made itself (``relocate``), with the same byte rules as the launcher's
-    unpacker (launcher/unpack.c, pmb_patch_prefixes): text by replacement;
+    unpacker (launcher/unpack.c, pmb_patch_prefixes): text by replacement
+    (in a ``.py`` file escaped for a string literal);
     binary inside NUL-terminated strings, padded with NULs, never past the
     recorded placeholder's length.  Packages from elsewhere are patched by
     the launcher's unpacker only."""
@@ -291,7 +299,9 @@ def write_final_paths(root: str, prefix_files: list[PrefixFile], final: str) -> 
             data = f.read()
         old = p.placeholder.encode()
         if p.mode == "text":
-            data = relocate.replace_text_prefix(data, old, new)
+            # in Python source the path lands inside a string literal
+            data = relocate.replace_text_prefix(
+                data, old, relocate.py_literal_body(new) if p.path.endswith(".py") else new)
         elif len(new) <= len(old):
             data = relocate.replace_binary_prefix(data, old, new)
         else:

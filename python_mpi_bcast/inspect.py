@@ -12,6 +12,7 @@ import tempfile
 from .archive import iter_frames, unpack_packages
 from .errors import PmbError
 from .pkgformat import Manifest, content_hash, read_manifest
+from .relocate import has_prefix, prefix_regex
 
 
 def inspect(path: str) -> Manifest:
@@ -48,7 +49,7 @@ def verify(path: str, forbidden: list[str] | None = None) -> dict:
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, tree)
                 if os.path.islink(full):
-                    if any(f in os.readlink(full).encode() for f in forbidden_b):
+                    if has_prefix(os.readlink(full).encode(), forbidden_b):
                         leftovers.append(rel)
                     continue
                 files += 1
@@ -64,20 +65,21 @@ def verify(path: str, forbidden: list[str] | None = None) -> dict:
             "compiled_in": compiled_in, "manifest": m}
 
 
-def _scan(path: str, needles: list[bytes]) -> tuple[bool, bool]:
-    """Whether the file holds any of ``needles``, and whether it is binary
-    (holds a NUL byte)."""
-    keep = max(len(n) for n in needles) - 1
+def _scan(path: str, needles: list[bytes], chunk: int = 16 << 20) -> tuple[bool, bool]:
+    """Whether the file holds any of ``needles`` as a whole path prefix
+    (relocate.PATH_END: a longer sibling name is no leftover), and whether
+    it is binary (holds a NUL byte)."""
+    mid, last = prefix_regex(needles, at_end=False), prefix_regex(needles)
+    keep = max(len(n) for n in needles)
     tail = b""
     found = binary = False
     with open(path, "rb") as f:
+        buf = f.read(chunk)
         while True:
-            buf = f.read(16 << 20)
-            if not buf:
-                return found, binary
+            nxt = f.read(chunk)
             binary = binary or b"\0" in buf
             data = tail + buf
-            found = found or any(n in data for n in needles)
-            if found and binary:
+            found = found or (mid if nxt else last).search(data) is not None
+            if (found and binary) or not nxt:
                 return found, binary
-            tail = data[-keep:] if keep else b""
+            tail, buf = data[-keep:], nxt

@@ -24,6 +24,7 @@ import subprocess
 import time
 
 from . import collect, conda, fixup, pyinfo
+from .relocate import count_siblings, has_prefix, replace_text_prefix
 from .errors import PmbError
 from .relocate_env import relocate
 
@@ -210,13 +211,18 @@ def compare(src: str, dest: str, kind: str, olds: list[str]) -> list[str]:
         elif rel not in fa:
             diffs.append(f"file {rel} appeared in the copy")
         elif fa[rel] != fb[rel]:
-            if not (fa[rel].startswith("l:") and any(o in fa[rel] for o in olds)):
+            if not (fa[rel].startswith("l:") and has_prefix(fa[rel][2:].encode(), old_b)):
                 diffs.append(f"{rel}: {fa[rel]} in the source, {fb[rel]} in the copy")
         elif fa[rel] == "f":
             s, d = os.path.join(src, rel), os.path.join(dest, rel)
-            if os.path.getsize(s) < (256 << 20) and _digest(s) != _digest(d) \
-                    and (not old_b or fixup.find_any(s, old_b) is None):
-                diffs.append(f"{rel}: content differs and the source holds no old path there")
+            if os.path.getsize(s) < (256 << 20) and _digest(s) != _digest(d):
+                if not old_b or fixup.find_any(s, old_b) is None:
+                    diffs.append(f"{rel}: content differs and the source holds no old path "
+                                 f"there")
+                else:
+                    why = _siblings_changed(s, d, old_b, dest.encode())
+                    if why:
+                        diffs.append(f"{rel}: {why}")
     tops = sorted({t for n, v, top, _ in a.values() for t in top if t.isidentifier()
                    and not t.startswith("_")})
     if tops:
@@ -225,6 +231,25 @@ def compare(src: str, dest: str, kind: str, olds: list[str]) -> list[str]:
         for t in sorted(ok_old - ok_new):
             diffs.append(f"'import {t}' works in the source but fails in the copy")
     return diffs
+
+
+def _siblings_changed(src_file: str, dest_file: str, olds: list[bytes], dest: bytes) -> str:
+    """Relocation rewrites an old location only as a whole path prefix;
+    a longer sibling name (``/x/ana-data`` beside ``/x/ana``) must come
+    through unchanged.  Returns what went wrong, or ''."""
+    with open(src_file, "rb") as f:
+        a = f.read()
+    with open(dest_file, "rb") as f:
+        b = f.read()
+    # the new location may itself start with an old one (/x/ana -> /x/ana2/ana)
+    b = replace_text_prefix(b, dest, b"\0")
+    for old in olds:
+        n_a, n_b = count_siblings(a, old), count_siblings(b, old)
+        if n_a != n_b:
+            return (f"the source names {n_a} path(s) that start with {old.decode(errors='replace')} "
+                    f"but are not under it (e.g. a sibling '-data' directory); the copy "
+                    f"names {n_b}")
+    return ""
 
 
 def default_destination(found: Found, to: str | None) -> str:
@@ -263,12 +288,16 @@ def migrate_one(found: Found, dest: str, spec_dir: str, keep: bool, log) -> dict
     log(f"{found.name}: the copy matches (distributions, files, contents, imports)")
     removed = False
     if not keep:
-        trash = _aside(src)  # one rename: the source is gone only as a whole
-        shutil.rmtree(trash)
+        remove_source(found, log)
         removed = True
-        log(f"{found.name}: removed {src}")
     return {"name": found.name, "source": src, "dest": dest, "specs": specs,
             "removed": removed, "relocated": res}
+
+
+def remove_source(found: Found, log) -> None:
+    trash = _aside(found.path)  # one rename: the source is gone only as a whole
+    shutil.rmtree(trash)
+    log(f"{found.name}: removed {found.path}")
 
 
 def _aside(path: str) -> str:
@@ -278,32 +307,70 @@ def _aside(path: str) -> str:
     return trash
 
 
-def update_rc(home: str, moves: list[tuple[str, str]], log) -> list[str]:
-    """Rewrite references to the old locations in the user's shell start-up
-    files, each after a backup; returns the files changed."""
-    changed = []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+def _rc_files(home: str) -> list[tuple[str, str]]:
+    """(start-up file as the user knows it, the file to read and edit): a
+    symlinked dotfile (a dotfiles repository) is edited where it points; each
+    real file once."""
+    out, seen = [], set()
     for rel in RC_FILES:
         path = os.path.join(home, rel)
-        if not os.path.isfile(path) or os.path.islink(path):
+        real = os.path.realpath(path)
+        if not os.path.isfile(real) or real in seen:
             continue
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
-        new = text
+        seen.add(real)
+        out.append((path, real))
+    return out
+
+
+def rc_naming(home: str, olds: list[str]) -> list[str]:
+    """The start-up files that still name any of ``olds`` (as a whole path)."""
+    olds_b = [o.encode() for o in olds]
+    found = []
+    for path, real in _rc_files(home):
+        try:
+            if fixup.find_any(real, olds_b) is not None:
+                found.append(path)
+        except OSError:
+            continue
+    return found
+
+
+def update_rc(home: str, moves: list[tuple[str, str]], log) -> list[str]:
+    """Rewrite references to the old locations in the user's shell start-up
+    files, each after a backup beside the file that is edited (the target of
+    a symlinked one, which stays a link); returns the files changed.  A file
+    that cannot be rewritten is said so and left as it was."""
+    changed = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path, real in _rc_files(home):
+        try:
+            with open(real, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            log(f"cannot read {path}: {e.strerror}; not updated")
+            continue
+        new = data
         for old, dest in sorted(moves, key=lambda m: len(m[0]), reverse=True):
-            new = re.sub(re.escape(old) + r"(?=$|[/\s\"':;)}])", dest.replace("\\", r"\\"),
-                         new, flags=re.M)
-        if new == text:
+            new = replace_text_prefix(new, old.encode(), dest.encode())
+        if new == data:
             continue
-        backup = f"{path}.pmb-backup-{stamp}"
-        shutil.copy2(path, backup)
-        diff = difflib.unified_diff(text.splitlines(True), new.splitlines(True),
-                                    fromfile=backup, tofile=path)
+        shown = path if real == path else f"{path} (-> {real})"
+        backup = f"{real}.pmb-backup-{stamp}"
+        tmp = real + ".pmb-tmp"
+        try:
+            shutil.copy2(real, backup)
+            with open(tmp, "wb") as f:
+                f.write(new)
+            shutil.copymode(real, tmp)
+            os.replace(tmp, real)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            log(f"cannot update {shown}: {e.strerror}; left as it was")
+            continue
+        diff = difflib.unified_diff(data.decode(errors="surrogateescape").splitlines(True),
+                                    new.decode(errors="surrogateescape").splitlines(True),
+                                    fromfile=backup, tofile=real)
         log("".join(diff).rstrip("\n"))
-        tmp = path + ".pmb-tmp"
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(new)
-        shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-        changed.append(path)
+        changed.append(shown)
     return changed

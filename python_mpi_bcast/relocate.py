@@ -113,9 +113,70 @@ def _relpath(target: bytes, start: bytes) -> bytes:
     return b"/".join(parts) or b"."
 
 
+# An old location names itself (or a path under it) only where the byte after
+# it ends a path component: '/', a quote or backquote, whitespace, NUL, one of
+# ``: ; = ,`` (list and assignment separators) or a closing ``) ] } >`` or
+# ``< | &`` (shell and markup syntax), or the end of the data.  Any other byte
+# (a letter, a digit, ``. - _ + ~ @ #``...) makes it a longer sibling name:
+# ``/x/ana-data`` is not under ``/x/ana`` and is never rewritten.  Such a set
+# errs on the side of replacing less: a location followed by something odd is
+# left alone (and the leftover scans, which use the same rule, do not count it).
+PATH_END = b"/'\"`\0 \t\n\r\v\f:;=,)]}<>|&"
+_END_CLASS = rb"[/'\"`\x00\s:;=,)\]}<>|&]"
+
+
+def prefix_regex(olds: list[bytes], at_end: bool = True) -> "re.Pattern[bytes]":
+    """A pattern matching any of ``olds`` as a whole path prefix, longest
+    first.  With ``at_end`` False the end of the data does not count as a
+    path end (for scanning a file in chunks: the next byte is unknown)."""
+    alts = b"|".join(re.escape(o) for o in sorted(set(olds), key=len, reverse=True))
+    end = _END_CLASS + (rb"|\Z" if at_end else b"")
+    return re.compile(b"(?:" + alts + b")(?=" + end + b")")
+
+
+def find_prefix(data: bytes, olds: list[bytes]) -> bytes | None:
+    """The first of ``olds`` that ``data`` holds as a whole path prefix."""
+    olds = [o for o in olds if o]
+    if not olds:
+        return None
+    m = prefix_regex(olds).search(data)
+    return m.group(0) if m else None
+
+
+def has_prefix(data: bytes, olds: list[bytes]) -> bool:
+    return find_prefix(data, olds) is not None
+
+
+def count_siblings(data: bytes, old: bytes) -> int:
+    """How often ``old`` occurs in ``data`` *not* as a whole path prefix
+    (as the start of a longer sibling name such as ``old-data``)."""
+    if not old:
+        return 0
+    return data.count(old) - len(prefix_regex([old]).findall(data))
+
+
 def replace_text_prefix(data: bytes, old: bytes, new: bytes) -> bytes:
-    """Replace every occurrence of ``old`` by ``new`` in a text file."""
-    return data.replace(old, new)
+    """Replace ``old`` by ``new`` in a text file wherever ``old`` is a whole
+    path prefix (see PATH_END); longer sibling names are left alone."""
+    if not old or old not in data:
+        return data
+    return prefix_regex([old]).sub(lambda m: new, data)
+
+
+def py_literal_body(path: bytes) -> bytes:
+    """``path`` as it must be written inside a Python string literal (a
+    ``.py`` file such as ``_sysconfigdata`` quotes its paths): backslash,
+    both quotes and control bytes escaped, other bytes as they are.  The
+    launcher's unpacker applies the same rule (launcher/unpack.c)."""
+    out = bytearray()
+    for c in path:
+        if c in b"\\'\"":
+            out += b"\\" + bytes([c])
+        elif c < 0x20 or c == 0x7f:
+            out += b"\\x%02x" % c
+        else:
+            out.append(c)
+    return bytes(out)
 
 
 def replace_binary_prefix(data: bytes, old: bytes, new: bytes) -> bytes:
@@ -127,10 +188,10 @@ def replace_binary_prefix(data: bytes, old: bytes, new: bytes) -> bytes:
     """
     if len(new) > len(old):
         raise ValueError("new prefix is longer than the recorded one")
-    pat = re.compile(re.escape(old) + rb"([^\0]*?)\0")
+    pat = re.compile(re.escape(old) + b"(?=" + _END_CLASS + rb")([^\0]*?)\0")
 
     def sub(m: re.Match) -> bytes:
-        tail = m.group(1).replace(old, new)
+        tail = replace_text_prefix(m.group(1), old, new)
         s = new + tail
         return s + b"\0" * (len(m.group(0)) - len(s))
 
@@ -202,12 +263,13 @@ def restore_binary_placeholder(data: bytes, prefix: bytes, placeholder: bytes) -
     if len(placeholder) < len(prefix):
         raise ValueError("placeholder shorter than the prefix")
     grow = len(placeholder) - len(prefix)
-    pat = re.compile(re.escape(prefix) + rb"[^\0]*\0")
+    pat = re.compile(re.escape(prefix) + b"(?=" + _END_CLASS + rb")[^\0]*\0")
+    whole = prefix_regex([prefix])
     out = []
     pos = 0
     for m in pat.finditer(data):
         s = m.group(0)[:-1]
-        need = s.count(prefix) * grow
+        need = len(whole.findall(s)) * grow
         end = m.end() - 1          # index of the terminating NUL
         pad = 0
         while end + pad < len(data) and data[end + pad] == 0 and pad < need + 1:
@@ -215,7 +277,7 @@ def restore_binary_placeholder(data: bytes, prefix: bytes, placeholder: bytes) -
         # the string's own NUL plus ``need`` bytes of padding must be there
         if pad < need + 1:
             raise ValueError("no NUL padding after the prefix")
-        new = s.replace(prefix, placeholder)
+        new = whole.sub(lambda _: placeholder, s)
         out.append(data[pos:m.start()])
         out.append(new + b"\0")
         pos = m.end() + need
@@ -227,9 +289,9 @@ def restore_binary_placeholder(data: bytes, prefix: bytes, placeholder: bytes) -
 
 def apply_maps(data: bytes, maps: list[tuple[bytes, bytes]]) -> bytes:
     """Replace every ``old`` of ``maps`` by its ``new`` in one pass (longest
-    ``old`` first, so a mapped result is never mapped again)."""
-    if not maps:
+    ``old`` first, so a mapped result is never mapped again), only where
+    ``old`` is a whole path prefix (``/x/data-old2`` is no ``/x/data-old``)."""
+    table = {o: n for o, n in maps if o}
+    if not table:
         return data
-    table = dict(maps)
-    pat = re.compile(b"|".join(re.escape(o) for o in sorted(table, key=len, reverse=True)))
-    return pat.sub(lambda m: table[m.group(0)], data)
+    return prefix_regex(list(table)).sub(lambda m: table[m.group(0)], data)

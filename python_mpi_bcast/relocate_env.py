@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 
 from . import collect, config, fixup
+from .relocate import has_prefix
 from .errors import PmbError
 
 
@@ -54,7 +55,7 @@ def _leftovers(root: str, olds: list[bytes]) -> list[str]:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
             if os.path.islink(full):
-                if any(o in os.readlink(full).encode() for o in olds):
+                if has_prefix(os.readlink(full).encode(), olds):
                     found.append(rel)
                 continue
             if fixup.find_any(full, olds) is not None:

@@ -1,0 +1,264 @@
+"""An old location is rewritten only where it is a whole path prefix (issue
+23, item 1): byte-level cases for every byte that can follow it, in text and
+in binary files, the chunked scanners (leftovers, verify, migrate's
+comparison) held to the same rule, and a seeded property test over random
+path sets checked against a plain reference loop."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from python_mpi_bcast import fixup, inspect, migrate
+from python_mpi_bcast import relocate as R
+
+OLD = b"/x/envs/ana"
+NEW = b"/un"
+
+# What ends a path component after a location, as a user writes paths in
+# scripts, configs and shell files (named here, not taken from the module).
+ENDS = set(b"/'\"`\0 \t\n\r\v\f:;=,)]}<>|&")
+# Bytes that continue a name: the location is then a longer sibling.
+CONTINUES = set(range(256)) - ENDS
+NAMED_SIBLINGS = [b"-data", b"2", b".bak", b"_old", b"+x", b"~", b"@host", b"#1", b"(copy",
+                  b"[1", b"{a", b"\\x", b"*", b"?", b"$HOME", b"!", b"%", b"^", b"\x80\xc3\xa9",
+                  b"\xff", b"\x7f"]
+
+
+def test_the_module_and_this_test_agree_on_what_ends_a_path():
+    assert set(R.PATH_END) == ENDS
+
+
+@pytest.mark.parametrize("c", range(256))
+def test_text_prefix_followed_by_each_byte(c):
+    data = b"open('" + OLD + bytes([c]) + b"input.csv')\n"
+    out = R.replace_text_prefix(data, OLD, NEW)
+    if c in ENDS:
+        assert out == b"open('" + NEW + bytes([c]) + b"input.csv')\n"
+    else:
+        assert out == data
+
+
+def test_text_prefix_at_the_end_of_the_data_and_of_each_line():
+    assert R.replace_text_prefix(b"home=" + OLD, OLD, NEW) == b"home=" + NEW
+    assert R.replace_text_prefix(OLD, OLD, NEW) == NEW
+    assert R.replace_text_prefix(OLD + b"\n" + OLD + b"-data\n", OLD, NEW) == \
+        NEW + b"\n" + OLD + b"-data\n"
+
+
+@pytest.mark.parametrize("tail", NAMED_SIBLINGS)
+def test_a_longer_sibling_name_is_never_rewritten(tail):
+    data = b'DATA = "' + OLD + tail + b'/input.csv"\nHOME = "' + OLD + b'"\n'
+    assert R.replace_text_prefix(data, OLD, NEW) == \
+        b'DATA = "' + OLD + tail + b'/input.csv"\nHOME = "' + NEW + b'"\n'
+    assert not R.has_prefix(OLD + tail + b"/input.csv", [OLD])
+    assert R.count_siblings(data, OLD) == 1
+
+
+@pytest.mark.parametrize("c", range(256))
+def test_binary_prefix_followed_by_each_byte(c):
+    """Inside NUL-terminated strings, padded with NULs, length kept."""
+    if c == 0:
+        s = OLD
+    else:
+        s = OLD + bytes([c]) + b"lib"
+    data = b"\x7fELF\x01" + s + b"\0" + b"\0" * 4 + b"tail\0"
+    out = R.replace_binary_prefix(data, OLD, NEW)
+    assert len(out) == len(data)
+    if c in ENDS:
+        want = NEW + s[len(OLD):]
+        assert out == b"\x7fELF\x01" + want + b"\0" * (len(s) - len(want) + 1) + b"\0" * 4 + \
+            b"tail\0"
+    else:
+        assert out == data
+
+
+def test_binary_string_with_a_sibling_and_the_prefix_rewrites_only_the_prefix():
+    s = OLD + b"-data/x:" + OLD + b"/lib"
+    data = b"\0" + s + b"\0rest\0"
+    out = R.replace_binary_prefix(data, OLD, NEW)
+    assert out == b"\0" + OLD + b"-data/x:" + NEW + b"/lib" + b"\0" * (len(OLD) - len(NEW) + 1) \
+        + b"rest\0"
+
+
+def test_conda_placeholder_restore_leaves_siblings_and_needs_no_padding_for_them():
+    ph = R.make_placeholder(60)
+    grow = len(ph) - len(OLD)
+    # conda padded the string holding the prefix; the sibling string has no padding
+    data = b"\0" + OLD + b"/lib\0" + b"\0" * grow + OLD + b"-data/in.csv\0end\0"
+    out = R.restore_binary_placeholder(data, OLD, ph)
+    assert out == b"\0" + ph + b"/lib\0" + OLD + b"-data/in.csv\0end\0"
+    assert R.replace_binary_prefix(out, ph, b"/dev/shm/t") .startswith(b"\0/dev/shm/t/lib\0")
+
+
+def test_map_does_not_touch_a_sibling_of_old():
+    maps = [(b"/x/data-old", b"/x/data-new")]
+    assert R.apply_maps(b"a=/x/data-old2/y.csv b=/x/data-old/y.csv c=/x/data-old", maps) == \
+        b"a=/x/data-old2/y.csv b=/x/data-new/y.csv c=/x/data-new"
+    # the longer of two olds still wins where both are whole prefixes
+    maps = [(b"/x/data", b"/d"), (b"/x/data-old", b"/o")]
+    assert R.apply_maps(b"/x/data-old/1 /x/data/2 /x/data-older/3", maps) == \
+        b"/o/1 /d/2 /x/data-older/3"
+
+
+def _write_at_chunk_edge(path, chunk: int, follow: bytes) -> None:
+    """OLD ends exactly at the end of the first chunk, ``follow`` opens the next."""
+    with open(path, "wb") as f:
+        f.write(b"." * (chunk - len(OLD)) + OLD + follow)
+
+
+@pytest.mark.parametrize("follow, found", [(b"-data/input.csv", False), (b"/bin/python", True),
+                                           (b"", True), (b"2", False), (b"\n", True)])
+def test_scanners_decide_at_a_chunk_edge_by_the_next_byte(tmp_path, follow, found):
+    """fixup.find_any (relocate's leftovers, migrate's comparison) and
+    verify's scan read large files in chunks: a location at a chunk's end is
+    decided by the first byte of the next chunk, or by the end of the file."""
+    p = str(tmp_path / "f")
+    chunk = 64
+    _write_at_chunk_edge(p, chunk, follow)
+    assert (fixup.find_any(p, [OLD], chunk=chunk) is not None) is found
+    assert inspect._scan(p, [OLD], chunk=chunk)[0] is found
+    # and with the default (one chunk)
+    assert (fixup.find_any(p, [OLD]) is not None) is found
+
+
+def test_migrate_comparison_catches_a_sibling_rewritten_with_the_prefix(tmp_path):
+    """The copy of a file naming both the env and env-data must keep env-data."""
+    src, dest = b"/s/scratch3/ana", b"/h/venvs/ana"
+    a = tmp_path / "a.py"
+    a.write_bytes(b"HOME = '" + src + b"'\nDATA = '" + src + b"-data/input.csv'\n")
+    good = tmp_path / "good.py"
+    good.write_bytes(b"HOME = '" + dest + b"'\nDATA = '" + src + b"-data/input.csv'\n")
+    bad = tmp_path / "bad.py"
+    bad.write_bytes(b"HOME = '" + dest + b"'\nDATA = '" + dest + b"-data/input.csv'\n")
+    assert migrate._siblings_changed(str(a), str(good), [src], dest) == ""
+    assert "not under it" in migrate._siblings_changed(str(a), str(bad), [src], dest)
+    # a new location that itself starts with the old one is no sibling
+    dest2 = src + b"2/ana"
+    good2 = tmp_path / "good2.py"
+    good2.write_bytes(b"HOME = '" + dest2 + b"'\nDATA = '" + src + b"-data/input.csv'\n")
+    assert migrate._siblings_changed(str(a), str(good2), [src], dest2) == ""
+
+
+def _reference_replace(data: bytes, olds: dict[bytes, bytes]) -> bytes:
+    """A plain left-to-right loop: at each position the longest old that is
+    followed by a path end (or the end of the data) is replaced."""
+    out = bytearray()
+    i = 0
+    order = sorted(olds, key=len, reverse=True)
+    while i < len(data):
+        for o in order:
+            j = i + len(o)
+            if data.startswith(o, i) and (j == len(data) or data[j] in ENDS):
+                out += olds[o]
+                i = j
+                break
+        else:
+            out.append(data[i])
+            i += 1
+    return bytes(out)
+
+
+NAME_BYTES = b"abcdefgh0123456789-_.+~@"
+ANY_BYTES = bytes(sorted(ENDS)) + NAME_BYTES + b"\xc3\xa9$*?#(!"
+
+
+def _name(rng: random.Random, k: int = 4) -> bytes:
+    return bytes(rng.choice(NAME_BYTES) for _ in range(rng.randint(1, k)))
+
+
+def test_random_path_sets_change_only_at_whole_prefixes():
+    """Seeded property test: random sets of locations (some prefixes or
+    siblings of others), random text of paths under them, beside them and
+    unrelated, with every kind of following byte; the engine agrees with the
+    reference loop, every sibling path survives byte for byte, and no old
+    location is left as a whole prefix."""
+    rng = random.Random(20231207)
+    for _ in range(400):
+        base = b"/" + _name(rng) + b"/" + _name(rng)
+        olds = {base}
+        for _ in range(rng.randint(0, 3)):  # nested or sibling locations
+            olds.add(rng.choice([base + b"/" + _name(rng), base + _name(rng, 2),
+                                 b"/" + _name(rng) + b"/" + _name(rng)]))
+        olds_l = sorted(olds)
+        new_of = {o: b"/NEW%d" % i for i, o in enumerate(olds_l)}
+        pieces, siblings = [], []
+        for _ in range(rng.randint(1, 12)):
+            o = rng.choice(olds_l)
+            kind = rng.random()
+            if kind < 0.4:    # under it, or it, followed by any path end
+                p = o + rng.choice([b"/" + _name(rng), b""]) + bytes([rng.choice(sorted(ENDS))])
+            elif kind < 0.75:  # a sibling: the name goes on
+                first = rng.choice(sorted(CONTINUES) if rng.random() < 0.3 else NAME_BYTES)
+                tail = bytes([first]) + _name(rng)
+                p = o + tail + b"/f.csv"
+                siblings.append(p)
+            else:
+                p = bytes(rng.choice(ANY_BYTES) for _ in range(rng.randint(0, 6)))
+            pieces.append(p + bytes([rng.choice(b" \n'\"=:")]))
+        data = b"".join(pieces)
+        want = _reference_replace(data, new_of)
+        got = R.apply_maps(data, list(new_of.items()))
+        assert got == want, (olds, data)
+        one = data
+        for o in sorted(olds, key=len, reverse=True):
+            one = R.replace_text_prefix(one, o, new_of[o])
+        # replacing one location at a time agrees where no new one is a prefix of an old
+        assert not R.has_prefix(one, olds_l)
+        for s in siblings:
+            if not any(R.has_prefix(s, [o]) for o in olds_l):
+                assert s in got, (s, got)
+        # the binary rewrite keeps the length and agrees on each NUL-terminated string
+        bdata = data.replace(b"\0", b"\1") + b"\0" * 64
+        for o in olds_l:
+            short = b"/N"
+            bout = R.replace_binary_prefix(bdata, o, short)
+            assert len(bout) == len(bdata)
+            assert bout.rstrip(b"\0") == _reference_replace(bdata, {o: short}).rstrip(b"\0")
+
+
+def test_scanner_and_replacer_agree_on_random_files(tmp_path):
+    """What the leftover scan calls a leftover is exactly what the rewrite
+    would have changed, whatever the chunk size."""
+    rng = random.Random(7)
+    p = str(tmp_path / "f")
+    for _ in range(200):
+        data = bytes(rng.choice(ANY_BYTES + b"/xenvsa") for _ in range(rng.randint(0, 80)))
+        if rng.random() < 0.5:
+            at = rng.randint(0, len(data))
+            data = data[:at] + OLD + data[at:]
+        with open(p, "wb") as f:
+            f.write(data)
+        changes = R.replace_text_prefix(data, OLD, NEW) != data
+        for chunk in (7, 11, 64, 1 << 20):
+            assert (fixup.find_any(p, [OLD], chunk=chunk) is not None) is changes, (data, chunk)
+            assert inspect._scan(p, [OLD], chunk=chunk)[0] is changes, (data, chunk)
+
+
+def test_python_literal_body_round_trips_through_the_parser():
+    for path in [b"/t/it's web", b'/t/say "hi"', b"/t/back\\slash\\n", b"/t/new\nline",
+                 "/t/caf\u00e9 \u6f22".encode(), b"/t/'''", b"/t/tab\there\x7f"]:
+        body = R.py_literal_body(path)
+        for q in (b"'", b'"', b"'''", b'"""'):
+            src = b"# -*- coding: utf-8 -*-\nx = " + q + b"pre:" + body + b"/lib" + q + b"\n"
+            ns: dict = {}
+            exec(compile(src, "t", "exec"), ns)
+            assert ns["x"] == "pre:" + path.decode() + "/lib"
+
+
+def test_write_final_paths_writes_python_literals_into_py_files(tmp_path):
+    from python_mpi_bcast.pkgformat import PrefixFile
+    ph = R.PLACEHOLDER
+    (tmp_path / "_sysconfigdata_x.py").write_bytes(
+        b"build_time_vars = {'prefix': '" + ph + b"', 'CONFIG_ARGS': \"'--prefix=" + ph +
+        b"'\"}\n")
+    (tmp_path / "notes.txt").write_bytes(ph + b"/data\n")
+    final = str(tmp_path / "it's web")
+    fixup.write_final_paths(str(tmp_path), [PrefixFile("text", "_sysconfigdata_x.py", ph.decode()),
+                                            PrefixFile("text", "notes.txt", ph.decode())], final)
+    ns: dict = {}
+    exec((tmp_path / "_sysconfigdata_x.py").read_text(), ns)
+    assert ns["build_time_vars"] == {"prefix": final, "CONFIG_ARGS": f"'--prefix={final}'"}
+    assert (tmp_path / "notes.txt").read_text() == final + "/data\n"
