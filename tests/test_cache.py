@@ -173,6 +173,44 @@ def test_load_into_an_existing_copy_is_refused(user):
     assert r.returncode == 1 and "already exists" in r.stderr and "--as" in r.stderr
 
 
+def test_load_force_never_replaces_a_directory_load_did_not_make(user, tmp_path):
+    """load --to DIR --force with DIR holding someone's work (never an
+    environment): refused in one line, the first refusal suggests nothing
+    destructive, and the work is untouched.  A copy load made is replaced."""
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("\\chapter{Results}\n")
+    for extra in ([], ["--force"]):
+        r = cli(user, "load", "science", "--to", str(thesis), *extra, check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert r.stderr.strip() == (f"python-mpi-bcast: error: {thesis} already exists and is "
+                                    f"not an environment loaded by python-mpi-bcast; it was left "
+                                    f"as it is: choose a --to that does not exist yet")
+        assert os.listdir(thesis) == ["thesis.tex"]
+        assert (thesis / "thesis.tex").read_text() == "\\chapter{Results}\n"
+    # a file, a link to a directory, and a name in scratch that load did not make
+    (tmp_path / "notes.txt").write_text("mine\n")
+    os.symlink(thesis, tmp_path / "link")
+    for target in ("notes.txt", "link"):
+        r = cli(user, "load", "science", "--to", str(tmp_path / target), "--force", check=False)
+        assert r.returncode == 1 and "not an environment loaded by" in r.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine\n" and os.path.islink(tmp_path / "link")
+    os.makedirs(os.path.join(user["scratch"], "mine"))
+    open(os.path.join(user["scratch"], "mine", "data.h5"), "w").close()
+    r = cli(user, "load", "science", "--as", "mine", "--force", check=False)
+    assert r.returncode == 1 and "load under another name with --as" in r.stderr
+    assert os.listdir(os.path.join(user["scratch"], "mine")) == ["data.h5"]
+    # what load made, --force replaces
+    copy = str(tmp_path / "copy")
+    cli(user, "load", "science", "--to", copy)
+    open(os.path.join(copy, "added-by-me"), "w").close()
+    r = cli(user, "load", "science", "--to", copy, check=False)
+    assert r.returncode == 1 and "--force" in r.stderr
+    cli(user, "load", "science", "--to", copy, "--force")
+    assert not os.path.exists(os.path.join(copy, "added-by-me"))
+    assert run([os.path.join(copy, "bin", "python"), "-c", "import numpy"], timeout=60)
+
+
 def test_rm_removes_an_entry(user):
     shutil.copy(os.path.join(user["cache"], "science.tar.zst"),
                 os.path.join(user["cache"], "gone.tar.zst"))

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import CLI, make_venv, run
+from conftest import CLI, PRIVATE, UNSHARE_MOUNT, make_venv, run
+from test_conda import can_hide
 from test_cache import copy_numpy
 
 import condaenv
@@ -107,6 +108,76 @@ def test_keep_leaves_the_source(scratch):
     assert r.returncode == 0, r.stderr
     assert os.path.exists(os.path.join(s["sci"], "pyvenv.cfg"))
     assert os.path.exists(os.path.join(s["new"], "sci", "pyvenv.cfg"))
+
+
+@pytest.fixture
+def dotfiles(tmp_path):
+    """scratch/ana (a venv reading scratch/ana-data) and a HOME whose
+    ~/.zshrc is a symlink into a dotfiles repository, naming both."""
+    from test_prefix_boundaries import make_ana, user_env
+    ana = make_ana(str(tmp_path / "scratch"))
+    env = user_env(tmp_path)
+    home = env["HOME"]
+    repo = os.path.join(home, "dotfiles")
+    os.makedirs(repo)
+    text = f"source {ana['venv']}/bin/activate\nexport DATA={ana['data']}/input.csv\n"
+    with open(os.path.join(repo, "zshrc"), "w") as f:
+        f.write(text)
+    os.symlink("dotfiles/zshrc", os.path.join(home, ".zshrc"))
+    return dict(ana, env=env, home=home, repo=repo, text=text, scratch=str(tmp_path / "scratch"),
+                new=str(tmp_path / "new"))
+
+
+def zsh_start(d) -> subprocess.CompletedProcess:
+    """What a new zsh does with the user's ~/.zshrc: activate, run the script."""
+    return run(["zsh", "-c", 'source "$HOME/.zshrc" && analyse && echo "$VIRTUAL_ENV"'],
+               env=d["env"], timeout=60, check=False)
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="no zsh")
+def test_update_rc_edits_the_target_of_a_symlinked_dotfile(dotfiles):
+    d = dotfiles
+    r = run(CLI + ["migrate", "-d", d["scratch"], "ana", "--to", d["new"], "--update-rc"],
+            env=d["env"], timeout=1200, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = os.path.join(d["new"], "ana")
+    rc = os.path.join(d["home"], ".zshrc")
+    # still the link into the repository; the file it points at was edited
+    assert os.readlink(rc) == "dotfiles/zshrc"
+    assert open(rc).read() == (f"source {new}/bin/activate\n"
+                               f"export DATA={d['data']}/input.csv\n")
+    backups = [f for f in os.listdir(d["repo"]) if f.startswith("zshrc.pmb-backup-")]
+    assert len(backups) == 1
+    assert open(os.path.join(d["repo"], backups[0])).read() == d["text"]
+    assert not [f for f in os.listdir(d["home"]) if ".pmb-backup-" in f]
+    assert not os.path.exists(d["venv"])  # removed only after the start-up file was updated
+    z = zsh_start(d)
+    assert z.returncode == 0 and z.stdout == f"x,y\n1,42\n{new}\n", z.stdout + z.stderr
+
+
+@pytest.mark.skipif(not can_hide(), reason="needs root and unshare for a read-only mount")
+def test_update_rc_keeps_the_source_while_a_start_up_file_still_names_it(dotfiles):
+    """The dotfiles repository is on a read-only mount: the start-up file
+    cannot be edited, so the source stays (and zsh still starts)."""
+    d = dotfiles
+    r = run(UNSHARE_MOUNT + [
+        PRIVATE + 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
+        d["repo"]] + CLI + ["migrate", "-d", d["scratch"], "ana", "--to", d["new"],
+                            "--update-rc"], env=d["env"], timeout=1200, check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    rc = os.path.join(d["home"], ".zshrc")
+    assert f"cannot update {rc} (-> {d['repo']}/zshrc): Read-only file system" in r.stdout
+    err = r.stderr.strip().splitlines()
+    assert err[0] == (f"python-mpi-bcast: error: ana: {rc} still names {d['venv']}, so the "
+                      f"source was kept (the copy is {d['new']}/ana); edit that file, then "
+                      f"remove the source")
+    assert err[-1] == ("python-mpi-bcast: error: copied, sources kept while a start-up file "
+                       "names them: ana")
+    assert "Traceback" not in r.stderr
+    assert open(rc).read() == d["text"]
+    assert os.path.exists(os.path.join(d["venv"], "pyvenv.cfg"))
+    z = zsh_start(d)
+    assert z.returncode == 0 and z.stdout == f"x,y\n1,42\n{d['venv']}\n", z.stdout + z.stderr
 
 
 def test_selection_needs_a_terminal_names_or_all(scratch):

@@ -262,3 +262,151 @@ def test_write_final_paths_writes_python_literals_into_py_files(tmp_path):
     exec((tmp_path / "_sysconfigdata_x.py").read_text(), ns)
     assert ns["build_time_vars"] == {"prefix": final, "CONFIG_ARGS": f"'--prefix={final}'"}
     assert (tmp_path / "notes.txt").read_text() == final + "/data\n"
+
+
+# ---- the user's scenarios, with real venvs and the real commands -------------
+
+from conftest import CLI, make_venv, run  # noqa: E402
+
+ANAMOD = '''HOME = {home!r}
+DATA = {data!r}
+
+
+def read():
+    with open(DATA) as f:
+        return f.read()
+'''
+
+
+def make_ana(envs: str, name: str = "ana") -> dict:
+    """envs/NAME, a venv whose module and script read envs/NAME-data/input.csv
+    (a sibling directory whose name starts with the venv's)."""
+    venv = make_venv(os.path.join(envs, name), [])
+    data = os.path.join(envs, name + "-data")
+    os.makedirs(data)
+    with open(os.path.join(data, "input.csv"), "w") as f:
+        f.write("x,y\n1,42\n")
+    site = run([os.path.join(venv, "bin", "python"), "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    with open(os.path.join(site, "anamod.py"), "w") as f:
+        f.write(ANAMOD.format(home=venv, data=os.path.join(data, "input.csv")))
+    script = os.path.join(venv, "bin", "analyse")
+    with open(script, "w") as f:
+        f.write(f"#!{venv}/bin/python\nimport anamod\nprint(anamod.read(), end='')\n")
+    os.chmod(script, 0o755)
+    # a file that names only the sibling: not prefix-bearing, no leftover
+    os.makedirs(os.path.join(venv, "share"))
+    with open(os.path.join(venv, "share", "notes.txt"), "w") as f:
+        f.write(f"inputs live in {data}/input.csv\n")
+    return {"venv": venv, "data": data, "site": site}
+
+
+def user_env(tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_"))}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env.update({"HOME": str(home), "TMPDIR": str(tmp_path),
+                "PYTHON_MPI_BCAST_CACHE": str(tmp_path / "cache")})
+    return env
+
+
+def check_ana_copy(where: str, data: str) -> None:
+    out = run([os.path.join(where, "bin", "python"), "-c",
+               "import anamod; print(anamod.HOME); print(anamod.DATA)"], timeout=60).stdout
+    assert out.splitlines() == [where, os.path.join(data, "input.csv")]
+    assert run([os.path.join(where, "bin", "analyse")], timeout=60).stdout == "x,y\n1,42\n"
+    notes = open(os.path.join(where, "share", "notes.txt")).read()
+    assert notes == f"inputs live in {data}/input.csv\n"
+
+
+def test_packed_venv_unpacked_elsewhere_still_reads_its_sibling_data(tmp_path):
+    """envs/ana reading envs/ana-data/input.csv, packed and unpacked at un:
+    it reads envs/ana-data, not un-data; verify finds no leftover."""
+    ana = make_ana(str(tmp_path / "envs"))
+    root = str(tmp_path / "pkgs")
+    run(CLI + ["pack", "--python", ana["venv"], "-o", root, "-q"], timeout=900)
+    run(CLI + ["pack", ana["venv"], "-o", root, "-n", "ana", "-q"], timeout=900)
+    pkgs = sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".tar.zst"))
+    un = str(tmp_path / "un")
+    run(CLI + ["unpack"] + sorted(pkgs, key=lambda p: "ana" in os.path.basename(p)) + [un],
+        timeout=600)
+    check_ana_copy(un, ana["data"])
+    v = run(CLI + ["verify", os.path.join(root, "ana.tar.zst")], timeout=600, check=False)
+    assert v.returncode == 0 and "leftover" not in v.stdout + v.stderr, v.stdout + v.stderr
+
+
+def test_saved_and_loaded_venv_still_reads_its_sibling_data(tmp_path):
+    ana = make_ana(str(tmp_path / "envs"))
+    env = user_env(tmp_path)
+    run(CLI + ["save", "ana", "--venv", ana["venv"], "-q"], env=env, timeout=900)
+    un = str(tmp_path / "un")
+    run(CLI + ["load", "ana", "--to", un], env=env, timeout=600)
+    check_ana_copy(un, ana["data"])
+
+
+def test_relocate_map_leaves_siblings_of_old_and_of_the_source(tmp_path):
+    """--map /x/data-old /x/data-new keeps /x/data-old2; a sibling of the
+    source (mapsrc2) is not turned into DEST2."""
+    base = str(tmp_path)
+    ana = make_ana(os.path.join(base, "envs"), "mapsrc")
+    src = ana["venv"]
+    with open(os.path.join(src, "share", "settings.ini"), "w") as f:
+        f.write(f"[paths]\nold = {base}/data-old/y.csv\nold2 = {base}/data-old2/y.csv\n"
+                f"other = {src}2/bin/python\nself = {src}/bin/python\n")
+    dest = os.path.join(base, "moved", "mapdest")
+    r = run(CLI + ["relocate", src, "-o", dest, "--map", f"{base}/data-old", f"{base}/data-new"],
+            timeout=900, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert open(os.path.join(dest, "share", "settings.ini")).read() == (
+        f"[paths]\nold = {base}/data-new/y.csv\nold2 = {base}/data-old2/y.csv\n"
+        f"other = {src}2/bin/python\nself = {dest}/bin/python\n")
+    check_ana_copy(dest, ana["data"])
+
+
+def migrate_env(tmp_path) -> dict:
+    return user_env(tmp_path)
+
+
+def test_migrate_with_a_sibling_data_directory_makes_a_right_copy(tmp_path):
+    """scratch3/ana reads scratch3/ana-data: the copy still reads ana-data
+    (so the comparison rightly holds and the source goes); ana-data stays."""
+    scratch = str(tmp_path / "scratch3")
+    ana = make_ana(scratch)
+    new = str(tmp_path / "home" / "venvs")
+    r = run(CLI + ["migrate", "-d", scratch, "ana", "--to", new], env=migrate_env(tmp_path),
+            timeout=1200, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ana: the copy matches" in r.stdout
+    assert not os.path.exists(ana["venv"])
+    assert open(os.path.join(ana["data"], "input.csv")).read() == "x,y\n1,42\n"
+    check_ana_copy(os.path.join(new, "ana"), ana["data"])
+
+
+PINNED = '''import os
+# works only from where it was installed (the path is built at run time, so
+# neither relocation nor the compiler's constant folding ever holds it whole)
+BASE = "/".join([{scratch!r}, "ana", ""])
+assert os.path.realpath(__file__).startswith(BASE), __file__
+'''
+
+
+def test_migrate_never_removes_the_source_when_the_comparison_fails(tmp_path):
+    scratch = str(tmp_path / "scratch3")
+    ana = make_ana(scratch)
+    with open(os.path.join(ana["site"], "pinned.py"), "w") as f:
+        f.write(PINNED.format(scratch=os.path.realpath(scratch)))
+    os.makedirs(os.path.join(ana["site"], "pinned-1.0.dist-info"))
+    with open(os.path.join(ana["site"], "pinned-1.0.dist-info", "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\nName: pinned\nVersion: 1.0\n")
+    with open(os.path.join(ana["site"], "pinned-1.0.dist-info", "top_level.txt"), "w") as f:
+        f.write("pinned\n")
+    new = str(tmp_path / "home" / "venvs")
+    r = run(CLI + ["migrate", "-d", scratch, "ana", "--to", new], env=migrate_env(tmp_path),
+            timeout=1200, check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "'import pinned' works in the source but fails in the copy" in r.stderr
+    assert "the source was kept and the copy removed" in r.stderr
+    assert os.path.exists(os.path.join(ana["venv"], "pyvenv.cfg"))
+    assert not os.path.exists(os.path.join(new, "ana"))
+    assert run([os.path.join(ana["venv"], "bin", "analyse")], timeout=60).stdout == "x,y\n1,42\n"
