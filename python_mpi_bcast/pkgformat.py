@@ -74,7 +74,8 @@ class Shard:
 class PrefixFile:
     mode: str        # "text" or "binary"
     path: str        # relative to the tree root
-    placeholder: str  # the string the unpacker replaces by the tree directory
+    placeholder: str  # the string the unpacker replaces by the tree directory (escaped
+    #                   for a Python string literal in a text file ending in ".py")
 
 
 @dataclasses.dataclass
