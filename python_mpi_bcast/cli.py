@@ -491,6 +491,13 @@ def cmd_migrate(a) -> int:
                 kept.append(f.name)
             elif not a.keep:
                 migrate.remove_source(f, print)
+    if not a.update_rc:
+        for f, dest in moves:
+            still = migrate.rc_naming(os.path.expanduser("~"),
+                                      sorted({f.path, os.path.realpath(f.path)}))
+            if still:
+                print(f"note: {', '.join(still)} still name {f.path}; change that to {dest} "
+                      f"(--update-rc does it, after a backup)")
     problems = []
     if failed:
         problems.append(f"not migrated: {', '.join(failed)} (sources kept)")

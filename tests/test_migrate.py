@@ -180,6 +180,17 @@ def test_update_rc_keeps_the_source_while_a_start_up_file_still_names_it(dotfile
     assert z.returncode == 0 and z.stdout == f"x,y\n1,42\n{d['venv']}\n", z.stdout + z.stderr
 
 
+def test_without_update_rc_migrate_says_which_start_up_file_still_names_the_source(dotfiles):
+    d = dotfiles
+    r = run(CLI + ["migrate", "-d", d["scratch"], "ana", "--to", d["new"]],
+            env=d["env"], timeout=1200, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rc = os.path.join(d["home"], ".zshrc")
+    assert (f"note: {rc} still name {d['venv']}; change that to {d['new']}/ana "
+            f"(--update-rc does it, after a backup)") in r.stdout.splitlines()
+    assert open(rc).read() == d["text"] and os.path.islink(rc)
+
+
 def test_selection_needs_a_terminal_names_or_all(scratch):
     s = scratch
     r = migrate(s)
