@@ -98,7 +98,8 @@ def find_any(path: str, needles: list[bytes], chunk: int = 16 << 20) -> bytes | 
             nxt = f.read(chunk)
             window = tail + buf
             # a match at the very end of a chunk is decided by the next byte
-            m = (mid if nxt else last).search(window)
+            m = (mid if nxt else last).search(window) if any(
+                n in window for n in needles) else None
             if m:
                 return m.group(0)
             if not nxt:
@@ -219,7 +220,8 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                             with open(full, "wb") as f:
                                 f.write(new)
                     continue
-                if maps and not relocate.is_binary(data) and relocate.has_prefix(data, [o for o, _ in maps]):
+                if (maps and not relocate.is_binary(data)
+                        and relocate.has_prefix(data, [o for o, _ in maps])):
                     data = relocate.apply_maps(data, maps)
                     with open(full, "wb") as f:
                         f.write(data)

@@ -79,7 +79,8 @@ def _scan(path: str, needles: list[bytes], chunk: int = 16 << 20) -> tuple[bool,
             nxt = f.read(chunk)
             binary = binary or b"\0" in buf
             data = tail + buf
-            found = found or (mid if nxt else last).search(data) is not None
+            found = found or (any(n in data for n in needles)
+                              and (mid if nxt else last).search(data) is not None)
             if (found and binary) or not nxt:
                 return found, binary
             tail, buf = data[-keep:], nxt

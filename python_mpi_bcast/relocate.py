@@ -136,7 +136,7 @@ def prefix_regex(olds: list[bytes], at_end: bool = True) -> "re.Pattern[bytes]":
 
 def find_prefix(data: bytes, olds: list[bytes]) -> bytes | None:
     """The first of ``olds`` that ``data`` holds as a whole path prefix."""
-    olds = [o for o in olds if o]
+    olds = [o for o in olds if o in data]  # the plain search first: most files hold none
     if not olds:
         return None
     m = prefix_regex(olds).search(data)
@@ -150,7 +150,7 @@ def has_prefix(data: bytes, olds: list[bytes]) -> bool:
 def count_siblings(data: bytes, old: bytes) -> int:
     """How often ``old`` occurs in ``data`` *not* as a whole path prefix
     (as the start of a longer sibling name such as ``old-data``)."""
-    if not old:
+    if not old or old not in data:
         return 0
     return data.count(old) - len(prefix_regex([old]).findall(data))
 
@@ -291,7 +291,7 @@ def apply_maps(data: bytes, maps: list[tuple[bytes, bytes]]) -> bytes:
     """Replace every ``old`` of ``maps`` by its ``new`` in one pass (longest
     ``old`` first, so a mapped result is never mapped again), only where
     ``old`` is a whole path prefix (``/x/data-old2`` is no ``/x/data-old``)."""
-    table = {o: n for o, n in maps if o}
+    table = {o: n for o, n in maps if o and o in data}
     if not table:
         return data
     return prefix_regex(list(table)).sub(lambda m: table[m.group(0)], data)
