@@ -295,6 +295,15 @@ def iter_frames(path: str):
 _PREFIX = re.compile(r"^python-mpi: (rank \d+: )?")
 
 
+def _die_with_parent() -> None:
+    """In the unpacker child: end when the command that started it is
+    killed, so its half-written tree can be removed by the next run."""
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def unpack_packages(packages: list[str], dest: str, final_dest: str | None = None,
                     timeout: float | None = None) -> None:
     """Unpack ``packages`` in order into the existing directory ``dest`` with
@@ -307,7 +316,8 @@ def unpack_packages(packages: list[str], dest: str, final_dest: str | None = Non
         timeout = 300 + total / 2e6
     cmd = [exe, "--pmb-unpack", dest, os.path.abspath(final_dest or dest)] + list(packages)
     try:
-        r = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        r = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False,
+                           preexec_fn=_die_with_parent)
     except subprocess.TimeoutExpired:
         raise PmbError(f"unpacking {' '.join(packages)} did not finish within {timeout:.0f} s") from None
     except OSError as e:
