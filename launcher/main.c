@@ -188,9 +188,11 @@ int main(int argc, char **argv)
     double tm[5];
     char *tree = pmb_stage(ms, n, fds, tm);
     if (pmb_c.world_rank == 0) {
-        /* the hold lasts as long as the job: kept open (across exec too) unless only staging */
+        /* the hold (hold_package) lasts as long as the job: the descriptors stay open, in
+         * exec mode across the exec; only staging, the launcher ends here */
         for (int i = 0; i < n; i++)
-            if (pmb_cfg.mode == PMB_MODE_STAGE_ONLY || fcntl(fds[i], F_SETFD, 0))
+            if (pmb_cfg.mode == PMB_MODE_STAGE_ONLY ||
+                (pmb_cfg.mode == PMB_MODE_EXEC && fcntl(fds[i], F_SETFD, 0)))
                 close(fds[i]);
     }
     if (pmb_cfg.verbose && pmb_c.world_rank == 0) {

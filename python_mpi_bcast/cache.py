@@ -7,9 +7,10 @@ temporary name, renamed when complete, so a failed or killed save never
 damages the previous entry), so ``PYTHON_MPI_PKGROOT=<cache>
 PYTHON_MPI_PACKAGES=NAME.tar.zst`` launches it on any number of ranks.  A
 small ``NAME.json`` beside it records what ``list`` shows; it is advisory
-(checked against the package's content hash).  ``load`` is ``unpack`` into
-node-local scratch plus activation scripts and a record of what was loaded,
-so a changed environment shows as dirty.
+(checked against the package's content hash, written before the package
+is renamed into place).  ``load`` is ``unpack`` into node-local scratch plus
+activation scripts and a record of what was loaded (and from which entry),
+so a changed environment shows as dirty; the tree appears only complete.
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ def save(cache: str, name: str, source: str | None = None, force: bool = False,
         out, m, st = pack_whole(source, cache, name, force=force, quiet=quiet,
                                 before_rename=write_record)
     except Exists:
+        now = _read_json(side)
+        if record and now.get("content_hash") == record.get("content_hash"):
+            if now.get("previous"):  # ours was written just before the other's rename
+                _write_json_atomic(side, now["previous"])
         raise PmbError(f"a saved environment '{name}' was saved by another command while this "
                        f"one ran; it was kept as it is (pass -f to replace it, or save under "
                        f"another name)") from None

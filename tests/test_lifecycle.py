@@ -250,12 +250,13 @@ def test_killed_migrate_leaves_the_source_and_clean_removes_the_hidden_copy(user
     assert no_journal_left(user)
 
 
-def test_rm_refuses_a_saved_env_a_running_job_uses(user, shm_chroot):
+@pytest.mark.parametrize("mode", ["embed", "exec"])
+def test_rm_refuses_a_saved_env_a_running_job_uses(user, shm_chroot, mode):
     shutil.copy(os.path.join(user["cache"], "science.tar.zst"),
                 os.path.join(user["cache"], "inuse.tar.zst"))
-    env = dict(user["env"], PYTHON_MPI_PKGROOT=user["cache"],
+    env = dict(user["env"], PYTHON_MPI_PKGROOT=user["cache"], PYTHON_MPI_MODE=mode,
                PYTHON_MPI_PACKAGES="inuse.tar.zst", PYTHON_MPI_CHROOT=shm_chroot)
-    ready = os.path.join(user["base"], "job-ready")
+    ready = os.path.join(user["base"], f"job-ready-{mode}")
     prog = (f"import time; open({ready!r}, 'w').close(); "
             f"[time.sleep(0.1) for _ in range(600) if not __import__('os').path.exists("
             f"{ready!r} + '.go')]")
@@ -290,21 +291,27 @@ def test_list_marks_a_truncated_package_damaged(user):
 
 
 def test_a_save_killed_around_its_rename_never_shows_another_source(user):
-    """The record is written before the rename: killed just after the
-    record changes, the entry shows the source of the package it holds."""
+    """Killed as soon as the package is renamed into place or its record
+    changes: the entry shows the source of the package it holds (the record
+    is written before the rename), never the base interpreter."""
     first = make_venv(os.path.join(user["base"], "first-venv"), [])
     cli(user, "save", "swap", "--venv", first, "-q", timeout=900)
     side = os.path.join(user["cache"], "swap.json")
     old = json.load(open(side))["content_hash"]
 
-    def record_changed():
+    package = os.path.join(user["cache"], "swap.tar.zst")
+    ino = os.stat(package).st_ino
+
+    def renamed_or_recorded():  # whichever comes first
         try:
+            if os.stat(package).st_ino != ino:
+                return True
             return json.load(open(side))["content_hash"] != old
         except (OSError, ValueError, KeyError):
             return False
     p = subprocess.Popen(CLI + ["save", "swap", "-f", "--venv", user["venv"], "-q"],
                          env=user["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(p, record_changed)
+    kill_when(p, renamed_or_recorded)
     e = [x for x in json.loads(cli(user, "list", "--json").stdout) if x["name"] == "swap"][0]
     assert e["source"] == (first if e["content_hash"] == old else user["venv"]), e
     assert e["packages"] is not None
