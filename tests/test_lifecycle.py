@@ -117,7 +117,7 @@ def test_list_marks_a_copy_loaded_under_another_name_changed_since_saved(user):
 
 # ---- 5, 6: a small $TMPDIR --------------------------------------------------
 
-def test_save_with_a_small_tmpdir_says_how_much_room_in_one_line(user):
+def test_save_and_pack_with_a_small_tmpdir_say_how_much_room_in_one_line(user):
     with small_tmpfs(os.path.join(user["base"], "small-tmp")) as tmp:
         r = cli(user, "save", "cramped", "--venv", user["venv"], "-q", check=False,
                 TMPDIR=tmp, timeout=600)
@@ -126,6 +126,11 @@ def test_save_with_a_small_tmpdir_says_how_much_room_in_one_line(user):
         need = int(err.split("about ")[1].split(" MB")[0])
         assert need >= DATA_MB, err  # names the room the copy takes
         assert os.listdir(tmp) == []  # the partial staging copy is gone
+        out = os.path.join(user["base"], "packed")
+        for args in (["pack", user["venv"]], ["pack", "--python", user["venv"]]):
+            err = one_line_error(cli(user, *args, "-o", out, "-q", check=False, TMPDIR=tmp))
+            assert f"no space left in {tmp}" in err and "set TMPDIR" in err, err
+            assert os.listdir(tmp) == []
     assert not os.path.exists(os.path.join(user["cache"], "cramped.tar.zst"))
     assert no_journal_left(user)
 
