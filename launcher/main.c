@@ -6,9 +6,13 @@
  * init MPI -> read configuration -> rank 0 reads the manifests -> stage to
  * every node (stage.c) -> run the staged interpreter (start.c). */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 #include <zstd.h> /* the system's, or launcher/zstd-shim/zstd.h */
 
@@ -56,6 +60,20 @@ static int print_info(void)
 #endif
     MPI_Finalize();
     return 0;
+}
+
+/* A shared flock on a package rank 0 reads, held until the job ends: the
+ * hold `python-mpi-bcast run` takes (run.py hold/is_held), so `rm` and
+ * pruning refuse a package a running job uses.  Only an exclusive lock taken
+ * for an instant (is_held) can be in the way: retry for up to a second,
+ * then go on without. */
+static void hold_package(int fd)
+{
+    for (int tries = 0; tries < 100; tries++) {
+        if (!flock(fd, LOCK_SH | LOCK_NB) || (errno != EWOULDBLOCK && errno != EINTR))
+            return;
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
 }
 
 static void bcast_manifests(pmb_manifest *ms, int n)
@@ -157,8 +175,10 @@ int main(int argc, char **argv)
     double t_read = pmb_now();
     pmb_collective_phase = 0;
     if (pmb_c.world_rank == 0) {
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             pmb_manifest_read_file(&ms[i], pmb_cfg.pkgroot, pmb_cfg.packages[i], &fds[i]);
+            hold_package(fds[i]);
+        }
         check_layers(ms, n);
     }
     t_read = pmb_now() - t_read;
@@ -168,8 +188,12 @@ int main(int argc, char **argv)
     double tm[5];
     char *tree = pmb_stage(ms, n, fds, tm);
     if (pmb_c.world_rank == 0) {
+        /* the hold (hold_package) lasts as long as the job: the descriptors stay open, in
+         * exec mode across the exec; only staging, the launcher ends here */
         for (int i = 0; i < n; i++)
-            close(fds[i]);
+            if (pmb_cfg.mode == PMB_MODE_STAGE_ONLY ||
+                (pmb_cfg.mode == PMB_MODE_EXEC && fcntl(fds[i], F_SETFD, 0)))
+                close(fds[i]);
     }
     if (pmb_cfg.verbose && pmb_c.world_rank == 0) {
         uint64_t bytes = 0, unpacked = 0;

@@ -13,10 +13,10 @@ import re
 import stat
 import subprocess
 import tarfile
-import tempfile
 
 import zstandard
 
+from . import leftovers
 from .errors import PmbError
 from .pkgformat import (Manifest, PrefixFile, Shard, content_hash, encode_manifest_frame,
                         link_problem, read_manifest)
@@ -163,16 +163,45 @@ def _write_shard(root: str, entries, out_path: str, level: int, progress) -> tup
     return csize, usize, h.hexdigest()
 
 
+class Exists(PmbError):
+    """The package appeared under its name while it was being written."""
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """rename(2) that fails with FileExistsError if ``dst`` exists, at the
+    moment of the rename (renameat2 RENAME_NOREPLACE; where the file system
+    lacks it, link + unlink, which is just as exclusive)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        AT_FDCWD, RENAME_NOREPLACE = -100, 1
+        if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), dst)
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), dst)
+    os.link(src, dst)  # FileExistsError if dst exists
+    os.unlink(src)
+
+
 def write_package(st, prefix_files: list[PrefixFile], out_path: str, level: int = 10,
-                  threads: int = 0, shard_size: int = 8 << 20, progress=None) -> Manifest:
-    """Write the staging tree ``st.root`` to ``out_path`` atomically."""
+                  threads: int = 0, shard_size: int = 8 << 20, progress=None,
+                  replace: bool = True, before_rename=None) -> Manifest:
+    """Write the staging tree ``st.root`` to ``out_path`` atomically.
+    ``replace=False``: fail with :class:`Exists` if ``out_path`` exists when
+    the package is renamed into place (two writers of one name: one wins).
+    ``before_rename(manifest)`` runs when the package is complete, just
+    before it appears under its name."""
     entries = list_tree(st.root)
     shards = partition(entries, shard_size)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     threads = threads or os.cpu_count() or 1
     if progress:
         progress.start(sum(size for _, _, size in entries))
-    tmpdir = tempfile.mkdtemp(prefix=".pmb-shards-", dir=out_dir)
+    tmpdir = leftovers.mkdtemp(prefix=".pmb-shards-", dir=out_dir)
     final_tmp = None
     try:
         paths = [os.path.join(tmpdir, f"{i:05d}.zst") for i in range(len(shards))]
@@ -198,8 +227,8 @@ def write_package(st, prefix_files: list[PrefixFile], out_path: str, level: int 
         m.files = sum(1 for e in entries if e[1].type == tarfile.REGTYPE)
         m.content_hash = content_hash([s.sha256 for s in m.shards])
         m.prefix_files = prefix_files
-        fd, final_tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out_path)}.", suffix=".part",
-                                         dir=out_dir)
+        fd, final_tmp = leftovers.mkstemp(prefix=f".{os.path.basename(out_path)}.",
+                                          suffix=".part", dir=out_dir)
         with os.fdopen(fd, "wb") as out:
             out.write(encode_manifest_frame(m))
             for p in paths:
@@ -213,7 +242,18 @@ def write_package(st, prefix_files: list[PrefixFile], out_path: str, level: int 
             out.flush()
             os.fsync(out.fileno())
         os.chmod(final_tmp, 0o644)
-        os.replace(final_tmp, out_path)
+        if before_rename is not None:
+            before_rename(m)
+        if replace:
+            os.replace(final_tmp, out_path)
+        else:
+            try:
+                _rename_noreplace(final_tmp, out_path)
+            except FileExistsError:
+                raise Exists(f"{out_path} appeared while this package was being written "
+                             f"(another command wrote it meanwhile); nothing was replaced"
+                             ) from None
+        leftovers.release(final_tmp)
         final_tmp = None
         return m
     except OSError as e:
@@ -222,11 +262,9 @@ def write_package(st, prefix_files: list[PrefixFile], out_path: str, level: int 
                            f"in {out_dir} or choose another -o directory") from None
         raise PmbError(f"writing {out_path}: {e.strerror or e}") from None
     finally:
-        if final_tmp and os.path.exists(final_tmp):
-            os.unlink(final_tmp)
-        for p in os.listdir(tmpdir):
-            os.unlink(os.path.join(tmpdir, p))
-        os.rmdir(tmpdir)
+        if final_tmp:
+            leftovers.remove(final_tmp)
+        leftovers.remove(tmpdir)
 
 
 def _version() -> str:
@@ -257,6 +295,15 @@ def iter_frames(path: str):
 _PREFIX = re.compile(r"^python-mpi: (rank \d+: )?")
 
 
+def _die_with_parent() -> None:
+    """In the unpacker child: end when the command that started it is
+    killed, so its half-written tree can be removed by the next run."""
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def unpack_packages(packages: list[str], dest: str, final_dest: str | None = None,
                     timeout: float | None = None) -> None:
     """Unpack ``packages`` in order into the existing directory ``dest`` with
@@ -269,7 +316,8 @@ def unpack_packages(packages: list[str], dest: str, final_dest: str | None = Non
         timeout = 300 + total / 2e6
     cmd = [exe, "--pmb-unpack", dest, os.path.abspath(final_dest or dest)] + list(packages)
     try:
-        r = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        r = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False,
+                           preexec_fn=_die_with_parent)
     except subprocess.TimeoutExpired:
         raise PmbError(f"unpacking {' '.join(packages)} did not finish within {timeout:.0f} s") from None
     except OSError as e:

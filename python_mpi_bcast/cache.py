@@ -7,9 +7,10 @@ temporary name, renamed when complete, so a failed or killed save never
 damages the previous entry), so ``PYTHON_MPI_PKGROOT=<cache>
 PYTHON_MPI_PACKAGES=NAME.tar.zst`` launches it on any number of ranks.  A
 small ``NAME.json`` beside it records what ``list`` shows; it is advisory
-(checked against the package's content hash).  ``load`` is ``unpack`` into
-node-local scratch plus activation scripts and a record of what was loaded,
-so a changed environment shows as dirty.
+(checked against the package's content hash, written before the package
+is renamed into place).  ``load`` is ``unpack`` into node-local scratch plus
+activation scripts and a record of what was loaded (and from which entry),
+so a changed environment shows as dirty; the tree appears only complete.
 """
 
 from __future__ import annotations
@@ -102,7 +103,12 @@ def active_environment() -> str:
 def save(cache: str, name: str, source: str | None = None, force: bool = False,
          quiet: bool = True) -> dict:
     """Pack ``source`` (default: the active environment) with its
-    interpreter into the cache as ``name``."""
+    interpreter into the cache as ``name``.  The record ``list`` shows is
+    written before the package appears under its name (the one it replaces
+    is kept in it as ``previous``), so the package is never listed without
+    its own record; without ``force`` the name is checked again at the
+    moment of the rename, so of two saves of one name exactly one wins."""
+    from .archive import Exists
     from .pack import pack_whole
     check_name(name)
     source = os.path.abspath(source or active_environment())
@@ -111,16 +117,48 @@ def save(cache: str, name: str, source: str | None = None, force: bool = False,
         raise PmbError(f"a saved environment '{name}' already exists in {cache}; pass -f to "
                        f"replace it")
     os.makedirs(cache, exist_ok=True)
-    out, m, st = pack_whole(source, cache, name, force=force, quiet=quiet)
-    fp, dists = site_fingerprint(source, _site_of(source, st.site_dir))
-    record = {"name": name, "content_hash": m.content_hash, "python": m.python,
-              "source": source, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "distributions": dists, "fingerprint": fp, "size": os.path.getsize(out),
-              "site_dir": m.site_dir}
-    _write_json_atomic(os.path.join(cache, name + ".json"), record)
+    side = os.path.join(cache, name + ".json")
+    record = {}
+
+    def write_record(m) -> None:
+        fp, dists = site_fingerprint(source, _site_of(source, m.site_dir))
+        record.update({"name": name, "content_hash": m.content_hash, "python": m.python,
+                       "source": source, "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "distributions": dists, "fingerprint": fp, "site_dir": m.site_dir})
+        prev = _read_json(side)
+        if not force and os.path.exists(path):
+            return  # the rename will refuse: leave the winner's record alone
+        if prev.get("content_hash"):
+            prev.pop("previous", None)
+            record["previous"] = prev
+        _write_json_atomic(side, record)
+
+    try:
+        out, m, st = pack_whole(source, cache, name, force=force, quiet=quiet,
+                                before_rename=write_record)
+    except Exists:
+        now = _read_json(side)
+        if record and now.get("content_hash") == record.get("content_hash"):
+            if now.get("previous"):  # ours was written just before the other's rename
+                _write_json_atomic(side, now["previous"])
+        raise PmbError(f"a saved environment '{name}' was saved by another command while this "
+                       f"one ran; it was kept as it is (pass -f to replace it, or save under "
+                       f"another name)") from None
+    record.pop("previous", None)
+    record["size"] = os.path.getsize(out)
+    _write_json_atomic(side, record)
     if load_record(source) is not None:  # saved from a loaded tree: clean again
-        _mark_loaded(source, load_record(source)["name"], m.content_hash, m.site_dir)
+        _mark_loaded(source, name, m.content_hash, m.site_dir, entry=name, cache=cache)
     return record
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _site_of(source: str, tree_site_dir: str) -> str:
@@ -132,8 +170,14 @@ def _site_of(source: str, tree_site_dir: str) -> str:
     return tree_site_dir
 
 
-def entries(cache: str) -> list[dict]:
-    """The saved environments, each with what ``list`` shows."""
+RUN_RE = re.compile(r"^(run|rundir)-.+-[0-9a-f]{16}$")
+
+
+def entries(cache: str, internal: bool = True) -> list[dict]:
+    """The saved environments, each with what ``list`` shows.  Packages
+    ``run`` made for itself (``run-*``/``rundir-*``) carry ``"made_by":
+    "run"`` (left out with ``internal=False``); a package that cannot be
+    read or is cut short carries ``"error"``."""
     out = []
     try:
         names = sorted(os.listdir(cache))
@@ -144,31 +188,44 @@ def entries(cache: str) -> list[dict]:
             continue
         path = os.path.join(cache, fn)
         name = fn[:-len(SUFFIX)]
-        try:
-            m = read_manifest(path)[0]
-        except PmbError as e:
-            out.append({"name": name, "path": path, "error": str(e)})
+        made_by = {"made_by": "run"} if RUN_RE.match(name) else {}
+        if made_by and not internal:
             continue
-        rec = {}
         try:
-            with open(os.path.join(cache, name + ".json")) as f:
-                rec = json.load(f)
-        except (OSError, ValueError):
-            pass
+            m, start = read_manifest(path)
+            size = os.path.getsize(path)
+            if start + m.payload_size != size:
+                raise PmbError(f"truncated or padded package (expected "
+                               f"{start + m.payload_size} bytes, file has {size}); save it "
+                               f"again or remove it with 'python-mpi-bcast rm {name}'")
+        except (PmbError, OSError) as e:
+            out.append({"name": name, "path": path, "error": str(e), **made_by})
+            continue
+        rec = _read_json(os.path.join(cache, name + ".json"))
         if rec.get("content_hash") != m.content_hash:
-            rec = {}  # describes an older save: not this package
+            # a save killed before its rename leaves the record of the package it meant to
+            # replace as 'previous'; anything else describes another save
+            rec = rec.get("previous") or {}
+            if not isinstance(rec, dict) or rec.get("content_hash") != m.content_hash:
+                rec = {}
         st = os.stat(path)
         out.append({"name": name, "path": path, "size": st.st_size, "python": m.python,
                     "packages": len(rec["distributions"]) if "distributions" in rec else None,
                     "saved": rec.get("saved") or time.strftime("%Y-%m-%dT%H:%M:%S%z",
                                                                time.localtime(st.st_mtime)),
-                    "source": rec.get("source") or m.sources.split(":")[0],
-                    "content_hash": m.content_hash, "kind": m.kind})
+                    "source": rec.get("source") or (f"(packed by run from {_run_source(m)})"
+                                                    if made_by else "(unknown: no record)"),
+                    "content_hash": m.content_hash, "kind": m.kind, **made_by})
     return out
 
 
+def _run_source(m) -> str:
+    srcs = [s for s in m.sources.split(":") if s]
+    return srcs[-1] if m.kind == "directory" or len(srcs) < 2 else ", ".join(srcs)
+
+
 def _unknown(cache: str, name: str) -> PmbError:
-    known = [e["name"] for e in entries(cache)]
+    known = [e["name"] for e in entries(cache, internal=False)]
     listing = ", ".join(known) if known else "none saved yet"
     return PmbError(f"no saved environment '{name}' in {cache} (saved: {listing})")
 
@@ -191,11 +248,18 @@ def remove(cache: str, name: str) -> str:
 def load(cache: str, name: str, as_name: str | None = None, to: str | None = None,
          force: bool = False) -> str:
     """Unpack a saved environment into node-local scratch (or ``to``) under
-    ``as_name``; returns the directory."""
+    ``as_name``; returns the directory.  The directory appears only
+    complete, with its activation scripts and its load record (which names
+    the entry it came from, whatever name it was loaded as)."""
     from .unpack import unpack
     path = _entry(cache, name)
     if not os.path.exists(path):
         raise _unknown(cache, name)
+    m = read_manifest(path)[0]
+    if m.kind == "directory":
+        raise PmbError(f"'{name}' is a {m.kind} package"
+                       + (" ('run --with-dir' made it for a job)" if RUN_RE.match(name) else "")
+                       + ", not an environment: there is nothing to load and activate")
     new = check_name(as_name or name)
     dest = os.path.abspath(to) if to else os.path.join(scratch_dir(), new)
     if os.path.lexists(dest):
@@ -212,21 +276,50 @@ def load(cache: str, name: str, as_name: str | None = None, to: str | None = Non
             raise PmbError(f"{dest} already exists (an environment loaded before); activate it "
                            f"with '{how}', load under another name with --as, or pass --force "
                            f"to replace it")
-    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-    m = unpack([path], dest, force=force)[0]
-    _write_activation(dest, new, m.site_dir)
-    _mark_loaded(dest, new, m.content_hash, m.site_dir)
+    try:
+        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise PmbError(f"cannot create {os.path.dirname(dest)}: {e.strerror or e}") from None
+    room = ("load it elsewhere with --to DIR" if to else
+            "load it elsewhere with --to DIR, or set "
+            + ("SLURM_TMPDIR" if os.environ.get("SLURM_TMPDIR") else "TMPDIR")
+            + " to a directory with more room")
+
+    def finish(tmp: str) -> None:
+        _write_activation(tmp, dest, new, m.site_dir)
+        _mark_loaded(tmp, new, m.content_hash, m.site_dir, entry=name, cache=cache)
+
+    unpack([path], dest, force=force, room_hint=room, before_rename=finish)
     return dest
 
 
-def _mark_loaded(tree: str, name: str, content_hash: str, site_dir: str) -> None:
-    """Record what a loaded tree holds now (its clean state)."""
+def _mark_loaded(tree: str, name: str, content_hash: str, site_dir: str,
+                 entry: str | None = None, cache: str | None = None) -> None:
+    """Record what a loaded tree holds now (its clean state): the name it
+    was loaded as, and the saved entry (``entry`` in ``cache``) it now
+    matches."""
+    old = load_record(tree) or {}
     fp, _ = site_fingerprint(tree, site_dir)
     site = os.path.join(tree, site_dir)
     with open(os.path.join(tree, MTIME_FILE), "w") as f:
         f.write(f"{int(os.stat(site).st_mtime) if os.path.isdir(site) else 0}\n")
     _write_json_atomic(os.path.join(tree, LOAD_RECORD), {
-        "name": name, "content_hash": content_hash, "site_dir": site_dir, "fingerprint": fp})
+        "name": old.get("name", name), "entry": entry or name,
+        "cache": cache or old.get("cache"), "content_hash": content_hash,
+        "site_dir": site_dir, "fingerprint": fp})
+
+
+def came_from(tree: str, cache: str, name: str) -> bool:
+    """Whether the loaded ``tree`` is a copy of the entry ``name`` of
+    ``cache`` (loaded from it or last saved as it), whatever name it was
+    loaded as."""
+    rec = load_record(tree)
+    if rec is None:
+        return False
+    where = rec.get("cache")
+    if where and os.path.realpath(where) != os.path.realpath(cache):
+        return False
+    return rec.get("entry", rec.get("name")) == name
 
 
 def load_record(tree: str) -> dict | None:
@@ -320,11 +413,12 @@ def _sq(s: str) -> str:
 MTIME_FILE = ".python-mpi-bcast-site-mtime"
 
 
-def _write_activation(tree: str, name: str, site_dir: str) -> None:
+def _write_activation(where: str, tree: str, name: str, site_dir: str) -> None:
+    """Activation scripts into ``where``/bin for the tree that will be at ``tree``."""
     for fn, text in (("activate", _ACTIVATE_SH), ("activate.fish", _ACTIVATE_FISH)):
         body = (text.replace("@TREE@", _sq(tree)).replace("@NAME@", _sq(name))
                 .replace("@SITE@", site_dir).replace("@MTIMEFILE@", MTIME_FILE))
-        with open(os.path.join(tree, "bin", fn), "w") as f:
+        with open(os.path.join(where, "bin", fn), "w") as f:
             f.write(body)
 
 

@@ -1,4 +1,6 @@
-"""``python-mpi-bcast clean``: remove what staging left in node directories.
+"""``python-mpi-bcast clean``: remove what staging left in node directories
+(the CLI first removes what killed commands of this host left anywhere:
+leftovers.py).
 
 Temporary unpack directories (``.env-<id>.XXXXXX``), staging buffers
 (``.pmb-chunks.XXXXXX``) and staging locks (``.pmb-lock-<id>``) are left

@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list saved environments")
     ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("--all", action="store_true",
+                    help="also show the packages 'run' made for its jobs (run-*, rundir-*)")
 
     rm = sub.add_parser("rm", help="remove a saved environment")
     rm.add_argument("name")
@@ -337,7 +339,11 @@ def cmd_info(a) -> int:
 
 def cmd_clean(a) -> int:
     from .clean import clean
+    from .leftovers import sweep
     from .paths import node_directory
+    for path, j in sweep(dry_run=a.dry_run):
+        print(("would remove " if a.dry_run else "removed ") + path
+              + f" (left by a killed '{j.get('command', '?')}', pid {j.get('pid', '?')})")
     directory = a.directory or node_directory()
     for path in clean(directory, all_trees=a.all, older_than_hours=a.older_than,
                       dry_run=a.dry_run):
@@ -375,30 +381,34 @@ def cmd_load(a) -> int:
 
 
 def cmd_list(a) -> int:
-    from .cache import entries, is_dirty
+    from .cache import came_from, entries, is_dirty
     from .paths import cache_dir
     import os
     cache = cache_dir(a.cache)
-    es = entries(cache)
+    every = entries(cache)
+    es = [e for e in every if a.all or "made_by" not in e]
+    hidden = len(every) - len(es)
     active = os.environ.get("PYTHON_MPI_BCAST_LOADED")
-    active_name = os.environ.get("PYTHON_MPI_BCAST_NAME")
     if a.json:
         print(json.dumps(es, indent=2))
         return 0
     if not es:
         print(f"no saved environments in {cache}")
-        return 0
-    print(f"{'name':<20} {'size':>9} {'python':<7} {'packages':>8}  {'saved':<24} source")
+    else:
+        print(f"{'name':<20} {'size':>9} {'python':<7} {'packages':>8}  {'saved':<24} source")
     for e in es:
         if "error" in e:
             print(f"{e['name']:<20} damaged: {e['error']}")
             continue
-        mark = ""
-        if active and active_name == e["name"] and is_dirty(active):
-            mark = " (loaded copy changed since saved: save again to keep it)"
+        mark = " (made by 'run' for its jobs)" if "made_by" in e else ""
+        if active and came_from(active, cache, e["name"]) and is_dirty(active):
+            mark += " (loaded copy changed since saved: save again to keep it)"
         pk = "?" if e["packages"] is None else str(e["packages"])
         print(f"{e['name']:<20} {e['size'] / 1e6:8.1f}M {e['python']:<7} {pk:>8}  "
               f"{e['saved']:<24} {e['source']}{mark}")
+    if hidden:
+        print(f"({hidden} package(s) that 'python-mpi-bcast run' made for its jobs not shown; "
+              f"--all shows them)")
     return 0
 
 
@@ -565,6 +575,20 @@ COMMANDS = {"pack": cmd_pack, "inspect": cmd_inspect, "verify": cmd_verify, "unp
             "wheelhouse": cmd_wheelhouse, "migrate": cmd_migrate, "run": cmd_run}
 
 
+#: commands that make big temporaries; a rerun removes what a killed run left
+SWEEPING = ("pack", "unpack", "relocate", "save", "load", "migrate", "run")
+
+
+def _sweep(command: str) -> None:
+    from . import leftovers
+    leftovers.COMMAND = command
+    if command not in SWEEPING:
+        return
+    for path, j in leftovers.sweep(command):
+        print(f"python-mpi-bcast: removed {path}, left by a killed '{command}' "
+              f"(pid {j.get('pid', '?')})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -591,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _sweep(a.command)
         return COMMANDS[a.command](a)
     except PmbError as e:
         if a.debug:

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 
-from . import collect, conda, fixup, pyinfo
+from . import collect, conda, fixup, leftovers, pyinfo
 from .relocate import count_siblings, has_prefix, replace_text_prefix
 from .errors import PmbError
 from .relocate_env import relocate
@@ -280,7 +280,7 @@ def migrate_one(found: Found, dest: str, spec_dir: str, keep: bool, log) -> dict
     diffs = compare(src, dest, found.kind, olds)
     if diffs:
         trash = _aside(dest)
-        shutil.rmtree(trash, ignore_errors=True)
+        leftovers.remove(trash)
         shown = "\n  ".join(diffs[:20]) + (f"\n  ... and {len(diffs) - 20} more"
                                           if len(diffs) > 20 else "")
         raise PmbError(f"{found.name}: the copy differs from the source, so the source was "
@@ -297,13 +297,19 @@ def migrate_one(found: Found, dest: str, spec_dir: str, keep: bool, log) -> dict
 def remove_source(found: Found, log) -> None:
     trash = _aside(found.path)  # one rename: the source is gone only as a whole
     shutil.rmtree(trash)
+    leftovers.release(trash)
     log(f"{found.name}: removed {found.path}")
 
 
 def _aside(path: str) -> str:
     trash = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.migrated-"
                                                  f"{os.getpid()}")
-    os.rename(path, trash)
+    leftovers.register(trash)  # a killed migrate's next run removes it
+    try:
+        os.rename(path, trash)
+    except BaseException:
+        leftovers.release(trash)
+        raise
     return trash
 
 

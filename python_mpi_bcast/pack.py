@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import shutil
 import tempfile
 
-from . import collect, fixup, pyinfo, slim as slimming
+from . import collect, fixup, leftovers, pyinfo, slim as slimming
 from .archive import write_package
 from .errors import PmbError
 from .pkgformat import SUFFIX, Manifest
@@ -73,28 +73,33 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     written = []
     threads = threads or os.cpu_count() or 1
     for kind, source in jobs:
-        staging = tempfile.mkdtemp(prefix="pmb-stage-", dir=tmpdir)
+        staging = _staging_dir(tmpdir)
         try:
-            if kind == "interpreter":
-                exe = pyinfo.resolve_interpreter(source)
-                st = collect.stage_interpreter(exe, staging, excludes, slim, name)
-                compiler = exe
-            elif kind == "conda":
-                st = collect.stage_conda(source, staging, excludes, name)
-                compiler = collect.conda_python(os.path.abspath(source), st.info["version"])
-            elif kind == "environment":
-                st = collect.stage_venv(source, staging, excludes, name)
-                compiler = pyinfo.base_interpreter_of_venv(source)
-            else:
-                exe = pyinfo.resolve_interpreter(None)
-                st = collect.stage_directory(source, staging, excludes, name, pyinfo.query(exe))
-                compiler = exe
-            out = _target(output_dir, st.name, force)
-            if drop_unused:
-                _drop_unused(st)
-            written.append(_finish(st, compiler, out, level, threads, shard_size, quiet))
+            interp = pyinfo.resolve_interpreter(source) if kind == "interpreter" else None
+            with _room_for_staging(staging, None if interp else source, interp):
+                if kind == "interpreter":
+                    exe = pyinfo.resolve_interpreter(source)
+                    st = collect.stage_interpreter(exe, staging, excludes, slim, name)
+                    compiler = exe
+                elif kind == "conda":
+                    st = collect.stage_conda(source, staging, excludes, name)
+                    compiler = collect.conda_python(os.path.abspath(source), st.info["version"])
+                elif kind == "environment":
+                    st = collect.stage_venv(source, staging, excludes, name)
+                    compiler = pyinfo.base_interpreter_of_venv(source)
+                else:
+                    exe = pyinfo.resolve_interpreter(None)
+                    st = collect.stage_directory(source, staging, excludes, name,
+                                                 pyinfo.query(exe))
+                    compiler = exe
+                out = _target(output_dir, st.name, force)
+                if drop_unused:
+                    _drop_unused(st)
+                prefix_files = _prepare(st, compiler, threads)
+            written.append(_archive(st, prefix_files, out, level, threads, shard_size, quiet,
+                                    replace=force))
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            leftovers.remove(staging)
     return written
 
 
@@ -112,17 +117,89 @@ def _drop_unused(st: collect.Staged) -> None:
     log.info("%s", dropped.summary(st.name))
 
 
-def _finish(st: collect.Staged, compiler: str, out: str, level: int, threads: int,
-            shard_size: int, quiet: bool) -> tuple[str, Manifest]:
-    """relocate → compile → archive a staged tree into ``out`` (atomically)."""
+def _staging_dir(tmpdir: str | None) -> str:
+    where = os.path.abspath(tmpdir or tempfile.gettempdir())
+    try:
+        return leftovers.mkdtemp(prefix="pmb-stage-", dir=where)
+    except OSError as e:
+        raise PmbError(f"cannot create a staging directory in {where}: {e.strerror or e}; set "
+                       f"TMPDIR to a writable directory with room for an uncompressed copy of "
+                       f"the environment") from None
+
+
+def _tree_bytes(top: str) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(top):
+        for fn in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, fn))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(dirpath, fn)):
+                total += st.st_size
+    return total
+
+
+def staging_room(source: str | None, interpreter: str | None) -> int:
+    """About how many bytes the staging copy of ``source`` (and of the
+    interpreter's standard library) takes: its files' sizes."""
+    total = _tree_bytes(source) if source and os.path.isdir(source) else 0
+    if interpreter:
+        try:
+            info = pyinfo.query(interpreter)
+            total += _tree_bytes(info["stdlib"])
+        except (PmbError, KeyError, OSError):
+            pass
+    return total
+
+
+class _room_for_staging:
+    """Turn 'no space left' while staging into one line that says how much
+    room the copy takes and what to do (TMPDIR)."""
+
+    def __init__(self, staging: str, source: str | None, interpreter: str | None):
+        self.staging, self.source, self.interpreter = staging, source, interpreter
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or \
+            (isinstance(e, PmbError) and "No space left on device" in str(e))
+        if not full:
+            return False
+        where = os.path.dirname(self.staging)
+        leftovers.remove(self.staging)  # so the free space shown is the real one
+        need = staging_room(self.source, self.interpreter)
+        try:
+            sv = os.statvfs(where)
+            free = f", {sv.f_bavail * sv.f_frsize / 1e6:.0f} MB free"
+        except OSError:
+            free = ""
+        raise PmbError(f"no space left in {where} for the staging copy of "
+                       f"{self.source or self.interpreter} (an uncompressed copy is made there "
+                       f"before packing: about {need / 1e6:.0f} MB needed{free}); set TMPDIR "
+                       f"to a directory with more room") from None
+
+
+def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:
+    """relocate → compile a staged tree; returns the prefix-bearing files."""
     fixup.fix_symlinks(st)
     prefix_files = fixup.relocate_files(st)
     fixup.byte_compile(st, compiler, prefix_files, threads)
     for w in st.warnings:
         log.warning("%s", w)
+    return prefix_files
+
+
+def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threads: int,
+             shard_size: int, quiet: bool, replace: bool = True,
+             before_rename=None) -> tuple[str, Manifest]:
+    """archive a prepared tree into ``out`` (atomically)."""
     prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
     m = write_package(st, prefix_files, out, level=level, threads=threads,
-                      shard_size=shard_size, progress=prog)
+                      shard_size=shard_size, progress=prog, replace=replace,
+                      before_rename=before_rename)
     prog.finish()
     return out, m
 
@@ -130,19 +207,30 @@ def _finish(st: collect.Staged, compiler: str, out: str, level: int, threads: in
 def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | None = None,
                level: int = 10, threads: int = 0, shard_size: int = 8 << 20,
                force: bool = False, quiet: bool = True, tmpdir: str | None = None,
-               ) -> tuple[str, Manifest, collect.Staged]:
+               before_rename=None) -> tuple[str, Manifest, collect.Staged]:
     """Pack an environment *with* its interpreter into one package (what the
-    cache saves): find → copy → relocate → compile → archive."""
+    cache saves): find → copy → relocate → compile → archive.  Without
+    ``force`` an existing package is never replaced, even one that appears
+    while this one is written (see :func:`archive.write_package`)."""
     output_dir = _check_output_dir(output_dir)
     out = _target(output_dir, name, force)
     threads = threads or os.cpu_count() or 1
-    staging = tempfile.mkdtemp(prefix="pmb-stage-", dir=tmpdir)
+    staging = _staging_dir(tmpdir)
     try:
-        st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
-        out, m = _finish(st, compiler, out, level, threads, shard_size, quiet)
+        interp = None
+        if pyinfo.is_venv(source):
+            try:
+                interp = pyinfo.base_interpreter_of_venv(source)
+            except PmbError:
+                pass
+        with _room_for_staging(staging, source, interp):
+            st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
+            prefix_files = _prepare(st, compiler, threads)
+        out, m = _archive(st, prefix_files, out, level, threads, shard_size, quiet,
+                          replace=force, before_rename=before_rename)
         return out, m, st
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        leftovers.remove(staging)
 
 
 def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: str,
@@ -154,7 +242,7 @@ def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: st
     output_dir = _check_output_dir(output_dir)
     out = _target(output_dir, name, True)
     threads = threads or os.cpu_count() or 1
-    staging = tempfile.mkdtemp(prefix="pmb-stage-", dir=tmpdir)
+    staging = _staging_dir(tmpdir)
     try:
         src = os.path.abspath(src)
         info = pyinfo.query(compiler)
@@ -170,4 +258,4 @@ def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: st
         prog.finish()
         return out, m
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        leftovers.remove(staging)

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import tarfile
-import tempfile
 
-from . import collect, config, fixup
+from . import collect, config, fixup, leftovers
 from .relocate import has_prefix
 from .errors import PmbError
 
@@ -72,7 +70,7 @@ def _write_tar(root: str, arcname: str, out: str) -> None:
     mode = {".gz": "w:gz", ".tgz": "w:gz", ".bz2": "w:bz2", ".xz": "w:xz"}.get(
         os.path.splitext(out)[1], "w")
     parent = os.path.dirname(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".part", dir=parent)
+    fd, tmp = leftovers.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".part", dir=parent)
     os.close(fd)
     try:
         if out.endswith((".zst", ".tzst")):
@@ -86,10 +84,11 @@ def _write_tar(root: str, arcname: str, out: str) -> None:
                 tf.add(root, arcname=arcname)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
+        leftovers.release(tmp)
         tmp = None
     finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp:
+            leftovers.remove(tmp)
 
 
 def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
@@ -115,7 +114,7 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         raise PmbError(f"cannot create {parent}: {e.strerror}") from None
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.relocate-", dir=parent)
+    work = leftovers.mkdtemp(prefix=f".{os.path.basename(final)}.relocate-", dir=parent)
     tree = os.path.join(work, "tree")
     try:
         try:
@@ -161,4 +160,4 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
         return {"kind": kind, "dest": dest, "written": final, "files": len(prefix_files),
                 "compiled_in": st.compiled_in, "warnings": st.warnings}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        leftovers.remove(work)

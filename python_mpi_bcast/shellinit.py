@@ -1,14 +1,19 @@
 """``python-mpi-bcast shell-init [bash|zsh|fish]``: shell code for the
-user's start-up file that wraps ``pip``.
+user's start-up file that keeps pip offline on compute nodes.
 
 On a compute node (inside a batch job: ``SLURM_JOB_ID``, ``PBS_JOBID``,
 ``LSB_JOBID``, ``FLUX_JOB_ID`` or ``COBALT_JOBID`` is set, or the host name
-matches a configured pattern) ``pip install``/``download``/``wheel`` run with
-``--no-index --find-links WHEELHOUSE``, so they never reach for the internet
-and find what was prepared on a login node.  On a login node ``pip install``
-also looks in the wheelhouse, and ``pip download``/``pip wheel`` put what
-they fetch or build into it.  ``PYTHON_MPI_BCAST_NODE=compute|login``
-overrides the detection; ``PYTHON_MPI_BCAST_WHEELHOUSE`` the location.
+matches a configured pattern) the shell exports ``PIP_NO_INDEX=1`` and
+``PIP_FIND_LINKS=<wheelhouse>``: every way of calling pip (``pip``,
+``pip3.11``, ``python -m pip``, pip inside a script, any option order)
+installs offline from what was prepared on a login node; the arguments are
+never parsed.  The ``pip``/``pip3``/``pip3.X`` functions add one thing on
+top: when pip finds no wheel, they say which ``wheelhouse add NAME`` would
+fix it.  On a login node those functions let ``pip install`` also look in
+the wheelhouse and make ``pip download``/``pip wheel`` put what they fetch
+or build into it (``PIP_DEST``, ``PIP_WHEEL_DIR``; a ``-d``/``-w`` given
+wins).  ``PYTHON_MPI_BCAST_NODE=compute|login`` overrides the detection;
+``PYTHON_MPI_BCAST_WHEELHOUSE`` the location.
 
 The code is plain shell, generated once: it starts no Python of its own.
 """
@@ -35,39 +40,43 @@ _pmb_on_compute_node() {
     [ -n "@JOBVARS@" ] && return 0
 @HOSTCASE@    return 1
 }
+# the wheelhouse as pip's find-links entry (a URL: pip splits the variable at spaces)
+_pmb_find_links() { local wh; wh="$(_pmb_wheelhouse)"; printf 'file://%s\n' "${wh// /%20}"; }
+if _pmb_on_compute_node; then
+    # offline for every way pip is called (pip3.X, python -m pip, scripts)
+    PIP_NO_INDEX=1
+    PIP_FIND_LINKS="$(_pmb_find_links)"
+    export PIP_NO_INDEX PIP_FIND_LINKS
+fi
 _pmb_pip() {
-    local cmd="$1" sub="" has_dest="" a wh
+    local cmd="$1" wh err rc name
     shift
-    for a in "$@"; do
-        case "$a" in
-            -d|--dest|--dest=*|-w|--wheel-dir|--wheel-dir=*) has_dest=1 ;;
-            -*) ;;
-            *) [ -z "$sub" ] && sub="$a" ;;
-        esac
-    done
-    case "$sub" in
-        install|download|wheel) ;;
-        *) command "$cmd" "$@"; return ;;
-    esac
     wh="$(_pmb_wheelhouse)"
     if _pmb_on_compute_node; then
-        if [ ! -d "$wh" ]; then
-            printf 'python-mpi-bcast: no wheelhouse at %s; on a login node run: python-mpi-bcast wheelhouse add PACKAGE...\n' "$wh" >&2
-            return 1
+        err="$(mktemp "${TMPDIR:-/tmp}/pmb-pip.XXXXXX" 2>/dev/null)" || err=/dev/null
+        PIP_NO_INDEX=1 PIP_FIND_LINKS="$(_pmb_find_links)" command "$cmd" "$@" 2>"$err"
+        rc=$?
+        [ "$err" = /dev/null ] && return "$rc"
+        cat "$err" >&2
+        if [ "$rc" -ne 0 ]; then
+            if [ ! -d "$wh" ]; then
+                printf 'python-mpi-bcast: no wheelhouse at %s; on a login node run: python-mpi-bcast wheelhouse add PACKAGE...\n' "$wh" >&2
+            else
+                name="$(sed -n 's/^.*No matching distribution found for \([^ ]*\).*$/\1/p' "$err" | head -n 1)"
+                [ -n "$name" ] && printf 'python-mpi-bcast: %s is not in the wheelhouse %s (pip is offline in a job); on a login node run: python-mpi-bcast wheelhouse add %s\n' "$name" "$wh" "$name" >&2
+            fi
         fi
-        command "$cmd" "$@" --no-index --find-links "$wh"
-        return
+        rm -f -- "$err"
+        return "$rc"
     fi
-    mkdir -p -- "$wh" || return
-    case "$sub" in
-        download) [ -z "$has_dest" ] && set -- "$@" --dest "$wh" ;;
-        wheel) [ -z "$has_dest" ] && set -- "$@" --wheel-dir "$wh" ;;
-    esac
-    command "$cmd" "$@" --find-links "$wh"
+    if [ -d "$wh" ]; then
+        PIP_FIND_LINKS="$(_pmb_find_links)${PIP_FIND_LINKS:+ $PIP_FIND_LINKS}" \
+            PIP_DEST="${PIP_DEST:-$wh}" PIP_WHEEL_DIR="${PIP_WHEEL_DIR:-$wh}" command "$cmd" "$@"
+    else
+        PIP_DEST="${PIP_DEST:-$wh}" PIP_WHEEL_DIR="${PIP_WHEEL_DIR:-$wh}" command "$cmd" "$@"
+    fi
 }
-pip() { _pmb_pip pip "$@"; }
-pip3() { _pmb_pip pip3 "$@"; }
-# <<< python-mpi-bcast shell-init <<<
+@POSIXFUNCS@# <<< python-mpi-bcast shell-init <<<
 '''
 
 _FISH = r'''# >>> python-mpi-bcast shell-init (@VERSION@) >>>
@@ -90,49 +99,54 @@ function _pmb_on_compute_node
     test -n "@JOBVARS@"; and return 0
 @HOSTCASE@    return 1
 end
+# the wheelhouse as pip's find-links entry (a URL: pip splits the variable at spaces)
+function _pmb_find_links
+    printf 'file://%s\n' (string replace -a ' ' '%20' -- (_pmb_wheelhouse))
+end
+if _pmb_on_compute_node
+    # offline for every way pip is called (pip3.X, python -m pip, scripts)
+    set -gx PIP_NO_INDEX 1
+    set -gx PIP_FIND_LINKS (_pmb_find_links)
+end
 function _pmb_pip
     set -l cmd $argv[1]
     set -e argv[1]
-    set -l sub ""
-    set -l has_dest ""
-    for a in $argv
-        switch $a
-            case -d --dest '--dest=*' -w --wheel-dir '--wheel-dir=*'
-                set has_dest 1
-            case '-*'
-            case '*'
-                test -z "$sub"; and set sub $a
-        end
-    end
-    if not contains -- "$sub" install download wheel
-        command $cmd $argv
-        return
-    end
     set -l wh (_pmb_wheelhouse)
     if _pmb_on_compute_node
-        if not test -d "$wh"
-            printf 'python-mpi-bcast: no wheelhouse at %s; on a login node run: python-mpi-bcast wheelhouse add PACKAGE...\n' "$wh" >&2
-            return 1
+        set -l err (mktemp (set -q TMPDIR; and echo $TMPDIR; or echo /tmp)/pmb-pip.XXXXXX 2>/dev/null)
+        if test -z "$err"
+            env PIP_NO_INDEX=1 PIP_FIND_LINKS=(_pmb_find_links) $cmd $argv
+            return
         end
-        command $cmd $argv --no-index --find-links $wh
-        return
+        env PIP_NO_INDEX=1 PIP_FIND_LINKS=(_pmb_find_links) $cmd $argv 2>$err
+        set -l rc $status
+        cat $err >&2
+        if test $rc -ne 0
+            if not test -d "$wh"
+                printf 'python-mpi-bcast: no wheelhouse at %s; on a login node run: python-mpi-bcast wheelhouse add PACKAGE...\n' "$wh" >&2
+            else
+                set -l name (sed -n 's/^.*No matching distribution found for \([^ ]*\).*$/\1/p' $err | head -n 1)
+                test -n "$name"; and printf 'python-mpi-bcast: %s is not in the wheelhouse %s (pip is offline in a job); on a login node run: python-mpi-bcast wheelhouse add %s\n' $name $wh $name >&2
+            end
+        end
+        rm -f -- $err
+        return $rc
     end
-    mkdir -p -- $wh; or return
-    if test "$sub" = download; and test -z "$has_dest"
-        set argv $argv --dest $wh
-    else if test "$sub" = wheel; and test -z "$has_dest"
-        set argv $argv --wheel-dir $wh
+    set -l vars
+    if test -d "$wh"
+        set -l links (_pmb_find_links)
+        set -q PIP_FIND_LINKS; and set links "$links $PIP_FIND_LINKS"
+        set -a vars "PIP_FIND_LINKS=$links"
     end
-    command $cmd $argv --find-links $wh
+    set -q PIP_DEST; or set -a vars PIP_DEST=$wh
+    set -q PIP_WHEEL_DIR; or set -a vars PIP_WHEEL_DIR=$wh
+    env $vars $cmd $argv
 end
-function pip --wraps pip
-    _pmb_pip pip $argv
-end
-function pip3 --wraps pip3
-    _pmb_pip pip3 $argv
-end
-# <<< python-mpi-bcast shell-init <<<
+@FISHFUNCS@# <<< python-mpi-bcast shell-init <<<
 '''
+
+#: the names the functions wrap (every pip3.X a Python 3 installs)
+PIP_NAMES = ("pip", "pip3") + tuple(f"pip3.{x}" for x in range(6, 16))
 
 
 def _check_pattern(p: str) -> str:
@@ -165,5 +179,8 @@ def shell_code(shell: str, wheelhouse: str, compute_hosts: list[str] | None = No
         text = _POSIX
         # inside "${VAR:-...}": escape what double quotes would expand
         wh = "".join("\\" + c if c in '"$`\\' else c for c in wheelhouse)
+    posix = "".join(f'{n}() {{ _pmb_pip {n} "$@"; }}\n' for n in PIP_NAMES)
+    fish = "".join(f"function {n} --wraps {n}\n    _pmb_pip {n} $argv\nend\n" for n in PIP_NAMES)
+    text = text.replace("@POSIXFUNCS@", posix).replace("@FISHFUNCS@", fish)
     return (text.replace("@VERSION@", __version__).replace("@WHEELHOUSE@", wh)
             .replace("@JOBVARS@", jobvars).replace("@HOSTCASE@", hostcase))

@@ -8,10 +8,11 @@ every layer is complete (unpacked into a temporary sibling, then renamed).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-import tempfile
 
+from . import leftovers
 from .archive import unpack_packages
 from .errors import PmbError
 from .pkgformat import Manifest, read_manifest
@@ -30,7 +31,12 @@ def check_layers(manifests: list[tuple[str, Manifest]]) -> None:
                                f"package {ip} is Python {im.python} ({im.abi}); repack one of them")
 
 
-def unpack(packages: list[str], dest: str, force: bool = False) -> list[Manifest]:
+def unpack(packages: list[str], dest: str, force: bool = False,
+           room_hint: str = "choose a DEST with more room", before_rename=None
+           ) -> list[Manifest]:
+    """Unpack ``packages`` in order into ``dest`` (which appears only when
+    complete; ``before_rename(tmp)`` may add to the tree before it does).
+    Out of space: one line with the room needed and ``room_hint``."""
     manifests = [(p, read_manifest(p)[0]) for p in packages]
     check_layers(manifests)
     dest = os.path.abspath(dest)
@@ -40,22 +46,52 @@ def unpack(packages: list[str], dest: str, force: bool = False) -> list[Manifest
         if os.path.islink(dest) or not os.path.isdir(dest):
             raise PmbError(f"{dest} exists and is not a directory")
     parent = os.path.dirname(dest)
+    need = sum(m.unpacked_size for _, m in manifests)
+
+    def full(free: int | None = None) -> PmbError:
+        if free is None:
+            try:
+                sv = os.statvfs(parent)
+                free = sv.f_bavail * sv.f_frsize
+            except OSError:
+                free = 0
+        return PmbError(f"no space left in {parent} for {dest}: it needs {need / 1e6:.0f} MB "
+                        f"unpacked, {free / 1e6:.0f} MB are free; {room_hint}")
+
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.unpack-", dir=parent)
+        sv = os.statvfs(parent)
+        if sv.f_bavail * sv.f_frsize < need:
+            raise full(sv.f_bavail * sv.f_frsize)
+        tmp = leftovers.mkdtemp(prefix=f".{os.path.basename(dest)}.unpack-", dir=parent)
     except OSError as e:
         raise PmbError(f"cannot create a directory next to {dest}: {e.strerror or e}") from None
     try:
-        unpack_packages(packages, tmp, final_dest=dest)
+        try:
+            unpack_packages(packages, tmp, final_dest=dest)
+        except PmbError as e:
+            if "no space left" in str(e).lower():
+                leftovers.remove(tmp)
+                tmp = None
+                raise full() from None
+            raise
         out = [m for _, m in manifests]
+        if before_rename is not None:
+            before_rename(tmp)
         os.chmod(tmp, 0o755)
         if os.path.lexists(dest):
             shutil.rmtree(dest)
         os.rename(tmp, dest)
+        leftovers.release(tmp)
         tmp = None
         return out
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            if tmp:
+                leftovers.remove(tmp)
+                tmp = None
+            raise full() from None
         raise PmbError(f"unpacking into {dest}: {e.strerror or e}") from None
     finally:
         if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+            leftovers.remove(tmp)

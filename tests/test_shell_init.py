@@ -222,3 +222,57 @@ def test_bad_shell_and_pattern():
     assert r.returncode == 1 and r.stderr.startswith("python-mpi-bcast: error: compute-host")
     r = run(CLI + ["wheelhouse", "add"], timeout=60, check=False)
     assert r.returncode == 1 and "nothing to add" in r.stderr
+
+
+def unresolvable_index(env: dict) -> dict:
+    """The network really absent for pip: an index whose name cannot resolve."""
+    env = dict(env, PIP_INDEX_URL="http://index.pmb-offline.invalid/simple")
+    env.pop("PIP_NO_CACHE_DIR", None)
+    return env
+
+
+def offline(r) -> bool:
+    text = r.stdout + r.stderr
+    return "pmb-offline.invalid" not in text and "Retrying" not in text and \
+        "NewConnectionError" not in text
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_every_way_of_calling_pip_in_a_job_stays_offline(site, shell):
+    home, wh = fresh(site, f"every-{shell}")
+    os.makedirs(wh)
+    shutil.copy(os.path.join(site["index"], "pmbdemo-1.0-py3-none-any.whl"), wh)
+    install_rc(shell, home)
+    env = unresolvable_index(shell_env(site, home, wh, job=True))
+    py = os.path.join(site["venv"], "bin", "python")
+    ver = run([py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+              timeout=60).stdout.strip()
+    cache = os.path.join(site["base"], f"pipcache-{shell}")
+    for how in (f"pip --cache-dir {cache} install pmbdemo",
+                f"pip3.{ver.split('.')[1]} install pmbdemo",
+                "python -m pip install pmbdemo",
+                "python -c 'import subprocess, sys; sys.exit(subprocess.call("
+                "[sys.executable, \"-m\", \"pip\", \"install\", \"pmbdemo\"]))'"):
+        uninstall(site)
+        r = in_shell(shell, how, env)
+        assert r.returncode == 0, (how, r.stdout + r.stderr)
+        assert offline(r), (how, r.stderr)
+        r = run([py, "-c", "import pmbdemo; print(pmbdemo.VALUE)"], timeout=60)
+        assert r.stdout.strip() == "42", how
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_missing_wheel_in_a_job_says_wheelhouse_add_name(site, shell):
+    home, wh = fresh(site, f"hint-{shell}")
+    os.makedirs(wh)
+    install_rc(shell, home)
+    env = unresolvable_index(shell_env(site, home, wh, job=True))
+    for how in ("pip --cache-dir /tmp/x install notinthewheelhouse",
+                "pip3 install notinthewheelhouse"):
+        r = in_shell(shell, how, env)
+        assert r.returncode == 1 and offline(r), (how, r.stderr)
+        assert (f"python-mpi-bcast: notinthewheelhouse is not in the wheelhouse {wh} (pip is "
+                f"offline in a job); on a login node run: python-mpi-bcast wheelhouse add "
+                f"notinthewheelhouse") in r.stderr, (how, r.stderr)
+    r = in_shell(shell, "python -m pip install notinthewheelhouse", env)
+    assert r.returncode == 1 and offline(r), r.stderr
