@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -146,12 +147,46 @@ int pmb_exec_supported_by(const char *v, char *why, size_t len)
     return 1;
 }
 
+/* Is the PMI server at the other end of PMI_FD Slurm's (srun --mpi=pmi2)?
+ * It accepts one PMI handshake per task, and the exec'd interpreter would
+ * need a second ("slurmstepd: error: mpi/pmi2: invalid pmi1 command
+ * received: 'init'", then a hang).  Hydra's proxy accepts a second one. */
+static int pmi_server_is_slurm(void)
+{
+    const char *fdv = getenv("PMI_FD");
+    if (!fdv || !*fdv)
+        return 0;
+    struct ucred cr;
+    socklen_t l = sizeof cr;
+    if (getsockopt(atoi(fdv), SOL_SOCKET, SO_PEERCRED, &cr, &l) == 0 && cr.pid > 0) {
+        char path[64], comm[64] = "";
+        snprintf(path, sizeof path, "/proc/%d/comm", (int)cr.pid);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (fgets(comm, sizeof comm, f))
+                comm[strcspn(comm, "\n")] = 0;
+            fclose(f);
+            return !strcmp(comm, "slurmstepd");
+        }
+    }
+    /* no answer from /proc: srun's own variables (hydra sets MPI_LOCALNRANKS) */
+    const char *t = getenv("SLURM_MPI_TYPE");
+    return t && !strcmp(t, "pmi2") && !getenv("MPI_LOCALNRANKS");
+}
+
 int pmb_exec_supported(char *why, size_t len)
 {
     char v[MPI_MAX_LIBRARY_VERSION_STRING];
     int n = 0;
     MPI_Get_library_version(v, &n);
-    return pmb_exec_supported_by(v, why, len);
+    if (!pmb_exec_supported_by(v, why, len))
+        return 0;
+    if (pmi_server_is_slurm()) {
+        snprintf(why, len, "under srun --mpi=pmi2 the staged interpreter cannot join the job "
+                 "again: Slurm's PMI-2 server takes one handshake per task");
+        return 0;
+    }
+    return 1;
 }
 
 /* python-mpi --pmb-exec-check VERSION-STRING: the rule above, without MPI
