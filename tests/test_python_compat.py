@@ -25,7 +25,7 @@ RANK = ("import os\n"
         " 'SLURM_PROCID', 'PMIX_RANK') if k in os.environ))\n")
 
 # ranks end 0.5 s apart and never touch MPI
-UNEVEN = RANK + "import time\ntime.sleep(0.5 + RANK)\nprint('DONE', RANK, flush=True)\n"
+UNEVEN = RANK + "import time\ntime.sleep(0.5 + RANK)\nos.write(1, b'DONE %d\\n' % RANK)\n"
 
 # rank 1 fails while rank 0 waits in a barrier
 FAIL = """
@@ -47,6 +47,7 @@ print("PASSED THE BARRIER", c.rank, flush=True)
 # mpi4py.rc.initialize = False, then MPI.Init_thread (mpi4py's documented
 # pattern), and an explicit Finalize: every answer as under python
 INIT_THREAD = """
+import os
 import mpi4py
 mpi4py.rc.initialize = False
 from mpi4py import MPI
@@ -59,7 +60,7 @@ c = MPI.COMM_WORLD
 total = c.allreduce(c.rank + 1)
 MPI.Finalize()
 assert MPI.Is_initialized() and MPI.Is_finalized()
-print("INIT_THREAD", c.rank, total, flush=True)
+os.write(1, b"INIT_THREAD %d %d\\n" % (c.rank, total))  # one write: lines never mix
 """
 
 
