@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <zstd.h> /* the system's, or launcher/zstd-shim/zstd.h */
 
+#include "own.h"
 #include "pmb.h"
 
 static int print_info(void)
@@ -142,7 +143,7 @@ int main(int argc, char **argv)
     }
     double t_begin = pmb_now();
     int provided;
-    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+    if (PMPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "python-mpi: MPI_Init_thread failed\n");
         return 1;
     }
@@ -152,6 +153,7 @@ int main(int argc, char **argv)
     pmb_thread_level = provided;
     pmb_mpi_up = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &pmb_c.world_rank);
+    pmb_own_start(provided, pmb_c.world_rank); /* the program's MPI_Init is own.c's */
     pmb_collective_phase = 1;
     pmb_config_read(&pmb_cfg);
     if (stage_only)
@@ -216,7 +218,7 @@ int main(int argc, char **argv)
             printf("%s\n", tree);
             fflush(stdout);
         }
-        MPI_Finalize();
+        PMPI_Finalize();
         return 0;
     }
     if (pmb_cfg.mode == PMB_MODE_EXEC)

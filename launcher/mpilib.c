@@ -57,7 +57,7 @@ const char *pmb_mpi_family(void)
 const char *pmb_mpi_library_path(void)
 {
     Dl_info info;
-    if (dladdr((void *)MPI_Init, &info) && info.dli_fname && strchr(info.dli_fname, '/'))
+    if (dladdr((void *)PMPI_Init, &info) && info.dli_fname && strchr(info.dli_fname, '/'))
         return info.dli_fname;
     return NULL;
 }
@@ -399,7 +399,7 @@ void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n)
                 "mpi4py wheel", base_name(m.ext), m.needed, want, real, family);
     /* same ABI, another name: alias the name to the loaded library */
     Dl_info info;
-    if (!dladdr((void *)MPI_Init, &info) || !info.dli_fbase)
+    if (!dladdr((void *)PMPI_Init, &info) || !info.dli_fbase)
         return;
     const Elf64_Ehdr *like = info.dli_fbase;
     if (memcmp(like->e_ident, ELFMAG, SELFMAG) || like->e_ident[EI_CLASS] != ELFCLASS64)

@@ -17,55 +17,42 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include "own.h"
 #include "pmb.h"
 
 static char *exit_tree;
 
-static void exit_policy(int status, void *arg)
+/* status 0, before MPI_Finalize: the node's last rank out removes the tree */
+static void clean_exit(void)
 {
-    (void)arg;
-    int init = 0, fin = 0;
-    MPI_Initialized(&init);
-    MPI_Finalized(&fin);
-    if (!init || fin)
+    if (!pmb_cfg.cleanup || !exit_tree)
         return;
-    fflush(stdout);
-    fflush(stderr);
-    if (status != 0) {
-        fprintf(stderr, "python-mpi: rank %d: exit status %d, aborting the job\n",
-                    pmb_c.world_rank, status);
-        fflush(stderr);
-        pmb_abort_grace();
-        MPI_Abort(MPI_COMM_WORLD, status);
-        _exit(status);
-    }
-    if (pmb_cfg.cleanup && exit_tree) {
-        /* the node's last rank out removes the tree */
-        pmb_node_barrier();
-        if (pmb_c.node_rank == 0) {
-            if (pmb_rmtree(exit_tree)) {
-                if (pmb_cfg.verbose)
-                    fprintf(stderr, "python-mpi: rank %d: could not remove %s: %s\n",
-                            pmb_c.world_rank, exit_tree, strerror(errno));
-            } else {
-                /* and the node directory, when nothing else (another step's tree) is in it */
-                char *slash = strrchr(exit_tree, '/');
-                if (slash && slash != exit_tree) {
-                    *slash = 0;
-                    rmdir(exit_tree);
-                }
+    pmb_node_barrier();
+    if (pmb_c.node_rank == 0) {
+        if (pmb_rmtree(exit_tree)) {
+            if (pmb_cfg.verbose)
+                fprintf(stderr, "python-mpi: rank %d: could not remove %s: %s\n",
+                        pmb_c.world_rank, exit_tree, strerror(errno));
+        } else {
+            /* and the node directory, when nothing else (another step's tree) is in it */
+            char *slash = strrchr(exit_tree, '/');
+            if (slash && slash != exit_tree) {
+                *slash = 0;
+                rmdir(exit_tree);
             }
         }
     }
-    MPI_Finalize();
 }
 
+/* the exit policy (own.c): status 0 -> clean-up, MPI_Finalize; else MPI_Abort */
 void pmb_install_exit_handler(const char *tree)
 {
     exit_tree = tree ? pmb_xstrdup(tree) : NULL;
-    on_exit(exit_policy, NULL);
+    pmb_own_exit_policy(clean_exit);
 }
 
 /* argv for python; PYTHON_MPI_TREE_ARG=N: argv[N] is a path inside the tree
@@ -160,12 +147,46 @@ int pmb_exec_supported_by(const char *v, char *why, size_t len)
     return 1;
 }
 
+/* Is the PMI server at the other end of PMI_FD Slurm's (srun --mpi=pmi2)?
+ * It accepts one PMI handshake per task, and the exec'd interpreter would
+ * need a second ("slurmstepd: error: mpi/pmi2: invalid pmi1 command
+ * received: 'init'", then a hang).  Hydra's proxy accepts a second one. */
+static int pmi_server_is_slurm(void)
+{
+    const char *fdv = getenv("PMI_FD");
+    if (!fdv || !*fdv)
+        return 0;
+    struct ucred cr;
+    socklen_t l = sizeof cr;
+    if (getsockopt(atoi(fdv), SOL_SOCKET, SO_PEERCRED, &cr, &l) == 0 && cr.pid > 0) {
+        char path[64], comm[64] = "";
+        snprintf(path, sizeof path, "/proc/%d/comm", (int)cr.pid);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (fgets(comm, sizeof comm, f))
+                comm[strcspn(comm, "\n")] = 0;
+            fclose(f);
+            return !strcmp(comm, "slurmstepd");
+        }
+    }
+    /* no answer from /proc: srun's own variables (hydra sets MPI_LOCALNRANKS) */
+    const char *t = getenv("SLURM_MPI_TYPE");
+    return t && !strcmp(t, "pmi2") && !getenv("MPI_LOCALNRANKS");
+}
+
 int pmb_exec_supported(char *why, size_t len)
 {
     char v[MPI_MAX_LIBRARY_VERSION_STRING];
     int n = 0;
     MPI_Get_library_version(v, &n);
-    return pmb_exec_supported_by(v, why, len);
+    if (!pmb_exec_supported_by(v, why, len))
+        return 0;
+    if (pmi_server_is_slurm()) {
+        snprintf(why, len, "under srun --mpi=pmi2 the staged interpreter cannot join the job "
+                 "again: Slurm's PMI-2 server takes one handshake per task");
+        return 0;
+    }
+    return 1;
 }
 
 /* python-mpi --pmb-exec-check VERSION-STRING: the rule above, without MPI
@@ -180,6 +201,51 @@ int pmb_exec_check_main(int argc, char **argv)
     int ok = pmb_exec_supported_by(argv[0], why, sizeof why);
     printf("%s\n", ok ? "supported" : why);
     return 0;
+}
+
+/* The exec'd interpreter preloads exec_shim.c (embedded in the launcher,
+ * handed over in a memfd that survives execv) and, before it, the
+ * launcher's MPI library by its path, the one the shim was linked with. */
+extern const unsigned char pmb_exec_shim_image[], pmb_exec_shim_end[];
+
+static void preload_shim(const char *mpilib)
+{
+    int fd = (int)syscall(SYS_memfd_create, "python-mpi-exec-shim", 0u);
+    size_t len = (size_t)(pmb_exec_shim_end - pmb_exec_shim_image);
+    const unsigned char *p = pmb_exec_shim_image;
+    if (fd < 0)
+        pmb_die("exec mode: cannot create a memfd for the interpreter's MPI shim: %s",
+                strerror(errno));
+    while (len) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            pmb_die("exec mode: cannot write the interpreter's MPI shim: %s", strerror(errno));
+        p += w;
+        len -= (size_t)w;
+    }
+    const char *old = getenv("LD_PRELOAD");
+    char saved[PATH_MAX + 8];
+    if (old) {
+        size_t l = strlen(old) + 2;
+        char *v = pmb_xmalloc(l);
+        snprintf(v, l, "=%s", old);
+        setenv("PYTHON_MPI_EXEC_PRELOAD", v, 1);
+        free(v);
+    } else {
+        unsetenv("PYTHON_MPI_EXEC_PRELOAD");
+    }
+    /* LD_PRELOAD separates entries by spaces and colons */
+    int lib_ok = mpilib && !strpbrk(mpilib, " :\t");
+    size_t l = (lib_ok ? strlen(mpilib) : 0) + 64 + (old ? strlen(old) : 0);
+    char *v = pmb_xmalloc(l);
+    snprintf(v, l, "/proc/self/fd/%d%s%s%s%s", fd, lib_ok ? " " : "", lib_ok ? mpilib : "",
+             old && *old ? " " : "", old ? old : "");
+    setenv("LD_PRELOAD", v, 1);
+    free(v);
+    snprintf(saved, sizeof saved, "%d", fd);
+    setenv("PYTHON_MPI_EXEC_SHIM", saved, 1);
 }
 
 int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char **argv)
@@ -212,9 +278,10 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     unsetenv("PYTHONHOME");
     setenv("PYTHON_MPI_TREE", tree, 1);
     char **pargv = python_argv(tree, exe, argc, argv); /* may report an error: MPI still up */
+    preload_shim(lib);
     fflush(stdout);
     fflush(stderr);
-    MPI_Finalize();
+    PMPI_Finalize();
     execv(exe, pargv);
     fprintf(stderr, "python-mpi: rank %d: cannot exec %s: %s\n", pmb_c.world_rank, exe, strerror(errno));
     _exit(127);

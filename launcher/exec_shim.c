@@ -1,0 +1,76 @@
+/* Exec mode's half in the staged interpreter: a small shared object the
+ * launcher embeds, hands to the exec'd interpreter in a memfd through
+ * LD_PRELOAD, and that makes that process a rank for its whole life:
+ *
+ *   - before Python starts it initialises MPI again (the launcher finalised
+ *     it before execv; MPICH >= 5 and Open MPI >= 5 allow that);
+ *   - own.c's MPI_Init/MPI_Finalize/... come first in the symbol lookup, so
+ *     the program (mpi4py) sees MPI as under `python`;
+ *   - own.c's exit policy ends it: status 0 -> MPI_Finalize (every rank stays
+ *     in the job until its program ends: the process manager never sees a
+ *     rank leave without finalising), anything else -> MPI_Abort.
+ *
+ * It removes itself from LD_PRELOAD at once (children never load it) and
+ * does nothing when loaded by anything but python-mpi (no
+ * PYTHON_MPI_EXEC_SHIM). */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <mpi.h>
+
+#include "own.h"
+
+static void shim_start(void)
+{
+    const char *fdv = getenv("PYTHON_MPI_EXEC_SHIM");
+    if (!fdv)
+        return;
+    int fd = atoi(fdv);
+    /* LD_PRELOAD as the user had it (PYTHON_MPI_EXEC_PRELOAD holds it, with
+     * a leading '=' when it was set: "=" alone is an empty one) */
+    const char *saved = getenv("PYTHON_MPI_EXEC_PRELOAD");
+    if (saved && saved[0] == '=')
+        setenv("LD_PRELOAD", saved + 1, 1);
+    else
+        unsetenv("LD_PRELOAD");
+    unsetenv("PYTHON_MPI_EXEC_PRELOAD");
+    unsetenv("PYTHON_MPI_EXEC_SHIM");
+    if (fd > 2)
+        close(fd); /* the loader has mapped it */
+    int provided = MPI_THREAD_SINGLE, rank = 0;
+    if (PMPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
+        fprintf(stderr, "python-mpi: the staged interpreter could not initialise MPI again "
+                        "(PYTHON_MPI_MODE=exec); use the default embed mode\n");
+        _exit(1);
+    }
+    PMPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    pmb_own_start(provided, rank);
+    pmb_own_exit_policy(NULL);
+}
+
+/* MPI starts in the interpreter's main thread once every library is
+ * initialised (not in a constructor: UCX, under MPICH, then crashes in
+ * MPI_Finalize): glibc's __libc_start_main, wrapped, runs main through here. */
+typedef int (*main_fn)(int, char **, char **);
+static main_fn real_main;
+
+static int shim_main(int argc, char **argv, char **envp)
+{
+    shim_start();
+    return real_main(argc, argv, envp);
+}
+
+int __libc_start_main(main_fn main, int argc, char **argv, void (*init)(void),
+                      void (*fini)(void), void (*rtld_fini)(void), void *stack_end)
+{
+    typedef int (*start_fn)(main_fn, int, char **, void (*)(void), void (*)(void),
+                            void (*)(void), void *);
+    start_fn real = (start_fn)dlsym(RTLD_NEXT, "__libc_start_main");
+    real_main = main;
+    return real(getenv("PYTHON_MPI_EXEC_SHIM") ? shim_main : main, argc, argv, init, fini,
+                rtld_fini, stack_end);
+}
