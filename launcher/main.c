@@ -167,6 +167,7 @@ int main(int argc, char **argv)
 
     double tm[5];
     char *tree = pmb_stage(ms, n, fds, tm);
+    pmb_mpi_record_write(tree, ms, n); /* children of the tree use this MPI (mpilib.c) */
     if (pmb_c.world_rank == 0) {
         for (int i = 0; i < n; i++)
             close(fds[i]);

@@ -245,16 +245,21 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
 
 
 _COMPILE = r"""
-import compileall, py_compile, sys
+import compileall, importlib.util, os, py_compile, sys
 root, workers, ddir, checked = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None, sys.argv[4:]
 M = py_compile.PycInvalidationMode
 U = M.TIMESTAMP if ddir else M.UNCHECKED_HASH
-C = M.TIMESTAMP if ddir else M.CHECKED_HASH
 compileall.compile_dir(root, quiet=2, workers=workers, invalidation_mode=U, stripdir=root,
                        prependdir=ddir)
 for rel in checked:
-    compileall.compile_file(root + "/" + rel, quiet=2, invalidation_mode=C, stripdir=root,
-                            prependdir=ddir)
+    if ddir:
+        compileall.compile_file(root + "/" + rel, quiet=2, invalidation_mode=M.TIMESTAMP,
+                                stripdir=root, prependdir=ddir)
+    else:  # the unpacker rewrites the source: a .pyc made now would be stale
+        try:
+            os.unlink(importlib.util.cache_from_source(root + "/" + rel))
+        except FileNotFoundError:
+            pass
 """
 
 
@@ -262,7 +267,10 @@ def byte_compile(st: Staged, python: str, prefix_files: list[PrefixFile], worker
                  ddir: str | None = None) -> None:
     """Compile every ``.py`` with the packed interpreter (its magic number),
     as unchecked-hash ``.pyc`` so no rank stats sources at run time.  Files
-    whose source the unpacker patches get checked-hash ``.pyc`` instead.
+    whose source the unpacker patches (``_sysconfigdata_*.py``) get no
+    ``.pyc``: one made now would be stale once patched, and the staged
+    tree's start-up hook (staged_site.py) keeps the import system from
+    caching one in the tree; they are compiled in memory when imported.
     With ``ddir`` (relocate: the tree's final place, where users may edit
     sources) ``.pyc`` are timestamp-checked and name their sources there."""
     checked = [p.path for p in prefix_files if p.path.endswith(".py")]
