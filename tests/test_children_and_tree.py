@@ -356,3 +356,33 @@ def test_a_bare_interpreter_tree_keeps_the_user_site_as_python_does(pkgroot, shm
              "import site, sys; print('USER', site.ENABLE_USER_SITE, site.getusersitepackages() "
              "in sys.path)"], env=env, timeout=120)
     assert "USER True True" in r.stdout, r.stdout + r.stderr
+
+
+# ---- an MPI library under another name than mpi4py asks for --------------
+
+@pytest.fixture(scope="module")
+def debian_mpich(tmp_path_factory):
+    """The launcher built against Debian's MPICH 4: its library is
+    libmpich.so.12, the PyPI mpi4py wheel asks for libmpi.so.12."""
+    from mpibuild import build_launcher, need
+    need("mpicc.mpich", "mpiexec.mpich")
+    return build_launcher(str(tmp_path_factory.mktemp("launcher-mpich")), "mpicc.mpich")
+
+
+@pytest.mark.parametrize("program", ["spawn", "subprocess"])
+def test_children_use_a_launcher_mpi_named_otherwise_than_mpi4py_asks(debian_mpich, pkgroot,
+                                                                      shm_chroot, tmp_path,
+                                                                      program):
+    (tmp_path / "spawn.py").write_text(SPAWN)
+    (tmp_path / "spawned.py").write_text(SPAWNED)
+    (tmp_path / "sub.py").write_text(SUBPROCESS)
+    script = tmp_path / ("spawn.py" if program == "spawn" else "sub.py")
+    env = no_linker_path(mpi_env(pkgroot, shm_chroot))
+    r = run(["mpiexec.mpich", "-launcher", "fork", "-n", "1", debian_mpich, str(script)],
+            env=env, timeout=240, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lib = launcher_mpi(debian_mpich)
+    assert os.path.basename(lib).startswith("libmpich.so.12"), lib
+    roles = {"rank": 1, "spawned": 2, "pool": (1, 2)} if program == "spawn" else \
+        {"rank": 1, "subprocess": 1}
+    check_procs(r.stdout, lib, roles)
