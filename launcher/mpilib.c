@@ -486,20 +486,23 @@ void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n)
         char path[PATH_MAX], tmp[PATH_MAX + 8];
         record_path(tree, path, sizeof path);
         if (!same_content(path, img, len)) {
+            /* a failure leaves the ranks as they are: only children miss it */
             snprintf(tmp, sizeof tmp, "%s.XXXXXX", path);
-            int fd = mkostemp(tmp, O_CLOEXEC);
-            if (fd < 0)
-                pmb_die("cannot create %s (which tells interpreters started from the staged tree "
-                        "to use %s): %s", tmp, real, strerror(errno));
-            int bad = write_all(fd, img, len) || fchmod(fd, 0400);
-            int err = errno;
-            if (close(fd))
-                bad = 1;
-            if (bad || rename(tmp, path)) {
-                err = bad ? err : errno;
-                unlink(tmp);
-                pmb_die("cannot write %s: %s", path, strerror(err));
+            int fd = mkostemp(tmp, O_CLOEXEC), err = errno, bad = fd < 0;
+            if (!bad) {
+                bad = write_all(fd, img, len) || fchmod(fd, 0400);
+                err = errno;
+                if (close(fd) && !bad)
+                    bad = 1, err = errno;
+                if (!bad && rename(tmp, path))
+                    bad = 1, err = errno;
+                if (bad)
+                    unlink(tmp);
             }
+            if (bad)
+                pmb_log("rank %d: cannot write %s (%s): interpreters started from the staged "
+                        "tree without python-mpi may load another MPI library than %s",
+                        pmb_c.world_rank, path, strerror(err), real);
         }
         free(img);
     }

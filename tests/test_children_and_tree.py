@@ -101,7 +101,6 @@ import numpy
 from mpi4py import MPI
 c = MPI.COMM_WORLD
 total = c.allreduce(float(numpy.arange(10.0).sum()) * (c.rank + 1))
-assert "LD_LIBRARY_PATH" not in os.environ, os.environ["LD_LIBRARY_PATH"]
 say("PROC", me("step2"))
 if c.rank == 0:
     say("TOTAL", str(c.size), str(total))
@@ -369,20 +368,69 @@ def debian_mpich(tmp_path_factory):
     return build_launcher(str(tmp_path_factory.mktemp("launcher-mpich")), "mpicc.mpich")
 
 
-@pytest.mark.parametrize("program", ["spawn", "subprocess"])
 def test_children_use_a_launcher_mpi_named_otherwise_than_mpi4py_asks(debian_mpich, pkgroot,
-                                                                      shm_chroot, tmp_path,
-                                                                      program):
-    (tmp_path / "spawn.py").write_text(SPAWN)
-    (tmp_path / "spawned.py").write_text(SPAWNED)
+                                                                      shm_chroot, tmp_path):
+    """A subprocess of a rank and a second step's staged python.  (Debian's
+    MPICH 4.0 cannot MPI_Comm_spawn at all here, not even /bin/true.)"""
     (tmp_path / "sub.py").write_text(SUBPROCESS)
-    script = tmp_path / ("spawn.py" if program == "spawn" else "sub.py")
-    env = no_linker_path(mpi_env(pkgroot, shm_chroot))
-    r = run(["mpiexec.mpich", "-launcher", "fork", "-n", "1", debian_mpich, str(script)],
-            env=env, timeout=240, check=False)
-    assert r.returncode == 0, r.stdout + r.stderr
+    (tmp_path / "step2.py").write_text(ALLREDUCE)
     lib = launcher_mpi(debian_mpich)
     assert os.path.basename(lib).startswith("libmpich.so.12"), lib
-    roles = {"rank": 1, "spawned": 2, "pool": (1, 2)} if program == "spawn" else \
-        {"rank": 1, "subprocess": 1}
-    check_procs(r.stdout, lib, roles)
+    env = no_linker_path(mpi_env(pkgroot, shm_chroot))
+    mpiexec = ["mpiexec.mpich", "-launcher", "fork"]
+    r = run(mpiexec + ["-n", "2", debian_mpich, str(tmp_path / "sub.py")], env=env, timeout=240,
+            check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    tree = check_procs(r.stdout, lib, {"rank": 2, "subprocess": 2})
+    r = run(mpiexec + ["-n", "2", debian_mpich, "--stage-only"], env=env, timeout=240)
+    assert r.stdout.strip() == tree
+    r = run(mpiexec + ["-n", "2", f"{tree}/bin/python3", str(tmp_path / "step2.py")], env=env,
+            timeout=240, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "TOTAL 2 135.0" in r.stdout, r.stdout
+    check_procs(r.stdout, lib, {"step2": 2})
+
+
+# ---- Open MPI 5 (PyPI) ------------------------------------------------------
+
+def ompi_env(pkgroot, chroot, **extra) -> dict:
+    from conftest import env_file
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON_MPI_", "MPIR_", "LD_LIBRARY_PATH", "MPI4PY_"))}
+    env.update(env_file("env.openmpi"))
+    env.update(PYTHON_MPI_PKGROOT=pkgroot["root"],
+               PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}",
+               PYTHON_MPI_CHROOT=chroot)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.mark.parametrize("mode", ["embed", "exec"])
+def test_spawned_children_use_the_launchers_open_mpi(ompi, pkgroot, shm_chroot, tmp_path, mode):
+    (tmp_path / "spawn.py").write_text(SPAWN)
+    (tmp_path / "spawned.py").write_text(SPAWNED)
+    env = ompi_env(pkgroot, shm_chroot, PYTHON_MPI_MODE=mode)
+    launcher = os.path.join(ompi, "bin", "python-mpi")
+    r = run([os.path.join(ompi, "bin", "mpiexec"), "-n", "1", launcher,
+             str(tmp_path / "spawn.py")], env=env, timeout=300, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lib = os.path.realpath(os.path.join(ompi, "lib", "libmpi.so.40"))
+    check_procs(r.stdout, lib, {"rank": 1, "spawned": 2, "pool": (1, 2)})
+    assert all(p["mpi"].startswith("Open MPI v5") for p in procs(r.stdout)), r.stdout
+
+
+def test_second_step_runs_the_staged_python_with_the_launchers_open_mpi(ompi, pkgroot, shm_chroot,
+                                                                        tmp_path):
+    """(Open MPI's own mpiexec puts its lib on the ranks' LD_LIBRARY_PATH.)"""
+    script = tmp_path / "step2.py"
+    script.write_text(ALLREDUCE)
+    env = ompi_env(pkgroot, shm_chroot)
+    mpiexec = os.path.join(ompi, "bin", "mpiexec")
+    tree = run([mpiexec, "-n", "2", os.path.join(ompi, "bin", "python-mpi"), "--stage-only"],
+               env=env, timeout=300).stdout.strip()
+    r = run([mpiexec, "-n", "3", f"{tree}/bin/python3", str(script)], env=env, timeout=300,
+            check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "TOTAL 3 270.0" in r.stdout, r.stdout
+    lib = os.path.realpath(os.path.join(ompi, "lib", "libmpi.so.40"))
+    assert check_procs(r.stdout, lib, {"step2": 3}) == tree, r.stdout
