@@ -12,8 +12,8 @@ export PYTHON_MPI_PACKAGES="python-3.11.tar.zst:science.tar.zst"
 export PYTHON_MPI_CHROOT="/dev/shm/$SLURM_JOB_ID"
 
 TREE="$(srun --kill-on-bad-exit=1 python-mpi --stage-only)"   # prints the staged tree
-# the staged interpreter is an ordinary Python; mpi4py in it needs the MPI
-# library on LD_LIBRARY_PATH, as for any Python on the cluster
+# the staged interpreter's mpi4py uses python-mpi's MPI library (recorded
+# beside the tree by the staging step): no LD_LIBRARY_PATH needed
 srun --kill-on-bad-exit=1 "$TREE/bin/python3" "$PROJECT/my_script.py" --steps 10
 # remove the tree from every node's memory
 srun --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 python-mpi-bcast clean --all

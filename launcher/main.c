@@ -189,6 +189,7 @@ int main(int argc, char **argv)
 
     double tm[5];
     char *tree = pmb_stage(ms, n, fds, tm);
+    pmb_mpi_record_write(tree, ms, n); /* children of the tree use this MPI (mpilib.c) */
     if (pmb_c.world_rank == 0) {
         /* the hold (hold_package) lasts as long as the job: the descriptors stay open, in
          * exec mode across the exec; only staging, the launcher ends here */

@@ -417,6 +417,107 @@ void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n)
                 m.needed, real);
 }
 
+/* ---- the record beside the tree: children use the launcher's MPI -------
+ * Interpreters started from the staged tree without the launcher (children
+ * through sys.executable: MPI.Comm.Spawn, MPIPoolExecutor, subprocess,
+ * multiprocessing; the rank itself in exec mode; the second step of a
+ * stage-only job) have no MPI library in the process when mpi4py.MPI is
+ * imported, so the loader would pick whatever libmpi it finds first.  Every
+ * launcher start therefore leaves, beside the tree, the alias object of
+ * load_alias as a real file:
+ *
+ *     <node directory>/.pmb-mpi-<tree name>
+ *
+ * SONAME the name mpi4py's extension asks for, DT_NEEDED the launcher's MPI
+ * library by its loaded path, no code.  The interpreter package's start-up
+ * hook (python_mpi_bcast/staged_site.py, imported by a .pth file) loads it
+ * with RTLD_GLOBAL just before mpi4py.MPI is imported in a process that has
+ * no MPI yet.  The file sits outside the tree (the tree is never written
+ * after staging), is replaced atomically only when it changes, and needs no
+ * exec permission (it has no executable segment). */
+
+static void record_path(const char *tree, char *out, size_t len)
+{
+    const char *slash = strrchr(tree, '/');
+    if (slash)
+        snprintf(out, len, "%.*s/.pmb-mpi-%s", (int)(slash - tree), tree, slash + 1);
+    else
+        snprintf(out, len, ".pmb-mpi-%s", tree);
+}
+
+/* Does the file at path hold exactly these bytes? */
+static int same_content(const char *path, const unsigned char *img, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return 0;
+    unsigned char *buf = malloc(len + 1);
+    ssize_t r = buf ? read(fd, buf, len + 1) : -1;
+    int same = r == (ssize_t)len && !memcmp(buf, img, len);
+    free(buf);
+    close(fd);
+    return same;
+}
+
+void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n)
+{
+    const char *real = pmb_mpi_library_path();
+    Dl_info info;
+    if (real && pmb_c.node_rank == 0 && dladdr((void *)MPI_Init, &info) && info.dli_fbase) {
+        const Elf64_Ehdr *like = info.dli_fbase;
+        if (memcmp(like->e_ident, ELFMAG, SELFMAG) || like->e_ident[EI_CLASS] != ELFCLASS64)
+            goto done;
+        /* the name mpi4py's extension asks for, else the library's own */
+        pmb_mpi4py m = {0};
+        char dir[PATH_MAX];
+        for (int i = n - 1; i >= 0 && !m.found; i--) {
+            if (!ms[i].site_dir || !*ms[i].site_dir)
+                continue;
+            snprintf(dir, sizeof dir, "%s/%s/mpi4py", tree, ms[i].site_dir);
+            find_mpi4py(dir, pmb_mpi_family(), &m);
+        }
+        const char *name = base_name(real);
+        if (m.needed[0] && !strcmp(family_of_name(m.needed), pmb_mpi_family()))
+            name = m.needed;
+        size_t len;
+        unsigned char *img = alias_image(like, name, real, &len);
+        if (!img)
+            pmb_die("out of memory");
+        char path[PATH_MAX], tmp[PATH_MAX + 8];
+        record_path(tree, path, sizeof path);
+        if (!same_content(path, img, len)) {
+            /* a failure leaves the ranks as they are: only children miss it */
+            snprintf(tmp, sizeof tmp, "%s.XXXXXX", path);
+            int fd = mkostemp(tmp, O_CLOEXEC), err = errno, bad = fd < 0;
+            if (!bad) {
+                bad = write_all(fd, img, len) || fchmod(fd, 0400);
+                err = errno;
+                if (close(fd) && !bad)
+                    bad = 1, err = errno;
+                if (!bad && rename(tmp, path))
+                    bad = 1, err = errno;
+                if (bad)
+                    unlink(tmp);
+            }
+            if (bad)
+                pmb_log("rank %d: cannot write %s (%s): interpreters started from the staged "
+                        "tree without python-mpi may load another MPI library than %s",
+                        pmb_c.world_rank, path, strerror(err), real);
+        }
+        free(img);
+    }
+done:
+    pmb_node_barrier(); /* every rank's children find it */
+}
+
+/* The record of a tree that is being removed. */
+void pmb_mpi_record_remove(const char *tree)
+{
+    char path[PATH_MAX];
+    record_path(tree, path, sizeof path);
+    unlink(path);
+}
+
 /* For `python-mpi-bcast info`: what the PyPI wheel's extension will load. */
 const char *pmb_mpi4py_plan(const char *lib)
 {
@@ -432,7 +533,7 @@ const char *pmb_mpi4py_plan(const char *lib)
     else if (!strcmp(base_name(lib), want))
         snprintf(out, sizeof out, "the PyPI wheel's %s is %s", want, lib);
     else
-        snprintf(out, sizeof out, "embed mode points the PyPI wheel's %s at %s (exec and "
-                 "stage-only modes need a file of that name on the loader path)", want, lib);
+        snprintf(out, sizeof out, "the launcher points the PyPI wheel's %s at %s (in every "
+                 "mode, and in interpreters started from the staged tree)", want, lib);
     return out;
 }

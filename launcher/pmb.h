@@ -146,5 +146,7 @@ const char *pmb_mpi_family(void);
 const char *pmb_mpi_library_path(void);
 void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n);
 const char *pmb_mpi4py_plan(const char *lib);
+void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n);
+void pmb_mpi_record_remove(const char *tree);
 
 #endif

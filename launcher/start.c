@@ -38,6 +38,7 @@ static void clean_exit(void)
                 fprintf(stderr, "python-mpi: rank %d: could not remove %s: %s\n",
                         pmb_c.world_rank, exit_tree, strerror(errno));
         } else {
+            pmb_mpi_record_remove(exit_tree);
             /* and the node directory, when nothing else (another step's tree) is in it */
             char *slash = strrchr(exit_tree, '/');
             if (slash && slash != exit_tree) {

@@ -7,8 +7,9 @@ Temporary unpack directories (``.env-<id>.XXXXXX``), staging buffers
 only by a staging that was killed; they are safe to remove when no job is
 staging into the directory.  Ready trees
 (``env-<id>``) are removed with ``--all`` or when older than ``--older-than``
-hours.  Only entries owned by the caller are touched and no symlink is
-followed.
+hours, each with the record beside it (``.pmb-mpi-env-<id>``: which MPI
+library interpreters started from the tree use).  Only entries owned by the
+caller are touched and no symlink is followed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ TMP_RE = re.compile(r"^\.env-[0-9a-f]{32}\.[A-Za-z0-9]{6}$")
 TREE_RE = re.compile(r"^env-[0-9a-f]{32}$")
 CHUNKS_RE = re.compile(r"^\.pmb-chunks\.[A-Za-z0-9]{6}$")
 LOCK_RE = re.compile(r"^\.pmb-lock-[0-9a-f]{32}$")
+# beside a tree: the launcher's MPI library for interpreters started from it
+# (launcher/mpilib.c); goes with its tree
+RECORD_PREFIX = ".pmb-mpi-"
 
 
 def clean(directory: str, all_trees: bool = False, older_than_hours: float | None = None,
@@ -67,6 +71,14 @@ def clean(directory: str, all_trees: bool = False, older_than_hours: float | Non
         removed.append(path)
         if not dry_run:
             shutil.rmtree(path)
+    for name in sorted(os.listdir(directory)):
+        tree = os.path.join(directory, name[len(RECORD_PREFIX):])
+        if (name.startswith(RECORD_PREFIX) and TREE_RE.match(name[len(RECORD_PREFIX):])
+                and (tree in removed or not os.path.lexists(tree))):
+            path = os.path.join(directory, name)
+            est = os.lstat(path)
+            if est.st_uid == os.geteuid() and stat.S_ISREG(est.st_mode) and not dry_run:
+                os.unlink(path)  # not listed: it goes with its tree
     if all_trees and not dry_run and not os.listdir(directory):
         os.rmdir(directory)
     return removed

@@ -177,10 +177,25 @@ def stage_interpreter(exe: str, staging: str, excludes: list[str], slim: bool,
                            f"needs one (use PYTHON_MPI_MODE=exec or a Python built with "
                            f"--enable-shared)")
     st.site_dir = site_rel(info)
-    os.makedirs(os.path.join(staging, st.site_dir), exist_ok=True)
+    add_staged_hook(staging, st.site_dir)
     st.scrub = _real_variants(prefix)
     st.moves = [(p, "") for p in st.scrub]
     return st
+
+
+STAGED_HOOK = "_python_mpi_bcast_staged"  # staged_site.py, as installed in a package
+
+
+def add_staged_hook(staging: str, site_dir: str) -> None:
+    """The start-up hook of staged trees (staged_site.py: children use the
+    launcher's MPI; nothing is written into the tree), run by site through
+    a .pth file."""
+    site = os.path.join(staging, site_dir)
+    os.makedirs(site, exist_ok=True)
+    shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "staged_site.py"),
+                    os.path.join(site, STAGED_HOOK + ".py"))
+    with open(os.path.join(site, STAGED_HOOK + ".pth"), "w") as f:
+        f.write(f"import {STAGED_HOOK}\n")
 
 
 def _check_editable(site: str) -> None:
@@ -220,6 +235,15 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None) -
     if cfg.get("include-system-site-packages", "false").lower() == "true":
         st.warnings.append(f"{venv} uses system site-packages; those are not packed "
                            f"(pack the base interpreter's packages separately if jobs need them)")
+    else:
+        # as in the venv: no user site (~/.local/lib/pythonX.Y/site-packages on
+        # the shared filesystem).  site reads pyvenv.cfg beside the executable;
+        # without a 'home' line the interpreter's own paths stay the tree's, and
+        # the tree's root is no venv to python-mpi-bcast's own commands
+        os.makedirs(os.path.join(staging, "bin"), exist_ok=True)
+        with open(os.path.join(staging, "bin", "pyvenv.cfg"), "w", encoding="utf-8") as f:
+            f.write("# python-mpi-bcast: as in the venv this was packed from, no user site\n"
+                    "include-system-site-packages = false\n")
     sites = []
     for s in (vinfo["purelib"], vinfo.get("platlib") or vinfo["purelib"]):
         if s not in sites and os.path.isdir(s):
@@ -352,6 +376,7 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
     if for_launcher and os.path.isdir(os.path.join(staging, st.site_dir)):
         with open(os.path.join(staging, st.site_dir, conda.ACTIVATE_PTH), "w") as f:
             f.write(conda.ACTIVATE_PTH_TEXT)
+        add_staged_hook(staging, st.site_dir)
     return st
 
 

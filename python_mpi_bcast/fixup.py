@@ -11,7 +11,7 @@ import shutil
 import stat
 import subprocess
 
-from . import elf, relocate
+from . import collect, elf, relocate
 from .collect import Staged
 from .errors import PmbError
 from .pkgformat import PrefixFile
@@ -254,16 +254,36 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
 
 
 _COMPILE = r"""
-import compileall, py_compile, sys
+import sys
+# what start-up imported before any .pth file ran (here: before this script)
+START = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
+import compileall, importlib.util, os, py_compile
 root, workers, ddir, checked = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None, sys.argv[4:]
 M = py_compile.PycInvalidationMode
 U = M.TIMESTAMP if ddir else M.UNCHECKED_HASH
-C = M.TIMESTAMP if ddir else M.CHECKED_HASH
 compileall.compile_dir(root, quiet=2, workers=workers, invalidation_mode=U, stripdir=root,
                        prependdir=ddir)
+# -O/-OO: the modules imported before the staged tree's start-up hook can keep
+# the import system from writing (staged_site.py), and the hook itself
+early = [os.path.join(root, os.path.relpath(f, sys.prefix)) for f in START
+         if f and f.endswith(".py") and f.startswith(sys.prefix + "/")]
+for d, _, files in os.walk(root):
+    early += [os.path.join(d, f) for f in files if f == "HOOK.py"]
+for f in early:
+    if os.path.isfile(f) and not ddir:
+        for opt in (1, 2):
+            py_compile.compile(f, importlib.util.cache_from_source(f, optimization=opt),
+                               f[len(root) + 1:], doraise=True, optimize=opt,
+                               invalidation_mode=U)
 for rel in checked:
-    compileall.compile_file(root + "/" + rel, quiet=2, invalidation_mode=C, stripdir=root,
-                            prependdir=ddir)
+    if ddir:
+        compileall.compile_file(root + "/" + rel, quiet=2, invalidation_mode=M.TIMESTAMP,
+                                stripdir=root, prependdir=ddir)
+    else:  # the unpacker rewrites the source: a .pyc made now would be stale
+        try:
+            os.unlink(importlib.util.cache_from_source(root + "/" + rel))
+        except FileNotFoundError:
+            pass
 """
 
 
@@ -271,12 +291,16 @@ def byte_compile(st: Staged, python: str, prefix_files: list[PrefixFile], worker
                  ddir: str | None = None) -> None:
     """Compile every ``.py`` with the packed interpreter (its magic number),
     as unchecked-hash ``.pyc`` so no rank stats sources at run time.  Files
-    whose source the unpacker patches get checked-hash ``.pyc`` instead.
+    whose source the unpacker patches (``_sysconfigdata_*.py``) get no
+    ``.pyc``: one made now would be stale once patched, and the staged
+    tree's start-up hook (staged_site.py) keeps the import system from
+    caching one in the tree; they are compiled in memory when imported.
     With ``ddir`` (relocate: the tree's final place, where users may edit
     sources) ``.pyc`` are timestamp-checked and name their sources there."""
     checked = [p.path for p in prefix_files if p.path.endswith(".py")]
     try:
-        out = subprocess.run([python, "-I", "-c", _COMPILE, st.root, str(max(1, workers)),
+        out = subprocess.run([python, "-I", "-c",
+                              _COMPILE.replace("HOOK", collect.STAGED_HOOK), st.root, str(max(1, workers)),
                               ddir or ""] + checked,
                              capture_output=True, text=True, timeout=3600, check=False)
     except subprocess.TimeoutExpired:

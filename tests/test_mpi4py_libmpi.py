@@ -169,4 +169,4 @@ def test_info_tells_which_library_the_wheel_will_use(debian_mpich_launcher):
     r = run([debian_mpich_launcher, "--pmb-info"], timeout=60)
     assert "mpi_abi: mpich\n" in r.stdout, r.stdout
     assert "mpi_file: /" in r.stdout and "libmpich.so.12\n" in r.stdout, r.stdout
-    assert "mpi4py: embed mode points the PyPI wheel's libmpi.so.12 at /" in r.stdout, r.stdout
+    assert "mpi4py: the launcher points the PyPI wheel's libmpi.so.12 at /" in r.stdout, r.stdout
