@@ -474,8 +474,19 @@ static void stage_package(pmb_manifest *m, int fd, int unpack, const pmb_team *t
     double t0 = pmb_now(), t_in = 0;
     for (;;) {
         int moved = 0, f;
-        /* the leader refills every buffer the whole node is done with */
-        while (leader && posted < nchunks && posted < done_all + (uint64_t)nbuf) {
+        /* a worker failed (the node's memory is full, a shard is corrupt):
+         * this rank reports it and ends the job now, while its requests
+         * are still sound (pmb_pool_check dies when the message is settled) */
+        if (pool)
+            pmb_pool_check(pool);
+        /* the leader refills every buffer the whole node is done with and
+         * whose previous broadcast has completed on this rank (chunk
+         * posted - nbuf is in: ready).  done_all alone is not enough: when
+         * every worker has failed it says "all done", and an Ibcast into a
+         * buffer still in flight would forward overwritten bytes to the
+         * nodes below this one (they reported a corrupt package) */
+        while (leader && posted < nchunks && posted < done_all + (uint64_t)nbuf &&
+               posted < ready + (uint64_t)nbuf) {
             unsigned char *b = bufs->base + (posted % (uint64_t)nbuf) * chunk;
             if (root) {
                 double tr = pmb_now();
@@ -617,6 +628,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         need = need > UINT64_MAX - ms[i].unpacked_size ? UINT64_MAX : need + ms[i].unpacked_size;
         files = files > UINT64_MAX - ms[i].files ? UINT64_MAX : files + ms[i].files;
     }
+    pmb_tree_need = need; /* for "needs N MB more" when the node fills up (unpack.c) */
     if (pmb_c.node_rank == 0) {
         make_node_dir(chroot);
         int claim = node_claim(chroot, tree, id, need + pmb_cfg.chunk * (uint64_t)pmb_cfg.nbuf,

@@ -34,8 +34,8 @@ static void exit_policy(int status, void *arg)
     fflush(stdout);
     fflush(stderr);
     if (status != 0) {
-        fprintf(stderr, "python-mpi: rank %d: exit status %d, aborting the job\n",
-                    pmb_c.world_rank, status);
+        fprintf(stderr, "python-mpi: %s (rank %d): exit status %d, aborting the job\n",
+                pmb_host(), pmb_c.world_rank, status);
         fflush(stderr);
         pmb_abort_grace();
         MPI_Abort(MPI_COMM_WORLD, status);
@@ -47,8 +47,8 @@ static void exit_policy(int status, void *arg)
         if (pmb_c.node_rank == 0) {
             if (pmb_rmtree(exit_tree)) {
                 if (pmb_cfg.verbose)
-                    fprintf(stderr, "python-mpi: rank %d: could not remove %s: %s\n",
-                            pmb_c.world_rank, exit_tree, strerror(errno));
+                    fprintf(stderr, "python-mpi: %s (rank %d): could not remove %s: %s\n",
+                            pmb_host(), pmb_c.world_rank, exit_tree, strerror(errno));
             } else {
                 /* and the node directory, when nothing else (another step's tree) is in it */
                 char *slash = strrchr(exit_tree, '/');
@@ -216,6 +216,7 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     fflush(stderr);
     MPI_Finalize();
     execv(exe, pargv);
-    fprintf(stderr, "python-mpi: rank %d: cannot exec %s: %s\n", pmb_c.world_rank, exe, strerror(errno));
+    fprintf(stderr, "python-mpi: %s (rank %d): cannot exec %s: %s\n", pmb_host(), pmb_c.world_rank, exe,
+            strerror(errno));
     _exit(127);
 }

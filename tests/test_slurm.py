@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, launcher_errors, run
 
 NODES = ["n1", "n2", "n3", "n4"]
 
@@ -248,7 +248,7 @@ def test_node_memory_filling_up_part_way_through_unpack(job, tmp_path):
                    PYTHON_MPI_CHROOT=mnt + "/job", PYTHON_MPI_CHUNK="64k")
         r = srun(job, ["-N", "4", "--ntasks-per-node=1", "python-mpi", "--stage-only"], **env)
         assert r.returncode != 0
-        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python-mpi: rank ")]
+        lines = launcher_errors(r.stderr)
         assert lines and "package 'many.tar.zst': no space left in" in lines[0], r.stderr
         for n in NODES:  # it failed part-way: the temporary tree holds files
             entries = os.listdir(c.node_path(n, mnt + "/job"))
