@@ -34,8 +34,12 @@ static void exit_policy(int status, void *arg)
     fflush(stdout);
     fflush(stderr);
     if (status != 0) {
-        fprintf(stderr, "python-mpi: %s (rank %d): exit status %d, aborting the job\n",
-                pmb_host(), pmb_c.world_rank, status);
+        /* srun lists the ranks MPI_Abort ends as "Killed" and exits with
+         * 137, which reads like an out-of-memory kill: say what it is */
+        fprintf(stderr, "python-mpi: %s (rank %d): exit status %d, aborting the job%s\n",
+                pmb_host(), pmb_c.world_rank, status,
+                getenv("SLURM_STEP_ID") ? " (srun then reports the other ranks as Killed, exit "
+                                          "code 137: ended by this abort, not out of memory)" : "");
         fflush(stderr);
         pmb_abort_grace();
         MPI_Abort(MPI_COMM_WORLD, status);

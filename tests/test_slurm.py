@@ -197,6 +197,20 @@ def test_a_step_that_waited_for_another_steps_staging_says_so(job):
     assert "already staged" not in r.stderr
 
 
+def test_a_failing_rank_is_named_on_the_first_error_line(job):
+    """srun reports the ranks MPI_Abort ends as 'Killed' and exits with 137;
+    the first line of the job's error output is the launcher's, naming the
+    host, the rank and the status (README)."""
+    prog = "import sys\nfrom mpi4py import MPI\nif MPI.COMM_WORLD.rank == 5:\n    sys.exit(7)\nMPI.COMM_WORLD.Barrier()\n"
+    r = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", prog], PYTHON_MPI_VERBOSE=0)
+    assert r.returncode != 0
+    first = [ln for ln in r.stderr.splitlines()
+             if not re.match(r"srun: job \d+ (queued|has been allocated)", ln)][0]
+    assert first == ("python-mpi: n3 (rank 5): exit status 7, aborting the job (srun then reports "
+                     "the other ranks as Killed, exit code 137: ended by this abort, not out of "
+                     "memory)"), r.stderr
+
+
 def wait_for_staging(job, node: str, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
