@@ -75,8 +75,6 @@ extern int pmb_thread_level;     /* what MPI_Init_thread provided */
 /* set in unpacking worker threads: pmb_die there records the message and
  * ends the thread instead of calling MPI (threads.c) */
 extern __thread void (*pmb_thread_die)(const char *msg);
-/* errno when pmb_die was called (a worker's ENOSPC reaches its pool) */
-extern __thread int pmb_die_errno;
 /* unpacked bytes of every layer going into the tree being written (0:
  * unknown): how much more room a full node needs (unpack.c) */
 extern uint64_t pmb_tree_need;

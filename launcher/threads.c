@@ -43,7 +43,7 @@ typedef struct pmb_worker {
     int index;              /* global worker index: the owner[] value of its shards */
     pmb_unpacker *u;
     uint64_t done;          /* chunks finished */
-    int failed, fail_shard, fail_errno;
+    int failed, fail_shard;
     char msg[2048];
     uint64_t files, bytes;
     double busy, start, end;
@@ -67,11 +67,9 @@ static __thread pmb_worker *self;
 static void worker_die(const char *msg)
 {
     pmb_worker *w = self;
-    int err = pmb_die_errno;
     snprintf(w->msg, sizeof w->msg, "%s", msg);
     pthread_mutex_lock(&w->pool->mu);
     w->failed = 1;
-    w->fail_errno = err;
     w->fail_shard = pmb_unpacker_shard(w->u);
     w->done = UINT64_MAX; /* holds no buffer any more */
     w->end = pmb_now();
@@ -215,7 +213,8 @@ void pmb_pool_wait(pmb_pool *p, long ns)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* The failed worker with the lowest failing shard (mutex held), or NULL. */
+/* The failed worker with the lowest failing shard, or NULL (mutex held or
+ * workers joined). */
 static const pmb_worker *lowest_failure(const pmb_pool *p)
 {
     const pmb_worker *bad = NULL;
@@ -225,12 +224,6 @@ static const pmb_worker *lowest_failure(const pmb_pool *p)
             bad = w; /* -1 (between shards) sorts last */
     }
     return bad;
-}
-
-static void die_with(const pmb_worker *bad)
-{
-    errno = bad->fail_errno;
-    pmb_die("%s", bad->msg);
 }
 
 /* In the caller's thread, while it moves chunks: when a worker has failed
@@ -262,7 +255,7 @@ void pmb_pool_check(pmb_pool *p)
         return;
     for (int t = 0; t < p->nthreads; t++)
         pthread_join(p->w[t].tid, NULL);
-    die_with(lowest_failure(p)); /* a worker still running may have failed lower */
+    pmb_die("%s", lowest_failure(p)->msg); /* one still running may have failed lower */
 }
 
 /* Join the workers; files and bytes they created.  A failed worker: die
@@ -283,7 +276,7 @@ void pmb_pool_finish(pmb_pool *p, uint64_t *files, uint64_t *bytes)
         *bytes += p->w[t].bytes;
     }
     if (bad)
-        die_with(bad);
+        pmb_die("%s", bad->msg);
     if (pmb_cfg.verbose >= 3)
         for (int t = 0; t < p->nthreads; t++)
             pmb_log("rank %d (node %d): package '%s' thread %d/%d: %llu files, %.1f MB, busy "

@@ -2,7 +2,6 @@
  * reporting needs, one-line errors that end the whole job (pmb_die), log
  * lines, the clock and checked allocation. */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +17,6 @@ int pmb_mpi_up = 0;
 int pmb_collective_phase = 0;
 int pmb_thread_level = MPI_THREAD_SINGLE;
 uint64_t pmb_tree_need = 0;
-__thread int pmb_die_errno;
 
 /* This node's name as its users know it (the host name up to the first
  * dot: what srun prints in "srun: error: n3: task 2: ..."). */
@@ -42,7 +40,6 @@ const char *pmb_host(void)
  * (python-mpi --pmb-unpack, read by python-mpi-bcast): "python-mpi: rank 0: ". */
 void pmb_die(const char *fmt, ...)
 {
-    pmb_die_errno = errno; /* the failed call's, for a worker's caller (threads.c) */
     char msg[2048];
     va_list ap;
     va_start(ap, fmt);

@@ -273,7 +273,7 @@ def test_invalid_option_values(pkgroot, shm_chroot, var, value, needle):
 def test_missing_package(pkgroot, shm_chroot):
     env = mpi_env(pkgroot, shm_chroot, packages=f"{pkgroot['python']}:nope.tar.zst")
     error_line(mpirun(2, ["-c", "pass"], env, timeout=60),
-               "rank 0:", "package 'nope.tar.zst' not found in " + pkgroot["root"])
+               "(rank 0): ", "package 'nope.tar.zst' not found in " + pkgroot["root"])
 
 
 def _copy_root(pkgroot, tmp_path):
