@@ -16,6 +16,7 @@ and no ssh is needed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 
