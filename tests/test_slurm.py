@@ -201,7 +201,8 @@ def test_a_failing_rank_is_named_on_the_first_error_line(job):
     """srun reports the ranks MPI_Abort ends as 'Killed' and exits with 137;
     the first line of the job's error output is the launcher's, naming the
     host, the rank and the status (README)."""
-    prog = "import sys\nfrom mpi4py import MPI\nif MPI.COMM_WORLD.rank == 5:\n    sys.exit(7)\nMPI.COMM_WORLD.Barrier()\n"
+    prog = ("import sys\nfrom mpi4py import MPI\nif MPI.COMM_WORLD.rank == 5:\n    sys.exit(7)\n"
+            "MPI.COMM_WORLD.Barrier()\n")
     r = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", prog], PYTHON_MPI_VERBOSE=0)
     assert r.returncode != 0
     first = [ln for ln in r.stderr.splitlines()
@@ -350,7 +351,8 @@ def test_a_node_filling_up_mid_staging_says_so_and_no_node_reports_a_corrupt_pac
         try:
             n3_dir = c.node_path("n3", mnt + "/job")
             deadline = time.monotonic() + 60
-            while not (os.path.isdir(n3_dir) and any(e.startswith(".env-") for e in os.listdir(n3_dir))):
+            while not (os.path.isdir(n3_dir)
+                       and any(e.startswith(".env-") for e in os.listdir(n3_dir))):
                 assert time.monotonic() < deadline and p.poll() is None, "staging never started on n3"
                 time.sleep(0.005)
             # the other process: writes until n3's memory is full
