@@ -187,7 +187,7 @@ int main(int argc, char **argv)
     bcast_manifests(ms, n);
     const pmb_manifest *interp = check_layers(ms, n);
 
-    double tm[5];
+    double tm[7];
     char *tree = pmb_stage(ms, n, fds, tm);
     pmb_mpi_record_write(tree, ms, n); /* children of the tree use this MPI (mpilib.c) */
     if (pmb_c.world_rank == 0) {
@@ -204,7 +204,12 @@ int main(int argc, char **argv)
             bytes += ms[i].payload_size;
             unpacked += ms[i].unpacked_size;
         }
-        if (tm[4])
+        int waited = (int)tm[5];
+        if (tm[4] && waited)
+            pmb_log("stage: %d package(s) staged into %s by another job step at the same time; "
+                    "waited %.3f s for it on %d of %d node(s); nothing read or sent by this step "
+                    "(%.3f s)", n, tree, tm[6], waited, pmb_c.nnodes, tm[3]);
+        else if (tm[4])
             pmb_log("stage: %d package(s) already staged on all %d node(s) in %s; nothing read or "
                     "sent (%.3f s)", n, pmb_c.nnodes, tree, tm[3]);
         else
@@ -212,6 +217,9 @@ int main(int argc, char **argv)
                     "manifests %.3f s, read %.3f s, broadcast %.3f s, unpack %.3f s, total %.3f s",
                     n, bytes / 1e6, unpacked / 1e6, pmb_c.nnodes, pmb_c.world_size, t_read, tm[0],
                     tm[1], tm[2], tm[3]);
+        if (!tm[4] && waited)
+            pmb_log("stage: %d of %d node(s) waited %.3f s for another job step staging the same "
+                    "packages", waited, pmb_c.nnodes, tm[6]);
         pmb_log("stage: tree %s ready %.3f s after start", tree, pmb_now() - t_begin);
     }
     if (pmb_cfg.mode == PMB_MODE_STAGE_ONLY) {

@@ -115,8 +115,14 @@ static void exit_policy(int status, void *arg)
     fflush(stdout);
     fflush(stderr);
     if (status != 0) {
-        fprintf(stderr, "python-mpi: rank %d: exit status %d, aborting the job\n", own.rank,
-                status);
+        /* srun lists the ranks MPI_Abort ends as "Killed" and exits with
+         * 137, which reads like an out-of-memory kill: say what it is */
+        char host[256] = "?";
+        gethostname(host, sizeof host - 1);
+        fprintf(stderr, "python-mpi: %s (rank %d): exit status %d, aborting the job%s\n", host,
+                own.rank, status,
+                getenv("SLURM_STEP_ID") ? " (srun then reports the other ranks as Killed, exit "
+                                          "code 137: ended by this abort, not out of memory)" : "");
         fflush(stderr);
         abort_grace();
         PMPI_Abort(MPI_COMM_WORLD, status);

@@ -75,8 +75,12 @@ extern int pmb_thread_level;     /* what MPI_Init_thread provided */
 /* set in unpacking worker threads: pmb_die there records the message and
  * ends the thread instead of calling MPI (threads.c) */
 extern __thread void (*pmb_thread_die)(const char *msg);
+/* unpacked bytes of every layer going into the tree being written (0:
+ * unknown): how much more room a full node needs (unpack.c) */
+extern uint64_t pmb_tree_need;
 
-/* util.c; errors: one line "python-mpi: rank R: ...", then MPI_Abort (or exit) */
+/* util.c; errors: one line "python-mpi: HOST (rank R): ...", then MPI_Abort (or exit) */
+const char *pmb_host(void);
 void pmb_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 void pmb_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 double pmb_now(void);
@@ -121,6 +125,7 @@ pmb_pool *pmb_pool_new(const char *root, const pmb_manifest *m, const int *owner
 void pmb_pool_publish(pmb_pool *p, uint64_t n);
 uint64_t pmb_pool_done(pmb_pool *p);
 void pmb_pool_wait(pmb_pool *p, long ns);
+void pmb_pool_check(pmb_pool *p);
 void pmb_pool_finish(pmb_pool *p, uint64_t *files, uint64_t *bytes);
 int pmb_threads_for(MPI_Comm comm);
 int pmb_threads_local(void);

@@ -272,8 +272,9 @@ static int node_claim(const char *chroot, const char *tree, const char *id, uint
     return PMB_NODE_STAGES;
 }
 
-/* After the broadcast: wait until the step that holds the lock is done. */
-static void wait_for_other_step(const char *chroot, const char *tree, const char *id)
+/* After the broadcast: wait until the step that holds the lock is done;
+ * the seconds waited. */
+static double wait_for_other_step(const char *chroot, const char *tree, const char *id)
 {
     double t0 = pmb_now();
     int fd = lock_tree(chroot, id, 1);
@@ -285,9 +286,11 @@ static void wait_for_other_step(const char *chroot, const char *tree, const char
                 "or failed); run this step again", tree);
     }
     unlock_tree(chroot, id, fd);
+    double waited = pmb_now() - t0;
     if (pmb_cfg.verbose >= 2)
         pmb_log("rank %d (node %d): waited %.3f s for another job step staging %s",
-                pmb_c.world_rank, pmb_c.node_index, pmb_now() - t0, tree);
+                pmb_c.world_rank, pmb_c.node_index, waited, tree);
+    return waited;
 }
 
 /* ---- the broadcast pipeline ------------------------------------------ */
@@ -474,8 +477,19 @@ static void stage_package(pmb_manifest *m, int fd, int unpack, const pmb_team *t
     double t0 = pmb_now(), t_in = 0;
     for (;;) {
         int moved = 0, f;
-        /* the leader refills every buffer the whole node is done with */
-        while (leader && posted < nchunks && posted < done_all + (uint64_t)nbuf) {
+        /* a worker failed (the node's memory is full, a shard is corrupt):
+         * this rank reports it and ends the job now, while its requests
+         * are still sound (pmb_pool_check dies when the message is settled) */
+        if (pool)
+            pmb_pool_check(pool);
+        /* the leader refills every buffer the whole node is done with and
+         * whose previous broadcast has completed on this rank (chunk
+         * posted - nbuf is in: ready).  done_all alone is not enough: when
+         * every worker has failed it says "all done", and an Ibcast into a
+         * buffer still in flight would forward overwritten bytes to the
+         * nodes below this one (they reported a corrupt package) */
+        while (leader && posted < nchunks && posted < done_all + (uint64_t)nbuf &&
+               posted < ready + (uint64_t)nbuf) {
             unsigned char *b = bufs->base + (posted % (uint64_t)nbuf) * chunk;
             if (root) {
                 double tr = pmb_now();
@@ -594,7 +608,9 @@ static void tree_id(pmb_manifest *ms, int n, char out[33])
 }
 
 /* Stage all packages; return the path of the ready tree (same on all ranks
- * of a node).  timings: read, bcast-wait, unpack, total. */
+ * of a node).  timings: read, bcast-wait, unpack, total, all nodes had or
+ * waited for the tree, and on rank 0: nodes that waited for another job
+ * step's staging, the longest wait. */
 char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
 {
     double t_start = pmb_now();
@@ -617,6 +633,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         need = need > UINT64_MAX - ms[i].unpacked_size ? UINT64_MAX : need + ms[i].unpacked_size;
         files = files > UINT64_MAX - ms[i].files ? UINT64_MAX : files + ms[i].files;
     }
+    pmb_tree_need = need; /* for "needs N MB more" when the node fills up (unpack.c) */
     if (pmb_c.node_rank == 0) {
         make_node_dir(chroot);
         int claim = node_claim(chroot, tree, id, need + pmb_cfg.chunk * (uint64_t)pmb_cfg.nbuf,
@@ -723,15 +740,29 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             MPI_Comm_free(&unpackers);
         }
     }
+    double waited = 0;
     if (waits)
-        wait_for_other_step(chroot, tree, id);
+        waited = wait_for_other_step(chroot, tree, id);
     else if (have && pmb_c.node_rank == 0 && pmb_cfg.verbose >= 2)
         pmb_log("rank %d (node %d): reusing %s", pmb_c.world_rank, pmb_c.node_index, tree);
+    /* rank 0 learns how many nodes waited for another step's staging, and
+     * how long at most (its summary must not say "already staged") */
+    double nwaited = waits, most = 0;
+    if (pmb_c.leaders != MPI_COMM_NULL) {
+        MPI_Request r[2];
+        double one = waits;
+        MPI_Ireduce(&one, &nwaited, 1, MPI_DOUBLE, MPI_SUM, 0, pmb_c.leaders, &r[0]);
+        MPI_Ireduce(&waited, &most, 1, MPI_DOUBLE, MPI_MAX, 0, pmb_c.leaders, &r[1]);
+        pmb_wait(&r[0]);
+        pmb_wait(&r[1]);
+    }
     pmb_node_barrier();
     int reused = all_have;
     MPI_Bcast(&reused, 1, MPI_INT, 0, pmb_c.node);
     timings[3] = pmb_now() - t_start;
     timings[4] = reused;
+    timings[5] = nwaited; /* on rank 0 */
+    timings[6] = most;
     free(chroot);
     return tree;
 }

@@ -35,8 +35,8 @@ static void clean_exit(void)
     if (pmb_c.node_rank == 0) {
         if (pmb_rmtree(exit_tree)) {
             if (pmb_cfg.verbose)
-                fprintf(stderr, "python-mpi: rank %d: could not remove %s: %s\n",
-                        pmb_c.world_rank, exit_tree, strerror(errno));
+                fprintf(stderr, "python-mpi: %s (rank %d): could not remove %s: %s\n",
+                        pmb_host(), pmb_c.world_rank, exit_tree, strerror(errno));
         } else {
             pmb_mpi_record_remove(exit_tree);
             /* and the node directory, when nothing else (another step's tree) is in it */
@@ -284,6 +284,7 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     fflush(stderr);
     PMPI_Finalize();
     execv(exe, pargv);
-    fprintf(stderr, "python-mpi: rank %d: cannot exec %s: %s\n", pmb_c.world_rank, exe, strerror(errno));
+    fprintf(stderr, "python-mpi: %s (rank %d): cannot exec %s: %s\n", pmb_host(), pmb_c.world_rank, exe,
+            strerror(errno));
     _exit(127);
 }

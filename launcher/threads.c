@@ -10,10 +10,19 @@
  *
  * Errors in a worker: pmb_die must not call MPI there.  It records the
  * message (with the shard it was decoding) and ends the thread; the
- * others go on, and pmb_pool_finish, in the caller's thread, dies with the
+ * others go on until no shard below the lowest failing one is left to
+ * fail (they have fed every byte before it), then pmb_pool_check (or
+ * pmb_pool_finish), in the caller's thread, stops them and dies with the
  * message of the lowest failing shard: each worker takes its shards in
  * order, so every lower shard was unpacked without error, and the message
- * is the one a single thread would have given. */
+ * is the one a single thread would have given.  The caller checks while it
+ * moves chunks, so a node that cannot unpack (its memory full) ends the
+ * job at once, with its own message, instead of after the broadcast.
+ *
+ * A failed worker holds no buffer: pmb_pool_done skips it, so when every
+ * worker has failed it returns all chunks.  That says which buffers no
+ * worker reads, never that an MPI operation writing into one has ended:
+ * the caller must not reuse a buffer before its own request completes. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -46,6 +55,7 @@ struct pmb_pool {
     const unsigned char *base;
     uint64_t chunk, nchunks;
     int nbuf, nthreads, inline_mode;
+    int stop;               /* the caller gave up: workers end at the next chunk */
     pthread_mutex_t mu;
     pthread_cond_t more, progress;
     uint64_t ready;         /* chunks [0, ready) are in their buffers */
@@ -91,9 +101,14 @@ static void *worker_main(void *arg)
     w->start = pmb_now();
     for (uint64_t k = 0; k < p->nchunks; k++) {
         pthread_mutex_lock(&p->mu);
-        while (p->ready <= k)
+        while (p->ready <= k && !p->stop)
             pthread_cond_wait(&p->more, &p->mu);
+        int stop = p->stop;
         pthread_mutex_unlock(&p->mu);
+        if (stop) {
+            w->end = pmb_now();
+            return NULL; /* pmb_pool_check frees what this worker holds */
+        }
         feed_chunk(p, w, k);
         pthread_mutex_lock(&p->mu);
         w->done = k + 1;
@@ -198,6 +213,51 @@ void pmb_pool_wait(pmb_pool *p, long ns)
     pthread_mutex_unlock(&p->mu);
 }
 
+/* The failed worker with the lowest failing shard, or NULL (mutex held or
+ * workers joined). */
+static const pmb_worker *lowest_failure(const pmb_pool *p)
+{
+    const pmb_worker *bad = NULL;
+    for (int t = 0; t < p->nthreads; t++) {
+        const pmb_worker *w = &p->w[t];
+        if (w->failed && (!bad || (unsigned)w->fail_shard < (unsigned)bad->fail_shard))
+            bad = w; /* -1 (between shards) sorts last */
+    }
+    return bad;
+}
+
+/* In the caller's thread, while it moves chunks: when a worker has failed
+ * and no lower shard can fail any more (every other worker has fed every
+ * byte before the failing shard, or failed too), stop the pool and die
+ * with the failure's message.  Otherwise return at once. */
+void pmb_pool_check(pmb_pool *p)
+{
+    if (p->inline_mode)
+        return; /* there a failure dies in this thread, where it happens */
+    pthread_mutex_lock(&p->mu);
+    const pmb_worker *bad = lowest_failure(p);
+    int settled = bad != NULL;
+    if (bad) {
+        uint64_t before = bad->fail_shard >= 0 ? p->m->shards[bad->fail_shard].offset
+                                               : p->m->payload_size;
+        for (int t = 0; t < p->nthreads && settled; t++) {
+            const pmb_worker *w = &p->w[t];
+            if (!w->failed && w->done < p->nchunks && w->done * p->chunk < before)
+                settled = 0;
+        }
+    }
+    if (settled) {
+        p->stop = 1;
+        pthread_cond_broadcast(&p->more);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (!settled)
+        return;
+    for (int t = 0; t < p->nthreads; t++)
+        pthread_join(p->w[t].tid, NULL);
+    pmb_die("%s", lowest_failure(p)->msg); /* one still running may have failed lower */
+}
+
 /* Join the workers; files and bytes they created.  A failed worker: die
  * with the message of the lowest failing shard. */
 void pmb_pool_finish(pmb_pool *p, uint64_t *files, uint64_t *bytes)
@@ -209,14 +269,11 @@ void pmb_pool_finish(pmb_pool *p, uint64_t *files, uint64_t *bytes)
         for (int t = 0; t < p->nthreads; t++)
             pthread_join(p->w[t].tid, NULL);
     }
-    const pmb_worker *bad = NULL;
+    const pmb_worker *bad = lowest_failure(p);
     *files = *bytes = 0;
     for (int t = 0; t < p->nthreads; t++) {
-        const pmb_worker *w = &p->w[t];
-        if (w->failed && (!bad || (unsigned)w->fail_shard < (unsigned)bad->fail_shard))
-            bad = w; /* -1 (between shards) sorts last */
-        *files += w->files;
-        *bytes += w->bytes;
+        *files += p->w[t].files;
+        *bytes += p->w[t].bytes;
     }
     if (bad)
         pmb_die("%s", bad->msg);

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -82,6 +83,36 @@ void pmb_set_poke(void (*fn)(void)) { poke_fn = fn; }
 #define UFAIL(u, ...) do { \
         char msg_[1024]; snprintf(msg_, sizeof msg_, __VA_ARGS__); \
         pmb_die("package '%s': %s", (u)->m->file, msg_); } while (0)
+
+/* A full node: how much room is missing, from the bytes the tree already
+ * holds and pmb_tree_need (lower bound: a file takes whole pages). */
+static __thread uint64_t tree_bytes;
+
+static int add_bytes(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)path;
+    (void)f;
+    if (flag == FTW_F && S_ISREG(st->st_mode))
+        tree_bytes += (uint64_t)st->st_size;
+    return 0;
+}
+
+static void no_space(pmb_unpacker *u, const char *name) __attribute__((noreturn));
+static void no_space(pmb_unpacker *u, const char *name)
+{
+    char more[96] = "";
+    struct statvfs sv;
+    tree_bytes = 0;
+    if (pmb_tree_need && nftw(u->root, add_bytes, 16, FTW_PHYS) == 0 && statvfs(u->root, &sv) == 0) {
+        uint64_t have = tree_bytes + (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+        if (pmb_tree_need > have)
+            snprintf(more, sizeof more, "; needs at least %.1f MB more",
+                     (double)(pmb_tree_need - have) / 1e6 + 0.05);
+    }
+    errno = ENOSPC;
+    UFAIL(u, "no space left in %s while writing %s%s; set PYTHON_MPI_CHROOT to a directory with "
+          "more room", u->root, name, more);
+}
 
 pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m)
 {
@@ -376,8 +407,7 @@ static void begin_member(pmb_unpacker *u)
             if (u->fd >= 0)
                 break;
             if (errno == ENOSPC)
-                UFAIL(u, "no space left in %s while writing %s; set PYTHON_MPI_CHROOT to a "
-                      "directory with more room", u->root, name);
+                no_space(u, name);
             if (errno != EEXIST)
                 UFAIL(u, "cannot create %s/%s: %s", u->root, name, strerror(errno));
             clear_leaf(u, pfd, leaf, name);
@@ -491,8 +521,7 @@ static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
                         if (errno == EINTR)
                             continue;
                         if (errno == ENOSPC)
-                            UFAIL(u, "no space left in %s while writing %s; set PYTHON_MPI_CHROOT "
-                                  "to a directory with more room", u->root, u->name);
+                            no_space(u, u->name);
                         UFAIL(u, "cannot write %s/%s: %s", u->root, u->name, strerror(errno));
                     }
                     off += (size_t)w;
@@ -872,6 +901,8 @@ int pmb_unpack_main(int argc, char **argv)
     int nt = pmb_threads_local();
     const uint64_t chunk = 4u << 20;
     const int nbuf = 8;
+    for (int i = 0; i < n; i++)
+        pmb_tree_need += ms[i].unpacked_size;
     unsigned char *buf = pmb_xmalloc(chunk * nbuf);
     for (int i = 0; i < n; i++) {
         pmb_manifest *m = &ms[i];
@@ -882,8 +913,11 @@ int pmb_unpack_main(int argc, char **argv)
         pmb_pool *pool = pmb_pool_new(dest, m, owner, 0, nt, buf, chunk, nbuf, nt == 1);
         uint64_t nchunks = (m->payload_size + chunk - 1) / chunk;
         for (uint64_t k = 0; k < nchunks; k++) {
-            while (k >= nbuf && pmb_pool_done(pool) <= k - nbuf)
+            pmb_pool_check(pool); /* a failure ends the unpack now, not at the end */
+            while (k >= nbuf && pmb_pool_done(pool) <= k - nbuf) {
                 pmb_pool_wait(pool, 1000000);
+                pmb_pool_check(pool);
+            }
             uint64_t off = k * chunk;
             size_t want = m->payload_size - off < chunk ? (size_t)(m->payload_size - off) : chunk;
             unsigned char *b = buf + (k % nbuf) * chunk;

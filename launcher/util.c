@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pmb.h"
 
@@ -15,7 +16,28 @@ pmb_config pmb_cfg = {0};
 int pmb_mpi_up = 0;
 int pmb_collective_phase = 0;
 int pmb_thread_level = MPI_THREAD_SINGLE;
+uint64_t pmb_tree_need = 0;
 
+/* This node's name as its users know it (the host name up to the first
+ * dot: what srun prints in "srun: error: n3: task 2: ..."). */
+const char *pmb_host(void)
+{
+    static char host[256];
+    if (!host[0]) {
+        if (gethostname(host, sizeof host - 1) || !host[0])
+            snprintf(host, sizeof host, "?");
+        host[sizeof host - 1] = 0;
+        char *dot = strchr(host, '.');
+        if (dot && dot != host)
+            *dot = 0;
+    }
+    return host;
+}
+
+/* Under MPI every error line starts "python-mpi: HOST (rank R): ", so the
+ * first line of a job's error output says where and why (srun then reports
+ * the ranks MPI_Abort ended as "Killed", exit code 137).  Without MPI
+ * (python-mpi --pmb-unpack, read by python-mpi-bcast): "python-mpi: rank 0: ". */
 void pmb_die(const char *fmt, ...)
 {
     char msg[2048];
@@ -32,7 +54,10 @@ void pmb_die(const char *fmt, ...)
         for (int i = 0; i < 100; i++)
             nanosleep(&ts, NULL);
     }
-    fprintf(stderr, "python-mpi: rank %d: %s\n", pmb_c.world_rank, msg);
+    if (pmb_mpi_up)
+        fprintf(stderr, "python-mpi: %s (rank %d): %s\n", pmb_host(), pmb_c.world_rank, msg);
+    else
+        fprintf(stderr, "python-mpi: rank %d: %s\n", pmb_c.world_rank, msg);
     fflush(stderr);
     if (pmb_mpi_up) {
         pmb_abort_grace();

@@ -12,6 +12,7 @@ from a fake-ssh launcher for mpiexec (tests/fakessh).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,15 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
+
+
+# the launcher's error lines under MPI: "python-mpi: HOST (rank R): ..."
+LAUNCHER_ERROR = re.compile(r"python-mpi: \S+ \(rank \d+\): ")
+
+
+def launcher_errors(stderr: str) -> list[str]:
+    """The launcher's error lines, in order."""
+    return [ln for ln in stderr.splitlines() if LAUNCHER_ERROR.match(ln)]
 
 
 def run(args, timeout=120, check=True, **kw):

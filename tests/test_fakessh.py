@@ -54,4 +54,4 @@ def test_mpiexec_failure_on_one_node_ends_the_job(pkgroot, fakessh):
     r = run(fakessh + ["-hosts", "a:2,b:2", "-n", "4", LAUNCHER, "-c", prog], env=env, timeout=120,
             check=False)
     assert r.returncode != 0
-    assert re.search(r"python-mpi: rank [23]: exit status 3, aborting the job", r.stderr), r.stderr
+    assert re.search(r"python-mpi: b \(rank [23]\): exit status 3, aborting the job", r.stderr), r.stderr

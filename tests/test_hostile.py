@@ -22,7 +22,7 @@ import uuid
 import pytest
 import zstandard
 
-from conftest import CLI, LAUNCHER, MPIEXEC, run
+from conftest import CLI, LAUNCHER, MPIEXEC, launcher_errors, run
 from python_mpi_bcast import pkgformat
 
 PKG = "evil.tar.zst"
@@ -229,7 +229,7 @@ def place():
 def launcher_error(r) -> str | None:
     if r.returncode == 0:
         return None
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python-mpi: rank ")]
+    lines = launcher_errors(r.stderr)
     assert lines, r.stderr
     assert "Traceback" not in r.stderr
     return lines[0]

@@ -16,7 +16,8 @@ import tarfile
 
 import pytest
 
-from conftest import LAUNCHER, MPIEXEC, mpi_env, mpirun, run
+from conftest import (LAUNCHER, MPIEXEC, PRIVATE, UNSHARE_MOUNT, launcher_errors, mpi_env, mpirun,
+                      run)
 
 from python_mpi_bcast import pkgformat
 
@@ -144,7 +145,7 @@ def test_failure_on_any_rank_ends_the_job(pkgroot, shm_chroot, fault):
         assert r.returncode != 0, (bad, r.stdout, r.stderr)
         if fault == "exit7":
             assert r.returncode == 7, r.returncode
-            assert f"python-mpi: rank {bad}: exit status 7, aborting the job" in r.stderr
+            assert re.search(rf"python-mpi: \S+ \(rank {bad}\): exit status 7, aborting the job", r.stderr)
         if fault == "exception":
             assert "RuntimeError: injected" in r.stderr
 
@@ -235,7 +236,7 @@ def test_cleanup_removes_node_directory(pkgroot, shm_chroot):
 
 def error_line(r, *needles):
     assert r.returncode != 0, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python-mpi: rank ")]
+    lines = launcher_errors(r.stderr)
     assert lines, r.stderr
     assert all(n in lines[0] for n in needles), lines[0]
     assert "Traceback" not in r.stderr
@@ -246,7 +247,7 @@ def test_unset_configuration(pkgroot, shm_chroot):
     env = mpi_env(pkgroot, shm_chroot)
     del env["PYTHON_MPI_PKGROOT"]
     line = error_line(mpirun(2, ["-c", "pass"], env, timeout=60), "PYTHON_MPI_PKGROOT is not set")
-    assert line.startswith("python-mpi: rank 0:")
+    assert re.match(r"python-mpi: \S+ \(rank 0\): ", line)
     env = mpi_env(pkgroot, shm_chroot)
     del env["PYTHON_MPI_PACKAGES"]
     error_line(mpirun(2, ["-c", "pass"], env, timeout=60), "PYTHON_MPI_PACKAGES is not set")
@@ -272,7 +273,7 @@ def test_invalid_option_values(pkgroot, shm_chroot, var, value, needle):
 def test_missing_package(pkgroot, shm_chroot):
     env = mpi_env(pkgroot, shm_chroot, packages=f"{pkgroot['python']}:nope.tar.zst")
     error_line(mpirun(2, ["-c", "pass"], env, timeout=60),
-               "rank 0:", "package 'nope.tar.zst' not found in " + pkgroot["root"])
+               "(rank 0): ", "package 'nope.tar.zst' not found in " + pkgroot["root"])
 
 
 def _copy_root(pkgroot, tmp_path):
@@ -548,3 +549,53 @@ def test_killed_staging_leaves_no_ready_tree_and_clean_removes_leftovers(pkgroot
     assert len([e for e in os.listdir(node0) if e.startswith("env-")]) == 1
     run(cli + [node0, "--all"])
     assert not os.path.exists(node0)
+
+
+@pytest.fixture(scope="module")
+def random_package(tmp_path_factory):
+    """A directory package of 96 MiB of random bytes (48 files): many 64k
+    chunks, so a node can fail with most of the broadcast still to come."""
+    base = tmp_path_factory.mktemp("random")
+    src = base / "src"
+    src.mkdir()
+    for i in range(48):
+        (src / f"f{i:02d}").write_bytes(os.urandom(2 << 20))
+    root = base / "pk"
+    run([sys.executable, "-m", "python_mpi_bcast", "pack", "--directory", str(src), "-o", str(root),
+         "-n", "full", "-q", "--level", "1"], timeout=300)
+    shutil.rmtree(src)
+    return {"root": str(root)}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare for a tmpfs on one node's directory")
+@pytest.mark.parametrize("per_node", [1, 2])
+def test_a_node_filling_up_mid_staging_reports_itself_and_no_node_a_corrupt_package(
+        random_package, shm_chroot, per_node):
+    """Node 2 of 4 (MPICH cliques) has its own small tmpfs that another
+    process fills once staging has begun.  Node 2 says it is full; node 3,
+    which receives the chunks through node 2, must not see damaged bytes
+    (it used to report 'corrupt package': node 2 posted broadcasts into
+    buffers still in flight once its unpacking threads had all failed)."""
+    node2 = shm_chroot.replace("%n", "2")
+    os.makedirs(os.path.dirname(node2), mode=0o700)
+    os.makedirs(node2, mode=0o700)
+    script = (PRIVATE + 'mount -t tmpfs -o size=160m,mode=0700 pmb-full "$0" || exit 99; '
+              # the other process: fills node 2's memory once staging began there
+              '( for i in $(seq 12000); do ls -A "$0" | grep -q "^.env-" && break; sleep 0.005; done; '
+              '  head -c 1G /dev/zero > "$0/filler" 2>/dev/null ) & '
+              'exec "$@"')
+    env = mpi_env(random_package, shm_chroot, cliques=4, packages="full.tar.zst",
+                  PYTHON_MPI_CHUNK="64k")
+    r = mpirun(4 * per_node, ["--stage-only"], env, timeout=120,
+               prefix=UNSHARE_MOUNT + [script, node2])
+    assert r.returncode not in (0, 99), r.stderr
+    node2_ranks = "|".join(str(2 + 4 * i) for i in range(per_node))  # cliques deal ranks round-robin
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python-mpi: ")]
+    assert lines, r.stderr
+    for ln in lines:  # node 2 says why, nobody else says anything
+        assert re.match(rf"python-mpi: \S+ \(rank ({node2_ranks})\): package 'full.tar.zst': no "
+                        r"space left in \S+ while writing f\d\d; needs at least [\d.]+ MB more; "
+                        "set PYTHON_MPI_CHROOT", ln), r.stderr
+    assert r.stderr.startswith(lines[0]), r.stderr  # and says it first
+    assert "corrupt" not in r.stderr

@@ -136,7 +136,7 @@ def test_failure_on_one_node_ends_the_job(debian_mpi, pkgroot):
     r = run(mpiexec(debian_mpi, "a:2,b:2", 4) + [debian_mpi["launcher"], "-c", prog], env=env,
             timeout=120, check=False)
     assert r.returncode != 0
-    assert "python-mpi: rank 3: exit status 7, aborting the job" in r.stderr, r.stderr
+    assert re.search(r"python-mpi: \S+ \(rank 3\): exit status 7, aborting the job", r.stderr), r.stderr
 
 
 def test_under_srun(debian_mpi, pkgroot, slurm_cluster):

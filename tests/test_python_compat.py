@@ -111,10 +111,10 @@ def test_a_failing_rank_ends_the_job_with_a_nonzero_status(launch, mode, how, tm
     assert r.returncode != 0, r.stdout + r.stderr
     assert "PASSED THE BARRIER" not in r.stdout
     if how == "exit3":
-        assert "python-mpi: rank 1: exit status 3, aborting the job" in r.stderr, r.stderr
+        assert "(rank 1): exit status 3, aborting the job" in r.stderr, r.stderr
     elif how == "exception":
         assert "RuntimeError: rank 1 fails" in r.stderr
-        assert "python-mpi: rank 1: exit status 1, aborting the job" in r.stderr, r.stderr
+        assert "(rank 1): exit status 1, aborting the job" in r.stderr, r.stderr
     else:  # python ends itself with SIGINT after an uncaught KeyboardInterrupt
         assert "KeyboardInterrupt" in r.stderr, r.stderr
 
@@ -204,7 +204,7 @@ def test_srun_a_failing_rank_ends_the_step(srun_case, tmp_path):
              timeout=120, PYTHON_MPI_MODE=mode)
     assert r.returncode != 0, r.stdout + r.stderr
     assert "PASSED THE BARRIER" not in r.stdout
-    assert "python-mpi: rank 1: exit status 3, aborting the job" in r.stderr, r.stderr
+    assert "(rank 1): exit status 3, aborting the job" in r.stderr, r.stderr
 
 
 def test_srun_init_thread_after_rc_initialize_false(srun_case):

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, run
+from conftest import BIN, launcher_errors, run
 
 NODES = ["n1", "n2", "n3", "n4"]
 
@@ -170,6 +170,48 @@ def test_two_steps_at_once_on_the_same_nodes_unpack_once(job, tmp_path):
     assert not [e for n in ("n1", "n2") for e in node_entries(job, n) if e.startswith(".")]
 
 
+def test_a_step_that_waited_for_another_steps_staging_says_so(job):
+    """A second job step started while the first is still staging the same
+    packages on every node waits for that tree: it read and sent nothing,
+    but 'already staged' would be wrong; it says it waited, and how long."""
+    c = job["cluster"]
+    env = dict(c.env, **job["env"], PYTHON_MPI_CHUNK="64k")  # many small chunks: a slow staging
+    first = subprocess.Popen(["srun", "-K", "-N", "4", "--ntasks-per-node=1", "python-mpi",
+                              "--stage-only"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for n in NODES:
+            wait_for_staging(job, n)
+        r = srun(job, ["-N", "4", "--ntasks-per-node=1", "python-mpi", "-c", "print('step 2 ran')"])
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+    assert first.returncode == 0 and unpacked(err) == 4, err
+    assert r.returncode == 0 and r.stdout.count("step 2 ran") == 4, r.stdout + r.stderr
+    assert unpacked(r.stderr) == 0, r.stderr
+    assert re.search(r"stage: 2 package\(s\) staged into \S+ by another job step at the same time; "
+                     r"waited \d+\.\d+ s for it on 4 of 4 node\(s\); nothing read or sent by this step",
+                     r.stderr), r.stderr
+    assert "already staged" not in r.stderr
+
+
+def test_a_failing_rank_is_named_on_the_first_error_line(job):
+    """srun reports the ranks MPI_Abort ends as 'Killed' and exits with 137;
+    the first line of the job's error output is the launcher's, naming the
+    host, the rank and the status (README)."""
+    prog = ("import sys\nfrom mpi4py import MPI\nif MPI.COMM_WORLD.rank == 5:\n    sys.exit(7)\n"
+            "MPI.COMM_WORLD.Barrier()\n")
+    r = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", prog], PYTHON_MPI_VERBOSE=0)
+    assert r.returncode != 0
+    first = [ln for ln in r.stderr.splitlines()
+             if not re.match(r"srun: job \d+ (queued|has been allocated)", ln)][0]
+    assert first == ("python-mpi: n3 (rank 5): exit status 7, aborting the job (srun then reports "
+                     "the other ranks as Killed, exit code 137: ended by this abort, not out of "
+                     "memory)"), r.stderr
+
+
 def wait_for_staging(job, node: str, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -248,7 +290,7 @@ def test_node_memory_filling_up_part_way_through_unpack(job, tmp_path):
                    PYTHON_MPI_CHROOT=mnt + "/job", PYTHON_MPI_CHUNK="64k")
         r = srun(job, ["-N", "4", "--ntasks-per-node=1", "python-mpi", "--stage-only"], **env)
         assert r.returncode != 0
-        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python-mpi: rank ")]
+        lines = launcher_errors(r.stderr)
         assert lines and "package 'many.tar.zst': no space left in" in lines[0], r.stderr
         for n in NODES:  # it failed part-way: the temporary tree holds files
             entries = os.listdir(c.node_path(n, mnt + "/job"))
@@ -269,6 +311,76 @@ def test_node_memory_filling_up_part_way_through_unpack(job, tmp_path):
         for n in NODES:
             run(["nsenter", "-t", str(c.slurmd_pids()[n]), "-m", "-r", "umount", "-l", mnt],
                 timeout=30, check=False)
+
+
+@pytest.fixture(scope="module")
+def random_pkgroot(tmp_path_factory):
+    """A directory package of 96 MiB of random bytes: many 64k chunks, so a
+    node can fail with most of the broadcast still to come."""
+    base = tmp_path_factory.mktemp("random")
+    src = base / "src"
+    src.mkdir()
+    for i in range(48):
+        (src / f"f{i:02d}").write_bytes(os.urandom(2 << 20))
+    run([sys.executable, "-m", "python_mpi_bcast", "pack", "--directory", str(src), "-o",
+         str(base / "pk"), "-n", "full", "-q", "--level", "1"], timeout=300)
+    return str(base / "pk")
+
+
+@pytest.mark.parametrize("per_node", [1, 2])
+def test_a_node_filling_up_mid_staging_says_so_and_no_node_reports_a_corrupt_package(
+        slurm_cluster, random_pkgroot, per_node):
+    """n3's memory (its own tmpfs) is filled by another process once staging
+    has begun there.  The job ends with n3's own 'no space' line first; n4,
+    which receives the chunks through n3, reported 'corrupt package' instead
+    (n3 posted broadcasts into buffers still in flight once its unpacking
+    threads had all failed), and with 2 ranks per node that was the only
+    line."""
+    c = slurm_cluster
+    mnt = f"/dev/shm/pmbt-{uuid.uuid4().hex[:10]}"
+    os.makedirs(c.node_path("n3", mnt), mode=0o700)
+    nsenter = ["nsenter", "-t", str(c.slurmd_pids()["n3"]), "-m", "-r"]
+    run(nsenter + ["mount", "-t", "tmpfs", "-o", "size=160m,mode=0700", "tmpfs", mnt], timeout=30)
+    env = dict(c.env, PATH=f"{BIN}:{os.environ['PATH']}", PYTHON_MPI_PKGROOT=random_pkgroot,
+               PYTHON_MPI_PACKAGES="full.tar.zst", PYTHON_MPI_CHROOT=mnt + "/job",
+               PYTHON_MPI_CHUNK="64k")
+    try:
+        p = subprocess.Popen(["srun", "-K", "-N", "4", f"--ntasks-per-node={per_node}", "python-mpi",
+                              "--stage-only"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            n3_dir = c.node_path("n3", mnt + "/job")
+            deadline = time.monotonic() + 60
+            while not (os.path.isdir(n3_dir)
+                       and any(e.startswith(".env-") for e in os.listdir(n3_dir))):
+                assert time.monotonic() < deadline and p.poll() is None, "staging never started on n3"
+                time.sleep(0.005)
+            # the other process: writes until n3's memory is full
+            run(["sh", "-c", 'head -c 1G /dev/zero > "$0"', c.node_path("n3", mnt + "/filler")],
+                timeout=60, check=False)
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=30)
+        assert p.returncode != 0, err
+        n3_ranks = "|".join(str(2 * per_node + i) for i in range(per_node))
+        lines = launcher_errors(err)
+        assert lines, err
+        for ln in lines:  # n3 says why, no other node says anything
+            assert re.match(rf"python-mpi: n3 \(rank ({n3_ranks})\): package 'full.tar.zst': no space "
+                            r"left in \S+ while writing f\d\d; needs at least [\d.]+ MB more; set "
+                            "PYTHON_MPI_CHROOT", ln), err
+        assert "corrupt" not in err
+        # the first line of the job's error output (after srun's queue notices) is n3's
+        first = [ln for ln in err.splitlines()
+                 if not re.match(r"srun: job \d+ (queued|has been allocated)", ln)][0]
+        assert first == lines[0], err
+        assert not [e for e in os.listdir(n3_dir) if e.startswith("env-")]
+    finally:
+        run(nsenter + ["umount", "-l", mnt], timeout=30, check=False)
+        for n in NODES:
+            run(["rm", "-rf", c.node_path(n, mnt)], check=False)
 
 
 def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):

@@ -14,7 +14,7 @@ import stat
 
 import pytest
 
-from conftest import LAUNCHER, mpi_env, mpirun, run
+from conftest import LAUNCHER, launcher_errors, mpi_env, mpirun, run
 
 from python_mpi_bcast import pkgformat
 
@@ -91,7 +91,7 @@ def test_invalid_thread_settings_refused_with_one_line(pkgroot, shm_chroot, tmp_
     env = mpi_env(pkgroot, shm_chroot, PYTHON_MPI_THREADS=value)
     r = mpirun(2, ["-c", "pass"], env, timeout=60)
     assert r.returncode != 0
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python-mpi: rank ")]
+    lines = launcher_errors(r.stderr)
     assert len(lines) == 1 and f"PYTHON_MPI_THREADS='{value}' is not valid" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     r = unpack(pkgroot, tmp_path / "u", value, check=False)
@@ -134,7 +134,7 @@ def test_corrupt_shard_same_error_with_threads(pkgroot, shm_chroot, tmp_path):
         r = mpirun(1, ["-c", "pass"], env, timeout=120)
         assert r.returncode != 0
         assert "Traceback" not in r.stderr
-        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python-mpi: rank ")]
+        lines = launcher_errors(r.stderr)
         assert len(lines) == 1, r.stderr
         reasons.add(_reason(lines[0]))
         base = os.path.dirname(shm_chroot)
