@@ -289,6 +289,16 @@ static int jobs_over(const char *tree)
     return 1;
 }
 
+/* A damaged tree: removed if nobody holds it; without its stamp nobody can
+ * tell, so only once its jobs are over. */
+int pmb_tree_remove_damaged(const char *tree)
+{
+    int rc = pmb_tree_remove(tree);
+    if (rc == PMB_TREE_UNKNOWN && jobs_over(tree))
+        rc = remove_tree_now(tree) ? PMB_TREE_FAILED : PMB_TREE_REMOVED;
+    return rc;
+}
+
 /* ---- node directories of this user, and reclaiming them ---------------- */
 
 /* /dev/shm/.python-mpi-<uid>.nodes/<dir, '/' written %2F, '%' %25>, or 0
@@ -384,9 +394,7 @@ static void reclaim_dir(const char *dir, const char *keep, int *ntrees)
                 continue;
             if (!jobs_over(path))
                 continue;
-            int rc = pmb_tree_remove(path);
-            if (rc == PMB_TREE_UNKNOWN) /* no stamp: nobody can hold it; its jobs are over */
-                rc = remove_tree_now(path) ? PMB_TREE_FAILED : PMB_TREE_REMOVED;
+            int rc = pmb_tree_remove_damaged(path); /* its jobs are over: stamp or not */
             if (rc == PMB_TREE_REMOVED) {
                 (*ntrees)++;
                 if (pmb_cfg.verbose >= 2)

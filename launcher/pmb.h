@@ -139,6 +139,7 @@ void pmb_hold_release(void);
 void pmb_tree_record_job(const char *tree);
 void pmb_tree_init_jobs(const char *tmp);
 int pmb_tree_remove(const char *tree);
+int pmb_tree_remove_damaged(const char *tree);
 int pmb_registry_lock(const char *dir);
 void pmb_registry_unlock(int fd);
 void pmb_reclaim(const char *dir, const char *keep);

@@ -267,15 +267,11 @@ static int find_ready(const char *chroot, const char *id, char *tree, int report
         else
             tree_intact(path, why, sizeof why);
         /* a damaged tree goes as soon as nobody holds it */
-        int rc = pmb_tree_remove(path);
+        int rc = pmb_tree_remove_damaged(path);
         if (rc == PMB_TREE_REMOVED && *free_k < 0)
             *free_k = k;
-        if (!report) {
-            if (rc == PMB_TREE_REMOVED && pmb_cfg.verbose >= 2)
-                pmb_log("rank %d (node %d): removed the damaged tree %s (%s)", pmb_c.world_rank,
-                        pmb_c.node_index, path, why);
-            continue;
-        }
+        if (!report && rc != PMB_TREE_REMOVED)
+            continue; /* said once, by the pass under the staging lock */
         fprintf(stderr, "python-mpi: rank %d (node %d): staged tree %s: %s; %s\n",
                 pmb_c.world_rank, pmb_c.node_index, path, why,
                 rc == PMB_TREE_REMOVED ? "staging it again" :
