@@ -91,6 +91,19 @@ def test_cleanup_keeps_the_tree_a_concurrent_run_uses(pkgroot, shm_chroot, tmp_p
     assert not os.path.exists(node0)
 
 
+def test_exec_mode_ranks_hold_their_tree_across_exec(pkgroot, shm_chroot, tmp_path):
+    env = mpi_env(pkgroot, shm_chroot, cliques=1, PYTHON_MPI_MODE="exec")
+    node0 = shm_chroot.replace("%n", "0")
+    # one rank: how exec mode ends a job whose ranks end at different times is
+    # issue 24's, not this test's
+    with Late(env, tmp_path, ranks=1) as a:
+        b = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_MODE="embed", PYTHON_MPI_CLEANUP="1"))
+        assert b.returncode == 0, b.stderr
+        assert "keeping" in b.stderr and len(trees(node0)) == 1, b.stderr
+        assert a.finish() == 0, a.err
+    assert a.out.count("LATE OK") == 1, a.out
+
+
 def test_clean_all_keeps_the_tree_a_running_job_uses(pkgroot, shm_chroot, tmp_path):
     env = mpi_env(pkgroot, shm_chroot, cliques=1)
     node0 = shm_chroot.replace("%n", "0")
