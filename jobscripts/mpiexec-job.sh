@@ -12,5 +12,6 @@ export PYTHON_MPI_PACKAGES="python-3.11.tar.zst:science.tar.zst"
 export PYTHON_MPI_CHROOT="/dev/shm/$SLURM_JOB_ID"
 export PYTHON_MPI_VERBOSE=1
 export PYTHON_MPI_CLEANUP=1
+trap 'srun --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 python-mpi-bcast clean --all' ERR
 
 mpiexec -n "$SLURM_NTASKS" python-mpi "$PROJECT/my_script.py" --steps 10

@@ -15,6 +15,7 @@ export PYTHON_MPI_PACKAGES=science.tar.zst
 export PYTHON_MPI_CHROOT="/dev/shm/$SLURM_JOB_ID"
 export PYTHON_MPI_VERBOSE=1
 export PYTHON_MPI_CLEANUP=1
+trap 'srun --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 python-mpi-bcast clean --all' ERR
 
 cd "${SCRATCH:-$PWD}"
 srun --kill-on-bad-exit=1 python-mpi "$PROJECT/my_script.py" --steps 10

@@ -15,6 +15,8 @@ export PYTHON_MPI_PACKAGES="python-3.11.tar.zst:science.tar.zst"
 export PYTHON_MPI_CHROOT="/dev/shm/$SLURM_JOB_ID"
 export PYTHON_MPI_VERBOSE=1
 export PYTHON_MPI_CLEANUP=1     # remove the node directory when the step ends
+# a failing step ends the job without that clean-up: remove the trees then
+trap 'srun --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 python-mpi-bcast clean --all' ERR
 
 # start scripts from a fast filesystem, not $HOME
 cd "${SCRATCH:-$PWD}"

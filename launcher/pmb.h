@@ -136,6 +136,20 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings);
 void pmb_wait(MPI_Request *req);
 void pmb_node_barrier(void);
 
+/* nodes.c: holds on staged trees, their owners, giving node memory back */
+enum { PMB_TREE_REMOVED, PMB_TREE_HELD, PMB_TREE_UNKNOWN, PMB_TREE_FAILED };
+void pmb_job_key(char *out, size_t len);
+int pmb_hold_take(const char *tree);
+void pmb_hold_release(void);
+void pmb_tree_record_job(const char *tree);
+void pmb_tree_init_jobs(const char *tmp);
+int pmb_tree_remove(const char *tree);
+int pmb_tree_remove_damaged(const char *tree);
+int pmb_registry_lock(const char *dir);
+void pmb_registry_unlock(int fd);
+void pmb_reclaim(const char *dir, const char *keep);
+void pmb_cleanup_tree(const char *tree);
+
 /* start.c */
 int pmb_start_embed(const char *tree, const pmb_manifest *interp, int argc, char **argv)
     __attribute__((noreturn));

@@ -135,7 +135,8 @@ static char changed_path[PATH_MAX];
 
 static int newer_than_base(const char *path, const struct stat *st, int flag, struct FTW *f)
 {
-    if (f->level == 1 && strcmp(path + f->base, PMB_READY) == 0)
+    if (f->level == 1 && (strcmp(path + f->base, PMB_READY) == 0 ||
+                          strcmp(path + f->base, ".pmb-jobs") == 0)) /* nodes.c: owners */
         return 0;
     if (flag == FTW_NS || flag == FTW_DNR || st->st_ctim.tv_sec > ready_base.tv_sec ||
         (st->st_ctim.tv_sec == ready_base.tv_sec && st->st_ctim.tv_nsec > ready_base.tv_nsec)) {
@@ -227,60 +228,95 @@ static void unlock_tree(const char *chroot, const char *id, int fd)
     close(fd);
 }
 
-/* Move a damaged tree out of the way (to a name `clean` removes) and delete it. */
-static void discard_tree(const char *chroot, const char *tree, const char *id)
+/* A tree's names: env-<id>, or env-<id>.<k> when a damaged one that a
+ * running step may use still holds the first name (it is never removed
+ * from under a step: a new tree is staged beside it). */
+#define PMB_TREE_NAMES 16
+
+static void tree_name(char *out, size_t len, const char *chroot, const char *id, int k)
 {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s/.env-%s.XXXXXX", chroot, id);
-    if (!mkdtemp(tmp) || rename(tree, tmp))
-        pmb_die("cannot move the damaged tree %s aside: %s; remove it (python-mpi-bcast clean "
-                "--all %s)", tree, strerror(errno), chroot);
-    pmb_rmtree(tmp);
+    if (k == 0)
+        snprintf(out, len, "%s/env-%s", chroot, id);
+    else
+        snprintf(out, len, "%s/env-%s.%d", chroot, id, k);
+}
+
+/* An intact tree of `id`, with this rank's hold on it taken: 1 and its
+ * path in `tree`.  `report`: say what is wrong with the damaged ones, remove
+ * those nobody holds; *free_k: the first name free afterwards (-1: none). */
+static int find_ready(const char *chroot, const char *id, char *tree, int report, int *free_k)
+{
+    char path[PATH_MAX], why[PATH_MAX + 128];
+    struct stat st;
+    *free_k = -1;
+    for (int k = 0; k < PMB_TREE_NAMES; k++) {
+        tree_name(path, sizeof path, chroot, id, k);
+        if (lstat(path, &st)) {
+            if (*free_k < 0)
+                *free_k = k;
+            continue;
+        }
+        check_owned_dir(path, "staged tree");
+        int held = pmb_hold_take(path) == 0;
+        if (held && tree_intact(path, why, sizeof why)) {
+            snprintf(tree, PATH_MAX, "%s", path);
+            return 1;
+        }
+        if (held)
+            pmb_hold_release();
+        else
+            tree_intact(path, why, sizeof why);
+        /* a damaged tree goes as soon as nobody holds it */
+        int rc = pmb_tree_remove_damaged(path);
+        if (rc == PMB_TREE_REMOVED && *free_k < 0)
+            *free_k = k;
+        if (!report && rc != PMB_TREE_REMOVED)
+            continue; /* said once, by the pass under the staging lock */
+        fprintf(stderr, "python-mpi: rank %d (node %d): staged tree %s: %s; %s\n",
+                pmb_c.world_rank, pmb_c.node_index, path, why,
+                rc == PMB_TREE_REMOVED ? "staging it again" :
+                "staging a new tree beside it (a running job step may use it; it is removed "
+                "once its jobs are over)");
+    }
+    return 0;
 }
 
 enum { PMB_NODE_STAGES, PMB_NODE_READY, PMB_NODE_WAITS };
 
-/* Node leader: reuse the tree, stage it (lock taken: *lockfd), or wait for
- * another step that is staging it. */
-static int node_claim(const char *chroot, const char *tree, const char *id, uint64_t need,
+/* Node leader: reuse the tree (its path in `tree`), stage it (lock taken:
+ * *lockfd; the name to stage into in `tree`), or wait for another step
+ * that is staging it. */
+static int node_claim(const char *chroot, char *tree, const char *id, uint64_t need,
                       uint64_t files, int *lockfd)
 {
-    char why[PATH_MAX + 128];
-    struct stat st;
-    int exists = lstat(tree, &st) == 0;
-    if (exists) {
-        check_owned_dir(tree, "staged tree");
-        if (tree_intact(tree, why, sizeof why))
-            return PMB_NODE_READY;
-    } else {
-        check_space(chroot, need, files);
-    }
+    int free_k;
+    if (find_ready(chroot, id, tree, 0, &free_k))
+        return PMB_NODE_READY;
     int fd = lock_tree(chroot, id, 0);
     if (fd < 0)
         return PMB_NODE_WAITS;
-    if (lstat(tree, &st) == 0) { /* under the lock: a step may just have finished */
-        if (tree_intact(tree, why, sizeof why)) {
-            unlock_tree(chroot, id, fd);
-            return PMB_NODE_READY;
-        }
-        fprintf(stderr, "python-mpi: rank %d (node %d): staged tree %s: %s; staging it again\n",
-                pmb_c.world_rank, pmb_c.node_index, tree, why);
-        discard_tree(chroot, tree, id);
-        check_space(chroot, need, files);
+    /* under the lock: a step may just have finished; damaged trees go or stay */
+    if (find_ready(chroot, id, tree, 1, &free_k)) {
+        unlock_tree(chroot, id, fd);
+        return PMB_NODE_READY;
     }
+    if (free_k < 0)
+        pmb_die("node directory %s holds %d damaged trees of these packages that running job "
+                "steps may use; end those steps or remove them (python-mpi-bcast clean --all %s)",
+                chroot, PMB_TREE_NAMES, chroot);
+    tree_name(tree, PATH_MAX, chroot, id, free_k);
+    check_space(chroot, need, files);
     *lockfd = fd;
     return PMB_NODE_STAGES;
 }
 
 /* After the broadcast: wait until the step that holds the lock is done;
  * the seconds waited. */
-static double wait_for_other_step(const char *chroot, const char *tree, const char *id)
+static double wait_for_other_step(const char *chroot, char *tree, const char *id)
 {
     double t0 = pmb_now();
-    int fd = lock_tree(chroot, id, 1);
-    char why[PATH_MAX + 128];
-    struct stat st;
-    if (lstat(tree, &st) || !tree_intact(tree, why, sizeof why)) {
+    int fd = lock_tree(chroot, id, 1), free_k;
+    if (!find_ready(chroot, id, tree, 0, &free_k)) {
         unlock_tree(chroot, id, fd);
         pmb_die("another job step staging %s on this node ended without a complete tree (killed "
                 "or failed); run this step again", tree);
@@ -623,9 +659,8 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
     char *chroot = pmb_expand_chroot(pmb_cfg.chroot, pmb_c.node_index);
     char id[33];
     tree_id(ms, n, id);
-    size_t plen = strlen(chroot) + 64;
-    char *tree = pmb_xmalloc(plen);
-    snprintf(tree, plen, "%s/env-%s", chroot, id);
+    char *tree = pmb_xmalloc(PATH_MAX);
+    snprintf(tree, PATH_MAX, "%s/env-%s", chroot, id);
 
     int have = 1, waits = 0, lockfd = -1;
     uint64_t need = 0, files = 0;
@@ -636,8 +671,15 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
     pmb_tree_need = need; /* for "needs N MB more" when the node fills up (unpack.c) */
     if (pmb_c.node_rank == 0) {
         make_node_dir(chroot);
+        /* under the node directory's registry lock: nobody reclaims it meanwhile */
+        int regfd = pmb_registry_lock(chroot);
+        make_node_dir(chroot);
+        pmb_reclaim(chroot, id); /* give back what jobs that are over left on this node */
         int claim = node_claim(chroot, tree, id, need + pmb_cfg.chunk * (uint64_t)pmb_cfg.nbuf,
                                files, &lockfd);
+        if (claim == PMB_NODE_READY)
+            pmb_tree_record_job(tree);
+        pmb_registry_unlock(regfd);
         have = claim != PMB_NODE_STAGES; /* a waiting node takes no part in unpacking */
         waits = claim == PMB_NODE_WAITS;
     }
@@ -712,6 +754,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             }
             buffers_close(&bufs);
             if (pmb_c.node_rank == 0 && !have) {
+                pmb_tree_init_jobs(tmp);
                 if (chmod(tmp, 0700))
                     pmb_die("cannot chmod %s: %s", tmp, strerror(errno));
                 if (rename(tmp, tree)) {
@@ -722,6 +765,8 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
                 } else {
                     write_ready(tree);
                 }
+                if (pmb_hold_take(tree))
+                    pmb_die("staged tree %s vanished right after staging: %s", tree, strerror(errno));
                 unlock_tree(chroot, id, lockfd);
                 if (pmb_cfg.verbose >= 2) {
                     int nwk = 1;
@@ -741,8 +786,10 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         }
     }
     double waited = 0;
-    if (waits)
+    if (waits) {
         waited = wait_for_other_step(chroot, tree, id);
+        pmb_tree_record_job(tree);
+    }
     else if (have && pmb_c.node_rank == 0 && pmb_cfg.verbose >= 2)
         pmb_log("rank %d (node %d): reusing %s", pmb_c.world_rank, pmb_c.node_index, tree);
     /* rank 0 learns how many nodes waited for another step's staging, and
@@ -757,6 +804,11 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         pmb_wait(&r[1]);
     }
     pmb_node_barrier();
+    /* the tree the leader chose (its name may differ between nodes); every
+     * rank holds it for as long as it runs */
+    MPI_Bcast(tree, PATH_MAX, MPI_CHAR, 0, pmb_c.node);
+    if (pmb_c.node_rank != 0 && pmb_hold_take(tree))
+        pmb_die("staged tree %s is gone (removed by hand?): %s", tree, strerror(errno));
     int reused = all_have;
     MPI_Bcast(&reused, 1, MPI_INT, 0, pmb_c.node);
     timings[3] = pmb_now() - t_start;

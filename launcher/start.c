@@ -31,22 +31,12 @@ static void clean_exit(void)
 {
     if (!pmb_cfg.cleanup || !exit_tree)
         return;
+    /* every rank of the node lets go of the tree, then the node leader
+     * removes it unless another job step still holds it (nodes.c) */
+    pmb_hold_release();
     pmb_node_barrier();
-    if (pmb_c.node_rank == 0) {
-        if (pmb_rmtree(exit_tree)) {
-            if (pmb_cfg.verbose)
-                fprintf(stderr, "python-mpi: %s (rank %d): could not remove %s: %s\n",
-                        pmb_host(), pmb_c.world_rank, exit_tree, strerror(errno));
-        } else {
-            pmb_mpi_record_remove(exit_tree);
-            /* and the node directory, when nothing else (another step's tree) is in it */
-            char *slash = strrchr(exit_tree, '/');
-            if (slash && slash != exit_tree) {
-                *slash = 0;
-                rmdir(exit_tree);
-            }
-        }
-    }
+    if (pmb_c.node_rank == 0)
+        pmb_cleanup_tree(exit_tree);
 }
 
 /* the exit policy (own.c): status 0 -> clean-up, MPI_Finalize; else MPI_Abort */

@@ -345,9 +345,12 @@ def cmd_clean(a) -> int:
         print(("would remove " if a.dry_run else "removed ") + path
               + f" (left by a killed '{j.get('command', '?')}', pid {j.get('pid', '?')})")
     directory = a.directory or node_directory()
+    kept: list[str] = []
     for path in clean(directory, all_trees=a.all, older_than_hours=a.older_than,
-                      dry_run=a.dry_run):
+                      dry_run=a.dry_run, kept=kept):
         print(("would remove " if a.dry_run else "removed ") + path)
+    for what in kept:
+        print("kept " + what)
     return 0
 
 

@@ -219,6 +219,18 @@ def test_multi_step_job_script(sandbox, science_pkgs):
 
 
 @needs_311
+def test_multi_step_job_script_removes_the_tree_after_a_failing_step(sandbox, science_pkgs):
+    (sandbox["project"] / "my_script.py").write_text(MY_SCRIPT + "\nraise SystemExit(a.steps == 2)\n")
+    state, code, out = sandbox["cluster"].sbatch(
+        os.path.join(REPO, "jobscripts", "multi-step-job.sh"), SIZE, env=sandbox["env"],
+        cwd=str(sandbox["tmp"]), timeout=300)
+    assert state == "FAILED" and code != 0, out
+    assert "my_script: 4 ranks, total 8.0" in out and "total 12.0" not in out, out
+    assert out.count("removed") == 2, out  # the trap: one tree per node
+    assert node_dirs(sandbox) == {}
+
+
+@needs_311
 def test_array_job_script(sandbox, science_pkgs):
     out = submit(sandbox, os.path.join(REPO, "jobscripts", "array-job.sh"))
     for steps in (1, 2, 3):

@@ -517,7 +517,7 @@ def test_package_over_2_gib_stages(shm_chroot, tmp_path):
     assert len(ready_trees(shm_chroot)) == 2
 
 
-def test_killed_staging_leaves_no_ready_tree_and_clean_removes_leftovers(pkgroot, shm_chroot):
+def test_killed_staging_leaves_no_ready_tree_and_the_next_job_removes_its_leftovers(pkgroot, shm_chroot):
     import signal
     import time
     env = mpi_env(pkgroot, shm_chroot, cliques=1, PYTHON_MPI_CHUNK="64k")
@@ -537,16 +537,12 @@ def test_killed_staging_leaves_no_ready_tree_and_clean_removes_leftovers(pkgroot
         p.wait(timeout=30)
     leftovers = [e for e in os.listdir(node0) if e.startswith((".env-", ".pmb-chunks."))]
     assert leftovers and not [e for e in os.listdir(node0) if e.startswith("env-")]
-    # the next job stages afresh and works
+    # the next job stages afresh, works, and gives back what the killed one left
     r = mpirun(2, ["-c", CHECK], mpi_env(pkgroot, shm_chroot, cliques=1))
     assert r.returncode == 0, r.stderr
-    cli = [sys.executable, "-m", "python_mpi_bcast", "clean"]
-    r = run(cli + [node0, "--dry-run"])
-    assert r.stdout.count("would remove") == len(leftovers)
-    r = run(cli + [node0])
-    assert r.stdout.count("removed") == len(leftovers)
-    assert [e for e in os.listdir(node0) if e.startswith((".env-", ".pmb-chunks."))] == []
+    assert [e for e in os.listdir(node0) if e.startswith((".env-", ".pmb-chunks.", ".pmb-lock"))] == []
     assert len([e for e in os.listdir(node0) if e.startswith("env-")]) == 1
+    cli = [sys.executable, "-m", "python_mpi_bcast", "clean"]
     run(cli + [node0, "--all"])
     assert not os.path.exists(node0)
 

@@ -261,10 +261,13 @@ def test_killed_mid_broadcast_leaves_no_ready_tree_and_the_next_job_works(job, h
     assert r.returncode == 0, r.stderr
     check_rows(r.stdout, 8, 4)
     assert unpacked(r.stderr) == 4, r.stderr
-    # and the cleanup step removes what the killed one left
+    # which gave back what the killed one left (its partial trees and locks)
+    for n in NODES:
+        assert [e for e in node_entries(job, n) if e.startswith(".")] == [], node_entries(job, n)
+    # and the cleanup step removes the tree
     r = srun(job, ["--ntasks-per-node=1", "-N", "4", "python-mpi-bcast", "clean", "--all"])
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("removed") >= 4 + 4, r.stdout  # a leftover and a tree per node
+    assert r.stdout.count("removed") == 4, r.stdout  # a tree per node
     for n in NODES:
         assert node_entries(job, n) == []
 
@@ -408,12 +411,159 @@ def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
                      "staging; staging it again", r.stderr), r.stderr
     assert re.search(rf"\(node 2\): staged tree {tree}: .*numpy was changed after staging",
                      r.stderr), r.stderr
-    assert re.search(r"\(node 3\): staged tree .*\.pmb-ready is missing", r.stderr), r.stderr
+    # without its stamp nobody can tell whether a step still runs from it, but
+    # the job that staged it is over: it goes (a tree a running step holds is
+    # staged anew beside it instead: test_nodes.py)
+    assert re.search(r"\(node 3\): staged tree .*\.pmb-ready is missing.*; staging it again",
+                     r.stderr), r.stderr
     assert r.stderr.count("reusing") == 1 and unpacked(r.stderr) == 3, r.stderr
     with open(c.node_path("n2", f"{tree}/{site}/numpy/version.py")) as f:
         assert "damaged" not in f.read()
     for n in NODES:
         assert node_entries(job, n) == [os.path.basename(tree)]
+
+
+# -- what stays in node memory (launcher/nodes.c) ----------------------------------
+
+# every rank: say it started, wait for the go, then import what it had not
+# imported yet from its tree (fails if the tree went meanwhile)
+LATE = r"""
+import os, sys, time
+open(sys.argv[1], "w").close()
+deadline = time.time() + 120
+while not os.path.exists(sys.argv[2]) and time.time() < deadline:
+    time.sleep(0.05)
+import csv, decimal, numpy
+print("LATE OK", flush=True)
+"""
+
+STEP_AND_CLEANUP = """#!/bin/bash
+srun --overlap -N 2 -n 4 python-mpi -c "$LATE" started go > A.out 2>&1 &
+while [ ! -e started ]; do sleep 0.1; done
+PYTHON_MPI_CLEANUP=1 srun --overlap -N 2 -n 4 python-mpi -c 'print("B done")' > B.out 2>&1; b=$?
+touch go
+wait %1; a=$?
+cat A.out B.out
+echo "exit A=$a B=$b"
+"""
+
+
+def test_cleanup_in_one_step_leaves_a_concurrent_step_running(job, tmp_path):
+    (tmp_path / "two.sh").write_text(STEP_AND_CLEANUP)
+    state, code, out = job["cluster"].sbatch(str(tmp_path / "two.sh"),
+                                             ["-N", "2", "--ntasks-per-node=4"],
+                                             env=dict(job["env"], LATE=LATE), cwd=str(tmp_path),
+                                             timeout=300)
+    assert (state, code) == ("COMPLETED", 0), out
+    assert "exit A=0 B=0" in out
+    assert out.count("B done") == 4 and out.count("LATE OK") == 4, out
+    assert len(re.findall(r"python-mpi: n[12] \(rank \d\): keeping \S+: another job step on this "
+                          r"node runs from it", out)) == 2, out
+    for n in ("n1", "n2"):  # the step without clean-up still has its tree
+        assert len([e for e in node_entries(job, n) if e.startswith("env-")]) == 1
+
+
+ARRAY_TASKS = """#!/bin/bash
+if [ "$SLURM_ARRAY_TASK_ID" = 1 ]; then
+  srun -n 2 python-mpi -c "$LATE" started go
+else
+  while [ ! -e started ]; do sleep 0.1; done
+  PYTHON_MPI_CLEANUP=1 srun -n 2 python-mpi -c 'print("task 2 done")'
+  touch go
+fi > task-$SLURM_ARRAY_TASK_ID.log 2>&1
+"""
+
+
+def test_cleanup_in_one_array_task_leaves_another_task_running(job, tmp_path):
+    (tmp_path / "array.sh").write_text(ARRAY_TASKS)
+    state, code, _ = job["cluster"].sbatch(str(tmp_path / "array.sh"),
+                                           ["--array=1-2", "-N", "1", "-n", "2", "-w", "n1"],
+                                           env=dict(job["env"], LATE=LATE), cwd=str(tmp_path),
+                                           timeout=300)
+    t1, t2 = ((tmp_path / f"task-{i}.log").read_text() for i in (1, 2))
+    assert (state, code) == ("COMPLETED", 0), t1 + t2
+    assert t1.count("LATE OK") == 2 and t2.count("task 2 done") == 2, t1 + t2
+    assert re.search(r"python-mpi: n1 \(rank 0\): keeping \S+: another job step", t2), t2
+    assert len([e for e in node_entries(job, "n1") if e.startswith("env-")]) == 1
+
+
+EARLIER_JOB = """#!/bin/bash
+export PYTHON_MPI_CHROOT="$BASE/$SLURM_JOB_ID"
+srun -K python-mpi -c "$PROG"
+"""
+SLEEPS = "import numpy, time; time.sleep(600)"
+
+
+def job_state(c, jobid: str) -> str:
+    info = c.run(["scontrol", "-o", "show", "job", jobid], timeout=30).stdout
+    m = re.search(r"JobState=(\S+)", info)
+    return m.group(1) if m else "GONE"
+
+
+def wait_until(what, timeout, step=0.2):
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what.__doc__}")
+        time.sleep(step)
+
+
+@pytest.mark.parametrize("how", ["failing", "cancelled", "time-limit", "cancelled-mid-staging"])
+def test_the_next_job_gives_back_what_an_earlier_job_left(job, tmp_path, how):
+    """Most sites do not empty /dev/shm between jobs: whatever way a job
+    ended, the next job on its nodes starts and leaves no tree (nor partial
+    tree) of it there."""
+    c, base = job["cluster"], job["chroot"]
+    (tmp_path / "earlier.sh").write_text(EARLIER_JOB)
+    env = dict(c.env, **job["env"], BASE=base,
+               PROG={"failing": "import numpy, sys; sys.exit(3)",
+                     "cancelled-mid-staging": "pass"}.get(how, SLEEPS))
+    if how == "cancelled-mid-staging":
+        env["PYTHON_MPI_CHUNK"] = "64k"  # many small chunks: a slow broadcast
+    args = ["-N", "4", "--ntasks-per-node=2", "-o", str(tmp_path / "earlier.out")]
+    if how == "time-limit":
+        args.append("--time=1")
+    jobid = c.run(["sbatch", "--parsable", *args, str(tmp_path / "earlier.sh")], env=env,
+                  cwd=str(tmp_path), timeout=60, check=True).stdout.strip()
+
+    def there(n, prefix):
+        d = c.node_path(n, f"{base}/{jobid}")
+        return os.path.isdir(d) and any(e.startswith(prefix) for e in os.listdir(d))
+
+    def staged():
+        """every node's tree of the earlier job"""
+        return all(there(n, "env-") for n in NODES)
+
+    def staging():
+        """a partial tree on n3"""
+        return there("n3", ".env-")
+
+    def ended():
+        """the earlier job's end"""
+        return job_state(c, jobid) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
+    try:
+        if how == "cancelled":
+            wait_until(staged, 120)
+            c.run(["scancel", jobid], timeout=30, check=True)
+        elif how == "cancelled-mid-staging":
+            wait_until(staging, 120, step=0.005)
+            c.run(["scancel", jobid], timeout=30, check=True)
+        wait_until(ended, 200)
+    finally:
+        c.run(["scancel", jobid], timeout=30)
+    state = job_state(c, jobid)
+    assert state == {"failing": "FAILED", "time-limit": "TIMEOUT"}.get(how, "CANCELLED"), state
+    left = {n: os.listdir(c.node_path(n, f"{base}/{jobid}")) for n in NODES
+            if os.path.isdir(c.node_path(n, f"{base}/{jobid}"))}
+    assert left, "the earlier job left nothing to give back"
+    # the next job on those nodes
+    r = srun(job, ["-N", "4", "--ntasks-per-node=1", "python-mpi", "-c", "import numpy"],
+             PYTHON_MPI_CHROOT=f"{base}/next")
+    assert r.returncode == 0, r.stderr
+    for n in NODES:
+        assert os.listdir(c.node_path(n, base)) == ["next"], (n, os.listdir(c.node_path(n, base)))
+        du = run(["du", "-sm", c.node_path(n, "/dev/shm")], check=False).stdout.split()[0]
+        assert int(du) < 200, (n, du)  # one tree (158 MB), not two
 
 
 # -- Open MPI 5 (PyPI) under srun --mpi=pmix ---------------------------------------

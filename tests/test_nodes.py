@@ -1,0 +1,201 @@
+"""What stays in node memory (launcher/nodes.c): a tree a running step uses
+is never removed (clean-up, ``clean``, a damaged tree restaged), and what
+jobs that are over left is given back by the next start.
+
+MPICH cliques on this machine (fast); the same promises on the real Slurm
+cluster are in test_slurm.py."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import LAUNCHER, MPIEXEC, mpi_env, mpirun, run
+
+# every rank: say it started, wait for the test's go, then import from the
+# tree what it had not imported yet (fails if the tree went meanwhile)
+LATE = r"""
+import os, sys, time
+open(sys.argv[1], "w").close()
+deadline = time.time() + 90
+while not os.path.exists(sys.argv[2]) and time.time() < deadline:
+    time.sleep(0.05)
+import csv, decimal, numpy
+print("LATE OK", sys.prefix, numpy.arange(3).sum(), flush=True)
+"""
+
+
+def wait_for(path, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+class Late:
+    """A run that uses its tree now and imports from it again later."""
+
+    def __init__(self, env, tmp_path, ranks=2):
+        self.started, self.go = tmp_path / f"started-{uuid.uuid4().hex[:6]}", tmp_path / "go"
+        self.p = subprocess.Popen([MPIEXEC, "-n", str(ranks), LAUNCHER, "-c", LATE,
+                                   str(self.started), str(self.go)], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  start_new_session=True)
+
+    def __enter__(self):
+        try:
+            wait_for(self.started)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def finish(self):
+        self.go.touch()
+        self.out, self.err = self.p.communicate(timeout=120)
+        return self.p.returncode
+
+    def __exit__(self, *exc):
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait(timeout=30)
+
+
+def trees(node_dir):
+    return sorted(glob.glob(os.path.join(node_dir, "env-*")))
+
+
+def test_cleanup_keeps_the_tree_a_concurrent_run_uses(pkgroot, shm_chroot, tmp_path):
+    env = mpi_env(pkgroot, shm_chroot, cliques=1)
+    node0 = shm_chroot.replace("%n", "0")
+    with Late(env, tmp_path) as a:
+        b = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_CLEANUP="1"))
+        assert b.returncode == 0, b.stderr
+        assert re.search(r"^python-mpi: \S+ \(rank 0\): keeping \S+/env-[0-9a-f]{32}: another job "
+                         r"step on this node runs from it$", b.stderr, re.M), b.stderr
+        assert len(trees(node0)) == 1
+        assert a.finish() == 0, a.err
+    assert a.out.count("LATE OK") == 2, a.out
+    # nobody holds it now: a run with clean-up removes it, and the node directory
+    c = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_CLEANUP="1"))
+    assert c.returncode == 0 and "keeping" not in c.stderr, c.stderr
+    assert not os.path.exists(node0)
+
+
+def test_exec_mode_ranks_hold_their_tree_across_exec(pkgroot, shm_chroot, tmp_path):
+    env = mpi_env(pkgroot, shm_chroot, cliques=1, PYTHON_MPI_MODE="exec")
+    node0 = shm_chroot.replace("%n", "0")
+    # one rank: how exec mode ends a job whose ranks end at different times is
+    # issue 24's, not this test's
+    with Late(env, tmp_path, ranks=1) as a:
+        b = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_MODE="embed", PYTHON_MPI_CLEANUP="1"))
+        assert b.returncode == 0, b.stderr
+        assert "keeping" in b.stderr and len(trees(node0)) == 1, b.stderr
+        assert a.finish() == 0, a.err
+    assert a.out.count("LATE OK") == 1, a.out
+
+
+def test_clean_all_keeps_the_tree_a_running_job_uses(pkgroot, shm_chroot, tmp_path):
+    env = mpi_env(pkgroot, shm_chroot, cliques=1)
+    node0 = shm_chroot.replace("%n", "0")
+    cli = [sys.executable, "-m", "python_mpi_bcast", "clean", "--all", node0]
+    with Late(env, tmp_path) as a:
+        (tree,) = trees(node0)
+        r = run(cli)
+        assert r.stdout == f"kept {tree}: a running job step uses it\n", r.stdout
+        assert trees(node0) == [tree]
+        assert a.finish() == 0, a.err
+    assert a.out.count("LATE OK") == 2, a.out
+    r = run(cli)
+    assert r.stdout == f"removed {tree}\n", r.stdout
+    assert not os.path.exists(node0)
+
+
+def test_damaged_tree_a_running_step_uses_is_staged_anew_beside_it(pkgroot, shm_chroot, tmp_path):
+    env = mpi_env(pkgroot, shm_chroot, cliques=1, PYTHON_MPI_VERBOSE=2)
+    node0 = shm_chroot.replace("%n", "0")
+    with Late(env, tmp_path) as a:
+        (tree,) = trees(node0)
+        with open(os.path.join(tree, "stray.txt"), "w") as f:  # anything written into it
+            f.write("x")
+        b = mpirun(2, ["-c", "import sys, numpy; print('B', sys.prefix)"], env)
+        assert b.returncode == 0, b.stderr
+        assert re.search(rf"staged tree {tree}: {tree}(/stray.txt)? was changed after staging; "
+                         "staging a new tree beside it", b.stderr), b.stderr
+        assert b.stdout.count(f"B {tree}.1\n") == 2, b.stdout
+        assert trees(node0) == [tree, tree + ".1"]
+        assert a.finish() == 0, a.err
+    assert a.out.count(f"LATE OK {tree} 3") == 2, a.out  # still the old tree, untouched
+    # nobody holds the damaged one now: the next run removes it and reuses the new one
+    c = mpirun(2, ["-c", "import sys; print('C', sys.prefix)"], env)
+    assert c.returncode == 0, c.stderr
+    assert re.search(rf"staged tree {tree}: .* was changed after staging; staging it again",
+                     c.stderr) and "nothing read or sent" in c.stderr, c.stderr
+    assert c.stdout.count(f"C {tree}.1\n") == 2, c.stdout
+    assert trees(node0) == [tree + ".1"]
+
+
+def test_the_next_job_gives_back_the_trees_of_jobs_that_are_over(pkgroot, tmp_path):
+    """Batch jobs as the launcher sees them (SLURM_JOB_ID / PBS_JOBID in the
+    ranks' environment), each with its own node directory: a job's tree
+    stays while any process of that job lives on the node, and goes with the
+    next start once none does."""
+    base = f"/dev/shm/pmb-test-{uuid.uuid4().hex[:10]}"
+    tag = uuid.uuid4().hex[:8]
+    jobs = {"s1": ("SLURM_JOB_ID", f"{tag}1"), "s2": ("SLURM_JOB_ID", f"{tag}2"),
+            "p1": ("PBS_JOBID", f"{tag}3.pbs"), "next": ("SLURM_JOB_ID", f"{tag}9")}
+
+    def env(name):
+        var, value = jobs[name]
+        return mpi_env(pkgroot, f"{base}/{name}", cliques=1, PYTHON_MPI_VERBOSE=2, **{var: value})
+    # a process of each job lives on the node (the batch script, between steps)
+    alive = {name: subprocess.Popen(["sleep", "300"], env=dict(os.environ, **{var: value}))
+             for name, (var, value) in jobs.items() if name != "next"}
+    try:
+        for name in ("s1", "s2", "p1"):
+            r = mpirun(2, ["-c", "import numpy"], env(name))
+            assert r.returncode == 0, r.stderr
+            assert "reclaimed" not in r.stderr, r.stderr
+        assert sorted(os.listdir(base)) == ["p1", "s1", "s2"]
+        for name in ("s1", "p1"):  # these jobs end; s2 is between two steps
+            alive[name].kill()
+            alive[name].wait(timeout=30)
+        r = mpirun(2, ["-c", "import numpy"], env("next"))
+        assert r.returncode == 0, r.stderr
+        assert "reclaimed 2 tree(s) of jobs that are over" in r.stderr, r.stderr
+        assert sorted(os.listdir(base)) == ["next", "s2"]
+        assert len(trees(f"{base}/s2")) == 1
+        alive["s2"].kill()
+        alive["s2"].wait(timeout=30)
+        r = mpirun(2, ["-c", "import numpy"], env("next"))
+        assert r.returncode == 0, r.stderr
+        assert "reclaimed 1 tree(s)" in r.stderr and "nothing read or sent" in r.stderr, r.stderr
+        assert sorted(os.listdir(base)) == ["next"]
+    finally:
+        for p in alive.values():
+            p.kill()
+            p.wait(timeout=30)
+        run(["rm", "-rf", base], check=False)
+
+
+def test_a_run_outside_a_batch_job_keeps_its_tree_for_the_next_run(pkgroot, shm_chroot):
+    env = mpi_env(pkgroot, shm_chroot, cliques=1)
+    env.pop("SLURM_JOB_ID", None)
+    env.pop("PBS_JOBID", None)
+    other = mpi_env(pkgroot, shm_chroot.replace("node-%n", "other"), cliques=1, SLURM_JOB_ID="1")
+    assert mpirun(1, ["-c", "pass"], env).returncode == 0
+    r = mpirun(1, ["-c", "pass"], other)  # another start: the plain tree is not over
+    assert r.returncode == 0, r.stderr
+    node0 = shm_chroot.replace("%n", "0")
+    assert len(trees(node0)) == 1
+    with open(os.path.join(trees(node0)[0], ".pmb-jobs")) as f:
+        assert f.read() == "none\n"
