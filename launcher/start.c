@@ -108,13 +108,14 @@ int pmb_start_embed(const char *tree, const pmb_manifest *interp, int argc, char
  * MPI_Finalize in the same process (what exec mode needs).  Measured here:
  * MPICH 4 and Open MPI 4 cannot, MPICH 5 and Open MPI 5 can.  Refused by
  * the same rule, not run here: what is built on MPICH before 5 (Cray MPICH,
- * whose string names its "ANL base", and Intel MPI).  Others: allowed. */
+ * whose string names its "ANL base", and Intel MPI), matched whatever the
+ * case ("CRAY MPICH", "Cray MPICH").  Others: allowed. */
 int pmb_exec_supported_by(const char *v, char *why, size_t len)
 {
     const char *p;
     int major;
-    if ((p = strstr(v, "CRAY MPICH"))) {
-        const char *base = strstr(p, "ANL base");
+    if ((p = strcasestr(v, "Cray MPICH"))) {
+        const char *base = strcasestr(p, "ANL base");
         major = base ? atoi(base + 8 + strspn(base + 8, " \t")) : 0;
         if (major < 5) {
             if (base)
@@ -125,11 +126,11 @@ int pmb_exec_supported_by(const char *v, char *why, size_t len)
                          "same process");
             return 0;
         }
-    } else if ((p = strstr(v, "Intel(R) MPI Library"))) {
+    } else if ((p = strcasestr(v, "Intel(R) MPI Library"))) {
         snprintf(why, len, "Intel MPI (built on MPICH 3) cannot start MPI again after "
                  "MPI_Finalize in the same process");
         return 0;
-    } else if ((p = strstr(v, "MPICH Version:"))) {
+    } else if ((p = strcasestr(v, "MPICH Version:"))) {
         major = atoi(p + 14 + strspn(p + 14, " \t"));
         if (major < 5) {
             snprintf(why, len, "MPICH %d cannot start MPI again after MPI_Finalize in the same "
@@ -279,6 +280,10 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     setenv("PYTHON_MPI_TREE", tree, 1);
     char **pargv = python_argv(tree, exe, argc, argv); /* may report an error: MPI still up */
     preload_shim(lib);
+    if (pmb_cfg.cleanup)
+        setenv("PYTHON_MPI_EXEC_CLEANUP", tree, 1);
+    else
+        unsetenv("PYTHON_MPI_EXEC_CLEANUP");
     fflush(stdout);
     fflush(stderr);
     PMPI_Finalize();

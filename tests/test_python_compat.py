@@ -129,18 +129,43 @@ def test_init_thread_after_rc_initialize_false_and_explicit_finalize(launch, mod
         ["INIT_THREAD 0 3", "INIT_THREAD 1 3"], r.stdout + r.stderr
 
 
-def test_explicit_finalize_comes_before_the_launchers_cleanup(pkgroot, shm_chroot):
+@pytest.mark.parametrize("mode", MODES)
+def test_explicit_finalize_comes_before_the_launchers_cleanup(pkgroot, shm_chroot, mode):
     """MPI.Finalize() in the program, then PYTHON_MPI_CLEANUP=1: the node's
     last rank still removes the tree (the launcher's MPI is still up)."""
-    env = mpi_env(pkgroot, shm_chroot, cliques=2, PYTHON_MPI_CLEANUP=1)
-    prog = ("from mpi4py import MPI\nr = MPI.COMM_WORLD.rank\nMPI.Finalize()\n"
-            "assert MPI.Is_finalized()\nprint('FINALIZED', r, flush=True)\n")
+    env = mpi_env(pkgroot, shm_chroot, cliques=2, PYTHON_MPI_CLEANUP=1, PYTHON_MPI_MODE=mode)
+    prog = ("import os\nfrom mpi4py import MPI\nr = MPI.COMM_WORLD.rank\nMPI.Finalize()\n"
+            "assert MPI.Is_finalized()\nos.write(1, b'FINALIZED %d\\n' % r)\n")
     r = run([MPIEXEC, "-n", "4", LAUNCHER, "-c", prog], env=env, timeout=120, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("FINALIZED") == 4
-    assert not os.path.exists(os.path.dirname(shm_chroot)) or \
-        all(os.listdir(os.path.join(os.path.dirname(shm_chroot), d)) == []
-            for d in os.listdir(os.path.dirname(shm_chroot)))
+    assert r.stdout.count("FINALIZED") == 4, r.stdout + r.stderr
+    base = os.path.dirname(shm_chroot)
+    left = [os.path.join(d, f) for d, _, fs in os.walk(base) for f in fs] if os.path.isdir(base) else []
+    assert left == [] and (not os.path.isdir(base) or os.listdir(base) == []), left
+
+
+# -- the program from stdin ------------------------------------------------------
+
+STDIN_PROG = RANK + "import sys\nos.write(1, b'STDIN %d %r\\n' % (RANK, sys.argv))\n"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n", [2, 3])
+def test_program_from_stdin_runs_on_every_rank(launch, mode, n):
+    """python-mpi - < script.py: rank 0 reads the program (only it has the
+    user's stdin), every rank runs it with sys.argv as python gives it."""
+    r = launch(n, ["-", "a", "b"], input=STDIN_PROG, PYTHON_MPI_MODE=mode)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("STDIN "))
+    assert lines == [f"STDIN {k} ['-', 'a', 'b']" for k in range(n)], r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_program_from_stdin_without_a_dash(launch, mode):
+    r = launch(2, ["-u"], input=STDIN_PROG, PYTHON_MPI_MODE=mode)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("STDIN "))
+    assert lines == ["STDIN 0 ['']", "STDIN 1 ['']"], r.stdout + r.stderr
 
 
 # -- srun on the test cluster -----------------------------------------------------
