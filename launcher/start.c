@@ -12,7 +12,9 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,6 +251,30 @@ static void preload_shim(const char *mpilib)
     setenv("PYTHON_MPI_EXEC_SHIM", saved, 1);
 }
 
+/* 1 if the ELF executable at path names a program interpreter (is
+ * dynamically linked, so LD_PRELOAD reaches it) */
+static int dynamically_linked(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC), found = 0;
+    Elf64_Ehdr eh;
+    if (fd < 0)
+        return 1; /* execv will report it */
+    if (pread(fd, &eh, sizeof eh, 0) == (ssize_t)sizeof eh && !memcmp(eh.e_ident, ELFMAG, SELFMAG) &&
+        eh.e_ident[EI_CLASS] == ELFCLASS64 && eh.e_phentsize == sizeof(Elf64_Phdr)) {
+        for (int i = 0; i < eh.e_phnum && !found; i++) {
+            Elf64_Phdr ph;
+            if (pread(fd, &ph, sizeof ph, (off_t)(eh.e_phoff + (uint64_t)i * sizeof ph)) !=
+                (ssize_t)sizeof ph)
+                break;
+            found = ph.p_type == PT_INTERP;
+        }
+    } else {
+        found = 1; /* not a 64-bit ELF file: nothing to judge */
+    }
+    close(fd);
+    return found;
+}
+
 int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char **argv)
 {
     char exe[PATH_MAX];
@@ -279,6 +305,11 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     unsetenv("PYTHONHOME");
     setenv("PYTHON_MPI_TREE", tree, 1);
     char **pargv = python_argv(tree, exe, argc, argv); /* may report an error: MPI still up */
+    pmb_collective_phase = 1; /* the same on every rank: rank 0 reports it */
+    if (!dynamically_linked(exe))
+        pmb_die("PYTHON_MPI_MODE=exec needs a dynamically linked interpreter, but %s is static; "
+                "use the default embed mode or --stage-only", exe);
+    pmb_collective_phase = 0;
     preload_shim(lib);
     if (pmb_cfg.cleanup)
         setenv("PYTHON_MPI_EXEC_CLEANUP", tree, 1);
