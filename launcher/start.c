@@ -3,12 +3,13 @@
  * embed (default): dlopen the staged libpython with RTLD_GLOBAL and run
  *   Py_BytesMain with argv[0] = the staged bin/pythonX.Y, so sys.prefix and
  *   sys.executable are the staged tree and MPI stays initialised for mpi4py.
- *   Exit policy (as mpi4py's python-mpi): status 0 -> MPI_Finalize; anything
- *   else -> MPI_Abort, so one failing rank ends the job instead of hanging it.
- *   sys.exit() calls C exit() from inside Python, so the policy lives in an
- *   on_exit handler.
- * exec: MPI_Finalize, then execv the staged interpreter (only with MPIs where
- *   a finalised process may start a new MPI program: MPICH >= 5, Open MPI >= 5).
+ *   The exit policy and the program's view of MPI_Init/MPI_Finalize: own.c.
+ * exec: MPI_Finalize, then execv the staged interpreter with exec_shim.c
+ *   preloaded from a memfd: it initialises MPI again before the program and
+ *   applies the same exit policy, so the process stays a rank until its
+ *   program ends (only with MPIs where a finalised process may start a new
+ *   MPI program, MPICH >= 5 and Open MPI >= 5, and a process manager that
+ *   lets it: not Slurm's PMI-2).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
