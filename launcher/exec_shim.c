@@ -18,11 +18,45 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dlfcn.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <mpi.h>
 
 #include "own.h"
+
+/* PYTHON_MPI_CLEANUP=1: status 0, before MPI_Finalize, the node's last rank
+ * out removes the tree (and the node directory when it is empty), as
+ * start.c does in embed mode.  The launcher hands the tree over in
+ * PYTHON_MPI_EXEC_CLEANUP. */
+static char *cleanup_tree;
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)f;
+    return flag == FTW_DP ? rmdir(path) : unlink(path);
+}
+
+static void clean_exit(void)
+{
+    MPI_Comm node;
+    int node_rank = 0;
+    if (PMPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
+        MPI_SUCCESS)
+        return;
+    PMPI_Comm_rank(node, &node_rank);
+    PMPI_Barrier(node);
+    if (node_rank == 0 && nftw(cleanup_tree, rm_one, 32, FTW_DEPTH | FTW_PHYS) == 0) {
+        char *slash = strrchr(cleanup_tree, '/');
+        if (slash && slash != cleanup_tree) {
+            *slash = 0;
+            rmdir(cleanup_tree);
+        }
+    }
+    PMPI_Comm_free(&node);
+}
 
 static void shim_start(void)
 {
@@ -39,6 +73,10 @@ static void shim_start(void)
         unsetenv("LD_PRELOAD");
     unsetenv("PYTHON_MPI_EXEC_PRELOAD");
     unsetenv("PYTHON_MPI_EXEC_SHIM");
+    const char *tree = getenv("PYTHON_MPI_EXEC_CLEANUP");
+    if (tree && *tree)
+        cleanup_tree = strdup(tree);
+    unsetenv("PYTHON_MPI_EXEC_CLEANUP");
     if (fd > 2)
         close(fd); /* the loader has mapped it */
     int provided = MPI_THREAD_SINGLE, rank = 0;
@@ -49,7 +87,7 @@ static void shim_start(void)
     }
     PMPI_Comm_rank(MPI_COMM_WORLD, &rank);
     pmb_own_start(provided, rank);
-    pmb_own_exit_policy(NULL);
+    pmb_own_exit_policy(cleanup_tree ? clean_exit : NULL);
 }
 
 /* MPI starts in the interpreter's main thread once every library is

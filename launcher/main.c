@@ -11,7 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <limits.h>
 #include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <zstd.h> /* the system's, or launcher/zstd-shim/zstd.h */
@@ -97,6 +101,25 @@ static void bcast_manifests(pmb_manifest *ms, int n)
     }
 }
 
+/* PYTHON_MPI_PKGROOT must be a directory: say so (with its absolute path,
+ * a relative one depends on where the job started) instead of "package not
+ * found in pkgs". */
+static void check_pkgroot(const char *root)
+{
+    char abs[PATH_MAX], cwd[PATH_MAX];
+    if (root[0] == '/' || !getcwd(cwd, sizeof cwd))
+        snprintf(abs, sizeof abs, "%s", root);
+    else
+        snprintf(abs, sizeof abs, "%s/%s", cwd, root);
+    struct stat st;
+    if (stat(root, &st))
+        pmb_die("PYTHON_MPI_PKGROOT=%s: %s: %s; set it to the directory that holds your packages",
+                root, abs, errno == ENOENT ? "no such directory" : strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        pmb_die("PYTHON_MPI_PKGROOT=%s: %s is not a directory; set it to the directory that "
+                "holds your packages", root, abs);
+}
+
 /* Layers: at most one interpreter, first; environments match its Python. */
 static const pmb_manifest *check_layers(pmb_manifest *ms, int n)
 {
@@ -122,6 +145,98 @@ static const pmb_manifest *check_layers(pmb_manifest *ms, int n)
         pmb_die("PYTHON_MPI_PACKAGES has no interpreter package; put one first (make it with "
                 "'python-mpi-bcast pack --python') or use --stage-only");
     return interp;
+}
+
+/* Does python, given these arguments, read its program from stdin
+ * (`python -`, or no script, -c or -m)?  Python's own option rules: flags
+ * may be grouped (-uB), -W and -X take an argument (joined or next), -c and
+ * -m end the options, "--" ends them too. */
+static int program_from_stdin(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-"))
+            return 1;
+        if (!strcmp(a, "--"))
+            return i + 1 >= argc || !strcmp(argv[i + 1], "-");
+        if (!strncmp(a, "--", 2)) {
+            if (!strcmp(a, "--check-hash-based-pycs"))
+                i++;
+            else if (!strncmp(a, "--help", 6) || !strcmp(a, "--version"))
+                return 0;
+            continue;
+        }
+        if (a[0] != '-')
+            return 0; /* the script */
+        for (const char *c = a + 1; *c; c++) {
+            if (strchr("cmhV?", *c))
+                return 0;
+            if (*c == 'W' || *c == 'X') {
+                if (!c[1])
+                    i++;
+                break;
+            }
+        }
+    }
+    return 1;
+}
+
+/* python - < script.py on N ranks: rank 0 reads the program (hydra and srun
+ * give stdin to rank 0 only; the others would wait for ever), every rank
+ * runs it: each gets the same bytes as its stdin (a memfd). */
+static void share_stdin_program(int argc, char **argv)
+{
+    if (!program_from_stdin(argc, argv))
+        return;
+    unsigned long long len = 0;
+    int interactive = pmb_c.world_rank == 0 && isatty(0);
+    MPI_Bcast(&interactive, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (interactive)
+        return; /* the interactive interpreter: rank 0's terminal, as python */
+    char *buf = NULL;
+    if (pmb_c.world_rank == 0) {
+        size_t cap = 1 << 16;
+        buf = pmb_xmalloc(cap);
+        for (;;) {
+            if (len == cap) {
+                cap *= 2;
+                char *nb = realloc(buf, cap);
+                if (!nb)
+                    pmb_die("out of memory reading the program from stdin");
+                buf = nb;
+            }
+            ssize_t r = read(0, buf + len, cap - len);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                pmb_die("cannot read the program from stdin: %s", strerror(errno));
+            if (r == 0)
+                break;
+            len += (unsigned long long)r;
+        }
+    }
+    MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+    if (pmb_c.world_rank != 0)
+        buf = pmb_xmalloc(len);
+    for (unsigned long long off = 0; off < len; off += 1u << 30) {
+        unsigned long long n = len - off < (1u << 30) ? len - off : (1u << 30);
+        MPI_Bcast(buf + off, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD);
+    }
+    int fd = (int)syscall(SYS_memfd_create, "python-mpi-stdin", 0u);
+    if (fd < 0)
+        pmb_die("cannot create a memfd for the program from stdin: %s", strerror(errno));
+    for (unsigned long long off = 0; off < len;) {
+        ssize_t w = write(fd, buf + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            pmb_die("cannot write the program from stdin to a memfd: %s", strerror(errno));
+        off += (unsigned long long)w;
+    }
+    free(buf);
+    if (lseek(fd, 0, SEEK_SET) < 0 || dup2(fd, 0) < 0)
+        pmb_die("cannot make the program from stdin the interpreter's stdin: %s", strerror(errno));
+    close(fd);
 }
 
 int main(int argc, char **argv)
@@ -177,6 +292,7 @@ int main(int argc, char **argv)
     double t_read = pmb_now();
     pmb_collective_phase = 0;
     if (pmb_c.world_rank == 0) {
+        check_pkgroot(pmb_cfg.pkgroot);
         for (int i = 0; i < n; i++) {
             pmb_manifest_read_file(&ms[i], pmb_cfg.pkgroot, pmb_cfg.packages[i], &fds[i]);
             hold_package(fds[i]);
@@ -230,6 +346,7 @@ int main(int argc, char **argv)
         PMPI_Finalize();
         return 0;
     }
+    share_stdin_program(argc, argv);
     if (pmb_cfg.mode == PMB_MODE_EXEC)
         pmb_start_exec(tree, interp, argc, argv);
     /* every rank judges the same staged tree: rank 0 reports a problem once */

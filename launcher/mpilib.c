@@ -464,7 +464,7 @@ void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n)
 {
     const char *real = pmb_mpi_library_path();
     Dl_info info;
-    if (real && pmb_c.node_rank == 0 && dladdr((void *)MPI_Init, &info) && info.dli_fbase) {
+    if (real && pmb_c.node_rank == 0 && dladdr((void *)PMPI_Init, &info) && info.dli_fbase) {
         const Elf64_Ehdr *like = info.dli_fbase;
         if (memcmp(like->e_ident, ELFMAG, SELFMAG) || like->e_ident[EI_CLASS] != ELFCLASS64)
             goto done;

@@ -98,15 +98,25 @@ static void make_node_dir(const char *dir)
     }
     if (mkdir(tmp, 0700) && errno != EEXIST)
         pmb_die("cannot create node directory %s: %s", tmp, strerror(errno));
+    /* an existing directory on a read-only mount: that, not its mode, is the problem */
+    struct statvfs sv;
+    if (statvfs(dir, &sv) == 0 && (sv.f_flag & ST_RDONLY))
+        pmb_die("node directory %s is on a read-only filesystem; set PYTHON_MPI_CHROOT to a "
+                "writable node-local directory (e.g. /dev/shm/$SLURM_JOB_ID)", dir);
     check_owned_dir(dir, "node directory");
 }
+
+/* some layer holds programs (an interpreter or an environment, not only a
+ * plain directory of data) */
+static int stage_needs_exec;
 
 static void check_space(const char *dir, uint64_t need, uint64_t files)
 {
     struct statvfs sv;
     if (statvfs(dir, &sv))
         pmb_die("cannot stat filesystem of %s: %s", dir, strerror(errno));
-    if (pmb_cfg.mode != PMB_MODE_STAGE_ONLY && (sv.f_flag & ST_NOEXEC))
+    /* stage-only too: the next step runs the staged interpreter from there */
+    if (stage_needs_exec && (sv.f_flag & ST_NOEXEC))
         pmb_die("node directory %s is on a noexec mount; set PYTHON_MPI_CHROOT to a directory "
                 "on a filesystem mounted with exec", dir);
     uint64_t avail = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
@@ -657,6 +667,8 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         pmb_cfg.nbuf = 8;
     }
     char *chroot = pmb_expand_chroot(pmb_cfg.chroot, pmb_c.node_index);
+    for (int i = 0; i < n; i++)
+        stage_needs_exec |= strcmp(ms[i].kind, "directory") != 0;
     char id[33];
     tree_id(ms, n, id);
     char *tree = pmb_xmalloc(PATH_MAX);

@@ -3,16 +3,19 @@
  * embed (default): dlopen the staged libpython with RTLD_GLOBAL and run
  *   Py_BytesMain with argv[0] = the staged bin/pythonX.Y, so sys.prefix and
  *   sys.executable are the staged tree and MPI stays initialised for mpi4py.
- *   Exit policy (as mpi4py's python-mpi): status 0 -> MPI_Finalize; anything
- *   else -> MPI_Abort, so one failing rank ends the job instead of hanging it.
- *   sys.exit() calls C exit() from inside Python, so the policy lives in an
- *   on_exit handler.
- * exec: MPI_Finalize, then execv the staged interpreter (only with MPIs where
- *   a finalised process may start a new MPI program: MPICH >= 5, Open MPI >= 5).
+ *   The exit policy and the program's view of MPI_Init/MPI_Finalize: own.c.
+ * exec: MPI_Finalize, then execv the staged interpreter with exec_shim.c
+ *   preloaded from a memfd: it initialises MPI again before the program and
+ *   applies the same exit policy, so the process stays a rank until its
+ *   program ends (only with MPIs where a finalised process may start a new
+ *   MPI program, MPICH >= 5 and Open MPI >= 5, and a process manager that
+ *   lets it: not Slurm's PMI-2).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,13 +102,14 @@ int pmb_start_embed(const char *tree, const pmb_manifest *interp, int argc, char
  * MPI_Finalize in the same process (what exec mode needs).  Measured here:
  * MPICH 4 and Open MPI 4 cannot, MPICH 5 and Open MPI 5 can.  Refused by
  * the same rule, not run here: what is built on MPICH before 5 (Cray MPICH,
- * whose string names its "ANL base", and Intel MPI).  Others: allowed. */
+ * whose string names its "ANL base", and Intel MPI), matched whatever the
+ * case ("CRAY MPICH", "Cray MPICH").  Others: allowed. */
 int pmb_exec_supported_by(const char *v, char *why, size_t len)
 {
     const char *p;
     int major;
-    if ((p = strstr(v, "CRAY MPICH"))) {
-        const char *base = strstr(p, "ANL base");
+    if ((p = strcasestr(v, "Cray MPICH"))) {
+        const char *base = strcasestr(p, "ANL base");
         major = base ? atoi(base + 8 + strspn(base + 8, " \t")) : 0;
         if (major < 5) {
             if (base)
@@ -116,11 +120,11 @@ int pmb_exec_supported_by(const char *v, char *why, size_t len)
                          "same process");
             return 0;
         }
-    } else if ((p = strstr(v, "Intel(R) MPI Library"))) {
+    } else if ((p = strcasestr(v, "Intel(R) MPI Library"))) {
         snprintf(why, len, "Intel MPI (built on MPICH 3) cannot start MPI again after "
                  "MPI_Finalize in the same process");
         return 0;
-    } else if ((p = strstr(v, "MPICH Version:"))) {
+    } else if ((p = strcasestr(v, "MPICH Version:"))) {
         major = atoi(p + 14 + strspn(p + 14, " \t"));
         if (major < 5) {
             snprintf(why, len, "MPICH %d cannot start MPI again after MPI_Finalize in the same "
@@ -239,6 +243,30 @@ static void preload_shim(const char *mpilib)
     setenv("PYTHON_MPI_EXEC_SHIM", saved, 1);
 }
 
+/* 1 if the ELF executable at path names a program interpreter (is
+ * dynamically linked, so LD_PRELOAD reaches it) */
+static int dynamically_linked(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC), found = 0;
+    Elf64_Ehdr eh;
+    if (fd < 0)
+        return 1; /* execv will report it */
+    if (pread(fd, &eh, sizeof eh, 0) == (ssize_t)sizeof eh && !memcmp(eh.e_ident, ELFMAG, SELFMAG) &&
+        eh.e_ident[EI_CLASS] == ELFCLASS64 && eh.e_phentsize == sizeof(Elf64_Phdr)) {
+        for (int i = 0; i < eh.e_phnum && !found; i++) {
+            Elf64_Phdr ph;
+            if (pread(fd, &ph, sizeof ph, (off_t)(eh.e_phoff + (uint64_t)i * sizeof ph)) !=
+                (ssize_t)sizeof ph)
+                break;
+            found = ph.p_type == PT_INTERP;
+        }
+    } else {
+        found = 1; /* not a 64-bit ELF file: nothing to judge */
+    }
+    close(fd);
+    return found;
+}
+
 int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char **argv)
 {
     char exe[PATH_MAX];
@@ -269,7 +297,16 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
     unsetenv("PYTHONHOME");
     setenv("PYTHON_MPI_TREE", tree, 1);
     char **pargv = python_argv(tree, exe, argc, argv); /* may report an error: MPI still up */
+    pmb_collective_phase = 1; /* the same on every rank: rank 0 reports it */
+    if (!dynamically_linked(exe))
+        pmb_die("PYTHON_MPI_MODE=exec needs a dynamically linked interpreter, but %s is static; "
+                "use the default embed mode or --stage-only", exe);
+    pmb_collective_phase = 0;
     preload_shim(lib);
+    if (pmb_cfg.cleanup)
+        setenv("PYTHON_MPI_EXEC_CLEANUP", tree, 1);
+    else
+        unsetenv("PYTHON_MPI_EXEC_CLEANUP");
     fflush(stdout);
     fflush(stderr);
     PMPI_Finalize();

@@ -215,6 +215,9 @@ def test_exec_mode(pkgroot, shm_chroot):
     ("MPI VERSION    : CRAY MPICH version 9.0.0 (ANL base 4.1.2)",
      "Cray MPICH (built on MPICH 4) cannot"),
     ("MPI VERSION    : CRAY MPICH version 8.1.0", "Cray MPICH cannot"),
+    ("Cray MPICH version 8.1.27 (ANL base 3.4a2)", "Cray MPICH (built on MPICH 3) cannot"),
+    ("MPI VERSION    : CRAY MPICH version 8.1.28.15 (ANL base 3.4a2)\nMPI BUILD INFO : Built "
+     "Thu Nov 16 2023\n", "Cray MPICH (built on MPICH 3) cannot"),
     ("Intel(R) MPI Library 2021.10 for Linux* OS", "Intel MPI (built on MPICH 3) cannot"),
     ("MVAPICH2 Version      :\t2.3.7", "supported"),
 ])
@@ -362,6 +365,35 @@ def test_noexec_node_directory(pkgroot, small_mount):
     d = small_mount("noexec,size=64m,mode=0700")
     r = mpirun(1, ["-c", "pass"], mpi_env(pkgroot, str(d) + "/node-%n"), timeout=60)
     error_line(r, "noexec mount")
+
+
+def test_stage_only_into_a_noexec_mount_is_refused(pkgroot, small_mount):
+    """the next step would run the staged interpreter from there and fail
+    with the process manager's 'Permission denied'"""
+    d = small_mount("noexec,size=256m,mode=0700")
+    r = run([MPIEXEC, "-n", "1", LAUNCHER, "--stage-only"],
+            env=mpi_env(pkgroot, str(d) + "/node-%n"), timeout=60, check=False)
+    error_line(r, "noexec mount")
+    r = mpirun(1, [], mpi_env(pkgroot, str(d) + "/node-%n", PYTHON_MPI_MODE="stage-only"),
+               timeout=60)
+    error_line(r, "noexec mount")
+
+
+def test_read_only_node_directory_is_named_as_such(pkgroot, small_mount):
+    """a read-only mount (here mode 0777, which is refused otherwise) is
+    reported for what it is"""
+    d = small_mount("ro,size=1m,mode=0777")
+    r = mpirun(1, ["-c", "pass"], mpi_env(pkgroot, str(d)), timeout=60)
+    line = error_line(r, "read-only filesystem", str(d))
+    assert "mode" not in line
+
+
+def test_missing_package_root_is_named_with_its_absolute_path(pkgroot, shm_chroot, tmp_path):
+    env = mpi_env(pkgroot, shm_chroot, PYTHON_MPI_PKGROOT="no-such-pkgs")
+    r = run([MPIEXEC, "-n", "2", LAUNCHER, "-c", "pass"], env=env, timeout=60, check=False,
+            cwd=tmp_path)
+    error_line(r, "PYTHON_MPI_PKGROOT=no-such-pkgs", f"{tmp_path}/no-such-pkgs",
+               "no such directory")
 
 
 def test_no_room_checked_before_writing(pkgroot, small_mount):

@@ -129,18 +129,71 @@ def test_init_thread_after_rc_initialize_false_and_explicit_finalize(launch, mod
         ["INIT_THREAD 0 3", "INIT_THREAD 1 3"], r.stdout + r.stderr
 
 
-def test_explicit_finalize_comes_before_the_launchers_cleanup(pkgroot, shm_chroot):
+@pytest.mark.parametrize("mode", MODES)
+def test_explicit_finalize_comes_before_the_launchers_cleanup(pkgroot, shm_chroot, mode):
     """MPI.Finalize() in the program, then PYTHON_MPI_CLEANUP=1: the node's
     last rank still removes the tree (the launcher's MPI is still up)."""
-    env = mpi_env(pkgroot, shm_chroot, cliques=2, PYTHON_MPI_CLEANUP=1)
-    prog = ("from mpi4py import MPI\nr = MPI.COMM_WORLD.rank\nMPI.Finalize()\n"
-            "assert MPI.Is_finalized()\nprint('FINALIZED', r, flush=True)\n")
+    env = mpi_env(pkgroot, shm_chroot, cliques=2, PYTHON_MPI_CLEANUP=1, PYTHON_MPI_MODE=mode)
+    prog = ("import os\nfrom mpi4py import MPI\nr = MPI.COMM_WORLD.rank\nMPI.Finalize()\n"
+            "assert MPI.Is_finalized()\nos.write(1, b'FINALIZED %d\\n' % r)\n")
     r = run([MPIEXEC, "-n", "4", LAUNCHER, "-c", prog], env=env, timeout=120, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("FINALIZED") == 4
-    assert not os.path.exists(os.path.dirname(shm_chroot)) or \
-        all(os.listdir(os.path.join(os.path.dirname(shm_chroot), d)) == []
-            for d in os.listdir(os.path.dirname(shm_chroot)))
+    assert r.stdout.count("FINALIZED") == 4, r.stdout + r.stderr
+    base = os.path.dirname(shm_chroot)
+    left = [os.path.join(d, f) for d, _, fs in os.walk(base) for f in fs] if os.path.isdir(base) else []
+    assert left == [] and (not os.path.isdir(base) or os.listdir(base) == []), left
+
+
+def test_exec_mode_leaves_no_trace_in_the_program_or_its_children(pkgroot, shm_chroot):
+    """exec mode's shim is preloaded from a memfd and takes itself out of
+    the environment at once: the program and a subprocess of sys.executable
+    see the user's LD_PRELOAD (here: none) and no PYTHON_MPI_EXEC_* setting,
+    and the child runs as a plain interpreter."""
+    prog = ("import os, subprocess, sys\n"
+            "seen = sorted(k for k in os.environ if k == 'LD_PRELOAD' or k.startswith('PYTHON_MPI_EXEC'))\n"
+            "maps = [ln.split()[-1] for ln in open('/proc/self/maps') if 'python-mpi-exec-shim' in ln]\n"
+            "child = subprocess.run([sys.executable, '-c', 'import os; print(sorted(k for k in "
+            "os.environ if k == \"LD_PRELOAD\" or k.startswith(\"PYTHON_MPI_EXEC\")))'], "
+            "capture_output=True, text=True, timeout=60).stdout.strip()\n"
+            "os.write(1, ('TRACE %r %d %s\\n' % (seen, len(maps) > 0, child)).encode())\n")
+    env = mpi_env(pkgroot, shm_chroot, PYTHON_MPI_MODE="exec")
+    env.pop("LD_PRELOAD", None)
+    r = run([MPIEXEC, "-n", "2", LAUNCHER, "-c", prog], env=env, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("TRACE [] 1 []") == 2, r.stdout + r.stderr
+
+
+# -- the program from stdin ------------------------------------------------------
+
+STDIN_PROG = RANK + "import sys\nos.write(1, b'STDIN %d %r\\n' % (RANK, sys.argv))\n"
+
+
+@pytest.fixture
+def hydra(pkgroot, shm_chroot):
+    """MPICH's mpiexec only: Open MPI 5.0's mpirun here never passes the end
+    of stdin on to rank 0 ('mpiexec -n 1 cat < file' hangs too), so no
+    program read from stdin can start under it, with python or python-mpi."""
+    return Launch("mpich", lambda n: [MPIEXEC, "-n", str(n), LAUNCHER],
+                  mpi_env(pkgroot, shm_chroot))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n", [2, 3])
+def test_program_from_stdin_runs_on_every_rank(hydra, mode, n):
+    """python-mpi - < script.py: rank 0 reads the program (only it has the
+    user's stdin), every rank runs it with sys.argv as python gives it."""
+    r = hydra(n, ["-", "a", "b"], input=STDIN_PROG, PYTHON_MPI_MODE=mode)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("STDIN "))
+    assert lines == [f"STDIN {k} ['-', 'a', 'b']" for k in range(n)], r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_program_from_stdin_without_a_dash(hydra, mode):
+    r = hydra(2, ["-u"], input=STDIN_PROG, PYTHON_MPI_MODE=mode)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("STDIN "))
+    assert lines == ["STDIN 0 ['']", "STDIN 1 ['']"], r.stdout + r.stderr
 
 
 # -- srun on the test cluster -----------------------------------------------------
@@ -164,13 +217,17 @@ def job(slurm_cluster, pkgroot):
 OMPI_INIT_RACE = "mca_pml_ob1_recv_frag_callback_match"
 
 
-def srun(job, mpi, args, timeout=180, **extra):
+def srun_env(job, mpi, **extra):
     env = dict(job["env"], **{k: str(v) for k, v in extra.items()})
-    cmd = ["srun", "-K"]
     if mpi == "openmpi":
         env.update(env_file("env.openmpi"))
         env["PATH"] = f"{job['ompi']}/bin:{env['PATH']}"
-        cmd.append("--mpi=pmix")
+    return env
+
+
+def srun(job, mpi, args, timeout=180, **extra):
+    env = srun_env(job, mpi, **extra)
+    cmd = ["srun", "-K"] + (["--mpi=pmix"] if mpi == "openmpi" else [])
     for attempt in (1, 2):
         r = job["cluster"].run(cmd + list(args), env=env, timeout=timeout)
         if r.returncode == 0 or OMPI_INIT_RACE not in r.stderr or attempt == 2:
@@ -226,3 +283,16 @@ def test_srun_pmi2_refuses_exec_mode_in_one_line(job):
     assert len(lines) == 1, r.stderr
     assert "PYTHON_MPI_MODE=exec does not work" in lines[0] and "srun --mpi=pmi2" in lines[0]
     assert dones(r.stdout) == []
+
+
+def test_srun_program_from_stdin_runs_on_every_rank(srun_case):
+    """srun gives stdin to every task; rank 0's copy is the one read"""
+    job, mpi, mode = srun_case
+    r = job["cluster"].run(["srun", "-K", "-N", "2", "--ntasks-per-node=1"]
+                           + (["--mpi=pmix"] if mpi == "openmpi" else [])
+                           + ["python-mpi", "-", "a", "b"],
+                           env=srun_env(job, mpi, PYTHON_MPI_MODE=mode), timeout=180,
+                           input=STDIN_PROG)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("STDIN "))
+    assert lines == [f"STDIN {k} ['-', 'a', 'b']" for k in range(2)], r.stdout + r.stderr
