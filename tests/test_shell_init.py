@@ -195,6 +195,7 @@ def test_other_pip_commands_pass_through_unchanged(site, shell):
 def test_missing_wheelhouse_in_a_job_says_how_to_fill_it(site):
     home, wh = fresh(site, "missing")
     install_rc("bash", home)
+    uninstall(site)  # (installed, pip has nothing to fetch and succeeds offline)
     env = shell_env(site, home, wh, job=True)
     r = in_shell("bash", "pip install pmbdemo", env)
     assert r.returncode == 1
