@@ -301,8 +301,9 @@ import json, os, site, sys, subprocess
 import numpy
 child = subprocess.run([sys.executable, "-c", "import sys, json; print(json.dumps(sys.path))"],
                        capture_output=True, text=True, timeout=60)
-print("PATHS", json.dumps({"numpy": numpy.__file__, "path": sys.path, "user": site.ENABLE_USER_SITE,
-                           "child": json.loads(child.stdout), "prefix": sys.prefix}))
+os.write(1, ("PATHS " + json.dumps({"numpy": numpy.__file__, "path": sys.path,
+                                    "user": site.ENABLE_USER_SITE, "prefix": sys.prefix,
+                                    "child": json.loads(child.stdout)}) + "\\n").encode())
 """
 
 
