@@ -28,7 +28,7 @@ import sys
 
 import pytest
 
-from conftest import LAUNCHER, MPIEXEC, REPO, base_python, mpi_env, run
+from conftest import LAUNCHER, MPIEXEC, base_python, mpi_env, run
 from test_no_writes import filecalls, snapshot
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
