@@ -28,7 +28,7 @@ import sys
 
 import pytest
 
-from conftest import LAUNCHER, MPIEXEC, REPO, base_python, mpi_env, run
+from conftest import LAUNCHER, MPIEXEC, base_python, mpi_env, run
 from test_no_writes import filecalls, snapshot
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -301,8 +301,9 @@ import json, os, site, sys, subprocess
 import numpy
 child = subprocess.run([sys.executable, "-c", "import sys, json; print(json.dumps(sys.path))"],
                        capture_output=True, text=True, timeout=60)
-print("PATHS", json.dumps({"numpy": numpy.__file__, "path": sys.path, "user": site.ENABLE_USER_SITE,
-                           "child": json.loads(child.stdout), "prefix": sys.prefix}))
+os.write(1, ("PATHS " + json.dumps({"numpy": numpy.__file__, "path": sys.path,
+                                    "user": site.ENABLE_USER_SITE, "prefix": sys.prefix,
+                                    "child": json.loads(child.stdout)}) + "\\n").encode())
 """
 
 
