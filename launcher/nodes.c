@@ -131,6 +131,100 @@ void pmb_tree_init_jobs(const char *tmp)
         pmb_die("cannot write %s: %s", path, strerror(errno));
 }
 
+/* The layers a tree holds, in order (.pmb-layers: "<content hash> <kind>"
+ * per line), written before the tree is renamed into place. */
+void pmb_tree_init_layers(const char *tmp, const pmb_manifest *ms, int n)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/.pmb-layers", tmp);
+    FILE *f = fopen(path, "wx");
+    if (!f)
+        pmb_die("cannot write %s: %s", path, strerror(errno));
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < 32; k++)
+            fprintf(f, "%02x", ms[i].content_hash[k]);
+        fprintf(f, " %s\n", ms[i].kind);
+    }
+    if (fclose(f))
+        pmb_die("cannot write %s: %s", path, strerror(errno));
+}
+
+static int has_line(const char *file, const char *line)
+{
+    char buf[8192];
+    int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    buf[r > 0 ? r : 0] = 0;
+    size_t n = strlen(line);
+    for (char *p = buf; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (!strncmp(p, line, n) && (p[n] == '\n' || !p[n]))
+            return 1;
+    return 0;
+}
+
+static void tree_name_dir(const char *tree, char *dir, size_t len);
+static const char *tree_name_id(const char *name);
+
+/* One job keeps one tree per node: after `tree` is ready, an earlier tree
+ * of this job in the same node directory that differs only in its last
+ * layer, a directory layer in both (an edit under `run --with-dir`), goes
+ * when nobody holds it. */
+void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n)
+{
+    if (n < 2 || strcmp(ms[n - 1].kind, "directory"))
+        return;
+    char dir[PATH_MAX], want[8192] = "", key[256], jobline[260];
+    tree_name_dir(tree, dir, sizeof dir);
+    size_t w = 0;
+    for (int i = 0; i < n - 1 && w + 128 < sizeof want; i++) {
+        for (int k = 0; k < 32; k++)
+            w += (size_t)snprintf(want + w, sizeof want - w, "%02x", ms[i].content_hash[k]);
+        w += (size_t)snprintf(want + w, sizeof want - w, " %s\n", ms[i].kind);
+    }
+    pmb_job_key(key, sizeof key);
+    snprintf(jobline, sizeof jobline, "%s", key);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char path[PATH_MAX + 300], file[PATH_MAX + 320], buf[8192];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (!tree_name_id(e->d_name) || !strcmp(path, tree))
+            continue;
+        snprintf(file, sizeof file, "%s/.pmb-jobs", path);
+        if (!has_line(file, jobline))
+            continue;
+        snprintf(file, sizeof file, "%s/.pmb-layers", path);
+        int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t r = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        buf[r > 0 ? r : 0] = 0;
+        /* the same first n-1 layers, then exactly one directory layer */
+        if (strncmp(buf, want, w))
+            continue;
+        const char *last = buf + w, *nl = strchr(last, '\n');
+        if (!nl || nl[1] || nl - last < 10 || strncmp(nl - 10, " directory", 10))
+            continue;
+        if (pmb_tree_remove(path) == PMB_TREE_REMOVED && pmb_cfg.verbose)
+            pmb_log("rank %d (node %d): removed %s (these layers before the last one changed)",
+                    pmb_c.world_rank, pmb_c.node_index, path);
+    }
+    if (d)
+        closedir(d);
+}
+
+static void tree_name_dir(const char *tree, char *dir, size_t len)
+{
+    snprintf(dir, len, "%s", tree);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = 0;
+}
+
 /* 32 hex digits of a tree name env-<id>[.<k>] (or NULL) */
 static const char *tree_name_id(const char *name)
 {

@@ -143,6 +143,8 @@ int pmb_hold_take(const char *tree);
 void pmb_hold_release(void);
 void pmb_tree_record_job(const char *tree);
 void pmb_tree_init_jobs(const char *tmp);
+void pmb_tree_init_layers(const char *tmp, const pmb_manifest *ms, int n);
+void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n);
 int pmb_tree_remove(const char *tree);
 int pmb_tree_remove_damaged(const char *tree);
 int pmb_registry_lock(const char *dir);

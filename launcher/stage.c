@@ -253,12 +253,13 @@ static void tree_name(char *out, size_t len, const char *chroot, const char *id,
 
 /* An intact tree of `id`, with this rank's hold on it taken: 1 and its
  * path in `tree`.  `report`: say what is wrong with the damaged ones, remove
- * those nobody holds; *free_k: the first name free afterwards (-1: none). */
+ * those nobody holds; *free_k: the first name free afterwards (-1: none; -2: no tree of that id at all). */
 static int find_ready(const char *chroot, const char *id, char *tree, int report, int *free_k)
 {
     char path[PATH_MAX], why[PATH_MAX + 128];
     struct stat st;
     *free_k = -1;
+    int seen = 0;
     for (int k = 0; k < PMB_TREE_NAMES; k++) {
         tree_name(path, sizeof path, chroot, id, k);
         if (lstat(path, &st)) {
@@ -266,6 +267,7 @@ static int find_ready(const char *chroot, const char *id, char *tree, int report
                 *free_k = k;
             continue;
         }
+        seen++;
         check_owned_dir(path, "staged tree");
         int held = pmb_hold_take(path) == 0;
         if (held && tree_intact(path, why, sizeof why)) {
@@ -288,6 +290,8 @@ static int find_ready(const char *chroot, const char *id, char *tree, int report
                 "staging a new tree beside it (a running job step may use it; it is removed "
                 "once its jobs are over)");
     }
+    if (!seen)
+        *free_k = -2; /* none at all */
     return 0;
 }
 
@@ -302,6 +306,8 @@ static int node_claim(const char *chroot, char *tree, const char *id, uint64_t n
     int free_k;
     if (find_ready(chroot, id, tree, 0, &free_k))
         return PMB_NODE_READY;
+    if (free_k == -2) /* nothing of it here: no room means nothing is written */
+        check_space(chroot, need, files);
     int fd = lock_tree(chroot, id, 0);
     if (fd < 0)
         return PMB_NODE_WAITS;
@@ -310,6 +316,8 @@ static int node_claim(const char *chroot, char *tree, const char *id, uint64_t n
         unlock_tree(chroot, id, fd);
         return PMB_NODE_READY;
     }
+    if (free_k == -2)
+        free_k = 0;
     if (free_k < 0)
         pmb_die("node directory %s holds %d damaged trees of these packages that running job "
                 "steps may use; end those steps or remove them (python-mpi-bcast clean --all %s)",
@@ -767,6 +775,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             buffers_close(&bufs);
             if (pmb_c.node_rank == 0 && !have) {
                 pmb_tree_init_jobs(tmp);
+                pmb_tree_init_layers(tmp, ms, n);
                 if (chmod(tmp, 0700))
                     pmb_die("cannot chmod %s: %s", tmp, strerror(errno));
                 if (rename(tmp, tree)) {
@@ -780,6 +789,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
                 if (pmb_hold_take(tree))
                     pmb_die("staged tree %s vanished right after staging: %s", tree, strerror(errno));
                 unlock_tree(chroot, id, lockfd);
+                pmb_remove_superseded(tree, ms, n);
                 if (pmb_cfg.verbose >= 2) {
                     int nwk = 1;
                     if (unpackers != MPI_COMM_NULL)

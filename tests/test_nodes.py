@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ deadline = time.time() + 90
 while not os.path.exists(sys.argv[2]) and time.time() < deadline:
     time.sleep(0.05)
 import csv, decimal, numpy
-print("LATE OK", sys.prefix, numpy.arange(3).sum(), flush=True)
+sys.stdout.write("LATE OK %s %d\n" % (sys.prefix, numpy.arange(3).sum()))
 """
 
 
@@ -131,7 +132,7 @@ def test_damaged_tree_a_running_step_uses_is_staged_anew_beside_it(pkgroot, shm_
         assert b.returncode == 0, b.stderr
         assert re.search(rf"staged tree {tree}: {tree}(/stray.txt)? was changed after staging; "
                          "staging a new tree beside it", b.stderr), b.stderr
-        assert b.stdout.count(f"B {tree}.1\n") == 2, b.stdout
+        assert b.stdout.count(f"{tree}.1\n") == 2, b.stdout  # (lines of ranks may interleave)
         assert trees(node0) == [tree, tree + ".1"]
         assert a.finish() == 0, a.err
     assert a.out.count(f"LATE OK {tree} 3") == 2, a.out  # still the old tree, untouched
@@ -140,7 +141,7 @@ def test_damaged_tree_a_running_step_uses_is_staged_anew_beside_it(pkgroot, shm_
     assert c.returncode == 0, c.stderr
     assert re.search(rf"staged tree {tree}: .* was changed after staging; staging it again",
                      c.stderr) and "nothing read or sent" in c.stderr, c.stderr
-    assert c.stdout.count(f"C {tree}.1\n") == 2, c.stdout
+    assert c.stdout.count(f"{tree}.1\n") == 2, c.stdout
     assert trees(node0) == [tree + ".1"]
 
 
@@ -199,3 +200,36 @@ def test_a_run_outside_a_batch_job_keeps_its_tree_for_the_next_run(pkgroot, shm_
     assert len(trees(node0)) == 1
     with open(os.path.join(trees(node0)[0], ".pmb-jobs")) as f:
         assert f.read() == "none\n"
+
+
+def test_an_edited_directory_layer_replaces_the_jobs_earlier_tree(pkgroot, shm_chroot, tmp_path):
+    """``run --with-dir`` after an edit: the same layers, then a new
+    directory layer.  The job keeps one tree per node: the earlier one goes
+    when nobody holds it."""
+    root = tmp_path / "pk"
+    shutil.copytree(pkgroot["root"], root)
+    src = tmp_path / "d"
+    src.mkdir()
+    for version in ("1", "2"):
+        (src / "data.txt").write_text(version)
+        run([sys.executable, "-m", "python_mpi_bcast", "pack", "--directory", str(src), "-o",
+             str(root), "-n", f"data{version}", "-q"], timeout=300)
+    base = dict(pkgroot, root=str(root))
+    node0 = shm_chroot.replace("%n", "0")
+    read = ["-c", "import os; print('DATA', open(os.environ['PYTHON_MPI_TREE'] + '/data.txt').read())"]
+    env1 = mpi_env(base, shm_chroot, cliques=1, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID="pmbt-edit",
+                   packages=f"{pkgroot['python']}:{pkgroot['env']}:data1.tar.zst")
+    env2 = dict(env1, PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}:data2.tar.zst")
+    r = mpirun(2, read, env1)
+    assert r.returncode == 0 and r.stdout.count("DATA 1") == 2, r.stdout + r.stderr
+    (first,) = trees(node0)
+    with Late(env2, tmp_path) as a:  # version 2: version 1's tree is unheld, so it goes
+        (second,) = trees(node0)
+        assert second != first
+        # version 1 again, while version 2 runs: staged again; version 2's tree is held, so it stays
+        r = mpirun(2, read, env1)
+        assert r.returncode == 0 and r.stdout.count("DATA 1") == 2, r.stdout + r.stderr
+        assert trees(node0) == sorted([first, second])
+        assert a.finish() == 0, a.err
+    assert f"removed {first} (these layers before the last one changed)" in a.err, a.err
+    assert a.out.count("LATE OK") == 2
