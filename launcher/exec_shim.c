@@ -18,42 +18,49 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dlfcn.h>
-#include <ftw.h>
-#include <sys/stat.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <mpi.h>
 
 #include "own.h"
 
-/* PYTHON_MPI_CLEANUP=1: status 0, before MPI_Finalize, the node's last rank
- * out removes the tree (and the node directory when it is empty), as
- * start.c does in embed mode.  The launcher hands the tree over in
- * PYTHON_MPI_EXEC_CLEANUP. */
-static char *cleanup_tree;
+/* PYTHON_MPI_CLEANUP=1: status 0, before MPI_Finalize, every rank of the
+ * node lets go of its hold on the tree (the descriptor the launcher kept
+ * open across execv, PYTHON_MPI_EXEC_HOLD), then the node's first rank has
+ * the launcher remove the tree unless another job step still holds it
+ * (`python-mpi --pmb-cleanup-tree TREE RANK`: the rule of launcher/nodes.c,
+ * in one place), as start.c does in embed mode.  The launcher hands the tree
+ * over in PYTHON_MPI_EXEC_CLEANUP and itself in PYTHON_MPI_EXEC_LAUNCHER. */
+static char *cleanup_tree, *cleanup_launcher;
+static int cleanup_hold = -1;
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st;
-    (void)f;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
+extern char **environ;
 
 static void clean_exit(void)
 {
     MPI_Comm node;
-    int node_rank = 0;
+    int node_rank = 0, rank = 0;
+    if (cleanup_hold >= 0)
+        close(cleanup_hold);
     if (PMPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
         MPI_SUCCESS)
         return;
     PMPI_Comm_rank(node, &node_rank);
+    PMPI_Comm_rank(MPI_COMM_WORLD, &rank);
     PMPI_Barrier(node);
-    if (node_rank == 0 && nftw(cleanup_tree, rm_one, 32, FTW_DEPTH | FTW_PHYS) == 0) {
-        char *slash = strrchr(cleanup_tree, '/');
-        if (slash && slash != cleanup_tree) {
-            *slash = 0;
-            rmdir(cleanup_tree);
-        }
+    if (node_rank == 0 && cleanup_launcher) {
+        char rs[32];
+        snprintf(rs, sizeof rs, "%d", rank);
+        char *args[] = {cleanup_launcher, "--pmb-cleanup-tree", cleanup_tree, rs, NULL};
+        pid_t pid;
+        int st;
+        if (posix_spawn(&pid, cleanup_launcher, NULL, NULL, args, environ) == 0)
+            waitpid(pid, &st, 0);
+        else
+            fprintf(stderr, "python-mpi: rank %d: cannot start %s to remove %s\n", rank,
+                    cleanup_launcher, cleanup_tree);
     }
     PMPI_Comm_free(&node);
 }
@@ -74,9 +81,16 @@ static void shim_start(void)
     unsetenv("PYTHON_MPI_EXEC_PRELOAD");
     unsetenv("PYTHON_MPI_EXEC_SHIM");
     const char *tree = getenv("PYTHON_MPI_EXEC_CLEANUP");
-    if (tree && *tree)
+    const char *launcher = getenv("PYTHON_MPI_EXEC_LAUNCHER");
+    const char *hold = getenv("PYTHON_MPI_EXEC_HOLD");
+    if (tree && *tree && launcher && *launcher) {
         cleanup_tree = strdup(tree);
+        cleanup_launcher = strdup(launcher);
+        cleanup_hold = hold && *hold ? atoi(hold) : -1;
+    }
     unsetenv("PYTHON_MPI_EXEC_CLEANUP");
+    unsetenv("PYTHON_MPI_EXEC_LAUNCHER");
+    unsetenv("PYTHON_MPI_EXEC_HOLD");
     if (fd > 2)
         close(fd); /* the loader has mapped it */
     int provided = MPI_THREAD_SINGLE, rank = 0;

@@ -249,6 +249,13 @@ int main(int argc, char **argv)
         return pmb_manifest_main(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "--pmb-exec-check")) /* no MPI: the tests' exec-mode rule */
         return pmb_exec_check_main(argc - 2, argv + 2);
+    if (argc == 4 && !strcmp(argv[1], "--pmb-cleanup-tree")) { /* no MPI: exec mode's clean-up */
+        const char *v = getenv("PYTHON_MPI_VERBOSE");            /* (exec_shim.c) */
+        pmb_cfg.verbose = v && *v ? atoi(v) : 0;
+        pmb_c.world_rank = atoi(argv[3]);
+        pmb_cleanup_tree(argv[2]);
+        return 0;
+    }
     int stage_only = 0;
     if (argc > 1 && !strcmp(argv[1], "--stage-only")) {
         stage_only = 1;

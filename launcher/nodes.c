@@ -9,7 +9,8 @@
  * removed.  Removal renames the tree to a temporary name first, so a step
  * never sees half of a tree under its ready name.
  *
- * Owners: each tree records the jobs that used it in env-<id>/.pmb-jobs
+ * Owners: each tree's jobs are recorded beside it, in .pmb-jobs-env-<id>
+ * (beside, not in it: a tree is never written once it is ready)
  * (one line per job: "slurm JOBID", "pbs JOBID" or "none" outside a batch
  * system).  A tree nobody holds whose jobs are all over is reclaimed by the
  * next start on the node, in any node directory of this user
@@ -87,6 +88,11 @@ int pmb_hold_take(const char *tree)
     return 0;
 }
 
+int pmb_hold_fd(void)
+{
+    return hold_fd;
+}
+
 void pmb_hold_release(void)
 {
     if (hold_fd >= 0)
@@ -94,12 +100,22 @@ void pmb_hold_release(void)
     hold_fd = -1;
 }
 
-/* Add this job to the tree's owners (a tree staged by an older launcher has
- * no .pmb-jobs: it is left alone) and mark it used now. */
+/* The file beside `tree` that lists its jobs: <dir>/.pmb-jobs-<tree name> */
+static void jobs_file(const char *tree, char *out, size_t len)
+{
+    const char *slash = strrchr(tree, '/');
+    if (slash)
+        snprintf(out, len, "%.*s/.pmb-jobs-%s", (int)(slash - tree), tree, slash + 1);
+    else
+        snprintf(out, len, ".pmb-jobs-%s", tree);
+}
+
+/* Add this job to the tree's owners (a tree without a jobs file is left
+ * alone) and mark it used now. */
 void pmb_tree_record_job(const char *tree)
 {
-    char path[PATH_MAX], key[256], line[260], buf[8192];
-    snprintf(path, sizeof path, "%s/.pmb-jobs", tree);
+    char path[PATH_MAX + 16], key[256], line[260], buf[8192];
+    jobs_file(tree, path, sizeof path);
     int fd = open(path, O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return;
@@ -116,12 +132,13 @@ void pmb_tree_record_job(const char *tree)
     close(fd);
 }
 
-/* Write the first owner into a tree being staged (before it is renamed). */
-void pmb_tree_init_jobs(const char *tmp)
+/* Write the first owner of a tree being staged (before it is renamed into
+ * place; a jobs file a removed tree of that name left is replaced). */
+void pmb_tree_init_jobs(const char *tree)
 {
-    char path[PATH_MAX], key[256];
-    snprintf(path, sizeof path, "%s/.pmb-jobs", tmp);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    char path[PATH_MAX + 16], key[256];
+    jobs_file(tree, path, sizeof path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         pmb_die("cannot write %s: %s", path, strerror(errno));
     pmb_job_key(key, sizeof key);
@@ -193,7 +210,7 @@ void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n)
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         if (!tree_name_id(e->d_name) || !strcmp(path, tree))
             continue;
-        snprintf(file, sizeof file, "%s/.pmb-jobs", path);
+        jobs_file(path, file, sizeof file);
         if (!has_line(file, jobline))
             continue;
         snprintf(file, sizeof file, "%s/.pmb-layers", path);
@@ -258,7 +275,10 @@ static int remove_tree_now(const char *tree)
         rmdir(tmp);
         return errno = e, -1;
     }
-    pmb_mpi_record_remove(tree); /* its MPI record goes with it (mpilib.c) */
+    char jobs[PATH_MAX + 16];
+    pmb_mpi_record_remove(tree); /* its MPI record and jobs file go with it */
+    jobs_file(tree, jobs, sizeof jobs);
+    unlink(jobs);
     pmb_rmtree(tmp);
     return 0;
 }
@@ -362,7 +382,7 @@ static int job_live(const char *line)
 static int jobs_over(const char *tree)
 {
     char path[PATH_MAX], buf[8192];
-    snprintf(path, sizeof path, "%s/.pmb-jobs", tree);
+    jobs_file(tree, path, sizeof path);
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return 0;
@@ -514,10 +534,12 @@ static void reclaim_dir(const char *dir, const char *keep, int *ntrees)
                 unlink(path);
                 close(fd);
             }
-        } else if (!strncmp(n, ".pmb-mpi-", 9) && S_ISREG(st.st_mode) && tree_name_id(n + 9)) {
-            /* the MPI record of a tree that is gone (mpilib.c) */
+        } else if (S_ISREG(st.st_mode) &&
+                   ((!strncmp(n, ".pmb-mpi-", 9) && tree_name_id(n + 9)) ||
+                    (!strncmp(n, ".pmb-jobs-", 10) && tree_name_id(n + 10)))) {
+            /* the MPI record (mpilib.c) or jobs file of a tree that is gone */
             char tree[PATH_MAX + 300];
-            snprintf(tree, sizeof tree, "%s/%s", dir, n + 9);
+            snprintf(tree, sizeof tree, "%s/%s", dir, strchr(n + 5, '-') + 1);
             if (access(tree, F_OK) && errno == ENOENT)
                 unlink(path);
         } else if (!strncmp(n, ".pmb-chunks.", 12) && S_ISREG(st.st_mode) &&

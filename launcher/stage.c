@@ -145,8 +145,7 @@ static char changed_path[PATH_MAX];
 
 static int newer_than_base(const char *path, const struct stat *st, int flag, struct FTW *f)
 {
-    if (f->level == 1 && (strcmp(path + f->base, PMB_READY) == 0 ||
-                          strcmp(path + f->base, ".pmb-jobs") == 0)) /* nodes.c: owners */
+    if (f->level == 1 && strcmp(path + f->base, PMB_READY) == 0)
         return 0;
     if (flag == FTW_NS || flag == FTW_DNR || st->st_ctim.tv_sec > ready_base.tv_sec ||
         (st->st_ctim.tv_sec == ready_base.tv_sec && st->st_ctim.tv_nsec > ready_base.tv_nsec)) {
@@ -774,7 +773,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             }
             buffers_close(&bufs);
             if (pmb_c.node_rank == 0 && !have) {
-                pmb_tree_init_jobs(tmp);
+                pmb_tree_init_jobs(tree);
                 pmb_tree_init_layers(tmp, ms, n);
                 if (chmod(tmp, 0700))
                     pmb_die("cannot chmod %s: %s", tmp, strerror(errno));

@@ -303,10 +303,20 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
                 "use the default embed mode or --stage-only", exe);
     pmb_collective_phase = 0;
     preload_shim(lib);
-    if (pmb_cfg.cleanup)
-        setenv("PYTHON_MPI_EXEC_CLEANUP", tree, 1);
-    else
-        unsetenv("PYTHON_MPI_EXEC_CLEANUP");
+    unsetenv("PYTHON_MPI_EXEC_CLEANUP");
+    unsetenv("PYTHON_MPI_EXEC_LAUNCHER");
+    unsetenv("PYTHON_MPI_EXEC_HOLD");
+    if (pmb_cfg.cleanup) { /* the shim has this launcher remove the tree (exec_shim.c) */
+        char self[PATH_MAX], fd[32];
+        ssize_t l = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (l > 0) {
+            self[l] = 0;
+            snprintf(fd, sizeof fd, "%d", pmb_hold_fd());
+            setenv("PYTHON_MPI_EXEC_CLEANUP", tree, 1);
+            setenv("PYTHON_MPI_EXEC_LAUNCHER", self, 1);
+            setenv("PYTHON_MPI_EXEC_HOLD", fd, 1);
+        }
+    }
     fflush(stdout);
     fflush(stderr);
     PMPI_Finalize();

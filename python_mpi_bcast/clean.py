@@ -9,8 +9,9 @@ the lock of their id.  Ready trees (``env-<id>``, ``env-<id>.<k>``) are
 removed with ``--all`` or when older than ``--older-than`` hours, unless a
 running job step holds them (every rank keeps a shared ``flock`` on the
 tree's ``.pmb-ready``; see launcher/nodes.c): those are kept, with a line.
-A tree goes with the record beside it (``.pmb-mpi-env-<id>``: which MPI
-library interpreters started from the tree use).  Only entries owned by the
+A tree goes with the files beside it (``.pmb-mpi-env-<id>``: which MPI
+library interpreters started from the tree use; ``.pmb-jobs-env-<id>``: the
+jobs that used it).  Only entries owned by the
 caller are touched and no symlink is followed.
 """
 
@@ -32,9 +33,9 @@ TMP_RE = re.compile(r"^\.env-[0-9a-f]{32}\.[A-Za-z0-9]{6}$")
 TREE_RE = re.compile(r"^env-[0-9a-f]{32}(\.[0-9]+)?$")
 CHUNKS_RE = re.compile(r"^\.pmb-chunks\.[A-Za-z0-9]{6}$")
 LOCK_RE = re.compile(r"^\.pmb-lock-[0-9a-f]{32}$")
-# beside a tree: the launcher's MPI library for interpreters started from it
-# (launcher/mpilib.c); goes with its tree
-RECORD_PREFIX = ".pmb-mpi-"
+# beside a tree, and gone with it: the launcher's MPI library for interpreters
+# started from it (launcher/mpilib.c), the jobs that used it (launcher/nodes.c)
+BESIDE_PREFIXES = (".pmb-mpi-", ".pmb-jobs-")
 
 
 def _lock(path: str, how: int) -> int | None:
@@ -137,9 +138,11 @@ def clean(directory: str, all_trees: bool = False, older_than_hours: float | Non
             if fd >= 0:
                 os.close(fd)
     for name in sorted(os.listdir(directory)):
-        tree = os.path.join(directory, name[len(RECORD_PREFIX):])
-        if (name.startswith(RECORD_PREFIX) and TREE_RE.match(name[len(RECORD_PREFIX):])
-                and (tree in removed or not os.path.lexists(tree))):
+        prefix = next((p for p in BESIDE_PREFIXES if name.startswith(p)), None)
+        if prefix is None or not TREE_RE.match(name[len(prefix):]):
+            continue
+        tree = os.path.join(directory, name[len(prefix):])
+        if tree in removed or not os.path.lexists(tree):
             path = os.path.join(directory, name)
             est = os.lstat(path)
             if est.st_uid == os.geteuid() and stat.S_ISREG(est.st_mode) and not dry_run:

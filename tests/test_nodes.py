@@ -75,11 +75,14 @@ def trees(node_dir):
     return sorted(glob.glob(os.path.join(node_dir, "env-*")))
 
 
-def test_cleanup_keeps_the_tree_a_concurrent_run_uses(pkgroot, shm_chroot, tmp_path):
+@pytest.mark.parametrize("mode", ["embed", "exec"])
+def test_cleanup_keeps_the_tree_a_concurrent_run_uses(pkgroot, shm_chroot, tmp_path, mode):
+    """Clean-up in either mode (exec: the shim has the launcher remove the
+    tree, exec_shim.c) keeps a tree another step holds, removes a free one."""
     env = mpi_env(pkgroot, shm_chroot, cliques=1)
     node0 = shm_chroot.replace("%n", "0")
     with Late(env, tmp_path) as a:
-        b = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_CLEANUP="1"))
+        b = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_CLEANUP="1", PYTHON_MPI_MODE=mode))
         assert b.returncode == 0, b.stderr
         assert re.search(r"^python-mpi: \S+ \(rank 0\): keeping \S+/env-[0-9a-f]{32}: another job "
                          r"step on this node runs from it$", b.stderr, re.M), b.stderr
@@ -87,7 +90,7 @@ def test_cleanup_keeps_the_tree_a_concurrent_run_uses(pkgroot, shm_chroot, tmp_p
         assert a.finish() == 0, a.err
     assert a.out.count("LATE OK") == 2, a.out
     # nobody holds it now: a run with clean-up removes it, and the node directory
-    c = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_CLEANUP="1"))
+    c = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_CLEANUP="1", PYTHON_MPI_MODE=mode))
     assert c.returncode == 0 and "keeping" not in c.stderr, c.stderr
     assert not os.path.exists(node0)
 
@@ -95,14 +98,12 @@ def test_cleanup_keeps_the_tree_a_concurrent_run_uses(pkgroot, shm_chroot, tmp_p
 def test_exec_mode_ranks_hold_their_tree_across_exec(pkgroot, shm_chroot, tmp_path):
     env = mpi_env(pkgroot, shm_chroot, cliques=1, PYTHON_MPI_MODE="exec")
     node0 = shm_chroot.replace("%n", "0")
-    # one rank: how exec mode ends a job whose ranks end at different times is
-    # issue 24's, not this test's
-    with Late(env, tmp_path, ranks=1) as a:
+    with Late(env, tmp_path, ranks=2) as a:
         b = mpirun(2, ["-c", "pass"], dict(env, PYTHON_MPI_MODE="embed", PYTHON_MPI_CLEANUP="1"))
         assert b.returncode == 0, b.stderr
         assert "keeping" in b.stderr and len(trees(node0)) == 1, b.stderr
         assert a.finish() == 0, a.err
-    assert a.out.count("LATE OK") == 1, a.out
+    assert a.out.count("LATE OK") == 2, a.out
 
 
 def test_clean_all_keeps_the_tree_a_running_job_uses(pkgroot, shm_chroot, tmp_path):
@@ -198,7 +199,9 @@ def test_a_run_outside_a_batch_job_keeps_its_tree_for_the_next_run(pkgroot, shm_
     assert r.returncode == 0, r.stderr
     node0 = shm_chroot.replace("%n", "0")
     assert len(trees(node0)) == 1
-    with open(os.path.join(trees(node0)[0], ".pmb-jobs")) as f:
+    tree = trees(node0)[0]
+    jobs = os.path.join(os.path.dirname(tree), ".pmb-jobs-" + os.path.basename(tree))
+    with open(jobs) as f:  # beside the tree: a ready tree is never written
         assert f.read() == "none\n"
 
 
