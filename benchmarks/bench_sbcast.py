@@ -136,9 +136,10 @@ class Bench:
 
     def tree(self, node: str, tag: str, how: str) -> str:
         path = self.c.node_path(node, f"/dev/shm/{tag}")
-        if how.startswith("python-mpi"):  # the node directory holds one tree
-            entries = os.listdir(path)
-            assert len(entries) == 1, (node, entries)
+        if how.startswith("python-mpi"):  # the node directory holds one tree (and
+            # beside it its records: .pmb-mpi-, .pmb-jobs-, .pmb-layers-<tree>)
+            entries = [e for e in os.listdir(path) if not e.startswith(".")]
+            assert len(entries) == 1, (node, os.listdir(path))
             path = os.path.join(path, entries[0])
         return path
 

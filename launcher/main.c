@@ -8,11 +8,10 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
-#include <limits.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -99,25 +98,6 @@ static void bcast_manifests(pmb_manifest *ms, int n)
         MPI_Bcast(&ps, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
         ms[i].payload_start = ps;
     }
-}
-
-/* PYTHON_MPI_PKGROOT must be a directory: say so (with its absolute path,
- * a relative one depends on where the job started) instead of "package not
- * found in pkgs". */
-static void check_pkgroot(const char *root)
-{
-    char abs[PATH_MAX], cwd[PATH_MAX];
-    if (root[0] == '/' || !getcwd(cwd, sizeof cwd))
-        snprintf(abs, sizeof abs, "%s", root);
-    else
-        snprintf(abs, sizeof abs, "%s/%s", cwd, root);
-    struct stat st;
-    if (stat(root, &st))
-        pmb_die("PYTHON_MPI_PKGROOT=%s: %s: %s; set it to the directory that holds your packages",
-                root, abs, errno == ENOENT ? "no such directory" : strerror(errno));
-    if (!S_ISDIR(st.st_mode))
-        pmb_die("PYTHON_MPI_PKGROOT=%s: %s is not a directory; set it to the directory that "
-                "holds your packages", root, abs);
 }
 
 /* Layers: at most one interpreter, first; environments match its Python. */
@@ -299,7 +279,6 @@ int main(int argc, char **argv)
     double t_read = pmb_now();
     pmb_collective_phase = 0;
     if (pmb_c.world_rank == 0) {
-        check_pkgroot(pmb_cfg.pkgroot);
         for (int i = 0; i < n; i++) {
             pmb_manifest_read_file(&ms[i], pmb_cfg.pkgroot, pmb_cfg.packages[i], &fds[i]);
             hold_package(fds[i]);

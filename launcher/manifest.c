@@ -418,6 +418,26 @@ static char *decode_frame(const unsigned char *body, size_t size, size_t *text_l
     return text;
 }
 
+/* A package could not be opened in PYTHON_MPI_PKGROOT: if the root itself
+ * is missing or no directory, say so (with its absolute path, a relative one
+ * depends on where the job started) instead of "package not found in pkgs".
+ * Only on failure: a job that starts makes no extra call on the root. */
+static void check_pkgroot(const char *root)
+{
+    char abs[PATH_MAX], cwd[PATH_MAX];
+    if (root[0] == '/' || !getcwd(cwd, sizeof cwd))
+        snprintf(abs, sizeof abs, "%s", root);
+    else
+        snprintf(abs, sizeof abs, "%s/%s", cwd, root);
+    struct stat st;
+    if (stat(root, &st))
+        pmb_die("PYTHON_MPI_PKGROOT=%s: %s: %s; set it to the directory that holds your packages",
+                root, abs, errno == ENOENT ? "no such directory" : strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        pmb_die("PYTHON_MPI_PKGROOT=%s: %s is not a directory; set it to the directory that "
+                "holds your packages", root, abs);
+}
+
 /* Open a package (DIR/FILE, or FILE alone when dir is NULL), read and parse
  * its manifest, check the file's size; leave the file open (in *fd_out). */
 void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, int *fd_out)
@@ -429,6 +449,10 @@ void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, 
         snprintf(path, sizeof path, "%s", file);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
+        int err = errno;
+        if (dir && (err == ENOENT || err == ENOTDIR))
+            check_pkgroot(dir);
+        errno = err;
         if (errno == ENOENT && dir)
             pmb_die("package '%s' not found in %s", file, dir);
         if (errno == ENOENT)

