@@ -44,7 +44,10 @@ OPENMPI_ENV = env_file("env.openmpi")
 PROG = """
 import os, sys
 assert sys.prefix == os.environ["PYTHON_MPI_TREE"], (sys.prefix, os.environ["PYTHON_MPI_TREE"])
-print("STAGED", sys.prefix, sys.version_info[:2] == %r, flush=True)
+# one write per line (unbuffered, print writes each part apart and mpiexec may
+# join two ranks' parts)
+sys.stdout.write("STAGED %%s %%s\\n" %% (sys.prefix, sys.version_info[:2] == %r))
+sys.stdout.flush()
 """ % (sys.version_info[:2],)
 
 

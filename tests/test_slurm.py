@@ -82,11 +82,18 @@ def srun(job, args, timeout=180, **extra):
     return job["cluster"].run(["srun", "-K", *args], env=env, timeout=timeout)
 
 
+BESIDE = re.compile(r"^\.pmb-(?:mpi|jobs|layers)-(env-.*)$")  # records beside a tree
+
+
 def node_entries(job, node: str) -> list[str]:
+    """The node directory's entries, without the records beside a tree that
+    is there (its MPI library, jobs and layers: they go with it); a record
+    whose tree is gone is listed."""
     try:
-        return sorted(os.listdir(job["cluster"].node_path(node, job["chroot"])))
+        entries = sorted(os.listdir(job["cluster"].node_path(node, job["chroot"])))
     except FileNotFoundError:
         return []
+    return [e for e in entries if not (BESIDE.match(e) and BESIDE.match(e).group(1) in entries)]
 
 
 def unpacked(stderr: str) -> int:
