@@ -368,20 +368,36 @@ static void find_mpi4py(const char *dir, const char *family, pmb_mpi4py *out)
         out->needed[0] = 0;
 }
 
+/* The mpi4py of the staged tree (the last layer that has one), for this
+ * launcher's ABI family.  Read once per process: the MPI record and embed
+ * mode's check both ask about the same tree. */
+static void mpi4py_in_tree(const char *tree, const pmb_manifest *ms, int n, pmb_mpi4py *out)
+{
+    static pmb_mpi4py found;
+    static char *found_for;
+    if (!found_for || strcmp(found_for, tree)) {
+        memset(&found, 0, sizeof found);
+        char dir[PATH_MAX];
+        for (int i = n - 1; i >= 0 && !found.found; i--) {
+            if (!ms[i].site_dir || !*ms[i].site_dir)
+                continue;
+            snprintf(dir, sizeof dir, "%s/%s/mpi4py", tree, ms[i].site_dir);
+            find_mpi4py(dir, pmb_mpi_family(), &found);
+        }
+        free(found_for);
+        found_for = pmb_xstrdup(tree);
+    }
+    *out = found;
+}
+
 void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n)
 {
     const char *real = pmb_mpi_library_path();
     const char *family = pmb_mpi_family();
     if (!real)
         return; /* MPI linked statically: nothing can name another copy */
-    pmb_mpi4py m = {0};
-    char dir[PATH_MAX];
-    for (int i = n - 1; i >= 0 && !m.found; i--) {
-        if (!ms[i].site_dir || !*ms[i].site_dir)
-            continue;
-        snprintf(dir, sizeof dir, "%s/%s/mpi4py", tree, ms[i].site_dir);
-        find_mpi4py(dir, family, &m);
-    }
+    pmb_mpi4py m;
+    mpi4py_in_tree(tree, ms, n, &m);
     if (!m.found)
         return;
     if (m.variants[0] && !m.ext[0])
@@ -469,14 +485,8 @@ void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n)
         if (memcmp(like->e_ident, ELFMAG, SELFMAG) || like->e_ident[EI_CLASS] != ELFCLASS64)
             goto done;
         /* the name mpi4py's extension asks for, else the library's own */
-        pmb_mpi4py m = {0};
-        char dir[PATH_MAX];
-        for (int i = n - 1; i >= 0 && !m.found; i--) {
-            if (!ms[i].site_dir || !*ms[i].site_dir)
-                continue;
-            snprintf(dir, sizeof dir, "%s/%s/mpi4py", tree, ms[i].site_dir);
-            find_mpi4py(dir, pmb_mpi_family(), &m);
-        }
+        pmb_mpi4py m;
+        mpi4py_in_tree(tree, ms, n, &m);
         const char *name = base_name(real);
         if (m.needed[0] && !strcmp(family_of_name(m.needed), pmb_mpi_family()))
             name = m.needed;
