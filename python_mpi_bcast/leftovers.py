@@ -94,35 +94,31 @@ def _name(prefix: str, suffix: str = "") -> str:
     return f"{prefix}{_host()}.{os.getpid()}.{secrets.token_hex(3)}{suffix}"
 
 
-def mkdtemp(prefix: str, dir: str | None = None) -> str:
-    """``tempfile.mkdtemp`` whose directory is journaled (and names the
-    host and pid that made it)."""
-    dir = os.path.abspath(dir or tempfile.gettempdir())
-    for _ in range(100):
-        path = register(os.path.join(dir, _name(prefix)))
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            release(path)
-        except BaseException:
-            release(path)
-            raise
-    raise FileExistsError(f"no free temporary name in {dir}")
-
-
-def mkstemp(prefix: str, suffix: str = "", dir: str | None = None) -> tuple[int, str]:
+def _create(prefix: str, suffix: str, dir: str | None, make) -> tuple:
+    """(what ``make(path)`` returned, path) for a new journaled name in
+    ``dir``; ``make`` raises FileExistsError when the name is taken."""
     dir = os.path.abspath(dir or tempfile.gettempdir())
     for _ in range(100):
         path = register(os.path.join(dir, _name(prefix, suffix)))
         try:
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+            return make(path), path
         except FileExistsError:
             release(path)
         except BaseException:
             release(path)
             raise
     raise FileExistsError(f"no free temporary name in {dir}")
+
+
+def mkdtemp(prefix: str, dir: str | None = None) -> str:
+    """``tempfile.mkdtemp`` whose directory is journaled (and names the
+    host and pid that made it)."""
+    return _create(prefix, "", dir, lambda path: os.mkdir(path, 0o700))[1]
+
+
+def mkstemp(prefix: str, suffix: str = "", dir: str | None = None) -> tuple[int, str]:
+    return _create(prefix, suffix, dir, lambda path: os.open(
+        path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 def remove(path: str) -> None:
