@@ -9,6 +9,7 @@ every layer is complete (unpacked into a temporary sibling, then renamed).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 
@@ -31,20 +32,36 @@ def check_layers(manifests: list[tuple[str, Manifest]]) -> None:
                                f"package {ip} is Python {im.python} ({im.abi}); repack one of them")
 
 
+# Written into every tree ``unpack`` makes: what --force may replace.
+RECORD = ".python-mpi-bcast-unpack.json"
+
+
+def unpacked_here(path: str) -> bool:
+    """A tree ``unpack`` made (it carries the record), not a link to one."""
+    return (not os.path.islink(path) and os.path.isdir(path)
+            and os.path.isfile(os.path.join(path, RECORD)))
+
+
 def unpack(packages: list[str], dest: str, force: bool = False,
-           room_hint: str = "choose a DEST with more room", before_rename=None
-           ) -> list[Manifest]:
+           room_hint: str = "choose a DEST with more room", before_rename=None,
+           ours=None) -> list[Manifest]:
     """Unpack ``packages`` in order into ``dest`` (which appears only when
     complete; ``before_rename(tmp)`` may add to the tree before it does).
-    Out of space: one line with the room needed and ``room_hint``."""
+    Out of space: one line with the room needed and ``room_hint``.  With
+    ``force`` an existing ``dest`` is replaced only when ``ours(dest)`` says
+    it was made by us; by default, it carries unpack's record, which every
+    tree gets when no ``ours`` is given (a caller with its own rule marks
+    its trees itself, as ``load`` does)."""
     manifests = [(p, read_manifest(p)[0]) for p in packages]
     check_layers(manifests)
     dest = os.path.abspath(dest)
     if os.path.lexists(dest):
         if not force:
             raise PmbError(f"{dest} already exists; remove it or pass --force")
-        if os.path.islink(dest) or not os.path.isdir(dest):
-            raise PmbError(f"{dest} exists and is not a directory")
+        if not (ours or unpacked_here)(dest):
+            raise PmbError(f"{dest} already exists and is not a tree unpacked by "
+                           f"python-mpi-bcast; it was left as it is: choose a DEST that does "
+                           f"not exist yet")
     parent = os.path.dirname(dest)
     need = sum(m.unpacked_size for _, m in manifests)
 
@@ -78,6 +95,12 @@ def unpack(packages: list[str], dest: str, force: bool = False,
         out = [m for _, m in manifests]
         if before_rename is not None:
             before_rename(tmp)
+        if ours is None:
+            with open(os.path.join(tmp, RECORD), "w") as f:
+                json.dump({"made_by": "python-mpi-bcast unpack",
+                           "packages": [{"file": os.path.basename(p), "content_hash":
+                                         m.content_hash} for p, m in manifests]}, f)
+                f.write("\n")
         os.chmod(tmp, 0o755)
         if os.path.lexists(dest):
             shutil.rmtree(dest)
