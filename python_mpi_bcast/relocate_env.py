@@ -16,7 +16,7 @@ import os
 import tarfile
 
 from . import collect, config, fixup, leftovers
-from .relocate import has_prefix
+from .relocate import ACTIVATION_SHELLS, has_prefix, requote_activation
 from .errors import PmbError
 
 
@@ -97,6 +97,24 @@ def _olds(st: collect.Staged) -> list[bytes]:
     return sorted({o.rstrip(b"/") for o in olds if o.rstrip(b"/")}, key=len, reverse=True)
 
 
+def _requote_activation(tree: str, dest: str) -> None:
+    """The venv's activation scripts name DEST inside shell quotes: quoted
+    for each shell, so a '"', '$' or '`' in DEST stays part of the path."""
+    for name, shell in ACTIVATION_SHELLS.items():
+        path = os.path.join(tree, "bin", name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        new = requote_activation(data, dest.encode(), shell)
+        if new is None:
+            raise PmbError(f"bin/{name} cannot name {dest!r} ({shell} has no way to write its "
+                           f"line break); choose a DEST without one")
+        if new != data:
+            with open(path, "wb") as f:
+                f.write(new)
+
+
 def _write_tar(root: str, arcname: str, out: str) -> None:
     mode = {".gz": "w:gz", ".tgz": "w:gz", ".bz2": "w:bz2", ".xz": "w:xz"}.get(
         os.path.splitext(out)[1], "w")
@@ -160,6 +178,7 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
             fixup.fix_symlinks(st, keep_outside=True)
             prefix_files = fixup.relocate_files(st)
             fixup.write_final_paths(tree, prefix_files, dest)
+            _requote_activation(tree, dest)
             fixup.byte_compile(st, python, [], os.cpu_count() or 1, ddir=dest)
         except OSError as e:
             if e.errno == errno.ENOSPC:
