@@ -553,9 +553,9 @@ void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n)
                     unlink(tmp);
             }
             if (bad)
-                pmb_log("rank %d: cannot write %s (%s): interpreters started from the staged "
-                        "tree without python-mpi may load another MPI library than %s",
-                        pmb_c.world_rank, path, strerror(err), real);
+                pmb_log("%s (rank %d): cannot write %s (%s): interpreters started from the "
+                        "staged tree without python-mpi may load another MPI library than %s",
+                        pmb_host(), pmb_c.world_rank, path, strerror(err), real);
         }
         free(img);
     }

@@ -64,22 +64,26 @@ def unpack(packages: list[str], dest: str, force: bool = False,
                            f"not exist yet")
     parent = os.path.dirname(dest)
     need = sum(m.unpacked_size for _, m in manifests)
+    files = sum(m.files for _, m in manifests)
 
-    def full(free: int | None = None) -> PmbError:
-        if free is None:
-            try:
-                sv = os.statvfs(parent)
-                free = sv.f_bavail * sv.f_frsize
-            except OSError:
-                free = 0
+    def full() -> PmbError:
+        try:
+            sv = os.statvfs(parent)
+            free, inodes = sv.f_bavail * sv.f_frsize, sv.f_favail
+        except OSError:
+            free, inodes = 0, None
+        if inodes is not None and inodes < files and free >= need:
+            # out of inodes (a tmpfs with nr_inodes, a quota on files)
+            return PmbError(f"no space left in {parent} for {dest}: it needs {files} files, "
+                            f"room for {inodes} more is left there; {room_hint}")
         return PmbError(f"no space left in {parent} for {dest}: it needs {need / 1e6:.0f} MB "
                         f"unpacked, {free / 1e6:.0f} MB are free; {room_hint}")
 
     try:
         os.makedirs(parent, exist_ok=True)
         sv = os.statvfs(parent)
-        if sv.f_bavail * sv.f_frsize < need:
-            raise full(sv.f_bavail * sv.f_frsize)
+        if sv.f_bavail * sv.f_frsize < need or (sv.f_files and sv.f_favail < files):
+            raise full()
         tmp = leftovers.mkdtemp(prefix=f".{os.path.basename(dest)}.unpack-", dir=parent)
     except OSError as e:
         raise PmbError(f"cannot create a directory next to {dest}: {e.strerror or e}") from None

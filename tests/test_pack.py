@@ -395,6 +395,37 @@ def test_unpack_force_never_replaces_what_unpack_did_not_make(tmp_path):
     assert not (dest / "added").exists() and (dest / "f").read_text() == "x"
 
 
+def test_out_of_room_lines_name_what_an_unpack_user_can_change(tmp_path):
+    """unpack into, and verify with TMPDIR on, a tmpfs with room for few
+    files: one line each, saying what is short and naming no launcher
+    setting (PYTHON_MPI_CHROOT means nothing to them)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    src = tmp_path / "d"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i}").write_text(str(i))
+    run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "p", "-q"])
+    small = tmp_path / "small"
+    small.mkdir()
+    r = run(["mount", "-t", "tmpfs", "-o", "size=2m,nr_inodes=30", "tmpfs", str(small)],
+            check=False)
+    if r.returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        r = run(CLI + ["unpack", str(tmp_path / "p.tar.zst"), str(small / "t")], check=False)
+        one_line_error(r, f"no space left in {small} for {small}/t: it needs 60 files",
+                       "choose a DEST with more room")
+        assert "PYTHON_MPI_CHROOT" not in r.stderr
+        assert os.listdir(small) == []
+        r = run(CLI + ["verify", str(tmp_path / "p.tar.zst")], check=False,
+                env=dict(os.environ, TMPDIR=str(small)))
+        one_line_error(r, "no space left in ", "choose a destination with more room")
+        assert "PYTHON_MPI_CHROOT" not in r.stderr
+    finally:
+        run(["umount", str(small)], check=False)
+
+
 def test_editable_install_is_refused(tmp_path):
     v = tmp_path / "v"
     make_venv(str(v), [])
