@@ -333,6 +333,7 @@ int main(int argc, char **argv)
         return 0;
     }
     share_stdin_program(argc, argv);
+    pmb_mpi4py_check(tree, ms, n);
     if (pmb_cfg.mode == PMB_MODE_EXEC)
         pmb_start_exec(tree, interp, argc, argv);
     /* every rank judges the same staged tree: rank 0 reports a problem once */

@@ -19,8 +19,9 @@
  * and a name that already reaches the loaded library is left alone.
  *
  * A staged mpi4py built for another ABI (an Open MPI build under an MPICH
- * launcher, say) would load a second, foreign MPI into the process: that
- * stops the job with one line naming both libraries. */
+ * launcher, say) would load a second, foreign MPI into the process: its
+ * import fails with one line naming both libraries (pmb_mpi4py_check), and
+ * a program that never imports mpi4py.MPI runs. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <dlfcn.h>
@@ -390,30 +391,71 @@ static void mpi4py_in_tree(const char *tree, const pmb_manifest *ms, int n, pmb_
     *out = found;
 }
 
+/* Why the staged mpi4py cannot use the launcher's MPI library (1, the
+ * reason in why), or 0 when it can. */
+static int mpi4py_foreign(const pmb_mpi4py *m, const char *real, char *why, size_t len)
+{
+    const char *family = pmb_mpi_family();
+    if (!m->found)
+        return 0;
+    if (m->variants[0] && !m->ext[0]) {
+        snprintf(why, len, "mpi4py in the staged tree has builds for the MPI ABIs '%s' only, but "
+                 "the launcher's MPI library %s is of the %s ABI; install mpi4py from source "
+                 "against this MPI (MPICC=mpicc pip install --no-binary mpi4py mpi4py) and repack",
+                 m->variants, real, family);
+        return 1;
+    }
+    if (!m->needed[0] || !strcmp(m->needed, base_name(real)))
+        return 0;
+    const char *want = family_of_name(m->needed);
+    if (!strcmp(want, "unknown") || !strcmp(family, "unknown"))
+        return 0; /* cannot judge: leave the name to the loader */
+    if (!strcmp(want, family))
+        return 0;
+    snprintf(why, len, "mpi4py's %s needs %s (%s ABI), but the launcher runs %s (%s ABI): it "
+             "would load a second, incompatible MPI; rebuild mpi4py against this MPI or pack the "
+             "PyPI mpi4py wheel", base_name(m->ext), m->needed, want, real, family);
+    return 1;
+}
+
+/* A staged mpi4py built for another MPI family is refused when the program
+ * imports mpi4py.MPI, not before: a program that never imports it (numpy
+ * only, say) runs.  The one line goes to the tree's start-up hook
+ * (python_mpi_bcast/staged_site.py) in PYTHON_MPI_MPI4PY_REFUSED, which
+ * survives exec mode's execv and reaches children through sys.executable;
+ * the hook raises ImportError with it.  Returns 1 when mpi4py is refused. */
+int pmb_mpi4py_check(const char *tree, const pmb_manifest *ms, int n)
+{
+    unsetenv("PYTHON_MPI_MPI4PY_REFUSED"); /* never one inherited from another job */
+    const char *real = pmb_mpi_library_path();
+    if (!real)
+        return 0; /* MPI linked statically: nothing can name another copy */
+    pmb_mpi4py m;
+    mpi4py_in_tree(tree, ms, n, &m);
+    char why[1536], line[2048];
+    if (!mpi4py_foreign(&m, real, why, sizeof why))
+        return 0;
+    snprintf(line, sizeof line, "python-mpi: %s (rank %d): %s", pmb_host(), pmb_c.world_rank, why);
+    setenv("PYTHON_MPI_MPI4PY_REFUSED", line, 1);
+    if (pmb_cfg.verbose && pmb_c.world_rank == 0)
+        pmb_log("start: %s; importing mpi4py.MPI will fail", why);
+    return 1;
+}
+
 void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n)
 {
     const char *real = pmb_mpi_library_path();
-    const char *family = pmb_mpi_family();
     if (!real)
         return; /* MPI linked statically: nothing can name another copy */
     pmb_mpi4py m;
     mpi4py_in_tree(tree, ms, n, &m);
-    if (!m.found)
-        return;
-    if (m.variants[0] && !m.ext[0])
-        pmb_die("mpi4py in the staged tree has builds for the MPI ABIs '%s' only, but the "
-                "launcher's MPI library %s is of the %s ABI; install mpi4py from source against "
-                "this MPI (MPICC=mpicc pip install --no-binary mpi4py mpi4py) and repack",
-                m.variants, real, family);
-    if (!m.needed[0] || !strcmp(m.needed, base_name(real)))
-        return;
+    char why[1536];
+    if (!m.found || !m.needed[0] || !strcmp(m.needed, base_name(real)) ||
+        mpi4py_foreign(&m, real, why, sizeof why))
+        return; /* nothing to alias, or refused at import (pmb_mpi4py_check) */
     const char *want = family_of_name(m.needed);
-    if (!strcmp(want, "unknown") || !strcmp(family, "unknown"))
+    if (!strcmp(want, "unknown") || !strcmp(pmb_mpi_family(), "unknown"))
         return; /* cannot judge: leave the name to the loader */
-    if (strcmp(want, family))
-        pmb_die("mpi4py's %s needs %s (%s ABI), but the launcher runs %s (%s ABI): it would load "
-                "a second, incompatible MPI; rebuild mpi4py against this MPI or pack the PyPI "
-                "mpi4py wheel", base_name(m.ext), m.needed, want, real, family);
     /* same ABI, another name: alias the name to the loaded library */
     Dl_info info;
     if (!dladdr((void *)PMPI_Init, &info) || !info.dli_fbase)
@@ -421,7 +463,7 @@ void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n)
     const Elf64_Ehdr *like = info.dli_fbase;
     if (memcmp(like->e_ident, ELFMAG, SELFMAG) || like->e_ident[EI_CLASS] != ELFCLASS64)
         return;
-    char why[512], scratch[PATH_MAX];
+    char scratch[PATH_MAX];
     snprintf(scratch, sizeof scratch, "%s", tree);
     char *s = strrchr(scratch, '/');
     if (s && s != scratch)
@@ -511,9 +553,9 @@ void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n)
                     unlink(tmp);
             }
             if (bad)
-                pmb_log("rank %d: cannot write %s (%s): interpreters started from the staged "
-                        "tree without python-mpi may load another MPI library than %s",
-                        pmb_c.world_rank, path, strerror(err), real);
+                pmb_log("%s (rank %d): cannot write %s (%s): interpreters started from the "
+                        "staged tree without python-mpi may load another MPI library than %s",
+                        pmb_host(), pmb_c.world_rank, path, strerror(err), real);
         }
         free(img);
     }

@@ -133,7 +133,8 @@ void pmb_tree_record_job(const char *tree)
     for (char *p = buf; !found && (p = strchr(p, '\n')); p++)
         found = !strncmp(p + 1, line, (size_t)n);
     if (!found && write(fd, line, (size_t)n) != n && pmb_cfg.verbose)
-        pmb_log("rank %d: cannot write %s: %s", pmb_c.world_rank, path, strerror(errno));
+        pmb_log("%s (rank %d): cannot write %s: %s", pmb_host(), pmb_c.world_rank, path,
+                strerror(errno));
     futimens(fd, NULL); /* last use: the rule outside a batch system */
     close(fd);
 }

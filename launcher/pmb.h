@@ -166,6 +166,7 @@ int pmb_exec_check_main(int argc, char **argv);
 /* mpilib.c */
 const char *pmb_mpi_family(void);
 const char *pmb_mpi_library_path(void);
+int pmb_mpi4py_check(const char *tree, const pmb_manifest *ms, int n);
 void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n);
 const char *pmb_mpi4py_plan(const char *lib);
 void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n);

@@ -283,8 +283,8 @@ static int find_ready(const char *chroot, const char *id, char *tree, int report
             *free_k = k;
         if (!report && rc != PMB_TREE_REMOVED)
             continue; /* said once, by the pass under the staging lock */
-        fprintf(stderr, "python-mpi: rank %d (node %d): staged tree %s: %s; %s\n",
-                pmb_c.world_rank, pmb_c.node_index, path, why,
+        fprintf(stderr, "python-mpi: %s (rank %d): staged tree %s: %s; %s\n", pmb_host(),
+                pmb_c.world_rank, path, why,
                 rc == PMB_TREE_REMOVED ? "staging it again" :
                 "staging a new tree beside it (a running job step may use it; it is removed "
                 "once its jobs are over)");

@@ -110,8 +110,11 @@ static void no_space(pmb_unpacker *u, const char *name)
                      (double)(pmb_tree_need - have) / 1e6 + 0.05);
     }
     errno = ENOSPC;
-    UFAIL(u, "no space left in %s while writing %s%s; set PYTHON_MPI_CHROOT to a directory with "
-          "more room", u->root, name, more);
+    /* the launcher's users choose PYTHON_MPI_CHROOT; python-mpi-bcast's
+     * (unpack, verify: --pmb-unpack, no MPI) choose a destination */
+    UFAIL(u, "no space left in %s while writing %s%s; %s", u->root, name, more,
+          pmb_mpi_up ? "set PYTHON_MPI_CHROOT to a directory with more room"
+                     : "free space there or choose a destination with more room");
 }
 
 pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m)
@@ -773,6 +776,10 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
         size_t nlen = py ? py_len : raw_len;
         if (pf->binary && nlen > olen) {
             /* the tree is <chroot>/env-<32 hex digits>: 37 bytes more than the chroot */
+            if (!pmb_mpi_up) /* python-mpi-bcast unpack: the tree is DEST itself */
+                pmb_die("package '%s': %s can hold a path of at most %zu bytes (its recorded "
+                        "placeholder), but %s has %zu; choose a destination whose path is at "
+                        "most %zu bytes long", m->file, pf->path, olen, final_root, nlen, olen);
             pmb_die("package '%s': %s can hold a path of at most %zu bytes (its recorded "
                     "placeholder), but the staged tree %s has %zu; set PYTHON_MPI_CHROOT to a "
                     "path of at most %zu bytes", m->file, pf->path, olen, final_root, nlen,

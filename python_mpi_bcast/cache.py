@@ -289,7 +289,8 @@ def load(cache: str, name: str, as_name: str | None = None, to: str | None = Non
         _write_activation(tmp, dest, new, m.site_dir)
         _mark_loaded(tmp, new, m.content_hash, m.site_dir, entry=name, cache=cache)
 
-    unpack([path], dest, force=force, room_hint=room, before_rename=finish)
+    unpack([path], dest, force=force, room_hint=room, before_rename=finish,
+           ours=lambda d: load_record(d) is not None)
     return dest
 
 

@@ -439,7 +439,8 @@ def stage_whole(source: str, staging: str, excludes: list[str], name: str) -> tu
     taken = {"bin/python", "bin/python3", f"bin/python{info['version']}", interp.libpython}
     skip = list(ALWAYS_EXCLUDES[:2]) + list(excludes) + [
         f"lib/python{info['version']}", "bin/activate", "bin/activate.fish",
-        ".python-mpi-bcast-load.json", ".python-mpi-bcast-site-mtime"]
+        ".python-mpi-bcast-load.json", ".python-mpi-bcast-site-mtime",
+        ".python-mpi-bcast-relocate.json"]
     for entry in sorted(os.listdir(source)):
         full = os.path.join(source, entry)
         if entry == "lib":

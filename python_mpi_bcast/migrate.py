@@ -201,7 +201,8 @@ def compare(src: str, dest: str, kind: str, olds: list[str]) -> list[str]:
             diffs.append(f"distribution {a[k][0]}: {a[k][1]} in the source, {b[k][1]} in the copy")
     fa, fb = _files(src), _files(dest)
     # relocate leaves these out or makes them anew
-    skip = re.compile(r"^(conda-meta/history$|bin/activate|bin/Activate\.ps1$|pyvenv\.cfg$)")
+    skip = re.compile(r"^(conda-meta/history$|bin/activate|bin/Activate\.ps1$|pyvenv\.cfg$"
+                      r"|\.python-mpi-bcast-relocate\.json$)")
     old_b = [o.encode() for o in olds]
     for rel in sorted(set(fa) | set(fb)):
         if skip.match(rel):

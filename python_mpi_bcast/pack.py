@@ -10,7 +10,7 @@ import tempfile
 from . import collect, fixup, leftovers, pyinfo, slim as slimming
 from .archive import write_package
 from .errors import PmbError
-from .pkgformat import SUFFIX, Manifest
+from .pkgformat import SUFFIX, Manifest, read_manifest
 from .progress import Progress
 
 log = logging.getLogger("python_mpi_bcast")
@@ -32,8 +32,17 @@ def _target(output_dir: str, name: str, force: bool) -> str:
     if "/" in name or name.startswith(".") or not name:
         raise PmbError(f"invalid package name {name!r}")
     path = os.path.join(output_dir, name + SUFFIX)
-    if os.path.exists(path) and not force:
+    if os.path.lexists(path) and not force:
         raise PmbError(f"{path} already exists; choose another --name or pass --force to replace it")
+    if os.path.lexists(path):
+        # --force replaces only a package; anything else is someone's data
+        try:
+            ours = os.path.isfile(path) and read_manifest(path) is not None
+        except (PmbError, OSError):
+            ours = False
+        if not ours:
+            raise PmbError(f"{path} already exists and is not a python-mpi-bcast package; it "
+                           f"was left as it is: remove it yourself or choose another name")
     return path
 
 

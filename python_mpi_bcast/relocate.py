@@ -295,3 +295,37 @@ def apply_maps(data: bytes, maps: list[tuple[bytes, bytes]]) -> bytes:
     if not table:
         return data
     return prefix_regex(list(table)).sub(lambda m: table[m.group(0)], data)
+
+
+# The activation scripts venv writes (bin/activate, activate.csh,
+# activate.fish) quote the venv's path as "PATH" (or 'PATH' in newer
+# Pythons).  A path holding a quote, '$', '`' or '\' breaks out of those
+# quotes: each shell gets it single-quoted in its own syntax instead.
+ACTIVATION_SHELLS = {"activate": "sh", "activate.csh": "csh", "activate.fish": "fish"}
+_SHELL_SAFE = re.compile(rb"^[A-Za-z0-9_@%+=:,./~ \x80-\xff-]*$")
+
+
+def shell_quote(path: bytes, shell: str) -> bytes | None:
+    """``path`` as one word for ``shell`` ("sh", "csh", "fish"); None when
+    that shell's syntax cannot hold it (a line break in csh)."""
+    if shell == "fish":
+        return b"'" + path.replace(b"\\", b"\\\\").replace(b"'", b"\\'") + b"'"
+    if shell == "csh":
+        if b"\n" in path:
+            return None
+        return b"'" + path.replace(b"'", b"'\\''").replace(b"!", b"'\\!'") + b"'"
+    return b"'" + path.replace(b"'", b"'\\''") + b"'"
+
+
+def requote_activation(data: bytes, path: bytes, shell: str) -> bytes | None:
+    """An activation script with ``path`` written raw inside its quotes,
+    with it quoted for ``shell`` instead (unchanged for a plain path); None
+    when the shell cannot hold the path."""
+    if _SHELL_SAFE.match(path):
+        return data
+    word = shell_quote(path, shell)
+    if word is None:
+        return None
+    for q in (b'"', b"'"):
+        data = data.replace(q + path + q, word)
+    return data

@@ -16,7 +16,7 @@ import os
 import tarfile
 
 from . import collect, config, fixup, leftovers
-from .relocate import has_prefix
+from .relocate import ACTIVATION_SHELLS, has_prefix, requote_activation
 from .errors import PmbError
 
 
@@ -41,9 +41,40 @@ def _check_paths(src: str, dest: str, tar: str | None, force: bool) -> str:
     if os.path.lexists(final):
         if not force:
             raise PmbError(f"{final} already exists; remove it or pass --force to replace it")
-        if not tar and (os.path.islink(final) or not os.path.isdir(final)):
-            raise PmbError(f"{final} exists and is not a directory; remove it first")
+        # --force replaces only what relocate made (a tree with its record,
+        # an archive); anything else is someone's data and is never touched
+        if tar and not _is_archive(final):
+            raise PmbError(f"{final} already exists and is not an archive; it was left as it "
+                           f"is: choose another --tar file")
+        if not tar and not _relocated_here(final):
+            raise PmbError(f"{final} already exists and is not an environment relocated by "
+                           f"python-mpi-bcast; it was left as it is: choose a DEST that does "
+                           f"not exist yet")
     return final
+
+
+# Written into every tree relocate makes (and its --tar archives): what
+# --force may replace.  It names no path, so a relocated tree relocated
+# again holds no old location in it.
+RECORD = ".python-mpi-bcast-relocate.json"
+
+
+def _relocated_here(path: str) -> bool:
+    return (not os.path.islink(path) and os.path.isdir(path)
+            and os.path.isfile(os.path.join(path, RECORD)))
+
+
+def _is_archive(path: str) -> bool:
+    """A regular file that is a tar archive (plain, gz, bz2, xz) or zstd."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"\x28\xb5\x2f\xfd":
+                return True
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
 
 
 def _leftovers(root: str, olds: list[bytes]) -> list[str]:
@@ -64,6 +95,24 @@ def _leftovers(root: str, olds: list[bytes]) -> list[str]:
 def _olds(st: collect.Staged) -> list[bytes]:
     olds = [p.encode() for p in st.scrub] + [o.encode() for o, _ in st.maps]
     return sorted({o.rstrip(b"/") for o in olds if o.rstrip(b"/")}, key=len, reverse=True)
+
+
+def _requote_activation(tree: str, dest: str) -> None:
+    """The venv's activation scripts name DEST inside shell quotes: quoted
+    for each shell, so a '"', '$' or '`' in DEST stays part of the path."""
+    for name, shell in ACTIVATION_SHELLS.items():
+        path = os.path.join(tree, "bin", name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        new = requote_activation(data, dest.encode(), shell)
+        if new is None:
+            raise PmbError(f"bin/{name} cannot name {dest!r} ({shell} has no way to write its "
+                           f"line break); choose a DEST without one")
+        if new != data:
+            with open(path, "wb") as f:
+                f.write(new)
 
 
 def _write_tar(root: str, arcname: str, out: str) -> None:
@@ -129,6 +178,7 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
             fixup.fix_symlinks(st, keep_outside=True)
             prefix_files = fixup.relocate_files(st)
             fixup.write_final_paths(tree, prefix_files, dest)
+            _requote_activation(tree, dest)
             fixup.byte_compile(st, python, [], os.cpu_count() or 1, ddir=dest)
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -143,6 +193,8 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
                            f"path (first: {left[0]}); nothing was written. Add --map OLD NEW "
                            f"for other locations, or report this file")
         try:
+            with open(os.path.join(tree, RECORD), "w") as f:
+                f.write('{"made_by": "python-mpi-bcast relocate"}\n')
             if tar:
                 _write_tar(tree, os.path.basename(dest), final)
             else:

@@ -19,6 +19,10 @@ job.  It does nothing unless ``sys.prefix`` is a tree the launcher staged
   its extension's ``DT_NEEDED`` both land on that one library, never on the
   first ``libmpi`` the loader would find.  A rank in embed mode already has
   the launcher's MPI and is left alone.
+- an mpi4py built for another MPI family than the launcher's is refused
+  when ``mpi4py.MPI`` is imported, not before: the launcher puts its one
+  line in ``PYTHON_MPI_MPI4PY_REFUSED`` and the import raises ImportError
+  with it (printed as that one line if nothing catches it).
 - nothing is written into the tree: byte code the import system would cache
   there (``-O``/``-OO`` ``.opt-N.pyc``, a source the unpacker patched) is
   not written.  Sources elsewhere (the user's own modules) are cached as
@@ -39,6 +43,23 @@ def _record(tree):
     return os.path.join(head, ".pmb-mpi-" + name)
 
 
+class MPI4PyRefused(ImportError):
+    """mpi4py of the staged tree is built for another MPI family than the
+    launcher's (launcher/mpilib.c pmb_mpi4py_check): uncaught, it is
+    reported as its one line."""
+
+
+def _one_line_hook(previous):
+    def excepthook(kind, value, tb):
+        if isinstance(value, MPI4PyRefused):
+            sys.stderr.write("%s\n" % value)
+            sys.stderr.flush()
+        else:
+            previous(kind, value, tb)
+    excepthook._pmb_refused = True
+    return excepthook
+
+
 class _LauncherMPI:
     """Meta path entry: before ``mpi4py.MPI`` is found, load the record."""
 
@@ -48,6 +69,12 @@ class _LauncherMPI:
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "mpi4py.MPI":
             return None
+        refused = os.environ.get("PYTHON_MPI_MPI4PY_REFUSED")
+        if refused:
+            # stays on sys.meta_path: every import of mpi4py.MPI fails alike
+            if not getattr(sys.excepthook, "_pmb_refused", False):
+                sys.excepthook = _one_line_hook(sys.excepthook)
+            raise MPI4PyRefused(refused, name=fullname)
         try:
             sys.meta_path.remove(self)
         except ValueError:

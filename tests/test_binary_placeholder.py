@@ -90,6 +90,9 @@ def test_tree_path_longer_than_the_placeholder_is_refused(packages):
                 check=False)
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert "bin/tool can hold a path of at most 32 bytes" in r.stderr, r.stderr
+        # an unpack user has no PYTHON_MPI_CHROOT to set: the line names DEST's limit
+        assert "choose a destination whose path is at most 32 bytes long" in r.stderr, r.stderr
+        assert "PYTHON_MPI_CHROOT" not in r.stderr and len(r.stderr.splitlines()) == 1
         assert not os.path.exists(dest)
     finally:
         shutil.rmtree(base, ignore_errors=True)

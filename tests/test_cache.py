@@ -211,6 +211,25 @@ def test_load_force_never_replaces_a_directory_load_did_not_make(user, tmp_path)
     assert run([os.path.join(copy, "bin", "python"), "-c", "import numpy"], timeout=60)
 
 
+def test_save_force_never_replaces_what_is_not_a_saved_package(user, tmp_path):
+    """save NAME --force where the cache holds NAME.tar.zst that is a
+    directory or no package: refused in one line, untouched."""
+    os.makedirs(os.path.join(user["cache"], "dirname.tar.zst"))
+    open(os.path.join(user["cache"], "dirname.tar.zst", "keep"), "w").close()
+    with open(os.path.join(user["cache"], "notes.tar.zst"), "w") as f:
+        f.write("mine\n")
+    for name in ("dirname", "notes"):
+        r = cli(user, "save", name, "--venv", user["base"] + "/moved-away", "-f", "-q",
+                check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "not a python-mpi-bcast package" in r.stderr and "left as it is" in r.stderr
+    assert os.listdir(os.path.join(user["cache"], "dirname.tar.zst")) == ["keep"]
+    assert open(os.path.join(user["cache"], "notes.tar.zst")).read() == "mine\n"
+    shutil.rmtree(os.path.join(user["cache"], "dirname.tar.zst"))
+    os.remove(os.path.join(user["cache"], "notes.tar.zst"))
+
+
 def test_rm_removes_an_entry(user):
     shutil.copy(os.path.join(user["cache"], "science.tar.zst"),
                 os.path.join(user["cache"], "gone.tar.zst"))

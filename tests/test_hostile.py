@@ -631,13 +631,14 @@ def small_package(place, src_root) -> str:
 
 def tree_digest(root) -> dict:
     """Every entry of a tree; the launcher's ready stamp (.pmb-ready, which
-    only a staged tree has) left out."""
+    only a staged tree has) and unpack's record (which only unpack's tree
+    has) left out."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
-            if rel == ".pmb-ready":
+            if rel in (".pmb-ready", ".python-mpi-bcast-unpack.json"):
                 continue
             if os.path.islink(full):
                 out[rel] = ("l", os.readlink(full))

@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from conftest import CACHE, CLI, base_python, mpi_env, run
+from conftest import CACHE, CLI, base_python, env_file, mpi_env, run
 from mpibuild import build_launcher, linked_mpi, need, renamed_library, wrapper_linking
 
 DEBIAN_MPICH = "/usr/lib/x86_64-linux-gnu/libmpich.so.12"
@@ -154,16 +154,85 @@ def test_source_built_mpi4py_with_a_cray_named_mpich_loads_no_second_copy(
     check_allreduce(r, 4, lib)
 
 
-def test_mpi4py_for_another_mpi_family_is_one_line_error(debian_openmpi_launcher, source_mpi4py,
-                                                        shm_chroot):
-    r = ompi_run(debian_openmpi_launcher, 4, ["-c", PROG], source_mpi4py, shm_chroot)
+NUMPY_ONLY = r"""
+import os, numpy
+rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "-1")))
+print("NUMPY", rank, float(numpy.arange(10.0).sum()), flush=True)
+"""
+
+
+def refusals(stderr):
+    return [ln for ln in stderr.splitlines() if ln.startswith("python-mpi: ") and "mpi4py" in ln]
+
+
+def check_refused_at_import(r, n, needs, runs):
+    """Every rank's import of mpi4py.MPI failed with the launcher's one line."""
     assert r.returncode != 0, r.stdout + r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python-mpi: ")]
-    assert len(lines) == 1, r.stderr
-    assert re.match(r"python-mpi: \S+ \(rank 0\): mpi4py's MPI.cpython-", lines[0]), lines
-    assert "needs libmpich.so.12 (mpich ABI), but the launcher runs " in lines[0], lines
-    assert "libmpi.so.40 (openmpi ABI)" in lines[0], lines
-    assert "Traceback" not in r.stderr and "TOTAL" not in r.stdout
+    lines = refusals(r.stderr)
+    assert 1 <= len(lines) <= n, r.stderr
+    for ln in lines:
+        assert re.match(r"python-mpi: \S+ \(rank \d+\): mpi4py's MPI\.cpython-", ln), lines
+        assert f"needs {needs}, but the launcher runs " in ln and runs in ln, lines
+    assert "Traceback" not in r.stderr and "TOTAL" not in r.stdout, r.stderr
+
+
+def test_mpi4py_for_another_mpi_family_fails_its_import_with_one_line(
+        debian_openmpi_launcher, source_mpi4py, shm_chroot):
+    r = ompi_run(debian_openmpi_launcher, 4, ["-c", PROG], source_mpi4py, shm_chroot)
+    check_refused_at_import(r, 4, "libmpich.so.12 (mpich ABI)", "libmpi.so.40 (openmpi ABI)")
+
+
+def test_mpi4py_for_another_mpi_family_does_not_stop_a_numpy_only_program(
+        debian_openmpi_launcher, source_mpi4py, shm_chroot):
+    r = ompi_run(debian_openmpi_launcher, 2, ["-c", NUMPY_ONLY], source_mpi4py, shm_chroot)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(ln for ln in r.stdout.splitlines() if ln.startswith("NUMPY")) == \
+        ["NUMPY 0 45.0", "NUMPY 1 45.0"], r.stdout + r.stderr
+    assert not refusals(r.stderr), r.stderr
+
+
+def open_mpi5_run(ompi, n, args, pkgroot, chroot, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "MPIR_"))}
+    env.update(env_file("env.openmpi"))
+    env.update(PYTHON_MPI_PKGROOT=pkgroot["root"],
+               PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}",
+               PYTHON_MPI_CHROOT=chroot)
+    env.update({k: str(v) for k, v in extra.items()})
+    return run([os.path.join(ompi, "bin", "mpiexec"), "-n", str(n),
+                os.path.join(ompi, "bin", "python-mpi")] + args, env=env, timeout=180, check=False)
+
+
+@pytest.mark.parametrize("mode", ["embed", "exec"])
+def test_mpi4py_for_another_mpi_family_is_refused_only_at_its_import_in_both_modes(
+        ompi, source_mpi4py, shm_chroot, mode):
+    """Open MPI 5's launcher, an mpi4py built against MPICH: a numpy-only
+    program runs on every rank; importing mpi4py.MPI (also in a child
+    through sys.executable) fails with the one line, and the job ends."""
+    r = open_mpi5_run(ompi, 2, ["-c", NUMPY_ONLY], source_mpi4py, shm_chroot, PYTHON_MPI_MODE=mode)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(ln for ln in r.stdout.splitlines() if ln.startswith("NUMPY")) == \
+        ["NUMPY 0 45.0", "NUMPY 1 45.0"], r.stdout + r.stderr
+    assert not refusals(r.stderr), r.stderr
+    r = open_mpi5_run(ompi, 2, ["-c", "import mpi4py.MPI\nprint('TOTAL')"], source_mpi4py,
+                      shm_chroot, PYTHON_MPI_MODE=mode)
+    check_refused_at_import(r, 2, "libmpich.so.12 (mpich ABI)", "(openmpi ABI)")
+    child = ("import subprocess, sys\n"
+             "r = subprocess.run([sys.executable, '-c', 'import mpi4py.MPI'], capture_output=True,"
+             " text=True, timeout=60)\n"
+             "print('CHILD', r.returncode, r.stderr.strip().splitlines())\n")
+    r = open_mpi5_run(ompi, 1, ["-c", child], source_mpi4py, shm_chroot, PYTHON_MPI_MODE=mode)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = [ln for ln in r.stdout.splitlines() if ln.startswith("CHILD")]
+    assert len(out) == 1 and out[0].startswith("CHILD 1 [\"python-mpi: "), r.stdout
+    assert "needs libmpich.so.12 (mpich ABI)" in out[0] and "Traceback" not in out[0], out
+
+
+def test_a_caught_refusal_is_an_import_error(ompi, source_mpi4py, shm_chroot):
+    prog = ("try:\n    from mpi4py import MPI\nexcept ImportError as e:\n"
+            "    print('FALLBACK', type(e).__mro__[1].__name__, 'mpi4py' in str(e))\n")
+    r = open_mpi5_run(ompi, 2, ["-c", prog], source_mpi4py, shm_chroot)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("FALLBACK ImportError True") == 2, r.stdout + r.stderr
 
 
 def test_info_tells_which_library_the_wheel_will_use(debian_mpich_launcher):

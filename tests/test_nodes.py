@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import socket
 import shutil
 import signal
 import subprocess
@@ -131,8 +132,11 @@ def test_damaged_tree_a_running_step_uses_is_staged_anew_beside_it(pkgroot, shm_
             f.write("x")
         b = mpirun(2, ["-c", "import sys, numpy; print('B', sys.prefix)"], env)
         assert b.returncode == 0, b.stderr
-        assert re.search(rf"staged tree {tree}: {tree}(/stray.txt)? was changed after staging; "
-                         "staging a new tree beside it", b.stderr), b.stderr
+        # the line says where, as every launcher line: "python-mpi: HOST (rank R): "
+        host = socket.gethostname().split(".")[0]
+        assert re.search(rf"^python-mpi: {re.escape(host)} \(rank 0\): staged tree {tree}: "
+                         rf"{tree}(/stray.txt)? was changed after staging; "
+                         "staging a new tree beside it", b.stderr, re.M), b.stderr
         assert b.stdout.count(f"{tree}.1\n") == 2, b.stdout  # (lines of ranks may interleave)
         assert trees(node0) == [tree, tree + ".1"]
         assert a.finish() == 0, a.err

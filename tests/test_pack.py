@@ -345,6 +345,87 @@ def test_name_clash(tmp_path):
     run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "x", "-q", "--force"])
 
 
+def test_pack_force_replaces_only_a_package(tmp_path):
+    """pack --force where NAME.tar.zst is a directory or a file that is no
+    package: refused in one line, untouched; a package is replaced."""
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "f").write_text("x")
+    out = tmp_path / "out"
+    (out / "x.tar.zst").mkdir(parents=True)
+    (out / "x.tar.zst" / "results.csv").write_text("1,2\n")
+    (out / "y.tar.zst").write_text("my notes\n")
+    for name in ("x", "y"):
+        r = run(CLI + ["pack", "--directory", str(src), "-o", str(out), "-n", name, "-q",
+                       "--force"], check=False)
+        one_line_error(r, f"{out}/{name}.tar.zst", "not a python-mpi-bcast package",
+                       "left as it is")
+    assert (out / "x.tar.zst" / "results.csv").read_text() == "1,2\n"
+    assert (out / "y.tar.zst").read_text() == "my notes\n"
+    run(CLI + ["pack", "--directory", str(src), "-o", str(out), "-n", "z", "-q"])
+    (src / "f").write_text("changed")
+    run(CLI + ["pack", "--directory", str(src), "-o", str(out), "-n", "z", "-q", "--force"])
+    assert sorted(os.listdir(out)) == ["x.tar.zst", "y.tar.zst", "z.tar.zst"]
+
+
+def test_unpack_force_never_replaces_what_unpack_did_not_make(tmp_path):
+    """unpack PKG DEST --force with DEST someone's directory: refused in one
+    line naming what to do, untouched; a tree unpack made is replaced."""
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "f").write_text("x")
+    run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "p", "-q"])
+    pkg = str(tmp_path / "p.tar.zst")
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("\\chapter{Results}\n")
+    for extra in ([], ["--force"]):
+        r = run(CLI + ["unpack", pkg, str(thesis)] + extra, check=False)
+        one_line_error(r, f"{thesis} already exists")
+    one_line_error(r, "not a tree unpacked by python-mpi-bcast", "left as it is",
+                   "choose a DEST that does not exist yet")
+    assert os.listdir(thesis) == ["thesis.tex"]
+    assert (thesis / "thesis.tex").read_text() == "\\chapter{Results}\n"
+    dest = tmp_path / "tree"
+    run(CLI + ["unpack", pkg, str(dest)])
+    (dest / "added").write_text("")
+    r = run(CLI + ["unpack", pkg, str(dest)], check=False)
+    one_line_error(r, "already exists", "--force")
+    run(CLI + ["unpack", pkg, str(dest), "--force"])
+    assert not (dest / "added").exists() and (dest / "f").read_text() == "x"
+
+
+def test_out_of_room_lines_name_what_an_unpack_user_can_change(tmp_path):
+    """unpack into, and verify with TMPDIR on, a tmpfs with room for few
+    files: one line each, saying what is short and naming no launcher
+    setting (PYTHON_MPI_CHROOT means nothing to them)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a small tmpfs")
+    src = tmp_path / "d"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i}").write_text(str(i))
+    run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "p", "-q"])
+    small = tmp_path / "small"
+    small.mkdir()
+    r = run(["mount", "-t", "tmpfs", "-o", "size=2m,nr_inodes=30", "tmpfs", str(small)],
+            check=False)
+    if r.returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        r = run(CLI + ["unpack", str(tmp_path / "p.tar.zst"), str(small / "t")], check=False)
+        one_line_error(r, f"no space left in {small} for {small}/t: it needs 60 files",
+                       "choose a DEST with more room")
+        assert "PYTHON_MPI_CHROOT" not in r.stderr
+        assert os.listdir(small) == []
+        r = run(CLI + ["verify", str(tmp_path / "p.tar.zst")], check=False,
+                env=dict(os.environ, TMPDIR=str(small)))
+        one_line_error(r, "no space left in ", "choose a destination with more room")
+        assert "PYTHON_MPI_CHROOT" not in r.stderr
+    finally:
+        run(["umount", str(small)], check=False)
+
+
 def test_editable_install_is_refused(tmp_path):
     v = tmp_path / "v"
     make_venv(str(v), [])

@@ -91,3 +91,31 @@ def test_relocate_to_a_path_with_a_quote(saved, tmp_path):
         out = run([shell, "-c", f'{src}; echo "$VIRTUAL_ENV"; command -v python'],
                   env=dict(os.environ, P=f"{dest}/bin/{script}"), timeout=60).stdout.splitlines()
         assert out == [dest, dest + "/bin/python"], (shell, out)
+
+
+SHELLY = "it's \"web\" $HOME `id` \\ caf\u00e9"
+
+
+@pytest.mark.parametrize("shell,script", [("bash", "activate"), ("zsh", "activate"),
+                                          ("dash", "activate"), ("fish", "activate.fish")])
+def test_relocated_activate_scripts_work_with_dollar_backquote_and_double_quote(
+        tmp_path, shell, script):
+    """relocate to a DEST holding '"', '$', '`' and '\\': sourcing the
+    relocated bin/activate (bash, zsh, dash) or activate.fish sets
+    VIRTUAL_ENV to DEST exactly and puts its python first, running nothing
+    the path spells; deactivate restores PATH."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"no {shell} here")
+    import sys
+    src = str(tmp_path / "src")
+    run([sys.base_prefix + "/bin/python3", "-m", "venv", "--without-pip", src], timeout=300)
+    dest = str(tmp_path / SHELLY / "venv")
+    r = run(CLI + ["relocate", src, "-o", dest], timeout=600, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    source = {"fish": "source $P"}.get(shell, '. "$P"')
+    out = run([shell, "-c", f'{source}; echo "$VIRTUAL_ENV"; command -v python; deactivate; '
+                            f'echo "$PATH"'],
+              env=dict(os.environ, P=f"{dest}/bin/{script}"), timeout=60, check=False)
+    assert out.returncode == 0 and "uid=" not in out.stdout, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines == [dest, dest + "/bin/python", os.environ["PATH"]], (lines, out.stderr)

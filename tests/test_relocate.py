@@ -135,3 +135,23 @@ def test_apply_maps_is_one_pass_longest_first():
     assert R.apply_maps(b"a=/fs2/home/u/x b=/fs2/y c=/work/z", maps) == \
         b"a=/home/u/x b=/work/y c=/other/z"
     assert R.apply_maps(b"x", []) == b"x"
+
+
+def test_activation_scripts_get_the_path_quoted_for_their_shell():
+    from python_mpi_bcast.relocate import requote_activation
+    path = b"/w/it's \"a\" $X `id` \\ !"
+    sh = b'VIRTUAL_ENV="' + path + b'"\nexport VIRTUAL_ENV\n'
+    assert requote_activation(sh, path, "sh") == \
+        b"VIRTUAL_ENV='/w/it'\\''s \"a\" $X `id` \\ !'\nexport VIRTUAL_ENV\n"
+    fish = b'set -gx VIRTUAL_ENV "' + path + b'"\n'
+    assert requote_activation(fish, path, "fish") == \
+        b"set -gx VIRTUAL_ENV '/w/it\\'s \"a\" $X `id` \\\\ !'\n"
+    csh = b'setenv VIRTUAL_ENV "' + path + b'"\n'
+    assert requote_activation(csh, path, "csh") == \
+        b"setenv VIRTUAL_ENV '/w/it'\\''s \"a\" $X `id` \\ '\\!''\n"
+    # newer venvs quote with single quotes; a plain path is left as it is
+    assert requote_activation(b"V='" + path + b"'\n", path, "sh").startswith(b"V='/w/it'\\''s")
+    plain = b'VIRTUAL_ENV="/w/caf\xc3\xa9 env"\n'
+    assert requote_activation(plain, b"/w/caf\xc3\xa9 env", "sh") == plain
+    # csh cannot hold a line break in a word: refused, not mangled
+    assert requote_activation(b'setenv V "/a\nb"\n', b"/a\nb", "csh") is None

@@ -244,3 +244,46 @@ def test_relocate_refuses_dest_inside_src_too_long_and_no_space(conda_env, venv,
              small] + CLI + ["relocate", conda_env, "-o", f"{small}/dest"], timeout=300, check=False)
     one_line_error(r, "no space left")
     assert r.stdout.strip() == "", r.stdout
+
+
+def test_relocate_force_never_replaces_what_relocate_did_not_make(venv, tmp_path):
+    """relocate -o DEST --force with DEST someone's work (a directory of
+    files, their own venv) or --tar onto a directory or a file that is no
+    archive: refused in one line, untouched.  What relocate made, --force
+    replaces (also a tree unpacked from its --tar archive)."""
+    src = venv["src"]
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("\\chapter{Results}\n")
+    own = str(tmp_path / "own-venv")
+    run([base_python(), "-m", "venv", "--without-pip", own], timeout=300)
+    own_files = sorted(os.listdir(own))
+    for dest in (str(thesis), own):
+        r = relocate([src, "-o", dest, "--force"])
+        one_line_error(r, f"{dest} already exists and is not an environment relocated by "
+                          f"python-mpi-bcast; it was left as it is")
+    assert os.listdir(thesis) == ["thesis.tex"]
+    assert (thesis / "thesis.tex").read_text() == "\\chapter{Results}\n"
+    assert sorted(os.listdir(own)) == own_files
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for target in (str(thesis), str(tmp_path / "notes.txt")):
+        r = relocate([src, "-o", str(tmp_path / "x"), "--tar", target, "--force"])
+        one_line_error(r, target, "left as it is")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+    assert os.listdir(thesis) == ["thesis.tex"]
+    assert not [p for p in os.listdir(tmp_path) if ".relocate-" in p]
+    # relocate's own output, and a tree from its archive, are replaced
+    dest = str(tmp_path / "moved")
+    assert relocate([src, "-o", dest]).returncode == 0
+    open(os.path.join(dest, "added"), "w").close()
+    assert relocate([src, "-o", dest, "--force"]).returncode == 0
+    assert not os.path.exists(os.path.join(dest, "added"))
+    archive = str(tmp_path / "moved.tar")
+    assert relocate([src, "-o", dest, "--tar", archive, "--force"]).returncode == 0
+    assert relocate([src, "-o", dest, "--tar", archive, "--force"]).returncode == 0
+    shutil.rmtree(dest)
+    with tarfile.open(archive) as tf:
+        kw = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+        tf.extractall(str(tmp_path), **kw)
+    r = relocate([src, "-o", dest, "--force"])
+    assert r.returncode == 0, r.stderr

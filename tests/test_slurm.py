@@ -414,14 +414,14 @@ def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
                    CHECK + "\nimport numpy.linalg; numpy.linalg.norm([1.0])\n"])
     assert r.returncode == 0, r.stderr
     check_rows(r.stdout, 8, 4)
-    assert re.search(rf"\(node 1\): staged tree {tree}: .*numpy/version.py was changed after "
+    assert re.search(rf"python-mpi: n2 \(rank \d+\): staged tree {tree}: .*numpy/version.py was changed after "
                      "staging; staging it again", r.stderr), r.stderr
-    assert re.search(rf"\(node 2\): staged tree {tree}: .*numpy was changed after staging",
+    assert re.search(rf"python-mpi: n3 \(rank \d+\): staged tree {tree}: .*numpy was changed after staging",
                      r.stderr), r.stderr
     # without its stamp nobody can tell whether a step still runs from it, but
     # the job that staged it is over: it goes (a tree a running step holds is
     # staged anew beside it instead: test_nodes.py)
-    assert re.search(r"\(node 3\): staged tree .*\.pmb-ready is missing.*; staging it again",
+    assert re.search(r"python-mpi: n4 \(rank \d+\): staged tree .*\.pmb-ready is missing.*; staging it again",
                      r.stderr), r.stderr
     assert r.stderr.count("reusing") == 1 and unpacked(r.stderr) == 3, r.stderr
     with open(c.node_path("n2", f"{tree}/{site}/numpy/version.py")) as f:
