@@ -30,17 +30,12 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-BIN = os.path.dirname(sys.executable)
-sys.path.insert(0, os.path.join(REPO, "tests"))
-sys.path.insert(0, HERE)
-import filecalls  # noqa: E402  (benchmarks/filecalls.py: strace parsing)
-import slurm  # noqa: E402  (tests/slurm.py: the cluster)
+import filecalls  # benchmarks/filecalls.py: strace parsing
+from helpers import BIN  # tests/helpers.py
+from support import slurm  # tests/support/slurm.py: the cluster
 
 from python_mpi_bcast import pkgformat, relocate  # noqa: E402
 

@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from conftest import PRIVATE, UNSHARE_MOUNT, CLI, mpi_env, mpirun, run
+from helpers import PRIVATE, UNSHARE_MOUNT, CLI, mpi_env, mpirun, run
 from test_examples import sandbox  # noqa: F401  (fixture)
 
 
@@ -160,7 +160,7 @@ def test_tree_longer_than_the_conda_placeholder_is_refused_naming_the_file(packe
 
 def readme_conda_blocks() -> list[str]:
     import re
-    from conftest import REPO
+    from helpers import REPO
     text = open(os.path.join(REPO, "README.rst")).read()
     sec = text[text.index("Conda environments\n---"):text.index("Saved environments: ``save``")]
     return ["\n".join(line[3:] for line in m.group(1).splitlines())

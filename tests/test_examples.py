@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import BIN, REPO, run
+from helpers import BIN, REPO, run
 
 MY_SCRIPT = """import argparse, numpy as np
 from mpi4py import MPI

@@ -10,11 +10,11 @@ import uuid
 
 import pytest
 
-import slurm
-from conftest import LAUNCHER, MPIEXEC, REPO, mpi_env, run
+from support import slurm
+from helpers import LAUNCHER, MPIEXEC, REPO, mpi_env, run
 from test_slurm import CHECK, check_rows
 
-FAKESSH = os.path.join(REPO, "tests", "fakessh")
+FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
 
 
 @pytest.fixture

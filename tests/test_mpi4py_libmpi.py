@@ -22,8 +22,8 @@ import sys
 
 import pytest
 
-from conftest import CACHE, CLI, base_python, mpi_env, run
-from mpibuild import build_launcher, linked_mpi, need, renamed_library, wrapper_linking
+from helpers import CACHE, CLI, base_python, mpi_env, run
+from support.mpibuild import build_launcher, linked_mpi, need, renamed_library, wrapper_linking
 
 DEBIAN_MPICH = "/usr/lib/x86_64-linux-gnu/libmpich.so.12"
 

@@ -22,12 +22,12 @@ import uuid
 
 import pytest
 
-from conftest import CACHE, REPO, base_python, run
+from helpers import CACHE, REPO, base_python, run
 from test_slurm import CHECK, check_rows
 
 pytestmark = pytest.mark.slow
 
-FAKESSH = os.path.join(REPO, "tests", "fakessh")
+FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
 DEBIAN = {
     "mpich4": {"mpicc": "/usr/bin/mpicc.mpich", "mpiexec": "/usr/bin/mpiexec.mpich",
                "library": "MPICH Version:\t4.", "srun": "--mpi=pmi2"},

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import PRIVATE, UNSHARE_MOUNT, CLI, base_python, run
+from helpers import PRIVATE, UNSHARE_MOUNT, CLI, base_python, run
 
 from test_conda import can_hide, hidden, outputs
 
