@@ -98,6 +98,7 @@ def mpi_env(pkgroot: dict | str, chroot: str, cliques: int = 1, packages: str | 
         "PYTHON_MPI_CHROOT": chroot,
         "MPIR_CVAR_NUM_CLIQUES": str(cliques),
     })
+    env.update(env_file("env.mpich"))
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
