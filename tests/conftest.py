@@ -21,15 +21,59 @@ import pytest
 
 from helpers import CACHE, CLI, REPO, base_python, make_venv, run
 
-LONG_MARKERS = ("slow", "extended")  # slow: the Debian MPI matrix; extended: installs per MPI
+# slow: the Debian MPI matrix; extended: installs per MPI; repeat: the further
+# cases of a long matrix (REPRESENTATIVE below).  The default run (.ci/run)
+# leaves them out; tests/run.sh --all (or PMB_TEST_ALL=1) runs every one.
+LONG_MARKERS = ("slow", "extended", "repeat")
+
+# Long matrices and the cases the default run keeps of each: every test keeps
+# at least one case, and every MPI family, launcher mode and kind of failure
+# is in some kept case; the other cases get the 'repeat' marker.  Keyed by
+# test function; the rule sees the case's parameters (callspec.params).
+PRINTABLE_ENDS = {ord(c) for c in "/'\" \0:"}
+REPRESENTATIVE = {
+    # test_prefix_boundaries: 256 bytes after the prefix, twice
+    "test_text_prefix_followed_by_each_byte":
+        lambda p: p["c"] in PRINTABLE_ENDS | {ord("a"), ord("-"), ord("."), 0xc3, 0xff},
+    "test_binary_prefix_followed_by_each_byte":
+        lambda p: p["c"] in PRINTABLE_ENDS | {ord("a"), ord("-"), ord("."), 0xc3, 0xff},
+    # test_python_compat: MPI family x launcher mode (x failure, x ranks): MPICH
+    # in embed mode and Open MPI in exec mode, so each family and each mode runs
+    "test_every_rank_runs_to_its_end_when_the_program_never_uses_mpi":
+        lambda p: (p["launch"], p["mode"]) in FAMILY_MODE,
+    "test_a_failing_rank_ends_the_job_with_a_nonzero_status":  # every failure with MPICH
+        lambda p: (p["launch"], p["mode"]) in FAMILY_MODE and
+        (p["launch"] == "mpich" or p["how"] == "exception"),
+    "test_init_thread_after_rc_initialize_false_and_explicit_finalize":
+        lambda p: (p["launch"], p["mode"]) in FAMILY_MODE,
+    "test_program_from_stdin_runs_on_every_rank": lambda p: p["n"] == 2,
+    "test_srun_every_rank_runs_to_its_end": lambda p: p["srun_case"] in FAMILY_MODE,
+    "test_srun_a_failing_rank_ends_the_step": lambda p: p["srun_case"] in FAMILY_MODE,
+    "test_srun_init_thread_after_rc_initialize_false": lambda p: p["srun_case"] in FAMILY_MODE,
+    "test_srun_program_from_stdin_runs_on_every_rank": lambda p: p["srun_case"] in FAMILY_MODE,
+    # test_slurm: one Slurm job (or two) per case
+    "test_killed_mid_broadcast_leaves_no_ready_tree_and_the_next_job_works":
+        lambda p: p["how"] == "sigkill-one-node",
+    "test_a_node_filling_up_mid_staging_says_so_and_no_node_reports_a_corrupt_package":
+        lambda p: p["per_node"] == 2,
+    "test_the_next_job_gives_back_what_an_earlier_job_left":  # after staging / mid-staging
+        lambda p: p["how"] in ("failing", "cancelled-mid-staging"),
+    "test_open_mpi_under_srun_pmix": lambda p: (p["nodes"], p["per_node"]) == (4, 2),
+}
+FAMILY_MODE = {("mpich", "embed"), ("openmpi", "exec")}
 
 
 def pytest_addoption(parser):
     parser.addoption("--all", action="store_true", default=False,
-                     help="also run the tests marked slow or extended (tests/run.sh --all)")
+                     help="also run the tests marked slow, extended or repeat (tests/run.sh "
+                          "--all)")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        keep = REPRESENTATIVE.get(getattr(item, "originalname", None))
+        if keep and hasattr(item, "callspec") and not keep(item.callspec.params):
+            item.add_marker(pytest.mark.repeat)
     if config.getoption("--all") or os.environ.get("PMB_TEST_ALL") == "1":
         return
     asked = config.getoption("-m") or ""
