@@ -59,6 +59,16 @@ REPRESENTATIVE = {
     "test_the_next_job_gives_back_what_an_earlier_job_left":  # after staging / mid-staging
         lambda p: p["how"] in ("failing", "cancelled-mid-staging"),
     "test_open_mpi_under_srun_pmix": lambda p: (p["nodes"], p["per_node"]) == (4, 2),
+    # jobs of several sizes: 1, 4, 8 ranks on 1, 2, 4 nodes; 1 and 2 ranks a node
+    "test_numpy_and_mpi4py_on_every_rank":
+        lambda p: (p["ranks"], p["nodes"]) in {(1, 1), (4, 2), (8, 4)},
+    "test_numpy_and_mpi4py_at_one_and_two_ranks_per_node":
+        lambda p: (p["ranks"], p["nodes"]) in {(1, 1), (4, 2)},
+    # test_shell_init: every shell in the two tests of a job's pip; bash elsewhere
+    "test_pip_in_a_job_never_reaches_for_an_index": lambda p: p["shell"] == "bash",
+    "test_pip_download_on_a_login_node_fills_the_wheelhouse": lambda p: p["shell"] == "bash",
+    "test_other_pip_commands_pass_through_unchanged": lambda p: p["shell"] == "bash",
+    "test_a_missing_wheel_in_a_job_says_wheelhouse_add_name": lambda p: p["shell"] == "bash",
 }
 FAMILY_MODE = {("mpich", "embed"), ("openmpi", "exec")}
 
