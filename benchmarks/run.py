@@ -18,7 +18,7 @@ Sections
      broadcast alpha/beta, unpack per core, per-file cost), predicted deploy
      time vs nodes for ours and the 2016 design, and the check against the
      2016 published figures
-  6. a conda environment (tests/condaenv.py: real CPython, numpy, mpi4py,
+  6. a conda environment (tests/support/condaenv.py: real CPython, numpy, mpi4py,
      padded binary placeholders): pack and unpack time and size, python-mpi-bcast
      vs conda-pack + conda-unpack
   8. cold start vs a pre-installed env: import numpy, scipy, mpi4py on 2

@@ -1,5 +1,5 @@
 """Conda environments (issue 8): ``pack CONDA_PREFIX`` on a real conda
-layout (tests/condaenv.py), checked against conda-pack + conda-unpack as the
+layout (tests/support/condaenv.py), checked against conda-pack + conda-unpack as the
 reference, and run under python-mpi on two simulated nodes."""
 
 from __future__ import annotations

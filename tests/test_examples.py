@@ -1,7 +1,7 @@
 """Every example in README.rst and jobscripts/ runs, so none goes stale.
 
 The Slurm job scripts are submitted with sbatch to the real 4-node cluster
-of tests/slurm.py (each node with its own /dev/shm), with the job size
+of tests/support/slurm.py (each node with its own /dev/shm), with the job size
 given on the command line (2 nodes x 2 tasks), as a user would override the
 script's #SBATCH lines.  What a job leaves in a node's memory is checked
 through the host's view of that node.

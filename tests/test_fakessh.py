@@ -1,5 +1,5 @@
 """mpiexec over "nodes" with their own host name and /dev/shm: MPICH's hydra
-starts each node's proxy through tests/fakessh (ssh stand-in: a new mount and
+starts each node's proxy through tests/support/fakessh (ssh stand-in: a new mount and
 UTS namespace with a fresh tmpfs on /dev/shm), as on a cluster without Slurm."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""python-mpi on a real Slurm cluster (tests/slurm.py): four nodes, each with
+"""python-mpi on a real Slurm cluster (tests/support/slurm.py): four nodes, each with
 its own /dev/shm, MPICH from PyPI under ``srun --mpi=pmi2`` (the cluster's
 MpiDefault), and the faults a cluster brings.
 
