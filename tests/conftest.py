@@ -13,13 +13,14 @@ the tests import (run, mpi_env, ...) are in tests/helpers.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import uuid
 
 import pytest
 
-from helpers import CACHE, CLI, REPO, base_python, make_venv, run
+from helpers import BIN, CACHE, CLI, MY_SCRIPT, REPO, base_python, make_venv, run
 
 # slow: the Debian MPI matrix; extended: installs per MPI; repeat: the further
 # cases of a long matrix (REPRESENTATIVE below).  The default run (.ci/run)
@@ -161,6 +162,26 @@ def shm_chroot():
     base = f"/dev/shm/pmb-test-{uuid.uuid4().hex[:10]}"
     yield base + "/node-%n"
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def sandbox(tmp_path, demo_venv, slurm_cluster):
+    """HOME and PROJECT of a user of the test cluster."""
+    home = tmp_path / "home"
+    project = tmp_path / "project"
+    home.mkdir()
+    project.mkdir()
+    (project / "my_script.py").write_text(MY_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "SLURM_"))}
+    env.update(HOME=str(home), PROJECT=str(project), SCRATCH=str(tmp_path),
+               PATH=f"{BIN}:{env['PATH']}",
+               LD_LIBRARY_PATH=os.path.join(os.path.dirname(BIN), "lib"))
+    yield {"env": env, "home": home, "project": project, "tmp": tmp_path, "cluster": slurm_cluster}
+    for n in slurm_cluster.names:  # what the jobs left in node memory (checked by the tests)
+        shm = slurm_cluster.node_path(n, "/dev/shm")
+        for d in os.listdir(shm):
+            if re.fullmatch(r"\d+|pmb-array-\d+", d):
+                run(["rm", "-rf", os.path.join(shm, d)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,19 @@ __all__ = ["BIN", "MPIEXEC", "LAUNCHER", "CLI", "REPO", "CACHE", "FAKESSH", "bas
            "LAUNCHER_ERROR", "launcher_errors", "run", "env_file", "UNSHARE_MOUNT", "PRIVATE",
            "make_venv", "mpi_env", "mpirun", "tree_digest"]
 
+# the README's job-script examples' my_script.py (sandbox fixture, test_examples)
+MY_SCRIPT = """import argparse, numpy as np
+from mpi4py import MPI
+p = argparse.ArgumentParser(); p.add_argument("--steps", type=int, default=1)
+p.add_argument("--its-args", action="store_true")
+a = p.parse_args()
+c = MPI.COMM_WORLD
+x = c.allreduce(float(np.ones(a.steps).sum()))
+if c.rank == 0:
+    print(f"my_script: {c.size} ranks, total {x}")
+"""
+
+
 # the launcher's error lines under MPI: "python-mpi: HOST (rank R): ..."
 LAUNCHER_ERROR = re.compile(r"python-mpi: \S+ \(rank \d+\): ")
 

@@ -17,7 +17,6 @@ import time
 import pytest
 
 from helpers import CLI, LAUNCHER, MPIEXEC, make_venv, run
-from test_examples import sandbox  # noqa: F401  (fixture)
 from test_shell_init import make_wheel
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"

@@ -13,7 +13,6 @@ import tempfile
 import pytest
 
 from helpers import PRIVATE, UNSHARE_MOUNT, CLI, mpi_env, mpirun, run
-from test_examples import sandbox  # noqa: F401  (fixture)
 
 
 BIN = os.path.dirname(sys.executable)

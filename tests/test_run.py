@@ -19,7 +19,6 @@ import pytest
 
 from helpers import BIN, CLI, make_venv, run
 from test_cache import copy_numpy
-from test_examples import sandbox  # noqa: F401  (fixture)
 from test_shell_init import make_wheel
 
 SCRIPT = """import sys, numpy as np
