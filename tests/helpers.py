@@ -27,7 +27,7 @@ FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
 
 __all__ = ["BIN", "MPIEXEC", "LAUNCHER", "CLI", "REPO", "CACHE", "FAKESSH", "base_python",
            "LAUNCHER_ERROR", "launcher_errors", "run", "env_file", "UNSHARE_MOUNT", "PRIVATE",
-           "make_venv", "mpi_env", "mpirun", "tree_digest"]
+           "make_venv", "mpi_env", "mpirun", "tree_digest", "MY_SCRIPT", "conda_origin"]
 
 # the README's job-script examples' my_script.py (sandbox fixture, test_examples)
 MY_SCRIPT = """import argparse, numpy as np
@@ -120,6 +120,13 @@ def mpirun(n: int, args: list[str], env: dict, timeout: int = 120, check: bool =
            input: str | None = None, prefix: list[str] | None = None):
     cmd = (prefix or []) + [MPIEXEC, "-n", str(n), LAUNCHER] + args
     return run(cmd, env=env, timeout=timeout, check=check, input=input)
+
+
+def conda_origin() -> list[str]:
+    """Where the conda_env fixture's python came from (tests/support/condaenv.py
+    origin): what a moved conda env must not need."""
+    from support import condaenv
+    return condaenv.origin(CACHE)
 
 
 def tree_digest(root: str, skip: tuple[str, ...] = (), own_path: bool = False) -> dict:

@@ -12,11 +12,10 @@ import tempfile
 
 import pytest
 
-from helpers import PRIVATE, UNSHARE_MOUNT, CLI, mpi_env, mpirun, run
+from helpers import PRIVATE, UNSHARE_MOUNT, CLI, conda_origin, mpi_env, mpirun, run
 
 
 BIN = os.path.dirname(sys.executable)
-OLD_BASE = sys.base_prefix
 
 CHECK = r"""
 import os, sys, numpy, pmbdemo_py, mpi4py
@@ -105,7 +104,7 @@ def test_unpacked_env_runs_like_conda_packs_with_the_original_moved_away(conda_e
         os.makedirs(theirs)
         run(["tar", "--zstd", "-xf", packed["cp"], "-C", theirs], timeout=300)
         run([f"{theirs}/bin/python", f"{theirs}/bin/conda-unpack"], timeout=300)
-        hide = [conda_env, OLD_BASE]
+        hide = [conda_env] + conda_origin()
         a, b = outputs(ours, hide), outputs(theirs, hide)
         assert a == b
         assert "greeting=hello from pmbdemo" in a and "data=<T>/share/pmbdemo" in a

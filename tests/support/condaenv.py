@@ -212,6 +212,15 @@ def own_prefix_python(cache: str) -> str:
     return dest
 
 
+def origin(cache: str) -> list[str]:
+    """Where the conda-layout env's python came from: its own prefix (the
+    running interpreter's base or own_prefix_python's copy), and the
+    distribution's stdlib when it is a copy.  Tests hide these to show that a
+    moved env needs nothing of them."""
+    base = own_prefix_python(cache)
+    return [base] if base == sys.base_prefix else [base, _distro_python()[1]]
+
+
 def _build_python(pkg: str, placeholder: str, base: str) -> dict[str, str]:
     """Returns {relpath: "text"} for the files that hold the placeholder;
     base: a CPython's own prefix (own_prefix_python)."""
