@@ -1,6 +1,6 @@
 """Benchmark section 9: Slurm's own broadcast as the comparison point.
 
-On the real Slurm cluster of the test suite (tests/slurm.py: one slurmd per
+On the real Slurm cluster of the test suite (tests/support/slurm.py: one slurmd per
 node, each node with its own /dev/shm), the same packages are staged into
 node-local memory three ways, in one run, repeats interleaved:
 
@@ -30,17 +30,12 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-BIN = os.path.dirname(sys.executable)
-sys.path.insert(0, os.path.join(REPO, "tests"))
-sys.path.insert(0, HERE)
-import filecalls  # noqa: E402  (benchmarks/filecalls.py: strace parsing)
-import slurm  # noqa: E402  (tests/slurm.py: the cluster)
+import filecalls  # benchmarks/filecalls.py: strace parsing
+from helpers import BIN  # tests/helpers.py
+from support import slurm  # tests/support/slurm.py: the cluster
 
 from python_mpi_bcast import pkgformat, relocate  # noqa: E402
 
@@ -313,7 +308,7 @@ def measure(rep, cluster, pkgroot: str, packages: str, tmp: str, nodes=(1, 2, 4)
     nfiles = sum(m.files for m in manifests)
     kinds = [pf.mode for m in manifests for pf in m.prefix_files]
     rep.h("9. Slurm's sbcast + tar vs python-mpi on a Slurm cluster")
-    rep.p(f"A real Slurm {slurm_version()} cluster on this machine (tests/slurm.py: "
+    rep.p(f"A real Slurm {slurm_version()} cluster on this machine (tests/support/slurm.py: "
           f"{len(cluster.names)} slurmd, each node with its own /dev/shm; all nodes share the "
           f"machine's {os.cpu_count()} cores and memory, so 'nodes' add work, not hardware). "
           f"Packages: {', '.join(b.pkgs)} ({sum(sizes) / 1e6:.1f} MB zstd, "

@@ -18,7 +18,7 @@ Sections
      broadcast alpha/beta, unpack per core, per-file cost), predicted deploy
      time vs nodes for ours and the 2016 design, and the check against the
      2016 published figures
-  6. a conda environment (tests/condaenv.py: real CPython, numpy, mpi4py,
+  6. a conda environment (tests/support/condaenv.py: real CPython, numpy, mpi4py,
      padded binary placeholders): pack and unpack time and size, python-mpi-bcast
      vs conda-pack + conda-unpack
   8. cold start vs a pre-installed env: import numpy, scipy, mpi4py on 2
@@ -50,14 +50,10 @@ import time
 
 from python_mpi_bcast.pyinfo import running_base_interpreter as base_python
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import filecalls  # noqa: E402
+import filecalls
+from helpers import BIN, CLI, LAUNCHER, MPIEXEC, REPO, mpi_env  # tests/helpers.py
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = os.path.join(BIN, "mpiexec")
-LAUNCHER = os.path.join(BIN, "python-mpi")
-CLI = [sys.executable, "-m", "python_mpi_bcast"]
+
 WORK = os.path.join(REPO, "build", "bench")
 IMPORT = "import numpy, scipy, scipy.linalg, scipy.sparse"
 
@@ -88,14 +84,6 @@ def median_of(n, fn):
     return statistics.median(fn() for _ in range(n))
 
 
-
-
-def mpi_env(pkgroot, packages, chroot, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON_MPI_")}
-    env.update(PYTHON_MPI_PKGROOT=pkgroot, PYTHON_MPI_PACKAGES=packages,
-               PYTHON_MPI_CHROOT=chroot, MPIR_CVAR_NUM_CLIQUES="1")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 def fresh_chroot() -> str:
@@ -156,7 +144,7 @@ def setup(venv_dir, pkgroot):
 def stage_seconds(pkgroot, packages, ranks, unpack_ranks=0) -> float:
     chroot = fresh_chroot()
     try:
-        env = mpi_env(pkgroot, packages, chroot, PYTHON_MPI_VERBOSE=1,
+        env = mpi_env(pkgroot, chroot, packages=packages, PYTHON_MPI_VERBOSE=1,
                       PYTHON_MPI_UNPACK_RANKS=unpack_ranks)
         r = sh([MPIEXEC, "-n", str(ranks), LAUNCHER, "--stage-only"], env=env)
         m = re.search(r"total ([\d.]+) s", r.stderr)
@@ -222,7 +210,7 @@ def bench_metadata(rep, venv_dir, pkgroot, packages, ranks_list, tmp):
                               IMPORT], env, [venv_dir, venv_real, pkgroot], tmp, f"plain{n}")
         chroot = fresh_chroot()
         try:
-            env = mpi_env(pkgroot, packages, chroot)
+            env = mpi_env(pkgroot, chroot, packages=packages)
             staged = strace_count([MPIEXEC, "-n", str(n), LAUNCHER, "-c", IMPORT], env,
                                   [venv_dir, venv_real, pkgroot], tmp, f"pmb{n}")
         finally:
@@ -267,7 +255,7 @@ def stage_job_seconds(pkgroot, packages, ranks, cpu=None) -> float:
     chroot = fresh_chroot()
     try:
         return timed([MPIEXEC, "-n", str(ranks), LAUNCHER, "--stage-only"], cpu=cpu,
-                     env=mpi_env(pkgroot, packages, chroot))
+                     env=mpi_env(pkgroot, chroot, packages=packages))
     finally:
         shutil.rmtree(chroot, ignore_errors=True)
 
@@ -355,7 +343,7 @@ def bench_coldstart(rep, venv_dir, pkgroot, packages, reps, tmp):
     pre_env["LD_LIBRARY_PATH"] = libdir + (":" + pre_env["LD_LIBRARY_PATH"]
                                            if pre_env.get("LD_LIBRARY_PATH") else "")
     reused = fresh_chroot()
-    reuse_env = mpi_env(pkgroot, packages, reused)
+    reuse_env = mpi_env(pkgroot, reused, packages=packages)
     sh([MPIEXEC, "-n", "2", LAUNCHER, "-c", IMPORT8], env=reuse_env)  # stage it once
 
     def cold(root):
@@ -363,7 +351,7 @@ def bench_coldstart(rep, venv_dir, pkgroot, packages, reps, tmp):
             chroot = fresh_chroot()
             try:
                 return timed([MPIEXEC, "-n", "2", LAUNCHER, "-c", IMPORT8],
-                             env=mpi_env(root, packages, chroot))
+                             env=mpi_env(root, chroot, packages=packages))
             finally:
                 shutil.rmtree(chroot, ignore_errors=True)
         return run
@@ -455,7 +443,7 @@ def bench_slowfs(rep, ranks_list, latency_us, reps, tmp):
                 chroot = fresh_chroot()
                 try:
                     return timed([MPIEXEC, "-n", str(n), LAUNCHER, "-c", IMPORT],
-                                 env=mpi_env(pkgroot, packages, chroot))
+                                 env=mpi_env(pkgroot, chroot, packages=packages))
                 finally:
                     shutil.rmtree(chroot, ignore_errors=True)
             ts = median_of(reps, staged)
@@ -477,8 +465,7 @@ def bench_slowfs(rep, ranks_list, latency_us, reps, tmp):
 
 
 def bench_conda(rep, reps, tmp):
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    import condaenv
+    from support import condaenv
     root = os.path.join(WORK, "conda")
     prefix = os.path.join(root, "envs", "demo")
     if not os.path.exists(os.path.join(root, ".complete")):
@@ -502,7 +489,7 @@ def bench_conda(rep, reps, tmp):
     def stage_ours():
         c = fresh_chroot()
         try:
-            env = mpi_env(tmp, "demo.tar.zst", c)
+            env = mpi_env(tmp, c, packages="demo.tar.zst")
             return timed([MPIEXEC, "-n", "1", LAUNCHER, "--stage-only"], env=env)
         finally:
             shutil.rmtree(c, ignore_errors=True)
@@ -533,7 +520,6 @@ def bench_conda(rep, reps, tmp):
 
 def bench_model(rep, pkgroot, packages, reps, tmp, out):
     """Section 7: measure the scale model's constants here, then predict."""
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     import model
     from dataclasses import replace
     pk = [os.path.join(pkgroot, p) for p in packages.split(":")]
@@ -708,7 +694,7 @@ def bench_launcher_load(rep, pkgroot, packages, tmp):
             "package root", "staged tree"]
     rows = []
     try:
-        env = mpi_env(pkgroot, packages, chroot, HOME=home)
+        env = mpi_env(pkgroot, chroot, packages=packages, HOME=home)
         sh([MPIEXEC, "-n", "2", LAUNCHER, "--stage-only"], env=env, cwd=project)
         imp = ["-c", "import numpy"]
         variants = [(launchers[0], a) for a in (["-c", "pass"], imp, ["-s", "-P"] + imp,
@@ -859,7 +845,6 @@ def main():
         if "8" in only:
             bench_coldstart(rep, venv_dir, pkgroot, packages, a.reps, tmp)
         if "9" in only:
-            sys.path.insert(0, os.path.join(REPO, "benchmarks"))
             import bench_sbcast
             bench_sbcast.bench(rep, pkgroot, packages, tmp, reps=model_reps)
         if "10" in only:

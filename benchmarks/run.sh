@@ -14,4 +14,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # benchmark-only dependency: plots
 .venv/bin/python -m pip install -q matplotlib 2>&1 | grep -v '^WARNING: Location' || true
+# the tests' helpers (tests/helpers.py, tests/support/) and the benchmark
+# modules, as pyproject.toml's pytest pythonpath gives them to the tests
+export PYTHONPATH="$PWD/tests:$PWD/benchmarks"
 exec .venv/bin/python benchmarks/run.py "$@"

@@ -5,8 +5,9 @@ MPI comes from PyPI (``pip install mpich``) and lives next to the Python
 running the tests; several "nodes" are simulated with MPICH's
 MPIR_CVAR_NUM_CLIQUES (all of them share one /dev/shm, so PYTHON_MPI_CHROOT
 gets a %n placeholder per node).  Nodes with their own /dev/shm come from a
-real Slurm cluster on this machine (``slurm_cluster``, tests/slurm.py) and
-from a fake-ssh launcher for mpiexec (tests/fakessh).
+real Slurm cluster on this machine (``slurm_cluster``, tests/support/slurm.py) and
+from a fake-ssh launcher for mpiexec (tests/support/fakessh).  The helpers
+the tests import (run, mpi_env, ...) are in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -14,31 +15,76 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import uuid
 
 import pytest
 
-from python_mpi_bcast.pyinfo import running_base_interpreter as base_python
+from helpers import BIN, CACHE, CLI, MY_SCRIPT, REPO, base_python, make_venv, run
 
-BIN = os.path.dirname(sys.executable)
-MPIEXEC = os.path.join(BIN, "mpiexec")
-LAUNCHER = os.path.join(BIN, "python-mpi")
-CLI = [sys.executable, "-m", "python_mpi_bcast"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.environ.get("PMB_TEST_CACHE", os.path.join(REPO, "build", "test-cache"))
+# slow: the Debian MPI matrix; extended: installs per MPI; repeat: the further
+# cases of a long matrix (REPRESENTATIVE below).  The default run (.ci/run)
+# leaves them out; tests/run.sh --all (or PMB_TEST_ALL=1) runs every one.
+LONG_MARKERS = ("slow", "extended", "repeat")
 
-
-LONG_MARKERS = ("slow", "extended")  # slow: the Debian MPI matrix; extended: installs per MPI
+# Long matrices and the cases the default run keeps of each: every test keeps
+# at least one case, and every MPI family, launcher mode and kind of failure
+# is in some kept case; the other cases get the 'repeat' marker.  Keyed by
+# test function; the rule sees the case's parameters (callspec.params).
+PRINTABLE_ENDS = {ord(c) for c in "/'\" \0:"}
+REPRESENTATIVE = {
+    # test_prefix_boundaries: 256 bytes after the prefix, twice
+    "test_text_prefix_followed_by_each_byte":
+        lambda p: p["c"] in PRINTABLE_ENDS | {ord("a"), ord("-"), ord("."), 0xc3, 0xff},
+    "test_binary_prefix_followed_by_each_byte":
+        lambda p: p["c"] in PRINTABLE_ENDS | {ord("a"), ord("-"), ord("."), 0xc3, 0xff},
+    # test_python_compat: MPI family x launcher mode (x failure, x ranks): MPICH
+    # in embed mode and Open MPI in exec mode, so each family and each mode runs
+    "test_every_rank_runs_to_its_end_when_the_program_never_uses_mpi":
+        lambda p: (p["launch"], p["mode"]) in FAMILY_MODE,
+    "test_a_failing_rank_ends_the_job_with_a_nonzero_status":  # every failure with MPICH
+        lambda p: (p["launch"], p["mode"]) in FAMILY_MODE and
+        (p["launch"] == "mpich" or p["how"] == "exception"),
+    "test_init_thread_after_rc_initialize_false_and_explicit_finalize":
+        lambda p: (p["launch"], p["mode"]) in FAMILY_MODE,
+    "test_program_from_stdin_runs_on_every_rank": lambda p: p["n"] == 2,
+    "test_srun_every_rank_runs_to_its_end": lambda p: p["srun_case"] in FAMILY_MODE,
+    "test_srun_a_failing_rank_ends_the_step": lambda p: p["srun_case"] in FAMILY_MODE,
+    "test_srun_init_thread_after_rc_initialize_false": lambda p: p["srun_case"] in FAMILY_MODE,
+    "test_srun_program_from_stdin_runs_on_every_rank": lambda p: p["srun_case"] in FAMILY_MODE,
+    # test_slurm: one Slurm job (or two) per case
+    "test_killed_mid_broadcast_leaves_no_ready_tree_and_the_next_job_works":
+        lambda p: p["how"] == "sigkill-one-node",
+    "test_a_node_filling_up_mid_staging_says_so_and_no_node_reports_a_corrupt_package":
+        lambda p: p["per_node"] == 2,
+    "test_the_next_job_gives_back_what_an_earlier_job_left":  # after staging / mid-staging
+        lambda p: p["how"] in ("failing", "cancelled-mid-staging"),
+    "test_open_mpi_under_srun_pmix": lambda p: (p["nodes"], p["per_node"]) == (4, 2),
+    # jobs of several sizes: 1, 4, 8 ranks on 1, 2, 4 nodes; 1 and 2 ranks a node
+    "test_numpy_and_mpi4py_on_every_rank":
+        lambda p: (p["ranks"], p["nodes"]) in {(1, 1), (4, 2), (8, 4)},
+    "test_numpy_and_mpi4py_at_one_and_two_ranks_per_node":
+        lambda p: (p["ranks"], p["nodes"]) in {(1, 1), (4, 2)},
+    # test_shell_init: every shell in the two tests of a job's pip; bash elsewhere
+    "test_pip_in_a_job_never_reaches_for_an_index": lambda p: p["shell"] == "bash",
+    "test_pip_download_on_a_login_node_fills_the_wheelhouse": lambda p: p["shell"] == "bash",
+    "test_other_pip_commands_pass_through_unchanged": lambda p: p["shell"] == "bash",
+    "test_a_missing_wheel_in_a_job_says_wheelhouse_add_name": lambda p: p["shell"] == "bash",
+}
+FAMILY_MODE = {("mpich", "embed"), ("openmpi", "exec")}
 
 
 def pytest_addoption(parser):
     parser.addoption("--all", action="store_true", default=False,
-                     help="also run the tests marked slow or extended (tests/run.sh --all)")
+                     help="also run the tests marked slow, extended or repeat (tests/run.sh "
+                          "--all)")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        keep = REPRESENTATIVE.get(getattr(item, "originalname", None))
+        if keep and hasattr(item, "callspec") and not keep(item.callspec.params):
+            item.add_marker(pytest.mark.repeat)
     if config.getoption("--all") or os.environ.get("PMB_TEST_ALL") == "1":
         return
     asked = config.getoption("-m") or ""
@@ -52,30 +98,11 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-# the launcher's error lines under MPI: "python-mpi: HOST (rank R): ..."
-LAUNCHER_ERROR = re.compile(r"python-mpi: \S+ \(rank \d+\): ")
-
-
-def launcher_errors(stderr: str) -> list[str]:
-    """The launcher's error lines, in order."""
-    return [ln for ln in stderr.splitlines() if LAUNCHER_ERROR.match(ln)]
-
-
-def run(args, timeout=120, check=True, **kw):
-    """subprocess.run with a timeout and captured text output."""
-    kw.setdefault("capture_output", True)
-    kw.setdefault("text", True)
-    r = subprocess.run(args, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A real 4-node Slurm cluster (tests/slurm.py), up for the whole session,
+    """A real 4-node Slurm cluster (tests/support/slurm.py), up for the whole session,
     torn down (every daemon and job killed) even when tests fail."""
-    import slurm
+    from support import slurm
     why = slurm.missing()
     if why:
         pytest.skip("no Slurm cluster: " + why)
@@ -85,17 +112,6 @@ def slurm_cluster():
         yield cluster
     finally:
         cluster.stop()
-
-
-def env_file(name: str) -> dict:
-    out = {}
-    with open(os.path.join(REPO, ".ci", name)) as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                k, _, v = line.partition("=")
-                out[k] = v
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -115,23 +131,6 @@ def ompi():
     run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall",
          "--no-deps", REPO], env=env, timeout=900)
     return venv
-
-
-# A private mount namespace for a test's own mounts (tmpfs over a path).
-# 'unshare -m' alone fails where / is not a mount point (a chroot, as in
-# ../shared/tools/fresh-debian); so keep the propagation as it is and make
-# everything private from inside (where / is no mount point the enclosing
-# namespace is already private).
-UNSHARE_MOUNT = ["unshare", "-m", "--propagation", "unchanged", "sh", "-c"]
-PRIVATE = "mount --make-rprivate / 2>/dev/null; "
-
-
-def make_venv(path: str, packages: list[str]) -> str:
-    run([base_python(), "-m", "venv", path], timeout=300)
-    if packages:
-        run([os.path.join(path, "bin", "python"), "-m", "pip", "install", "-q",
-             "--disable-pip-version-check"] + packages, timeout=900)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -165,26 +164,24 @@ def shm_chroot():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def mpi_env(pkgroot: dict, chroot: str, cliques: int = 1, packages: str | None = None,
-            **extra) -> dict:
-    env = dict(os.environ)
-    for k in list(env):
-        if k.startswith("PYTHON_MPI_") or k in ("PYTHONHOME", "PYTHONPATH"):
-            del env[k]
-    env.update({
-        "PYTHON_MPI_PKGROOT": pkgroot["root"],
-        "PYTHON_MPI_PACKAGES": packages or f"{pkgroot['python']}:{pkgroot['env']}",
-        "PYTHON_MPI_CHROOT": chroot,
-        "MPIR_CVAR_NUM_CLIQUES": str(cliques),
-    })
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def mpirun(n: int, args: list[str], env: dict, timeout: int = 120, check: bool = False,
-           input: str | None = None, prefix: list[str] | None = None):
-    cmd = (prefix or []) + [MPIEXEC, "-n", str(n), LAUNCHER] + args
-    return run(cmd, env=env, timeout=timeout, check=check, input=input)
+@pytest.fixture
+def sandbox(tmp_path, demo_venv, slurm_cluster):
+    """HOME and PROJECT of a user of the test cluster."""
+    home = tmp_path / "home"
+    project = tmp_path / "project"
+    home.mkdir()
+    project.mkdir()
+    (project / "my_script.py").write_text(MY_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "SLURM_"))}
+    env.update(HOME=str(home), PROJECT=str(project), SCRATCH=str(tmp_path),
+               PATH=f"{BIN}:{env['PATH']}",
+               LD_LIBRARY_PATH=os.path.join(os.path.dirname(BIN), "lib"))
+    yield {"env": env, "home": home, "project": project, "tmp": tmp_path, "cluster": slurm_cluster}
+    for n in slurm_cluster.names:  # what the jobs left in node memory (checked by the tests)
+        shm = slurm_cluster.node_path(n, "/dev/shm")
+        for d in os.listdir(shm):
+            if re.fullmatch(r"\d+|pmb-array-\d+", d):
+                run(["rm", "-rf", os.path.join(shm, d)], check=False)
 
 
 @pytest.fixture(scope="session")
@@ -192,8 +189,8 @@ def conda_env():
     """A conda installation laid out as conda lays it out (package cache +
     env with conda-meta records, padded binary placeholders), numpy and
     mpi4py installed into the env with pip; built once per cache dir
-    (tests/condaenv.py says from what)."""
-    import condaenv
+    (tests/support/condaenv.py says from what)."""
+    from support import condaenv
     if condaenv.unavailable():
         pytest.skip(condaenv.unavailable())
     root = os.path.join(CACHE, f"conda-py{sys.version_info[0]}{sys.version_info[1]}")

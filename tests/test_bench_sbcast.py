@@ -7,13 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pytest
-
-from conftest import REPO
-
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 
 def test_sbcast_comparison_quick(slurm_cluster, pkgroot, tmp_path):

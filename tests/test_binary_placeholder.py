@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from conftest import CLI, LAUNCHER, MPIEXEC, base_python, run
+from helpers import CLI, LAUNCHER, MPIEXEC, base_python, run
 
 from python_mpi_bcast import pyinfo, relocate
 from python_mpi_bcast.archive import write_package

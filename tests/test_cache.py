@@ -16,8 +16,7 @@ import time
 
 import pytest
 
-from conftest import CLI, LAUNCHER, MPIEXEC, make_venv, run
-from test_examples import sandbox  # noqa: F401  (fixture)
+from helpers import CLI, LAUNCHER, MPIEXEC, make_venv, run
 from test_shell_init import make_wheel
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -280,7 +279,7 @@ def test_cache_and_wheelhouse_locations_follow_the_documented_precedence(tmp_pat
 
 def readme_blocks(start: str, end: str) -> list[str]:
     import re
-    from conftest import REPO
+    from helpers import REPO
     text = open(os.path.join(REPO, "README.rst")).read()
     sec = text[text.index(start):text.index(end)]
     return ["\n".join(line[3:] for line in m.group(1).splitlines())

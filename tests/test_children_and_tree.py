@@ -28,7 +28,7 @@ import sys
 
 import pytest
 
-from conftest import LAUNCHER, MPIEXEC, base_python, mpi_env, run
+from helpers import LAUNCHER, MPIEXEC, base_python, mpi_env, run
 from test_no_writes import filecalls, snapshot
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -365,7 +365,7 @@ def test_a_bare_interpreter_tree_keeps_the_user_site_as_python_does(pkgroot, shm
 def debian_mpich(tmp_path_factory):
     """The launcher built against Debian's MPICH 4: its library is
     libmpich.so.12, the PyPI mpi4py wheel asks for libmpi.so.12."""
-    from mpibuild import build_launcher, need
+    from support.mpibuild import build_launcher, need
     need("mpicc.mpich", "mpiexec.mpich")
     return build_launcher(str(tmp_path_factory.mktemp("launcher-mpich")), "mpicc.mpich")
 
@@ -396,7 +396,7 @@ def test_children_use_a_launcher_mpi_named_otherwise_than_mpi4py_asks(debian_mpi
 # ---- Open MPI 5 (PyPI) ------------------------------------------------------
 
 def ompi_env(pkgroot, chroot, **extra) -> dict:
-    from conftest import env_file
+    from helpers import env_file
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON_MPI_", "MPIR_", "LD_LIBRARY_PATH", "MPI4PY_"))}
     env.update(env_file("env.openmpi"))

@@ -1,5 +1,5 @@
 """Conda environments (issue 8): ``pack CONDA_PREFIX`` on a real conda
-layout (tests/condaenv.py), checked against conda-pack + conda-unpack as the
+layout (tests/support/condaenv.py), checked against conda-pack + conda-unpack as the
 reference, and run under python-mpi on two simulated nodes."""
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import tempfile
 
 import pytest
 
-from conftest import PRIVATE, UNSHARE_MOUNT, CLI, mpi_env, mpirun, run
-from test_examples import sandbox  # noqa: F401  (fixture)
+from helpers import PRIVATE, UNSHARE_MOUNT, CLI, conda_origin, mpi_env, mpirun, run
 
 
 BIN = os.path.dirname(sys.executable)
-OLD_BASE = sys.base_prefix
 
 CHECK = r"""
 import os, sys, numpy, pmbdemo_py, mpi4py
@@ -106,7 +104,7 @@ def test_unpacked_env_runs_like_conda_packs_with_the_original_moved_away(conda_e
         os.makedirs(theirs)
         run(["tar", "--zstd", "-xf", packed["cp"], "-C", theirs], timeout=300)
         run([f"{theirs}/bin/python", f"{theirs}/bin/conda-unpack"], timeout=300)
-        hide = [conda_env, OLD_BASE]
+        hide = [conda_env] + conda_origin()
         a, b = outputs(ours, hide), outputs(theirs, hide)
         assert a == b
         assert "greeting=hello from pmbdemo" in a and "data=<T>/share/pmbdemo" in a
@@ -160,7 +158,7 @@ def test_tree_longer_than_the_conda_placeholder_is_refused_naming_the_file(packe
 
 def readme_conda_blocks() -> list[str]:
     import re
-    from conftest import REPO
+    from helpers import REPO
     text = open(os.path.join(REPO, "README.rst")).read()
     sec = text[text.index("Conda environments\n---"):text.index("Saved environments: ``save``")]
     return ["\n".join(line[3:] for line in m.group(1).splitlines())

@@ -1,7 +1,7 @@
 """Every example in README.rst and jobscripts/ runs, so none goes stale.
 
 The Slurm job scripts are submitted with sbatch to the real 4-node cluster
-of tests/slurm.py (each node with its own /dev/shm), with the job size
+of tests/support/slurm.py (each node with its own /dev/shm), with the job size
 given on the command line (2 nodes x 2 tasks), as a user would override the
 script's #SBATCH lines.  What a job leaves in a node's memory is checked
 through the host's view of that node.
@@ -16,42 +16,12 @@ import sys
 
 import pytest
 
-from conftest import BIN, REPO, run
+from helpers import BIN, MY_SCRIPT, REPO, run
 
-MY_SCRIPT = """import argparse, numpy as np
-from mpi4py import MPI
-p = argparse.ArgumentParser(); p.add_argument("--steps", type=int, default=1)
-p.add_argument("--its-args", action="store_true")
-a = p.parse_args()
-c = MPI.COMM_WORLD
-x = c.allreduce(float(np.ones(a.steps).sum()))
-if c.rank == 0:
-    print(f"my_script: {c.size} ranks, total {x}")
-"""
 
 needs_311 = pytest.mark.skipif(sys.version_info[:2] != (3, 11),
                                reason="the examples name python-3.11.tar.zst")
 SIZE = ["-N", "2", "--ntasks-per-node=2"]
-
-
-@pytest.fixture
-def sandbox(tmp_path, demo_venv, slurm_cluster):
-    """HOME and PROJECT of a user of the test cluster."""
-    home = tmp_path / "home"
-    project = tmp_path / "project"
-    home.mkdir()
-    project.mkdir()
-    (project / "my_script.py").write_text(MY_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "SLURM_"))}
-    env.update(HOME=str(home), PROJECT=str(project), SCRATCH=str(tmp_path),
-               PATH=f"{BIN}:{env['PATH']}",
-               LD_LIBRARY_PATH=os.path.join(os.path.dirname(BIN), "lib"))
-    yield {"env": env, "home": home, "project": project, "tmp": tmp_path, "cluster": slurm_cluster}
-    for n in slurm_cluster.names:  # what the jobs left in node memory (checked by the tests)
-        shm = slurm_cluster.node_path(n, "/dev/shm")
-        for d in os.listdir(shm):
-            if re.fullmatch(r"\d+|pmb-array-\d+", d):
-                run(["rm", "-rf", os.path.join(shm, d)], check=False)
 
 
 def submit(sandbox, script, args=SIZE, timeout=300):

@@ -1,5 +1,5 @@
 """mpiexec over "nodes" with their own host name and /dev/shm: MPICH's hydra
-starts each node's proxy through tests/fakessh (ssh stand-in: a new mount and
+starts each node's proxy through tests/support/fakessh (ssh stand-in: a new mount and
 UTS namespace with a fresh tmpfs on /dev/shm), as on a cluster without Slurm."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import uuid
 
 import pytest
 
-import slurm
-from conftest import LAUNCHER, MPIEXEC, REPO, mpi_env, run
+from support import slurm
+from helpers import LAUNCHER, MPIEXEC, REPO, mpi_env, run
 from test_slurm import CHECK, check_rows
 
-FAKESSH = os.path.join(REPO, "tests", "fakessh")
+FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, run
+from helpers import REPO, run
 
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import filecalls  # noqa: E402
+import filecalls
 
 
 def call(line: str, cwd: str = "/start"):

@@ -22,7 +22,7 @@ import uuid
 import pytest
 import zstandard
 
-from conftest import CLI, LAUNCHER, MPIEXEC, launcher_errors, run
+from helpers import CLI, LAUNCHER, MPIEXEC, launcher_errors, run, tree_digest
 from python_mpi_bcast import pkgformat
 
 PKG = "evil.tar.zst"
@@ -629,26 +629,11 @@ def small_package(place, src_root) -> str:
     return os.path.join(place.pkgs, "small.tar.zst")
 
 
-def tree_digest(root) -> dict:
-    """Every entry of a tree; the launcher's ready stamp (.pmb-ready, which
-    only a staged tree has) and unpack's record (which only unpack's tree
-    has) left out."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root)
-            if rel in (".pmb-ready", ".python-mpi-bcast-unpack.json"):
-                continue
-            if os.path.islink(full):
-                out[rel] = ("l", os.readlink(full))
-            elif os.path.isdir(full):
-                out[rel] = ("d",)
-            else:
-                with open(full, "rb") as f:
-                    data = f.read().replace(root.encode(), b"<TREE>")
-                out[rel] = ("f", os.lstat(full).st_mode & 0o777, hashlib.sha256(data).hexdigest())
-    return out
+# a staged tree compared with an unpacked one: the launcher's ready stamp
+# (.pmb-ready, which only a staged tree has) and unpack's record (which only
+# unpack's tree has) left out, each tree's own path inside its files counted
+# as <TREE>
+STAGED = {"skip": (".pmb-ready", ".python-mpi-bcast-unpack.json"), "own_path": True}
 
 
 def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
@@ -711,9 +696,9 @@ def test_mutation_both_readers_agree_and_accepted_trees_are_exact(place):
     data = open(orig, "rb").read()
     r = place.launcher("small.tar.zst", ranks=2, nodes=1, chunk="64k")
     assert r.returncode == 0, r.stderr
-    want = tree_digest(place.ready_trees()[0])
+    want = tree_digest(place.ready_trees()[0], **STAGED)
     r, dest = place.unpack("small.tar.zst")
-    assert r.returncode == 0 and tree_digest(dest) == want
+    assert r.returncode == 0 and tree_digest(dest, **STAGED) == want
     rng = random.Random(int(os.environ.get("PMB_MUTATION_SEED", "2024")))
     t0 = time.monotonic()
     tried = {"accepted": 0, "refused": 0}
@@ -736,8 +721,8 @@ def test_mutation_both_readers_agree_and_accepted_trees_are_exact(place):
         if e1 is None:
             tried["accepted"] += 1
             assert len(trees) == 1, (n, what)
-            got = tree_digest(trees[0])
-            assert tree_digest(dest) == got, (n, what)  # both readers made the same tree
+            got = tree_digest(trees[0], **STAGED)
+            assert tree_digest(dest, **STAGED) == got, (n, what)  # both readers made the same tree
             if what in ("flip", "truncate"):  # damage: staged only if exactly as packed
                 assert got == want, (n, what)
         else:

@@ -21,22 +21,10 @@ import sys
 
 import pytest
 
-from conftest import BIN, CLI, REPO, base_python, run
+from helpers import BIN, CLI, REPO, base_python, env_file, run
 
 DEBIAN_MPICH = "/usr/bin/mpicc.mpich"
 DEBIAN_OPENMPI = "/usr/bin/mpicc.openmpi"
-
-
-def env_file(name: str) -> dict:
-    """KEY=VALUE lines of .ci/NAME (MPI settings for CI)."""
-    out = {}
-    with open(os.path.join(REPO, ".ci", name)) as f:
-        for line in f:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                k, _, v = line.partition("=")
-                out[k] = v
-    return out
 
 
 OPENMPI_ENV = env_file("env.openmpi")

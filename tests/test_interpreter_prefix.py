@@ -21,7 +21,7 @@ import tempfile
 
 import pytest
 
-from conftest import PRIVATE, UNSHARE_MOUNT, CLI, LAUNCHER, MPIEXEC, base_python, mpi_env, run
+from helpers import PRIVATE, UNSHARE_MOUNT, CLI, LAUNCHER, MPIEXEC, base_python, mpi_env, run
 
 from python_mpi_bcast.collect import SYSTEM_PREFIXES
 from python_mpi_bcast.pkgformat import read_manifest

@@ -16,7 +16,7 @@ import tarfile
 
 import pytest
 
-from conftest import (LAUNCHER, MPIEXEC, PRIVATE, UNSHARE_MOUNT, launcher_errors, mpi_env, mpirun,
+from helpers import (LAUNCHER, MPIEXEC, PRIVATE, UNSHARE_MOUNT, launcher_errors, mpi_env, mpirun,
                       run)
 
 from python_mpi_bcast import pkgformat

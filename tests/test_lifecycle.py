@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import BIN, CLI, LAUNCHER, MPIEXEC, make_venv, run
+from helpers import BIN, CLI, LAUNCHER, MPIEXEC, make_venv, run
 from test_shell_init import make_wheel
 
 DATA_MB = 48  # incompressible data in the venv: the phases last long enough to catch

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from conftest import CLI, PRIVATE, UNSHARE_MOUNT, make_venv, run
+from helpers import CLI, PRIVATE, UNSHARE_MOUNT, make_venv, run
 from test_conda import can_hide
 from test_cache import copy_numpy
 
-import condaenv
+from support import condaenv
 
 
 @pytest.fixture

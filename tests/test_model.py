@@ -1,13 +1,10 @@
 """Pure functions of the scale model (benchmarks/model.py): no MPI, fast."""
-import os
-import sys
 from dataclasses import replace
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import model  # noqa: E402
-from model import MB, MiB  # noqa: E402
+import model
+from model import MB, MiB
 
 NODES = [1, 2, 3, 8, 10, 100, 1000, 4096, 10_000, 100_000]
 HERE = model.Machine(name="test", read=500 * MB, alpha=2e-6, beta=1 / 5e9, unpack=400 * MB,

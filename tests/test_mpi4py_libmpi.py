@@ -22,8 +22,8 @@ import sys
 
 import pytest
 
-from conftest import CACHE, CLI, base_python, env_file, mpi_env, run
-from mpibuild import build_launcher, linked_mpi, need, renamed_library, wrapper_linking
+from helpers import CACHE, CLI, base_python, env_file, mpi_env, run
+from support.mpibuild import build_launcher, linked_mpi, need, renamed_library, wrapper_linking
 
 DEBIAN_MPICH = "/usr/lib/x86_64-linux-gnu/libmpich.so.12"
 
@@ -42,8 +42,7 @@ if c.rank == 0:
 """
 
 
-OMPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-            "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+OMPI_ENV = env_file("env.openmpi4")  # Debian's Open MPI 4
 
 
 def ompi_run(launcher, n, args, pkgroot, chroot, **extra):

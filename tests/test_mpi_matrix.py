@@ -22,12 +22,12 @@ import uuid
 
 import pytest
 
-from conftest import CACHE, REPO, base_python, run
+from helpers import CACHE, REPO, base_python, env_file, run
 from test_slurm import CHECK, check_rows
 
 pytestmark = pytest.mark.slow
 
-FAKESSH = os.path.join(REPO, "tests", "fakessh")
+FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
 DEBIAN = {
     "mpich4": {"mpicc": "/usr/bin/mpicc.mpich", "mpiexec": "/usr/bin/mpiexec.mpich",
                "library": "MPICH Version:\t4.", "srun": "--mpi=pmi2"},
@@ -66,8 +66,8 @@ def user_env(mpi, pkgroot, **extra):
                PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}",
                PYTHON_MPI_CHROOT=f"/dev/shm/pmbt-{uuid.uuid4().hex[:10]}",
                PATH=f"{mpi['venv']}/bin:{env['PATH']}",
-               LD_LIBRARY_PATH=mpi["abi"],
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+               LD_LIBRARY_PATH=mpi["abi"])
+    env.update(env_file("env.openmpi4" if mpi["name"] == "openmpi4" else "env.mpich"))
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

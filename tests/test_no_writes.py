@@ -14,14 +14,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 
 import pytest
 
-from conftest import LAUNCHER, MPIEXEC, REPO, mpi_env, run
+from helpers import LAUNCHER, MPIEXEC, mpi_env, run
 
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import filecalls  # noqa: E402
+import filecalls
 
 pytestmark = pytest.mark.skipif(not shutil.which("strace"),
                                 reason="strace is not installed")

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import LAUNCHER, MPIEXEC, mpi_env, mpirun, run
+from helpers import LAUNCHER, MPIEXEC, mpi_env, mpirun, run
 
 # every rank: say it started, wait for the test's go, then import from the
 # tree what it had not imported yet (fails if the tree went meanwhile)

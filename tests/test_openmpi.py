@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import env_file, run
+from helpers import env_file, run
 
 
 def ompi_run(ompi, n, args, pkgroot, chroot, **extra):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,27 +12,9 @@ import time
 
 import pytest
 
-from conftest import CLI, base_python, make_venv, run
+from helpers import CLI, base_python, make_venv, run, tree_digest
 
 from python_mpi_bcast.pkgformat import read_manifest
-
-
-def tree_digest(root: str) -> dict:
-    """path -> (type, mode, content hash or link target) for a whole tree."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root)
-            st = os.lstat(full)
-            if os.path.islink(full):
-                out[rel] = ("l", os.readlink(full))
-            elif os.path.isdir(full):
-                out[rel] = ("d",)
-            else:
-                with open(full, "rb") as f:
-                    out[rel] = ("f", st.st_mode & 0o777, hashlib.sha256(f.read()).hexdigest())
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -266,7 +266,7 @@ def test_write_final_paths_writes_python_literals_into_py_files(tmp_path):
 
 # ---- the user's scenarios, with real venvs and the real commands -------------
 
-from conftest import CLI, make_venv, run  # noqa: E402
+from helpers import CLI, make_venv, run  # noqa: E402
 
 ANAMOD = '''HOME = {home!r}
 DATA = {data!r}

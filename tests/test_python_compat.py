@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, LAUNCHER, MPIEXEC, env_file, mpi_env, run
+from helpers import BIN, LAUNCHER, MPIEXEC, env_file, mpi_env, run
 
 MODES = ["embed", "exec"]
 

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from conftest import CLI, mpi_env, mpirun, run
+from helpers import CLI, mpi_env, mpirun, run
 from test_prefix_boundaries import check_ana_copy, make_ana, user_env
 
 QUOTED = "it's \"web\" \\ caf\u00e9"

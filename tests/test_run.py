@@ -17,9 +17,8 @@ import uuid
 
 import pytest
 
-from conftest import BIN, CLI, make_venv, run
+from helpers import BIN, CLI, make_venv, run
 from test_cache import copy_numpy
-from test_examples import sandbox  # noqa: F401  (fixture)
 from test_shell_init import make_wheel
 
 SCRIPT = """import sys, numpy as np
@@ -241,7 +240,7 @@ def test_a_python_version_the_env_does_not_have_is_refused(user):
 
 
 def test_launcher_tree_arg_bad_value_is_one_line(user):
-    from conftest import LAUNCHER, MPIEXEC
+    from helpers import LAUNCHER, MPIEXEC
     env = dict(user["env"], PYTHON_MPI_TREE_ARG="x")
     r = run([MPIEXEC, "-n", "1", LAUNCHER, "-c", "pass"], env=env, timeout=120, check=False)
     assert r.returncode != 0 and "PYTHON_MPI_TREE_ARG='x' is not valid" in r.stderr
@@ -309,7 +308,7 @@ def test_readme_run_examples(sandbox, demo_venv):
                      r"--its-args", out), out
 
 
-FAKESSH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakessh")
+FAKESSH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "fakessh")
 
 
 @pytest.mark.parametrize("limit", [[], ["-genvnone"]])
@@ -317,7 +316,7 @@ def test_settings_reach_ranks_started_through_ssh(user, limit):
     """Nodes started through (fake) ssh get a login's environment, not the
     caller's; hydra passes the caller's on, unless -genvnone: then run adds
     its settings as -genv pairs, and the job still stages and runs."""
-    import slurm
+    from support import slurm
     if os.geteuid() != 0 or slurm.mount_propagation() is None:
         pytest.skip("fakessh mounts a tmpfs per node: needs root and a private mount namespace")
     user["env"]["PMB_FAKESSH_ENV"] = "login"

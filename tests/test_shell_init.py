@@ -18,7 +18,7 @@ import zipfile
 
 import pytest
 
-from conftest import CLI, make_venv, run
+from helpers import CLI, make_venv, run
 
 SHELLS = [s for s in ("bash", "zsh", "fish")]
 RC = {"bash": ".bashrc", "zsh": ".zshrc", "fish": ".config/fish/config.fish"}

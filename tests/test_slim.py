@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import CLI, mpi_env, mpirun, run
+from helpers import CLI, mpi_env, mpirun, run
 
 from python_mpi_bcast import slim
 

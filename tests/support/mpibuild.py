@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from conftest import CACHE, REPO, base_python, run
+from helpers import CACHE, REPO, base_python, run
 
 
 def need(*programs: str) -> None:
