@@ -321,8 +321,7 @@ def test_an_edited_directory_layer_is_the_only_layer_sent(pkgroot, shm_chroot, t
 
 def test_a_tree_built_from_the_earlier_tree_equals_one_staged_whole(pkgroot, shm_chroot, tmp_path):
     """Every file, link and directory (content, mode, mtime; the paths the
-    packages patch name the new tree) is what staging all layers writes.
-    (Each node copies its earlier tree; a node's copy is checked here.)"""
+    packages patch name the new tree) is what staging all layers writes."""
     base = data_layers(pkgroot, tmp_path)
     node0 = shm_chroot.replace("%n", "0")
     assert mpirun(2, ["-c", "pass"], layered_env(base, shm_chroot, "1")).returncode == 0
@@ -360,6 +359,13 @@ def test_a_node_without_the_earlier_tree_makes_every_layer_travel(pkgroot, shm_c
     assert r.returncode == 0 and r.stdout.count("DATA 2 6") == 4, r.stdout + r.stderr
     assert sent(r.stderr)[0] > 5 and EARLIER not in r.stderr, r.stderr
     assert [len(trees(n)) for n in nodes] == [1, 1]
+    # the records beside the removed tree went with the next start; clean takes the rest
+    for node in nodes:
+        left = [e for e in os.listdir(node) if e.startswith(".pmb-") and "-env-" in e]
+        assert left and all(os.path.isdir(os.path.join(node, e[e.index("env-"):])) for e in left), left
+        assert any(e.startswith(".pmb-base-env-") for e in left), left
+        r = run([sys.executable, "-m", "python_mpi_bcast", "clean", "--all", node])
+        assert not os.path.exists(node), r.stdout + r.stderr
 
 
 def test_the_earlier_tree_a_running_step_uses_stays_untouched(pkgroot, shm_chroot, tmp_path):
