@@ -309,6 +309,39 @@ def test_srun_on_the_slurm_cluster(user, slurm_cluster):
             shutil.rmtree(slurm_cluster.node_path(n, chroot), ignore_errors=True)
 
 
+def test_an_edit_under_with_dir_in_a_slurm_job_sends_only_that_layer(user, slurm_cluster):
+    """A batch job on the Slurm cluster (2 nodes, each its own /dev/shm):
+    run --with-dir, edit a data file, run again.  The second step sends
+    only the directory layer, every rank reads the edit, and each node
+    keeps one tree."""
+    import shlex
+    chroot = f"/dev/shm/pmbrun-{uuid.uuid4().hex[:10]}"
+    proj = user["proj"]
+    with open(os.path.join(proj, "main.py"), "w") as f:
+        f.write("import os, sys, numpy\nhere = os.path.dirname(os.path.abspath(__file__))\n"
+                "data = open(os.path.join(here, 'data.txt')).read().strip()\n"
+                "sys.stdout.write('read %s %d\\n' % (data, numpy.arange(4).sum()))\n")
+    cli = shlex.join(CLI + ["run", "--with-dir", "srun", "-K", "python", "main.py"])
+    job = user["tmp"] / "edit-job.sh"
+    job.write_text("#!/bin/bash\n#SBATCH -N 2 --ntasks-per-node=2\nset -e\n"
+                   f"cd {shlex.quote(proj)}\necho first > data.txt\n{cli}\n"
+                   f"echo edited > data.txt\n{cli}\n")
+    env = dict(user["env"], PYTHON_MPI_CHROOT=chroot, PYTHON_MPI_VERBOSE="1")
+    try:
+        state, code, out = slurm_cluster.sbatch(str(job), env=env, timeout=600, cwd=proj)
+        assert state == "COMPLETED" and code == 0, out
+        assert out.count("read first 6") == 4 and out.count("read edited 6") == 4, out
+        sent = [float(x) for x in re.findall(r"stage: 2 package\(s\), ([\d.]+) MB sent", out)]
+        assert len(sent) == 2 and sent[0] > 5 and sent[1] < 0.1, out
+        assert "the first 1 layer(s) (" in out and "copied on each node from its earlier tree" in out
+        staged = {n: [e for e in os.listdir(slurm_cluster.node_path(n, chroot)) if e.startswith("env-")]
+                  for n in slurm_cluster.names if os.path.isdir(slurm_cluster.node_path(n, chroot))}
+        assert len(staged) == 2 and all(len(v) == 1 for v in staged.values()), staged
+    finally:
+        for n in slurm_cluster.names:
+            shutil.rmtree(slurm_cluster.node_path(n, chroot), ignore_errors=True)
+
+
 def test_two_runs_of_one_env_at_once_pack_it_once(user):
     procs = [subprocess.Popen(CLI + ["run", "mpiexec", "-n", "1", "python", "-c", "pass"],
                               env=user["env"], cwd=user["proj"], stdout=subprocess.PIPE,
