@@ -289,7 +289,7 @@ int main(int argc, char **argv)
     bcast_manifests(ms, n);
     const pmb_manifest *interp = check_layers(ms, n);
 
-    double tm[7];
+    double tm[8];
     char *tree = pmb_stage(ms, n, fds, tm);
     pmb_mpi_record_write(tree, ms, n); /* children of the tree use this MPI (mpilib.c) */
     if (pmb_c.world_rank == 0) {
@@ -301,11 +301,20 @@ int main(int argc, char **argv)
                 close(fds[i]);
     }
     if (pmb_cfg.verbose && pmb_c.world_rank == 0) {
-        uint64_t bytes = 0, unpacked = 0;
+        uint64_t bytes = 0, unpacked = 0, copied = 0;
+        int first = (int)tm[7]; /* layers before it: copied from each node's earlier tree */
         for (int i = 0; i < n; i++) {
+            if (i < first) {
+                copied += ms[i].unpacked_size;
+                continue;
+            }
             bytes += ms[i].payload_size;
             unpacked += ms[i].unpacked_size;
         }
+        char from_earlier[160] = "";
+        if (first)
+            snprintf(from_earlier, sizeof from_earlier, " the first %d layer(s) (%.1f MB) copied "
+                     "on each node from its earlier tree;", first, copied / 1e6);
         int waited = (int)tm[5];
         if (tm[4] && waited)
             pmb_log("stage: %d package(s) staged into %s by another job step at the same time; "
@@ -315,10 +324,10 @@ int main(int argc, char **argv)
             pmb_log("stage: %d package(s) already staged on all %d node(s) in %s; nothing read or "
                     "sent (%.3f s)", n, pmb_c.nnodes, tree, tm[3]);
         else
-            pmb_log("stage: %d package(s), %.1f MB sent, %.1f MB unpacked, %d node(s), %d rank(s): "
+            pmb_log("stage: %d package(s), %.1f MB sent, %.1f MB unpacked, %d node(s), %d rank(s):%s "
                     "manifests %.3f s, read %.3f s, broadcast %.3f s, unpack %.3f s, total %.3f s",
-                    n, bytes / 1e6, unpacked / 1e6, pmb_c.nnodes, pmb_c.world_size, t_read, tm[0],
-                    tm[1], tm[2], tm[3]);
+                    n, bytes / 1e6, unpacked / 1e6, pmb_c.nnodes, pmb_c.world_size, from_earlier,
+                    t_read, tm[0], tm[1], tm[2], tm[3]);
         if (!tm[4] && waited)
             pmb_log("stage: %d of %d node(s) waited %.3f s for another job step staging the same "
                     "packages", waited, pmb_c.nnodes, tm[6]);

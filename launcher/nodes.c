@@ -26,6 +26,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,6 +194,38 @@ static int has_line(const char *file, const char *line)
 static void tree_name_dir(const char *tree, char *dir, size_t len);
 static const char *tree_name_id(const char *name);
 
+/* The layers record every layer of ms but the last would have, in `want`
+ * (its length returned). */
+static size_t base_layers_text(const pmb_manifest *ms, int n, char *want, size_t len)
+{
+    size_t w = 0;
+    want[0] = 0;
+    for (int i = 0; i < n - 1 && w + 128 < len; i++) {
+        for (int k = 0; k < 32; k++)
+            w += (size_t)snprintf(want + w, len - w, "%02x", ms[i].content_hash[k]);
+        w += (size_t)snprintf(want + w, len - w, " %s\n", ms[i].kind);
+    }
+    return w;
+}
+
+/* Whether `path`'s layers record holds the first w bytes `want` (the same
+ * first layers), then exactly one directory layer. */
+static int same_base(const char *path, const char *want, size_t w)
+{
+    char file[PATH_MAX + 320], buf[8192];
+    beside(path, "layers", file, sizeof file);
+    int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t r = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    buf[r > 0 ? r : 0] = 0;
+    if (strncmp(buf, want, w))
+        return 0;
+    const char *last = buf + w, *nl = strchr(last, '\n');
+    return nl && !nl[1] && nl - last >= 10 && !strncmp(nl - 10, " directory", 10);
+}
+
 /* One job keeps one tree per node: after `tree` is ready, an earlier tree
  * of this job in the same node directory that differs only in its last
  * layer, a directory layer in both (an edit under `run --with-dir`), goes
@@ -201,38 +234,22 @@ void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n)
 {
     if (n < 2 || strcmp(ms[n - 1].kind, "directory"))
         return;
-    char dir[PATH_MAX], want[8192] = "", key[256], jobline[260];
+    char dir[PATH_MAX], want[8192], key[256], jobline[260];
     tree_name_dir(tree, dir, sizeof dir);
-    size_t w = 0;
-    for (int i = 0; i < n - 1 && w + 128 < sizeof want; i++) {
-        for (int k = 0; k < 32; k++)
-            w += (size_t)snprintf(want + w, sizeof want - w, "%02x", ms[i].content_hash[k]);
-        w += (size_t)snprintf(want + w, sizeof want - w, " %s\n", ms[i].kind);
-    }
+    size_t w = base_layers_text(ms, n, want, sizeof want);
     pmb_job_key(key, sizeof key);
     snprintf(jobline, sizeof jobline, "%s", key);
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        char path[PATH_MAX + 300], file[PATH_MAX + 320], buf[8192];
+        char path[PATH_MAX + 300], file[PATH_MAX + 320];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         if (!tree_name_id(e->d_name) || !strcmp(path, tree))
             continue;
         jobs_file(path, file, sizeof file);
         if (!has_line(file, jobline))
             continue;
-        beside(path, "layers", file, sizeof file);
-        int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        ssize_t r = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        buf[r > 0 ? r : 0] = 0;
-        /* the same first n-1 layers, then exactly one directory layer */
-        if (strncmp(buf, want, w))
-            continue;
-        const char *last = buf + w, *nl = strchr(last, '\n');
-        if (!nl || nl[1] || nl - last < 10 || strncmp(nl - 10, " directory", 10))
+        if (!same_base(path, want, w))
             continue;
         if (pmb_tree_remove(path) == PMB_TREE_REMOVED && pmb_cfg.verbose)
             pmb_log("rank %d (node %d): removed %s (these layers before the last one changed)",
@@ -240,6 +257,75 @@ void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n)
     }
     if (d)
         closedir(d);
+}
+
+/* ---- the base of a tree: every layer but a last directory layer ---------
+ * A tree whose last layer is a directory (run --with-dir) has, beside it,
+ * .pmb-base-<tree name>: what the tree held before that layer was
+ * unpacked, one record per entry, "<type> <mode> <inode> <ctime> <path>\0"
+ * (type d, f or l; depth first, a directory before its entries).  A later
+ * staging with the same first layers and another directory layer copies
+ * those entries from this tree (files and links only if still the same
+ * inode and ctime: the directory layer did not replace them) and receives
+ * only the new directory layer. */
+static FILE *base_out;
+static size_t base_root_len;
+
+static int base_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)flag;
+    if (f->level == 0)
+        return 0;
+    char type = S_ISDIR(st->st_mode) ? 'd' : S_ISLNK(st->st_mode) ? 'l' : S_ISREG(st->st_mode) ? 'f' : 0;
+    if (!type)
+        return 1;
+    fprintf(base_out, "%c %o %llu %lld.%09ld %s", type, (unsigned)(st->st_mode & 07777),
+            (unsigned long long)st->st_ino, (long long)st->st_ctim.tv_sec,
+            (long)st->st_ctim.tv_nsec, path + base_root_len + 1);
+    fputc(0, base_out);
+    return 0;
+}
+
+void pmb_tree_write_base(const char *now, const char *tree)
+{
+    char path[PATH_MAX + 16];
+    beside(tree, "base", path, sizeof path);
+    base_out = fopen(path, "we");
+    if (!base_out)
+        pmb_die("cannot write %s: %s", path, strerror(errno));
+    base_root_len = strlen(now);
+    int rc = nftw(now, base_entry, 16, FTW_PHYS);
+    if (fclose(base_out) || rc)
+        pmb_die("cannot write %s: %s", path, rc == 1 ? "an entry that is no file, link or "
+                "directory" : strerror(errno));
+    base_out = NULL;
+}
+
+void pmb_tree_base_file(const char *tree, char *out, size_t len)
+{
+    beside(tree, "base", out, len);
+}
+
+/* Whether `path` (a tree name in the node directory) has the first n-1
+ * layers of ms, then one directory layer, and its base record. */
+int pmb_tree_is_base_of(const char *path, const pmb_manifest *ms, int n)
+{
+    char want[8192], file[PATH_MAX + 16];
+    const char *slash = strrchr(path, '/');
+    if (n < 2 || strcmp(ms[n - 1].kind, "directory") || !tree_name_id(slash ? slash + 1 : path))
+        return 0;
+    size_t w = base_layers_text(ms, n, want, sizeof want);
+    beside(path, "base", file, sizeof file);
+    return same_base(path, want, w) && access(file, R_OK) == 0;
+}
+
+/* A second, shared hold on another tree (the base a tree is built from):
+ * its descriptor, or -1. */
+int pmb_hold_other(const char *tree)
+{
+    char stamp[PATH_MAX];
+    snprintf(stamp, sizeof stamp, "%s/.pmb-ready", tree);
+    return lock_file(stamp, LOCK_SH | LOCK_NB, O_RDONLY | O_CLOEXEC);
 }
 
 static void tree_name_dir(const char *tree, char *dir, size_t len)
@@ -284,10 +370,12 @@ static int remove_tree_now(const char *tree)
         return errno = e, -1;
     }
     char file[PATH_MAX + 16];
-    pmb_mpi_record_remove(tree); /* its MPI record, jobs and layers files go with it */
+    pmb_mpi_record_remove(tree); /* its MPI record, jobs, layers and base files go with it */
     beside(tree, "jobs", file, sizeof file);
     unlink(file);
     beside(tree, "layers", file, sizeof file);
+    unlink(file);
+    beside(tree, "base", file, sizeof file);
     unlink(file);
     pmb_rmtree(tmp);
     return 0;
@@ -547,8 +635,9 @@ static void reclaim_dir(const char *dir, const char *keep, int *ntrees)
         } else if (S_ISREG(st.st_mode) &&
                    ((!strncmp(n, ".pmb-mpi-", 9) && tree_name_id(n + 9)) ||
                     (!strncmp(n, ".pmb-jobs-", 10) && tree_name_id(n + 10)) ||
-                    (!strncmp(n, ".pmb-layers-", 12) && tree_name_id(n + 12)))) {
-            /* the MPI record (mpilib.c), jobs or layers file of a tree that is gone */
+                    (!strncmp(n, ".pmb-layers-", 12) && tree_name_id(n + 12)) ||
+                    (!strncmp(n, ".pmb-base-", 10) && tree_name_id(n + 10)))) {
+            /* the MPI record (mpilib.c), jobs, layers or base file of a tree that is gone */
             char tree[PATH_MAX + 300];
             snprintf(tree, sizeof tree, "%s/%s", dir, strchr(n + 5, '-') + 1);
             if (access(tree, F_OK) && errno == ENOENT)

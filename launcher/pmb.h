@@ -114,6 +114,8 @@ void pmb_check_totals(const pmb_manifest *m, uint64_t files, uint64_t bytes);
 void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_manifest *m);
 void pmb_set_poke(void (*fn)(void));
 int pmb_rmtree(const char *path);
+void pmb_repatch_prefixes(const char *root, const char *old_root, const char *new_root,
+                          const pmb_manifest *m);
 int pmb_unpack_main(int argc, char **argv);
 
 /* threads.c: a pool of threads unpacks one package from a ring of chunks;
@@ -146,6 +148,10 @@ void pmb_tree_record_job(const char *tree);
 void pmb_tree_init_jobs(const char *tree);
 void pmb_tree_init_layers(const char *tree, const pmb_manifest *ms, int n);
 void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n);
+void pmb_tree_write_base(const char *now, const char *tree);
+void pmb_tree_base_file(const char *tree, char *out, size_t len);
+int pmb_tree_is_base_of(const char *path, const pmb_manifest *ms, int n);
+int pmb_hold_other(const char *tree);
 int pmb_tree_remove(const char *tree);
 int pmb_tree_remove_damaged(const char *tree);
 int pmb_registry_lock(const char *dir);

@@ -5,6 +5,7 @@
  * Waiting ranks never spin: they test a request and sleep (a spinning node
  * barrier made staging 10x slower on an oversubscribed node). */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -346,6 +347,231 @@ static double wait_for_other_step(const char *chroot, char *tree, const char *id
     return waited;
 }
 
+/* ---- a tree built from the node's earlier tree -------------------------
+ * When only the last layer, a directory layer, differs from a ready tree
+ * on the node (an edit under `run --with-dir`), the leader copies the
+ * earlier tree's other layers into the new tree (its base record beside it
+ * says which entries those are, nodes.c) and only the new directory layer
+ * travels.  Copies, not hard links: a link or unlink changes the inode's
+ * ctime, which is how a ready tree tells it was changed (tree_intact).  The
+ * earlier tree is only read, under a shared hold: a step may run from it. */
+typedef struct {
+    char *data;   /* the base record, NUL-separated entries */
+    size_t len;
+} base_record;
+
+static int read_base(const char *tree, base_record *b)
+{
+    char path[PATH_MAX + 16];
+    pmb_tree_base_file(tree, path, sizeof path);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    b->len = (size_t)st.st_size;
+    b->data = pmb_xmalloc(b->len + 1);
+    size_t got = 0;
+    while (got < b->len) {
+        ssize_t r = read(fd, b->data + got, b->len - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    b->data[got] = 0;
+    if (got != b->len || (got && b->data[got - 1] != 0)) {
+        free(b->data);
+        b->data = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+/* One entry of a base record: 0 at the end, -1 if malformed. */
+static int base_next(const base_record *b, size_t *pos, char *type, unsigned *mode,
+                     unsigned long long *ino, long long *sec, long *nsec, const char **path)
+{
+    if (*pos >= b->len)
+        return 0;
+    const char *e = b->data + *pos;
+    int used = 0;
+    if (sscanf(e, "%c %o %llu %lld.%ld %n", type, mode, ino, sec, nsec, &used) != 5 || !used ||
+        !e[used] || pmb_path_problem(e + used, strlen(e + used)))
+        return -1;
+    *path = e + used;
+    *pos += strlen(e) + 1;
+    return 1;
+}
+
+/* Whether every file and link the base record names is still in `tree`
+ * as it was when the record was written (the directory layer may have
+ * replaced some). */
+static int base_usable(const char *tree, const base_record *b)
+{
+    size_t pos = 0;
+    char type, path[PATH_MAX * 2];
+    unsigned mode;
+    unsigned long long ino;
+    long long sec;
+    long nsec;
+    const char *rel;
+    int rc;
+    while ((rc = base_next(b, &pos, &type, &mode, &ino, &sec, &nsec, &rel)) == 1) {
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", tree, rel);
+        if (lstat(path, &st))
+            return 0;
+        if (type == 'd' ? !S_ISDIR(st.st_mode) : type == 'l' ? !S_ISLNK(st.st_mode) :
+            type == 'f' ? !S_ISREG(st.st_mode) : 1)
+            return 0;
+        if (type != 'd' && (st.st_ino != ino || st.st_ctim.tv_sec != sec || st.st_ctim.tv_nsec != nsec))
+            return 0;
+    }
+    return rc == 0;
+}
+
+/* A ready, intact tree in `chroot` that can be the base of `tree` (whose
+ * path has the same length: the copied prefixes are patched in place):
+ * its path in `base`, held (*holdfd) and its record read.  0 if none. */
+static int find_base(const char *chroot, const char *tree, pmb_manifest *ms, int n, char *base,
+                     int *holdfd, base_record *rec)
+{
+    if (n < 2 || strcmp(ms[n - 1].kind, "directory"))
+        return 0;
+    DIR *d = opendir(chroot);
+    struct dirent *e;
+    int found = 0;
+    while (d && !found && (e = readdir(d))) {
+        char path[PATH_MAX], why[PATH_MAX + 128];
+        if (snprintf(path, sizeof path, "%s/%s", chroot, e->d_name) >= (int)sizeof path ||
+            strlen(path) != strlen(tree) || !strcmp(path, tree) || !pmb_tree_is_base_of(path, ms, n))
+            continue;
+        struct stat st;
+        if (lstat(path, &st) || !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+            continue;
+        int fd = pmb_hold_other(path);
+        if (fd < 0)
+            continue;
+        if (tree_intact(path, why, sizeof why) && read_base(path, rec)) {
+            if (base_usable(path, rec)) {
+                snprintf(base, PATH_MAX, "%s", path);
+                *holdfd = fd;
+                found = 1;
+                break;
+            }
+            free(rec->data);
+            rec->data = NULL;
+        }
+        close(fd);
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static void copy_fail(const char *chroot, const char *what, const char *path)
+{
+    if (errno == ENOSPC)
+        pmb_die("no space left in %s while copying %s from the node's earlier tree; set "
+                "PYTHON_MPI_CHROOT to a directory with more room", chroot, path);
+    pmb_die("cannot %s %s (copying the node's earlier tree): %s", what, path, strerror(errno));
+}
+
+static void copy_file(const char *chroot, const char *from, const char *to)
+{
+    int in = open(from, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (in < 0 || fstat(in, &st))
+        copy_fail(chroot, "read", from);
+    int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (out < 0)
+        copy_fail(chroot, "create", to);
+    off_t left = st.st_size;
+    static char buf[1 << 20];
+    int plain = 0;
+    while (left > 0) {
+        ssize_t w = -1;
+        if (!plain) {
+            w = copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
+            if (w < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+                plain = 1;
+                continue;
+            }
+        } else {
+            ssize_t r = read(in, buf, sizeof buf);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                copy_fail(chroot, "read", from);
+            for (ssize_t o = 0; o < r; o += w) {
+                w = write(out, buf + o, (size_t)(r - o));
+                if (w < 0 && errno == EINTR)
+                    w = 0;
+                else if (w <= 0)
+                    copy_fail(chroot, "write", to);
+            }
+            w = r;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            copy_fail(chroot, "write", to);
+        left -= w;
+    }
+    struct timespec ts[2] = {st.st_mtim, st.st_mtim};
+    if (fchmod(out, st.st_mode & 0777) || futimens(out, ts))
+        copy_fail(chroot, "set mode and times of", to);
+    if (close(out))
+        copy_fail(chroot, "write", to);
+    close(in);
+}
+
+/* Copy the base of `base` into `tmp`, patch the prefixes of the first n-1
+ * layers for `tree`; files and bytes copied in files/bytes. */
+static void build_base(const char *chroot, const char *base, const base_record *rec,
+                       const char *tmp, const char *tree, pmb_manifest *ms, int n,
+                       uint64_t *files, uint64_t *bytes)
+{
+    size_t pos = 0;
+    char type, from[PATH_MAX * 2], to[PATH_MAX * 2];
+    unsigned mode;
+    unsigned long long ino;
+    long long sec;
+    long nsec;
+    const char *rel;
+    int rc;
+    while ((rc = base_next(rec, &pos, &type, &mode, &ino, &sec, &nsec, &rel)) == 1) {
+        snprintf(from, sizeof from, "%s/%s", base, rel);
+        snprintf(to, sizeof to, "%s/%s", tmp, rel);
+        if (type == 'd') {
+            if (mkdir(to, 0700) || chmod(to, (mode & 0777) | 0700))
+                copy_fail(chroot, "create directory", to);
+        } else if (type == 'l') {
+            char target[PATH_MAX];
+            ssize_t r = readlink(from, target, sizeof target - 1);
+            if (r < 0)
+                copy_fail(chroot, "read link", from);
+            target[r] = 0;
+            if (symlink(target, to))
+                copy_fail(chroot, "create link", to);
+        } else {
+            struct stat st;
+            copy_file(chroot, from, to);
+            if (lstat(to, &st) == 0)
+                *bytes += (uint64_t)st.st_size;
+            (*files)++;
+        }
+    }
+    if (rc < 0)
+        pmb_die("base record of %s is damaged; remove that tree (python-mpi-bcast clean %s)",
+                base, chroot);
+    for (int i = 0; i < n - 1; i++)
+        pmb_repatch_prefixes(tmp, base, tree, &ms[i]);
+}
+
 /* ---- the broadcast pipeline ------------------------------------------ */
 
 static MPI_Request *poke_reqs;
@@ -663,7 +889,8 @@ static void tree_id(pmb_manifest *ms, int n, char out[33])
 /* Stage all packages; return the path of the ready tree (same on all ranks
  * of a node).  timings: read, bcast-wait, unpack, total, all nodes had or
  * waited for the tree, and on rank 0: nodes that waited for another job
- * step's staging, the longest wait. */
+ * step's staging, the longest wait; then the first layer sent (the ones
+ * before it were copied from the nodes' earlier trees). */
 char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
 {
     double t_start = pmb_now();
@@ -681,7 +908,9 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
     char *tree = pmb_xmalloc(PATH_MAX);
     snprintf(tree, PATH_MAX, "%s/env-%s", chroot, id);
 
-    int have = 1, waits = 0, lockfd = -1;
+    int have = 1, waits = 0, lockfd = -1, local = 1, basefd = -1;
+    char base[PATH_MAX] = "";
+    base_record rec = {NULL, 0};
     uint64_t need = 0, files = 0;
     for (int i = 0; i < n; i++) { /* each < 2^63, n small: saturate */
         need = need > UINT64_MAX - ms[i].unpacked_size ? UINT64_MAX : need + ms[i].unpacked_size;
@@ -701,20 +930,33 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         pmb_registry_unlock(regfd);
         have = claim != PMB_NODE_STAGES; /* a waiting node takes no part in unpacking */
         waits = claim == PMB_NODE_WAITS;
+        /* a node that stages: can it copy all but the last layer from its earlier tree? */
+        local = have || find_base(chroot, tree, ms, n, base, &basefd, &rec);
     }
-    /* does every node already hold this exact tree?  (rank 0 is a leader) */
-    int all_have = 1;
+    /* does every node already hold this exact tree, can every node that
+     * does not build all but the last layer itself?  (rank 0 is a leader) */
+    int mine[2] = {have, local}, all[2] = {1, 1};
     if (pmb_c.leaders != MPI_COMM_NULL) {
         MPI_Request r;
-        MPI_Iallreduce(&have, &all_have, 1, MPI_INT, MPI_MIN, pmb_c.leaders, &r);
+        MPI_Iallreduce(mine, all, 2, MPI_INT, MPI_MIN, pmb_c.leaders, &r);
         pmb_wait(&r);
     }
+    int all_have = all[0], all_local = all[1];
     timings[0] = timings[1] = timings[2] = 0;
     /* every rank of a node learns whether its node unpacks */
-    int node_state[2] = {have, all_have};
-    MPI_Bcast(node_state, 2, MPI_INT, 0, pmb_c.node);
+    int node_state[3] = {have, all_have, all_local};
+    MPI_Bcast(node_state, 3, MPI_INT, 0, pmb_c.node);
     have = node_state[0];
     all_have = node_state[1];
+    all_local = node_state[2] && n >= 2;
+    /* the first layer that travels: the last alone when every node that
+     * stages builds the others from its earlier tree (decided together:
+     * every node takes part in the same broadcasts) */
+    const int first = all_local && !all_have ? n - 1 : 0;
+    if (basefd >= 0 && (!all_local || have)) {
+        close(basefd);
+        basefd = -1;
+    }
     if (!all_have) {
         int nw = pmb_cfg.unpack_ranks ? pmb_cfg.unpack_ranks : pmb_c.node_size;
         int unpacker = !have && pmb_c.node_rank < nw;
@@ -745,18 +987,29 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             free(per);
         }
         if (participates) {
+            double t0 = pmb_now(), t_copy = 0;
+            uint64_t cf = 0, cb = 0;
             if (pmb_c.node_rank == 0 && !have) {
                 snprintf(tmp, sizeof tmp, "%s/.env-%s.XXXXXX", chroot, id);
                 if (!mkdtemp(tmp))
                     pmb_die("cannot create a temporary directory in %s: %s", chroot, strerror(errno));
+                if (first) { /* all but the last layer from the earlier tree */
+                    build_base(chroot, base, &rec, tmp, tree, ms, n, &cf, &cb);
+                    close(basefd);
+                    basefd = -1;
+                    pmb_tree_write_base(tmp, tree);
+                    t_copy = pmb_now() - t0;
+                }
             }
-            if (unpackers != MPI_COMM_NULL)
-                MPI_Bcast(tmp, PATH_MAX, MPI_CHAR, 0, unpackers);
+            if (unpackers != MPI_COMM_NULL) { /* (the others wait for the copy without spinning) */
+                MPI_Request r;
+                MPI_Ibcast(tmp, PATH_MAX, MPI_CHAR, 0, unpackers, &r);
+                pmb_wait(&r);
+            }
             pmb_buffers bufs;
             buffers_open(&bufs, (size_t)pmb_cfg.chunk * (size_t)pmb_cfg.nbuf, unpackers, chroot);
-            double t0 = pmb_now();
             uint64_t nf = 0, nb = 0;
-            for (int i = 0; i < n; i++) {
+            for (int i = first; i < n; i++) {
                 stage_package(&ms[i], pmb_c.world_rank == 0 ? fds[i] : -1, unpacker, &team,
                               &bufs, tmp, timings, &nf, &nb);
                 if (unpacker && unpackers != MPI_COMM_NULL) {
@@ -765,8 +1018,12 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
                     MPI_Request r;
                     MPI_Ibarrier(unpackers, &r);
                     pmb_wait(&r);
-                    if (pmb_c.node_rank == 0)
+                    if (pmb_c.node_rank == 0) {
                         pmb_patch_prefixes(tmp, tree, &ms[i]);
+                        /* what the tree holds before a last directory layer */
+                        if (i == n - 2 && !strcmp(ms[n - 1].kind, "directory"))
+                            pmb_tree_write_base(tmp, tree);
+                    }
                     MPI_Ibarrier(unpackers, &r);
                     pmb_wait(&r);
                 }
@@ -789,14 +1046,18 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
                     pmb_die("staged tree %s vanished right after staging: %s", tree, strerror(errno));
                 unlock_tree(chroot, id, lockfd);
                 pmb_remove_superseded(tree, ms, n);
+                if (pmb_cfg.verbose >= 2 && first)
+                    pmb_log("rank %d (node %d): copied the first %d layer(s) from %s, %llu files, "
+                            "%.1f MB in %.3f s", pmb_c.world_rank, pmb_c.node_index, first, base,
+                            (unsigned long long)cf, cb / 1e6, t_copy);
                 if (pmb_cfg.verbose >= 2) {
                     int nwk = 1;
                     if (unpackers != MPI_COMM_NULL)
                         MPI_Comm_size(unpackers, &nwk);
                     pmb_log("rank %d (node %d): unpacked %d package(s), %llu files, %.1f MB in "
                             "%.3f s with %d rank(s), %d thread(s) into %s", pmb_c.world_rank,
-                            pmb_c.node_index, n, (unsigned long long)nf, nb / 1e6, pmb_now() - t0,
-                            nwk, team.workers, tree);
+                            pmb_c.node_index, n - first, (unsigned long long)nf, nb / 1e6,
+                            pmb_now() - t0 - t_copy, nwk, team.workers, tree);
                 }
             }
         }
@@ -836,6 +1097,10 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
     timings[4] = reused;
     timings[5] = nwaited; /* on rank 0 */
     timings[6] = most;
+    timings[7] = first; /* the layers before it were copied on the nodes */
+    if (basefd >= 0)
+        close(basefd);
+    free(rec.data);
     free(chroot);
     return tree;
 }

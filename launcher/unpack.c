@@ -870,6 +870,67 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
     free(py_root);
 }
 
+/* A tree built from an earlier tree (stage.c): the files m's prefixes name
+ * hold old_root where the placeholder was; with new_root (of the same
+ * length) in its place they are what pmb_patch_prefixes writes for
+ * new_root.  `root`'s files are copies (never the earlier tree's inodes):
+ * they are rewritten in place.  A file a later layer replaced by a link
+ * is skipped (it holds no placeholder). */
+void pmb_repatch_prefixes(const char *root, const char *old_root, const char *new_root,
+                          const pmb_manifest *m)
+{
+    size_t ol = strlen(old_root), nl = strlen(new_root), opl, npl;
+    char *opy = py_literal_body(old_root, &opl), *npy = py_literal_body(new_root, &npl);
+    if (ol != nl || opl != npl)
+        pmb_die("cannot build %s from %s: their paths differ in length", new_root, old_root);
+    for (int i = 0; i < m->nprefix; i++) {
+        const pmb_prefix *pf = &m->prefix[i];
+        int py = !pf->binary && ends_with(pf->path, ".py");
+        const char *from = py ? opy : old_root, *to = py ? npy : new_root;
+        size_t len = py ? opl : ol;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", root, pf->path);
+        int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 && (errno == ELOOP || errno == ENOENT))
+            continue;
+        if (fd < 0 || fstat(fd, &st))
+            pmb_die("cannot open %s to patch its prefix: %s", path, strerror(errno));
+        if (!S_ISREG(st.st_mode)) {
+            close(fd);
+            continue;
+        }
+        size_t size = (size_t)st.st_size, got = 0;
+        char *data = pmb_xmalloc(size + 1);
+        while (got < size) {
+            ssize_t r = pread(fd, data + got, size - got, (off_t)got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                pmb_die("cannot read %s while patching prefixes", path);
+            got += (size_t)r;
+        }
+        int changed = 0;
+        for (char *p = data; len && (p = memmem(p, size - (size_t)(p - data), from, len)); p += len) {
+            memcpy(p, to, len);
+            changed = 1;
+        }
+        for (size_t off = 0; changed && off < size;) {
+            ssize_t w = pwrite(fd, data + off, size - off, (off_t)off);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                pmb_die("cannot write %s while patching prefixes: %s", path, strerror(errno));
+            off += (size_t)w;
+        }
+        if (close(fd))
+            pmb_die("cannot write %s while patching prefixes: %s", path, strerror(errno));
+        free(data);
+    }
+    free(opy);
+    free(npy);
+}
+
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb; (void)ftw;

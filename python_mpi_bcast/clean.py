@@ -11,7 +11,8 @@ running job step holds them (every rank keeps a shared ``flock`` on the
 tree's ``.pmb-ready``; see launcher/nodes.c): those are kept, with a line.
 A tree goes with the files beside it (``.pmb-mpi-env-<id>``: which MPI
 library interpreters started from the tree use; ``.pmb-jobs-env-<id>`` and
-``.pmb-layers-env-<id>``: the jobs that used it and the layers it holds).  Only entries owned by the
+``.pmb-layers-env-<id>``: the jobs that used it and the layers it holds; ``.pmb-base-env-<id>``:
+what it held before its last directory layer).  Only entries owned by the
 caller are touched and no symlink is followed.
 """
 
@@ -35,8 +36,8 @@ CHUNKS_RE = re.compile(r"^\.pmb-chunks\.[A-Za-z0-9]{6}$")
 LOCK_RE = re.compile(r"^\.pmb-lock-[0-9a-f]{32}$")
 # beside a tree, and gone with it: the launcher's MPI library for interpreters
 # started from it (launcher/mpilib.c), the jobs that used it and the layers it
-# holds (launcher/nodes.c)
-BESIDE_PREFIXES = (".pmb-mpi-", ".pmb-jobs-", ".pmb-layers-")
+# holds, and what it held before its last directory layer (launcher/nodes.c)
+BESIDE_PREFIXES = (".pmb-mpi-", ".pmb-jobs-", ".pmb-layers-", ".pmb-base-")
 
 
 def _lock(path: str, how: int) -> int | None:

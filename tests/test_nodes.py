@@ -223,7 +223,8 @@ def test_an_edited_directory_layer_replaces_the_jobs_earlier_tree(pkgroot, shm_c
              str(root), "-n", f"data{version}", "-q"], timeout=300)
     base = dict(pkgroot, root=str(root))
     node0 = shm_chroot.replace("%n", "0")
-    read = ["-c", "import os; print('DATA', open(os.environ['PYTHON_MPI_TREE'] + '/data.txt').read())"]
+    read = ["-c", "import os, sys; sys.stdout.write('DATA %s\\n' % "
+            "open(os.environ['PYTHON_MPI_TREE'] + '/data.txt').read())"]
     env1 = mpi_env(base, shm_chroot, cliques=1, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID="pmbt-edit",
                    packages=f"{pkgroot['python']}:{pkgroot['env']}:data1.tar.zst")
     env2 = dict(env1, PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}:data2.tar.zst")
@@ -240,3 +241,152 @@ def test_an_edited_directory_layer_replaces_the_jobs_earlier_tree(pkgroot, shm_c
         assert a.finish() == 0, a.err
     assert f"removed {first} (these layers before the last one changed)" in a.err, a.err
     assert a.out.count("LATE OK") == 2
+
+
+# ---- an edited directory layer: only that layer travels (issue 25 item 4) ----
+
+SENT = re.compile(r"python-mpi: stage: (\d+) package\(s\), ([\d.]+) MB sent, ([\d.]+) MB unpacked")
+EARLIER = "copied on each node from its earlier tree"
+# every rank: the edited data, and the environment's packages work
+# (one write per rank: print() writes its pieces apart and mpiexec may interleave them)
+READ = ("import os, sys, numpy; sys.stdout.write('DATA %s %d\\n' % (open(os.environ['PYTHON_MPI_TREE']"
+        " + '/data.txt').read(), numpy.arange(4).sum()))")
+
+
+def data_layers(pkgroot, tmp_path, versions=("1", "2")):
+    """pkgroot plus one directory layer per version of data.txt (pack
+    --directory, as a layer that changes between runs)."""
+    root = tmp_path / "pk"
+    shutil.copytree(pkgroot["root"], root)
+    src = tmp_path / "d"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "same.txt").write_text("unchanged\n")
+    for version in versions:
+        (src / "data.txt").write_text(version)
+        run([sys.executable, "-m", "python_mpi_bcast", "pack", "--directory", str(src), "-o",
+             str(root), "-n", f"data{version}", "-q"], timeout=300)
+    return dict(pkgroot, root=str(root))
+
+
+def layered_env(base, chroot, version, **extra):
+    return mpi_env(base, chroot, cliques=2, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID="pmbt-layers",
+                   packages=f"{base['python']}:{base['env']}:data{version}.tar.zst", **extra)
+
+
+def sent(stderr):
+    m = SENT.search(stderr)
+    assert m, stderr
+    return float(m.group(2)), float(m.group(3))
+
+
+def snapshot(tree):
+    """Every entry of a tree: type, mode, mtime and content (or link target)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(tree):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if os.path.islink(p):
+                what = ("l", os.readlink(p))
+            elif os.path.isdir(p):
+                what = ("d", st.st_mode)
+            else:
+                with open(p, "rb") as f:
+                    what = ("f", st.st_mode, st.st_mtime_ns, f.read())
+            out[os.path.relpath(p, tree)] = what
+    return out
+
+
+def test_an_edited_directory_layer_is_the_only_layer_sent(pkgroot, shm_chroot, tmp_path):
+    """Two nodes run the data's first version, the data is edited, the next
+    run sends only the new directory layer: each node builds the rest from
+    its earlier tree, the ranks see the edit and the environment works, and
+    each node keeps one tree."""
+    base = data_layers(pkgroot, tmp_path)
+    nodes = [shm_chroot.replace("%n", str(i)) for i in (0, 1)]
+    r = mpirun(4, ["-c", READ], layered_env(base, shm_chroot, "1"))
+    assert r.returncode == 0 and r.stdout.count("DATA 1 6") == 4, r.stdout + r.stderr
+    full, _ = sent(r.stderr)
+    assert full > 5, r.stderr  # the interpreter and numpy travel the first time
+    first = [trees(n) for n in nodes]
+    r = mpirun(4, ["-c", READ], layered_env(base, shm_chroot, "2"))
+    assert r.returncode == 0 and r.stdout.count("DATA 2 6") == 4, r.stdout + r.stderr
+    assert sent(r.stderr)[0] < 0.1, r.stderr  # only data2's few bytes
+    assert re.search(r"the first 2 layer\(s\) \([\d.]+ MB\) " + EARLIER, r.stderr), r.stderr
+    for node, before in zip(nodes, first):
+        (tree,) = trees(node)
+        assert [tree] != before
+    # back to version 1: the same again, in the other direction
+    r = mpirun(4, ["-c", READ], layered_env(base, shm_chroot, "1"))
+    assert r.returncode == 0 and r.stdout.count("DATA 1 6") == 4, r.stdout + r.stderr
+    assert sent(r.stderr)[0] < 0.1 and EARLIER in r.stderr, r.stderr
+    assert [trees(n) for n in nodes] == first
+
+
+def test_a_tree_built_from_the_earlier_tree_equals_one_staged_whole(pkgroot, shm_chroot, tmp_path):
+    """Every file, link and directory (content, mode, mtime; the paths the
+    packages patch name the new tree) is what staging all layers writes."""
+    base = data_layers(pkgroot, tmp_path)
+    node0 = shm_chroot.replace("%n", "0")
+    assert mpirun(2, ["-c", "pass"], layered_env(base, shm_chroot, "1")).returncode == 0
+    (old,) = trees(node0)
+    r = mpirun(2, ["-c", READ], layered_env(base, shm_chroot, "2"))
+    assert r.returncode == 0 and EARLIER in r.stderr, r.stderr
+    (tree,) = trees(node0)
+    built = snapshot(tree)
+    assert built["data.txt"][-1] == b"2" and built[os.path.join("sub", "same.txt")][0] == "f"
+    contents = [v[-1] for v in built.values() if v[0] == "f"]
+    assert any(tree.encode() in c for c in contents)  # the patched paths name the new tree
+    assert not any(old.encode() in c for c in contents)
+    for n in (0, 1):  # nothing to build from now: the next run stages every layer
+        shutil.rmtree(shm_chroot.replace("%n", str(n)))
+    r = mpirun(2, ["-c", READ], layered_env(base, shm_chroot, "2"))
+    assert r.returncode == 0 and EARLIER not in r.stderr and sent(r.stderr)[0] > 5, r.stderr
+    assert trees(node0) == [tree]
+    staged = snapshot(tree)
+    assert built.keys() == staged.keys()
+    # the stamp holds the moment of staging; a patched file's mtime is when it was patched
+    patched = {k for k, v in built.items() if v[0] == "f" and tree.encode() in v[-1]}
+    assert [k for k in built if k != ".pmb-ready" and
+            (built[k] if k not in patched else built[k][:2] + built[k][3:]) !=
+            (staged[k] if k not in patched else staged[k][:2] + staged[k][3:])] == []
+
+
+def test_a_node_without_the_earlier_tree_makes_every_layer_travel(pkgroot, shm_chroot, tmp_path):
+    """One node lost its tree (or never had it): nobody builds locally, all
+    layers are sent, and the result is the same on both nodes."""
+    base = data_layers(pkgroot, tmp_path)
+    nodes = [shm_chroot.replace("%n", str(i)) for i in (0, 1)]
+    assert mpirun(4, ["-c", "pass"], layered_env(base, shm_chroot, "1")).returncode == 0
+    shutil.rmtree(trees(nodes[1])[0])
+    r = mpirun(4, ["-c", READ], layered_env(base, shm_chroot, "2"))
+    assert r.returncode == 0 and r.stdout.count("DATA 2 6") == 4, r.stdout + r.stderr
+    assert sent(r.stderr)[0] > 5 and EARLIER not in r.stderr, r.stderr
+    assert [len(trees(n)) for n in nodes] == [1, 1]
+    # the records beside the removed tree went with the next start; clean takes the rest
+    for node in nodes:
+        left = [e for e in os.listdir(node) if e.startswith(".pmb-") and "-env-" in e]
+        assert left and all(os.path.isdir(os.path.join(node, e[e.index("env-"):])) for e in left), left
+        assert any(e.startswith(".pmb-base-env-") for e in left), left
+        r = run([sys.executable, "-m", "python_mpi_bcast", "clean", "--all", node])
+        assert not os.path.exists(node), r.stdout + r.stderr
+
+
+def test_the_earlier_tree_a_running_step_uses_stays_untouched(pkgroot, shm_chroot, tmp_path):
+    """A step still runs from version 1's tree while version 2's is built
+    from it: that step imports from it afterwards, and the tree is still
+    intact (a later version-1 run reuses it, nothing sent)."""
+    base = data_layers(pkgroot, tmp_path)
+    node0 = shm_chroot.replace("%n", "0")
+    env1 = layered_env(base, shm_chroot, "1")
+    with Late(env1, tmp_path, ranks=4) as a:
+        (first,) = trees(node0)
+        r = mpirun(4, ["-c", READ], layered_env(base, shm_chroot, "2"))
+        assert r.returncode == 0 and r.stdout.count("DATA 2 6") == 4, r.stdout + r.stderr
+        assert sent(r.stderr)[0] < 0.1 and EARLIER in r.stderr, r.stderr
+        assert first in trees(node0) and len(trees(node0)) == 2
+        r = mpirun(4, ["-c", READ], env1)
+        assert r.returncode == 0 and r.stdout.count("DATA 1 6") == 4, r.stdout + r.stderr
+        assert "already staged on all 2 node(s)" in r.stderr, r.stderr
+        assert a.finish() == 0, a.err
+    assert a.out.count("LATE OK") == 4, a.out

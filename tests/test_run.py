@@ -152,6 +152,36 @@ def test_with_dir_stages_the_scripts_directory(user):
     assert r.stdout.count("from the helper changed data True True []") == 2, r.stdout + r.stderr
 
 
+def test_an_edit_under_with_dir_sends_only_the_directory_layer(user):
+    """Two simulated nodes: after one data file of the script's directory
+    is edited, the next run sends only the new directory layer (each node
+    copies the environment from its earlier tree), every rank reads the
+    edit with the environment's numpy, and each node keeps one tree."""
+    proj = user["proj"]
+    with open(os.path.join(proj, "data.txt"), "w") as f:
+        f.write("first\n")
+    with open(os.path.join(proj, "main.py"), "w") as f:
+        f.write("import os, sys, numpy\nhere = os.path.dirname(os.path.abspath(__file__))\n"
+                "data = open(os.path.join(here, 'data.txt')).read().strip()\n"
+                "sys.stdout.write('read %s %d\\n' % (data, numpy.arange(4).sum()))\n")
+    user["env"]["PYTHON_MPI_VERBOSE"] = "1"
+    sent = re.compile(r"python-mpi: stage: 2 package\(s\), ([\d.]+) MB sent")
+    r = pmb_run(user, "--with-dir", "mpiexec", "-n", "4", "python", "main.py")
+    assert r.stdout.count("read first 6") == 4 and float(sent.search(r.stderr)[1]) > 5, r.stderr
+    time.sleep(0.01)
+    with open(os.path.join(proj, "data.txt"), "w") as f:
+        f.write("edited\n")
+    r = pmb_run(user, "--with-dir", "mpiexec", "-n", "4", "python", "main.py")
+    assert r.stdout.count("read edited 6") == 4, r.stdout + r.stderr
+    assert float(sent.search(r.stderr)[1]) < 0.1, r.stderr
+    assert "the first 1 layer(s) (" in r.stderr and "copied on each node from its earlier tree" \
+        in r.stderr, r.stderr
+    chroot = user["env"]["PYTHON_MPI_CHROOT"]
+    for n in (0, 1):
+        node = chroot.replace("%n", str(n))
+        assert len([e for e in os.listdir(node) if e.startswith("env-")]) == 1, os.listdir(node)
+
+
 def test_keep_prunes_old_packages_but_not_one_a_running_job_holds(user):
     site = os.path.join(user["venv"], "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                         "site-packages")
@@ -273,6 +303,39 @@ def test_srun_on_the_slurm_cluster(user, slurm_cluster):
         staged = [n for n in slurm_cluster.names
                   if os.path.isdir(slurm_cluster.node_path(n, chroot))]
         assert len(staged) == 2
+    finally:
+        for n in slurm_cluster.names:
+            shutil.rmtree(slurm_cluster.node_path(n, chroot), ignore_errors=True)
+
+
+def test_an_edit_under_with_dir_in_a_slurm_job_sends_only_that_layer(user, slurm_cluster):
+    """A batch job on the Slurm cluster (2 nodes, each its own /dev/shm):
+    run --with-dir, edit a data file, run again.  The second step sends
+    only the directory layer, every rank reads the edit, and each node
+    keeps one tree."""
+    import shlex
+    chroot = f"/dev/shm/pmbrun-{uuid.uuid4().hex[:10]}"
+    proj = user["proj"]
+    with open(os.path.join(proj, "main.py"), "w") as f:
+        f.write("import os, sys, numpy\nhere = os.path.dirname(os.path.abspath(__file__))\n"
+                "data = open(os.path.join(here, 'data.txt')).read().strip()\n"
+                "sys.stdout.write('read %s %d\\n' % (data, numpy.arange(4).sum()))\n")
+    cli = shlex.join(CLI + ["run", "--with-dir", "srun", "-K", "python", "main.py"])
+    job = user["tmp"] / "edit-job.sh"
+    job.write_text("#!/bin/bash\n#SBATCH -N 2 --ntasks-per-node=2\nset -e\n"
+                   f"cd {shlex.quote(proj)}\necho first > data.txt\n{cli}\n"
+                   f"echo edited > data.txt\n{cli}\n")
+    env = dict(user["env"], PYTHON_MPI_CHROOT=chroot, PYTHON_MPI_VERBOSE="1")
+    try:
+        state, code, out = slurm_cluster.sbatch(str(job), env=env, timeout=600, cwd=proj)
+        assert state == "COMPLETED" and code == 0, out
+        assert out.count("read first 6") == 4 and out.count("read edited 6") == 4, out
+        sent = [float(x) for x in re.findall(r"stage: 2 package\(s\), ([\d.]+) MB sent", out)]
+        assert len(sent) == 2 and sent[0] > 5 and sent[1] < 0.1, out
+        assert "the first 1 layer(s) (" in out and "copied on each node from its earlier tree" in out
+        staged = {n: [e for e in os.listdir(slurm_cluster.node_path(n, chroot)) if e.startswith("env-")]
+                  for n in slurm_cluster.names if os.path.isdir(slurm_cluster.node_path(n, chroot))}
+        assert len(staged) == 2 and all(len(v) == 1 for v in staged.values()), staged
     finally:
         for n in slurm_cluster.names:
             shutil.rmtree(slurm_cluster.node_path(n, chroot), ignore_errors=True)

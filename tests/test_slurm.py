@@ -82,7 +82,7 @@ def srun(job, args, timeout=180, **extra):
     return job["cluster"].run(["srun", "-K", *args], env=env, timeout=timeout)
 
 
-BESIDE = re.compile(r"^\.pmb-(?:mpi|jobs|layers)-(env-.*)$")  # records beside a tree
+BESIDE = re.compile(r"^\.pmb-(?:mpi|jobs|layers|base)-(env-.*)$")  # records beside a tree
 
 
 def node_entries(job, node: str) -> list[str]:
