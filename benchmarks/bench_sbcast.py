@@ -42,7 +42,7 @@ sys.path.insert(0, HERE)
 import filecalls  # noqa: E402  (benchmarks/filecalls.py: strace parsing)
 import slurm  # noqa: E402  (tests/slurm.py: the cluster)
 
-from python_mpi_bcast import pkgformat, relocate  # noqa: E402
+from python_mpi_bcast.package import format as pkgformat, prefixes as relocate  # noqa: E402
 
 TAR = "sbcast + tar --zstd -xf"
 UNPACK = "sbcast + python-mpi-bcast unpack"

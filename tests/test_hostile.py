@@ -23,7 +23,7 @@ import pytest
 import zstandard
 
 from conftest import CLI, LAUNCHER, MPIEXEC, launcher_errors, run
-from python_mpi_bcast import pkgformat
+from python_mpi_bcast.package import format as pkgformat
 
 PKG = "evil.tar.zst"
 PLACEHOLDER = "/PLACEHOLDER-" + "x" * 40

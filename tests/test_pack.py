@@ -15,7 +15,7 @@ import pytest
 
 from conftest import CLI, base_python, make_venv, run
 
-from python_mpi_bcast.pkgformat import read_manifest
+from python_mpi_bcast.package.format import read_manifest
 
 
 def tree_digest(root: str) -> dict:
@@ -158,7 +158,7 @@ def test_record_entries_resolve_inside_the_tree(pkgroot, tmp_path):
 
 
 def test_elf_rpaths_do_not_point_to_old_locations(unpacked, moved_venv):
-    from python_mpi_bcast import elf
+    from python_mpi_bcast.packing import elf
     for dirpath, dirnames, filenames in os.walk(unpacked):
         for name in filenames:
             full = os.path.join(dirpath, name)

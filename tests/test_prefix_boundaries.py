@@ -11,8 +11,10 @@ import random
 
 import pytest
 
-from python_mpi_bcast import fixup, inspect, migrate
-from python_mpi_bcast import relocate as R
+from python_mpi_bcast.packing import relocatable as fixup
+from python_mpi_bcast.package import verify as inspect
+from python_mpi_bcast.envs import migrate
+from python_mpi_bcast.package import prefixes as R
 
 OLD = b"/x/envs/ana"
 NEW = b"/un"
@@ -249,7 +251,7 @@ def test_python_literal_body_round_trips_through_the_parser():
 
 
 def test_write_final_paths_writes_python_literals_into_py_files(tmp_path):
-    from python_mpi_bcast.pkgformat import PrefixFile
+    from python_mpi_bcast.package.format import PrefixFile
     ph = R.PLACEHOLDER
     (tmp_path / "_sysconfigdata_x.py").write_bytes(
         b"build_time_vars = {'prefix': '" + ph + b"', 'CONFIG_ARGS': \"'--prefix=" + ph +

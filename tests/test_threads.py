@@ -16,7 +16,7 @@ import pytest
 
 from conftest import LAUNCHER, launcher_errors, mpi_env, mpirun, run
 
-from python_mpi_bcast import pkgformat
+from python_mpi_bcast.package import format as pkgformat
 
 FINAL = "/nonexistent/pmb-final-tree"  # prefixes patched for one path, so trees compare
 

@@ -23,10 +23,13 @@ import shutil
 import subprocess
 import time
 
-from . import collect, conda, fixup, leftovers, pyinfo
-from .relocate import count_siblings, has_prefix, replace_text_prefix
-from .errors import PmbError
-from .relocate_env import relocate
+from ..packing import collect, relocatable
+from ..source import conda, pyinfo
+from ..support import leftovers
+from ..package.prefixes import count_siblings, has_prefix, replace_text_prefix
+from ..support.errors import PmbError
+from ..support.paths import data_home
+from .relocate import relocate
 
 RC_FILES = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".zprofile",
             ".zshenv", ".cshrc", ".tcshrc", ".config/fish/config.fish", ".condarc")
@@ -216,7 +219,7 @@ def compare(src: str, dest: str, kind: str, olds: list[str]) -> list[str]:
         elif fa[rel] == "f":
             s, d = os.path.join(src, rel), os.path.join(dest, rel)
             if os.path.getsize(s) < (256 << 20) and _digest(s) != _digest(d):
-                if not old_b or fixup.find_any(s, old_b) is None:
+                if not old_b or relocatable.find_any(s, old_b) is None:
                     diffs.append(f"{rel}: content differs and the source holds no old path "
                                  f"there")
                 else:
@@ -334,7 +337,7 @@ def rc_naming(home: str, olds: list[str]) -> list[str]:
     found = []
     for path, real in _rc_files(home):
         try:
-            if fixup.find_any(real, olds_b) is not None:
+            if relocatable.find_any(real, olds_b) is not None:
                 found.append(path)
         except OSError:
             continue
@@ -380,3 +383,54 @@ def update_rc(home: str, moves: list[tuple[str, str]], log) -> list[str]:
         log("".join(diff).rstrip("\n"))
         changed.append(shown)
     return changed
+
+
+def migrate_chosen(chosen: list[Found], to: str | None, specs: str | None, keep: bool,
+                   rewrite_rc: bool, say, complain) -> None:
+    """Migrate each of ``chosen`` to its destination (``to`` or the default
+    for its kind), its specs under ``specs`` (default: the data home's
+    specs/NAME); with ``rewrite_rc`` also rewrite the shell start-up files
+    and remove a source only once none names it.  ``say`` reports progress,
+    ``complain`` one environment's failure; what was not migrated, or kept,
+    ends in one PmbError."""
+    failed, moves, kept = [], [], []
+    for f in chosen:
+        dest = default_destination(f, to)
+        spec_dir = os.path.join(specs or os.path.join(data_home(), "specs"), f.name)
+        say(f"== {f.name}: {f.path} -> {dest}")
+        try:
+            # with --update-rc a source goes only once no start-up file names it
+            migrate_one(f, dest, spec_dir, keep or rewrite_rc, say)
+            moves.append((f, dest))
+        except PmbError as e:
+            complain(f"python-mpi-bcast: error: {e}")
+            failed.append(f.name)
+    if rewrite_rc and moves:
+        home = os.path.expanduser("~")
+        pairs = [(old, dest) for f, dest in moves for old in {f.path, os.path.realpath(f.path)}]
+        changed = update_rc(home, pairs, say)
+        say(f"updated {', '.join(changed)}" if changed else "no shell start-up file named "
+            "the old locations")
+        for f, dest in moves:
+            still = rc_naming(home, sorted({f.path, os.path.realpath(f.path)}))
+            if still:
+                complain(f"python-mpi-bcast: error: {f.name}: {still[0]} still names {f.path}, "
+                         f"so the source was kept (the copy is {dest}); edit that file, then "
+                         f"remove the source")
+                kept.append(f.name)
+            elif not keep:
+                remove_source(f, say)
+    if not rewrite_rc:
+        for f, dest in moves:
+            still = rc_naming(os.path.expanduser("~"), sorted({f.path, os.path.realpath(f.path)}))
+            if still:
+                say(f"note: {', '.join(still)} still name {f.path}; change that to {dest} "
+                    f"(--update-rc does it, after a backup)")
+    problems = []
+    if failed:
+        problems.append(f"not migrated: {', '.join(failed)} (sources kept)")
+    if kept:
+        problems.append(f"copied, sources kept while a start-up file names them: "
+                        f"{', '.join(kept)}")
+    if problems:
+        raise PmbError("; ".join(problems))

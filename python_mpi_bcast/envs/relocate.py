@@ -2,8 +2,8 @@
 
 Copies a venv or a conda env to a new location with every reference
 rewritten, using the same engine as ``pack`` (``collect`` copies,
-``fixup`` rewrites to placeholders and records what must hold a path,
-``fixup.write_final_paths`` writes the final path by the launcher
+``packing.relocatable`` rewrites to placeholders and records what must hold a path,
+``relocatable.write_final_paths`` writes the final path by the launcher
 unpacker's rules), then scans the copy for any old path left and only then renames it
 into place (or writes it as an archive with ``--tar``).  The source is never
 modified; nothing appears under the final name unless it is complete.
@@ -15,9 +15,10 @@ import errno
 import os
 import tarfile
 
-from . import collect, config, fixup, leftovers
-from .relocate import has_prefix
-from .errors import PmbError
+from ..packing import collect, relocatable
+from ..support import config, leftovers
+from ..package.prefixes import has_prefix
+from ..support.errors import PmbError
 
 
 def _inside(path: str, root: str) -> bool:
@@ -56,7 +57,7 @@ def _leftovers(root: str, olds: list[bytes]) -> list[str]:
                 if has_prefix(os.readlink(full).encode(), olds):
                     found.append(rel)
                 continue
-            if fixup.find_any(full, olds) is not None:
+            if relocatable.find_any(full, olds) is not None:
                 found.append(rel)
     return sorted(found)
 
@@ -126,10 +127,10 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
                 python = os.path.join(src, "bin", "python3")
             st.maps = maps
             # collect → relocate (to placeholders) → write the final path
-            fixup.fix_symlinks(st, keep_outside=True)
-            prefix_files = fixup.relocate_files(st)
-            fixup.write_final_paths(tree, prefix_files, dest)
-            fixup.byte_compile(st, python, [], os.cpu_count() or 1, ddir=dest)
+            relocatable.fix_symlinks(st, keep_outside=True)
+            prefix_files = relocatable.relocate_files(st)
+            relocatable.write_final_paths(tree, prefix_files, dest)
+            relocatable.byte_compile(st, python, [], os.cpu_count() or 1, ddir=dest)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise PmbError(f"no space left on device while copying {src} into {parent}; "

@@ -24,11 +24,11 @@ import subprocess
 import tempfile
 import time
 
-from . import pyinfo
-from .errors import PmbError
-from .pkgformat import SUFFIX, read_manifest
+from ..source import pyinfo
+from ..support.errors import PmbError
+from ..package.format import SUFFIX, read_manifest
+from ..package.store import LOAD_RECORD, is_held, load_record
 
-LOAD_RECORD = ".python-mpi-bcast-load.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 
@@ -108,8 +108,8 @@ def save(cache: str, name: str, source: str | None = None, force: bool = False,
     is kept in it as ``previous``), so the package is never listed without
     its own record; without ``force`` the name is checked again at the
     moment of the rename, so of two saves of one name exactly one wins."""
-    from .archive import Exists
-    from .pack import pack_whole
+    from ..package.archive import Exists
+    from ..packing.pack import pack_whole
     check_name(name)
     source = os.path.abspath(source or active_environment())
     path = _entry(cache, name)
@@ -231,7 +231,6 @@ def _unknown(cache: str, name: str) -> PmbError:
 
 
 def remove(cache: str, name: str) -> str:
-    from .run import is_held
     path = _entry(cache, name)
     if not os.path.exists(path):
         raise _unknown(cache, name)
@@ -251,7 +250,7 @@ def load(cache: str, name: str, as_name: str | None = None, to: str | None = Non
     ``as_name``; returns the directory.  The directory appears only
     complete, with its activation scripts and its load record (which names
     the entry it came from, whatever name it was loaded as)."""
-    from .unpack import unpack
+    from ..package.unpack import unpack
     path = _entry(cache, name)
     if not os.path.exists(path):
         raise _unknown(cache, name)
@@ -322,12 +321,11 @@ def came_from(tree: str, cache: str, name: str) -> bool:
     return rec.get("entry", rec.get("name")) == name
 
 
-def load_record(tree: str) -> dict | None:
-    try:
-        with open(os.path.join(tree, LOAD_RECORD)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def changed_since_saved(tree: str | None, cache: str, name: str) -> bool:
+    """Whether ``tree`` (the loaded environment, PYTHON_MPI_BCAST_LOADED) is
+    a copy of the entry ``name`` of ``cache`` that changed since it was
+    loaded or saved (``list`` marks that entry)."""
+    return bool(tree) and came_from(tree, cache, name) and bool(is_dirty(tree))
 
 
 def is_dirty(tree: str) -> bool | None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import shlex
 
-from . import __version__
-from .errors import PmbError
-from .paths import JOB_VARIABLES
+from .. import __version__
+from ..support.errors import PmbError
+from ..support.paths import JOB_VARIABLES
 
 SHELLS = ("bash", "zsh", "fish")
 

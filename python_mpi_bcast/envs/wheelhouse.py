@@ -5,9 +5,11 @@ offline (see :mod:`shellinit`)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 
-from .errors import PmbError
+from ..support.errors import PmbError
 
 
 def _wheels(directory: str) -> set[str]:
@@ -15,6 +17,15 @@ def _wheels(directory: str) -> set[str]:
         return {f for f in os.listdir(directory) if f.endswith(".whl")}
     except FileNotFoundError:
         return set()
+
+
+def default_python() -> str:
+    """The interpreter whose pip fills the wheelhouse when none is named:
+    python3 of the active environment (VIRTUAL_ENV, else CONDA_PREFIX), else
+    python3 on PATH, else this one."""
+    venv = os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX")
+    cand = os.path.join(venv, "bin", "python3") if venv else None
+    return cand if cand and os.path.exists(cand) else (shutil.which("python3") or sys.executable)
 
 
 def add(wheelhouse: str, requirements: list[str], requirement_files: list[str],

@@ -27,7 +27,7 @@ import stat
 import string
 import time
 
-from .errors import PmbError
+from ..support.errors import PmbError
 
 TMP_RE = re.compile(r"^\.env-[0-9a-f]{32}\.[A-Za-z0-9]{6}$")
 TREE_RE = re.compile(r"^env-[0-9a-f]{32}(\.[0-9]+)?$")

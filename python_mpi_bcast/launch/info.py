@@ -3,26 +3,11 @@ which start modes it offers."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 
-from . import __version__
-from .errors import PmbError
-
-
-def launcher_path() -> str:
-    """The installed ``python-mpi``: next to this Python first, then PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "python-mpi")
-    if os.path.isfile(here) and os.access(here, os.X_OK):
-        return here
-    found = shutil.which("python-mpi")
-    if found:
-        return found
-    raise PmbError("the python-mpi launcher is not installed next to this Python or on PATH; "
-                   "load your MPI (its mpicc on PATH) and reinstall: "
-                   "'pip install --force-reinstall --no-deps python-mpi-bcast'")
+from .. import __version__
+from ..support.errors import PmbError
+from ..support.paths import launcher_path
 
 
 def info() -> dict:

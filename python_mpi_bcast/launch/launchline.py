@@ -15,7 +15,7 @@ import dataclasses
 import os
 import re
 
-from .errors import PmbError
+from ..support.errors import PmbError
 
 HOW = "write it as: python-mpi-bcast run srun -n 4 python SCRIPT ARGS"
 

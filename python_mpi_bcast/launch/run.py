@@ -15,8 +15,6 @@ launcher), so pruning (``--keep``) and ``rm`` never remove them.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import glob
 import hashlib
 import logging
@@ -26,10 +24,12 @@ import shlex
 import shutil
 import subprocess
 
-from . import __version__, conda, pyinfo
-from .errors import PmbError
+from .. import __version__
+from ..source import conda, pyinfo
+from ..support.errors import PmbError
 from .launchline import LAUNCHERS, LaunchLine, LaunchLineError, export_fix, rewrite
-from .pkgformat import FORMAT_VERSION, SUFFIX, read_manifest
+from ..package.format import FORMAT_VERSION, SUFFIX, read_manifest
+from ..package.store import Lock, hold, is_held, load_record
 
 log = logging.getLogger("python_mpi_bcast")
 
@@ -37,7 +37,6 @@ TREE_SUBDIR = "pmb-run"
 
 
 def is_env(path: str) -> bool:
-    from .cache import load_record
     return (pyinfo.is_venv(path) or conda.is_conda_env(path)
             or load_record(path) is not None)
 
@@ -179,58 +178,6 @@ def safe_name(path: str) -> str:
     return name.lstrip(".-") or "env"
 
 
-def hold(path: str) -> int:
-    """A shared lock on a package, on a descriptor the launched job inherits
-    (it is held until the launcher ends).  Returns the descriptor."""
-    while True:
-        fd = os.open(path, os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.set_inheritable(fd, True)
-            return fd
-        os.close(fd)  # replaced or pruned meanwhile
-        if not os.path.exists(path):
-            raise PmbError(f"{path} was removed while starting; run again")
-
-
-def is_held(path: str) -> bool:
-    """Whether a running job holds ``path`` (see :func:`hold`)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)
-
-
-class _Lock:
-    """One packer and pruner per environment at a time (a second ``run`` of
-    the same env waits, then finds the package made)."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
-
-
 def prune(cache: str, kind: str, name: str, source: str, keep: int, current: str) -> list[str]:
     """Remove the oldest ``<kind>-<name>-<key>`` packages made from
     ``source`` beyond the newest ``keep`` (the current one always stays);
@@ -265,7 +212,7 @@ def _ensure(cache: str, kind: str, name: str, key: str, source: str, keep: int, 
     missing (or ``repack``); held for the job; older ones pruned."""
     entry = f"{kind}-{name}-{key}"
     path = os.path.join(cache, entry + SUFFIX)
-    with _Lock(os.path.join(cache, f".{kind}-{name}.lock")):
+    with Lock(os.path.join(cache, f".{kind}-{name}.lock")):
         if os.path.exists(path) and not repack:
             say(f"using cached package {path}")
         else:
@@ -282,8 +229,8 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
          say=print, quiet: bool = True) -> tuple[LaunchLine, dict, list[int]]:
     """Pack what is missing and return (the rewritten line, the variables to
     export, the descriptors that hold the packages)."""
-    from .info import launcher_path
-    from .paths import cache_dir
+    from ..support.paths import launcher_path
+    from ..support.paths import cache_dir
     environ = dict(os.environ if environ is None else environ)
     if keep < 1:
         raise PmbError(f"--keep {keep}: keep at least 1 package per environment")
@@ -318,7 +265,7 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
         say(("using cached package " if os.path.exists(entry) and not repack
              else "would pack ") + entry)
     else:
-        from .pack import pack_whole
+        from ..packing.pack import pack_whole
         os.makedirs(cache, exist_ok=True)
         path, fd = _ensure(cache, "run", name, key, prefix, keep, repack,
                            lambda e: pack_whole(prefix, cache, e, force=True, quiet=quiet),
@@ -334,7 +281,7 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
             say(("using cached package " if os.path.exists(dentry) and not repack
                  else "would pack ") + dentry)
         else:
-            from .pack import pack_run_dir
+            from ..packing.pack import pack_run_dir
             compiler = _interpreter(prefix) if pyinfo.is_venv(prefix) else \
                 os.path.join(prefix, "bin", "python3")
             path, fd = _ensure(cache, "rundir", dname, dkey, run_dir, keep, repack,

@@ -16,9 +16,9 @@ import tarfile
 
 import zstandard
 
-from . import leftovers
-from .errors import PmbError
-from .pkgformat import (Manifest, PrefixFile, Shard, content_hash, encode_manifest_frame,
+from ..support import leftovers
+from ..support.errors import PmbError
+from .format import (Manifest, PrefixFile, Shard, content_hash, encode_manifest_frame,
                         link_problem, read_manifest)
 
 TAR_END = b"\0" * 1024
@@ -268,7 +268,7 @@ def write_package(st, prefix_files: list[PrefixFile], out_path: str, level: int 
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__
 
 
@@ -309,7 +309,7 @@ def unpack_packages(packages: list[str], dest: str, final_dest: str | None = Non
     """Unpack ``packages`` in order into the existing directory ``dest`` with
     the launcher's unpacker (``python-mpi --pmb-unpack``), patching
     prefix-bearing files for ``final_dest`` (default ``dest``)."""
-    from .info import launcher_path
+    from ..support.paths import launcher_path
     exe = launcher_path()
     if timeout is None:  # a guard only: the unpacker's loops are bounded by the package
         total = sum(os.path.getsize(p) for p in packages if os.path.isfile(p))

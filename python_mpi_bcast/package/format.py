@@ -48,7 +48,7 @@ import struct
 
 import zstandard
 
-from .errors import PmbError
+from ..support.errors import PmbError
 
 FORMAT_VERSION = 2
 SKIPPABLE_MAGIC = 0x184D2A5B

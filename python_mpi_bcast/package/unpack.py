@@ -12,10 +12,10 @@ import errno
 import os
 import shutil
 
-from . import leftovers
+from ..support import leftovers
 from .archive import unpack_packages
-from .errors import PmbError
-from .pkgformat import Manifest, read_manifest
+from ..support.errors import PmbError
+from .format import Manifest, read_manifest
 
 
 def check_layers(manifests: list[tuple[str, Manifest]]) -> None:

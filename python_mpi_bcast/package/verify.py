@@ -10,9 +10,9 @@ import shutil
 import tempfile
 
 from .archive import iter_frames, unpack_packages
-from .errors import PmbError
-from .pkgformat import Manifest, content_hash, read_manifest
-from .relocate import has_prefix, prefix_regex
+from ..support.errors import PmbError
+from .format import Manifest, content_hash, read_manifest
+from .prefixes import has_prefix, prefix_regex
 
 
 def inspect(path: str) -> Manifest:

@@ -14,8 +14,8 @@ import glob
 import os
 import shutil
 
-from . import conda, pyinfo
-from .errors import PmbError
+from ..source import conda, pyinfo
+from ..support.errors import PmbError
 
 # Parts of the standard library that batch jobs do not need (left out unless
 # --keep-all).  Patterns match paths relative to the stdlib directory.

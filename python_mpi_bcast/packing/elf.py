@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 
-from .errors import PmbError
+from ..support.errors import PmbError
 
 
 def patchelf_path() -> str:

@@ -7,11 +7,13 @@ import logging
 import os
 import tempfile
 
-from . import collect, fixup, leftovers, pyinfo, slim as slimming
-from .archive import write_package
-from .errors import PmbError
-from .pkgformat import SUFFIX, Manifest
-from .progress import Progress
+from . import collect, relocatable, slim as slimming
+from ..support import leftovers
+from ..source import pyinfo
+from ..package.archive import write_package
+from ..support.errors import PmbError
+from ..package.format import SUFFIX, Manifest
+from ..support.progress import Progress
 
 log = logging.getLogger("python_mpi_bcast")
 
@@ -184,9 +186,9 @@ class _room_for_staging:
 
 def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:
     """relocate → compile a staged tree; returns the prefix-bearing files."""
-    fixup.fix_symlinks(st)
-    prefix_files = fixup.relocate_files(st)
-    fixup.byte_compile(st, compiler, prefix_files, threads)
+    relocatable.fix_symlinks(st)
+    prefix_files = relocatable.relocate_files(st)
+    relocatable.byte_compile(st, compiler, prefix_files, threads)
     for w in st.warnings:
         log.warning("%s", w)
     return prefix_files
@@ -249,8 +251,8 @@ def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: st
         st = collect.Staged(root=staging, kind="directory", name=name, info=info)
         collect.copy_tree(src, os.path.join(staging, subdir), list(collect.ALWAYS_EXCLUDES[:2]))
         st.moves = [(src, subdir)]
-        fixup.fix_symlinks(st)
-        fixup.byte_compile(st, compiler, [], threads)
+        relocatable.fix_symlinks(st)
+        relocatable.byte_compile(st, compiler, [], threads)
         st.scrub = [src]  # recorded as the package's source
         prog = Progress(f"packing {name}", enabled=False if quiet else None)
         m = write_package(st, [], out, level=level, threads=threads, shard_size=8 << 20,

@@ -1,5 +1,5 @@
 """Make a staging tree relocatable: apply the byte rewrites of
-:mod:`relocate` to the right files, fix ELF RPATHs and symlinks, record the
+:mod:`package.prefixes` to the right files, fix ELF RPATHs and symlinks, record the
 files that must keep an absolute prefix, and byte-compile everything.
 """
 
@@ -11,16 +11,17 @@ import shutil
 import stat
 import subprocess
 
-from . import collect, elf, relocate
+from . import collect, elf
+from ..package import prefixes
 from .collect import Staged
-from .errors import PmbError
-from .pkgformat import PrefixFile
+from ..support.errors import PmbError
+from ..package.format import PrefixFile
 
 log = logging.getLogger("python_mpi_bcast")
 
 
-def _under(path: str, prefixes: list[str]) -> str | None:
-    for p in sorted(prefixes, key=len, reverse=True):
+def _under(path: str, roots: list[str]) -> str | None:
+    for p in sorted(roots, key=len, reverse=True):
         if path == p or path.startswith(p + "/"):
             return p
     return None
@@ -55,7 +56,7 @@ def fix_symlinks(st: Staged, keep_outside: bool = False) -> None:
                     os.symlink(os.path.relpath(inside, os.path.dirname(rel) or "."), full)
                     continue
                 if maps:
-                    mapped = relocate.apply_maps(target.encode(), maps).decode()
+                    mapped = prefixes.apply_maps(target.encode(), maps).decode()
                     if mapped != target:
                         os.unlink(full)
                         os.symlink(mapped, full)
@@ -85,11 +86,11 @@ BIG_FILE = 64 << 20
 
 def find_any(path: str, needles: list[bytes], chunk: int = 16 << 20) -> bytes | None:
     """The first of ``needles`` a (large) file holds as a whole path prefix
-    (relocate.PATH_END: ``/x/ana-data`` is no ``/x/ana``), read in chunks."""
+    (prefixes.PATH_END: ``/x/ana-data`` is no ``/x/ana``), read in chunks."""
     needles = [n for n in needles if n]
     if not needles:
         return None
-    mid, last = relocate.prefix_regex(needles, at_end=False), relocate.prefix_regex(needles)
+    mid, last = prefixes.prefix_regex(needles, at_end=False), prefixes.prefix_regex(needles)
     keep = max(len(n) for n in needles)
     tail = b""
     with open(path, "rb") as f:
@@ -114,13 +115,13 @@ def _restore_conda_placeholder(data: bytes, rel: str, recorded: str, scrub_b: li
     that holds the env prefix was padded with NULs up to the placeholder's
     length when conda installed it.  Put a placeholder of our own of that
     length back, so the unpacker can write a tree path of up to that length."""
-    ph = relocate.make_placeholder(len(recorded.encode()))
+    ph = prefixes.make_placeholder(len(recorded.encode()))
     out = data
     try:
         for p in scrub_b:
             if len(p) > len(ph):
                 raise ValueError("prefix longer than the recorded placeholder")
-            out = relocate.restore_binary_placeholder(out, p, ph)
+            out = prefixes.restore_binary_placeholder(out, p, ph)
     except ValueError:
         warnings.append(f"{rel}: conda recorded it as holding the prefix, but the prefix in it "
                         f"has no NUL padding up to the recorded placeholder; kept as it is")
@@ -136,19 +137,19 @@ def _relocate_content(data: bytes, fn: str, rel: str, scrub_b: list[bytes],
                       force_text: bool = False) -> bytes:
     """Rewrite one file that still names an old prefix; what cannot be made
     relative is recorded in ``prefix_files`` for the unpacker to patch."""
-    if relocate.python_shebang_target(data, scrub_b) is not None:
-        data = relocate.rewrite_shebang(data, b"python3")
+    if prefixes.python_shebang_target(data, scrub_b) is not None:
+        data = prefixes.rewrite_shebang(data, b"python3")
     elif fn.endswith(".pth") and site_old:
-        data, foreign = relocate.relativize_pth(data, site_old, scrub_b, site_tree.encode())
+        data, foreign = prefixes.relativize_pth(data, site_old, scrub_b, site_tree.encode())
         if foreign:
             raise PmbError(f"{rel}: refers to {foreign[0].decode(errors='replace')}, "
                            f"outside the packed environment; remove that line or "
                            f"install the package into the venv")
     elif fn == "RECORD" and site_old:
-        data = relocate.relocate_record(data, site_old, scrub_b)
-    if not relocate.has_prefix(data, scrub_b):
+        data = prefixes.relocate_record(data, site_old, scrub_b)
+    if not prefixes.has_prefix(data, scrub_b):
         return data
-    if relocate.is_binary(data) and not force_text:
+    if prefixes.is_binary(data) and not force_text:
         # A path compiled into a binary (libpython's PREFIX, a string in an
         # extension module) is left exactly as it is.  Rewriting it in place
         # is unsafe: linkers merge a string into the tail of a longer one
@@ -162,11 +163,11 @@ def _relocate_content(data: bytes, fn: str, rel: str, scrub_b: list[bytes],
         return data
     # the old site directory first: it may sit elsewhere in the tree
     for old_site in site_olds:
-        data = relocate.replace_text_prefix(
-            data, old_site, relocate.PLACEHOLDER + b"/" + site_tree.encode())
+        data = prefixes.replace_text_prefix(
+            data, old_site, prefixes.PLACEHOLDER + b"/" + site_tree.encode())
     for p in scrub_b:
-        data = relocate.replace_text_prefix(data, p, relocate.PLACEHOLDER)
-    prefix_files.append(PrefixFile("text", rel, relocate.PLACEHOLDER.decode()))
+        data = prefixes.replace_text_prefix(data, p, prefixes.PLACEHOLDER)
+    prefix_files.append(PrefixFile("text", rel, prefixes.PLACEHOLDER.decode()))
     return data
 
 
@@ -213,19 +214,19 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                     data = f.read()
                 mode_ph = st.recorded.get(rel)
                 if mode_ph and mode_ph[0] == "binary":
-                    if relocate.has_prefix(data, scrub_b):
+                    if prefixes.has_prefix(data, scrub_b):
                         new = _restore_conda_placeholder(data, rel, mode_ph[1], scrub_b,
                                                          prefix_files, kept, st.warnings)
                         if new != data:
                             with open(full, "wb") as f:
                                 f.write(new)
                     continue
-                if (maps and not relocate.is_binary(data)
-                        and relocate.has_prefix(data, [o for o, _ in maps])):
-                    data = relocate.apply_maps(data, maps)
+                if (maps and not prefixes.is_binary(data)
+                        and prefixes.has_prefix(data, [o for o, _ in maps])):
+                    data = prefixes.apply_maps(data, maps)
                     with open(full, "wb") as f:
                         f.write(data)
-                if relocate.is_elf(data) and scrub:
+                if prefixes.is_elf(data) and scrub:
                     try:
                         changed = elf.relocate_rpath(full, rel, st.moves, st.root)
                     except PmbError:
@@ -235,8 +236,8 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
                             data = f.read()
                 orig = data
                 if fn == "RECORD" and old_site_rel:
-                    data = relocate.rebase_record(data, old_site_rel, site_tree.encode())
-                if relocate.has_prefix(data, scrub_b):
+                    data = prefixes.rebase_record(data, old_site_rel, site_tree.encode())
+                if prefixes.has_prefix(data, scrub_b):
                     data = _relocate_content(data, fn, rel, scrub_b, site_old, site_olds,
                                              site_tree, prefix_files, kept,
                                              force_text=bool(mode_ph))
@@ -326,10 +327,10 @@ def write_final_paths(root: str, prefix_files: list[PrefixFile], final: str) -> 
         old = p.placeholder.encode()
         if p.mode == "text":
             # in Python source the path lands inside a string literal
-            data = relocate.replace_text_prefix(
-                data, old, relocate.py_literal_body(new) if p.path.endswith(".py") else new)
+            data = prefixes.replace_text_prefix(
+                data, old, prefixes.py_literal_body(new) if p.path.endswith(".py") else new)
         elif len(new) <= len(old):
-            data = relocate.replace_binary_prefix(data, old, new)
+            data = prefixes.replace_binary_prefix(data, old, new)
         else:
             raise PmbError(f"{p.path} can hold a path of at most {len(old)} bytes (its recorded "
                            f"placeholder), but {final} has {len(new)}; choose a destination "

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 
-from .errors import PmbError
+from ..support.errors import PmbError
 
 # Top-level entries of a conda prefix that are not part of the environment
 # (the base env of an installation holds the package cache and other envs).

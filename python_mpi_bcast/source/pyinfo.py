@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from .errors import PmbError
+from ..support.errors import PmbError
 
 _QUERY = r"""
 import json, os, site, sys, sysconfig

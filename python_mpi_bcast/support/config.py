@@ -1,4 +1,4 @@
-"""The user's config file (its location comes from :func:`paths.config_file`).
+"""The user's config file (its location: :func:`config_file`).
 
 Precedence everywhere: built-in defaults < this file < environment variables
 < command-line flags.  Today the file holds site aliases: other names of the
@@ -19,7 +19,17 @@ from __future__ import annotations
 import os
 
 from .errors import PmbError
-from .paths import config_file
+
+
+def config_file() -> str:
+    """The user's config file: $PYTHON_MPI_BCAST_CONFIG, else
+    $XDG_CONFIG_HOME/python-mpi-bcast/config.toml (XDG_CONFIG_HOME defaults
+    to ~/.config)."""
+    explicit = os.environ.get("PYTHON_MPI_BCAST_CONFIG")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "python-mpi-bcast", "config.toml")
 
 
 def _tiny_toml(text: str, where: str) -> dict:

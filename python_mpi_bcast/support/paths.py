@@ -4,8 +4,11 @@ with the same defaults as the launcher (launcher/config.c)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sys
 
+from . import config
 from .errors import PmbError
 
 
@@ -28,21 +31,10 @@ def node_directory(pattern: str | None = None, node_index: int | None = None) ->
     return out.replace("\0", "%").rstrip("/") or "/"
 
 
-def config_file() -> str:
-    """The user's config file: $PYTHON_MPI_BCAST_CONFIG, else
-    $XDG_CONFIG_HOME/python-mpi-bcast/config.toml (XDG_CONFIG_HOME defaults
-    to ~/.config)."""
-    explicit = os.environ.get("PYTHON_MPI_BCAST_CONFIG")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "python-mpi-bcast", "config.toml")
-
-
 # ---- the environment cache and the wheelhouse -----------------------------
 #
 # Precedence: default < config file < environment variable < command-line flag.
-# The config file (config_file()) may hold:
+# The config file (config.config_file()) may hold:
 #
 #   [cache]
 #   dir = "/proj/me/pmb-envs"
@@ -53,8 +45,7 @@ def config_file() -> str:
 
 
 def _config_value(table: str, key: str):
-    from . import config
-    where = config_file()
+    where = config.config_file()
     section = config.load().get(table, {})
     if not isinstance(section, dict):
         raise PmbError(f"{where}: [{table}] must be a table")
@@ -119,3 +110,16 @@ def wheelhouse_dir(flag: str | None = None) -> str:
     if env:
         return _absolute(env, "PYTHON_MPI_BCAST_WHEELHOUSE")
     return _config_dir("wheelhouse") or os.path.join(os.path.dirname(cache_dir()), "wheelhouse")
+
+
+def launcher_path() -> str:
+    """The installed ``python-mpi``: next to this Python first, then PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "python-mpi")
+    if os.path.isfile(here) and os.access(here, os.X_OK):
+        return here
+    found = shutil.which("python-mpi")
+    if found:
+        return found
+    raise PmbError("the python-mpi launcher is not installed next to this Python or on PATH; "
+                   "load your MPI (its mpicc on PATH) and reinstall: "
+                   "'pip install --force-reinstall --no-deps python-mpi-bcast'")
