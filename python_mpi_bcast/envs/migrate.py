@@ -23,9 +23,10 @@ import shutil
 import subprocess
 import time
 
-from ..packing import collect, relocatable
+from ..packing import collect
 from ..source import conda, pyinfo
 from ..support import leftovers
+from ..package.scan import find_any
 from ..package.prefixes import count_siblings, has_prefix, replace_text_prefix
 from ..support.errors import PmbError
 from ..support.paths import data_home
@@ -219,7 +220,7 @@ def compare(src: str, dest: str, kind: str, olds: list[str]) -> list[str]:
         elif fa[rel] == "f":
             s, d = os.path.join(src, rel), os.path.join(dest, rel)
             if os.path.getsize(s) < (256 << 20) and _digest(s) != _digest(d):
-                if not old_b or relocatable.find_any(s, old_b) is None:
+                if not old_b or find_any(s, old_b) is None:
                     diffs.append(f"{rel}: content differs and the source holds no old path "
                                  f"there")
                 else:
@@ -337,7 +338,7 @@ def rc_naming(home: str, olds: list[str]) -> list[str]:
     found = []
     for path, real in _rc_files(home):
         try:
-            if relocatable.find_any(real, olds_b) is not None:
+            if find_any(real, olds_b) is not None:
                 found.append(path)
         except OSError:
             continue

@@ -17,7 +17,7 @@ import tarfile
 
 from ..packing import collect, relocatable
 from ..support import config, leftovers
-from ..package.prefixes import has_prefix
+from ..package.scan import scan_tree
 from ..support.errors import PmbError
 
 
@@ -48,18 +48,7 @@ def _check_paths(src: str, dest: str, tar: str | None, force: bool) -> str:
 
 
 def _leftovers(root: str, olds: list[bytes]) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root)
-            if os.path.islink(full):
-                if has_prefix(os.readlink(full).encode(), olds):
-                    found.append(rel)
-                continue
-            if relocatable.find_any(full, olds) is not None:
-                found.append(rel)
-    return sorted(found)
+    return sorted(rel for rel, _, _, left, _ in scan_tree(root, olds) if left)
 
 
 def _olds(st: collect.Staged) -> list[bytes]:

@@ -12,7 +12,7 @@ import tempfile
 from .archive import iter_frames, unpack_packages
 from ..support.errors import PmbError
 from .format import Manifest, content_hash, read_manifest
-from .prefixes import has_prefix, prefix_regex
+from .scan import scan_tree
 
 
 def inspect(path: str) -> Manifest:
@@ -43,44 +43,19 @@ def verify(path: str, forbidden: list[str] | None = None) -> dict:
         files = size = 0
         leftovers = []
         compiled_in = []
-        for dirpath, dirnames, filenames in os.walk(tree):
-            for name in sorted(filenames + [d for d in dirnames
-                                            if os.path.islink(os.path.join(dirpath, d))]):
-                full = os.path.join(dirpath, name)
-                rel = os.path.relpath(full, tree)
-                if os.path.islink(full):
-                    if has_prefix(os.readlink(full).encode(), forbidden_b):
-                        leftovers.append(rel)
-                    continue
-                files += 1
-                size += os.path.getsize(full)
-                if forbidden_b and rel not in listed:
-                    found, binary = _scan(full, forbidden_b)
-                    if found:
-                        # binaries keep compiled-in paths on purpose (fixup.py)
-                        (compiled_in if binary else leftovers).append(rel)
+        for rel, full, is_link, left, binary in scan_tree(tree, forbidden_b, listed,
+                                                          classify=True):
+            if is_link:
+                if left:
+                    leftovers.append(rel)
+                continue
+            files += 1
+            size += os.path.getsize(full)
+            if left:
+                # binaries keep compiled-in paths on purpose (packing/relocatable.py)
+                (compiled_in if binary else leftovers).append(rel)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"files": files, "unpacked_size": size, "leftovers": leftovers,
             "compiled_in": compiled_in, "manifest": m}
 
-
-def _scan(path: str, needles: list[bytes], chunk: int = 16 << 20) -> tuple[bool, bool]:
-    """Whether the file holds any of ``needles`` as a whole path prefix
-    (relocate.PATH_END: a longer sibling name is no leftover), and whether
-    it is binary (holds a NUL byte)."""
-    mid, last = prefix_regex(needles, at_end=False), prefix_regex(needles)
-    keep = max(len(n) for n in needles)
-    tail = b""
-    found = binary = False
-    with open(path, "rb") as f:
-        buf = f.read(chunk)
-        while True:
-            nxt = f.read(chunk)
-            binary = binary or b"\0" in buf
-            data = tail + buf
-            found = found or (any(n in data for n in needles)
-                              and (mid if nxt else last).search(data) is not None)
-            if (found and binary) or not nxt:
-                return found, binary
-            tail, buf = data[-keep:], nxt

@@ -13,6 +13,7 @@ import subprocess
 
 from . import collect, elf
 from ..package import prefixes
+from ..package.scan import find_any
 from .collect import Staged
 from ..support.errors import PmbError
 from ..package.format import PrefixFile
@@ -82,30 +83,6 @@ def fix_symlinks(st: Staged, keep_outside: bool = False) -> None:
 
 
 BIG_FILE = 64 << 20
-
-
-def find_any(path: str, needles: list[bytes], chunk: int = 16 << 20) -> bytes | None:
-    """The first of ``needles`` a (large) file holds as a whole path prefix
-    (prefixes.PATH_END: ``/x/ana-data`` is no ``/x/ana``), read in chunks."""
-    needles = [n for n in needles if n]
-    if not needles:
-        return None
-    mid, last = prefixes.prefix_regex(needles, at_end=False), prefixes.prefix_regex(needles)
-    keep = max(len(n) for n in needles)
-    tail = b""
-    with open(path, "rb") as f:
-        buf = f.read(chunk)
-        while True:
-            nxt = f.read(chunk)
-            window = tail + buf
-            # a match at the very end of a chunk is decided by the next byte
-            m = (mid if nxt else last).search(window) if any(
-                n in window for n in needles) else None
-            if m:
-                return m.group(0)
-            if not nxt:
-                return None
-            tail, buf = window[-keep:], nxt
 
 
 def _restore_conda_placeholder(data: bytes, rel: str, recorded: str, scrub_b: list[bytes],
