@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 
 from ..packing import collect
@@ -29,6 +28,8 @@ from ..support import leftovers
 from ..package.scan import find_any
 from ..package.prefixes import count_siblings, has_prefix, replace_text_prefix
 from ..support.errors import PmbError
+from ..support.files import write_atomic
+from ..support.proc import run_checked
 from ..support.paths import data_home
 from .relocate import relocate
 
@@ -113,17 +114,10 @@ def scan(directory: str) -> list[Found]:
 
 
 def _run(python: str, *args: str, timeout: int = 300) -> str:
-    try:
-        r = subprocess.run([python, "-I", *args], capture_output=True, text=True,
-                           timeout=timeout, check=False)
-    except OSError as e:
-        raise PmbError(f"cannot run {python}: {e.strerror}") from None
-    except subprocess.TimeoutExpired:
-        raise PmbError(f"{python} did not answer within {timeout} s") from None
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["?"])[-1]
-        raise PmbError(f"its Python ({python}) does not start: {last}")
-    return r.stdout
+    return run_checked([python, "-I", *args], timeout,
+                       failed=f"its Python ({python}) does not start",
+                       too_slow=f"{python} did not answer within {timeout} s",
+                       cannot_run=f"cannot run {python}").stdout
 
 
 def distributions(python: str) -> dict[str, list]:
@@ -140,7 +134,7 @@ def export_specs(found: Found, dists: dict[str, list], spec_dir: str) -> list[st
     lines = [f"# {found.path}, exported by python-mpi-bcast migrate on "
              f"{time.strftime('%Y-%m-%d %H:%M')}"]
     lines += [f"{n}=={v}" for n, v, _, _ in sorted(dists.values(), key=lambda d: d[0].lower())]
-    _write(req, "\n".join(lines) + "\n")
+    write_atomic(req, "\n".join(lines) + "\n")
     written.append(req)
     if found.kind == "conda":
         env = conda.read_env(found.path)
@@ -156,16 +150,9 @@ def export_specs(found: Found, dists: dict[str, list], spec_dir: str) -> list[st
             out.append("  - pip:")
             out += [f"    - {n}=={v}" for n, v, _, _ in pip_only]
         yml = os.path.join(spec_dir, "environment.yml")
-        _write(yml, "\n".join(out) + "\n")
+        write_atomic(yml, "\n".join(out) + "\n")
         written.append(yml)
     return written
-
-
-def _write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _files(root: str) -> dict[str, str]:

@@ -21,11 +21,11 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 
 from ..source import pyinfo
 from ..support.errors import PmbError
+from ..support.files import write_atomic
 from ..package.format import SUFFIX, read_manifest
 from ..package.store import LOAD_RECORD, is_held, load_record
 
@@ -77,17 +77,7 @@ def _entry(cache: str, name: str) -> str:
 
 
 def _write_json_atomic(path: str, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", chmod=0o644)
 
 
 def active_environment() -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 from ..support.errors import PmbError
+from ..support.proc import run_checked
 
 
 def patchelf_path() -> str:
@@ -24,14 +24,9 @@ def patchelf_path() -> str:
 
 
 def _run(args: list[str]) -> str:
-    try:
-        out = subprocess.run([patchelf_path()] + args, capture_output=True, text=True,
-                             timeout=120, check=False)
-    except subprocess.TimeoutExpired:
-        raise PmbError(f"patchelf {' '.join(args)} did not finish within 120 s") from None
-    if out.returncode != 0:
-        raise PmbError(f"patchelf failed on {args[-1]}: {out.stderr.strip()}")
-    return out.stdout
+    return run_checked([patchelf_path()] + args, 120, failed=f"patchelf failed on {args[-1]}",
+                       too_slow=f"patchelf {' '.join(args)} did not finish within 120 s",
+                       whole_stderr=True).stdout
 
 
 def get_rpath(path: str) -> list[str]:

@@ -9,13 +9,13 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
 
 from . import collect, elf
 from ..package import prefixes
 from ..package.scan import find_any
 from .collect import Staged
 from ..support.errors import PmbError
+from ..support.proc import run_checked
 from ..package.format import PrefixFile
 
 log = logging.getLogger("python_mpi_bcast")
@@ -276,16 +276,10 @@ def byte_compile(st: Staged, python: str, prefix_files: list[PrefixFile], worker
     With ``ddir`` (relocate: the tree's final place, where users may edit
     sources) ``.pyc`` are timestamp-checked and name their sources there."""
     checked = [p.path for p in prefix_files if p.path.endswith(".py")]
-    try:
-        out = subprocess.run([python, "-I", "-c",
-                              _COMPILE.replace("HOOK", collect.STAGED_HOOK), st.root, str(max(1, workers)),
-                              ddir or ""] + checked,
-                             capture_output=True, text=True, timeout=3600, check=False)
-    except subprocess.TimeoutExpired:
-        raise PmbError("byte-compiling took more than an hour; giving up") from None
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["?"])[-1]
-        raise PmbError(f"byte-compiling with {python} failed: {last}")
+    run_checked([python, "-I", "-c", _COMPILE.replace("HOOK", collect.STAGED_HOOK), st.root,
+                 str(max(1, workers)), ddir or ""] + checked, 3600,
+                failed=f"byte-compiling with {python} failed",
+                too_slow="byte-compiling took more than an hour; giving up")
 
 
 def write_final_paths(root: str, prefix_files: list[PrefixFile], final: str) -> None:

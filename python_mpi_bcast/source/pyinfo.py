@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 from ..support.errors import PmbError
+from ..support.proc import run_checked
 
 _QUERY = r"""
 import json, os, site, sys, sysconfig
@@ -41,15 +41,9 @@ print(json.dumps({
 def query(executable: str, isolated: bool = True) -> dict:
     """Run ``executable`` and return facts about it as a dict."""
     args = [executable, "-I" if isolated else "-E", "-c", _QUERY]
-    try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    except OSError as e:
-        raise PmbError(f"cannot run Python interpreter {executable}: {e.strerror}") from None
-    except subprocess.TimeoutExpired:
-        raise PmbError(f"Python interpreter {executable} did not answer within 120 s") from None
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PmbError(f"Python interpreter {executable} failed to start: {last}")
+    out = run_checked(args, 120, failed=f"Python interpreter {executable} failed to start",
+                      too_slow=f"Python interpreter {executable} did not answer within 120 s",
+                      cannot_run=f"cannot run Python interpreter {executable}", silent="no output")
     info = json.loads(out.stdout)
     if info["implementation"] != "cpython":
         raise PmbError(f"{executable} is {info['implementation']}; only CPython can be packed")

@@ -27,6 +27,8 @@ import socket
 import stat
 import tempfile
 
+from .files import write_atomic
+
 from .paths import data_home
 
 log = logging.getLogger("python_mpi_bcast")
@@ -66,11 +68,8 @@ def _write() -> None:
                 os.unlink(path)
             return
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"command": COMMAND, "pid": os.getpid(), "host": _host(),
-                       "paths": _paths}, f)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"command": COMMAND, "pid": os.getpid(), "host": _host(),
+                                       "paths": _paths}))
     except OSError as e:  # best effort: a full or read-only home must not stop the command
         log.debug("cannot write the journal %s: %s", path, e)
 
