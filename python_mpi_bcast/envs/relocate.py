@@ -11,14 +11,13 @@ modified; nothing appears under the final name unless it is complete.
 
 from __future__ import annotations
 
-import errno
 import os
 import tarfile
 
 from ..packing import collect, relocatable
 from ..support import config, leftovers
 from ..package.scan import scan_tree
-from ..support.errors import PmbError
+from ..support.errors import PmbError, os_error
 
 
 def _inside(path: str, root: str) -> bool:
@@ -121,11 +120,8 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
             relocatable.write_final_paths(tree, prefix_files, dest)
             relocatable.byte_compile(st, python, [], os.cpu_count() or 1, ddir=dest)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise PmbError(f"no space left on device while copying {src} into {parent}; "
-                               f"free space there or choose another DEST") from None
-            raise PmbError(f"relocating {src}: {e.strerror or e}"
-                           + (f" ({e.filename})" if e.filename else "")) from None
+            raise os_error(e, f"relocating {src}", "free space there or choose another DEST",
+                           full_doing=f"copying {src} into {parent}", name_file=True) from None
         # verify: nothing may still name the old locations
         left = _leftovers(tree, _olds(st))
         if left:
@@ -143,10 +139,8 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
                     os.rename(final, trash)
                 os.rename(tree, final)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise PmbError(f"no space left on device while writing {final}; free space in "
-                               f"{parent} or choose another location") from None
-            raise PmbError(f"writing {final}: {e.strerror or e}") from None
+            raise os_error(e, f"writing {final}",
+                           f"free space in {parent} or choose another location") from None
         return {"kind": kind, "dest": dest, "written": final, "files": len(prefix_files),
                 "compiled_in": st.compiled_in, "warnings": st.warnings}
     finally:

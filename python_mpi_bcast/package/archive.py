@@ -17,7 +17,7 @@ import tarfile
 import zstandard
 
 from ..support import leftovers
-from ..support.errors import PmbError
+from ..support.errors import PmbError, os_error
 from .format import (Manifest, PrefixFile, Shard, content_hash, encode_manifest_frame,
                         link_problem, read_manifest)
 
@@ -257,10 +257,8 @@ def write_package(st, prefix_files: list[PrefixFile], out_path: str, level: int 
         final_tmp = None
         return m
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise PmbError(f"no space left on device while writing {out_path}; free space "
-                           f"in {out_dir} or choose another -o directory") from None
-        raise PmbError(f"writing {out_path}: {e.strerror or e}") from None
+        raise os_error(e, f"writing {out_path}",
+                       f"free space in {out_dir} or choose another -o directory") from None
     finally:
         if final_tmp:
             leftovers.remove(final_tmp)
