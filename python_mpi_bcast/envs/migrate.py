@@ -3,7 +3,7 @@
 
 find → export specs → relocate → compare → remove the source.  Each step
 uses the engine the other commands use (``collect.classify``,
-``relocate_env.relocate``); the source is removed only after the copy has
+``envs.relocate.relocate``); the source is removed only after the copy has
 the same distributions, the same files with the same content (apart from
 the old location, rewritten) and imports what the source imports.  The
 copy appears under its final name only when complete, and the source is
