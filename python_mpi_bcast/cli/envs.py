@@ -113,31 +113,6 @@ def cmd_relocate(a) -> int:
     return 0
 
 
-def _choose(valid, a) -> list:
-    if a.names:
-        by_name = {f.name: f for f in valid}
-        unknown = [n for n in a.names if n not in by_name]
-        if unknown:
-            raise PmbError(f"no valid environment named {', '.join(unknown)} in {a.directory} "
-                           f"(valid: {', '.join(by_name) or 'none'})")
-        return [by_name[n] for n in a.names]
-    if a.all:
-        return list(valid)
-    if not sys.stdin.isatty():
-        raise PmbError("name the environments to migrate, or pass --all (no terminal to ask on)")
-    answer = input("Select environments to migrate (comma-separated numbers or names, "
-                   "'all'): ").strip()
-    if answer.lower() == "all":
-        return list(valid)
-    chosen = []
-    for item in (x.strip() for x in answer.split(",") if x.strip()):
-        match = [f for i, f in enumerate(valid, 1) if item in (str(i), f.name)]
-        if not match:
-            raise PmbError(f"{item!r} is not one of the listed environments")
-        chosen.append(match[0])
-    return chosen
-
-
 def cmd_migrate(a) -> int:
     from ..envs import migrate
     found = migrate.scan(a.directory)
@@ -149,7 +124,9 @@ def cmd_migrate(a) -> int:
         raise PmbError(f"no valid environment in {a.directory}")
     for i, f in enumerate(valid, 1):
         print(f"{i}. {f.name} ({f.path})")
-    migrate.migrate_chosen(_choose(valid, a), a.to, a.specs, a.keep, a.update_rc, print,
+    chosen = migrate.choose(valid, a.names, a.all, a.directory,
+                            input if sys.stdin.isatty() else None)
+    migrate.migrate_chosen(chosen, a.to, a.specs, a.keep, a.update_rc, print,
                            lambda msg: print(msg, file=sys.stderr))
     return 0
 

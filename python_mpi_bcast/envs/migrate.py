@@ -373,6 +373,35 @@ def update_rc(home: str, moves: list[tuple[str, str]], log) -> list[str]:
     return changed
 
 
+def choose(valid: list[Found], names: list[str], every: bool, directory: str,
+           ask) -> list[Found]:
+    """The environments to migrate: those named, or with ``every`` all valid
+    ones, or those the user picks when asked (``ask(prompt)`` returns the
+    answer; None: there is no terminal to ask on)."""
+    if names:
+        by_name = {f.name: f for f in valid}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise PmbError(f"no valid environment named {', '.join(unknown)} in {directory} "
+                           f"(valid: {', '.join(by_name) or 'none'})")
+        return [by_name[n] for n in names]
+    if every:
+        return list(valid)
+    if ask is None:
+        raise PmbError("name the environments to migrate, or pass --all (no terminal to ask on)")
+    answer = ask("Select environments to migrate (comma-separated numbers or names, "
+                 "'all'): ").strip()
+    if answer.lower() == "all":
+        return list(valid)
+    chosen = []
+    for item in (x.strip() for x in answer.split(",") if x.strip()):
+        match = [f for i, f in enumerate(valid, 1) if item in (str(i), f.name)]
+        if not match:
+            raise PmbError(f"{item!r} is not one of the listed environments")
+        chosen.append(match[0])
+    return chosen
+
+
 def migrate_chosen(chosen: list[Found], to: str | None, specs: str | None, keep: bool,
                    rewrite_rc: bool, say, complain) -> None:
     """Migrate each of ``chosen`` to its destination (``to`` or the default
