@@ -147,6 +147,8 @@ def cmd_shell_init(a) -> int:
 def cmd_wheelhouse(a) -> int:
     from ..envs import wheelhouse
     from ..support.paths import wheelhouse_dir
+    if a.wh_command not in ("add", "list", "path"):  # no action: no --wheelhouse either
+        raise PmbError("wheelhouse: give an action: add, list or path")
     where = wheelhouse_dir(a.wheelhouse)
     if a.wh_command == "path":
         print(where)
@@ -159,6 +161,4 @@ def cmd_wheelhouse(a) -> int:
         for name in added:
             print(f"added {name}")
         print(f"{where}: {len(wheelhouse.listing(where))} wheels")
-    else:
-        raise PmbError("wheelhouse: give an action: add, list or path")
     return 0
