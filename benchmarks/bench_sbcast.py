@@ -37,7 +37,7 @@ import filecalls  # benchmarks/filecalls.py: strace parsing
 from helpers import BIN  # tests/helpers.py
 from support import slurm  # tests/support/slurm.py: the cluster
 
-from python_mpi_bcast import pkgformat, relocate  # noqa: E402
+from python_mpi_bcast.package import format as pkgformat, prefixes as relocate  # noqa: E402
 
 TAR = "sbcast + tar --zstd -xf"
 UNPACK = "sbcast + python-mpi-bcast unpack"

@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 
-from python_mpi_bcast.pyinfo import running_base_interpreter as base_python
+from python_mpi_bcast.source.pyinfo import running_base_interpreter as base_python
 
 import filecalls
 from helpers import BIN, CLI, LAUNCHER, MPIEXEC, REPO, mpi_env  # tests/helpers.py
@@ -401,7 +401,7 @@ def bench_coldstart(rep, venv_dir, pkgroot, packages, reps, tmp):
 
 
 def pkgformat_usize(path) -> int:
-    from python_mpi_bcast.pkgformat import read_manifest
+    from python_mpi_bcast.package.format import read_manifest
     return read_manifest(path)[0].unpacked_size
 
 

@@ -1,4 +1,4 @@
-/* Package manifests (format version 2, described in python_mpi_bcast/pkgformat.py):
+/* Package manifests (format version 2, described in python_mpi_bcast/package/format.py):
  * a zstd skippable frame at the start of the file holding one zstd frame
  * with a content checksum, which holds the manifest text.  The text is
  * parsed strictly: every line known, every field checked, every size and

@@ -489,7 +489,7 @@ void pmb_mpi4py_prepare(const char *tree, const pmb_manifest *ms, int n)
  *
  * SONAME the name mpi4py's extension asks for, DT_NEEDED the launcher's MPI
  * library by its loaded path, no code.  The interpreter package's start-up
- * hook (python_mpi_bcast/staged_site.py, imported by a .pth file) loads it
+ * hook (python_mpi_bcast/packing/staged_site.py, imported by a .pth file) loads it
  * with RTLD_GLOBAL just before mpi4py.MPI is imported in a process that has
  * no MPI yet.  The file sits outside the tree (the tree is never written
  * after staging), is replaced atomically only when it changes, and needs no

@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 
-from python_mpi_bcast.pyinfo import running_base_interpreter as base_python
+from python_mpi_bcast.source.pyinfo import running_base_interpreter as base_python
 
 BIN = os.path.dirname(sys.executable)
 MPIEXEC = os.path.join(BIN, "mpiexec")

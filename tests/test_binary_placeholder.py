@@ -13,10 +13,11 @@ import pytest
 
 from helpers import CLI, LAUNCHER, MPIEXEC, base_python, run
 
-from python_mpi_bcast import pyinfo, relocate
-from python_mpi_bcast.archive import write_package
-from python_mpi_bcast.collect import Staged
-from python_mpi_bcast.pkgformat import PrefixFile
+from python_mpi_bcast.source import pyinfo
+from python_mpi_bcast.package import prefixes as relocate
+from python_mpi_bcast.package.archive import write_package
+from python_mpi_bcast.packing.collect import Staged
+from python_mpi_bcast.package.format import PrefixFile
 
 # conda's placeholder for old packages is /opt/anaconda1anaconda2anaconda3
 # (32 bytes); conda-build now pads the build prefix to 255 bytes

@@ -23,7 +23,7 @@ import pytest
 import zstandard
 
 from helpers import CLI, LAUNCHER, MPIEXEC, launcher_errors, run, tree_digest
-from python_mpi_bcast import pkgformat
+from python_mpi_bcast.package import format as pkgformat
 
 PKG = "evil.tar.zst"
 PLACEHOLDER = "/PLACEHOLDER-" + "x" * 40

@@ -23,8 +23,8 @@ import pytest
 
 from helpers import PRIVATE, UNSHARE_MOUNT, CLI, LAUNCHER, MPIEXEC, base_python, mpi_env, run
 
-from python_mpi_bcast.collect import SYSTEM_PREFIXES
-from python_mpi_bcast.pkgformat import read_manifest
+from python_mpi_bcast.packing.collect import SYSTEM_PREFIXES
+from python_mpi_bcast.package.format import read_manifest
 
 OLD_PREFIX = os.path.realpath(os.path.dirname(os.path.dirname(base_python())))
 VERSION = platform.python_version()

@@ -19,7 +19,7 @@ import pytest
 from helpers import (LAUNCHER, MPIEXEC, PRIVATE, UNSHARE_MOUNT, launcher_errors, mpi_env, mpirun,
                       run)
 
-from python_mpi_bcast import pkgformat
+from python_mpi_bcast.package import format as pkgformat
 
 CHECK = r"""
 import sys, os, numpy as np

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from python_mpi_bcast.launchline import LaunchLineError, export_fix, rewrite, srun_export_fix
+from python_mpi_bcast.launch.launchline import LaunchLineError, export_fix, rewrite, srun_export_fix
 
 PM = "/opt/pmb/bin/python-mpi"
 

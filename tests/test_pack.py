@@ -14,7 +14,7 @@ import pytest
 
 from helpers import CLI, base_python, make_venv, run, tree_digest
 
-from python_mpi_bcast.pkgformat import read_manifest
+from python_mpi_bcast.package.format import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_record_entries_resolve_inside_the_tree(pkgroot, tmp_path):
 
 
 def test_elf_rpaths_do_not_point_to_old_locations(unpacked, moved_venv):
-    from python_mpi_bcast import elf
+    from python_mpi_bcast.packing import elf
     for dirpath, dirnames, filenames in os.walk(unpacked):
         for name in filenames:
             full = os.path.join(dirpath, name)

@@ -11,8 +11,10 @@ import random
 
 import pytest
 
-from python_mpi_bcast import fixup, inspect, migrate
-from python_mpi_bcast import relocate as R
+from python_mpi_bcast.packing import relocatable as fixup
+from python_mpi_bcast.package import scan
+from python_mpi_bcast.envs import migrate
+from python_mpi_bcast.package import prefixes as R
 
 OLD = b"/x/envs/ana"
 NEW = b"/un"
@@ -112,16 +114,17 @@ def _write_at_chunk_edge(path, chunk: int, follow: bytes) -> None:
 @pytest.mark.parametrize("follow, found", [(b"-data/input.csv", False), (b"/bin/python", True),
                                            (b"", True), (b"2", False), (b"\n", True)])
 def test_scanners_decide_at_a_chunk_edge_by_the_next_byte(tmp_path, follow, found):
-    """fixup.find_any (relocate's leftovers, migrate's comparison) and
-    verify's scan read large files in chunks: a location at a chunk's end is
-    decided by the first byte of the next chunk, or by the end of the file."""
+    """The one leftover scanner (relocate's leftovers, migrate's comparison,
+    verify's scan, which reads on to classify binaries) reads large files in
+    chunks: a location at a chunk's end is decided by the first byte of the
+    next chunk, or by the end of the file."""
     p = str(tmp_path / "f")
     chunk = 64
     _write_at_chunk_edge(p, chunk, follow)
-    assert (fixup.find_any(p, [OLD], chunk=chunk) is not None) is found
-    assert inspect._scan(p, [OLD], chunk=chunk)[0] is found
+    assert (scan.find_any(p, [OLD], chunk=chunk) is not None) is found
+    assert (scan.scan_file(p, [OLD], chunk=chunk, classify=True)[0] is not None) is found
     # and with the default (one chunk)
-    assert (fixup.find_any(p, [OLD]) is not None) is found
+    assert (scan.find_any(p, [OLD]) is not None) is found
 
 
 def test_migrate_comparison_catches_a_sibling_rewritten_with_the_prefix(tmp_path):
@@ -233,8 +236,8 @@ def test_scanner_and_replacer_agree_on_random_files(tmp_path):
             f.write(data)
         changes = R.replace_text_prefix(data, OLD, NEW) != data
         for chunk in (7, 11, 64, 1 << 20):
-            assert (fixup.find_any(p, [OLD], chunk=chunk) is not None) is changes, (data, chunk)
-            assert inspect._scan(p, [OLD], chunk=chunk)[0] is changes, (data, chunk)
+            assert (scan.find_any(p, [OLD], chunk=chunk) is not None) is changes, (data, chunk)
+            assert (scan.scan_file(p, [OLD], chunk=chunk, classify=True)[0] is not None) is changes, (data, chunk)
 
 
 def test_python_literal_body_round_trips_through_the_parser():
@@ -249,7 +252,7 @@ def test_python_literal_body_round_trips_through_the_parser():
 
 
 def test_write_final_paths_writes_python_literals_into_py_files(tmp_path):
-    from python_mpi_bcast.pkgformat import PrefixFile
+    from python_mpi_bcast.package.format import PrefixFile
     ph = R.PLACEHOLDER
     (tmp_path / "_sysconfigdata_x.py").write_bytes(
         b"build_time_vars = {'prefix': '" + ph + b"', 'CONFIG_ARGS': \"'--prefix=" + ph +

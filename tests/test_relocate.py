@@ -1,6 +1,6 @@
 """Byte-level unit tests of the pure relocation functions."""
 
-from python_mpi_bcast import relocate as R
+from python_mpi_bcast.package import prefixes as R
 
 
 def test_shebang_detected_only_for_python_under_prefix():
@@ -91,7 +91,7 @@ def test_padded_binary_rewrite_cuts_a_tail_merged_string():
 
 
 def test_binary_holding_an_old_prefix_is_kept_and_not_recorded():
-    from python_mpi_bcast.fixup import _relocate_content
+    from python_mpi_bcast.packing.relocatable import _relocate_content
     data = b"\x7fELF\0\0/opt/python/3.11.7\0\0"
     prefix_files, kept = [], []
     out = _relocate_content(data, "libpython3.11.so.1.0", "lib/libpython3.11.so.1.0",
@@ -138,7 +138,7 @@ def test_apply_maps_is_one_pass_longest_first():
 
 
 def test_activation_scripts_get_the_path_quoted_for_their_shell():
-    from python_mpi_bcast.relocate import requote_activation
+    from python_mpi_bcast.package.prefixes import requote_activation
     path = b"/w/it's \"a\" $X `id` \\ !"
     sh = b'VIRTUAL_ENV="' + path + b'"\nexport VIRTUAL_ENV\n'
     assert requote_activation(sh, path, "sh") == \

@@ -277,3 +277,10 @@ def test_a_missing_wheel_in_a_job_says_wheelhouse_add_name(site, shell):
                 f"notinthewheelhouse") in r.stderr, (how, r.stderr)
     r = in_shell(shell, "python -m pip install notinthewheelhouse", env)
     assert r.returncode == 1 and offline(r), r.stderr
+
+
+def test_wheelhouse_without_an_action_says_which_actions_there_are(tmp_path):
+    # it raised AttributeError (a traceback): only the actions' parsers had --wheelhouse
+    r = run(CLI + ["wheelhouse"], check=False, cwd=str(tmp_path))
+    assert r.returncode == 1, r
+    assert r.stderr == "python-mpi-bcast: error: wheelhouse: give an action: add, list or path\n"

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import CLI, mpi_env, mpirun, run
 
-from python_mpi_bcast import slim
+from python_mpi_bcast.packing import slim
 
 
 @pytest.fixture(scope="module")

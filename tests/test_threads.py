@@ -15,7 +15,7 @@ import pytest
 
 from helpers import LAUNCHER, launcher_errors, mpi_env, mpirun, run, tree_digest
 
-from python_mpi_bcast import pkgformat
+from python_mpi_bcast.package import format as pkgformat
 
 FINAL = "/nonexistent/pmb-final-tree"  # prefixes patched for one path, so trees compare
 

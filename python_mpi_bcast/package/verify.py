@@ -1,0 +1,61 @@
+"""``inspect`` (show a manifest) and ``verify`` (everything the readers
+check, plus every shard's SHA-256 and the content hash, plus a scan of the
+unpacked content for leftover source paths)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+from .archive import iter_frames, unpack_packages
+from ..support.errors import PmbError
+from .format import Manifest, content_hash, read_manifest
+from .scan import scan_tree
+
+
+def inspect(path: str) -> Manifest:
+    return read_manifest(path)[0]
+
+
+def verify(path: str, forbidden: list[str] | None = None) -> dict:
+    """Check the SHA-256 of every shard and the content hash, unpack with the
+    launcher's unpacker into a temporary directory (so verify refuses at
+    least what the readers refuse), and report files that still contain any
+    of ``forbidden`` (old locations) and are not listed as prefix-bearing.
+    Binary files that keep such a path (a compiled-in fallback, left alone on
+    purpose) are listed apart as ``compiled_in``."""
+    forbidden_b = [f.encode() for f in (forbidden or []) if f]
+    m = None
+    for m, i, data in iter_frames(path):
+        if hashlib.sha256(data).hexdigest() != m.shards[i].sha256:
+            raise PmbError(f"{path}: corrupt package (shard {i} fails its SHA-256 check)")
+    assert m is not None
+    if content_hash([s.sha256 for s in m.shards]) != m.content_hash:
+        raise PmbError(f"{path}: corrupt package (shard table does not match the content hash)")
+    tmp = tempfile.mkdtemp(prefix="pmb-verify-")
+    try:
+        tree = os.path.join(tmp, "tree")
+        os.mkdir(tree, 0o700)
+        unpack_packages([path], tree)
+        listed = {p.path for p in m.prefix_files}
+        files = size = 0
+        leftovers = []
+        compiled_in = []
+        for rel, full, is_link, left, binary in scan_tree(tree, forbidden_b, listed,
+                                                          classify=True):
+            if is_link:
+                if left:
+                    leftovers.append(rel)
+                continue
+            files += 1
+            size += os.path.getsize(full)
+            if left:
+                # binaries keep compiled-in paths on purpose (packing/relocatable.py)
+                (compiled_in if binary else leftovers).append(rel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"files": files, "unpacked_size": size, "leftovers": leftovers,
+            "compiled_in": compiled_in, "manifest": m}
+

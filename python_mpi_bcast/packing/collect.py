@@ -1,0 +1,478 @@
+"""Find what to pack and copy it into a staging tree laid out like a Python
+installation prefix (``bin/``, ``lib/``, ``lib/pythonX.Y/...``).
+
+Layers stack: the interpreter package provides ``bin/pythonX.Y``, the shared
+``libpython`` and the standard library; environment packages add their
+``site-packages``, scripts and data on top, in the same tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import glob
+import os
+import shutil
+
+from ..source import conda, pyinfo
+from ..support.errors import PmbError
+
+# Parts of the standard library that batch jobs do not need (left out unless
+# --keep-all).  Patterns match paths relative to the stdlib directory.
+SLIM_EXCLUDES = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip",
+                 "lib2to3/tests", "unittest/test", "ctypes/test", "distutils/tests",
+                 "sqlite3/test", "tkinter/test", "lib-dynload/_test*", "lib-dynload/_ctypes_test*",
+                 "lib-dynload/_tkinter*", "lib-dynload/xxlimited*", "config-*")
+ALWAYS_EXCLUDES = ("__pycache__", "*.pyc", "*.pyo", "site-packages", "dist-packages",
+                   # Debian's PEP 668 marker: the distribution manages /usr, not our tree
+                   "EXTERNALLY-MANAGED")
+
+# Prefixes that exist on every compute node: paths under them are never
+# rewritten (Debian's python3 lives in /usr).
+SYSTEM_PREFIXES = ("/", "/usr", "/usr/local", "/opt", "/bin", "/lib", "/lib64")
+
+VENV_BIN_SKIP = ("python", "python3", "python3.*", "pypy*", "activate", "activate.*",
+                 "activate_this.py", "Activate.ps1", "deactivate*")
+
+
+@dataclasses.dataclass
+class Staged:
+    """What collect produced: a staging directory plus facts for the manifest."""
+    root: str
+    kind: str
+    name: str
+    info: dict                      # the interpreter's facts (pyinfo.query)
+    site_dir: str = ""              # relative, where environments put packages
+    libpython: str = ""             # relative path, interpreter kind only
+    executable: str = ""            # relative path, interpreter kind only
+    scrub: list[str] = dataclasses.field(default_factory=list)   # old prefixes
+    moves: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # old abs dir -> tree rel
+    site_abs_old: str = ""          # the old absolute site-packages directory
+    compiled_in: list[str] = dataclasses.field(default_factory=list)  # binaries keeping an old path
+    # conda's records: relative path -> (file_mode, recorded build placeholder)
+    recorded: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    maps: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # --map OLD NEW
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def _excluded(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    parts = rel.split("/")
+    for pat in patterns:
+        if "/" in pat:
+            if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, pat + "/*"):
+                return True
+        elif any(fnmatch.fnmatch(p, pat) for p in parts):
+            return True
+    return False
+
+
+def copy_tree(src: str, dst: str, excludes=(), rel_base: str = "") -> None:
+    """Copy ``src`` into ``dst`` keeping symlinks as symlinks, skipping
+    paths (relative to ``src``) that match ``excludes``."""
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel_dir = os.path.relpath(dirpath, src)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        keep = []
+        for d in sorted(dirnames):
+            rel = os.path.join(rel_dir, d)
+            full = os.path.join(dirpath, d)
+            if _excluded(rel, excludes) or _excluded(os.path.join(rel_base, rel), excludes):
+                continue
+            if os.path.islink(full):
+                _copy_link(full, os.path.join(dst, rel))
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        os.makedirs(os.path.join(dst, rel_dir), exist_ok=True)
+        for fn in sorted(filenames):
+            rel = os.path.join(rel_dir, fn)
+            if _excluded(rel, excludes) or _excluded(os.path.join(rel_base, rel), excludes):
+                continue
+            _copy_entry(os.path.join(dirpath, fn), os.path.join(dst, rel))
+
+
+def _copy_link(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.lexists(dst):
+        os.unlink(dst)
+    os.symlink(os.readlink(src), dst)
+
+
+def _copy_entry(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if os.path.islink(src):
+        _copy_link(src, dst)
+        return
+    if not os.path.isfile(src):
+        return  # sockets, fifos, devices: nothing a Python job needs
+    try:
+        shutil.copy2(src, dst)
+    except PermissionError:
+        raise PmbError(f"{src}: permission denied while reading; packing needs read "
+                       f"access to every file") from None
+
+
+def _real_variants(path: str) -> list[str]:
+    out = [os.path.abspath(path).rstrip("/")]
+    real = os.path.realpath(path).rstrip("/")
+    if real not in out:
+        out.append(real)
+    return [p for p in out if p and p not in SYSTEM_PREFIXES]
+
+
+def find_libpython(info: dict) -> str | None:
+    names = [n for n in (info["instsoname"], info["ldlibrary"]) if n and ".so" in n]
+    dirs = [info["libdir"]]
+    if info["multiarch"]:
+        dirs.append(os.path.join(info["libdir"], info["multiarch"]))
+        dirs.append(os.path.join("/usr/lib", info["multiarch"]))
+    dirs.append(os.path.join(info["base_prefix"], "lib"))
+    for d in dirs:
+        for n in names:
+            p = os.path.join(d, n)
+            if d and os.path.isfile(p):
+                return os.path.realpath(p) if n == info["instsoname"] else p
+    return None
+
+
+def site_rel(info: dict) -> str:
+    """Where packages go inside a tree whose prefix is the interpreter's own:
+    the first site directory that the interpreter reports under its prefix
+    (``lib/python3.11/site-packages``; Debian's python3 reports
+    ``local/lib/python3.11/dist-packages``)."""
+    for s in info["sites"]:
+        return os.path.relpath(s, info["prefix"])
+    return f"lib/python{info['version']}/site-packages"
+
+
+def stage_interpreter(exe: str, staging: str, excludes: list[str], slim: bool,
+                      name: str | None) -> Staged:
+    info = pyinfo.query(exe)
+    ver = info["version"]
+    prefix = info["prefix"]
+    st = Staged(root=staging, kind="interpreter", name=name or f"python-{ver}", info=info)
+    stdlib_rel = f"lib/python{ver}"
+    pats = list(ALWAYS_EXCLUDES) + (list(SLIM_EXCLUDES) if slim else []) + list(excludes)
+    copy_tree(info["stdlib"], os.path.join(staging, stdlib_rel), pats)
+    if os.path.realpath(info["platstdlib"]) != os.path.realpath(info["stdlib"]):
+        copy_tree(info["platstdlib"], os.path.join(staging, stdlib_rel), pats)
+    # the interpreter itself, under its versioned name, plus the usual links
+    bindir = os.path.join(staging, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    real_exe = os.path.realpath(info["executable"])
+    shutil.copy2(real_exe, os.path.join(bindir, f"python{ver}"))
+    for link in ("python3", "python"):
+        os.symlink(f"python{ver}", os.path.join(bindir, link))
+    st.executable = f"bin/python{ver}"
+    lib = find_libpython(info)
+    if lib:
+        soname = info["instsoname"] or os.path.basename(lib)
+        shutil.copy2(lib, os.path.join(staging, "lib", soname))
+        dev = f"libpython{ver}.so"
+        if soname != dev:
+            os.symlink(soname, os.path.join(staging, "lib", dev))
+        st.libpython = f"lib/{soname}"
+    else:
+        st.warnings.append(f"{exe} has no shared libpython; the launcher's embed mode "
+                           f"needs one (use PYTHON_MPI_MODE=exec or a Python built with "
+                           f"--enable-shared)")
+    st.site_dir = site_rel(info)
+    add_staged_hook(staging, st.site_dir)
+    st.scrub = _real_variants(prefix)
+    st.moves = [(p, "") for p in st.scrub]
+    return st
+
+
+STAGED_HOOK = "_python_mpi_bcast_staged"  # staged_site.py, as installed in a package
+
+
+def add_staged_hook(staging: str, site_dir: str) -> None:
+    """The start-up hook of staged trees (staged_site.py: children use the
+    launcher's MPI; nothing is written into the tree), run by site through
+    a .pth file."""
+    site = os.path.join(staging, site_dir)
+    os.makedirs(site, exist_ok=True)
+    shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "staged_site.py"),
+                    os.path.join(site, STAGED_HOOK + ".py"))
+    with open(os.path.join(site, STAGED_HOOK + ".pth"), "w") as f:
+        f.write(f"import {STAGED_HOOK}\n")
+
+
+def _check_editable(site: str) -> None:
+    """Editable installs keep their code outside the venv: refuse them."""
+    for path in glob.glob(os.path.join(site, "*.dist-info", "direct_url.json")):
+        try:
+            import json
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if d.get("dir_info", {}).get("editable"):
+            dist = os.path.basename(os.path.dirname(path)).split("-")[0]
+            src = d.get("url", "?").removeprefix("file://")
+            raise PmbError(f"{path}: '{dist}' is an editable install (pip install -e) whose "
+                           f"code lives in {src}, outside the venv; reinstall it without -e "
+                           f"(pip install {src}) and pack again")
+    for path in glob.glob(os.path.join(site, "*.egg-link")):
+        raise PmbError(f"{path}: an editable (develop) install whose code lives outside the "
+                       f"venv; reinstall that package without -e and pack again")
+
+
+def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None) -> Staged:
+    venv = os.path.abspath(venv)
+    if not os.path.isdir(venv):
+        raise PmbError(f"{venv}: no such directory")
+    cfg = pyinfo.read_pyvenv_cfg(venv)
+    base_exe = pyinfo.base_interpreter_of_venv(venv)
+    base = pyinfo.query(base_exe)
+    vinfo = pyinfo.query(pyinfo.venv_python(venv))
+    if vinfo["version"] != base["version"]:
+        raise PmbError(f"{venv}: runs Python {vinfo['version']} but its base interpreter "
+                       f"{base_exe} is {base['version']}; recreate the venv")
+    st = Staged(root=staging, kind="environment",
+                name=name or os.path.basename(venv.rstrip("/")), info=base)
+    st.site_dir = site_rel(base)
+    if cfg.get("include-system-site-packages", "false").lower() == "true":
+        st.warnings.append(f"{venv} uses system site-packages; those are not packed "
+                           f"(pack the base interpreter's packages separately if jobs need them)")
+    else:
+        # as in the venv: no user site (~/.local/lib/pythonX.Y/site-packages on
+        # the shared filesystem).  site reads pyvenv.cfg beside the executable;
+        # without a 'home' line the interpreter's own paths stay the tree's, and
+        # the tree's root is no venv to python-mpi-bcast's own commands
+        os.makedirs(os.path.join(staging, "bin"), exist_ok=True)
+        with open(os.path.join(staging, "bin", "pyvenv.cfg"), "w", encoding="utf-8") as f:
+            f.write("# python-mpi-bcast: as in the venv this was packed from, no user site\n"
+                    "include-system-site-packages = false\n")
+    sites = []
+    for s in (vinfo["purelib"], vinfo.get("platlib") or vinfo["purelib"]):
+        if s not in sites and os.path.isdir(s):
+            sites.append(s)
+    for s in sites:
+        _check_editable(s)
+        copy_tree(s, os.path.join(staging, st.site_dir),
+                  list(ALWAYS_EXCLUDES[:2]) + list(excludes))
+    st.site_abs_old = sites[0] if sites else ""
+    # scripts and data; the interpreter layer provides python itself
+    for entry in sorted(os.listdir(venv)):
+        full = os.path.join(venv, entry)
+        if entry in ("lib", "lib64", "pyvenv.cfg") or os.path.islink(full):
+            continue
+        if entry == "bin":
+            for fn in sorted(os.listdir(full)):
+                if any(fnmatch.fnmatch(fn, p) for p in VENV_BIN_SKIP):
+                    continue
+                if _excluded("bin/" + fn, excludes):
+                    continue
+                _copy_entry(os.path.join(full, fn), os.path.join(staging, "bin", fn))
+        elif os.path.isdir(full):
+            copy_tree(full, os.path.join(staging, entry), list(ALWAYS_EXCLUDES[:2]) + list(excludes),
+                      rel_base=entry)
+        elif not _excluded(entry, excludes):
+            _copy_entry(full, os.path.join(staging, entry))
+    st.scrub = _real_variants(venv) + [p for p in _real_variants(base["prefix"])
+                                       if p not in _real_variants(venv)]
+    st.moves = []
+    for v in _real_variants(venv):
+        for s in sites:
+            for sv in {s, os.path.realpath(s)}:
+                if sv.startswith(v + "/") or os.path.realpath(sv).startswith(v + "/"):
+                    st.moves.append((sv, st.site_dir))
+        st.moves.append((v, ""))
+    st.moves += [(p, "") for p in _real_variants(base["prefix"])]
+    return st
+
+
+def stage_directory(src: str, staging: str, excludes: list[str], name: str | None,
+                    info: dict) -> Staged:
+    src = os.path.abspath(src)
+    if not os.path.isdir(src):
+        raise PmbError(f"{src}: no such directory")
+    st = Staged(root=staging, kind="directory", name=name or os.path.basename(src), info=info)
+    copy_tree(src, staging, list(ALWAYS_EXCLUDES[:2]) + list(excludes))
+    st.scrub = _real_variants(src)
+    st.moves = [(p, "") for p in st.scrub]
+    return st
+
+
+def classify(path: str) -> str:
+    """"venv" or "conda"; anything else is refused with one line."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise PmbError(f"{path}: no such directory")
+    if pyinfo.is_venv(path):
+        return "venv"
+    if conda.is_conda_env(path):
+        return "conda"
+    if conda.looks_like_conda_env(path):
+        raise PmbError(f"{path}: looks like a conda environment but conda-meta/ is missing, "
+                       f"so conda's records of which files hold the prefix are gone; "
+                       f"recreate the environment with conda")
+    raise PmbError(f"{path} is not a venv (no pyvenv.cfg) and not a conda environment (no "
+                   f"conda-meta/); give the directory made by 'python -m venv' or 'conda create'")
+
+
+def conda_python(prefix: str, version: str = "") -> str:
+    mm = ".".join(version.split(".")[:2])
+    for name in ([f"python{mm}"] if mm else []) + ["python3", "python"]:
+        exe = os.path.join(prefix, "bin", name)
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return exe
+    raise PmbError(f"{prefix}: a conda environment without Python (no bin/python3); "
+                   f"install python into it (conda install -p {prefix} python) or pack it "
+                   f"with --directory")
+
+
+def copy_conda_prefix(env: "conda.CondaEnv", staging: str, excludes: list[str]) -> None:
+    """The whole env, as conda-pack takes it: every top-level entry but the
+    package cache and other envs, without byte code (compiled again later)."""
+    pats = list(ALWAYS_EXCLUDES[:2]) + list(excludes)
+    os.makedirs(staging, exist_ok=True)
+    for entry in sorted(os.listdir(env.prefix)):
+        if entry in conda.IGNORED_TOP or entry.endswith("~") or _excluded(entry, pats):
+            continue
+        full = os.path.join(env.prefix, entry)
+        if os.path.isdir(full) and not os.path.islink(full):
+            copy_tree(full, os.path.join(staging, entry), pats, rel_base=entry)
+        else:
+            _copy_entry(full, os.path.join(staging, entry))
+    for rel in conda.UNRECORDED_CONDA_SCRIPTS - env.managed:
+        if os.path.lexists(os.path.join(staging, rel)):
+            os.unlink(os.path.join(staging, rel))
+
+
+def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None,
+                for_launcher: bool = True) -> Staged:
+    """A conda env is interpreter and packages in one tree: one package of
+    kind interpreter (PYTHON_MPI_PACKAGES=NAME.tar.zst alone)."""
+    prefix = os.path.abspath(prefix)
+    env = conda.read_env(prefix)
+    exe = conda_python(prefix, env.python_version)
+    info = pyinfo.query(exe)
+    if os.path.realpath(info["prefix"]) != os.path.realpath(prefix):
+        raise PmbError(f"{exe} reports sys.prefix {info['prefix']}, not {prefix}; is "
+                       f"PYTHONHOME set, or is bin/python a link to another installation?")
+    st = Staged(root=staging, kind="interpreter",
+                name=name or os.path.basename(prefix.rstrip("/")), info=info)
+    copy_conda_prefix(env, staging, excludes)
+    ver = info["version"]
+    if os.path.lexists(os.path.join(staging, "bin", f"python{ver}")):
+        st.executable = f"bin/python{ver}"
+    else:
+        st.executable = os.path.relpath(exe, prefix)
+    for n in (info["instsoname"], info["ldlibrary"], f"libpython{ver}.so"):
+        if n and ".so" in n and os.path.exists(os.path.join(staging, "lib", n)):
+            st.libpython = f"lib/{n}"
+            break
+    else:
+        st.warnings.append(f"{prefix} has no lib/libpython{ver}.so; the launcher's embed mode "
+                           f"needs one (use PYTHON_MPI_MODE=exec or stage-only)")
+    st.site_dir = site_rel(info)
+    st.site_abs_old = os.path.join(prefix, st.site_dir)
+    st.scrub = _real_variants(prefix)
+    st.moves = [(p, "") for p in st.scrub]
+    st.recorded = {rel: (r.mode, r.placeholder) for rel, r in env.prefix_files.items()
+                   if os.path.isfile(os.path.join(staging, rel))}
+    if for_launcher and os.path.isdir(os.path.join(staging, st.site_dir)):
+        with open(os.path.join(staging, st.site_dir, conda.ACTIVATE_PTH), "w") as f:
+            f.write(conda.ACTIVATE_PTH_TEXT)
+        add_staged_hook(staging, st.site_dir)
+    return st
+
+
+def stage_whole_venv(venv: str, staging: str) -> Staged:
+    """A venv as it is (for relocate): bin/ with its interpreter links,
+    pyvenv.cfg, activate scripts, site-packages; byte code left out."""
+    venv = os.path.abspath(venv)
+    pyinfo.read_pyvenv_cfg(venv)
+    vinfo = pyinfo.query(pyinfo.venv_python(venv))
+    st = Staged(root=staging, kind="environment", name=os.path.basename(venv), info=vinfo)
+    copy_tree(venv, staging, list(ALWAYS_EXCLUDES[:2]))
+    st.site_dir = os.path.relpath(vinfo["purelib"], vinfo["prefix"])
+    st.site_abs_old = os.path.join(venv, st.site_dir)
+    st.scrub = _real_variants(venv)
+    st.moves = [(p, "") for p in st.scrub]
+    return st
+
+
+def _merge(interp: Staged, env: Staged) -> Staged:
+    """One tree holding an interpreter layer and an environment layer."""
+    st = dataclasses.replace(interp, name=env.name, site_dir=env.site_dir,
+                             site_abs_old=env.site_abs_old)
+    st.scrub = sorted(set(interp.scrub) | set(env.scrub), key=len, reverse=True)
+    st.moves = env.moves + [m for m in interp.moves if m not in env.moves]
+    st.warnings = interp.warnings + env.warnings
+    return st
+
+
+def stage_whole(source: str, staging: str, excludes: list[str], name: str) -> tuple[Staged, str]:
+    """Stage an environment together with its interpreter, for one package:
+    a venv (its base interpreter, then its packages), or a Python prefix
+    that holds its own packages (a tree made by ``load``).  Returns the
+    staged tree and the interpreter that byte-compiles it."""
+    source = os.path.abspath(source)
+    if not os.path.isdir(source):
+        raise PmbError(f"{source}: no such directory")
+    if conda.is_conda_env(source):  # a conda env holds its own interpreter
+        st = stage_conda(source, staging, excludes, name)
+        return st, conda_python(source, st.info["version"])
+    if pyinfo.is_venv(source):
+        exe = pyinfo.base_interpreter_of_venv(source)
+        interp = stage_interpreter(exe, staging, excludes, True, name)
+        return _merge(interp, stage_venv(source, staging, excludes, name)), exe
+    exe = None
+    for cand in ("python3", "python"):
+        p = os.path.join(source, "bin", cand)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            exe = p
+            break
+    if exe is None:
+        raise PmbError(f"{source} is neither a venv (no pyvenv.cfg) nor a Python prefix (no "
+                       f"bin/python3); give the environment's directory")
+    interp = stage_interpreter(exe, staging, excludes, True, name)
+    info = interp.info
+    if os.path.realpath(info["prefix"]) != os.path.realpath(source):
+        raise PmbError(f"{exe} belongs to the Python installed in {info['prefix']}, not to "
+                       f"{source}; give a venv or a Python prefix")
+    # everything else of the prefix: its packages, scripts, data (not the
+    # interpreter files stage_interpreter took, nor load's activation files)
+    taken = {"bin/python", "bin/python3", f"bin/python{info['version']}", interp.libpython}
+    skip = list(ALWAYS_EXCLUDES[:2]) + list(excludes) + [
+        f"lib/python{info['version']}", "bin/activate", "bin/activate.fish",
+        ".python-mpi-bcast-load.json", ".python-mpi-bcast-site-mtime",
+        ".python-mpi-bcast-relocate.json"]
+    for entry in sorted(os.listdir(source)):
+        full = os.path.join(source, entry)
+        if entry == "lib":
+            for sub in sorted(os.listdir(full)):
+                rel = f"lib/{sub}"
+                if rel in taken or _excluded(rel, skip) or sub.startswith("libpython"):
+                    continue
+                _copy_any(os.path.join(full, sub), os.path.join(staging, rel), skip, rel)
+            continue
+        if entry == "bin":
+            for fn in sorted(os.listdir(full)):
+                rel = f"bin/{fn}"
+                if rel in taken or _excluded(rel, skip):
+                    continue
+                _copy_entry(os.path.join(full, fn), os.path.join(staging, rel))
+            continue
+        if _excluded(entry, skip):
+            continue
+        _copy_any(full, os.path.join(staging, entry), skip, entry)
+    site = os.path.join(source, interp.site_dir)
+    if os.path.isdir(site):
+        _check_editable(site)
+        copy_tree(site, os.path.join(staging, interp.site_dir),
+                  list(ALWAYS_EXCLUDES[:2]) + list(excludes))
+    interp.site_abs_old = site
+    interp.moves = [(site, interp.site_dir)] + interp.moves
+    interp.name = name
+    return interp, exe
+
+
+def _copy_any(src: str, dst: str, excludes: list[str], rel: str) -> None:
+    if os.path.isdir(src) and not os.path.islink(src):
+        copy_tree(src, dst, excludes, rel_base=rel)
+    else:
+        _copy_entry(src, dst)

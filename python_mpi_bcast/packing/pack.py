@@ -1,0 +1,272 @@
+"""``python-mpi-bcast pack``: find → copy → relocate → compile → archive."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tempfile
+
+from . import collect, relocatable, slim as slimming
+from ..support import leftovers
+from ..source import pyinfo
+from ..package.archive import write_package
+from ..support.errors import PmbError
+from ..package.format import SUFFIX, Manifest, read_manifest
+from ..support.progress import Progress
+
+log = logging.getLogger("python_mpi_bcast")
+
+
+def _check_output_dir(output_dir: str) -> str:
+    output_dir = os.path.abspath(output_dir)
+    if not os.path.isdir(output_dir):
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+        except OSError as e:
+            raise PmbError(f"cannot create output directory {output_dir}: {e.strerror}") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise PmbError(f"output directory {output_dir} is not writable; choose another with -o")
+    return output_dir
+
+
+def _target(output_dir: str, name: str, force: bool) -> str:
+    if "/" in name or name.startswith(".") or not name:
+        raise PmbError(f"invalid package name {name!r}")
+    path = os.path.join(output_dir, name + SUFFIX)
+    if os.path.lexists(path) and not force:
+        raise PmbError(f"{path} already exists; choose another --name or pass --force to replace it")
+    if os.path.lexists(path):
+        # --force replaces only a package; anything else is someone's data
+        try:
+            ours = os.path.isfile(path) and read_manifest(path) is not None
+        except (PmbError, OSError):
+            ours = False
+        if not ours:
+            raise PmbError(f"{path} already exists and is not a python-mpi-bcast package; it "
+                           f"was left as it is: remove it yourself or choose another name")
+    return path
+
+
+def pack(venv: str | None = None, python: str | None = None, with_python: bool = False,
+         directory: str | None = None, output_dir: str = ".", name: str | None = None,
+         excludes: list[str] | None = None, slim: bool = True, level: int = 10,
+         threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
+         quiet: bool = False, tmpdir: str | None = None,
+         drop_unused: bool = False) -> list[tuple[str, Manifest]]:
+    """Pack an interpreter and/or a venv, a conda env (interpreter and
+    packages in one package), or a plain directory.  ``drop_unused``
+    (``--slim``): leave out tests, headers, documents and debug info
+    (slim.py says which).
+
+    Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
+    """
+    excludes = list(excludes or [])
+    output_dir = _check_output_dir(output_dir)
+    jobs = []  # (kind, source)
+    if venv is not None and collect.classify(venv) == "conda":
+        if with_python or python is not None or directory is not None:
+            raise PmbError(f"{venv} is a conda environment, which holds its own interpreter: "
+                           f"pack it alone (one package, no --python)")
+        jobs.append(("conda", venv))
+        venv = None
+    if with_python or python is not None:
+        jobs.append(("interpreter", python if python is not None else venv))
+    if venv is not None:
+        jobs.append(("environment", venv))
+    if directory is not None:
+        jobs.append(("directory", directory))
+    if not jobs:
+        raise PmbError("nothing to pack: give a venv, --python [PREFIX] or --directory DIR")
+    if name is not None and len(jobs) > 1:
+        raise PmbError("--name applies to one package; pack the interpreter and the venv "
+                       "in two commands to name both")
+    written = []
+    threads = threads or os.cpu_count() or 1
+    for kind, source in jobs:
+        staging = _staging_dir(tmpdir)
+        try:
+            interp = pyinfo.resolve_interpreter(source) if kind == "interpreter" else None
+            with _room_for_staging(staging, None if interp else source, interp):
+                if kind == "interpreter":
+                    exe = pyinfo.resolve_interpreter(source)
+                    st = collect.stage_interpreter(exe, staging, excludes, slim, name)
+                    compiler = exe
+                elif kind == "conda":
+                    st = collect.stage_conda(source, staging, excludes, name)
+                    compiler = collect.conda_python(os.path.abspath(source), st.info["version"])
+                elif kind == "environment":
+                    st = collect.stage_venv(source, staging, excludes, name)
+                    compiler = pyinfo.base_interpreter_of_venv(source)
+                else:
+                    exe = pyinfo.resolve_interpreter(None)
+                    st = collect.stage_directory(source, staging, excludes, name,
+                                                 pyinfo.query(exe))
+                    compiler = exe
+                out = _target(output_dir, st.name, force)
+                if drop_unused:
+                    _drop_unused(st)
+                prefix_files = _prepare(st, compiler, threads)
+            written.append(_archive(st, prefix_files, out, level, threads, shard_size, quiet,
+                                    replace=force))
+        finally:
+            leftovers.remove(staging)
+    return written
+
+
+def _drop_unused(st: collect.Staged) -> None:
+    """--slim: tests, headers and documents of venv environments, debug
+    info of the interpreter; says what went.  Conda envs are left whole
+    (conda's records list their files for relocation)."""
+    if st.kind == "interpreter":
+        dropped = slimming.strip_interpreter(st.root)
+    elif st.kind == "environment":
+        dropped = slimming.slim_environment(st.root, st.site_dir)
+    else:
+        log.info("slim: %s: a %s package is packed whole", st.name, st.kind)
+        return
+    log.info("%s", dropped.summary(st.name))
+
+
+def _staging_dir(tmpdir: str | None) -> str:
+    where = os.path.abspath(tmpdir or tempfile.gettempdir())
+    try:
+        return leftovers.mkdtemp(prefix="pmb-stage-", dir=where)
+    except OSError as e:
+        raise PmbError(f"cannot create a staging directory in {where}: {e.strerror or e}; set "
+                       f"TMPDIR to a writable directory with room for an uncompressed copy of "
+                       f"the environment") from None
+
+
+def _tree_bytes(top: str) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(top):
+        for fn in filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, fn))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(dirpath, fn)):
+                total += st.st_size
+    return total
+
+
+def staging_room(source: str | None, interpreter: str | None) -> int:
+    """About how many bytes the staging copy of ``source`` (and of the
+    interpreter's standard library) takes: its files' sizes."""
+    total = _tree_bytes(source) if source and os.path.isdir(source) else 0
+    if interpreter:
+        try:
+            info = pyinfo.query(interpreter)
+            total += _tree_bytes(info["stdlib"])
+        except (PmbError, KeyError, OSError):
+            pass
+    return total
+
+
+class _room_for_staging:
+    """Turn 'no space left' while staging into one line that says how much
+    room the copy takes and what to do (TMPDIR)."""
+
+    def __init__(self, staging: str, source: str | None, interpreter: str | None):
+        self.staging, self.source, self.interpreter = staging, source, interpreter
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or \
+            (isinstance(e, PmbError) and "No space left on device" in str(e))
+        if not full:
+            return False
+        where = os.path.dirname(self.staging)
+        leftovers.remove(self.staging)  # so the free space shown is the real one
+        need = staging_room(self.source, self.interpreter)
+        try:
+            sv = os.statvfs(where)
+            free = f", {sv.f_bavail * sv.f_frsize / 1e6:.0f} MB free"
+        except OSError:
+            free = ""
+        raise PmbError(f"no space left in {where} for the staging copy of "
+                       f"{self.source or self.interpreter} (an uncompressed copy is made there "
+                       f"before packing: about {need / 1e6:.0f} MB needed{free}); set TMPDIR "
+                       f"to a directory with more room") from None
+
+
+def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:
+    """relocate → compile a staged tree; returns the prefix-bearing files."""
+    relocatable.fix_symlinks(st)
+    prefix_files = relocatable.relocate_files(st)
+    relocatable.byte_compile(st, compiler, prefix_files, threads)
+    for w in st.warnings:
+        log.warning("%s", w)
+    return prefix_files
+
+
+def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threads: int,
+             shard_size: int, quiet: bool, replace: bool = True,
+             before_rename=None) -> tuple[str, Manifest]:
+    """archive a prepared tree into ``out`` (atomically)."""
+    prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
+    m = write_package(st, prefix_files, out, level=level, threads=threads,
+                      shard_size=shard_size, progress=prog, replace=replace,
+                      before_rename=before_rename)
+    prog.finish()
+    return out, m
+
+
+def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | None = None,
+               level: int = 10, threads: int = 0, shard_size: int = 8 << 20,
+               force: bool = False, quiet: bool = True, tmpdir: str | None = None,
+               before_rename=None) -> tuple[str, Manifest, collect.Staged]:
+    """Pack an environment *with* its interpreter into one package (what the
+    cache saves): find → copy → relocate → compile → archive.  Without
+    ``force`` an existing package is never replaced, even one that appears
+    while this one is written (see :func:`archive.write_package`)."""
+    output_dir = _check_output_dir(output_dir)
+    out = _target(output_dir, name, force)
+    threads = threads or os.cpu_count() or 1
+    staging = _staging_dir(tmpdir)
+    try:
+        interp = None
+        if pyinfo.is_venv(source):
+            try:
+                interp = pyinfo.base_interpreter_of_venv(source)
+            except PmbError:
+                pass
+        with _room_for_staging(staging, source, interp):
+            st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
+            prefix_files = _prepare(st, compiler, threads)
+        out, m = _archive(st, prefix_files, out, level, threads, shard_size, quiet,
+                          replace=force, before_rename=before_rename)
+        return out, m, st
+    finally:
+        leftovers.remove(staging)
+
+
+def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: str,
+                 level: int = 10, threads: int = 0, quiet: bool = True,
+                 tmpdir: str | None = None) -> tuple[str, Manifest]:
+    """A directory as a layer staged at TREE/``subdir`` (``run --with-dir``):
+    find → copy → compile → archive.  Not relocated: what its files name
+    stays as it is."""
+    output_dir = _check_output_dir(output_dir)
+    out = _target(output_dir, name, True)
+    threads = threads or os.cpu_count() or 1
+    staging = _staging_dir(tmpdir)
+    try:
+        src = os.path.abspath(src)
+        info = pyinfo.query(compiler)
+        st = collect.Staged(root=staging, kind="directory", name=name, info=info)
+        collect.copy_tree(src, os.path.join(staging, subdir), list(collect.ALWAYS_EXCLUDES[:2]))
+        st.moves = [(src, subdir)]
+        relocatable.fix_symlinks(st)
+        relocatable.byte_compile(st, compiler, [], threads)
+        st.scrub = [src]  # recorded as the package's source
+        prog = Progress(f"packing {name}", enabled=False if quiet else None)
+        m = write_package(st, [], out, level=level, threads=threads, shard_size=8 << 20,
+                          progress=prog)
+        prog.finish()
+        return out, m
+    finally:
+        leftovers.remove(staging)

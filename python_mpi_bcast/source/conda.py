@@ -1,0 +1,133 @@
+"""Read a conda environment's own records (``conda-meta/*.json``).
+
+A conda env differs from a venv in two ways only (DESIGN.md): it holds its
+own interpreter, and conda recorded which files hold the build prefix.  Each
+installed package has ``conda-meta/NAME-VERSION-BUILD.json`` whose
+``paths_data.paths[]`` entries carry ``_path`` and, for prefix-bearing
+files, ``prefix_placeholder`` (the build prefix compiled or written into the
+file) and ``file_mode`` (``text`` or ``binary``).  At install, conda replaced
+the placeholder by the env's prefix: in text files plainly, in binary files
+inside each NUL-terminated string, padding the string with NULs so the file
+keeps its layout.  Files pip installed into the env have no record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from ..support.errors import PmbError
+
+# Top-level entries of a conda prefix that are not part of the environment
+# (the base env of an installation holds the package cache and other envs).
+IGNORED_TOP = frozenset({"pkgs", "envs", "conda-bld", ".conda_lock", ".index", ".unionfs",
+                         ".nonadmin", "conda-recipes"})
+# Scripts that older conda versions dropped into child envs, unrecorded.
+UNRECORDED_CONDA_SCRIPTS = frozenset({"bin/conda", "bin/activate", "bin/deactivate"})
+
+
+@dataclasses.dataclass
+class PrefixRecord:
+    mode: str          # "text" or "binary"
+    placeholder: str   # the build prefix conda replaced by the env prefix
+
+
+@dataclasses.dataclass
+class CondaEnv:
+    prefix: str
+    python_version: str                     # "3.11.7", "" when python is not installed
+    managed: set[str]                       # every path conda installed (relative)
+    prefix_files: dict[str, PrefixRecord]   # the recorded prefix-bearing files
+    packages: list[str]                     # "name-version-build"
+    specs: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
+    # (name, version, build, channel) of each record, for environment.yml
+
+
+def is_conda_env(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "conda-meta"))
+
+
+def looks_like_conda_env(path: str) -> bool:
+    """A prefix with conda's traces but without ``conda-meta``."""
+    return any(os.path.exists(os.path.join(path, p))
+               for p in ("etc/conda", "condabin", "bin/conda", "conda-meta"))
+
+
+def read_env(prefix: str) -> CondaEnv:
+    """Read every ``conda-meta/*.json`` record of ``prefix`` and check that
+    the files they list are there."""
+    prefix = os.path.abspath(prefix)
+    meta = os.path.join(prefix, "conda-meta")
+    if not os.path.isdir(meta):
+        raise PmbError(f"{prefix}: conda-meta/ is missing, so conda's records of which files "
+                       f"hold the prefix are gone; recreate the environment with conda")
+    env = CondaEnv(prefix=prefix, python_version="", managed=set(), prefix_files={},
+                   packages=[])
+    missing: list[tuple[str, str]] = []
+    for fn in sorted(os.listdir(meta)):
+        if not fn.endswith(".json"):
+            continue
+        path = os.path.join(meta, fn)
+        try:
+            with open(path, encoding="utf-8") as f:
+                rec = json.load(f)
+        except ValueError as e:
+            raise PmbError(f"{path}: corrupt JSON ({e}); restore it or reinstall that package "
+                           f"with conda") from None
+        except OSError as e:
+            raise PmbError(f"{path}: cannot read: {e.strerror}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+            raise PmbError(f"{path}: not a conda package record (no 'name'); restore it or "
+                           f"reinstall that package with conda")
+        env.packages.append(f"{rec['name']}-{rec.get('version', '?')}-{rec.get('build', '?')}")
+        # "https://conda.anaconda.org/conda-forge/linux-64" or "conda-forge"
+        parts = [c for c in str(rec.get("channel") or "").split("/") if c]
+        if parts and (parts[-1] == rec.get("subdir") or parts[-1] == "noarch"
+                      or parts[-1].startswith(("linux-", "osx-", "win-"))):
+            parts.pop()
+        channel = parts[-1] if parts and ":" not in parts[-1] else ""
+        env.specs.append((rec["name"], str(rec.get("version", "")), str(rec.get("build", "")),
+                          channel))
+        if rec["name"] == "python":
+            env.python_version = str(rec.get("version", ""))
+        paths = (rec.get("paths_data") or {}).get("paths")
+        files = [p.get("_path") for p in paths] if isinstance(paths, list) else rec.get("files", [])
+        if not isinstance(files, list) or not all(isinstance(p, str) for p in files):
+            raise PmbError(f"{path}: corrupt record (its file list is not a list of paths); "
+                           f"restore it or reinstall that package with conda")
+        for rel in files:
+            if os.path.isabs(rel) or ".." in rel.split("/"):
+                raise PmbError(f"{path}: lists {rel!r}, outside the environment")
+            env.managed.add(rel)
+            full = os.path.join(prefix, rel)
+            # a .pyc that failed to compile is recorded but absent (conda-pack does the same)
+            if not os.path.lexists(full) and not rel.endswith(".pyc"):
+                missing.append((fn, rel))
+        for p in paths if isinstance(paths, list) else []:
+            ph = p.get("prefix_placeholder")
+            if ph:
+                mode = p.get("file_mode") or "text"
+                if mode not in ("text", "binary"):
+                    raise PmbError(f"{path}: {p['_path']} has file_mode {mode!r} (expected text "
+                                   f"or binary); restore the record or reinstall the package")
+                env.prefix_files[p["_path"]] = PrefixRecord(mode, ph)
+    if missing:
+        fn, rel = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PmbError(f"{prefix}/{rel} is listed in conda-meta/{fn} but missing{more}; pip "
+                       f"or a manual change removed it: reinstall that package with conda "
+                       f"(conda install --force-reinstall)")
+    return env
+
+
+ACTIVATE_PTH = "_python_mpi_bcast_conda.pth"
+# Run by site at start-up in every rank started by python-mpi: what
+# 'conda activate' would have set for the staged tree.  The activate.d
+# scripts are not run (no shell starts on the ranks); see README.
+ACTIVATE_PTH_TEXT = (
+    "import os, sys; t = os.environ.get('PYTHON_MPI_TREE'); "
+    "t and os.path.realpath(t) == os.path.realpath(sys.prefix) and (os.environ.update("
+    "CONDA_PREFIX=sys.prefix, CONDA_DEFAULT_ENV=sys.prefix, CONDA_SHLVL='1', "
+    "PATH=os.path.join(sys.prefix, 'bin') + os.pathsep + os.environ.get('PATH', '')))\n"
+)

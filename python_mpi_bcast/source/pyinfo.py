@@ -1,0 +1,136 @@
+"""Ask a Python interpreter about itself (in a subprocess) and find the base
+interpreter behind a venv."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ..support.errors import PmbError
+from ..support.proc import run_checked
+
+_QUERY = r"""
+import json, os, site, sys, sysconfig
+v = sysconfig.get_config_var
+sites = [p for p in site.getsitepackages() if p.startswith(sys.prefix + os.sep)]
+print(json.dumps({
+    "version": "%d.%d" % sys.version_info[:2],
+    "hexversion": sys.hexversion,
+    "implementation": sys.implementation.name,
+    "executable": sys.executable,
+    "prefix": sys.prefix,
+    "base_prefix": sys.base_prefix,
+    "exec_prefix": sys.exec_prefix,
+    "stdlib": sysconfig.get_path("stdlib"),
+    "platstdlib": sysconfig.get_path("platstdlib"),
+    "purelib": sysconfig.get_path("purelib"),
+    "scripts": sysconfig.get_path("scripts"),
+    "sites": sites,
+    "libdir": v("LIBDIR") or "",
+    "instsoname": v("INSTSONAME") or "",
+    "ldlibrary": v("LDLIBRARY") or "",
+    "enable_shared": bool(v("Py_ENABLE_SHARED")),
+    "soabi": v("SOABI") or "",
+    "multiarch": v("MULTIARCH") or "",
+    "platform": sysconfig.get_platform(),
+}))
+"""
+
+
+def query(executable: str, isolated: bool = True) -> dict:
+    """Run ``executable`` and return facts about it as a dict."""
+    args = [executable, "-I" if isolated else "-E", "-c", _QUERY]
+    out = run_checked(args, 120, failed=f"Python interpreter {executable} failed to start",
+                      too_slow=f"Python interpreter {executable} did not answer within 120 s",
+                      cannot_run=f"cannot run Python interpreter {executable}", silent="no output")
+    info = json.loads(out.stdout)
+    if info["implementation"] != "cpython":
+        raise PmbError(f"{executable} is {info['implementation']}; only CPython can be packed")
+    return info
+
+
+def read_pyvenv_cfg(venv: str) -> dict[str, str]:
+    cfg = os.path.join(venv, "pyvenv.cfg")
+    out = {}
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.partition("=")
+                if sep:
+                    out[key.strip()] = value.strip()
+    except FileNotFoundError:
+        raise PmbError(f"{venv} is not a venv (no pyvenv.cfg); give a directory made by "
+                       f"'python -m venv' or 'virtualenv'") from None
+    except OSError as e:
+        raise PmbError(f"{cfg}: cannot read: {e.strerror}") from None
+    return out
+
+
+def is_venv(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
+def venv_python(venv: str) -> str:
+    for name in ("python3", "python"):
+        exe = os.path.join(venv, "bin", name)
+        if os.path.exists(exe):
+            return exe
+    raise PmbError(f"{venv}: no bin/python3 in this venv")
+
+
+def base_interpreter_of_venv(venv: str) -> str:
+    """Return the path of the base interpreter executable behind ``venv``."""
+    cfg = read_pyvenv_cfg(venv)
+    home = cfg.get("home")
+    if not home:
+        raise PmbError(f"{venv}/pyvenv.cfg has no 'home' line; recreate the venv")
+    version = cfg.get("version_info") or cfg.get("version") or ""
+    mm = ".".join(version.split(".")[:2])
+    candidates = [f"python{mm}"] if mm else []
+    candidates += ["python3", "python"]
+    for name in candidates:
+        exe = os.path.join(home, name)
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
+            return os.path.realpath(exe)
+    raise PmbError(f"{venv}: its base interpreter is gone (pyvenv.cfg says home = {home}, "
+                   f"which has no python{mm or '3'}); recreate the venv with an existing Python")
+
+
+def running_base_interpreter() -> str:
+    """The base interpreter of the Python running this code (outside any
+    venv), of the same X.Y version."""
+    for name in (f"python{sys.version_info[0]}.{sys.version_info[1]}", "python3"):
+        exe = os.path.join(sys.base_prefix, "bin", name)
+        if os.path.exists(exe):
+            return os.path.realpath(exe)
+    raise PmbError(f"no python3 found in {sys.base_prefix}/bin, the base of {sys.executable}")
+
+
+def resolve_interpreter(spec: str | None) -> str:
+    """Turn ``--python [SPEC]`` into an interpreter executable.
+
+    SPEC may be a venv (its base interpreter), a Python install prefix, or an
+    executable.  Without SPEC: the base of the active venv, else the base of
+    the Python running this tool.
+    """
+    if spec is None:
+        venv = os.environ.get("VIRTUAL_ENV")
+        if venv and is_venv(venv):
+            return base_interpreter_of_venv(venv)
+        return running_base_interpreter()
+    if not os.path.exists(spec):
+        raise PmbError(f"{spec}: no such file or directory")
+    if os.path.isdir(spec):
+        if is_venv(spec):
+            return base_interpreter_of_venv(spec)
+        import glob
+        versioned = sorted(glob.glob(os.path.join(spec, "bin", "python3.[0-9]*")),
+                           key=lambda p: [int(x) for x in p.rsplit("python", 1)[1].split(".") if x.isdigit()])
+        versioned = [os.path.basename(p) for p in versioned if not p.endswith("-config")]
+        for cand in versioned[::-1] + ["python3", "python"]:
+            exe = os.path.join(spec, "bin", cand)
+            if os.path.isfile(exe):
+                return os.path.realpath(exe)
+        raise PmbError(f"{spec}: not a Python installation (no bin/python3)")
+    return os.path.realpath(spec)

@@ -1,0 +1,188 @@
+"""The package's folders are its layers and imports only go down:
+
+    support -> source -> package -> packing -> launch, envs -> cli
+
+A module may import from its own folder or from a lower one, never from a
+higher one nor from a sibling of the same height (launch and envs do not
+import each other), and no set of modules imports itself around a circle.
+The walk reads every import of every module with ``ast``, function-local
+ones included (they are how circles hid before).  The checker is proven to
+fail on a small package written to tmp_path with a planted upward import, a
+sibling import and a circle."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+import python_mpi_bcast
+
+#: the height of each folder; the package's own __init__ (the version) is
+#: below everything and imports nothing, __main__ is the top
+LAYERS = {"support": 0, "source": 1, "package": 2, "packing": 3, "launch": 4, "envs": 4, "cli": 5}
+
+
+def _modules(root: str, name: str) -> dict[str, str]:
+    """{dotted module name: file} of the package at ``root`` named ``name``."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if x != "__pycache__")
+        for fn in files:
+            if not fn.endswith(".py"):
+                continue
+            rel = os.path.relpath(os.path.join(d, fn), root)[:-3].split(os.sep)
+            if rel[-1] == "__init__":
+                rel = rel[:-1]
+            out[".".join([name] + rel)] = os.path.join(d, fn)
+    return out
+
+
+def _imports(mod: str, path: str, modules: dict[str, str], name: str) -> set[str]:
+    """The package's modules that ``mod`` imports, anywhere in its body."""
+    is_pkg = os.path.basename(path) == "__init__.py"
+    here = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    found = set()
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == name or a.name.startswith(name + "."):
+                    found.add(a.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[:len(here) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not (target == name or target.startswith(name + ".")):
+                continue
+            for a in node.names:  # 'from pkg import mod' names a module, else a name in pkg
+                sub = f"{target}.{a.name}"
+                found.add(sub if sub in modules else target)
+    return found
+
+
+def _height(mod: str, name: str) -> tuple[str, float]:
+    parts = mod.split(".")
+    if len(parts) == 1:
+        return "", -1            # the package's __init__: the version, imports nothing
+    if parts[1] == "__main__":
+        return "__main__", 99
+    if parts[1] not in LAYERS:
+        return parts[1], None
+    return parts[1], LAYERS[parts[1]]
+
+
+def layer_violations(root: str, name: str) -> list[str]:
+    """Every upward, sideways or circular import in the package at ``root``,
+    one line each (empty: the layers hold)."""
+    modules = _modules(root, name)
+    graph = {m: _imports(m, p, modules, name) - {m} for m, p in modules.items()}
+    bad = []
+    for m in sorted(graph):
+        folder, h = _height(m, name)
+        if h is None:
+            bad.append(f"{m}: folder '{folder}' is not a layer (add it to LAYERS)")
+            continue
+        for t in sorted(graph[m]):
+            tfolder, th = _height(t, name)
+            if th is None:
+                continue  # reported as its own module
+            if h == -1:
+                bad.append(f"{m} imports {t}: the package's __init__ imports nothing")
+            elif tfolder == folder:
+                continue  # same folder: only circles are wrong, found below
+            elif th > h:
+                bad.append(f"{m} imports {t}: upward ({folder} -> {tfolder})")
+            elif th == h:
+                bad.append(f"{m} imports {t}: sideways between sibling layers "
+                           f"({folder} -> {tfolder})")
+    # circles: depth-first search for a back edge
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                bad.append("circle: " + " -> ".join(stack[stack.index(t):] + [t]))
+            elif t in graph and t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    return bad
+
+
+def test_the_package_imports_only_down_its_layers():
+    root = os.path.dirname(python_mpi_bcast.__file__)
+    assert layer_violations(root, "python_mpi_bcast") == []
+    # the walk sees the package: every layer folder is there and has modules
+    folders = {m.split(".")[1] for m in _modules(root, "python_mpi_bcast") if m.count(".")}
+    assert set(LAYERS) <= folders
+
+
+def _write(root, files: dict[str, str]) -> str:
+    for rel, text in files.items():
+        p = root / "toy" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    for d in LAYERS:
+        (root / "toy" / d).mkdir(parents=True, exist_ok=True)
+        (root / "toy" / d / "__init__.py").touch()
+    (root / "toy" / "__init__.py").write_text("__version__ = '0'\n")
+    return str(root / "toy")
+
+
+GOOD = {
+    "support/errors.py": "class E(Exception):\n    pass\n",
+    "support/paths.py": "from .errors import E\n",
+    "package/format.py": "from ..support.errors import E\nfrom .. import __version__\n",
+    "launch/run.py": "from ..package import format\nfrom ..support import paths\n",
+    "envs/saved.py": "import toy.package.format\n",
+    "cli/__init__.py": "def main():\n    from ..launch.run import x\n    from ..envs import saved\n",
+    "__main__.py": "from .cli import main\n",
+}
+
+
+def test_the_checker_passes_a_package_that_imports_down(tmp_path):
+    assert layer_violations(_write(tmp_path, GOOD), "toy") == []
+
+
+@pytest.mark.parametrize("where, text, expected", [
+    # an upward import hidden in a function body
+    ("support/paths.py", "def f():\n    from ..launch.run import x\n",
+     "toy.support.paths imports toy.launch.run: upward (support -> launch)"),
+    # the same by absolute name, at module level
+    ("package/format.py", "import toy.cli\n",
+     "toy.package.format imports toy.cli: upward (package -> cli)"),
+    # 'from .. import envs' names the subpackage envs
+    ("source/pyinfo.py", "from .. import envs\n",
+     "toy.source.pyinfo imports toy.envs: upward (source -> envs)"),
+    # sibling layers of one height
+    ("launch/run.py", "def f():\n    from ..envs.saved import load_record\n",
+     "toy.launch.run imports toy.envs.saved: sideways between sibling layers (launch -> envs)"),
+    # a folder nobody placed
+    ("extras/x.py", "", "toy.extras.x: folder 'extras' is not a layer (add it to LAYERS)"),
+])
+def test_the_checker_fails_on_a_planted_wrong_import(tmp_path, where, text, expected):
+    files = dict(GOOD)
+    files[where] = files.get(where, "") + text
+    bad = layer_violations(_write(tmp_path, files), "toy")
+    assert expected in bad, bad
+
+
+def test_the_checker_fails_on_a_circle_inside_one_layer(tmp_path):
+    # the shape of the old cache.py <-> run.py: both imports are inside functions
+    files = dict(GOOD)
+    files["package/store.py"] = "def f():\n    from .unpack import g\n"
+    files["package/unpack.py"] = "def g():\n    from . import store\n"
+    bad = layer_violations(_write(tmp_path, files), "toy")
+    assert bad == ["circle: toy.package.store -> toy.package.unpack -> toy.package.store"], bad
