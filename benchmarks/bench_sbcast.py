@@ -234,11 +234,13 @@ def _inside(path: str, roots) -> str:
     return path
 
 
-MARKERS = (".pmb-ready",)  # what python-mpi adds at the top of a staged tree
+# what python-mpi adds at the top of a staged tree, and 'unpack' at the top
+# of the tree it made (its record: what 'unpack --force' may replace)
+MARKERS = (".pmb-ready", ".python-mpi-bcast-unpack.json")
 
 
 def file_list(tree: str) -> list[str]:
-    """Every path of tree, relative, sorted; python-mpi's own marker left out."""
+    """Every path of tree, relative, sorted; our own markers left out."""
     out = []
     for d, dirs, files in os.walk(tree):
         rel = os.path.relpath(d, tree)
