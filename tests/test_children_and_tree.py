@@ -29,6 +29,7 @@ import sys
 import pytest
 
 from helpers import LAUNCHER, MPIEXEC, base_python, mpi_env, run
+from python_mpi_bcast.packing.collect import SYSTEM_PREFIXES
 from test_no_writes import filecalls, snapshot
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -223,12 +224,13 @@ import sys, sysconfig, subprocess
 p = sysconfig.get_paths()
 for k in ("stdlib", "purelib", "platlib", "scripts", "data"):
     assert (p[k] + "/").startswith(sys.prefix + "/"), (k, p[k], sys.prefix)
+want = CONFIG_PREFIX or sys.prefix
 for k in ("prefix", "exec_prefix", "LIBDIR", "BINDIR"):
     v = sysconfig.get_config_var(k)
-    assert v and v.startswith(sys.prefix), (k, v, sys.prefix)
+    assert v and v.startswith(want), (k, v, want)
 import importlib
 d = importlib.import_module("_sysconfigdata_{abi}_{platform}_{multiarch}")
-assert d.build_time_vars["prefix"] == sys.prefix, (d.build_time_vars["prefix"], sys.prefix)
+assert d.build_time_vars["prefix"] == want, (d.build_time_vars["prefix"], want)
 # pip, as a rank (or a job step) would run it: reads sysconfig too
 r = subprocess.run([sys.executable, "-m", "pip", "list", "--disable-pip-version-check",
                     "--no-index", "--format", "freeze"], capture_output=True, text=True,
@@ -264,10 +266,22 @@ def test_optimize_flags_sysconfig_and_pip_write_nothing_into_the_tree(pkgroot, s
         f"{VER.replace('.', '')}.opt-2.pyc" in opt, opt
     sysdata = [p for p in before if re.match(rf"lib/python{VER}/_sysconfigdata_.*\.py$", p)]
     assert sysdata, "no _sysconfigdata in the tree"
-    # the unpacker patched its source: a .pyc made at pack time would be stale
-    assert not [p for p in before if "__pycache__/_sysconfigdata_" in p], sysdata
+    # where the unpacker patched its source, a .pyc made at pack time would be
+    # stale: none is shipped (Debian's python in /usr: nothing to patch, its
+    # .pyc stays valid and is shipped)
+    for sd in sysdata:
+        with open(os.path.join(tree, sd), "rb") as f:
+            patched = tree.encode() in f.read()
+        pyc = f"{os.path.dirname(sd)}/__pycache__/{os.path.basename(sd)[:-3]}."
+        assert not (patched and [p for p in before if p.startswith(pyc)]), (sd, sysdata)
     mod = os.path.basename(sysdata[0])[:-3]
-    prog_sys = SYSCONFIG.replace("_sysconfigdata_{abi}_{platform}_{multiarch}", mod)
+    # the build's variables name the tree, except where the interpreter came
+    # from a system prefix that every node has (Debian's python in /usr):
+    # paths there are never rewritten (collect.SYSTEM_PREFIXES)
+    base = run([base_python(), "-c", "import sys; print(sys.base_prefix)"], timeout=60)
+    config_prefix = base.stdout.strip() if base.stdout.strip() in SYSTEM_PREFIXES else None
+    prog_sys = SYSCONFIG.replace("_sysconfigdata_{abi}_{platform}_{multiarch}", mod) \
+        .replace("CONFIG_PREFIX", repr(config_prefix))
     cases = [["-O", "-c", OPT.replace("LEVEL", "1")], ["-OO", "-c", OPT.replace("LEVEL", "2")],
              ["-c", prog_sys]]
     for args in cases:
@@ -341,9 +355,19 @@ def test_user_site_does_not_shadow_a_packed_venv(pkgroot, demo_venv, shm_chroot,
         assert p["user"] is False, p
         assert not [d for d in p["path"] + p["child"] if d.startswith(home)], p
         assert p["child"] == p["path"], p
-        # the venv's sys.path, moved to the tree
-        assert p["path"][1:] == [d.replace(os.path.realpath(demo_venv), tree)
-                                 .replace(base_prefix, tree) for d in src_path], (p, src_path)
+        # the venv's sys.path, moved to the tree; its site-packages is where the
+        # tree's interpreter looks for packages (Debian's python in /usr:
+        # local/lib/pythonX.Y/dist-packages)
+        venv = os.path.realpath(demo_venv)
+        moves = ((os.path.join(venv, "lib", f"python{VER}", "site-packages"),
+                  os.path.dirname(os.path.dirname(p["numpy"]))), (venv, tree), (base_prefix, tree))
+
+        def moved(d):
+            for old, new in moves:
+                if d == old or d.startswith(old + "/"):
+                    return new + d[len(old):]
+            return d
+        assert p["path"][1:] == [moved(d) for d in src_path], (p, src_path)
 
 
 def test_a_bare_interpreter_tree_keeps_the_user_site_as_python_does(pkgroot, shm_chroot,
