@@ -10,6 +10,7 @@ sets PYTHONPATH for a run outside pytest).
 from __future__ import annotations
 
 import hashlib
+import functools
 import os
 import re
 import subprocess
@@ -27,7 +28,8 @@ FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
 
 __all__ = ["BIN", "MPIEXEC", "LAUNCHER", "CLI", "REPO", "CACHE", "FAKESSH", "base_python",
            "LAUNCHER_ERROR", "launcher_errors", "run", "env_file", "UNSHARE_MOUNT", "PRIVATE",
-           "make_venv", "mpi_env", "mpirun", "tree_digest", "MY_SCRIPT", "conda_origin"]
+           "make_venv", "mpi_env", "mpirun", "tree_digest", "MY_SCRIPT", "conda_origin",
+           "config_prefix"]
 
 # the README's job-script examples' my_script.py (sandbox fixture, test_examples)
 MY_SCRIPT = """import argparse, numpy as np
@@ -152,3 +154,19 @@ def tree_digest(root: str, skip: tuple[str, ...] = (), own_path: bool = False) -
                     data = data.replace(root.encode(), b"<TREE>")
                 out[rel] = ("f", os.lstat(full).st_mode & 0o777, hashlib.sha256(data).hexdigest())
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _system_config_prefix() -> str | None:
+    from python_mpi_bcast.packing.collect import SYSTEM_PREFIXES
+    r = run([base_python(), "-c", "import sys, sysconfig\n"
+             "print(sys.base_prefix); print(sysconfig.get_config_var('prefix'))"], timeout=60)
+    base, config = r.stdout.split()
+    return config if base == config and base in SYSTEM_PREFIXES else None
+
+
+def config_prefix(tree: str | None) -> str | None:
+    """What sysconfig.get_config_var('prefix') says in a tree made from the
+    base Python: the tree, except for Debian's python in /usr, which says
+    /usr there as in any venv of it (a system prefix is never rewritten)."""
+    return _system_config_prefix() or tree

@@ -28,8 +28,7 @@ import sys
 
 import pytest
 
-from helpers import LAUNCHER, MPIEXEC, base_python, mpi_env, run
-from python_mpi_bcast.packing.collect import SYSTEM_PREFIXES
+from helpers import LAUNCHER, MPIEXEC, base_python, config_prefix, mpi_env, run
 from test_no_writes import filecalls, snapshot
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -275,13 +274,10 @@ def test_optimize_flags_sysconfig_and_pip_write_nothing_into_the_tree(pkgroot, s
         pyc = f"{os.path.dirname(sd)}/__pycache__/{os.path.basename(sd)[:-3]}."
         assert not (patched and [p for p in before if p.startswith(pyc)]), (sd, sysdata)
     mod = os.path.basename(sysdata[0])[:-3]
-    # the build's variables name the tree, except where the interpreter came
-    # from a system prefix that every node has (Debian's python in /usr):
-    # paths there are never rewritten (collect.SYSTEM_PREFIXES)
-    base = run([base_python(), "-c", "import sys; print(sys.base_prefix)"], timeout=60)
-    config_prefix = base.stdout.strip() if base.stdout.strip() in SYSTEM_PREFIXES else None
+    # the build's variables name the tree, except for Debian's python in /usr:
+    # /usr there, as in any venv of it (a system prefix is never rewritten)
     prog_sys = SYSCONFIG.replace("_sysconfigdata_{abi}_{platform}_{multiarch}", mod) \
-        .replace("CONFIG_PREFIX", repr(config_prefix))
+        .replace("CONFIG_PREFIX", repr(config_prefix(None)))
     cases = [["-O", "-c", OPT.replace("LEVEL", "1")], ["-OO", "-c", OPT.replace("LEVEL", "2")],
              ["-c", prog_sys]]
     for args in cases:

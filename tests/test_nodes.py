@@ -330,13 +330,15 @@ def test_a_tree_built_from_the_earlier_tree_equals_one_staged_whole(pkgroot, shm
     node0 = shm_chroot.replace("%n", "0")
     assert mpirun(2, ["-c", "pass"], layered_env(base, shm_chroot, "1")).returncode == 0
     (old,) = trees(node0)
+    # (Debian's python in /usr: its layers may name no tree path at all)
+    named = any(old.encode() in v[-1] for v in snapshot(old).values() if v[0] == "f")
     r = mpirun(2, ["-c", READ], layered_env(base, shm_chroot, "2"))
     assert r.returncode == 0 and EARLIER in r.stderr, r.stderr
     (tree,) = trees(node0)
     built = snapshot(tree)
     assert built["data.txt"][-1] == b"2" and built[os.path.join("sub", "same.txt")][0] == "f"
     contents = [v[-1] for v in built.values() if v[0] == "f"]
-    assert any(tree.encode() in c for c in contents)  # the patched paths name the new tree
+    assert any(tree.encode() in c for c in contents) == named  # patched paths name the new tree
     assert not any(old.encode() in c for c in contents)
     for n in (0, 1):  # nothing to build from now: the next run stages every layer
         shutil.rmtree(shm_chroot.replace("%n", str(n)))

@@ -138,7 +138,7 @@ def test_apply_maps_is_one_pass_longest_first():
 
 
 def test_activation_scripts_get_the_path_quoted_for_their_shell():
-    from python_mpi_bcast.package.prefixes import requote_activation
+    from python_mpi_bcast.package.prefixes import requote_activation, shell_quote
     path = b"/w/it's \"a\" $X `id` \\ !"
     sh = b'VIRTUAL_ENV="' + path + b'"\nexport VIRTUAL_ENV\n'
     assert requote_activation(sh, path, "sh") == \
@@ -151,6 +151,12 @@ def test_activation_scripts_get_the_path_quoted_for_their_shell():
         b"setenv VIRTUAL_ENV '/w/it'\\''s \"a\" $X `id` \\ '\\!''\n"
     # newer venvs quote with single quotes; a plain path is left as it is
     assert requote_activation(b"V='" + path + b"'\n", path, "sh").startswith(b"V='/w/it'\\''s")
+    # venvs with the CVE-2024-9287 fix (Debian 12's python) leave a path that
+    # needed no quotes unquoted; relocated into one that does, it gets them
+    for shell, line in (("sh", b"VIRTUAL_ENV="), ("fish", b"set -gx VIRTUAL_ENV "),
+                        ("csh", b"setenv VIRTUAL_ENV ")):
+        assert requote_activation(line + path + b"\n", path, shell) == \
+            line + shell_quote(path, shell) + b"\n", shell
     plain = b'VIRTUAL_ENV="/w/caf\xc3\xa9 env"\n'
     assert requote_activation(plain, b"/w/caf\xc3\xa9 env", "sh") == plain
     # csh cannot hold a line break in a word: refused, not mangled

@@ -328,4 +328,9 @@ def requote_activation(data: bytes, path: bytes, shell: str) -> bytes | None:
         return None
     for q in (b'"', b"'"):
         data = data.replace(q + path + q, word)
+    # a venv with the fix for CVE-2024-9287 (Debian 12's python has it) wrote
+    # the path through shlex.quote, so a plain path stands unquoted:
+    # "VIRTUAL_ENV=PATH", "set -gx VIRTUAL_ENV PATH", "setenv VIRTUAL_ENV PATH"
+    for before in (b"=", b" "):
+        data = data.replace(before + path + b"\n", before + word + b"\n")
     return data
