@@ -156,6 +156,16 @@ void pmb_tree_init_jobs(const char *tree)
         pmb_die("cannot write %s: %s", path, strerror(errno));
 }
 
+/* One line of a layers record: "<content hash> <kind>\n"; its length. */
+#define LAYER_LINE 128
+static size_t layer_line(const pmb_manifest *m, char out[LAYER_LINE])
+{
+    size_t w = 0;
+    for (int k = 0; k < 32; k++)
+        w += (size_t)snprintf(out + w, LAYER_LINE - w, "%02x", m->content_hash[k]);
+    return w + (size_t)snprintf(out + w, LAYER_LINE - w, " %s\n", m->kind);
+}
+
 /* The layers a tree holds, in order (beside it, .pmb-layers-<tree name>:
  * "<content hash> <kind>" per line), written before the tree is renamed
  * into place (one a removed tree of that name left is replaced). */
@@ -166,24 +176,31 @@ void pmb_tree_init_layers(const char *tree, const pmb_manifest *ms, int n)
     FILE *f = fopen(path, "we");
     if (!f)
         pmb_die("cannot write %s: %s", path, strerror(errno));
-    for (int i = 0; i < n; i++) {
-        for (int k = 0; k < 32; k++)
-            fprintf(f, "%02x", ms[i].content_hash[k]);
-        fprintf(f, " %s\n", ms[i].kind);
-    }
+    char line[LAYER_LINE];
+    for (int i = 0; i < n; i++)
+        fwrite(line, 1, layer_line(&ms[i], line), f);
     if (fclose(f))
         pmb_die("cannot write %s: %s", path, strerror(errno));
+}
+
+/* The first len-1 bytes of a small record file, NUL-ended; 0 if it cannot
+ * be opened (a link is not followed). */
+static int read_record(const char *file, char *buf, size_t len)
+{
+    int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t r = read(fd, buf, len - 1);
+    close(fd);
+    buf[r > 0 ? r : 0] = 0;
+    return 1;
 }
 
 static int has_line(const char *file, const char *line)
 {
     char buf[8192];
-    int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
+    if (!read_record(file, buf, sizeof buf))
         return 0;
-    ssize_t r = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    buf[r > 0 ? r : 0] = 0;
     size_t n = strlen(line);
     for (char *p = buf; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
         if (!strncmp(p, line, n) && (p[n] == '\n' || !p[n]))
@@ -200,11 +217,8 @@ static size_t base_layers_text(const pmb_manifest *ms, int n, char *want, size_t
 {
     size_t w = 0;
     want[0] = 0;
-    for (int i = 0; i < n - 1 && w + 128 < len; i++) {
-        for (int k = 0; k < 32; k++)
-            w += (size_t)snprintf(want + w, len - w, "%02x", ms[i].content_hash[k]);
-        w += (size_t)snprintf(want + w, len - w, " %s\n", ms[i].kind);
-    }
+    for (int i = 0; i < n - 1 && w + LAYER_LINE < len; i++)
+        w += layer_line(&ms[i], want + w);
     return w;
 }
 
@@ -214,13 +228,7 @@ static int same_base(const char *path, const char *want, size_t w)
 {
     char file[PATH_MAX + 320], buf[8192];
     beside(path, "layers", file, sizeof file);
-    int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t r = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    buf[r > 0 ? r : 0] = 0;
-    if (strncmp(buf, want, w))
+    if (!read_record(file, buf, sizeof buf) || strncmp(buf, want, w))
         return 0;
     const char *last = buf + w, *nl = strchr(last, '\n');
     return nl && !nl[1] && nl - last >= 10 && !strncmp(nl - 10, " directory", 10);
@@ -234,11 +242,10 @@ void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n)
 {
     if (n < 2 || strcmp(ms[n - 1].kind, "directory"))
         return;
-    char dir[PATH_MAX], want[8192], key[256], jobline[260];
+    char dir[PATH_MAX], want[8192], key[256];
     tree_name_dir(tree, dir, sizeof dir);
     size_t w = base_layers_text(ms, n, want, sizeof want);
     pmb_job_key(key, sizeof key);
-    snprintf(jobline, sizeof jobline, "%s", key);
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d))) {
@@ -247,7 +254,7 @@ void pmb_remove_superseded(const char *tree, const pmb_manifest *ms, int n)
         if (!tree_name_id(e->d_name) || !strcmp(path, tree))
             continue;
         jobs_file(path, file, sizeof file);
-        if (!has_line(file, jobline))
+        if (!has_line(file, key))
             continue;
         if (!same_base(path, want, w))
             continue;

@@ -390,18 +390,27 @@ static int read_base(const char *tree, base_record *b)
     return 1;
 }
 
-/* One entry of a base record: 0 at the end, -1 if malformed. */
-static int base_next(const base_record *b, size_t *pos, char *type, unsigned *mode,
-                     unsigned long long *ino, long long *sec, long *nsec, const char **path)
+/* One entry of a base record (what the tree held before its last layer). */
+typedef struct {
+    char type; /* 'd', 'l', 'f' */
+    unsigned mode;
+    unsigned long long ino;
+    long long sec;
+    long nsec; /* ctime */
+    const char *rel;
+} base_entry;
+
+/* The next entry of a base record: 0 at the end, -1 if malformed. */
+static int base_next(const base_record *b, size_t *pos, base_entry *x)
 {
     if (*pos >= b->len)
         return 0;
     const char *e = b->data + *pos;
     int used = 0;
-    if (sscanf(e, "%c %o %llu %lld.%ld %n", type, mode, ino, sec, nsec, &used) != 5 || !used ||
-        !e[used] || pmb_path_problem(e + used, strlen(e + used)))
+    if (sscanf(e, "%c %o %llu %lld.%ld %n", &x->type, &x->mode, &x->ino, &x->sec, &x->nsec,
+               &used) != 5 || !used || !e[used] || pmb_path_problem(e + used, strlen(e + used)))
         return -1;
-    *path = e + used;
+    x->rel = e + used;
     *pos += strlen(e) + 1;
     return 1;
 }
@@ -412,22 +421,19 @@ static int base_next(const base_record *b, size_t *pos, char *type, unsigned *mo
 static int base_usable(const char *tree, const base_record *b)
 {
     size_t pos = 0;
-    char type, path[PATH_MAX * 2];
-    unsigned mode;
-    unsigned long long ino;
-    long long sec;
-    long nsec;
-    const char *rel;
+    char path[PATH_MAX * 2];
+    base_entry x;
     int rc;
-    while ((rc = base_next(b, &pos, &type, &mode, &ino, &sec, &nsec, &rel)) == 1) {
+    while ((rc = base_next(b, &pos, &x)) == 1) {
         struct stat st;
-        snprintf(path, sizeof path, "%s/%s", tree, rel);
+        snprintf(path, sizeof path, "%s/%s", tree, x.rel);
         if (lstat(path, &st))
             return 0;
-        if (type == 'd' ? !S_ISDIR(st.st_mode) : type == 'l' ? !S_ISLNK(st.st_mode) :
-            type == 'f' ? !S_ISREG(st.st_mode) : 1)
+        if (x.type == 'd' ? !S_ISDIR(st.st_mode) : x.type == 'l' ? !S_ISLNK(st.st_mode) :
+            x.type == 'f' ? !S_ISREG(st.st_mode) : 1)
             return 0;
-        if (type != 'd' && (st.st_ino != ino || st.st_ctim.tv_sec != sec || st.st_ctim.tv_nsec != nsec))
+        if (x.type != 'd' && (st.st_ino != x.ino || st.st_ctim.tv_sec != x.sec ||
+                              st.st_ctim.tv_nsec != x.nsec))
             return 0;
     }
     return rc == 0;
@@ -536,20 +542,16 @@ static void build_base(const char *chroot, const char *base, const base_record *
                        uint64_t *files, uint64_t *bytes)
 {
     size_t pos = 0;
-    char type, from[PATH_MAX * 2], to[PATH_MAX * 2];
-    unsigned mode;
-    unsigned long long ino;
-    long long sec;
-    long nsec;
-    const char *rel;
+    char from[PATH_MAX * 2], to[PATH_MAX * 2];
+    base_entry x;
     int rc;
-    while ((rc = base_next(rec, &pos, &type, &mode, &ino, &sec, &nsec, &rel)) == 1) {
-        snprintf(from, sizeof from, "%s/%s", base, rel);
-        snprintf(to, sizeof to, "%s/%s", tmp, rel);
-        if (type == 'd') {
-            if (mkdir(to, 0700) || chmod(to, (mode & 0777) | 0700))
+    while ((rc = base_next(rec, &pos, &x)) == 1) {
+        snprintf(from, sizeof from, "%s/%s", base, x.rel);
+        snprintf(to, sizeof to, "%s/%s", tmp, x.rel);
+        if (x.type == 'd') {
+            if (mkdir(to, 0700) || chmod(to, (x.mode & 0777) | 0700))
                 copy_fail(chroot, "create directory", to);
-        } else if (type == 'l') {
+        } else if (x.type == 'l') {
             char target[PATH_MAX];
             ssize_t r = readlink(from, target, sizeof target - 1);
             if (r < 0)
