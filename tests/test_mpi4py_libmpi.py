@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from helpers import CACHE, CLI, base_python, env_file, mpi_env, run
+from helpers import CACHE, CLI, base_python, env_file, mpi_env, open_mpi5_run, run
 from support.mpibuild import build_launcher, linked_mpi, need, renamed_library, wrapper_linking
 
 DEBIAN_MPICH = "/usr/lib/x86_64-linux-gnu/libmpich.so.12"
@@ -188,17 +188,6 @@ def test_mpi4py_for_another_mpi_family_does_not_stop_a_numpy_only_program(
     assert sorted(ln for ln in r.stdout.splitlines() if ln.startswith("NUMPY")) == \
         ["NUMPY 0 45.0", "NUMPY 1 45.0"], r.stdout + r.stderr
     assert not refusals(r.stderr), r.stderr
-
-
-def open_mpi5_run(ompi, n, args, pkgroot, chroot, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "MPIR_"))}
-    env.update(env_file("env.openmpi"))
-    env.update(PYTHON_MPI_PKGROOT=pkgroot["root"],
-               PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}",
-               PYTHON_MPI_CHROOT=chroot)
-    env.update({k: str(v) for k, v in extra.items()})
-    return run([os.path.join(ompi, "bin", "mpiexec"), "-n", str(n),
-                os.path.join(ompi, "bin", "python-mpi")] + args, env=env, timeout=180, check=False)
 
 
 @pytest.mark.parametrize("mode", ["embed", "exec"])

@@ -10,18 +10,7 @@ import re
 
 import pytest
 
-from helpers import env_file, run
-
-
-def ompi_run(ompi, n, args, pkgroot, chroot, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "MPIR_"))}
-    env.update(env_file("env.openmpi"))
-    env.update(PYTHON_MPI_PKGROOT=pkgroot["root"],
-               PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}",
-               PYTHON_MPI_CHROOT=chroot)
-    env.update({k: str(v) for k, v in extra.items()})
-    return run([os.path.join(ompi, "bin", "mpiexec"), "-n", str(n),
-                os.path.join(ompi, "bin", "python-mpi")] + args, env=env, timeout=180, check=False)
+from helpers import env_file, open_mpi5_run, run
 
 
 PROG = """
@@ -44,7 +33,7 @@ def test_info_reports_open_mpi(ompi):
 
 @pytest.mark.parametrize("mode", ["embed", "exec"])
 def test_numpy_and_mpi4py_with_open_mpi(ompi, pkgroot, shm_chroot, mode):
-    r = ompi_run(ompi, 4, ["-c", PROG], pkgroot, shm_chroot, PYTHON_MPI_MODE=mode,
+    r = open_mpi5_run(ompi, 4, ["-c", PROG], pkgroot, shm_chroot, PYTHON_MPI_MODE=mode,
                  PYTHON_MPI_VERBOSE=2)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OMPI 4 180.0 1 ['Open', 'MPI']" in r.stdout
@@ -53,6 +42,6 @@ def test_numpy_and_mpi4py_with_open_mpi(ompi, pkgroot, shm_chroot, mode):
 
 def test_open_mpi_job_ends_on_a_failing_rank(ompi, pkgroot, shm_chroot):
     prog = "import sys\nfrom mpi4py import MPI\nc = MPI.COMM_WORLD\nif c.rank == 2:\n    sys.exit(7)\nc.Barrier()\n"
-    r = ompi_run(ompi, 4, ["-c", prog], pkgroot, shm_chroot)
+    r = open_mpi5_run(ompi, 4, ["-c", prog], pkgroot, shm_chroot)
     assert r.returncode == 7, r.stdout + r.stderr
     assert re.search(r"python-mpi: \S+ \(rank 2\): exit status 7, aborting the job", r.stderr)
