@@ -621,10 +621,14 @@ static void reclaim_dir(const char *dir, const char *keep, int *ntrees)
                     pmb_log("rank %d (node %d): removed %s (its jobs are over)", pmb_c.world_rank,
                             pmb_c.node_index, path);
             }
-        } else if (!strncmp(n, ".env-", 5) && strlen(n) == 5 + 32 + 7 && S_ISDIR(st.st_mode)) {
-            /* a partial tree: gone when nobody holds the staging lock of its id */
+        } else if ((!strncmp(n, ".env-", 5) && strlen(n) == 5 + 32 + 7 && S_ISDIR(st.st_mode)) ||
+                   (!strncmp(n, ".pmb-chunks-", 12) && strlen(n) == 12 + 32 + 7 &&
+                    S_ISREG(st.st_mode))) {
+            /* a partial tree, or the staging buffers (stage.c) of one: gone
+             * when nobody holds the staging lock of its id */
+            const char *tid = n[1] == 'e' ? n + 5 : n + 12;
             char lock[PATH_MAX + 64];
-            snprintf(lock, sizeof lock, "%s/.pmb-lock-%.32s", dir, n + 5);
+            snprintf(lock, sizeof lock, "%s/.pmb-lock-%.32s", dir, tid);
             int fd = lock_file(lock, LOCK_EX | LOCK_NB, O_RDWR | O_CLOEXEC);
             if (fd < 0 && errno == EWOULDBLOCK)
                 continue;
@@ -651,7 +655,7 @@ static void reclaim_dir(const char *dir, const char *keep, int *ntrees)
                 unlink(path);
         } else if (!strncmp(n, ".pmb-chunks.", 12) && S_ISREG(st.st_mode) &&
                    time(NULL) - st.st_mtime > 600) {
-            unlink(path); /* mapped for a moment while staging starts, then unlinked */
+            unlink(path); /* staging buffers named by an earlier launcher (no id in the name) */
         }
     }
     closedir(d);

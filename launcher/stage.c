@@ -655,7 +655,12 @@ typedef struct {
     int mapped;
 } pmb_buffers;
 
-static void buffers_open(pmb_buffers *b, size_t size, MPI_Comm unpackers, const char *dir)
+/* The buffers all unpacking ranks of a node share: a file in the node
+ * directory, mapped by each and unlinked once all have it.  Named after the
+ * tree `id` whose staging lock its creator holds, so that one a killed step
+ * leaves is removed by the next step on that node (pmb_reclaim). */
+static void buffers_open(pmb_buffers *b, size_t size, MPI_Comm unpackers, const char *dir,
+                         const char *id)
 {
     memset(b, 0, sizeof *b);
     b->size = size;
@@ -670,7 +675,7 @@ static void buffers_open(pmb_buffers *b, size_t size, MPI_Comm unpackers, const 
     char path[PATH_MAX] = "";
     int fd = -1;
     if (pmb_c.node_rank == 0) {
-        snprintf(path, sizeof path, "%s/.pmb-chunks.XXXXXX", dir);
+        snprintf(path, sizeof path, "%s/.pmb-chunks-%s.XXXXXX", dir, id);
         fd = mkstemp(path);
         if (fd < 0 || ftruncate(fd, (off_t)size))
             pmb_die("cannot create the staging buffer %s: %s", path, strerror(errno));
@@ -1009,7 +1014,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
                 pmb_wait(&r);
             }
             pmb_buffers bufs;
-            buffers_open(&bufs, (size_t)pmb_cfg.chunk * (size_t)pmb_cfg.nbuf, unpackers, chroot);
+            buffers_open(&bufs, (size_t)pmb_cfg.chunk * (size_t)pmb_cfg.nbuf, unpackers, chroot, id);
             uint64_t nf = 0, nb = 0;
             for (int i = first; i < n; i++) {
                 stage_package(&ms[i], pmb_c.world_rank == 0 ? fds[i] : -1, unpacker, &team,

@@ -3,7 +3,8 @@
 leftovers.py).
 
 Temporary unpack directories (``.env-<id>.XXXXXX``), staging buffers
-(``.pmb-chunks.XXXXXX``) and staging locks (``.pmb-lock-<id>``) are left
+(``.pmb-chunks-<id>.XXXXXX``; ``.pmb-chunks.XXXXXX`` from earlier launchers)
+and staging locks (``.pmb-lock-<id>``) are left
 only by a staging that was killed; they are removed unless a staging holds
 the lock of their id.  Ready trees (``env-<id>``, ``env-<id>.<k>``) are
 removed with ``--all`` or when older than ``--older-than`` hours, unless a
@@ -32,7 +33,8 @@ from ..support.errors import PmbError
 
 TMP_RE = re.compile(r"^\.env-[0-9a-f]{32}\.[A-Za-z0-9]{6}$")
 TREE_RE = re.compile(r"^env-[0-9a-f]{32}(\.[0-9]+)?$")
-CHUNKS_RE = re.compile(r"^\.pmb-chunks\.[A-Za-z0-9]{6}$")
+CHUNKS_RE = re.compile(r"^\.pmb-chunks-[0-9a-f]{32}\.[A-Za-z0-9]{6}$")
+OLD_CHUNKS_RE = re.compile(r"^\.pmb-chunks\.[A-Za-z0-9]{6}$")  # no id: earlier launchers
 LOCK_RE = re.compile(r"^\.pmb-lock-[0-9a-f]{32}$")
 # beside a tree, and gone with it: the launcher's MPI library for interpreters
 # started from it (launcher/mpilib.c), the jobs that used it and the layers it
@@ -100,8 +102,15 @@ def clean(directory: str, all_trees: bool = False, older_than_hours: float | Non
             continue
         if est.st_uid != os.geteuid():
             continue
-        if (CHUNKS_RE.match(name) or LOCK_RE.match(name)) and stat.S_ISREG(est.st_mode):
-            if staging and (CHUNKS_RE.match(name) or name[len(".pmb-lock-"):] in staging):
+        if (CHUNKS_RE.match(name) or OLD_CHUNKS_RE.match(name) or LOCK_RE.match(name)) \
+                and stat.S_ISREG(est.st_mode):
+            if CHUNKS_RE.match(name):
+                busy = name[len(".pmb-chunks-"):][:32] in staging
+            elif OLD_CHUNKS_RE.match(name):
+                busy = bool(staging)
+            else:
+                busy = name[len(".pmb-lock-"):] in staging
+            if busy:
                 kept.append(f"{path}: a job step is staging into {directory}")
                 continue
             removed.append(path)  # staging buffer or lock of a killed job
