@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "pmb.h"
+#include "config.h"
 
 int pmb_parse_size(const char *s, uint64_t *out)
 {
@@ -167,10 +167,7 @@ char *pmb_expand_chroot(const char *pattern, int node_index)
         }
         if (len + 32 >= cap) {
             cap *= 2;
-            char *n = realloc(out, cap);
-            if (!n)
-                pmb_die("out of memory");
-            out = n;
+            out = pmb_xrealloc(out, cap);
         }
     }
     out[len] = 0;

@@ -19,52 +19,14 @@
 #include <unistd.h>
 #include <zstd.h> /* the system's, or launcher/zstd-shim/zstd.h */
 
+#include "comm.h"
+#include "config.h"
+#include "manifest.h"
+#include "mpilib.h"
 #include "own.h"
-#include "pmb.h"
-
-static int print_info(void)
-{
-#ifdef PMB_ZSTD_DLOPEN
-    pmb_zstd_require();
-#endif
-    unsigned zv = ZSTD_versionNumber();
-    int provided;
-    MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
-    char v[MPI_MAX_LIBRARY_VERSION_STRING];
-    int n = 0;
-    MPI_Get_library_version(v, &n);
-    while (n > 0 && (v[n - 1] == '\n' || v[n - 1] == ' ' || v[n - 1] == 0))
-        v[--n] = 0;
-    char *nl = strchr(v, '\n');
-    if (nl)
-        *nl = 0;
-    int major, minor;
-    MPI_Get_version(&major, &minor);
-    char why[256] = "";
-    int exec_ok = pmb_exec_supported(why, sizeof why);
-    printf("mpi_library: %s\n", v);
-    printf("mpi_standard: %d.%d\n", major, minor);
-    printf("thread_level: %s\n", provided == MPI_THREAD_MULTIPLE ? "multiple" :
-           provided == MPI_THREAD_SERIALIZED ? "serialized" : provided == MPI_THREAD_FUNNELED ? "funneled" : "single");
-    printf("modes: embed stage-only%s\n", exec_ok ? " exec" : "");
-    if (!exec_ok)
-        printf("exec_mode: unavailable (%s)\n", why);
-    const char *lib = pmb_mpi_library_path();
-    printf("mpi_abi: %s\n", pmb_mpi_family());
-    if (lib)
-        printf("mpi_file: %s\n", lib);
-    printf("mpi4py: %s\n", pmb_mpi4py_plan(lib));
-#ifdef PMB_ZSTD_DLOPEN
-    printf("zstd: libzstd %u.%u.%u, loaded at run time from %s\n", zv / 10000, zv / 100 % 100,
-           zv % 100, pmb_zstd_describe());
-#elif defined(PMB_ZSTD_STATIC)
-    printf("zstd: libzstd %u.%u.%u, linked statically\n", zv / 10000, zv / 100 % 100, zv % 100);
-#else
-    printf("zstd: libzstd %u.%u.%u, linked\n", zv / 10000, zv / 100 % 100, zv % 100);
-#endif
-    MPI_Finalize();
-    return 0;
-}
+#include "stage.h"
+#include "start.h"
+#include "tools.h"
 
 /* A shared flock on a package rank 0 reads, held until the job ends: the
  * hold `python-mpi-bcast run` takes (run.py hold/is_held), so `rm` and
@@ -177,22 +139,16 @@ static void share_stdin_program(int argc, char **argv)
     if (pmb_c.world_rank == 0) {
         size_t cap = 1 << 16;
         buf = pmb_xmalloc(cap);
-        for (;;) {
-            if (len == cap) {
-                cap *= 2;
-                char *nb = realloc(buf, cap);
-                if (!nb)
-                    pmb_die("out of memory reading the program from stdin");
-                buf = nb;
-            }
-            ssize_t r = read(0, buf + len, cap - len);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r < 0)
-                pmb_die("cannot read the program from stdin: %s", strerror(errno));
-            if (r == 0)
+        for (;;) { /* to the end of stdin, doubling the buffer */
+            size_t want = cap - len, r = pmb_read_full(0, buf + len, want);
+            len += r;
+            if (r < want) {
+                if (errno)
+                    pmb_die("cannot read the program from stdin: %s", strerror(errno));
                 break;
-            len += (unsigned long long)r;
+            }
+            cap *= 2;
+            buf = pmb_xrealloc(buf, cap);
         }
     }
     MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
@@ -205,14 +161,8 @@ static void share_stdin_program(int argc, char **argv)
     int fd = (int)syscall(SYS_memfd_create, "python-mpi-stdin", 0u);
     if (fd < 0)
         pmb_die("cannot create a memfd for the program from stdin: %s", strerror(errno));
-    for (unsigned long long off = 0; off < len;) {
-        ssize_t w = write(fd, buf + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            pmb_die("cannot write the program from stdin to a memfd: %s", strerror(errno));
-        off += (unsigned long long)w;
-    }
+    if (pmb_write_all(fd, buf, len))
+        pmb_die("cannot write the program from stdin to a memfd: %s", strerror(errno));
     free(buf);
     if (lseek(fd, 0, SEEK_SET) < 0 || dup2(fd, 0) < 0)
         pmb_die("cannot make the program from stdin the interpreter's stdin: %s", strerror(errno));
@@ -222,20 +172,15 @@ static void share_stdin_program(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--pmb-info"))
-        return print_info();
+        return pmb_info_main();
     if (argc > 1 && !strcmp(argv[1], "--pmb-unpack")) /* no MPI: python-mpi-bcast unpack */
         return pmb_unpack_main(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "--pmb-manifest")) /* no MPI: the tests' parser check */
         return pmb_manifest_main(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "--pmb-exec-check")) /* no MPI: the tests' exec-mode rule */
         return pmb_exec_check_main(argc - 2, argv + 2);
-    if (argc == 4 && !strcmp(argv[1], "--pmb-cleanup-tree")) { /* no MPI: exec mode's clean-up */
-        const char *v = getenv("PYTHON_MPI_VERBOSE");            /* (exec_shim.c) */
-        pmb_cfg.verbose = v && *v ? atoi(v) : 0;
-        pmb_c.world_rank = atoi(argv[3]);
-        pmb_cleanup_tree(argv[2]);
-        return 0;
-    }
+    if (argc == 4 && !strcmp(argv[1], "--pmb-cleanup-tree")) /* no MPI: exec mode's clean-up */
+        return pmb_cleanup_tree_main(argc - 2, argv + 2);        /* (exec_shim.c) */
     int stage_only = 0;
     if (argc > 1 && !strcmp(argv[1], "--stage-only")) {
         stage_only = 1;
@@ -272,10 +217,8 @@ int main(int argc, char **argv)
     pmb_comms_init(&pmb_c);
 
     int n = pmb_cfg.npackages;
-    pmb_manifest *ms = calloc((size_t)n, sizeof *ms);
-    int *fds = calloc((size_t)n, sizeof *fds);
-    if (!ms || !fds)
-        pmb_die("out of memory");
+    pmb_manifest *ms = pmb_xcalloc((size_t)n, sizeof *ms);
+    int *fds = pmb_xcalloc((size_t)n, sizeof *fds);
     double t_read = pmb_now();
     pmb_collective_phase = 0;
     if (pmb_c.world_rank == 0) {
@@ -289,8 +232,8 @@ int main(int argc, char **argv)
     bcast_manifests(ms, n);
     const pmb_manifest *interp = check_layers(ms, n);
 
-    double tm[8];
-    char *tree = pmb_stage(ms, n, fds, tm);
+    pmb_stage_report rep;
+    char *tree = pmb_stage(ms, n, fds, &rep);
     pmb_mpi_record_write(tree, ms, n); /* children of the tree use this MPI (mpilib.c) */
     if (pmb_c.world_rank == 0) {
         /* the hold (hold_package) lasts as long as the job: the descriptors stay open, in
@@ -302,7 +245,7 @@ int main(int argc, char **argv)
     }
     if (pmb_cfg.verbose && pmb_c.world_rank == 0) {
         uint64_t bytes = 0, unpacked = 0, copied = 0;
-        int first = (int)tm[7]; /* layers before it: copied from each node's earlier tree */
+        int first = rep.first; /* layers before it: copied from each node's earlier tree */
         for (int i = 0; i < n; i++) {
             if (i < first) {
                 copied += ms[i].unpacked_size;
@@ -315,22 +258,22 @@ int main(int argc, char **argv)
         if (first)
             snprintf(from_earlier, sizeof from_earlier, " the first %d layer(s) (%.1f MB) copied "
                      "on each node from its earlier tree;", first, copied / 1e6);
-        int waited = (int)tm[5];
-        if (tm[4] && waited)
+        int waited = rep.waited;
+        if (rep.staged && waited)
             pmb_log("stage: %d package(s) staged into %s by another job step at the same time; "
                     "waited %.3f s for it on %d of %d node(s); nothing read or sent by this step "
-                    "(%.3f s)", n, tree, tm[6], waited, pmb_c.nnodes, tm[3]);
-        else if (tm[4])
+                    "(%.3f s)", n, tree, rep.wait, waited, pmb_c.nnodes, rep.total);
+        else if (rep.staged)
             pmb_log("stage: %d package(s) already staged on all %d node(s) in %s; nothing read or "
-                    "sent (%.3f s)", n, pmb_c.nnodes, tree, tm[3]);
+                    "sent (%.3f s)", n, pmb_c.nnodes, tree, rep.total);
         else
             pmb_log("stage: %d package(s), %.1f MB sent, %.1f MB unpacked, %d node(s), %d rank(s):%s "
                     "manifests %.3f s, read %.3f s, broadcast %.3f s, unpack %.3f s, total %.3f s",
                     n, bytes / 1e6, unpacked / 1e6, pmb_c.nnodes, pmb_c.world_size, from_earlier,
-                    t_read, tm[0], tm[1], tm[2], tm[3]);
-        if (!tm[4] && waited)
+                    t_read, rep.read, rep.bcast, rep.unpack, rep.total);
+        if (!rep.staged && waited)
             pmb_log("stage: %d of %d node(s) waited %.3f s for another job step staging the same "
-                    "packages", waited, pmb_c.nnodes, tm[6]);
+                    "packages", waited, pmb_c.nnodes, rep.wait);
         pmb_log("stage: tree %s ready %.3f s after start", tree, pmb_now() - t_begin);
     }
     if (pmb_cfg.mode == PMB_MODE_STAGE_ONLY) {

@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <zstd.h>
 
-#include "pmb.h"
+#include "manifest.h"
 
 #define PMB_MAX_U63 9223372036854775807ull
 #define PMB_MAX_SHARDS (1 << 20)
@@ -356,25 +356,8 @@ fail:
     return -1;
 }
 
-static ssize_t read_full(int fd, void *buf, size_t n)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, (char *)buf + got, n - got);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
 /* The manifest frame's body: one checksummed zstd frame holding the text. */
-static char *decode_frame(const unsigned char *body, size_t size, size_t *text_len,
+char *pmb_manifest_decode(const unsigned char *body, size_t size, size_t *text_len,
                           char *err, size_t errlen)
 {
     static const char v1[] = "python-mpi-bcast-package ";
@@ -465,8 +448,8 @@ void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, 
     if (fstat(fd, &st) || !S_ISREG(st.st_mode))
         pmb_die("package '%s': %s is not a regular file", file, path);
     unsigned char head[8];
-    ssize_t r = read_full(fd, head, 8);
-    if (r < 0)
+    size_t r = pmb_read_full(fd, head, 8);
+    if (r < 8 && errno)
         pmb_die("package '%s': cannot read %s: %s", file, path, strerror(errno));
     uint32_t magic = (uint32_t)head[0] | (uint32_t)head[1] << 8 | (uint32_t)head[2] << 16 | (uint32_t)head[3] << 24;
     uint32_t size = (uint32_t)head[4] | (uint32_t)head[5] << 8 | (uint32_t)head[6] << 16 | (uint32_t)head[7] << 24;
@@ -476,11 +459,11 @@ void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, 
     if (size > PMB_MAX_MANIFEST)
         pmb_die("package '%s' is corrupt (manifest of %u bytes)", file, size);
     unsigned char *body = pmb_xmalloc(size + 1);
-    if (read_full(fd, body, size) != (ssize_t)size)
+    if (pmb_read_full(fd, body, size) != size)
         pmb_die("package '%s' is truncated (manifest cut short)", file);
     char err[512];
     size_t tlen = 0;
-    char *text = decode_frame(body, size, &tlen, err, sizeof err);
+    char *text = pmb_manifest_decode(body, size, &tlen, err, sizeof err);
     free(body);
     if (!text)
         pmb_die("package '%s': %s", file, err);
@@ -494,71 +477,4 @@ void pmb_manifest_read_file(pmb_manifest *m, const char *dir, const char *file, 
                 "copy or pack it again", file,
                 (unsigned long long)(m->payload_start + m->payload_size), (unsigned long long)st.st_size);
     *fd_out = fd;
-}
-
-static void print_hex(const char *key, const char *v)
-{
-    printf(" %s=", key);
-    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++)
-        printf("%02x", *p);
-}
-
-/* python-mpi --pmb-manifest FILE...: parse each manifest (no MPI) and print
- * "OK" and the parsed fields, or "ERR" and the reason, one record per file.
- * Used by the tests to hold the Python parser to the same rules. */
-int pmb_manifest_main(int argc, char **argv)
-{
-    for (int i = 0; i < argc; i++) {
-        int fd = open(argv[i], O_RDONLY | O_CLOEXEC);
-        unsigned char head[8];
-        if (fd < 0 || read_full(fd, head, 8) != 8) {
-            printf("ERR cannot read\n");
-            if (fd >= 0)
-                close(fd);
-            continue;
-        }
-        uint32_t size = (uint32_t)head[4] | (uint32_t)head[5] << 8 | (uint32_t)head[6] << 16 | (uint32_t)head[7] << 24;
-        if (size > PMB_MAX_MANIFEST) {
-            printf("ERR too big\n");
-            close(fd);
-            continue;
-        }
-        unsigned char *body = pmb_xmalloc(size + 1);
-        char err[512];
-        size_t tlen;
-        char *text = NULL;
-        if (read_full(fd, body, size) != (ssize_t)size)
-            snprintf(err, sizeof err, "truncated");
-        else
-            text = decode_frame(body, size, &tlen, err, sizeof err);
-        close(fd);
-        free(body);
-        pmb_manifest m = {0};
-        if (!text || pmb_manifest_parse(&m, text, tlen, err, sizeof err)) {
-            printf("ERR %s\n", err);
-            free(text);
-            continue;
-        }
-        free(text);
-        printf("OK");
-        const char *keys[] = {"name", "kind", "python", "abi", "libpython", "executable", "site_dir"};
-        const char *vals[] = {m.name, m.kind, m.python, m.abi, m.libpython, m.executable, m.site_dir};
-        for (int k = 0; k < 7; k++)
-            print_hex(keys[k], vals[k]);
-        printf(" unpacked_size=%llu files=%llu payload_size=%llu shards=%d prefixes=%d\n",
-               (unsigned long long)m.unpacked_size, (unsigned long long)m.files,
-               (unsigned long long)m.payload_size, m.nshards, m.nprefix);
-        for (int s = 0; s < m.nshards; s++)
-            printf("shard %llu %llu %llu %llu\n", (unsigned long long)m.shards[s].offset,
-                   (unsigned long long)m.shards[s].csize, (unsigned long long)m.shards[s].usize,
-                   (unsigned long long)m.shards[s].nfiles);
-        for (int p = 0; p < m.nprefix; p++) {
-            printf("prefix %s", m.prefix[p].binary ? "binary" : "text");
-            print_hex("path", m.prefix[p].path);
-            print_hex("placeholder", m.prefix[p].placeholder);
-            printf("\n");
-        }
-    }
-    fflush(stdout);
-    return 0;
 }

@@ -36,7 +36,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "pmb.h"
+#include "comm.h"
+#include "mpilib.h"
 
 /* The ABI family of the MPI headers the launcher was compiled with (and so
  * of the library it links): "mpich" (MPICH, Cray MPICH, Intel MPI, MVAPICH:
@@ -105,16 +106,7 @@ static int is_mpi_c_library(const char *n)
 
 static int read_at(int fd, void *buf, size_t n, uint64_t off)
 {
-    unsigned char *p = buf;
-    while (n) {
-        ssize_t r = pread(fd, p, n, (off_t)off);
-        if (r <= 0)
-            return -1;
-        p += r;
-        n -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
+    return pmb_pread_full(fd, buf, n, off) == n ? 0 : -1;
 }
 
 /* The MPI library an ELF file (64-bit) names in DT_NEEDED, into out.
@@ -251,20 +243,6 @@ static unsigned char *alias_image(const Elf64_Ehdr *like, const char *soname, co
     return img;
 }
 
-static int write_all(int fd, const unsigned char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Load an alias object: SONAME `name`, resolving to the loaded library at
  * `real` (whose in-memory ELF header is `like`).  0 on success, else -1 with
  * the reason in why.  `scratch` is a node-local directory used only where
@@ -295,7 +273,7 @@ static int load_alias(const char *name, const char *real, const Elf64_Ehdr *like
             return -1;
         }
     }
-    int bad = write_all(fd, img, len);
+    int bad = pmb_write_all(fd, img, len);
     free(img);
     if (bad) {
         snprintf(why, whylen, "cannot write the alias object: %s", strerror(errno));
@@ -543,7 +521,7 @@ void pmb_mpi_record_write(const char *tree, const pmb_manifest *ms, int n)
             snprintf(tmp, sizeof tmp, "%s.XXXXXX", path);
             int fd = mkostemp(tmp, O_CLOEXEC), err = errno, bad = fd < 0;
             if (!bad) {
-                bad = write_all(fd, img, len) || fchmod(fd, 0400);
+                bad = pmb_write_all(fd, img, len) || fchmod(fd, 0400);
                 err = errno;
                 if (close(fd) && !bad)
                     bad = 1, err = errno;

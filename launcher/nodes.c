@@ -36,7 +36,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "pmb.h"
+#include "mpilib.h"
+#include "nodes.h"
+#include "unpack.h"
 
 #define PMB_PLAIN_KEEP (24 * 3600) /* seconds a tree outside a batch job stays unused */
 #define PMB_REGISTRY_PARENT "/dev/shm"
@@ -409,10 +411,7 @@ static void live_add(const char *s, size_t n)
 {
     if (live_len + n + 2 > live_cap) {
         live_cap = (live_len + n + 2) * 2;
-        char *p = realloc(live_env, live_cap);
-        if (!p)
-            pmb_die("out of memory");
-        live_env = p;
+        live_env = pmb_xrealloc(live_env, live_cap);
     }
     memcpy(live_env + live_len, s, n);
     live_len += n;
@@ -442,10 +441,7 @@ static void scan_processes(void)
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
             continue;
-        size_t got = 0;
-        ssize_t r;
-        while (got < sizeof buf - 1 && (r = read(fd, buf + got, sizeof buf - 1 - got)) > 0)
-            got += (size_t)r;
+        size_t got = pmb_read_full(fd, buf, sizeof buf - 1);
         close(fd);
         buf[got] = 0;
         for (size_t i = 0; i < got; i += strlen(buf + i) + 1)

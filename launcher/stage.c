@@ -20,51 +20,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "pmb.h"
-
-void pmb_comms_init(pmb_comms *c)
-{
-    MPI_Comm_rank(MPI_COMM_WORLD, &c->world_rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &c->world_size);
-    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &c->node) != MPI_SUCCESS)
-        pmb_die("MPI_Comm_split_type failed");
-    MPI_Comm_rank(c->node, &c->node_rank);
-    MPI_Comm_size(c->node, &c->node_size);
-    MPI_Comm_split(MPI_COMM_WORLD, c->node_rank == 0 ? 0 : MPI_UNDEFINED, c->world_rank, &c->leaders);
-    int idx = 0, nn = 0;
-    if (c->leaders != MPI_COMM_NULL) {
-        MPI_Comm_rank(c->leaders, &idx);
-        MPI_Comm_size(c->leaders, &nn);
-    }
-    int pair[2] = {idx, nn};
-    MPI_Bcast(pair, 2, MPI_INT, 0, c->node);
-    c->node_index = pair[0];
-    c->nnodes = pair[1];
-}
-
-/* Wait for a request without burning the core: test, then sleep a little
- * longer each time (up to 1 ms). */
-void pmb_wait(MPI_Request *req)
-{
-    long ns = 1000;
-    for (;;) {
-        int done = 0;
-        MPI_Test(req, &done, MPI_STATUS_IGNORE);
-        if (done)
-            return;
-        struct timespec ts = {0, ns};
-        nanosleep(&ts, NULL);
-        if (ns < 1000000)
-            ns *= 2;
-    }
-}
-
-void pmb_node_barrier(void)
-{
-    MPI_Request r;
-    MPI_Ibarrier(pmb_c.node, &r);
-    pmb_wait(&r);
-}
+#include "comm.h"
+#include "config.h"
+#include "manifest.h"
+#include "nodes.h"
+#include "stage.h"
+#include "threads.h"
+#include "unpack.h"
 
 /* ---- node directories ------------------------------------------------ */
 
@@ -223,10 +185,7 @@ static int lock_tree(const char *chroot, const char *id, int wait)
             return -1;
         }
         close(fd);
-        struct timespec ts = {0, ns};
-        nanosleep(&ts, NULL);
-        if (ns < 100000000)
-            ns *= 2;
+        pmb_backoff(&ns, 100000000);
     }
 }
 
@@ -373,13 +332,7 @@ static int read_base(const char *tree, base_record *b)
     }
     b->len = (size_t)st.st_size;
     b->data = pmb_xmalloc(b->len + 1);
-    size_t got = 0;
-    while (got < b->len) {
-        ssize_t r = read(fd, b->data + got, b->len - got);
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
+    size_t got = pmb_read_full(fd, b->data, b->len);
     close(fd);
     b->data[got] = 0;
     if (got != b->len || (got && b->data[got - 1] != 0)) {
@@ -507,19 +460,13 @@ static void copy_file(const char *chroot, const char *from, const char *to)
                 continue;
             }
         } else {
-            ssize_t r = read(in, buf, sizeof buf);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
+            size_t want = (size_t)left < sizeof buf ? (size_t)left : sizeof buf;
+            size_t r = pmb_read_full(in, buf, want);
+            if (!r)
                 copy_fail(chroot, "read", from);
-            for (ssize_t o = 0; o < r; o += w) {
-                w = write(out, buf + o, (size_t)(r - o));
-                if (w < 0 && errno == EINTR)
-                    w = 0;
-                else if (w <= 0)
-                    copy_fail(chroot, "write", to);
-            }
-            w = r;
+            if (pmb_write_all(out, buf, r))
+                copy_fail(chroot, "write", to);
+            w = (ssize_t)r;
         }
         if (w < 0 && errno == EINTR)
             continue;
@@ -590,57 +537,10 @@ static void poke(void)
 
 static void read_exact(int fd, unsigned char *buf, size_t n, const char *file)
 {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, buf + got, n - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            pmb_die("package '%s': read failed after %zu of %zu bytes: %s", file, got, n,
-                    r < 0 ? strerror(errno) : "unexpected end of file (truncated?)");
-        got += (size_t)r;
-    }
-}
-
-/* Give each of nw unpacking workers (threads of the unpacking ranks) a set
- * of shards with about the same cost (largest first, each to the least
- * loaded worker).  Cost: unpacked bytes plus PMB_FILE_COST per file (creating
- * a file, setting its mode and times costs about as much as writing 8 KiB:
- * measured per thread on /dev/shm, 2.5 ms per MB and 25 us per file). */
-#define PMB_FILE_COST 8192u
-static uint64_t shard_cost(const pmb_shard *sh)
-{
-    uint64_t f = sh->nfiles > UINT64_MAX / 2 / PMB_FILE_COST ? UINT64_MAX / 2 : sh->nfiles * PMB_FILE_COST;
-    return sh->usize > UINT64_MAX / 2 - f ? UINT64_MAX / 2 : sh->usize + f;
-}
-
-void pmb_assign_shards(const pmb_manifest *m, int nw, int *owner)
-{
-    int n = m->nshards;
-    int *order = pmb_xmalloc(sizeof(int) * (size_t)n);
-    uint64_t *load = calloc((size_t)nw, sizeof *load);
-    if (!load)
-        pmb_die("out of memory");
-    for (int i = 0; i < n; i++)
-        order[i] = i;
-    for (int i = 1; i < n; i++) { /* insertion sort by cost, descending (n is small) */
-        int v = order[i], j = i - 1;
-        while (j >= 0 && shard_cost(&m->shards[order[j]]) < shard_cost(&m->shards[v])) {
-            order[j + 1] = order[j];
-            j--;
-        }
-        order[j + 1] = v;
-    }
-    for (int i = 0; i < n; i++) {
-        int best = 0;
-        for (int w = 1; w < nw; w++)
-            if (load[w] < load[best])
-                best = w;
-        owner[order[i]] = best;
-        load[best] += shard_cost(&m->shards[order[i]]) + 1;
-    }
-    free(order);
-    free(load);
+    size_t got = pmb_read_full(fd, buf, n);
+    if (got < n)
+        pmb_die("package '%s': read failed after %zu of %zu bytes: %s", file, got, n,
+                errno ? strerror(errno) : "unexpected end of file (truncated?)");
 }
 
 /* Where the chunks live: on a node that unpacks with several ranks, in a
@@ -725,9 +625,9 @@ typedef struct {
  * unpack their own shards.  Up to nbuf chunks are in flight: a buffer is
  * refilled once every worker of the node is done with its chunk, so
  * unpacking runs while later chunks arrive.  Only this thread calls MPI.
- * t[]: read, receive (until the last chunk is in), unpack (the rest). */
+ * Adds to rep: read, bcast (until the last chunk is in), unpack (the rest). */
 static void stage_package(pmb_manifest *m, int fd, int unpack, const pmb_team *tm,
-                          pmb_buffers *bufs, const char *tmp, double *t,
+                          pmb_buffers *bufs, const char *tmp, pmb_stage_report *rep,
                           uint64_t *files_out, uint64_t *bytes_out)
 {
     const uint64_t chunk = pmb_cfg.chunk, total = m->payload_size;
@@ -780,7 +680,7 @@ static void stage_package(pmb_manifest *m, int fd, int unpack, const pmb_team *t
             if (root) {
                 double tr = pmb_now();
                 read_exact(fd, b, CHUNK_LEN(posted), m->file);
-                t[0] += pmb_now() - tr;
+                rep->read += pmb_now() - tr;
             }
             MPI_Ibcast(b, (int)CHUNK_LEN(posted), MPI_BYTE, 0, pmb_c.leaders,
                        &req[posted % (uint64_t)nbuf]);
@@ -841,20 +741,19 @@ static void stage_package(pmb_manifest *m, int fd, int unpack, const pmb_team *t
             ns = 1000;
             continue;
         }
-        if (pool)
-            pmb_pool_wait(pool, ns);
-        else {
-            struct timespec ts = {0, ns};
-            nanosleep(&ts, NULL);
+        if (!pool) {
+            pmb_backoff(&ns, 1000000);
+            continue;
         }
+        pmb_pool_wait(pool, ns);
         if (ns < 1000000)
             ns *= 2;
     }
 #undef CHUNK_LEN
     if (!t_in)
         t_in = pmb_now();
-    t[1] += t_in - t0;
-    t[2] += pmb_now() - t_in;
+    rep->bcast += t_in - t0;
+    rep->unpack += pmb_now() - t_in;
     if (leader) {
         poke_n = 0;
         pmb_set_poke(NULL);
@@ -894,11 +793,8 @@ static void tree_id(pmb_manifest *ms, int n, char out[33])
 }
 
 /* Stage all packages; return the path of the ready tree (same on all ranks
- * of a node).  timings: read, bcast-wait, unpack, total, all nodes had or
- * waited for the tree, and on rank 0: nodes that waited for another job
- * step's staging, the longest wait; then the first layer sent (the ones
- * before it were copied from the nodes' earlier trees). */
-char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
+ * of a node); what it did in *rep (the waits on rank 0 only). */
+char *pmb_stage(pmb_manifest *ms, int n, int *fds, pmb_stage_report *rep)
 {
     double t_start = pmb_now();
     /* one node: nothing to relay, so small chunks let unpacking start while
@@ -949,7 +845,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         pmb_wait(&r);
     }
     int all_have = all[0], all_local = all[1];
-    timings[0] = timings[1] = timings[2] = 0;
+    memset(rep, 0, sizeof *rep);
     /* every rank of a node learns whether its node unpacks */
     int node_state[3] = {have, all_have, all_local};
     MPI_Bcast(node_state, 3, MPI_INT, 0, pmb_c.node);
@@ -1018,7 +914,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
             uint64_t nf = 0, nb = 0;
             for (int i = first; i < n; i++) {
                 stage_package(&ms[i], pmb_c.world_rank == 0 ? fds[i] : -1, unpacker, &team,
-                              &bufs, tmp, timings, &nf, &nb);
+                              &bufs, tmp, rep, &nf, &nb);
                 if (unpacker && unpackers != MPI_COMM_NULL) {
                     /* layers apply in order: all of this one, then its
                      * prefixes, before the next */
@@ -1100,11 +996,11 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, double *timings)
         pmb_die("staged tree %s is gone (removed by hand?): %s", tree, strerror(errno));
     int reused = all_have;
     MPI_Bcast(&reused, 1, MPI_INT, 0, pmb_c.node);
-    timings[3] = pmb_now() - t_start;
-    timings[4] = reused;
-    timings[5] = nwaited; /* on rank 0 */
-    timings[6] = most;
-    timings[7] = first; /* the layers before it were copied on the nodes */
+    rep->total = pmb_now() - t_start;
+    rep->staged = reused;
+    rep->waited = (int)nwaited; /* on rank 0 */
+    rep->wait = most;
+    rep->first = first; /* the layers before it were copied on the nodes */
     if (basefd >= 0)
         close(basefd);
     free(rec.data);

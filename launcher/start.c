@@ -24,8 +24,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "comm.h"
+#include "mpilib.h"
+#include "nodes.h"
 #include "own.h"
-#include "pmb.h"
+#include "start.h"
 
 static char *exit_tree;
 
@@ -184,20 +187,6 @@ int pmb_exec_supported(char *why, size_t len)
     return 1;
 }
 
-/* python-mpi --pmb-exec-check VERSION-STRING: the rule above, without MPI
- * (the tests feed it the strings of MPIs that do not run here) */
-int pmb_exec_check_main(int argc, char **argv)
-{
-    if (argc != 1) {
-        fprintf(stderr, "usage: python-mpi --pmb-exec-check VERSION-STRING\n");
-        return 2;
-    }
-    char why[256] = "";
-    int ok = pmb_exec_supported_by(argv[0], why, sizeof why);
-    printf("%s\n", ok ? "supported" : why);
-    return 0;
-}
-
 /* The exec'd interpreter preloads exec_shim.c (embedded in the launcher,
  * handed over in a memfd that survives execv) and, before it, the
  * launcher's MPI library by its path, the one the shim was linked with. */
@@ -211,15 +200,8 @@ static void preload_shim(const char *mpilib)
     if (fd < 0)
         pmb_die("exec mode: cannot create a memfd for the interpreter's MPI shim: %s",
                 strerror(errno));
-    while (len) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            pmb_die("exec mode: cannot write the interpreter's MPI shim: %s", strerror(errno));
-        p += w;
-        len -= (size_t)w;
-    }
+    if (pmb_write_all(fd, p, len))
+        pmb_die("exec mode: cannot write the interpreter's MPI shim: %s", strerror(errno));
     const char *old = getenv("LD_PRELOAD");
     char saved[PATH_MAX + 8];
     if (old) {

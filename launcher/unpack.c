@@ -35,7 +35,8 @@
 #include <unistd.h>
 #include <zstd.h>
 
-#include "pmb.h"
+#include "manifest.h"
+#include "unpack.h"
 
 enum { ST_HEADER, ST_DATA, ST_PAX };
 
@@ -75,6 +76,8 @@ struct pmb_unpacker {
     int pdirfd;
     uint64_t files, bytes, since_poke;
 };
+
+uint64_t pmb_tree_need = 0;
 
 static void (*poke_fn)(void);
 
@@ -119,9 +122,7 @@ static void no_space(pmb_unpacker *u, const char *name)
 
 pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m)
 {
-    pmb_unpacker *u = calloc(1, sizeof *u);
-    if (!u)
-        pmb_die("out of memory");
+    pmb_unpacker *u = pmb_xcalloc(1, sizeof *u);
     u->m = m;
     snprintf(u->root, sizeof u->root, "%s", root);
     u->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -517,17 +518,10 @@ static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
         if (u->remaining) {
             size_t take = u->remaining < n ? (size_t)u->remaining : n;
             if (u->state == ST_DATA) {
-                size_t off = 0;
-                while (off < take) {
-                    ssize_t w = write(u->fd, p + off, take - off);
-                    if (w < 0) {
-                        if (errno == EINTR)
-                            continue;
-                        if (errno == ENOSPC)
-                            no_space(u, u->name);
-                        UFAIL(u, "cannot write %s/%s: %s", u->root, u->name, strerror(errno));
-                    }
-                    off += (size_t)w;
+                if (pmb_write_all(u->fd, p, take)) {
+                    if (errno == ENOSPC)
+                        no_space(u, u->name);
+                    UFAIL(u, "cannot write %s/%s: %s", u->root, u->name, strerror(errno));
                 }
                 u->bytes += take;
             } else {
@@ -703,20 +697,6 @@ void pmb_check_totals(const pmb_manifest *m, uint64_t files, uint64_t bytes)
 
 /* ---- prefixes ----------------------------------------------------------- */
 
-static void write_all(int fd, const char *data, size_t n, const char *what)
-{
-    size_t off = 0;
-    while (off < n) {
-        ssize_t w = write(fd, data + off, n - off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            pmb_die("cannot write %s: %s", what, strerror(errno));
-        }
-        off += (size_t)w;
-    }
-}
-
 /* The final path as it must be written inside a Python string literal (a
  * prefix-bearing text file whose name ends in ".py", e.g. _sysconfigdata:
  * its paths are quoted literals): backslash, both quotes and control bytes
@@ -794,15 +774,8 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
                     "the package)", m->file, pf->path);
         size_t size = (size_t)st.st_size;
         char *data = pmb_xmalloc(size + 1);
-        size_t got = 0;
-        while (got < size) {
-            ssize_t r = read(fd, data + got, size - got);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                pmb_die("cannot read %s/%s while patching prefixes", root, pf->path);
-            got += (size_t)r;
-        }
+        if (pmb_read_full(fd, data, size) < size)
+            pmb_die("cannot read %s/%s while patching prefixes", root, pf->path);
         close(fd);
         size_t cap = size;
         if (!pf->binary && nlen > olen) { /* exact size: count the hits first */
@@ -856,7 +829,8 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
         int wfd = openat(pfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (wfd < 0)
             pmb_die("cannot write %s/%s: %s", root, tmp, strerror(errno));
-        write_all(wfd, out, o, tmp);
+        if (pmb_write_all(wfd, out, o))
+            pmb_die("cannot write %s: %s", tmp, strerror(errno));
         if (fchmod(wfd, st.st_mode & 0777))
             pmb_die("cannot set mode of %s: %s", tmp, strerror(errno));
         if (close(wfd) || renameat(pfd, tmp, pfd, leaf))
@@ -900,29 +874,17 @@ void pmb_repatch_prefixes(const char *root, const char *old_root, const char *ne
             close(fd);
             continue;
         }
-        size_t size = (size_t)st.st_size, got = 0;
+        size_t size = (size_t)st.st_size;
         char *data = pmb_xmalloc(size + 1);
-        while (got < size) {
-            ssize_t r = pread(fd, data + got, size - got, (off_t)got);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                pmb_die("cannot read %s while patching prefixes", path);
-            got += (size_t)r;
-        }
+        if (pmb_pread_full(fd, data, size, 0) < size)
+            pmb_die("cannot read %s while patching prefixes", path);
         int changed = 0;
         for (char *p = data; len && (p = memmem(p, size - (size_t)(p - data), from, len)); p += len) {
             memcpy(p, to, len);
             changed = 1;
         }
-        for (size_t off = 0; changed && off < size;) {
-            ssize_t w = pwrite(fd, data + off, size - off, (off_t)off);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0)
-                pmb_die("cannot write %s while patching prefixes: %s", path, strerror(errno));
-            off += (size_t)w;
-        }
+        if (changed && pmb_pwrite_all(fd, data, size, 0))
+            pmb_die("cannot write %s while patching prefixes: %s", path, strerror(errno));
         if (close(fd))
             pmb_die("cannot write %s while patching prefixes: %s", path, strerror(errno));
         free(data);
@@ -945,69 +907,3 @@ int pmb_rmtree(const char *path)
 }
 
 /* ---- python-mpi --pmb-unpack DEST FINAL PKG... ---------------------------- */
-
-/* Unpack packages in order into the existing directory DEST, patching
- * prefixes for FINAL, without MPI: the reader behind `python-mpi-bcast
- * unpack`.  One line on stderr and exit status 1 on any problem. */
-int pmb_unpack_main(int argc, char **argv)
-{
-    if (argc < 3) {
-        fprintf(stderr, "usage: python-mpi --pmb-unpack DEST FINAL PKG...\n");
-        return 2;
-    }
-    const char *dest = argv[0], *final_root = argv[1];
-    int n = argc - 2;
-    pmb_manifest *ms = calloc((size_t)n, sizeof *ms);
-    int *fds = calloc((size_t)n, sizeof *fds);
-    if (!ms || !fds)
-        pmb_die("out of memory");
-    for (int i = 0; i < n; i++)
-        pmb_manifest_read_file(&ms[i], NULL, argv[2 + i], &fds[i]);
-    /* the launcher's pipeline without MPI: this thread reads chunks into a
-     * ring, the pool's threads unpack them (threads.c) */
-    pmb_config_threads(&pmb_cfg);
-    int nt = pmb_threads_local();
-    const uint64_t chunk = 4u << 20;
-    const int nbuf = 8;
-    for (int i = 0; i < n; i++)
-        pmb_tree_need += ms[i].unpacked_size;
-    unsigned char *buf = pmb_xmalloc(chunk * nbuf);
-    for (int i = 0; i < n; i++) {
-        pmb_manifest *m = &ms[i];
-        if (lseek(fds[i], (off_t)m->payload_start, SEEK_SET) < 0)
-            pmb_die("package '%s': seek failed: %s", m->file, strerror(errno));
-        int *owner = pmb_xmalloc(sizeof(int) * (size_t)m->nshards);
-        pmb_assign_shards(m, nt, owner);
-        pmb_pool *pool = pmb_pool_new(dest, m, owner, 0, nt, buf, chunk, nbuf, nt == 1);
-        uint64_t nchunks = (m->payload_size + chunk - 1) / chunk;
-        for (uint64_t k = 0; k < nchunks; k++) {
-            pmb_pool_check(pool); /* a failure ends the unpack now, not at the end */
-            while (k >= nbuf && pmb_pool_done(pool) <= k - nbuf) {
-                pmb_pool_wait(pool, 1000000);
-                pmb_pool_check(pool);
-            }
-            uint64_t off = k * chunk;
-            size_t want = m->payload_size - off < chunk ? (size_t)(m->payload_size - off) : chunk;
-            unsigned char *b = buf + (k % nbuf) * chunk;
-            size_t got = 0;
-            while (got < want) {
-                ssize_t r = read(fds[i], b + got, want - got);
-                if (r < 0 && errno == EINTR)
-                    continue;
-                if (r <= 0)
-                    pmb_die("package '%s': read failed: %s", m->file,
-                            r < 0 ? strerror(errno) : "unexpected end of file");
-                got += (size_t)r;
-            }
-            pmb_pool_publish(pool, k + 1);
-        }
-        uint64_t files, bytes;
-        pmb_pool_finish(pool, &files, &bytes);
-        free(owner);
-        pmb_check_totals(m, files, bytes);
-        pmb_patch_prefixes(dest, final_root, m);
-        close(fds[i]);
-    }
-    free(buf);
-    return 0;
-}

@@ -1,7 +1,10 @@
 /* Helpers every phase of the launcher uses: the global state error
  * reporting needs, one-line errors that end the whole job (pmb_die), log
- * lines, the clock and checked allocation. */
+ * lines, the clock, the back-off of wait loops, full reads and writes and
+ * checked allocation.  The bottom layer: it calls no other file of the
+ * launcher (tests/test_layers.py). */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +19,7 @@ pmb_config pmb_cfg = {0};
 int pmb_mpi_up = 0;
 int pmb_collective_phase = 0;
 int pmb_thread_level = MPI_THREAD_SINGLE;
-uint64_t pmb_tree_need = 0;
+__thread void (*pmb_thread_die)(const char *msg);
 
 /* This node's name as its users know it (the host name up to the first
  * dot: what srun prints in "srun: error: n3: task 2: ..."). */
@@ -85,6 +88,16 @@ void pmb_abort_grace(void)
     nanosleep(&ts, NULL);
 }
 
+/* Sleep *ns nanoseconds, then double *ns up to max: how every wait loop
+ * that polls backs off. */
+void pmb_backoff(long *ns, long max)
+{
+    struct timespec ts = {*ns / 1000000000, *ns % 1000000000};
+    nanosleep(&ts, NULL);
+    if (*ns < max)
+        *ns *= 2;
+}
+
 double pmb_now(void)
 {
     struct timespec ts;
@@ -106,4 +119,97 @@ char *pmb_xstrdup(const char *s)
     if (!p)
         pmb_die("out of memory");
     return p;
+}
+
+void *pmb_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        pmb_die("out of memory");
+    return p;
+}
+
+void *pmb_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        pmb_die("out of memory (%zu bytes)", n);
+    return q;
+}
+
+/* Read n bytes (retrying after signals); the bytes read: n, or fewer with
+ * errno 0 at the end of the file, errno set after an error. */
+size_t pmb_read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+    errno = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0 && errno == EINTR) {
+            errno = 0;
+            continue;
+        }
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    return got;
+}
+
+/* pmb_read_full at offset off (the file position does not move) */
+size_t pmb_pread_full(int fd, void *buf, size_t n, uint64_t off)
+{
+    size_t got = 0;
+    errno = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
+        if (r < 0 && errno == EINTR) {
+            errno = 0;
+            continue;
+        }
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    return got;
+}
+
+/* Write all n bytes (retrying after signals): 0, or -1 with errno set (EIO
+ * when a write wrote nothing). */
+int pmb_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* pmb_write_all at offset off (the file position does not move) */
+int pmb_pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            if (w == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
 }

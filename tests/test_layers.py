@@ -8,16 +8,24 @@ import each other), and no set of modules imports itself around a circle.
 The walk reads every import of every module with ``ast``, function-local
 ones included (they are how circles hid before).  The checker is proven to
 fail on a small package written to tmp_path with a planted upward import, a
-sibling import and a circle."""
+sibling import and a circle.
+
+The C launcher (launcher/*.c) is layered the same way (see launcher/pmb.h):
+each file is compiled and ``nm`` says which file's symbols it uses; a file
+may use only files of lower layers, each through that file's header."""
 
 from __future__ import annotations
 
 import ast
 import os
+import re
+import shutil
+import subprocess
 
 import pytest
 
 import python_mpi_bcast
+from helpers import BIN, REPO
 
 #: the height of each folder; the package's own __init__ (the version) is
 #: below everything and imports nothing, __main__ is the top
@@ -186,3 +194,155 @@ def test_the_checker_fails_on_a_circle_inside_one_layer(tmp_path):
     files["package/unpack.py"] = "def g():\n    from . import store\n"
     bad = layer_violations(_write(tmp_path, files), "toy")
     assert bad == ["circle: toy.package.store -> toy.package.unpack -> toy.package.store"], bad
+
+
+# -- the C launcher ------------------------------------------------------------
+
+#: the launcher's files by layer, top first; a file uses only lower layers
+C_LAYERS = [
+    ("main", "exec_shim"),          # python-mpi; the shim an exec'd interpreter preloads
+    ("tools",),                     # the helper modes (--pmb-unpack, --pmb-info, ...)
+    ("start",),                     # embed / exec
+    ("stage",),                     # MPI distribution, node directories
+    ("nodes",),                     # holds on trees, reclaiming
+    ("mpilib",),                    # mpi4py finds the launcher's MPI
+    ("threads",),                   # the unpacking threads, shard assignment
+    ("unpack",),                    # zstd + tar into the tree
+    ("manifest", "config", "comm"),  # package headers, settings, waiting on MPI
+    ("zstd_shim",),                 # libzstd loaded at run time
+    ("util", "own", "shim_blob"),   # errors, I/O, allocation; MPI as the program sees it
+]
+#: the header through which a file's functions are used (None: data only)
+C_HEADERS = {"util": "pmb.h", "zstd_shim": "zstd.h", "shim_blob": None}
+
+
+def _c_symbols(src: str, out: str) -> tuple[dict, dict, dict]:
+    """Compile every launcher file under ``src`` into ``out``: ({symbol:
+    defining file}, {file: symbols it uses}, {file: headers it includes})."""
+    defined, used, includes = {}, {}, {}
+    blob = os.path.join(out, "empty-shim.so")
+    open(blob, "wb").close()
+    for d, _, files in os.walk(src):
+        for fn in sorted(files):
+            if not fn.endswith(".c"):
+                continue
+            name, path = fn[:-2], os.path.join(d, fn)
+            obj = os.path.join(out, name + ".o")
+            r = subprocess.run(
+                [os.path.join(BIN, "mpicc"), "-std=gnu11", "-O0", "-c", "-DPMB_ZSTD_DLOPEN=1",
+                 f'-DPMB_EXEC_SHIM_FILE="{blob}"', "-I", os.path.join(src, "zstd-shim"),
+                 "-I", src, path, "-o", obj], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            nm = subprocess.run(["nm", obj], capture_output=True, text=True, timeout=60,
+                                check=True).stdout
+            used[name] = set()
+            for line in nm.splitlines():
+                f = line.split()
+                if len(f) == 2 and f[0] == "U":
+                    used[name].add(f[1])
+                elif len(f) == 3 and f[1] in "TDBRVWGSCu":
+                    defined[f[2]] = name
+            includes[name] = _c_includes(path)
+    # what a launcher header includes counts as included (each includes pmb.h)
+    for name, inc in includes.items():
+        for h in list(inc):
+            if os.path.exists(os.path.join(src, h)):
+                inc |= _c_includes(os.path.join(src, h))
+    return defined, used, includes
+
+
+def _c_includes(path: str) -> set[str]:
+    with open(path) as f:
+        return set(re.findall(r'^#include [<"](?:\.\./)?([\w.]+)[>"]', f.read(), re.M))
+
+
+def c_layer_violations(src: str, out: str) -> list[str]:
+    """Every use of a file of the same or a higher layer, every use of a
+    lower file without its header, and every circle among the launcher
+    files under ``src`` (empty: the layers hold)."""
+    height = {n: len(C_LAYERS) - i for i, names in enumerate(C_LAYERS) for n in names}
+    defined, used, includes = _c_symbols(src, out)
+    graph: dict[str, dict[str, set]] = {n: {} for n in used}
+    for n, syms in used.items():
+        for s in syms:
+            t = defined.get(s)
+            if t and t != n:
+                graph[n].setdefault(t, set()).add(s)
+    bad = []
+    for n in sorted(graph):
+        if n not in height:
+            bad.append(f"{n}.c: not a layer (add it to C_LAYERS)")
+            continue
+        for t, syms in sorted(graph[n].items()):
+            what = f"{n}.c uses {t}.c ({', '.join(sorted(syms))})"
+            if t not in height:
+                continue  # reported as its own file
+            if height[t] > height[n]:
+                bad.append(f"{what}: upward ({n} -> {t})")
+            elif height[t] == height[n]:
+                bad.append(f"{what}: sideways in one layer ({n} -> {t})")
+            else:
+                header = C_HEADERS.get(t, t + ".h")
+                if header and header not in includes[n]:
+                    bad.append(f"{what} without #include \"{header}\"")
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for t in sorted(graph.get(n, ())):
+            if state.get(t) == 1:
+                bad.append("circle: " + " -> ".join(stack[stack.index(t):] + [t]))
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    return bad
+
+
+def test_the_launcher_calls_only_down_its_layers(tmp_path):
+    src = os.path.join(REPO, "launcher")
+    assert c_layer_violations(src, str(tmp_path)) == []
+    # the check sees the launcher: every file of every layer was compiled
+    compiled = {f[:-2] for f in os.listdir(tmp_path) if f.endswith(".o")}
+    assert compiled == {n for names in C_LAYERS for n in names}
+
+
+def test_the_launcher_check_fails_on_planted_wrong_calls(tmp_path):
+    src = tmp_path / "launcher"
+    shutil.copytree(os.path.join(REPO, "launcher"), src)
+    plants = {
+        # an upward call: the bottom layer into staging (a circle, as util.c
+        # into threads.c's pmb_thread_die once was)
+        "util.c": '#include "stage.h"\nvoid pmb_planted_up(void) { pmb_stage(0, 0, 0, 0); }\n',
+        # a call down without the layer's header (declared by hand)
+        "mpilib.c": "int pmb_threads_local(void);\n"
+                    "int pmb_planted_hidden(void) { return pmb_threads_local(); }\n",
+        # a sideways call inside one layer
+        "config.c": '#include "manifest.h"\n'
+                    'const char *pmb_planted_side(void) { return pmb_path_problem("a", 1); }\n',
+    }
+    for fn, text in plants.items():
+        with open(src / fn, "a") as f:
+            f.write(text)
+    (src / "extra.c").write_text("int pmb_planted_extra;\n")
+    out = tmp_path / "obj"
+    out.mkdir()
+    bad = c_layer_violations(str(src), str(out))
+    expected = [
+        "util.c uses stage.c (pmb_stage): upward (util -> stage)",
+        'mpilib.c uses threads.c (pmb_threads_local) without #include "threads.h"',
+        "config.c uses manifest.c (pmb_path_problem): sideways in one layer (config -> manifest)",
+        "extra.c: not a layer (add it to C_LAYERS)",
+    ]
+    for line in expected:
+        assert line in bad, bad
+    # and the upward call closes a circle through staging and util
+    circles = [b for b in bad if b.startswith("circle: ")]
+    assert circles and all("stage" in c and "util" in c for c in circles), bad
+    assert sorted(bad) == sorted(expected + circles), bad

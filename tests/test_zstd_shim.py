@@ -1,5 +1,5 @@
 """The launcher builds without libzstd's headers: launcher/zstd-shim/zstd.h
-declares the stable API it uses and launcher/zstd_shim.c loads
+declares the stable API it uses and launcher/zstd-shim/zstd_shim.c loads
 libzstd.so.1 at run time.  Both builds must answer every call the same way."""
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def test_shim_and_header_builds_answer_the_same(tmp_path):
     header = build(tmp_path, "with-header", ["-lzstd"])
     shim = build(tmp_path, "with-shim", [
         "-DPMB_ZSTD_DLOPEN=1", "-I", os.path.join(REPO, "launcher", "zstd-shim"),
-        "-I", os.path.join(REPO, "launcher"), os.path.join(REPO, "launcher", "zstd_shim.c"),
+        "-I", os.path.join(REPO, "launcher"),
+        os.path.join(REPO, "launcher", "zstd-shim", "zstd_shim.c"),
         "-ldl"])
     assert "libzstd" not in run(["ldd", shim], timeout=30).stdout
     a = run([header, str(data)], timeout=60).stdout
@@ -62,7 +63,8 @@ def test_missing_libzstd_is_one_line_naming_the_package(tmp_path):
     data.write_bytes(frames())
     shim = build(tmp_path, "with-shim", [
         "-DPMB_ZSTD_DLOPEN=1", "-I", os.path.join(REPO, "launcher", "zstd-shim"),
-        "-I", os.path.join(REPO, "launcher"), os.path.join(REPO, "launcher", "zstd_shim.c"),
+        "-I", os.path.join(REPO, "launcher"),
+        os.path.join(REPO, "launcher", "zstd-shim", "zstd_shim.c"),
         "-ldl"])
     lib = run(["sh", "-c", "ldconfig -p | grep -m1 'libzstd.so.1 ' | sed 's/.*=> //'"],
               timeout=30).stdout.strip()

@@ -6,8 +6,8 @@
 #include <link.h>
 #include <stdio.h>
 
-#include "zstd-shim/zstd.h"
-#include "pmb.h"
+#include "zstd.h"
+#include "../pmb.h"
 
 #define PMB_ZSTD_SONAME "libzstd.so.1"
 #define PMB_ZSTD_MIN_VERSION 10400 /* 1.4.0: ZSTD_DCtx_reset and findFrameCompressedSize are stable */
