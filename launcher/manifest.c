@@ -165,12 +165,244 @@ static int parse_hash(const char *s, size_t n, unsigned char out[32])
     return 0;
 }
 
-#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
-
 static const char *const KEYS[] = {"name", "kind", "python", "abi", "platform", "libpython",
                                    "executable", "site_dir", "unpacked_size", "files",
                                    "payload_size", "content_hash", "created_by", "sources"};
 #define NKEYS (int)(sizeof KEYS / sizeof KEYS[0])
+
+/* The parser's state between lines: the line's fields, which keys were
+ * seen, the phase (0 keys, 1 shard lines, 2 prefix lines, 3 ended) and the
+ * shard sums so far.  Each step below returns 0, or -1 with err set. */
+typedef struct {
+    pmb_manifest *m;
+    char *err;
+    size_t errlen;
+    int lineno;
+    const char *f[7];
+    size_t fl[7];
+    int nf;
+    int seen[NKEYS];
+    int phase;
+    long long declared;
+    uint64_t off, nfiles, usum;
+    int cap_p;
+} mparse;
+
+#define PFAIL(...) do { snprintf(p->err, p->errlen, __VA_ARGS__); return -1; } while (0)
+#define IS(k, s) (p->fl[k] == strlen(s) && !memcmp(p->f[k], s, p->fl[k]))
+
+/* the whole text: ends with a newline, no control bytes but newlines */
+static int check_text(mparse *p, const char *text, size_t len)
+{
+    if (!len || text[len - 1] != '\n')
+        PFAIL("corrupt manifest (does not end with a newline)");
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if ((c < 0x20 && c != '\n') || c == 0x7f)
+            PFAIL("corrupt manifest (control byte 0x%02x)", c);
+    }
+    return 0;
+}
+
+/* a line of ll bytes into 1 to 7 fields separated by single spaces */
+static int split_line(mparse *p, const char *line, size_t ll)
+{
+    p->nf = 0;
+    size_t i = 0;
+    while (i <= ll) {
+        size_t j = i;
+        while (j < ll && line[j] != ' ')
+            j++;
+        if (j == i)
+            PFAIL("corrupt manifest (empty field in line %d)", p->lineno);
+        if (p->nf == 7)
+            PFAIL("corrupt manifest (too many fields in line %d)", p->lineno);
+        p->f[p->nf] = line + i;
+        p->fl[p->nf++] = j - i;
+        i = j + 1;
+    }
+    return 0;
+}
+
+static int header_line(mparse *p)
+{
+    if (p->nf != 2 || !IS(0, "python-mpi-bcast-package"))
+        PFAIL("not a python-mpi-bcast package (bad manifest header)");
+    if (!IS(1, "2"))
+        PFAIL("package format version %.*s is not supported (this python-mpi reads "
+              "version %d); re-pack it with python-mpi-bcast pack",
+              (int)(p->fl[1] < 20 ? p->fl[1] : 20), p->f[1], PMB_FORMAT_VERSION);
+    return 0;
+}
+
+static int shards_line(mparse *p)
+{
+    uint64_t n;
+    if (p->phase != 0 || p->nf != 2)
+        PFAIL("corrupt manifest (misplaced 'shards' line)");
+    if (parse_num(p->f[1], p->fl[1], &n) || n < 1 || n > PMB_MAX_SHARDS)
+        PFAIL("corrupt manifest (bad shard count)");
+    static const int required[] = {0, 1, 8, 9, 10, 11};
+    for (int r = 0; r < 6; r++)
+        if (!p->seen[required[r]])
+            PFAIL("corrupt manifest (no '%s' line)", KEYS[required[r]]);
+    p->declared = (long long)n;
+    p->m->shards = calloc((size_t)n, sizeof(pmb_shard));
+    if (!p->m->shards)
+        PFAIL("out of memory");
+    p->phase = 1;
+    return 0;
+}
+
+static int shard_line(mparse *p)
+{
+    pmb_manifest *m = p->m;
+    if (p->phase != 1 || p->nf != 6)
+        PFAIL("corrupt manifest (bad shard line %d)", p->lineno);
+    pmb_shard *sh = &m->shards[m->nshards];
+    if (parse_num(p->f[1], p->fl[1], &sh->offset) || parse_num(p->f[2], p->fl[2], &sh->csize) ||
+        parse_num(p->f[3], p->fl[3], &sh->usize) || parse_num(p->f[4], p->fl[4], &sh->nfiles) ||
+        parse_hash(p->f[5], p->fl[5], sh->sha))
+        PFAIL("corrupt manifest (bad shard line %d)", p->lineno);
+    if (sh->offset != p->off)
+        PFAIL("corrupt manifest (shard %d is not contiguous)", m->nshards);
+    if (sh->csize < 1 || sh->usize % 512 || sh->nfiles > sh->usize / 512)
+        PFAIL("corrupt manifest (shard %d has impossible sizes)", m->nshards);
+    if (sh->csize > PMB_MAX_U63 - p->off || sh->usize > PMB_MAX_U63 - p->usum)
+        PFAIL("corrupt manifest (shard sizes overflow)");
+    p->off += sh->csize;
+    p->usum += sh->usize;
+    p->nfiles += sh->nfiles; /* <= usum / 512: cannot overflow */
+    if (++m->nshards == p->declared)
+        p->phase = 2;
+    return 0;
+}
+
+static int prefix_line(mparse *p)
+{
+    pmb_manifest *m = p->m;
+    if (p->phase != 2 || p->nf != 4)
+        PFAIL("corrupt manifest (bad prefix line %d)", p->lineno);
+    int binary = IS(1, "binary");
+    if (!binary && !IS(1, "text"))
+        PFAIL("corrupt manifest (prefix mode must be text or binary, line %d)", p->lineno);
+    size_t pl, hl;
+    char *path = decode(p->f[2], p->fl[2], &pl), *ph = decode(p->f[3], p->fl[3], &hl);
+    if (!path || !ph) {
+        free(path);
+        free(ph);
+        PFAIL("corrupt manifest (bad percent-encoding in line %d)", p->lineno);
+    }
+    const char *why = pmb_path_problem(path, pl);
+    if (why) {
+        snprintf(p->err, p->errlen, "corrupt manifest (prefix file path: %s)", why);
+        free(path);
+        free(ph);
+        return -1;
+    }
+    if (m->nprefix == p->cap_p) {
+        p->cap_p = p->cap_p ? 2 * p->cap_p : 16;
+        pmb_prefix *np = realloc(m->prefix, sizeof(pmb_prefix) * (size_t)p->cap_p);
+        if (!np)
+            PFAIL("out of memory");
+        m->prefix = np;
+    }
+    pmb_prefix *x = &m->prefix[m->nprefix++];
+    x->binary = binary;
+    x->path = path;
+    x->placeholder = ph;
+    return 0;
+}
+
+/* "KEY VALUE" before the shards: each key once, its value checked */
+static int key_line(mparse *p)
+{
+    pmb_manifest *m = p->m;
+    int k = 0;
+    while (k < NKEYS && !IS(0, KEYS[k]))
+        k++;
+    if (k == NKEYS)
+        PFAIL("corrupt manifest (unknown line %d '%.*s')", p->lineno,
+              (int)(p->fl[0] < 40 ? p->fl[0] : 40), p->f[0]);
+    if (p->phase != 0 || p->nf != 2 || p->seen[k])
+        PFAIL("corrupt manifest (misplaced or repeated '%s' line)", KEYS[k]);
+    p->seen[k] = 1;
+    size_t vl;
+    char *v = decode(p->f[1], p->fl[1], &vl);
+    if (!v)
+        PFAIL("corrupt manifest (bad percent-encoding in line %d)", p->lineno);
+    const char *key = KEYS[k];
+    int bad = 0;
+    if (!strcmp(key, "unpacked_size")) bad = parse_num(v, vl, &m->unpacked_size);
+    else if (!strcmp(key, "files")) bad = parse_num(v, vl, &m->files);
+    else if (!strcmp(key, "payload_size")) bad = parse_num(v, vl, &m->payload_size);
+    else if (!strcmp(key, "content_hash")) bad = parse_hash(v, vl, m->content_hash);
+    else if (!strcmp(key, "kind"))
+        bad = strcmp(v, "interpreter") && strcmp(v, "environment") && strcmp(v, "directory");
+    else if (!strcmp(key, "libpython") || !strcmp(key, "executable") || !strcmp(key, "site_dir"))
+        bad = pmb_path_problem(v, vl) != NULL;
+    if (bad) {
+        free(v);
+        PFAIL("corrupt manifest (bad '%s' value)", key);
+    }
+    if (!strcmp(key, "name")) m->name = v;
+    else if (!strcmp(key, "kind")) m->kind = v;
+    else if (!strcmp(key, "python")) m->python = v;
+    else if (!strcmp(key, "abi")) m->abi = v;
+    else if (!strcmp(key, "libpython")) m->libpython = v;
+    else if (!strcmp(key, "executable")) m->executable = v;
+    else if (!strcmp(key, "site_dir")) m->site_dir = v;
+    else free(v);
+    return 0;
+}
+
+/* after the last line: ended, and the shards agree with the keys */
+static int check_ended(mparse *p)
+{
+    pmb_manifest *m = p->m;
+    if (p->phase != 3)
+        PFAIL("corrupt or truncated manifest (no 'end' line)");
+    if (p->off != m->payload_size)
+        PFAIL("corrupt manifest (shards cover %llu bytes, payload is %llu)",
+              (unsigned long long)p->off, (unsigned long long)m->payload_size);
+    if (p->nfiles != m->files)
+        PFAIL("corrupt manifest (shards hold %llu files, manifest says %llu)",
+              (unsigned long long)p->nfiles, (unsigned long long)m->files);
+    if (m->unpacked_size > p->usum)
+        PFAIL("corrupt manifest (unpacked_size larger than the shards)");
+    pmb_shard *tail = &m->shards[m->nshards - 1];
+    if (tail->usize != 1024 || tail->nfiles != 0)
+        PFAIL("corrupt manifest (last shard is not the archive end)");
+    return 0;
+}
+
+/* one line: the header first, then keys, shards, prefixes, end */
+static int parse_line(mparse *p, const char *line, size_t ll)
+{
+    if (p->phase == 3)
+        PFAIL("corrupt manifest (text after 'end')");
+    if (!ll)
+        PFAIL("corrupt manifest (empty line %d)", p->lineno);
+    if (split_line(p, line, ll))
+        return -1;
+    if (p->lineno == 1)
+        return header_line(p);
+    if (IS(0, "shards"))
+        return shards_line(p);
+    if (IS(0, "shard"))
+        return shard_line(p);
+    if (IS(0, "prefix"))
+        return prefix_line(p);
+    if (IS(0, "end")) {
+        if (p->phase != 2 || p->nf != 1)
+            PFAIL("corrupt manifest (misplaced 'end')");
+        p->phase = 3;
+        return 0;
+    }
+    return key_line(p);
+}
+#undef IS
+#undef PFAIL
 
 /* Parse manifest text (a copy is kept in m->text).  0 or -1 with err set. */
 int pmb_manifest_parse(pmb_manifest *m, const char *text, size_t len, char *err, size_t errlen)
@@ -182,178 +414,19 @@ int pmb_manifest_parse(pmb_manifest *m, const char *text, size_t len, char *err,
     memcpy(m->text, text, len);
     m->text[len] = 0;
     m->text_len = len;
-    if (!len || text[len - 1] != '\n')
-        FAIL("corrupt manifest (does not end with a newline)");
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if ((c < 0x20 && c != '\n') || c == 0x7f)
-            FAIL("corrupt manifest (control byte 0x%02x)", c);
-    }
-    int seen[NKEYS] = {0};
-    int phase = 0; /* 0 keys, 1 shard lines, 2 prefix lines, 3 ended */
-    long long declared = 0;
-    uint64_t off = 0, nfiles = 0, usum = 0;
-    int cap_p = 0, lineno = 0;
+    mparse p = {.m = m, .err = err, .errlen = errlen};
+    if (check_text(&p, text, len))
+        return -1;
     size_t pos = 0;
     while (pos < len) {
         const char *line = text + pos;
         size_t ll = (size_t)((const char *)memchr(line, '\n', len - pos) - line);
         pos += ll + 1;
-        lineno++;
-        if (phase == 3)
-            FAIL("corrupt manifest (text after 'end')");
-        if (!ll)
-            FAIL("corrupt manifest (empty line %d)", lineno);
-        const char *f[7];
-        size_t fl[7];
-        int nf = 0;
-        size_t i = 0;
-        while (i <= ll) {
-            size_t j = i;
-            while (j < ll && line[j] != ' ')
-                j++;
-            if (j == i)
-                FAIL("corrupt manifest (empty field in line %d)", lineno);
-            if (nf == 7)
-                FAIL("corrupt manifest (too many fields in line %d)", lineno);
-            f[nf] = line + i;
-            fl[nf++] = j - i;
-            i = j + 1;
-        }
-#define IS(k, s) (fl[k] == strlen(s) && !memcmp(f[k], s, fl[k]))
-        if (lineno == 1) {
-            if (nf != 2 || !IS(0, "python-mpi-bcast-package"))
-                FAIL("not a python-mpi-bcast package (bad manifest header)");
-            if (!IS(1, "2"))
-                FAIL("package format version %.*s is not supported (this python-mpi reads "
-                     "version %d); re-pack it with python-mpi-bcast pack",
-                     (int)(fl[1] < 20 ? fl[1] : 20), f[1], PMB_FORMAT_VERSION);
-            continue;
-        }
-        if (IS(0, "shards")) {
-            uint64_t n;
-            if (phase != 0 || nf != 2)
-                FAIL("corrupt manifest (misplaced 'shards' line)");
-            if (parse_num(f[1], fl[1], &n) || n < 1 || n > PMB_MAX_SHARDS)
-                FAIL("corrupt manifest (bad shard count)");
-            static const int required[] = {0, 1, 8, 9, 10, 11};
-            for (int r = 0; r < 6; r++)
-                if (!seen[required[r]])
-                    FAIL("corrupt manifest (no '%s' line)", KEYS[required[r]]);
-            declared = (long long)n;
-            m->shards = calloc((size_t)n, sizeof(pmb_shard));
-            if (!m->shards)
-                FAIL("out of memory");
-            phase = 1;
-        } else if (IS(0, "shard")) {
-            if (phase != 1 || nf != 6)
-                FAIL("corrupt manifest (bad shard line %d)", lineno);
-            pmb_shard *sh = &m->shards[m->nshards];
-            if (parse_num(f[1], fl[1], &sh->offset) || parse_num(f[2], fl[2], &sh->csize) ||
-                parse_num(f[3], fl[3], &sh->usize) || parse_num(f[4], fl[4], &sh->nfiles) ||
-                parse_hash(f[5], fl[5], sh->sha))
-                FAIL("corrupt manifest (bad shard line %d)", lineno);
-            if (sh->offset != off)
-                FAIL("corrupt manifest (shard %d is not contiguous)", m->nshards);
-            if (sh->csize < 1 || sh->usize % 512 || sh->nfiles > sh->usize / 512)
-                FAIL("corrupt manifest (shard %d has impossible sizes)", m->nshards);
-            if (sh->csize > PMB_MAX_U63 - off || sh->usize > PMB_MAX_U63 - usum)
-                FAIL("corrupt manifest (shard sizes overflow)");
-            off += sh->csize;
-            usum += sh->usize;
-            nfiles += sh->nfiles; /* <= usum / 512: cannot overflow */
-            if (++m->nshards == declared)
-                phase = 2;
-        } else if (IS(0, "prefix")) {
-            if (phase != 2 || nf != 4)
-                FAIL("corrupt manifest (bad prefix line %d)", lineno);
-            int binary = IS(1, "binary");
-            if (!binary && !IS(1, "text"))
-                FAIL("corrupt manifest (prefix mode must be text or binary, line %d)", lineno);
-            size_t pl, hl;
-            char *path = decode(f[2], fl[2], &pl), *ph = decode(f[3], fl[3], &hl);
-            if (!path || !ph) {
-                free(path);
-                free(ph);
-                FAIL("corrupt manifest (bad percent-encoding in line %d)", lineno);
-            }
-            const char *why = pmb_path_problem(path, pl);
-            if (why) {
-                snprintf(err, errlen, "corrupt manifest (prefix file path: %s)", why);
-                free(path);
-                free(ph);
-                goto fail;
-            }
-            if (m->nprefix == cap_p) {
-                cap_p = cap_p ? 2 * cap_p : 16;
-                pmb_prefix *np = realloc(m->prefix, sizeof(pmb_prefix) * (size_t)cap_p);
-                if (!np)
-                    FAIL("out of memory");
-                m->prefix = np;
-            }
-            pmb_prefix *p = &m->prefix[m->nprefix++];
-            p->binary = binary;
-            p->path = path;
-            p->placeholder = ph;
-        } else if (IS(0, "end")) {
-            if (phase != 2 || nf != 1)
-                FAIL("corrupt manifest (misplaced 'end')");
-            phase = 3;
-        } else {
-            int k = 0;
-            while (k < NKEYS && !IS(0, KEYS[k]))
-                k++;
-            if (k == NKEYS)
-                FAIL("corrupt manifest (unknown line %d '%.*s')", lineno,
-                     (int)(fl[0] < 40 ? fl[0] : 40), f[0]);
-            if (phase != 0 || nf != 2 || seen[k])
-                FAIL("corrupt manifest (misplaced or repeated '%s' line)", KEYS[k]);
-            seen[k] = 1;
-            size_t vl;
-            char *v = decode(f[1], fl[1], &vl);
-            if (!v)
-                FAIL("corrupt manifest (bad percent-encoding in line %d)", lineno);
-            const char *key = KEYS[k];
-            int bad = 0;
-            if (!strcmp(key, "unpacked_size")) bad = parse_num(v, vl, &m->unpacked_size);
-            else if (!strcmp(key, "files")) bad = parse_num(v, vl, &m->files);
-            else if (!strcmp(key, "payload_size")) bad = parse_num(v, vl, &m->payload_size);
-            else if (!strcmp(key, "content_hash")) bad = parse_hash(v, vl, m->content_hash);
-            else if (!strcmp(key, "kind"))
-                bad = strcmp(v, "interpreter") && strcmp(v, "environment") && strcmp(v, "directory");
-            else if (!strcmp(key, "libpython") || !strcmp(key, "executable") || !strcmp(key, "site_dir"))
-                bad = pmb_path_problem(v, vl) != NULL;
-            if (bad) {
-                free(v);
-                FAIL("corrupt manifest (bad '%s' value)", key);
-            }
-            if (!strcmp(key, "name")) m->name = v;
-            else if (!strcmp(key, "kind")) m->kind = v;
-            else if (!strcmp(key, "python")) m->python = v;
-            else if (!strcmp(key, "abi")) m->abi = v;
-            else if (!strcmp(key, "libpython")) m->libpython = v;
-            else if (!strcmp(key, "executable")) m->executable = v;
-            else if (!strcmp(key, "site_dir")) m->site_dir = v;
-            else free(v);
-        }
-#undef IS
+        p.lineno++;
+        if (parse_line(&p, line, ll))
+            return -1;
     }
-    if (phase != 3)
-        FAIL("corrupt or truncated manifest (no 'end' line)");
-    if (off != m->payload_size)
-        FAIL("corrupt manifest (shards cover %llu bytes, payload is %llu)",
-             (unsigned long long)off, (unsigned long long)m->payload_size);
-    if (nfiles != m->files)
-        FAIL("corrupt manifest (shards hold %llu files, manifest says %llu)",
-             (unsigned long long)nfiles, (unsigned long long)m->files);
-    if (m->unpacked_size > usum)
-        FAIL("corrupt manifest (unpacked_size larger than the shards)");
-    pmb_shard *tail = &m->shards[m->nshards - 1];
-    if (tail->usize != 1024 || tail->nfiles != 0)
-        FAIL("corrupt manifest (last shard is not the archive end)");
-    return 0;
-fail:
-    return -1;
+    return check_ended(&p);
 }
 
 /* The manifest frame's body: one checksummed zstd frame holding the text. */

@@ -792,6 +792,113 @@ static void tree_id(pmb_manifest *ms, int n, char out[33])
         snprintf(out + 2 * k, 3, "%02x", (unsigned)(h >> (120 - 8 * k)) & 0xff);
 }
 
+/* The node's unpacking ranks (this one if `unpacker`) as a team, with
+ * each rank's threads and the index of its first worker.  Collective on
+ * the node. */
+static void team_open(pmb_team *team, int unpacker)
+{
+    MPI_Comm unpackers;
+    MPI_Comm_split(pmb_c.node, unpacker ? 0 : MPI_UNDEFINED, pmb_c.node_rank, &unpackers);
+    *team = (pmb_team){MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL, 1, 0, 1, 0, 1, 0};
+    team->inline_mode = pmb_thread_level < MPI_THREAD_FUNNELED;
+    if (unpackers == MPI_COMM_NULL)
+        return;
+    team->comm = unpackers;
+    MPI_Comm_size(unpackers, &team->nw);
+    MPI_Comm_rank(unpackers, &team->me);
+    MPI_Comm_dup(unpackers, &team->ready);
+    MPI_Comm_dup(unpackers, &team->done);
+    /* threads per rank, and where each rank's workers start */
+    team->threads = pmb_threads_for(unpackers);
+    int *per = pmb_xmalloc(sizeof(int) * (size_t)team->nw);
+    MPI_Request r;
+    MPI_Iallgather(&team->threads, 1, MPI_INT, per, 1, MPI_INT, unpackers, &r);
+    pmb_wait(&r);
+    team->first = team->workers = 0;
+    for (int i = 0; i < team->nw; i++) {
+        if (i < team->me)
+            team->first += per[i];
+        team->workers += per[i];
+    }
+    free(per);
+}
+
+static void team_close(pmb_team *team)
+{
+    if (team->comm == MPI_COMM_NULL)
+        return;
+    MPI_Comm_free(&team->ready);
+    MPI_Comm_free(&team->done);
+    MPI_Comm_free(&team->comm);
+}
+
+/* Layers first..n-1 from rank 0 into `tmp` on every node that stages.
+ * Layers apply in order: all of one, then its prefixes, before the next
+ * (the node's unpacking ranks wait for each other in between). */
+static void send_layers(pmb_manifest *ms, int first, int n, const int *fds, int unpacker,
+                        const pmb_team *team, pmb_buffers *bufs, const char *tmp,
+                        const char *tree, pmb_stage_report *rep, uint64_t *nf, uint64_t *nb)
+{
+    for (int i = first; i < n; i++) {
+        stage_package(&ms[i], pmb_c.world_rank == 0 ? fds[i] : -1, unpacker, team, bufs, tmp,
+                      rep, nf, nb);
+        if (!unpacker || team->comm == MPI_COMM_NULL)
+            continue;
+        MPI_Request r;
+        MPI_Ibarrier(team->comm, &r);
+        pmb_wait(&r);
+        if (pmb_c.node_rank == 0) {
+            pmb_patch_prefixes(tmp, tree, &ms[i]);
+            /* what the tree holds before a last directory layer */
+            if (i == n - 2 && !strcmp(ms[n - 1].kind, "directory"))
+                pmb_tree_write_base(tmp, tree);
+        }
+        MPI_Ibarrier(team->comm, &r);
+        pmb_wait(&r);
+    }
+}
+
+/* The leader's last step: the complete tree `tmp` becomes `tree` (or goes,
+ * when another step finished first), held and marked ready; the staging
+ * lock is given back and older trees this one supersedes go. */
+static void publish_tree(const char *chroot, const char *id, const char *tmp, const char *tree,
+                         int lockfd, pmb_manifest *ms, int n)
+{
+    pmb_tree_init_jobs(tree);
+    pmb_tree_init_layers(tree, ms, n);
+    if (chmod(tmp, 0700))
+        pmb_die("cannot chmod %s: %s", tmp, strerror(errno));
+    if (rename(tmp, tree)) {
+        if (errno == EEXIST || errno == ENOTEMPTY)
+            pmb_rmtree(tmp); /* another step finished first; its tree is complete */
+        else
+            pmb_die("cannot rename %s to %s: %s", tmp, tree, strerror(errno));
+    } else {
+        write_ready(tree);
+    }
+    if (pmb_hold_take(tree))
+        pmb_die("staged tree %s vanished right after staging: %s", tree, strerror(errno));
+    unlock_tree(chroot, id, lockfd);
+    pmb_remove_superseded(tree, ms, n);
+}
+
+/* rank 0 learns how many nodes waited for another step's staging, and
+ * how long at most (its summary must not say "already staged") */
+static void gather_waits(int waits, double waited, pmb_stage_report *rep)
+{
+    double nwaited = waits, most = 0;
+    if (pmb_c.leaders != MPI_COMM_NULL) {
+        MPI_Request r[2];
+        double one = waits;
+        MPI_Ireduce(&one, &nwaited, 1, MPI_DOUBLE, MPI_SUM, 0, pmb_c.leaders, &r[0]);
+        MPI_Ireduce(&waited, &most, 1, MPI_DOUBLE, MPI_MAX, 0, pmb_c.leaders, &r[1]);
+        pmb_wait(&r[0]);
+        pmb_wait(&r[1]);
+    }
+    rep->waited = (int)nwaited; /* on rank 0 */
+    rep->wait = most;
+}
+
 /* Stage all packages; return the path of the ready tree (same on all ranks
  * of a node); what it did in *rep (the waits on rank 0 only). */
 char *pmb_stage(pmb_manifest *ms, int n, int *fds, pmb_stage_report *rep)
@@ -863,32 +970,11 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, pmb_stage_report *rep)
     if (!all_have) {
         int nw = pmb_cfg.unpack_ranks ? pmb_cfg.unpack_ranks : pmb_c.node_size;
         int unpacker = !have && pmb_c.node_rank < nw;
-        MPI_Comm unpackers;
-        MPI_Comm_split(pmb_c.node, unpacker ? 0 : MPI_UNDEFINED, pmb_c.node_rank, &unpackers);
+        pmb_team team;
+        team_open(&team, unpacker);
+        MPI_Comm unpackers = team.comm;
         int participates = pmb_c.node_rank == 0 || unpacker;
         char tmp[PATH_MAX] = "";
-        pmb_team team = {MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL, 1, 0, 1, 0, 1, 0};
-        team.inline_mode = pmb_thread_level < MPI_THREAD_FUNNELED;
-        if (unpackers != MPI_COMM_NULL) {
-            team.comm = unpackers;
-            MPI_Comm_size(unpackers, &team.nw);
-            MPI_Comm_rank(unpackers, &team.me);
-            MPI_Comm_dup(unpackers, &team.ready);
-            MPI_Comm_dup(unpackers, &team.done);
-            /* threads per rank, and where each rank's workers start */
-            team.threads = pmb_threads_for(unpackers);
-            int *per = pmb_xmalloc(sizeof(int) * (size_t)team.nw);
-            MPI_Request r;
-            MPI_Iallgather(&team.threads, 1, MPI_INT, per, 1, MPI_INT, unpackers, &r);
-            pmb_wait(&r);
-            team.first = team.workers = 0;
-            for (int i = 0; i < team.nw; i++) {
-                if (i < team.me)
-                    team.first += per[i];
-                team.workers += per[i];
-            }
-            free(per);
-        }
         if (participates) {
             double t0 = pmb_now(), t_copy = 0;
             uint64_t cf = 0, cb = 0;
@@ -912,43 +998,10 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, pmb_stage_report *rep)
             pmb_buffers bufs;
             buffers_open(&bufs, (size_t)pmb_cfg.chunk * (size_t)pmb_cfg.nbuf, unpackers, chroot, id);
             uint64_t nf = 0, nb = 0;
-            for (int i = first; i < n; i++) {
-                stage_package(&ms[i], pmb_c.world_rank == 0 ? fds[i] : -1, unpacker, &team,
-                              &bufs, tmp, rep, &nf, &nb);
-                if (unpacker && unpackers != MPI_COMM_NULL) {
-                    /* layers apply in order: all of this one, then its
-                     * prefixes, before the next */
-                    MPI_Request r;
-                    MPI_Ibarrier(unpackers, &r);
-                    pmb_wait(&r);
-                    if (pmb_c.node_rank == 0) {
-                        pmb_patch_prefixes(tmp, tree, &ms[i]);
-                        /* what the tree holds before a last directory layer */
-                        if (i == n - 2 && !strcmp(ms[n - 1].kind, "directory"))
-                            pmb_tree_write_base(tmp, tree);
-                    }
-                    MPI_Ibarrier(unpackers, &r);
-                    pmb_wait(&r);
-                }
-            }
+            send_layers(ms, first, n, fds, unpacker, &team, &bufs, tmp, tree, rep, &nf, &nb);
             buffers_close(&bufs);
             if (pmb_c.node_rank == 0 && !have) {
-                pmb_tree_init_jobs(tree);
-                pmb_tree_init_layers(tree, ms, n);
-                if (chmod(tmp, 0700))
-                    pmb_die("cannot chmod %s: %s", tmp, strerror(errno));
-                if (rename(tmp, tree)) {
-                    if (errno == EEXIST || errno == ENOTEMPTY)
-                        pmb_rmtree(tmp); /* another step finished first; its tree is complete */
-                    else
-                        pmb_die("cannot rename %s to %s: %s", tmp, tree, strerror(errno));
-                } else {
-                    write_ready(tree);
-                }
-                if (pmb_hold_take(tree))
-                    pmb_die("staged tree %s vanished right after staging: %s", tree, strerror(errno));
-                unlock_tree(chroot, id, lockfd);
-                pmb_remove_superseded(tree, ms, n);
+                publish_tree(chroot, id, tmp, tree, lockfd, ms, n);
                 if (pmb_cfg.verbose >= 2 && first)
                     pmb_log("rank %d (node %d): copied the first %d layer(s) from %s, %llu files, "
                             "%.1f MB in %.3f s", pmb_c.world_rank, pmb_c.node_index, first, base,
@@ -964,11 +1017,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, pmb_stage_report *rep)
                 }
             }
         }
-        if (unpackers != MPI_COMM_NULL) {
-            MPI_Comm_free(&team.ready);
-            MPI_Comm_free(&team.done);
-            MPI_Comm_free(&unpackers);
-        }
+        team_close(&team);
     }
     double waited = 0;
     if (waits) {
@@ -977,17 +1026,7 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, pmb_stage_report *rep)
     }
     else if (have && pmb_c.node_rank == 0 && pmb_cfg.verbose >= 2)
         pmb_log("rank %d (node %d): reusing %s", pmb_c.world_rank, pmb_c.node_index, tree);
-    /* rank 0 learns how many nodes waited for another step's staging, and
-     * how long at most (its summary must not say "already staged") */
-    double nwaited = waits, most = 0;
-    if (pmb_c.leaders != MPI_COMM_NULL) {
-        MPI_Request r[2];
-        double one = waits;
-        MPI_Ireduce(&one, &nwaited, 1, MPI_DOUBLE, MPI_SUM, 0, pmb_c.leaders, &r[0]);
-        MPI_Ireduce(&waited, &most, 1, MPI_DOUBLE, MPI_MAX, 0, pmb_c.leaders, &r[1]);
-        pmb_wait(&r[0]);
-        pmb_wait(&r[1]);
-    }
+    gather_waits(waits, waited, rep);
     pmb_node_barrier();
     /* the tree the leader chose (its name may differ between nodes); every
      * rank holds it for as long as it runs */
@@ -998,8 +1037,6 @@ char *pmb_stage(pmb_manifest *ms, int n, int *fds, pmb_stage_report *rep)
     MPI_Bcast(&reused, 1, MPI_INT, 0, pmb_c.node);
     rep->total = pmb_now() - t_start;
     rep->staged = reused;
-    rep->waited = (int)nwaited; /* on rank 0 */
-    rep->wait = most;
     rep->first = first; /* the layers before it were copied on the nodes */
     if (basefd >= 0)
         close(basefd);

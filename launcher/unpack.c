@@ -287,10 +287,11 @@ static void finish_file(pmb_unpacker *u)
     u->fd = -1;
 }
 
-static void begin_member(pmb_unpacker *u)
+/* The header's checksum, magic and numbers (the size a pax header gave
+ * wins over the header's). */
+static void read_header(pmb_unpacker *u, uint64_t *size, uint64_t *mode, uint64_t *mtime)
 {
     const unsigned char *h = u->hdr;
-    char b[256];
     uint64_t sum = 0, want;
     for (int i = 0; i < 512; i++)
         sum += (i >= 148 && i < 156) ? ' ' : h[i];
@@ -298,29 +299,33 @@ static void begin_member(pmb_unpacker *u)
         UFAIL(u, "corrupt archive in shard %d (tar header checksum mismatch)", u->shard);
     if (memcmp(h + 257, "ustar\0" "00", 8))
         UFAIL(u, "corrupt archive in shard %d (not a POSIX ustar header)", u->shard);
-    char type = (char)h[156];
-    uint64_t size, mode, mtime;
-    if (octal(h + 124, 12, &size) || octal(h + 100, 8, &mode) || octal(h + 136, 12, &mtime))
+    if (octal(h + 124, 12, size) || octal(h + 100, 8, mode) || octal(h + 136, 12, mtime))
         UFAIL(u, "corrupt archive in shard %d (bad number in a tar header)", u->shard);
     if (u->pax_has_size)
-        size = u->pax_size;
-    u->remaining = 0;
-    u->pad = 0;
-    if (type == 'x') {
-        if (u->have_pax)
-            UFAIL(u, "corrupt archive in shard %d (two pax headers in a row)", u->shard);
-        if (size > PMB_MAX_PAX || size == 0)
-            UFAIL(u, "corrupt archive in shard %d (pax header of %llu bytes)", u->shard,
-                  (unsigned long long)size);
-        u->have_pax = 1;
-        u->ext_len = 0;
-        u->remaining = size;
-        u->pad = (512 - size % 512) % 512;
-        u->state = ST_PAX;
-        return;
-    }
-    /* the member's name and link target */
-    char name[PATH_MAX];
+        *size = u->pax_size;
+}
+
+/* A pax header: its records follow as the member's data (finish_pax). */
+static void begin_pax(pmb_unpacker *u, uint64_t size)
+{
+    if (u->have_pax)
+        UFAIL(u, "corrupt archive in shard %d (two pax headers in a row)", u->shard);
+    if (size > PMB_MAX_PAX || size == 0)
+        UFAIL(u, "corrupt archive in shard %d (pax header of %llu bytes)", u->shard,
+              (unsigned long long)size);
+    u->have_pax = 1;
+    u->ext_len = 0;
+    u->remaining = size;
+    u->pad = (512 - size % 512) % 512;
+    u->state = ST_PAX;
+}
+
+/* The member's name (the pax path, else prefix/name) into name[PATH_MAX];
+ * its length. */
+static size_t member_name(pmb_unpacker *u, char type, char *name)
+{
+    const unsigned char *h = u->hdr;
+    char b[256];
     size_t nl;
     if (u->pax_path) {
         nl = u->pax_path_len;
@@ -342,15 +347,15 @@ static void begin_member(pmb_unpacker *u)
     name[nl] = 0;
     if (type == '5' && nl > 1 && name[nl - 1] == '/')
         name[--nl] = 0;
-    const char *link = u->pax_link;
-    size_t ll = u->pax_link_len;
-    char ulink[101];
-    if (!link) {
-        ll = strnlen((const char *)h + 157, 100);
-        memcpy(ulink, h + 157, ll);
-        ulink[ll] = 0;
-        link = ulink;
-    }
+    return nl;
+}
+
+/* What the tree accepts: files, directories and symlinks, each with a
+ * contained path, a link target only on a symlink, data only in a file. */
+static void check_member(pmb_unpacker *u, char type, const char *name, size_t nl, size_t ll,
+                         uint64_t size)
+{
+    char b[256];
     if (type != '0' && type != '5' && type != '2')
         UFAIL(u, "refusing archive member '%s' of unsupported type '%s%c'",
               shown(name, nl, b, sizeof b), type ? "" : "\\", type ? type : '0');
@@ -363,70 +368,110 @@ static void begin_member(pmb_unpacker *u)
     if (type != '0' && size)
         UFAIL(u, "refusing archive member '%s' (a %s with data)", shown(name, nl, b, sizeof b),
               type == '5' ? "directory" : "symlink");
+}
+
+static void make_dir(pmb_unpacker *u, int pfd, const char *leaf, const char *name, size_t nl)
+{
+    char b[256];
+    int dfd = -1;
+    for (int tries = 0; tries < 8 && dfd < 0; tries++) {
+        if (mkdirat(pfd, leaf, 0700) && errno != EEXIST)
+            UFAIL(u, "cannot create directory %s/%s: %s", u->root, name, strerror(errno));
+        dfd = openat(pfd, leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0 && (errno == ELOOP || errno == ENOTDIR))
+            UFAIL(u, "refusing archive member '%s' (a file or symlink of that name exists)",
+                  shown(name, nl, b, sizeof b));
+    }
+    if (dfd < 0)
+        UFAIL(u, "cannot open directory %s/%s: %s", u->root, name, strerror(errno));
+    if (fchmod(dfd, u->mode | 0700))
+        UFAIL(u, "cannot set mode of %s/%s: %s", u->root, name, strerror(errno));
+    close(dfd);
+}
+
+static void make_symlink(pmb_unpacker *u, int pfd, const char *leaf, const char *name, size_t nl,
+                         const char *link, size_t ll)
+{
+    const char *why = pmb_link_problem(name, link, ll);
+    if (why) {
+        char b[256], b2[256];
+        UFAIL(u, "refusing symlink %s -> %s (points outside the tree: %s)",
+              shown(name, nl, b, sizeof b), shown(link, ll, b2, sizeof b2), why);
+    }
+    int ok = 0;
+    for (int tries = 0; tries < 8 && !ok; tries++) {
+        ok = !symlinkat(link, pfd, leaf);
+        if (!ok && errno != EEXIST)
+            UFAIL(u, "cannot create symlink %s/%s: %s", u->root, name, strerror(errno));
+        if (!ok)
+            clear_leaf(u, pfd, leaf, name);
+    }
+    if (!ok)
+        UFAIL(u, "cannot create symlink %s/%s", u->root, name);
+}
+
+/* a regular file: created empty, its data follows (ST_DATA) */
+static void begin_file(pmb_unpacker *u, int pfd, const char *leaf, const char *name,
+                       uint64_t size)
+{
+    for (int tries = 0; tries < 8 && u->fd < 0; tries++) {
+        u->fd = openat(pfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (u->fd >= 0)
+            break;
+        if (errno == ENOSPC)
+            no_space(u, name);
+        if (errno != EEXIST)
+            UFAIL(u, "cannot create %s/%s: %s", u->root, name, strerror(errno));
+        clear_leaf(u, pfd, leaf, name);
+    }
+    if (u->fd < 0)
+        UFAIL(u, "cannot create %s/%s", u->root, name);
+    u->files++;
+    u->shard_files++;
+    u->remaining = size;
+    u->pad = (512 - size % 512) % 512;
+    u->state = ST_DATA;
+    if (!size)
+        finish_file(u);
+}
+
+/* A tar header is complete in u->hdr: check it, create the member. */
+static void begin_member(pmb_unpacker *u)
+{
+    const unsigned char *h = u->hdr;
+    char type = (char)h[156];
+    uint64_t size, mode, mtime;
+    read_header(u, &size, &mode, &mtime);
+    u->remaining = 0;
+    u->pad = 0;
+    if (type == 'x') {
+        begin_pax(u, size);
+        return;
+    }
+    /* the member's name and link target */
+    char name[PATH_MAX];
+    size_t nl = member_name(u, type, name);
+    const char *link = u->pax_link;
+    size_t ll = u->pax_link_len;
+    char ulink[101];
+    if (!link) {
+        ll = strnlen((const char *)h + 157, 100);
+        memcpy(ulink, h + 157, ll);
+        ulink[ll] = 0;
+        link = ulink;
+    }
+    check_member(u, type, name, nl, ll, size);
     u->mode = (unsigned)mode & 0777;
     u->mtime = (int64_t)mtime;
     memcpy(u->name, name, nl + 1);
     const char *leaf;
     int pfd = parent_fd(u, name, &leaf);
-    switch (type) {
-    case '5': {
-        int dfd = -1;
-        for (int tries = 0; tries < 8 && dfd < 0; tries++) {
-            if (mkdirat(pfd, leaf, 0700) && errno != EEXIST)
-                UFAIL(u, "cannot create directory %s/%s: %s", u->root, name, strerror(errno));
-            dfd = openat(pfd, leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (dfd < 0 && (errno == ELOOP || errno == ENOTDIR))
-                UFAIL(u, "refusing archive member '%s' (a file or symlink of that name exists)",
-                      shown(name, nl, b, sizeof b));
-        }
-        if (dfd < 0)
-            UFAIL(u, "cannot open directory %s/%s: %s", u->root, name, strerror(errno));
-        if (fchmod(dfd, u->mode | 0700))
-            UFAIL(u, "cannot set mode of %s/%s: %s", u->root, name, strerror(errno));
-        close(dfd);
-        break;
-    }
-    case '2': {
-        why = pmb_link_problem(name, link, ll);
-        if (why) {
-            char b2[256];
-            UFAIL(u, "refusing symlink %s -> %s (points outside the tree: %s)",
-                  shown(name, nl, b, sizeof b), shown(link, ll, b2, sizeof b2), why);
-        }
-        int ok = 0;
-        for (int tries = 0; tries < 8 && !ok; tries++) {
-            ok = !symlinkat(link, pfd, leaf);
-            if (!ok && errno != EEXIST)
-                UFAIL(u, "cannot create symlink %s/%s: %s", u->root, name, strerror(errno));
-            if (!ok)
-                clear_leaf(u, pfd, leaf, name);
-        }
-        if (!ok)
-            UFAIL(u, "cannot create symlink %s/%s", u->root, name);
-        break;
-    }
-    default: /* '0' */
-        for (int tries = 0; tries < 8 && u->fd < 0; tries++) {
-            u->fd = openat(pfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-            if (u->fd >= 0)
-                break;
-            if (errno == ENOSPC)
-                no_space(u, name);
-            if (errno != EEXIST)
-                UFAIL(u, "cannot create %s/%s: %s", u->root, name, strerror(errno));
-            clear_leaf(u, pfd, leaf, name);
-        }
-        if (u->fd < 0)
-            UFAIL(u, "cannot create %s/%s", u->root, name);
-        u->files++;
-        u->shard_files++;
-        u->remaining = size;
-        u->pad = (512 - size % 512) % 512;
-        u->state = ST_DATA;
-        if (!size)
-            finish_file(u);
-        break;
-    }
+    if (type == '5')
+        make_dir(u, pfd, leaf, name, nl);
+    else if (type == '2')
+        make_symlink(u, pfd, leaf, name, nl, link, ll);
+    else
+        begin_file(u, pfd, leaf, name, size);
     reset_pax(u);
     if (u->fd < 0)
         u->state = ST_HEADER;
