@@ -619,6 +619,116 @@ typedef struct {
     int threads, first, workers, inline_mode;
 } pmb_team;
 
+/* One package moving through a node: its chunks posted (leader), in the
+ * node (ready) and unpacked by every worker of the node (done_all). */
+typedef struct {
+    const pmb_manifest *m;
+    int fd, unpack, leader, root, sync, nbuf;
+    uint64_t chunk, total, nchunks;
+    const pmb_team *tm;
+    pmb_buffers *bufs;
+    pmb_pool *pool;
+    MPI_Request req[8];
+    uint64_t posted, ready, done_all, done_asked;
+    MPI_Request rdy, dn;
+    int rdy_on, dn_on;
+    double t_in;
+    pmb_stage_report *rep;
+} pmb_flow;
+
+static size_t chunk_len(const pmb_flow *fl, uint64_t k)
+{
+    return (size_t)((k + 1) * fl->chunk > fl->total ? fl->total - k * fl->chunk : fl->chunk);
+}
+
+/* The leader refills every buffer the whole node is done with and whose
+ * previous broadcast has completed on this rank (chunk posted - nbuf is
+ * in: ready).  done_all alone is not enough: when every worker has failed
+ * it says "all done", and an Ibcast into a buffer still in flight would
+ * forward overwritten bytes to the nodes below this one (they reported a
+ * corrupt package).  1 if a chunk was posted. */
+static int post_chunks(pmb_flow *fl)
+{
+    int moved = 0;
+    const uint64_t nbuf = (uint64_t)fl->nbuf;
+    while (fl->leader && fl->posted < fl->nchunks && fl->posted < fl->done_all + nbuf &&
+           fl->posted < fl->ready + nbuf) {
+        unsigned char *b = fl->bufs->base + (fl->posted % nbuf) * fl->chunk;
+        if (fl->root) {
+            double tr = pmb_now();
+            read_exact(fl->fd, b, chunk_len(fl, fl->posted), fl->m->file);
+            fl->rep->read += pmb_now() - tr;
+        }
+        MPI_Ibcast(b, (int)chunk_len(fl, fl->posted), MPI_BYTE, 0, pmb_c.leaders,
+                   &fl->req[fl->posted % nbuf]);
+        fl->posted++;
+        moved = 1;
+    }
+    return moved;
+}
+
+/* Chunk `ready` arrived (and every unpacking rank of the node knows); the
+ * leader tests only posted chunks (a finished request tests true).  1 if
+ * it did. */
+static int take_ready(pmb_flow *fl)
+{
+    if (fl->ready >= fl->nchunks || (fl->leader && fl->ready >= fl->posted))
+        return 0;
+    int in = 1;
+    if (fl->leader)
+        MPI_Test(&fl->req[fl->ready % (uint64_t)fl->nbuf], &in, MPI_STATUS_IGNORE);
+    if (in && fl->sync) {
+        if (!fl->rdy_on) {
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            MPI_Ibarrier(fl->tm->ready, &fl->rdy);
+            fl->rdy_on = 1;
+        }
+        MPI_Test(&fl->rdy, &in, MPI_STATUS_IGNORE);
+        if (in) {
+            fl->rdy_on = 0;
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        }
+    }
+    if (!in)
+        return 0;
+    fl->ready++;
+    if (fl->pool)
+        pmb_pool_publish(fl->pool, fl->ready);
+    if (fl->ready == fl->nchunks)
+        fl->t_in = pmb_now();
+    return 1;
+}
+
+/* Chunks every worker of the node is done with (done_all); 1 if the
+ * node's barrier on one more just completed. */
+static int take_done(pmb_flow *fl)
+{
+    if (!fl->unpack) {
+        fl->done_all = fl->ready;
+        return 0;
+    }
+    if (!fl->sync) {
+        fl->done_all = pmb_pool_done(fl->pool);
+        return 0;
+    }
+    if (!fl->dn_on && fl->done_asked < pmb_pool_done(fl->pool)) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        MPI_Ibarrier(fl->tm->done, &fl->dn);
+        fl->dn_on = 1;
+        fl->done_asked++;
+    }
+    if (fl->dn_on) {
+        int f;
+        MPI_Test(&fl->dn, &f, MPI_STATUS_IGNORE);
+        if (f) {
+            fl->dn_on = 0;
+            fl->done_all++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Move one package from rank 0 to every node and, where `unpack`, into
  * `tmp` on that node.  Leaders take part in the broadcast; the unpacking
  * ranks of a node share the chunks through `bufs`, each rank's threads
@@ -630,147 +740,76 @@ static void stage_package(pmb_manifest *m, int fd, int unpack, const pmb_team *t
                           pmb_buffers *bufs, const char *tmp, pmb_stage_report *rep,
                           uint64_t *files_out, uint64_t *bytes_out)
 {
-    const uint64_t chunk = pmb_cfg.chunk, total = m->payload_size;
-    const int nbuf = pmb_cfg.nbuf;
-    const uint64_t nchunks = (total + chunk - 1) / chunk;
-    const int leader = pmb_c.node_rank == 0, root = pmb_c.world_rank == 0;
-    const int sync = unpack && tm->nw > 1;
-    MPI_Request req[8];
-    for (int i = 0; i < nbuf; i++)
-        req[i] = MPI_REQUEST_NULL;
-    if (root && lseek(fd, (off_t)m->payload_start, SEEK_SET) < 0)
+    pmb_flow fl = {.m = m, .fd = fd, .unpack = unpack, .tm = tm, .bufs = bufs, .rep = rep,
+                   .chunk = pmb_cfg.chunk, .total = m->payload_size, .nbuf = pmb_cfg.nbuf,
+                   .leader = pmb_c.node_rank == 0, .root = pmb_c.world_rank == 0,
+                   .sync = unpack && tm->nw > 1, .rdy = MPI_REQUEST_NULL,
+                   .dn = MPI_REQUEST_NULL};
+    fl.nchunks = (fl.total + fl.chunk - 1) / fl.chunk;
+    for (int i = 0; i < fl.nbuf; i++)
+        fl.req[i] = MPI_REQUEST_NULL;
+    if (fl.root && lseek(fd, (off_t)m->payload_start, SEEK_SET) < 0)
         pmb_die("package '%s': seek failed: %s", m->file, strerror(errno));
 
-    pmb_pool *pool = NULL;
     int *owner = NULL;
     if (unpack) {
         owner = pmb_xmalloc(sizeof(int) * (size_t)m->nshards);
         pmb_assign_shards(m, tm->workers, owner);
-        pool = pmb_pool_new(tmp, m, owner, tm->first, tm->threads, bufs->base, chunk, nbuf,
-                            tm->inline_mode);
+        fl.pool = pmb_pool_new(tmp, m, owner, tm->first, tm->threads, bufs->base, fl.chunk,
+                               fl.nbuf, tm->inline_mode);
     }
-    if (leader && (!unpack || tm->inline_mode)) {
-        poke_reqs = req;
-        poke_n = nbuf;
+    if (fl.leader && (!unpack || tm->inline_mode)) {
+        poke_reqs = fl.req;
+        poke_n = fl.nbuf;
         pmb_set_poke(poke);
     }
 
-#define CHUNK_LEN(k) ((size_t)(((k) + 1) * chunk > total ? total - (k) * chunk : chunk))
-    uint64_t posted = 0, ready = 0, done_all = 0, done_asked = 0;
-    MPI_Request rdy = MPI_REQUEST_NULL, dn = MPI_REQUEST_NULL;
-    int rdy_on = 0, dn_on = 0;
     long ns = 1000;
-    double t0 = pmb_now(), t_in = 0;
+    double t0 = pmb_now();
     for (;;) {
-        int moved = 0, f;
         /* a worker failed (the node's memory is full, a shard is corrupt):
          * this rank reports it and ends the job now, while its requests
          * are still sound (pmb_pool_check dies when the message is settled) */
-        if (pool)
-            pmb_pool_check(pool);
-        /* the leader refills every buffer the whole node is done with and
-         * whose previous broadcast has completed on this rank (chunk
-         * posted - nbuf is in: ready).  done_all alone is not enough: when
-         * every worker has failed it says "all done", and an Ibcast into a
-         * buffer still in flight would forward overwritten bytes to the
-         * nodes below this one (they reported a corrupt package) */
-        while (leader && posted < nchunks && posted < done_all + (uint64_t)nbuf &&
-               posted < ready + (uint64_t)nbuf) {
-            unsigned char *b = bufs->base + (posted % (uint64_t)nbuf) * chunk;
-            if (root) {
-                double tr = pmb_now();
-                read_exact(fd, b, CHUNK_LEN(posted), m->file);
-                rep->read += pmb_now() - tr;
-            }
-            MPI_Ibcast(b, (int)CHUNK_LEN(posted), MPI_BYTE, 0, pmb_c.leaders,
-                       &req[posted % (uint64_t)nbuf]);
-            posted++;
-            moved = 1;
-        }
-        /* chunk `ready` arrived (and every unpacking rank of the node knows);
-         * the leader tests only posted chunks (a finished request tests true) */
-        if (ready < nchunks && (!leader || ready < posted)) {
-            int in = 1;
-            if (leader)
-                MPI_Test(&req[ready % (uint64_t)nbuf], &in, MPI_STATUS_IGNORE);
-            if (in && sync) {
-                if (!rdy_on) {
-                    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-                    MPI_Ibarrier(tm->ready, &rdy);
-                    rdy_on = 1;
-                }
-                MPI_Test(&rdy, &in, MPI_STATUS_IGNORE);
-                if (in) {
-                    rdy_on = 0;
-                    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-                }
-            }
-            if (in) {
-                ready++;
-                if (pool)
-                    pmb_pool_publish(pool, ready);
-                if (ready == nchunks)
-                    t_in = pmb_now();
-                moved = 1;
-            }
-        }
-        /* chunks every worker of the node is done with */
-        if (!unpack) {
-            done_all = ready;
-        } else if (!sync) {
-            done_all = pmb_pool_done(pool);
-        } else {
-            if (!dn_on && done_asked < pmb_pool_done(pool)) {
-                __atomic_thread_fence(__ATOMIC_SEQ_CST);
-                MPI_Ibarrier(tm->done, &dn);
-                dn_on = 1;
-                done_asked++;
-            }
-            if (dn_on) {
-                MPI_Test(&dn, &f, MPI_STATUS_IGNORE);
-                if (f) {
-                    dn_on = 0;
-                    done_all++;
-                    moved = 1;
-                }
-            }
-        }
-        if (done_all >= nchunks && ready >= nchunks)
+        if (fl.pool)
+            pmb_pool_check(fl.pool);
+        int moved = post_chunks(&fl);
+        moved |= take_ready(&fl);
+        moved |= take_done(&fl);
+        if (fl.done_all >= fl.nchunks && fl.ready >= fl.nchunks)
             break;
         if (moved) {
             ns = 1000;
             continue;
         }
-        if (!pool) {
+        if (!fl.pool) {
             pmb_backoff(&ns, 1000000);
             continue;
         }
-        pmb_pool_wait(pool, ns);
+        pmb_pool_wait(fl.pool, ns);
         if (ns < 1000000)
             ns *= 2;
     }
-#undef CHUNK_LEN
-    if (!t_in)
-        t_in = pmb_now();
-    rep->bcast += t_in - t0;
-    rep->unpack += pmb_now() - t_in;
-    if (leader) {
+    if (!fl.t_in)
+        fl.t_in = pmb_now();
+    rep->bcast += fl.t_in - t0;
+    rep->unpack += pmb_now() - fl.t_in;
+    if (fl.leader) {
         poke_n = 0;
         pmb_set_poke(NULL);
     }
     if (!unpack)
         return;
     uint64_t counts[2] = {0, 0}, sums[2] = {0, 0};
-    pmb_pool_finish(pool, &counts[0], &counts[1]);
+    pmb_pool_finish(fl.pool, &counts[0], &counts[1]);
     free(owner);
-    if (sync) {
+    if (fl.sync) {
         MPI_Request r;
         MPI_Iallreduce(counts, sums, 2, MPI_UINT64_T, MPI_SUM, tm->comm, &r);
         pmb_wait(&r);
     } else {
         memcpy(sums, counts, sizeof sums);
     }
-    if (leader)
+    if (fl.leader)
         pmb_check_totals(m, sums[0], sums[1]);
     *files_out += sums[0];
     *bytes_out += sums[1];
