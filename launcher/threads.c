@@ -128,9 +128,7 @@ pmb_pool *pmb_pool_new(const char *root, const pmb_manifest *m, const int *owner
                        int nthreads, const unsigned char *base, uint64_t chunk, int nbuf,
                        int inline_mode)
 {
-    pmb_pool *p = calloc(1, sizeof *p);
-    if (!p)
-        pmb_die("out of memory");
+    pmb_pool *p = pmb_xcalloc(1, sizeof *p);
     p->m = m;
     p->owner = owner;
     p->base = base;
@@ -142,9 +140,7 @@ pmb_pool *pmb_pool_new(const char *root, const pmb_manifest *m, const int *owner
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->more, NULL);
     pthread_cond_init(&p->progress, NULL);
-    p->w = calloc((size_t)p->nthreads, sizeof *p->w);
-    if (!p->w)
-        pmb_die("out of memory");
+    p->w = pmb_xcalloc((size_t)p->nthreads, sizeof *p->w);
     for (int t = 0; t < p->nthreads; t++) {
         pmb_worker *w = &p->w[t];
         w->pool = p;
