@@ -379,6 +379,9 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
                 "use the default embed mode or --stage-only", exe);
     pmb_collective_phase = 0;
     preload_shim(lib);
+    char rank[32];
+    snprintf(rank, sizeof rank, "%d", pmb_c.world_rank);
+    setenv("PYTHON_MPI_EXEC_RANK", rank, 1); /* for the shim's error line */
     unsetenv("PYTHON_MPI_EXEC_CLEANUP");
     unsetenv("PYTHON_MPI_EXEC_LAUNCHER");
     unsetenv("PYTHON_MPI_EXEC_HOLD");
