@@ -96,17 +96,20 @@ static void init_failed(int status, void *arg)
         init_failed_line(MPI_SUCCESS);
 }
 
-/* Open MPI and MPICH end a process whose MPI_Init failed with _exit()
- * (after their own message, and after telling the process manager, which
- * then ends the job): the shim comes first in the symbol lookup, so the
- * line is said here.  Outside the shim's MPI_Init: glibc's _exit as is. */
+/* Open MPI 5 and MPICH 5 end a process whose MPI_Init failed themselves,
+ * after their own message and after telling the process manager (which
+ * then ends the job): Open MPI with _exit(), MPICH with exit().  The shim
+ * comes first in the symbol lookup, so its _exit (and the on_exit handler
+ * init_failed) says the line first.  Outside the shim's MPI_Init: glibc's
+ * _exit as it is. */
+static void (*real_exit)(int); /* looked up before MPI starts threads (forked children call _exit) */
+
 void _exit(int status)
 {
     if (init_pending)
         init_failed_line(MPI_SUCCESS);
-    void (*real)(int) = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
-    if (real)
-        real(status);
+    if (real_exit)
+        real_exit(status);
     syscall(SYS_exit_group, status);
     for (;;)
         ;
@@ -144,8 +147,9 @@ static void shim_start(void)
     snprintf(init_rank, sizeof init_rank, "%s", r && *r ? r : "?");
     unsetenv("PYTHON_MPI_EXEC_RANK");
     int provided = MPI_THREAD_SINGLE, rank = 0;
-    /* an MPI whose failing MPI_Init ends the process with exit() (MPICH)
-     * has init_failed say what failed; one that returns the error: below */
+    /* a failing MPI_Init that ends the process: _exit, init_failed above;
+     * one that returns the error: here */
+    real_exit = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
     init_pending = 1;
     on_exit(init_failed, NULL);
     int rc = PMPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
