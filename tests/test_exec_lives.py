@@ -98,8 +98,9 @@ def test_a_failing_second_start_ends_the_job_at_once_with_one_line(
 @pytest.mark.repeat
 def test_repeated_four_rank_exec_launches_under_load_never_fail_or_hang(ompi, pkgroot):
     """The race above, left to chance: 40 four-rank Open MPI 5 launches in
-    exec mode, two at a time on this machine's 2 cores (about 1 in 60 failed
-    and hung before the launcher's node gate).  Each launch gets 60 s."""
+    exec mode, two at a time on this machine's 2 cores (before the
+    launcher's node gate about 1 in 60 failed and hung in CI under load;
+    test_a_rank_slow_to_leave_mpi_... forces it).  Each launch gets 60 s."""
     base = f"/dev/shm/pmb-test-{uuid.uuid4().hex[:10]}"
 
     def loop(k):
