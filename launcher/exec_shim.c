@@ -19,6 +19,7 @@
 #include <string.h>
 #include <dlfcn.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -65,6 +66,55 @@ static void clean_exit(void)
     PMPI_Comm_free(&node);
 }
 
+/* MPI_Init of the second life failed: one line that says so, naming the
+ * rank (the launcher's, PYTHON_MPI_EXEC_RANK) and the MPI's error if it
+ * returned one; returns the exit status */
+static int init_pending;
+static char init_rank[32] = "?";
+
+static int init_failed_line(int rc)
+{
+    char host[256] = "?", err[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    gethostname(host, sizeof host - 1);
+    host[strcspn(host, ".")] = 0;
+    if (rc != MPI_SUCCESS && PMPI_Error_string(rc, err, &len) != MPI_SUCCESS)
+        err[0] = 0;
+    fprintf(stderr, "python-mpi: %s (rank %s): the staged interpreter could not initialise MPI "
+                    "again (PYTHON_MPI_MODE=exec)%s%s; the default embed mode starts MPI once\n",
+            host, init_rank, err[0] ? ": " : "", err);
+    fflush(stderr);
+    init_pending = 0;
+    return 1;
+}
+
+static void init_failed(int status, void *arg)
+{
+    (void)status;
+    (void)arg;
+    if (init_pending)
+        init_failed_line(MPI_SUCCESS);
+}
+
+/* Open MPI 5 and MPICH 5 end a process whose MPI_Init failed themselves,
+ * after their own message and after telling the process manager (which
+ * then ends the job): Open MPI with _exit(), MPICH with exit().  The shim
+ * comes first in the symbol lookup, so its _exit (and the on_exit handler
+ * init_failed) says the line first.  Outside the shim's MPI_Init: glibc's
+ * _exit as it is. */
+static void (*real_exit)(int); /* looked up before MPI starts threads (forked children call _exit) */
+
+void _exit(int status)
+{
+    if (init_pending)
+        init_failed_line(MPI_SUCCESS);
+    if (real_exit)
+        real_exit(status);
+    syscall(SYS_exit_group, status);
+    for (;;)
+        ;
+}
+
 static void shim_start(void)
 {
     const char *fdv = getenv("PYTHON_MPI_EXEC_SHIM");
@@ -93,12 +143,19 @@ static void shim_start(void)
     unsetenv("PYTHON_MPI_EXEC_HOLD");
     if (fd > 2)
         close(fd); /* the loader has mapped it */
+    const char *r = getenv("PYTHON_MPI_EXEC_RANK");
+    snprintf(init_rank, sizeof init_rank, "%s", r && *r ? r : "?");
+    unsetenv("PYTHON_MPI_EXEC_RANK");
     int provided = MPI_THREAD_SINGLE, rank = 0;
-    if (PMPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
-        fprintf(stderr, "python-mpi: the staged interpreter could not initialise MPI again "
-                        "(PYTHON_MPI_MODE=exec); use the default embed mode\n");
-        _exit(1);
-    }
+    /* a failing MPI_Init that ends the process: _exit, init_failed above;
+     * one that returns the error: here */
+    real_exit = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
+    init_pending = 1;
+    on_exit(init_failed, NULL);
+    int rc = PMPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
+    if (rc != MPI_SUCCESS)
+        _exit(init_failed_line(rc)); /* the process manager ends the job on it */
+    init_pending = 0;
     PMPI_Comm_rank(MPI_COMM_WORLD, &rank);
     pmb_own_start(provided, rank);
     pmb_own_exit_policy(cleanup_tree ? clean_exit : NULL);

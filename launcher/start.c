@@ -20,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "comm.h"
@@ -249,6 +251,80 @@ static int dynamically_linked(const char *path)
     return found;
 }
 
+/* Exec mode's node gate: no rank of a node execs the interpreter (whose
+ * shim starts MPI again) before every rank of the node has left MPI.
+ * Open MPI 5's PMIx server (OpenPMIx 5.0.x; openpmix#3931, #4113) takes the
+ * closing connection of a rank that called PMIx_Finalize for a rank that
+ * left every collective open at that moment, among them the modex fence a
+ * faster rank of the node already began in its second life.  That fence
+ * then completes without the slower rank, the faster one maps the slower
+ * one's btl/sm segment before it exists ("A system call failed during
+ * shared memory initialization ... open(2)") and the job's fences are out
+ * of step from then on: it hangs.  With the gate, every first-life
+ * connection of the node is closed before any second life starts.
+ * The gate is a counter in a page the node's ranks share (the node
+ * leader's memfd, opened by the others through /proc while MPI is up):
+ * each rank adds one after PMPI_Finalize, then waits, sleeping, for the
+ * node's count.  Nothing is left on the node.  If a rank cannot map the
+ * page, no rank of the node waits (as before the gate). */
+#define PMB_GATE_LIMIT 120.0 /* seconds a rank waits for the rest of its node */
+
+static int *exec_gate;
+
+static void exec_gate_open(void)
+{
+    long where[2] = {(long)getpid(), -1}; /* the leader's pid and memfd */
+    int fd = -1, ok, all = 0;
+    if (pmb_c.node_rank == 0) {
+        fd = (int)syscall(SYS_memfd_create, "python-mpi-exec-gate", 1u /* MFD_CLOEXEC */);
+        if (fd >= 0 && ftruncate(fd, sizeof(int)) == 0)
+            where[1] = fd;
+    }
+    PMPI_Bcast(where, 2, MPI_LONG, 0, pmb_c.node);
+    if (pmb_c.node_rank != 0 && where[1] >= 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%ld/fd/%ld", where[0], where[1]);
+        fd = open(path, O_RDWR | O_CLOEXEC);
+    }
+    void *page = MAP_FAILED;
+    if (where[1] >= 0 && fd >= 0)
+        page = mmap(NULL, sizeof(int), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ok = page != MAP_FAILED;
+    /* also the moment every rank has opened the leader's memfd */
+    PMPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, pmb_c.node);
+    if (fd >= 0)
+        close(fd);
+    if (all)
+        exec_gate = page;
+    else if (ok)
+        munmap(page, sizeof(int));
+    if (!all && pmb_cfg.verbose && pmb_c.node_rank == 0)
+        pmb_log("exec: %s: the node's ranks cannot share a page (/proc/PID/fd); they start the "
+                "interpreter without waiting for each other", pmb_host());
+}
+
+/* after PMPI_Finalize: MPI is down, pmb_die cannot be used */
+static void exec_gate_pass(void)
+{
+    if (!exec_gate)
+        return;
+    int n = __atomic_add_fetch(exec_gate, 1, __ATOMIC_SEQ_CST);
+    double t0 = pmb_now();
+    struct timespec ts = {0, 1000000};
+    while (n < pmb_c.node_size) {
+        if (pmb_now() - t0 > PMB_GATE_LIMIT) {
+            fprintf(stderr, "python-mpi: %s (rank %d): exec mode: %d of the node's %d rank(s) "
+                    "did not leave MPI within %.0f s; ending this rank\n", pmb_host(),
+                    pmb_c.world_rank, pmb_c.node_size - n, pmb_c.node_size, PMB_GATE_LIMIT);
+            _exit(1);
+        }
+        nanosleep(&ts, NULL);
+        n = __atomic_load_n(exec_gate, __ATOMIC_SEQ_CST);
+    }
+    munmap(exec_gate, sizeof(int));
+    exec_gate = NULL;
+}
+
 int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char **argv)
 {
     char exe[PATH_MAX];
@@ -285,6 +361,9 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
                 "use the default embed mode or --stage-only", exe);
     pmb_collective_phase = 0;
     preload_shim(lib);
+    char rank[32];
+    snprintf(rank, sizeof rank, "%d", pmb_c.world_rank);
+    setenv("PYTHON_MPI_EXEC_RANK", rank, 1); /* for the shim's error line */
     unsetenv("PYTHON_MPI_EXEC_CLEANUP");
     unsetenv("PYTHON_MPI_EXEC_LAUNCHER");
     unsetenv("PYTHON_MPI_EXEC_HOLD");
@@ -299,9 +378,11 @@ int pmb_start_exec(const char *tree, const pmb_manifest *interp, int argc, char 
             setenv("PYTHON_MPI_EXEC_HOLD", fd, 1);
         }
     }
+    exec_gate_open();
     fflush(stdout);
     fflush(stderr);
     PMPI_Finalize();
+    exec_gate_pass();
     execv(exe, pargv);
     fprintf(stderr, "python-mpi: %s (rank %d): cannot exec %s: %s\n", pmb_host(), pmb_c.world_rank, exe,
             strerror(errno));
