@@ -214,6 +214,9 @@ C_LAYERS = [
 ]
 #: the header through which a file's functions are used (None: data only)
 C_HEADERS = {"util": "pmb.h", "zstd_shim": "zstd.h", "shim_blob": None}
+#: C library functions the exec shim stands in for inside an exec'd
+#: interpreter: a launcher file that calls one calls the C library's
+C_INTERPOSED = {"_exit", "__libc_start_main"}
 
 
 def _c_symbols(src: str, out: str) -> tuple[dict, dict, dict]:
@@ -240,7 +243,7 @@ def _c_symbols(src: str, out: str) -> tuple[dict, dict, dict]:
                 f = line.split()
                 if len(f) == 2 and f[0] == "U":
                     used[name].add(f[1])
-                elif len(f) == 3 and f[1] in "TDBRVWGSCu":
+                elif len(f) == 3 and f[1] in "TDBRVWGSCu" and f[2] not in C_INTERPOSED:
                     defined[f[2]] = name
             includes[name] = _c_includes(path)
     # what a launcher header includes counts as included (each includes pmb.h)
