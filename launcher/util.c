@@ -137,14 +137,15 @@ void *pmb_xrealloc(void *p, size_t n)
     return q;
 }
 
-/* Read n bytes (retrying after signals); the bytes read: n, or fewer with
- * errno 0 at the end of the file, errno set after an error. */
-size_t pmb_read_full(int fd, void *buf, size_t n)
+/* Read n bytes (retrying after signals), at offset off when at is set (the
+ * file position then does not move): the bytes read. */
+static size_t read_loop(int fd, void *buf, size_t n, int at, uint64_t off)
 {
     size_t got = 0;
     errno = 0;
     while (got < n) {
-        ssize_t r = read(fd, (char *)buf + got, n - got);
+        ssize_t r = at ? pread(fd, (char *)buf + got, n - got, (off_t)(off + got))
+                       : read(fd, (char *)buf + got, n - got);
         if (r < 0 && errno == EINTR) {
             errno = 0;
             continue;
@@ -156,22 +157,17 @@ size_t pmb_read_full(int fd, void *buf, size_t n)
     return got;
 }
 
+/* Read n bytes (retrying after signals); the bytes read: n, or fewer with
+ * errno 0 at the end of the file, errno set after an error. */
+size_t pmb_read_full(int fd, void *buf, size_t n)
+{
+    return read_loop(fd, buf, n, 0, 0);
+}
+
 /* pmb_read_full at offset off (the file position does not move) */
 size_t pmb_pread_full(int fd, void *buf, size_t n, uint64_t off)
 {
-    size_t got = 0;
-    errno = 0;
-    while (got < n) {
-        ssize_t r = pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
-        if (r < 0 && errno == EINTR) {
-            errno = 0;
-            continue;
-        }
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    return got;
+    return read_loop(fd, buf, n, 1, off);
 }
 
 /* Write all n bytes (retrying after signals): 0, or -1 with errno set (EIO
