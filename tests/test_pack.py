@@ -328,6 +328,47 @@ def test_name_clash(tmp_path):
     run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "x", "-q", "--force"])
 
 
+@pytest.fixture
+def venv_with_huge_file(tmp_path):
+    """A venv holding a 4 TB (sparse) data file: reading it would take hours."""
+    v = tmp_path / "big"
+    make_venv(str(v), [])
+    site = next((v / "lib").glob("python*/site-packages"))
+    with open(site / "huge.dat", "wb") as f:
+        f.truncate(4 << 40)
+    return v
+
+
+def test_packing_into_an_existing_name_fails_before_reading_the_source(tmp_path,
+                                                                       venv_with_huge_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "big.tar.zst").write_bytes(b"someone's data")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    env = dict(os.environ, TMPDIR=str(stage))
+    t0 = time.monotonic()
+    r = run(CLI + ["pack", str(venv_with_huge_file), "-o", str(out), "-q"], env=env, timeout=60,
+            check=False)
+    one_line_error(r, "already exists", "--force")
+    assert time.monotonic() - t0 < 30  # refused at once, not after copying
+    assert (out / "big.tar.zst").read_bytes() == b"someone's data"
+    assert os.listdir(stage) == [] and sorted(os.listdir(out)) == ["big.tar.zst"]
+
+
+def test_an_output_directory_without_room_for_the_package_is_refused_up_front(
+        tmp_path, venv_with_huge_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    env = dict(os.environ, TMPDIR=str(stage))
+    r = run(CLI + ["pack", str(venv_with_huge_file), "-o", str(out), "-q"], env=env, timeout=60,
+            check=False)
+    one_line_error(r, "no space left in", str(out), "MB are free")
+    assert os.listdir(stage) == [] and os.listdir(out) == []
+
+
 def test_pack_force_replaces_only_a_package(tmp_path):
     """pack --force where NAME.tar.zst is a directory or a file that is no
     package: refused in one line, untouched; a package is replaced."""

@@ -81,6 +81,11 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     if name is not None and len(jobs) > 1:
         raise PmbError("--name applies to one package; pack the interpreter and the venv "
                        "in two commands to name both")
+    # fail early: every package's name is free (or --force may replace it) and
+    # the output directory has room, before any file of a source is read
+    for kind, source in jobs:
+        _target(output_dir, _job_name(kind, source, name), force)
+    _check_output_room(output_dir, sum(_source_bytes(kind, source) for kind, source in jobs))
     written = []
     threads = threads or os.cpu_count() or 1
     for kind, source in jobs:
@@ -103,7 +108,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                     st = collect.stage_directory(source, staging, excludes, name,
                                                  pyinfo.query(exe))
                     compiler = exe
-                out = _target(output_dir, st.name, force)
+                out = _target(output_dir, st.name, force)  # again: it may have appeared since
                 if drop_unused:
                     _drop_unused(st)
                 prefix_files = _prepare(st, compiler, threads)
@@ -112,6 +117,48 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
         finally:
             leftovers.remove(staging)
     return written
+
+
+def _job_name(kind: str, source: str | None, name: str | None) -> str:
+    """The name the package of one job gets (as collect's stage_* name it),
+    known before anything is staged."""
+    if name is not None:
+        return name
+    if kind == "interpreter":
+        return f"python-{pyinfo.query(pyinfo.resolve_interpreter(source))['version']}"
+    return os.path.basename(os.path.abspath(source).rstrip("/"))
+
+
+def _source_bytes(kind: str, source: str | None) -> int:
+    """About how many bytes a job reads: its files' sizes (from their
+    metadata only), byte code left out as packing leaves it out."""
+    if kind == "interpreter":
+        try:
+            return _tree_bytes(pyinfo.query(pyinfo.resolve_interpreter(source))["stdlib"])
+        except (PmbError, KeyError, OSError):
+            return 0
+    return _tree_bytes(source) if source and os.path.isdir(source) else 0
+
+
+# No Python environment compresses below this fraction of its files' bytes
+# (measured: numpy+scipy venv about 1/3, torch with CUDA 1/2.1, pure-Python
+# trees about 1/5); a directory with less free space than that cannot hold
+# the package, and the pack is refused before it starts.
+MIN_PACKAGE_FRACTION = 1 / 8
+
+
+def _check_output_room(output_dir: str, source_bytes: int) -> None:
+    need = int(source_bytes * MIN_PACKAGE_FRACTION)
+    try:
+        sv = os.statvfs(output_dir)
+    except OSError:
+        return
+    free = sv.f_bavail * sv.f_frsize
+    if free < need:
+        raise PmbError(f"no space left in {output_dir} for the package: its sources hold "
+                       f"{source_bytes / 1e6:.0f} MB, so the package needs at least about "
+                       f"{need / 1e6:.0f} MB, and {free / 1e6:.0f} MB are free; free space "
+                       f"there or choose another -o directory")
 
 
 def _drop_unused(st: collect.Staged) -> None:
@@ -140,7 +187,8 @@ def _staging_dir(tmpdir: str | None) -> str:
 
 def _tree_bytes(top: str) -> int:
     total = 0
-    for dirpath, _, filenames in os.walk(top):
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         for fn in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, fn))
@@ -225,6 +273,7 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
     while this one is written (see :func:`archive.write_package`)."""
     output_dir = _check_output_dir(output_dir)
     out = _target(output_dir, name, force)
+    _check_output_room(output_dir, _tree_bytes(source) if os.path.isdir(source) else 0)
     threads = threads or os.cpu_count() or 1
     staging = _staging_dir(tmpdir)
     try:
