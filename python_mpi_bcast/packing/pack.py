@@ -1,13 +1,16 @@
-"""``python-mpi-bcast pack``: find → copy → relocate → compile → archive."""
+"""``python-mpi-bcast pack``: find → relocate → compile → archive, in one
+pass over the source files (stream.py): collect stages a skeleton that names
+them, the package writer reads each once."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import tempfile
 
-from . import collect, relocatable, slim as slimming
+from . import collect, relocatable, slim as slimming, stream
 from ..support import leftovers
 from ..source import pyinfo
 from ..package.archive import write_package
@@ -53,11 +56,13 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
          excludes: list[str] | None = None, slim: bool = True, level: int = 10,
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
          quiet: bool = False, tmpdir: str | None = None,
-         drop_unused: bool = False) -> list[tuple[str, Manifest]]:
+         drop_unused: bool = False, copy: bool = False) -> list[tuple[str, Manifest]]:
     """Pack an interpreter and/or a venv, a conda env (interpreter and
     packages in one package), or a plain directory.  ``drop_unused``
     (``--slim``): leave out tests, headers, documents and debug info
-    (slim.py says which).
+    (slim.py says which).  ``copy``: copy the tree into ``tmpdir``, relocate
+    and compile it there, then archive it (how packing worked before it
+    streamed; the reference tests/test_pack.py holds the streaming writer to).
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """
@@ -92,7 +97,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
         staging = _staging_dir(tmpdir)
         try:
             interp = pyinfo.resolve_interpreter(source) if kind == "interpreter" else None
-            with _room_for_staging(staging, None if interp else source, interp):
+            with _lazy(not copy), _room_for_staging(staging, None if interp else source, interp):
                 if kind == "interpreter":
                     exe = pyinfo.resolve_interpreter(source)
                     st = collect.stage_interpreter(exe, staging, excludes, slim, name)
@@ -111,9 +116,13 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 out = _target(output_dir, st.name, force)  # again: it may have appeared since
                 if drop_unused:
                     _drop_unused(st)
-                prefix_files = _prepare(st, compiler, threads)
-            written.append(_archive(st, prefix_files, out, level, threads, shard_size, quiet,
-                                    replace=force))
+                if copy:
+                    prefix_files = _prepare(st, compiler, threads)
+                    written.append(_archive(st, prefix_files, out, level, threads, shard_size,
+                                            quiet, replace=force))
+                else:
+                    written.append(_stream(st, compiler, out, level, threads, shard_size, quiet,
+                                           replace=force))
         finally:
             leftovers.remove(staging)
     return written
@@ -241,6 +250,28 @@ class _room_for_staging:
                        f"to a directory with more room") from None
 
 
+def _lazy(on: bool):
+    return collect.lazy_copies() if on else contextlib.nullcontext()
+
+
+def _stream(st: collect.Staged, compiler: str | None, out: str, level: int, threads: int,
+            shard_size: int, quiet: bool, replace: bool = True, before_rename=None,
+            relocate: bool = True) -> tuple[str, Manifest]:
+    """relocate → compile → archive a staged skeleton into ``out``, reading
+    each source file once (stream.py)."""
+    relocatable.fix_symlinks(st)
+    prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
+    m = stream.write(st, compiler, out, level, threads, shard_size, progress=prog,
+                     replace=replace, before_rename=before_rename, relocate=relocate)
+    prog.finish()
+    for rel in st.compiled_in:
+        log.debug("%s: keeps a compiled-in path of the old location (a fallback only; "
+                  "not rewritten)", rel)
+    for w in st.warnings:
+        log.warning("%s", w)
+    return out, m
+
+
 def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:
     """relocate → compile a staged tree; returns the prefix-bearing files."""
     relocatable.fix_symlinks(st)
@@ -283,11 +314,10 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
                 interp = pyinfo.base_interpreter_of_venv(source)
             except PmbError:
                 pass
-        with _room_for_staging(staging, source, interp):
+        with _lazy(True), _room_for_staging(staging, source, interp):
             st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
-            prefix_files = _prepare(st, compiler, threads)
-        out, m = _archive(st, prefix_files, out, level, threads, shard_size, quiet,
-                          replace=force, before_rename=before_rename)
+            out, m = _stream(st, compiler, out, level, threads, shard_size, quiet,
+                             replace=force, before_rename=before_rename)
         return out, m, st
     finally:
         leftovers.remove(staging)
@@ -307,15 +337,11 @@ def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: st
         src = os.path.abspath(src)
         info = pyinfo.query(compiler)
         st = collect.Staged(root=staging, kind="directory", name=name, info=info)
-        collect.copy_tree(src, os.path.join(staging, subdir), list(collect.ALWAYS_EXCLUDES[:2]))
-        st.moves = [(src, subdir)]
-        relocatable.fix_symlinks(st)
-        relocatable.byte_compile(st, compiler, [], threads)
-        st.scrub = [src]  # recorded as the package's source
-        prog = Progress(f"packing {name}", enabled=False if quiet else None)
-        m = write_package(st, [], out, level=level, threads=threads, shard_size=8 << 20,
-                          progress=prog)
-        prog.finish()
-        return out, m
+        with _lazy(True):
+            collect.copy_tree(src, os.path.join(staging, subdir),
+                              list(collect.ALWAYS_EXCLUDES[:2]))
+            st.moves = [(src, subdir)]
+            st.scrub = [src]  # recorded as the package's source; nothing is rewritten
+            return _stream(st, compiler, out, level, threads, 8 << 20, quiet, relocate=False)
     finally:
         leftovers.remove(staging)
