@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -618,7 +619,83 @@ def test_pack_with_a_tiny_tmpdir_stages_and_runs(relocation_venv, pkgroot, tmp_p
     r = mpirun(2, ["-c", "import numpy, extra_mod, where; from mpi4py import MPI\n"
                          "c = MPI.COMM_WORLD\n"
                          "s = c.allreduce(float(numpy.arange(10).sum()))\n"
-                         "print('OK', c.rank, s, extra_mod.VALUE, where.DATA.startswith(__import__('sys').prefix))"],
+                         "ok = (s, extra_mod.VALUE, where.DATA.startswith(__import__('sys').prefix))\n"
+                         "got = c.gather(ok)\n"
+                         "if c.rank == 0: print('OK', got)"],  # one writer: no interleaved lines
                env, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.split("\n"))[-2:] == ["OK 0 90.0 42 True", "OK 1 90.0 42 True"], r.stdout
+    assert r.stdout.strip() == "OK [(90.0, 42, True), (90.0, 42, True)]", r.stdout
+
+
+
+def test_save_with_a_tiny_tmpdir_saves_and_the_loaded_env_runs(relocation_venv, tmp_path):
+    """save (the venv with its interpreter's standard library, over 100 MB
+    unpacked) with TMPDIR on a 4 MB tmpfs: nothing is copied there; the
+    saved environment loads and runs."""
+    from helpers import PRIVATE, UNSHARE_MOUNT
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    cache = tmp_path / "cache"
+    save = " ".join(CLI + ["save", "tiny", "--venv", relocation_venv, "-q"])
+    r = run(UNSHARE_MOUNT + [PRIVATE + f"mount -t tmpfs -o size=4m tmpfs {small} && "
+                             f"TMPDIR={small} PYTHON_MPI_BCAST_CACHE={cache} {save} && "
+                             f"echo left: $(ls -A {small})"], timeout=900, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "left:", r.stdout
+    m, _ = read_manifest(str(cache / "tiny.tar.zst"))
+    assert m.unpacked_size > 25 << 20, m.unpacked_size  # far more than the tmpfs holds
+    env = dict(os.environ, PYTHON_MPI_BCAST_CACHE=str(cache))
+    tree = tmp_path / "loaded"
+    run(CLI + ["load", "tiny", "--to", str(tree)], env=env, timeout=300)
+    r = run([str(tree / "bin" / "python3"), "-c",
+             "import numpy, extra_mod, json; print(extra_mod.VALUE, numpy.arange(4).sum())"],
+            timeout=120)
+    assert r.stdout.split() == ["42", "6"], r.stdout
+
+
+# --- progress and --level -------------------------------------------------------
+
+def test_pack_says_how_far_it_is_on_a_non_terminal_and_nothing_with_quiet(tmp_path):
+    """stderr is a pipe (a batch job, CI): one line when packing starts,
+    one every few seconds (bytes, files, rate, time left), one at the end."""
+    src = tmp_path / "d"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}.txt").write_text("x" * 10000 * (i + 1))
+    r = run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "p"], timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) >= 2, r.stderr
+    assert re.fullmatch(r"packing p: 0\.0 of about [\d.]+ MB, 0 of 20 files, [\d.]+ MB/s, "
+                        r"about \? left", lines[0]), lines
+    for ln in lines[1:-1]:
+        assert re.fullmatch(r"packing p: [\d.]+ of about [\d.]+ MB, \d+ of 20 files, [\d.]+ "
+                            r"MB/s, about (\d+ s|\?) left", ln), lines
+    assert re.fullmatch(r"packing p: done, 2\.1 MB, 20 files in \d+ s \([\d.]+ MB/s\)",
+                        lines[-1]), lines
+    r = run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "p", "-q", "-f"],
+            timeout=300)
+    assert r.stderr == ""
+
+
+def test_save_packs_at_the_level_it_is_given(tmp_path):
+    """save --level: level 1 and level 12 of one environment (with its
+    interpreter's standard library) give the same tree in packages of
+    different sizes."""
+    venv = make_venv(str(tmp_path / "v"), [])
+    sizes = {}
+    for level in (1, 12):
+        cache = tmp_path / f"cache{level}"
+        env = dict(os.environ, PYTHON_MPI_BCAST_CACHE=str(cache))
+        run(CLI + ["save", "s", "--venv", venv, "-q", "--level", str(level)], env=env,
+            timeout=900)
+        sizes[level] = os.path.getsize(cache / "s.tar.zst")
+        m, _ = read_manifest(str(cache / "s.tar.zst"))
+        sizes[level, "files"] = m.files
+    assert sizes[1, "files"] == sizes[12, "files"]
+    assert sizes[12] < sizes[1] * 0.95, sizes
+    r = run(CLI + ["save", "t", "--venv", venv, "--level", "0"], check=False)
+    assert r.returncode == 2 and "zstd level" in r.stderr
+    r = run(CLI + ["run", "--level", "23", "mpiexec", "python", "-c", "pass"], check=False)
+    assert r.returncode == 2 and "zstd level" in r.stderr

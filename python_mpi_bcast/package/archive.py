@@ -186,6 +186,8 @@ def _write_shard(root: str, entries, out_path: str, level: int, progress,
                     zw.write(b"\0" * pad)
                     usize += n + pad
                     nfiles += 1
+                    if progress:
+                        progress.advance(0, files=1)
                     fbytes += n
         csize = hw.n
     return csize, usize, h.hexdigest(), nfiles, fbytes
@@ -236,7 +238,8 @@ def write_package(st, prefix_files, out_path: str, level: int = 10,
     out_dir = os.path.dirname(os.path.abspath(out_path))
     threads = threads or os.cpu_count() or 1
     if progress:
-        progress.start(sum(size for _, _, size in entries))
+        progress.start(sum(size for _, _, size in entries),
+                       sum(1 for e in entries if e[1].type == tarfile.REGTYPE))
     tmpdir = leftovers.mkdtemp(prefix=".pmb-shards-", dir=out_dir)
     final_tmp = None
     try:

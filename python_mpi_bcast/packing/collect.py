@@ -86,8 +86,8 @@ def materialize(path: str) -> None:
     """Give a placeholder its source's bytes (a step will change them)."""
     if _lazy is not None and path in _lazy:
         src = _lazy.pop(path)
-        shutil.copyfile(src, path)
-        shutil.copystat(src, path)
+        os.unlink(path)  # the placeholder may be read-only, as its source
+        shutil.copy2(src, path)
 
 
 def _own(path: str) -> str:

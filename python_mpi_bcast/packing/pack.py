@@ -190,8 +190,8 @@ def _staging_dir(tmpdir: str | None) -> str:
         return leftovers.mkdtemp(prefix="pmb-stage-", dir=where)
     except OSError as e:
         raise PmbError(f"cannot create a staging directory in {where}: {e.strerror or e}; set "
-                       f"TMPDIR to a writable directory with room for an uncompressed copy of "
-                       f"the environment") from None
+                       f"TMPDIR to a writable directory (it holds the tree's directories and "
+                       f"empty placeholders only)") from None
 
 
 def _tree_bytes(top: str) -> int:
@@ -244,9 +244,9 @@ class _room_for_staging:
             free = f", {sv.f_bavail * sv.f_frsize / 1e6:.0f} MB free"
         except OSError:
             free = ""
-        raise PmbError(f"no space left in {where} for the staging copy of "
-                       f"{self.source or self.interpreter} (an uncompressed copy is made there "
-                       f"before packing: about {need / 1e6:.0f} MB needed{free}); set TMPDIR "
+        raise PmbError(f"no space left in {where} for the staging skeleton of "
+                       f"{self.source or self.interpreter} (its directories and empty "
+                       f"placeholders of its {need / 1e6:.0f} MB of files{free}); set TMPDIR "
                        f"to a directory with more room") from None
 
 

@@ -26,6 +26,7 @@ import queue
 import struct
 import subprocess
 import tarfile
+import tempfile
 import time
 
 from . import collect, elf
@@ -267,7 +268,8 @@ class Writer:
             return None  # not a dynamic object (static, or odd ELF)
         if new is None:
             return None
-        fd, tmp = leftovers.mkstemp(prefix="elf-", dir=self.scratch)
+        # in the scratch directory (journaled itself: a killed pack's goes next time)
+        fd, tmp = tempfile.mkstemp(prefix="elf-", dir=self.scratch)
         try:
             with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
                 while True:
@@ -279,7 +281,7 @@ class Writer:
             with open(tmp, "rb") as f:
                 return f.read()
         finally:
-            leftovers.remove(tmp)
+            os.unlink(tmp)
 
     def _pyc(self, rel: str, ti: tarfile.TarInfo):
         py_rel, opt = self.virtual[rel]
