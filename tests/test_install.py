@@ -21,7 +21,8 @@ import sys
 
 import pytest
 
-from helpers import BIN, CLI, REPO, base_python, env_file, run
+from helpers import (BIN, CLI, PRIVATE, REPO, UNSHARE_MOUNT, base_python, env_file, run,
+                     tree_digest)
 
 DEBIAN_MPICH = "/usr/bin/mpicc.mpich"
 DEBIAN_OPENMPI = "/usr/bin/mpicc.openmpi"
@@ -345,3 +346,36 @@ def test_plain_compiler_is_never_taken_for_mpi(tmp_path):
     err = configure(tmp_path, PATH=f"{d}:{os.environ['PATH']}", CC="gcc")
     assert "(from mpicc on PATH) cannot compile and link an MPI program" in err
     assert "'module load' your MPI" in err and "pip install mpich" in err
+
+
+# --- a checkout is built out of tree --------------------------------------------
+
+def test_two_concurrent_installs_of_one_read_only_checkout_both_succeed(tmp_path):
+    """pip install of a checkout writes nothing into it (scikit-build-core's
+    build directory is a temporary one): two installs at once from one
+    checkout do not break each other, and a read-only checkout installs."""
+    from support.mpibuild import build_venv
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount the checkout read-only")
+    src = tmp_path / "checkout"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build",
+                                                               "__pycache__"))
+    before = tree_digest(str(src))
+    py = os.path.join(build_venv(), "bin", "python")
+    pips = []
+    for i in (1, 2):
+        pips.append(f"{py} -m pip install -q --disable-pip-version-check --no-deps "
+                    f"--no-build-isolation --prefix {tmp_path}/p{i} {src} "
+                    f"> {tmp_path}/log{i} 2>&1 & p{i}=$!; ")
+    script = (PRIVATE + f"mount --bind {src} {src} && mount -o remount,bind,ro {src} && "
+              + "".join(pips) + "wait $p1; r1=$?; wait $p2; r2=$?; echo $r1 $r2")
+    e = dict(os.environ, MPICC=os.path.join(BIN, "mpicc"))
+    e.pop("CC", None)
+    r = run(UNSHARE_MOUNT + [script], env=e, timeout=900)
+    logs = [(tmp_path / f"log{i}").read_text()[-3000:] for i in (1, 2)]
+    assert r.stdout.split() == ["0", "0"], (r.stdout, r.stderr, logs)
+    for i in (1, 2):
+        launcher = tmp_path / f"p{i}" / "bin" / "python-mpi"
+        assert os.access(launcher, os.X_OK), logs
+        assert launcher.read_bytes()[:4] == b"\x7fELF"
+    assert tree_digest(str(src)) == before

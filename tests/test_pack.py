@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -328,6 +329,47 @@ def test_name_clash(tmp_path):
     run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "x", "-q", "--force"])
 
 
+@pytest.fixture
+def venv_with_huge_file(tmp_path):
+    """A venv holding a 4 TB (sparse) data file: reading it would take hours."""
+    v = tmp_path / "big"
+    make_venv(str(v), [])
+    site = next((v / "lib").glob("python*/site-packages"))
+    with open(site / "huge.dat", "wb") as f:
+        f.truncate(4 << 40)
+    return v
+
+
+def test_packing_into_an_existing_name_fails_before_reading_the_source(tmp_path,
+                                                                       venv_with_huge_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "big.tar.zst").write_bytes(b"someone's data")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    env = dict(os.environ, TMPDIR=str(stage))
+    t0 = time.monotonic()
+    r = run(CLI + ["pack", str(venv_with_huge_file), "-o", str(out), "-q"], env=env, timeout=60,
+            check=False)
+    one_line_error(r, "already exists", "--force")
+    assert time.monotonic() - t0 < 30  # refused at once, not after copying
+    assert (out / "big.tar.zst").read_bytes() == b"someone's data"
+    assert os.listdir(stage) == [] and sorted(os.listdir(out)) == ["big.tar.zst"]
+
+
+def test_an_output_directory_without_room_for_the_package_is_refused_up_front(
+        tmp_path, venv_with_huge_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    env = dict(os.environ, TMPDIR=str(stage))
+    r = run(CLI + ["pack", str(venv_with_huge_file), "-o", str(out), "-q"], env=env, timeout=60,
+            check=False)
+    one_line_error(r, "no space left in", str(out), "MB are free")
+    assert os.listdir(stage) == [] and os.listdir(out) == []
+
+
 def test_pack_force_replaces_only_a_package(tmp_path):
     """pack --force where NAME.tar.zst is a directory or a file that is no
     package: refused in one line, untouched; a package is replaced."""
@@ -468,3 +510,192 @@ def test_bad_option_values(tmp_path):
     junk.write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(100))
     r = run(CLI + ["inspect", str(junk)], check=False)
     one_line_error(r, "not a python-mpi-bcast package")
+
+
+# --- stream, don't copy -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def relocation_venv(tmp_path_factory, demo_venv):
+    """A venv with what relocation rewrites: numpy and mpi4py (copied from
+    the demo venv), a console script with an absolute shebang, a .pth file
+    with an absolute path, a module that names the venv in a string (the
+    unpacker patches it: no .pyc), a read-only file and a link to a file
+    outside the venv."""
+    base = tmp_path_factory.mktemp("reloc")
+    venv = str(base / "venv")
+    make_venv(venv, [])
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    src_site = os.path.join(demo_venv, "lib", ver, "site-packages")
+    site = os.path.join(venv, "lib", ver, "site-packages")
+    for name in os.listdir(src_site):
+        if name.startswith(("numpy", "mpi4py")):
+            s, d = os.path.join(src_site, name), os.path.join(site, name)
+            if os.path.isdir(s):
+                shutil.copytree(s, d, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(s, d)
+    with open(os.path.join(venv, "bin", "show-prefix"), "w") as f:
+        f.write(f"#!{venv}/bin/python\nimport sys\nprint(sys.prefix)\n")
+    os.chmod(os.path.join(venv, "bin", "show-prefix"), 0o755)
+    os.makedirs(os.path.join(site, "extra_dir"))
+    with open(os.path.join(site, "extra_dir", "extra_mod.py"), "w") as f:
+        f.write("VALUE = 42\n")
+    with open(os.path.join(site, "extra.pth"), "w") as f:
+        f.write(f"{site}/extra_dir\n")
+    with open(os.path.join(site, "where.py"), "w") as f:
+        f.write(f"DATA = {os.path.join(venv, 'share', 'data')!r}\n")
+    with open(os.path.join(site, "frozen.py"), "w") as f:
+        f.write("X = 1\n")
+    os.chmod(os.path.join(site, "frozen.py"), 0o444)
+    (base / "outside.txt").write_text("outside\n")
+    os.symlink(str(base / "outside.txt"), os.path.join(site, "outside_link.txt"))
+    return venv
+
+
+def _pack_both_ways(venv: str, out_stream, out_copy, args: list[str], tmp_path) -> tuple:
+    """The same pack, streamed (the CLI) and copied (pack(copy=True)); the
+    two packages unpacked; returns (tree digests, manifests)."""
+    run(CLI + ["pack"] + args + ["-o", str(out_stream), "-q"], timeout=900)
+    kw = ", ".join(f"{k}={v!r}" for k, v in _pack_kwargs(venv, args).items())
+    run([sys.executable, "-c", "from python_mpi_bcast.packing.pack import pack\n"
+         f"pack({kw}, output_dir={str(out_copy)!r}, quiet=True, copy=True)"], timeout=900)
+    trees, manifests = [], []
+    for i, out in enumerate((out_stream, out_copy)):
+        (pkg,) = [str(p) for p in out.iterdir() if p.name.endswith(".tar.zst")]
+        dest = tmp_path / f"tree{i}"
+        run(CLI + ["unpack", pkg, str(dest)], timeout=300)
+        trees.append(tree_digest(str(dest), skip=(".python-mpi-bcast-unpack.json",),
+                                 own_path=True))
+        manifests.append(read_manifest(pkg)[0])
+    return trees, manifests
+
+
+def _pack_kwargs(venv: str, args: list[str]) -> dict:
+    if args[0] == "--python":
+        return {"python": venv, "with_python": True}
+    return {"venv": venv, "name": args[args.index("-n") + 1]}
+
+
+@pytest.mark.parametrize("layer", ["environment", "interpreter"])
+def test_streamed_package_unpacks_to_the_tree_the_copying_packer_made(relocation_venv,
+                                                                      tmp_path, layer):
+    """Streaming changes how a package is written, not what it holds: the
+    same files, bytes, modes, links, .pyc and prefix-file list as packing a
+    copy of the tree (the way pack worked before)."""
+    args = ["--python", relocation_venv] if layer == "interpreter" else [relocation_venv, "-n", "e"]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "c").mkdir()
+    trees, ms = _pack_both_ways(relocation_venv, tmp_path / "s", tmp_path / "c", args, tmp_path)
+    only = set(trees[0]) ^ set(trees[1])
+    differ = [k for k in set(trees[0]) & set(trees[1]) if trees[0][k] != trees[1][k]]
+    assert not only and not differ, (sorted(only)[:20], sorted(differ)[:20])
+    assert any(k.endswith(".pyc") for k in trees[0]) and len(trees[0]) > 500
+    assert [(p.mode, p.path, p.placeholder) for p in ms[0].prefix_files] == \
+        [(p.mode, p.path, p.placeholder) for p in ms[1].prefix_files]
+    assert ms[0].prefix_files  # the shebang, the .pth, where.py
+    assert (ms[0].files, ms[0].unpacked_size) == (ms[1].files, ms[1].unpacked_size)
+
+
+def test_pack_with_a_tiny_tmpdir_stages_and_runs(relocation_venv, pkgroot, tmp_path,
+                                                  shm_chroot):
+    """TMPDIR on a 4 MB tmpfs: packing reads the sources straight into the
+    package (no copy of the environment there), and the package stages and
+    runs on 2 ranks."""
+    from helpers import PRIVATE, UNSHARE_MOUNT, mpi_env, mpirun
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    out = tmp_path / "pkgs"
+    out.mkdir()
+    os.symlink(os.path.join(pkgroot["root"], pkgroot["python"]), out / pkgroot["python"])
+    pack = " ".join(CLI + ["pack", relocation_venv, "-n", "reloc", "-o", str(out), "-q"])
+    r = run(UNSHARE_MOUNT + [PRIVATE + f"mount -t tmpfs -o size=4m tmpfs {small} && "
+                             f"TMPDIR={small} {pack} && echo left: $(ls -A {small})"],
+            timeout=900, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "left:", r.stdout  # nothing left behind there
+    env = mpi_env(str(out), shm_chroot, packages=f"{pkgroot['python']}:reloc.tar.zst")
+    r = mpirun(2, ["-c", "import numpy, extra_mod, where; from mpi4py import MPI\n"
+                         "c = MPI.COMM_WORLD\n"
+                         "s = c.allreduce(float(numpy.arange(10).sum()))\n"
+                         "ok = (s, extra_mod.VALUE, where.DATA.startswith(__import__('sys').prefix))\n"
+                         "got = c.gather(ok)\n"
+                         "if c.rank == 0: print('OK', got)"],  # one writer: no interleaved lines
+               env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "OK [(90.0, 42, True), (90.0, 42, True)]", r.stdout
+
+
+
+def test_save_with_a_tiny_tmpdir_saves_and_the_loaded_env_runs(relocation_venv, tmp_path):
+    """save (the venv with its interpreter's standard library, over 100 MB
+    unpacked) with TMPDIR on a 4 MB tmpfs: nothing is copied there; the
+    saved environment loads and runs."""
+    from helpers import PRIVATE, UNSHARE_MOUNT
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    cache = tmp_path / "cache"
+    save = " ".join(CLI + ["save", "tiny", "--venv", relocation_venv, "-q"])
+    r = run(UNSHARE_MOUNT + [PRIVATE + f"mount -t tmpfs -o size=4m tmpfs {small} && "
+                             f"TMPDIR={small} PYTHON_MPI_BCAST_CACHE={cache} {save} && "
+                             f"echo left: $(ls -A {small})"], timeout=900, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "left:", r.stdout
+    m, _ = read_manifest(str(cache / "tiny.tar.zst"))
+    assert m.unpacked_size > 25 << 20, m.unpacked_size  # far more than the tmpfs holds
+    env = dict(os.environ, PYTHON_MPI_BCAST_CACHE=str(cache))
+    tree = tmp_path / "loaded"
+    run(CLI + ["load", "tiny", "--to", str(tree)], env=env, timeout=300)
+    r = run([str(tree / "bin" / "python3"), "-c",
+             "import numpy, extra_mod, json; print(extra_mod.VALUE, numpy.arange(4).sum())"],
+            timeout=120)
+    assert r.stdout.split() == ["42", "6"], r.stdout
+
+
+# --- progress and --level -------------------------------------------------------
+
+def test_pack_says_how_far_it_is_on_a_non_terminal_and_nothing_with_quiet(tmp_path):
+    """stderr is a pipe (a batch job, CI): one line when packing starts,
+    one every few seconds (bytes, files, rate, time left), one at the end."""
+    src = tmp_path / "d"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}.txt").write_text("x" * 10000 * (i + 1))
+    r = run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "p"], timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) >= 2, r.stderr
+    assert re.fullmatch(r"packing p: 0\.0 of about [\d.]+ MB, 0 of 20 files, [\d.]+ MB/s, "
+                        r"about \? left", lines[0]), lines
+    for ln in lines[1:-1]:
+        assert re.fullmatch(r"packing p: [\d.]+ of about [\d.]+ MB, \d+ of 20 files, [\d.]+ "
+                            r"MB/s, about (\d+ s|\?) left", ln), lines
+    assert re.fullmatch(r"packing p: done, 2\.1 MB, 20 files in \d+ s \([\d.]+ MB/s\)",
+                        lines[-1]), lines
+    r = run(CLI + ["pack", "--directory", str(src), "-o", str(tmp_path), "-n", "p", "-q", "-f"],
+            timeout=300)
+    assert r.stderr == ""
+
+
+def test_save_packs_at_the_level_it_is_given(tmp_path):
+    """save --level: level 1 and level 12 of one environment (with its
+    interpreter's standard library) give the same tree in packages of
+    different sizes."""
+    venv = make_venv(str(tmp_path / "v"), [])
+    sizes = {}
+    for level in (1, 12):
+        cache = tmp_path / f"cache{level}"
+        env = dict(os.environ, PYTHON_MPI_BCAST_CACHE=str(cache))
+        run(CLI + ["save", "s", "--venv", venv, "-q", "--level", str(level)], env=env,
+            timeout=900)
+        sizes[level] = os.path.getsize(cache / "s.tar.zst")
+        m, _ = read_manifest(str(cache / "s.tar.zst"))
+        sizes[level, "files"] = m.files
+    assert sizes[1, "files"] == sizes[12, "files"]
+    assert sizes[12] < sizes[1] * 0.95, sizes
+    r = run(CLI + ["save", "t", "--venv", venv, "--level", "0"], check=False)
+    assert r.returncode == 2 and "zstd level" in r.stderr
+    r = run(CLI + ["run", "--level", "23", "mpiexec", "python", "-c", "pass"], check=False)
+    assert r.returncode == 2 and "zstd level" in r.stderr

@@ -112,6 +112,25 @@ def test_repack_writes_the_package_again(user):
     assert ident(os.path.join(user["cache"], e)) != before
 
 
+def test_run_packs_at_the_level_given_and_says_how_far_it_is(user):
+    """stderr is not a terminal (a batch job): packing says how far it is
+    (a line when it starts, every few seconds, when it ends); -q: nothing.
+    --level 1 and --level 15 of one environment: different sizes."""
+    r = pmb_run(user, "--level", "1", "mpiexec", "-n", "1", "python", "-c", "pass")
+    (e,) = entries(user)
+    path = os.path.join(user["cache"], e)
+    name = e[:-len(".tar.zst")]
+    assert re.search(rf"^packing {name}: 0\.0 of about [\d.]+ MB, 0 of \d+ files", r.stderr,
+                     re.M), r.stderr
+    assert re.search(rf"^packing {name}: done, [\d.]+ MB, \d+ files in \d+ s", r.stderr,
+                     re.M), r.stderr
+    fast = os.path.getsize(path)
+    r = pmb_run(user, "-q", "--repack", "--level", "15", "mpiexec", "-n", "1", "python", "-c",
+                "pass")
+    assert r.stderr == "" and entries(user) == [e]
+    assert os.path.getsize(path) < fast * 0.95, (os.path.getsize(path), fast)
+
+
 def test_with_dir_stages_the_scripts_directory(user):
     proj = user["proj"]
     with open(os.path.join(proj, "helper.py"), "w") as f:
@@ -365,7 +384,8 @@ def test_readme_run_examples(sandbox, demo_venv):
                                                  cwd=str(sandbox["tmp"]), timeout=1200)
     assert (state, code) == ("COMPLETED", 0), out
     assert out.count("my_script: 4 ranks, total 4.0") == 3, out
-    assert out.count("packing ") == 2  # the env once, the --with-dir layer once
+    # the env once, the --with-dir layer once (each with its progress lines)
+    assert len(re.findall(r"^packing \S+ into ", out, re.M)) == 2, out
     assert out.count("using cached package") >= 2
     assert re.search(r"would run: .* aprun -n 4096 -N 32 \S+/python-mpi my_script.py "
                      r"--its-args", out), out

@@ -155,3 +155,50 @@ def test_no_strip_program_keeps_debug_info_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     d = slim.strip_interpreter(str(tmp_path))
     assert d.bytes == 0 and "debug info kept" in d.summary("python-3.11")
+
+
+def test_slim_interpreter_package_holds_its_binaries_without_debug_info(slim_root, tmp_path):
+    """pack --slim --python: libpython (here built with debug info) is
+    stripped of it in the package (packing streams from the sources: the
+    binaries strip rewrites are the ones copied into TMPDIR), and the
+    stripped interpreter runs."""
+    import sysconfig
+    lib = os.path.join(sysconfig.get_config_var("LIBDIR"),
+                       sysconfig.get_config_var("INSTSONAME") or "")
+    if not os.path.isfile(lib) or not shutil.which("strip"):
+        pytest.skip("needs a shared libpython and strip")
+    with open(lib, "rb") as f:
+        if b".debug_info" not in f.read():
+            pytest.skip("this libpython has no debug info to drop")
+    tree = tmp_path / "t"
+    run(CLI + ["unpack", os.path.join(slim_root["root"], slim_root["python"]), str(tree)],
+        timeout=300)
+    slim_lib = tree / "lib" / os.path.basename(lib)
+    with open(slim_lib, "rb") as f:
+        data = f.read()
+    assert b".debug_info" not in data and len(data) < os.path.getsize(lib), len(data)
+    r = run([str(tree / "bin" / "python3"), "-c", "import json, ssl; print('ran')"],
+            timeout=120)
+    assert r.stdout.strip() == "ran"
+
+
+def test_slim_pack_keeps_the_tests_a_package_imports(tmp_path):
+    """pack --slim of a venv (streamed from the sources): a package that
+    imports its own tests keeps them, another's tests go."""
+    from helpers import make_venv
+    venv = make_venv(str(tmp_path / "v"), [])
+    site = os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                        "site-packages")
+    _write(os.path.join(site, "used", "__init__.py"), "from used.tests.helpers import fixture\n")
+    _write(os.path.join(site, "used", "tests", "__init__.py"))
+    _write(os.path.join(site, "used", "tests", "helpers.py"), "fixture = 1\n")
+    _write(os.path.join(site, "plain", "__init__.py"), "x = 1\n")
+    _write(os.path.join(site, "plain", "tests", "test_x.py"), "import plain\n")
+    out = tmp_path / "out"
+    run(CLI + ["pack", "--slim", venv, "-n", "e", "-o", str(out), "-q"], timeout=600)
+    tree = tmp_path / "t"
+    run(CLI + ["unpack", str(out / "e.tar.zst"), str(tree)], timeout=300)
+    tsite = tree / os.path.relpath(site, venv)
+    assert (tsite / "used" / "tests" / "helpers.py").read_text() == "fixture = 1\n"
+    assert (tsite / "plain" / "__init__.py").exists()
+    assert not (tsite / "plain" / "tests").exists()

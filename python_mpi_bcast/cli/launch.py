@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ..support.errors import PmbError
+from .packing import _level
 from .saved import CACHE_HELP
 
 
@@ -51,6 +52,9 @@ def add_run(sub) -> None:
     rn.add_argument("--dry-run", action="store_true",
                     help="print the rewritten line and the exports; pack and run nothing")
     rn.add_argument("--cache", metavar="DIR", help=CACHE_HELP)
+    rn.add_argument("--level", type=_level, default=10,
+                    help="zstd level when it packs (default 10; a cached package is used "
+                         "whatever its level)")
     rn.add_argument("-q", "--quiet", action="store_true", help="say nothing before the line "
                                                                "runs")
     rn.add_argument("line", nargs=argparse.REMAINDER, metavar="LAUNCHER...",
@@ -88,4 +92,4 @@ def cmd_run(a) -> int:
         raise PmbError("give a launch line: python-mpi-bcast run srun -n 4 python SCRIPT ARGS")
     say = (lambda msg: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))
     return run(a.line, with_dir=a.with_dir, repack=a.repack, keep=a.keep, cache=a.cache,
-               dry_run=a.dry_run, say=say)
+               dry_run=a.dry_run, say=say, quiet=a.quiet, level=a.level)

@@ -56,8 +56,9 @@ def add_pack(sub) -> None:
     pk.add_argument("--shard-size", type=_size, default=8 << 20, metavar="SIZE",
                     help="unpacked bytes per shard (default 8M)")
     pk.add_argument("-f", "--force", action="store_true", help="replace existing packages")
-    pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    pk.add_argument("--tmpdir", help="directory for the staging copy (default $TMPDIR)")
+    pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines")
+    pk.add_argument("--tmpdir", help="directory for the staging skeleton: directories and empty "
+                         "placeholders, no file data (default $TMPDIR)")
     pk.set_defaults(func=cmd_pack)
 
 

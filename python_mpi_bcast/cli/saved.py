@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from .packing import _level
+
 CACHE_HELP = "the cache directory (default: $PYTHON_MPI_BCAST_CACHE, else " \
              "~/.local/share/python-mpi-bcast/envs)"
 
@@ -31,7 +33,8 @@ def add_save(sub) -> None:
     sv.add_argument("name")
     sv.add_argument("-f", "--force", action="store_true", help="replace an existing entry")
     sv.add_argument("--venv", metavar="PATH", help="save this environment instead of the active one")
-    sv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines")
+    sv.add_argument("--level", type=_level, default=10, help="zstd level (default 10)")
     sv.add_argument("--cache", metavar="DIR", help=CACHE_HELP)
     sv.set_defaults(func=cmd_save)
 
@@ -88,7 +91,7 @@ def cmd_save(a) -> int:
     from ..envs.saved import save
     from ..support.paths import cache_dir
     cache = cache_dir(a.cache)
-    rec = save(cache, a.name, a.venv, force=a.force, quiet=a.quiet)
+    rec = save(cache, a.name, a.venv, force=a.force, quiet=a.quiet, level=a.level)
     print(f"saved {rec['source']} as '{a.name}' in {cache} ({rec['size'] / 1e6:.1f} MB, "
           f"Python {rec['python']}, {len(rec['distributions'])} packages)")
     return 0

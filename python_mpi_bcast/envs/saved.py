@@ -91,7 +91,7 @@ def active_environment() -> str:
 
 
 def save(cache: str, name: str, source: str | None = None, force: bool = False,
-         quiet: bool = True) -> dict:
+         quiet: bool = True, level: int = 10) -> dict:
     """Pack ``source`` (default: the active environment) with its
     interpreter into the cache as ``name``.  The record ``list`` shows is
     written before the package appears under its name (the one it replaces
@@ -124,7 +124,7 @@ def save(cache: str, name: str, source: str | None = None, force: bool = False,
         _write_json_atomic(side, record)
 
     try:
-        out, m, st = pack_whole(source, cache, name, force=force, quiet=quiet,
+        out, m, st = pack_whole(source, cache, name, force=force, quiet=quiet, level=level,
                                 before_rename=write_record)
     except Exists:
         now = _read_json(side)

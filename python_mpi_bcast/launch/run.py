@@ -226,7 +226,7 @@ def _ensure(cache: str, kind: str, name: str, key: str, source: str, keep: int, 
 
 def plan(line: list[str], with_dir: str | None = None, repack: bool = False, keep: int = 3,
          cache: str | None = None, dry_run: bool = False, environ: dict | None = None,
-         say=print, quiet: bool = True) -> tuple[LaunchLine, dict, list[int]]:
+         say=print, quiet: bool = True, level: int = 10) -> tuple[LaunchLine, dict, list[int]]:
     """Pack what is missing and return (the rewritten line, the variables to
     export, the descriptors that hold the packages)."""
     from ..support.paths import launcher_path
@@ -268,7 +268,8 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
         from ..packing.pack import pack_whole
         os.makedirs(cache, exist_ok=True)
         path, fd = _ensure(cache, "run", name, key, prefix, keep, repack,
-                           lambda e: pack_whole(prefix, cache, e, force=True, quiet=quiet),
+                           lambda e: pack_whole(prefix, cache, e, force=True, quiet=quiet,
+                                                level=level),
                            say)
         fds.append(fd)
         packages = [os.path.basename(path)]
@@ -286,7 +287,7 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
                 os.path.join(prefix, "bin", "python3")
             path, fd = _ensure(cache, "rundir", dname, dkey, run_dir, keep, repack,
                                lambda e: pack_run_dir(run_dir, cache, e, sub, compiler,
-                                                      quiet=quiet), say)
+                                                      level=level, quiet=quiet), say)
             fds.append(fd)
         packages.append(os.path.basename(dentry))
         ll.argv[ll.script_index] = f"{sub}/{os.path.relpath(os.path.abspath(ll.script), run_dir)}"

@@ -120,10 +120,36 @@ def partition(entries, shard_size: int) -> list[list]:
     return shards
 
 
-def _write_shard(root: str, entries, out_path: str, level: int, progress) -> tuple[int, int, str]:
+def file_member(root: str, rel: str, ti: tarfile.TarInfo, size: int):
+    """The members one listed entry becomes: itself, its bytes read from
+    ``root/rel`` in chunks."""
+    if ti.type != tarfile.REGTYPE:
+        yield ti, ()
+        return
+    yield ti, read_chunks(os.path.join(root, rel), rel, size)
+
+
+def read_chunks(path: str, rel: str, size: int):
+    """``size`` bytes of ``path`` in chunks; a file that shrank is an error."""
+    with open(path, "rb") as f:
+        left = size
+        while left:
+            buf = f.read(min(COPY_CHUNK, left))
+            if not buf:
+                raise PmbError(f"{rel}: file shrank while packing")
+            yield buf
+            left -= len(buf)
+
+
+def _write_shard(root: str, entries, out_path: str, level: int, progress,
+                 members=None) -> tuple[int, int, str, int, int]:
+    """One shard: (compressed size, tar bytes, SHA-256 of the frame, files,
+    file bytes).  ``members(rel, ti, size)`` yields the (TarInfo, chunks)
+    an entry becomes (default: :func:`file_member`)."""
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
     h = hashlib.sha256()
-    usize = 0
+    usize = nfiles = fbytes = 0
+    members = members or (lambda rel, ti, size: file_member(root, rel, ti, size))
 
     class _Hashing(io.RawIOBase):
         def __init__(self, f):
@@ -142,25 +168,29 @@ def _write_shard(root: str, entries, out_path: str, level: int, progress) -> tup
         hw = _Hashing(raw)
         with cctx.stream_writer(hw, closefd=False) as zw:
             for rel, ti, size in entries:
-                hdr = ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-                zw.write(hdr)
-                usize += len(hdr)
-                if ti.type == tarfile.REGTYPE:
-                    with open(os.path.join(root, rel), "rb") as f:
-                        left = size
-                        while left:
-                            buf = f.read(min(COPY_CHUNK, left))
-                            if not buf:
-                                raise PmbError(f"{rel}: file shrank while packing")
-                            zw.write(buf)
-                            left -= len(buf)
-                            if progress:
-                                progress.advance(len(buf))
-                    pad = (-size) % 512
+                for mti, chunks in members(rel, ti, size):
+                    hdr = mti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+                    zw.write(hdr)
+                    usize += len(hdr)
+                    if mti.type != tarfile.REGTYPE:
+                        continue
+                    n = 0
+                    for buf in chunks:
+                        zw.write(buf)
+                        n += len(buf)
+                        if progress:
+                            progress.advance(len(buf))
+                    if n != mti.size:
+                        raise PmbError(f"{mti.name}: file changed size while packing")
+                    pad = (-n) % 512
                     zw.write(b"\0" * pad)
-                    usize += size + pad
+                    usize += n + pad
+                    nfiles += 1
+                    if progress:
+                        progress.advance(0, files=1)
+                    fbytes += n
         csize = hw.n
-    return csize, usize, h.hexdigest()
+    return csize, usize, h.hexdigest(), nfiles, fbytes
 
 
 class Exists(PmbError):
@@ -187,27 +217,38 @@ def _rename_noreplace(src: str, dst: str) -> None:
     os.unlink(src)
 
 
-def write_package(st, prefix_files: list[PrefixFile], out_path: str, level: int = 10,
+def write_package(st, prefix_files, out_path: str, level: int = 10,
                   threads: int = 0, shard_size: int = 8 << 20, progress=None,
-                  replace: bool = True, before_rename=None) -> Manifest:
+                  replace: bool = True, before_rename=None, entries=None,
+                  members=None) -> Manifest:
     """Write the staging tree ``st.root`` to ``out_path`` atomically.
     ``replace=False``: fail with :class:`Exists` if ``out_path`` exists when
     the package is renamed into place (two writers of one name: one wins).
     ``before_rename(manifest)`` runs when the package is complete, just
-    before it appears under its name."""
-    entries = list_tree(st.root)
+    before it appears under its name.
+
+    ``entries`` (default :func:`list_tree`) and ``members(shard, rel, ti,
+    size)`` (default: the entry itself, read from the tree) let a caller
+    produce members on the way (stream.py: relocated, compiled);
+    ``prefix_files`` may then be a function called once every shard is
+    written.  Extra disk: the compressed shards, each appended to the
+    package file and removed in turn."""
+    entries = list_tree(st.root) if entries is None else entries
     shards = partition(entries, shard_size)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     threads = threads or os.cpu_count() or 1
     if progress:
-        progress.start(sum(size for _, _, size in entries))
+        progress.start(sum(size for _, _, size in entries),
+                       sum(1 for e in entries if e[1].type == tarfile.REGTYPE))
     tmpdir = leftovers.mkdtemp(prefix=".pmb-shards-", dir=out_dir)
     final_tmp = None
     try:
         paths = [os.path.join(tmpdir, f"{i:05d}.zst") for i in range(len(shards))]
         with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-            futs = [pool.submit(_write_shard, st.root, ents, p, level, progress)
-                    for ents, p in zip(shards, paths)]
+            futs = [pool.submit(_write_shard, st.root, ents, p, level, progress,
+                                (lambda rel, ti, size, i=i: members(i, rel, ti, size))
+                                if members else None)
+                    for i, (ents, p) in enumerate(zip(shards, paths))]
             results = [f.result() for f in futs]
         tail = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(TAR_END)
         m = Manifest(name=st.name, kind=st.kind, python=st.info["version"],
@@ -216,28 +257,28 @@ def write_package(st, prefix_files: list[PrefixFile], out_path: str, level: int 
                      created_by=f"python-mpi-bcast {_version()}",
                      sources=":".join(st.scrub))
         off = 0
-        for ents, (csize, usize, digest) in zip(shards, results):
-            nfiles = sum(1 for e in ents if e[1].type == tarfile.REGTYPE)
+        for csize, usize, digest, nfiles, _ in results:
             m.shards.append(Shard(off, csize, usize, nfiles, digest))
             off += csize
         m.shards.append(Shard(off, len(tail), len(TAR_END), 0, hashlib.sha256(tail).hexdigest()))
         off += len(tail)
         m.payload_size = off
-        m.unpacked_size = sum(size for _, _, size in entries)
-        m.files = sum(1 for e in entries if e[1].type == tarfile.REGTYPE)
+        m.unpacked_size = sum(r[4] for r in results)
+        m.files = sum(r[3] for r in results)
         m.content_hash = content_hash([s.sha256 for s in m.shards])
-        m.prefix_files = prefix_files
+        m.prefix_files = prefix_files() if callable(prefix_files) else prefix_files
         fd, final_tmp = leftovers.mkstemp(prefix=f".{os.path.basename(out_path)}.",
                                           suffix=".part", dir=out_dir)
         with os.fdopen(fd, "wb") as out:
             out.write(encode_manifest_frame(m))
-            for p in paths:
+            for p in paths:  # each shard goes once appended: the package's size at most
                 with open(p, "rb") as f:
                     while True:
                         buf = f.read(16 << 20)
                         if not buf:
                             break
                         out.write(buf)
+                os.unlink(p)
             out.write(tail)
             out.flush()
             os.fsync(out.fileno())

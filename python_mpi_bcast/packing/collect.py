@@ -8,6 +8,7 @@ Layers stack: the interpreter package provides ``bin/pythonX.Y``, the shared
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import glob
@@ -55,6 +56,62 @@ class Staged:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
+# Stream, don't copy: while lazy_copies() is active, a file "copied" into a
+# staging tree is a sparse placeholder of the source's size, mode and times
+# (no data blocks), and this maps the placeholder's path to the source's;
+# the package writer reads the bytes from the source (packing/stream.py).
+# Steps that must change a file's bytes in place materialize() it first.
+_lazy: dict[str, str] | None = None
+
+
+@contextlib.contextmanager
+def lazy_copies():
+    global _lazy
+    prev, _lazy = _lazy, {}
+    try:
+        yield _lazy
+    finally:
+        _lazy = prev
+
+
+def content_path(path: str) -> str:
+    """Where the bytes of the staged file ``path`` are: its source while it
+    is a placeholder, else itself."""
+    if _lazy is not None:
+        return _lazy.get(path, path)
+    return path
+
+
+def materialize(path: str) -> None:
+    """Give a placeholder its source's bytes (a step will change them)."""
+    if _lazy is not None and path in _lazy:
+        src = _lazy.pop(path)
+        os.unlink(path)  # the placeholder may be read-only, as its source
+        shutil.copy2(src, path)
+
+
+def _own(path: str) -> str:
+    """``path`` is about to be written with bytes of our own: no longer a
+    placeholder of a source."""
+    if _lazy is not None:
+        _lazy.pop(path, None)
+    return path
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy one regular file (lazily while lazy_copies() is active)."""
+    if _lazy is None:
+        shutil.copy2(src, dst)
+        return
+    s = os.stat(src)
+    if os.path.lexists(dst):
+        os.unlink(dst)
+    with open(dst, "wb") as f:
+        f.truncate(s.st_size)
+    shutil.copystat(src, dst)
+    _lazy[dst] = os.path.abspath(src)
+
+
 def _excluded(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
     parts = rel.split("/")
     for pat in patterns:
@@ -95,6 +152,8 @@ def _copy_link(src: str, dst: str) -> None:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     if os.path.lexists(dst):
         os.unlink(dst)
+        if _lazy is not None:
+            _lazy.pop(dst, None)
     os.symlink(os.readlink(src), dst)
 
 
@@ -106,7 +165,9 @@ def _copy_entry(src: str, dst: str) -> None:
     if not os.path.isfile(src):
         return  # sockets, fifos, devices: nothing a Python job needs
     try:
-        shutil.copy2(src, dst)
+        if _lazy is not None and not os.access(src, os.R_OK):
+            raise PermissionError
+        copy_file(src, dst)
     except PermissionError:
         raise PmbError(f"{src}: permission denied while reading; packing needs read "
                        f"access to every file") from None
@@ -160,14 +221,14 @@ def stage_interpreter(exe: str, staging: str, excludes: list[str], slim: bool,
     bindir = os.path.join(staging, "bin")
     os.makedirs(bindir, exist_ok=True)
     real_exe = os.path.realpath(info["executable"])
-    shutil.copy2(real_exe, os.path.join(bindir, f"python{ver}"))
+    copy_file(real_exe, os.path.join(bindir, f"python{ver}"))
     for link in ("python3", "python"):
         os.symlink(f"python{ver}", os.path.join(bindir, link))
     st.executable = f"bin/python{ver}"
     lib = find_libpython(info)
     if lib:
         soname = info["instsoname"] or os.path.basename(lib)
-        shutil.copy2(lib, os.path.join(staging, "lib", soname))
+        copy_file(lib, os.path.join(staging, "lib", soname))
         dev = f"libpython{ver}.so"
         if soname != dev:
             os.symlink(soname, os.path.join(staging, "lib", dev))
@@ -193,8 +254,8 @@ def add_staged_hook(staging: str, site_dir: str) -> None:
     site = os.path.join(staging, site_dir)
     os.makedirs(site, exist_ok=True)
     shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "staged_site.py"),
-                    os.path.join(site, STAGED_HOOK + ".py"))
-    with open(os.path.join(site, STAGED_HOOK + ".pth"), "w") as f:
+                    _own(os.path.join(site, STAGED_HOOK + ".py")))
+    with open(_own(os.path.join(site, STAGED_HOOK + ".pth")), "w") as f:
         f.write(f"import {STAGED_HOOK}\n")
 
 
@@ -241,7 +302,7 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None) -
         # without a 'home' line the interpreter's own paths stay the tree's, and
         # the tree's root is no venv to python-mpi-bcast's own commands
         os.makedirs(os.path.join(staging, "bin"), exist_ok=True)
-        with open(os.path.join(staging, "bin", "pyvenv.cfg"), "w", encoding="utf-8") as f:
+        with open(_own(os.path.join(staging, "bin", "pyvenv.cfg")), "w", encoding="utf-8") as f:
             f.write("# python-mpi-bcast: as in the venv this was packed from, no user site\n"
                     "include-system-site-packages = false\n")
     sites = []
@@ -374,7 +435,7 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
     st.recorded = {rel: (r.mode, r.placeholder) for rel, r in env.prefix_files.items()
                    if os.path.isfile(os.path.join(staging, rel))}
     if for_launcher and os.path.isdir(os.path.join(staging, st.site_dir)):
-        with open(os.path.join(staging, st.site_dir, conda.ACTIVATE_PTH), "w") as f:
+        with open(_own(os.path.join(staging, st.site_dir, conda.ACTIVATE_PTH)), "w") as f:
             f.write(conda.ACTIVATE_PTH_TEXT)
         add_staged_hook(staging, st.site_dir)
     return st

@@ -38,20 +38,16 @@ def needed(path: str) -> list[str]:
     return _run(["--print-needed", path]).split()
 
 
-def relocate_rpath(path: str, tree_path: str, old_to_new: list[tuple[str, str]],
-                   tree_root: str) -> bool:
-    """Rewrite absolute RPATH entries that point into a packed prefix so they
-    are relative to the file (``$ORIGIN/...``).
-
-    ``path`` is the file in the staging tree, ``tree_path`` its path relative
-    to the tree root; ``old_to_new`` maps old absolute directories to their
-    relative location inside the tree.  Returns True when it changed the file.
-    Entries that point outside every packed prefix are kept: they name system
-    libraries that exist on compute nodes too.
-    """
+def rpath_change(path: str, tree_path: str, old_to_new: list[tuple[str, str]]) -> str | None:
+    """The RPATH the ELF file ``path`` (read only) needs at ``tree_path``
+    inside the tree: absolute entries that point into a packed prefix become
+    relative to the file (``$ORIGIN/...``); None when nothing changes.
+    ``old_to_new`` maps old absolute directories to their relative location
+    inside the tree.  Entries that point outside every packed prefix are
+    kept: they name system libraries that exist on compute nodes too."""
     entries = get_rpath(path)
     if not entries:
-        return False
+        return None
     here = os.path.dirname(tree_path)
     new_entries = []
     changed = False
@@ -69,11 +65,25 @@ def relocate_rpath(path: str, tree_path: str, old_to_new: list[tuple[str, str]],
             new_entries.append(mapped)
         else:
             new_entries.append(e)
-    if changed:
-        # de-duplicate, keep order
-        seen = []
-        for e in new_entries:
-            if e not in seen:
-                seen.append(e)
-        _run(["--set-rpath", ":".join(seen), path])
-    return changed
+    if not changed:
+        return None
+    seen = []  # de-duplicate, keep order
+    for e in new_entries:
+        if e not in seen:
+            seen.append(e)
+    return ":".join(seen)
+
+
+def set_rpath(path: str, rpath: str) -> None:
+    _run(["--set-rpath", rpath, path])
+
+
+def relocate_rpath(path: str, tree_path: str, old_to_new: list[tuple[str, str]],
+                   tree_root: str) -> bool:
+    """Rewrite the ELF file ``path`` (in a tree on disk) in place as
+    :func:`rpath_change` says.  Returns True when it changed the file."""
+    new = rpath_change(path, tree_path, old_to_new)
+    if new is None:
+        return False
+    set_rpath(path, new)
+    return True

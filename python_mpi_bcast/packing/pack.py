@@ -1,13 +1,16 @@
-"""``python-mpi-bcast pack``: find → copy → relocate → compile → archive."""
+"""``python-mpi-bcast pack``: find → relocate → compile → archive, in one
+pass over the source files (stream.py): collect stages a skeleton that names
+them, the package writer reads each once."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import tempfile
 
-from . import collect, relocatable, slim as slimming
+from . import collect, relocatable, slim as slimming, stream
 from ..support import leftovers
 from ..source import pyinfo
 from ..package.archive import write_package
@@ -53,11 +56,13 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
          excludes: list[str] | None = None, slim: bool = True, level: int = 10,
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
          quiet: bool = False, tmpdir: str | None = None,
-         drop_unused: bool = False) -> list[tuple[str, Manifest]]:
+         drop_unused: bool = False, copy: bool = False) -> list[tuple[str, Manifest]]:
     """Pack an interpreter and/or a venv, a conda env (interpreter and
     packages in one package), or a plain directory.  ``drop_unused``
     (``--slim``): leave out tests, headers, documents and debug info
-    (slim.py says which).
+    (slim.py says which).  ``copy``: copy the tree into ``tmpdir``, relocate
+    and compile it there, then archive it (how packing worked before it
+    streamed; the reference tests/test_pack.py holds the streaming writer to).
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """
@@ -81,13 +86,18 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     if name is not None and len(jobs) > 1:
         raise PmbError("--name applies to one package; pack the interpreter and the venv "
                        "in two commands to name both")
+    # fail early: every package's name is free (or --force may replace it) and
+    # the output directory has room, before any file of a source is read
+    for kind, source in jobs:
+        _target(output_dir, _job_name(kind, source, name), force)
+    _check_output_room(output_dir, sum(_source_bytes(kind, source) for kind, source in jobs))
     written = []
     threads = threads or os.cpu_count() or 1
     for kind, source in jobs:
         staging = _staging_dir(tmpdir)
         try:
             interp = pyinfo.resolve_interpreter(source) if kind == "interpreter" else None
-            with _room_for_staging(staging, None if interp else source, interp):
+            with _lazy(not copy), _room_for_staging(staging, None if interp else source, interp):
                 if kind == "interpreter":
                     exe = pyinfo.resolve_interpreter(source)
                     st = collect.stage_interpreter(exe, staging, excludes, slim, name)
@@ -103,15 +113,61 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                     st = collect.stage_directory(source, staging, excludes, name,
                                                  pyinfo.query(exe))
                     compiler = exe
-                out = _target(output_dir, st.name, force)
+                out = _target(output_dir, st.name, force)  # again: it may have appeared since
                 if drop_unused:
                     _drop_unused(st)
-                prefix_files = _prepare(st, compiler, threads)
-            written.append(_archive(st, prefix_files, out, level, threads, shard_size, quiet,
-                                    replace=force))
+                if copy:
+                    prefix_files = _prepare(st, compiler, threads)
+                    written.append(_archive(st, prefix_files, out, level, threads, shard_size,
+                                            quiet, replace=force))
+                else:
+                    written.append(_stream(st, compiler, out, level, threads, shard_size, quiet,
+                                           replace=force))
         finally:
             leftovers.remove(staging)
     return written
+
+
+def _job_name(kind: str, source: str | None, name: str | None) -> str:
+    """The name the package of one job gets (as collect's stage_* name it),
+    known before anything is staged."""
+    if name is not None:
+        return name
+    if kind == "interpreter":
+        return f"python-{pyinfo.query(pyinfo.resolve_interpreter(source))['version']}"
+    return os.path.basename(os.path.abspath(source).rstrip("/"))
+
+
+def _source_bytes(kind: str, source: str | None) -> int:
+    """About how many bytes a job reads: its files' sizes (from their
+    metadata only), byte code left out as packing leaves it out."""
+    if kind == "interpreter":
+        try:
+            return _tree_bytes(pyinfo.query(pyinfo.resolve_interpreter(source))["stdlib"])
+        except (PmbError, KeyError, OSError):
+            return 0
+    return _tree_bytes(source) if source and os.path.isdir(source) else 0
+
+
+# No Python environment compresses below this fraction of its files' bytes
+# (measured: numpy+scipy venv about 1/3, torch with CUDA 1/2.1, pure-Python
+# trees about 1/5); a directory with less free space than that cannot hold
+# the package, and the pack is refused before it starts.
+MIN_PACKAGE_FRACTION = 1 / 8
+
+
+def _check_output_room(output_dir: str, source_bytes: int) -> None:
+    need = int(source_bytes * MIN_PACKAGE_FRACTION)
+    try:
+        sv = os.statvfs(output_dir)
+    except OSError:
+        return
+    free = sv.f_bavail * sv.f_frsize
+    if free < need:
+        raise PmbError(f"no space left in {output_dir} for the package: its sources hold "
+                       f"{source_bytes / 1e6:.0f} MB, so the package needs at least about "
+                       f"{need / 1e6:.0f} MB, and {free / 1e6:.0f} MB are free; free space "
+                       f"there or choose another -o directory")
 
 
 def _drop_unused(st: collect.Staged) -> None:
@@ -134,13 +190,14 @@ def _staging_dir(tmpdir: str | None) -> str:
         return leftovers.mkdtemp(prefix="pmb-stage-", dir=where)
     except OSError as e:
         raise PmbError(f"cannot create a staging directory in {where}: {e.strerror or e}; set "
-                       f"TMPDIR to a writable directory with room for an uncompressed copy of "
-                       f"the environment") from None
+                       f"TMPDIR to a writable directory (it holds the tree's directories and "
+                       f"empty placeholders only)") from None
 
 
 def _tree_bytes(top: str) -> int:
     total = 0
-    for dirpath, _, filenames in os.walk(top):
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         for fn in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, fn))
@@ -187,10 +244,32 @@ class _room_for_staging:
             free = f", {sv.f_bavail * sv.f_frsize / 1e6:.0f} MB free"
         except OSError:
             free = ""
-        raise PmbError(f"no space left in {where} for the staging copy of "
-                       f"{self.source or self.interpreter} (an uncompressed copy is made there "
-                       f"before packing: about {need / 1e6:.0f} MB needed{free}); set TMPDIR "
+        raise PmbError(f"no space left in {where} for the staging skeleton of "
+                       f"{self.source or self.interpreter} (its directories and empty "
+                       f"placeholders of its {need / 1e6:.0f} MB of files{free}); set TMPDIR "
                        f"to a directory with more room") from None
+
+
+def _lazy(on: bool):
+    return collect.lazy_copies() if on else contextlib.nullcontext()
+
+
+def _stream(st: collect.Staged, compiler: str | None, out: str, level: int, threads: int,
+            shard_size: int, quiet: bool, replace: bool = True, before_rename=None,
+            relocate: bool = True) -> tuple[str, Manifest]:
+    """relocate → compile → archive a staged skeleton into ``out``, reading
+    each source file once (stream.py)."""
+    relocatable.fix_symlinks(st)
+    prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
+    m = stream.write(st, compiler, out, level, threads, shard_size, progress=prog,
+                     replace=replace, before_rename=before_rename, relocate=relocate)
+    prog.finish()
+    for rel in st.compiled_in:
+        log.debug("%s: keeps a compiled-in path of the old location (a fallback only; "
+                  "not rewritten)", rel)
+    for w in st.warnings:
+        log.warning("%s", w)
+    return out, m
 
 
 def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:
@@ -225,6 +304,7 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
     while this one is written (see :func:`archive.write_package`)."""
     output_dir = _check_output_dir(output_dir)
     out = _target(output_dir, name, force)
+    _check_output_room(output_dir, _tree_bytes(source) if os.path.isdir(source) else 0)
     threads = threads or os.cpu_count() or 1
     staging = _staging_dir(tmpdir)
     try:
@@ -234,11 +314,10 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
                 interp = pyinfo.base_interpreter_of_venv(source)
             except PmbError:
                 pass
-        with _room_for_staging(staging, source, interp):
+        with _lazy(True), _room_for_staging(staging, source, interp):
             st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
-            prefix_files = _prepare(st, compiler, threads)
-        out, m = _archive(st, prefix_files, out, level, threads, shard_size, quiet,
-                          replace=force, before_rename=before_rename)
+            out, m = _stream(st, compiler, out, level, threads, shard_size, quiet,
+                             replace=force, before_rename=before_rename)
         return out, m, st
     finally:
         leftovers.remove(staging)
@@ -258,15 +337,11 @@ def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: st
         src = os.path.abspath(src)
         info = pyinfo.query(compiler)
         st = collect.Staged(root=staging, kind="directory", name=name, info=info)
-        collect.copy_tree(src, os.path.join(staging, subdir), list(collect.ALWAYS_EXCLUDES[:2]))
-        st.moves = [(src, subdir)]
-        relocatable.fix_symlinks(st)
-        relocatable.byte_compile(st, compiler, [], threads)
-        st.scrub = [src]  # recorded as the package's source
-        prog = Progress(f"packing {name}", enabled=False if quiet else None)
-        m = write_package(st, [], out, level=level, threads=threads, shard_size=8 << 20,
-                          progress=prog)
-        prog.finish()
-        return out, m
+        with _lazy(True):
+            collect.copy_tree(src, os.path.join(staging, subdir),
+                              list(collect.ALWAYS_EXCLUDES[:2]))
+            st.moves = [(src, subdir)]
+            st.scrub = [src]  # recorded as the package's source; nothing is rewritten
+            return _stream(st, compiler, out, level, threads, 8 << 20, quiet, relocate=False)
     finally:
         leftovers.remove(staging)

@@ -74,7 +74,7 @@ def fix_symlinks(st: Staged, keep_outside: bool = False) -> None:
                 resolved = os.path.realpath(full)
             os.unlink(full)
             if os.path.isfile(resolved):
-                shutil.copy2(resolved, full)
+                collect.copy_file(resolved, full)
             elif os.path.isdir(resolved):
                 raise PmbError(f"{rel}: symlink to directory {target} outside the packed "
                                f"tree; copy that directory into the environment or drop the link")
@@ -148,26 +148,77 @@ def _relocate_content(data: bytes, fn: str, rel: str, scrub_b: list[bytes],
     return data
 
 
+class Relocator:
+    """The rewrites of one staged tree, file by file: :meth:`file` takes a
+    file's bytes and returns what the package holds, plus what the manifest
+    must list.  Used on a tree on disk (:func:`relocate_files`) and on the
+    way into a package (stream.py); no state changes per file, so threads
+    may share one."""
+
+    def __init__(self, st: Staged):
+        self.st = st
+        scrub = sorted({p for p in st.scrub}, key=len, reverse=True)
+        self.scrub = scrub
+        self.scrub_b = [p.encode() for p in scrub]
+        self.site_old = st.site_abs_old.encode()
+        self.site_tree = st.site_dir
+        self.maps = [(o.encode(), n.encode()) for o, n in st.maps]
+        self.site_olds = sorted({self.site_old, os.path.realpath(st.site_abs_old).encode()}
+                                - {b""}, key=len, reverse=True) if self.site_old else []
+        # where the old site directory sat relative to its venv, for RECORD's ../ entries
+        self.old_site_rel = b""
+        for old, new in st.moves:
+            if new == "" and st.site_abs_old.startswith(old + "/"):
+                self.old_site_rel = os.path.relpath(st.site_abs_old, old).encode()
+                break
+
+    def file(self, rel: str, data: bytes, set_rpath=None
+             ) -> tuple[bytes, list[PrefixFile], list[str], list[str]]:
+        """(new bytes, prefix files, kept, warnings) for the file ``rel``
+        whose bytes are ``data``.  ``set_rpath(rpath) -> bytes`` gives the
+        file's bytes with another RPATH (None: ELF files keep theirs);
+        ``elf_rpath`` tells which one an ELF file needs."""
+        st, scrub_b, maps = self.st, self.scrub_b, self.maps
+        fn = os.path.basename(rel)
+        prefix_files: list[PrefixFile] = []
+        kept: list[str] = []
+        warnings: list[str] = []
+        mode_ph = st.recorded.get(rel)
+        if mode_ph and mode_ph[0] == "binary":
+            if prefixes.has_prefix(data, scrub_b):
+                data = _restore_conda_placeholder(data, rel, mode_ph[1], scrub_b,
+                                                  prefix_files, kept, warnings)
+            return data, prefix_files, kept, warnings
+        if (maps and not prefixes.is_binary(data)
+                and prefixes.has_prefix(data, [o for o, _ in maps])):
+            data = prefixes.apply_maps(data, maps)
+        if set_rpath is not None and prefixes.is_elf(data) and self.scrub:
+            new = set_rpath(rel)
+            if new is not None:
+                data = new
+        if fn == "RECORD" and self.old_site_rel:
+            data = prefixes.rebase_record(data, self.old_site_rel, self.site_tree.encode())
+        if prefixes.has_prefix(data, scrub_b):
+            data = _relocate_content(data, fn, rel, scrub_b, self.site_old, self.site_olds,
+                                     self.site_tree, prefix_files, kept,
+                                     force_text=bool(mode_ph))
+        return data, prefix_files, kept, warnings
+
+    def big_file_keeps_prefix(self, rel: str) -> list[str]:
+        """A file over BIG_FILE is never loaded: one that holds an old prefix is
+        recorded as keeping it (a text file this large is data: it is kept as
+        it is, as binaries are)."""
+        return [rel]
+
+
 def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
-    """Rewrite every file that refers to an old prefix.
+    """Rewrite every file of the tree on disk that refers to an old prefix.
 
     Returns the prefix-bearing files for the manifest.
     """
-    scrub = sorted({p for p in st.scrub}, key=len, reverse=True)
-    scrub_b = [p.encode() for p in scrub]
+    rl = Relocator(st)
     prefix_files: list[PrefixFile] = []
     kept: list[str] = []
-    site_old = st.site_abs_old.encode()
-    site_tree = st.site_dir
-    maps = [(o.encode(), n.encode()) for o, n in st.maps]
-    site_olds = sorted({site_old, os.path.realpath(st.site_abs_old).encode()} - {b""},
-                       key=len, reverse=True) if site_old else []
-    # where the old site directory sat relative to its venv, for RECORD's ../ entries
-    old_site_rel = b""
-    for old, new in st.moves:
-        if new == "" and st.site_abs_old.startswith(old + "/"):
-            old_site_rel = os.path.relpath(st.site_abs_old, old).encode()
-            break
     for dirpath, dirnames, filenames in os.walk(st.root):
         dirnames.sort()
         for fn in sorted(filenames):
@@ -180,44 +231,27 @@ def relocate_files(st: Staged, progress=None) -> list[PrefixFile]:
             if read_only:  # patchelf and our own rewrites need to write
                 os.chmod(full, mode | stat.S_IWUSR)
             try:
-                if scrub_b and os.path.getsize(full) > BIG_FILE:
-                    # large data files: scan without loading them; one that holds
-                    # an old prefix is recorded as binary prefix-bearing
-                    # (a text file this large is data: it is kept as it is, as binaries are)
-                    if find_any(full, scrub_b) is not None:
-                        kept.append(rel)
+                if rl.scrub_b and os.path.getsize(full) > BIG_FILE:
+                    if find_any(full, rl.scrub_b) is not None:
+                        kept += rl.big_file_keeps_prefix(rel)
                     continue
                 with open(full, "rb") as f:
-                    data = f.read()
-                mode_ph = st.recorded.get(rel)
-                if mode_ph and mode_ph[0] == "binary":
-                    if prefixes.has_prefix(data, scrub_b):
-                        new = _restore_conda_placeholder(data, rel, mode_ph[1], scrub_b,
-                                                         prefix_files, kept, st.warnings)
-                        if new != data:
-                            with open(full, "wb") as f:
-                                f.write(new)
-                    continue
-                if (maps and not prefixes.is_binary(data)
-                        and prefixes.has_prefix(data, [o for o, _ in maps])):
-                    data = prefixes.apply_maps(data, maps)
-                    with open(full, "wb") as f:
-                        f.write(data)
-                if prefixes.is_elf(data) and scrub:
+                    orig = f.read()
+
+                def set_rpath(rel, full=full):
                     try:
                         changed = elf.relocate_rpath(full, rel, st.moves, st.root)
                     except PmbError:
-                        changed = False  # not a dynamic object (static, or odd ELF)
-                    if changed:
-                        with open(full, "rb") as f:
-                            data = f.read()
-                orig = data
-                if fn == "RECORD" and old_site_rel:
-                    data = prefixes.rebase_record(data, old_site_rel, site_tree.encode())
-                if prefixes.has_prefix(data, scrub_b):
-                    data = _relocate_content(data, fn, rel, scrub_b, site_old, site_olds,
-                                             site_tree, prefix_files, kept,
-                                             force_text=bool(mode_ph))
+                        return None  # not a dynamic object (static, or odd ELF)
+                    if not changed:
+                        return None
+                    with open(full, "rb") as f:
+                        return f.read()
+
+                data, pf, kp, warn = rl.file(rel, orig, set_rpath)
+                prefix_files += pf
+                kept += kp
+                st.warnings += warn
                 if data != orig:
                     with open(full, "wb") as f:
                         f.write(data)

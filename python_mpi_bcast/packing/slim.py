@@ -26,6 +26,8 @@ import re
 import shutil
 import subprocess
 
+from . import collect
+
 TEST_DIRS = ("tests", "test")
 DOC_DIRS = ("doc", "docs")
 SHARE_DOCS = ("share/man", "share/doc", "share/info")
@@ -113,7 +115,8 @@ def _package_sources(top: str) -> list[tuple[str, str]]:
         for fn in fns:
             if fn.endswith(".py") and not is_test_path(parts + [fn]):
                 try:
-                    with open(os.path.join(dp, fn), encoding="utf-8", errors="replace") as f:
+                    with open(collect.content_path(os.path.join(dp, fn)), encoding="utf-8",
+                              errors="replace") as f:
                         out.append((os.path.join(*parts, fn) if parts else fn, f.read()))
                 except OSError:
                     continue
@@ -180,7 +183,7 @@ def slim_environment(root: str, site_rel: str) -> Dropped:
 
 def _is_elf(path: str) -> bool:
     try:
-        with open(path, "rb") as f:
+        with open(collect.content_path(path), "rb") as f:
             return f.read(4) == b"\x7fELF"
     except OSError:
         return False
@@ -200,6 +203,7 @@ def strip_interpreter(root: str, strip: str | None = None) -> Dropped:
             if os.path.islink(p) or not _is_elf(p):
                 continue
             before = os.path.getsize(p)
+            collect.materialize(p)  # strip changes it in place
             mode = os.stat(p).st_mode
             os.chmod(p, mode | 0o200)
             try:

@@ -6,8 +6,8 @@ than the one in .venv (Debian's MPICH or Open MPI, a renamed MPI library).
 One build venv (with scikit-build-core, cached under build/test-cache) builds
 this checkout with ``MPICC=<wrapper> pip install --no-build-isolation
 --no-deps --prefix DIR``: a few seconds, nothing downloaded, and each MPI
-gets its own prefix and its own CMake build directory (the default one under
-build/ belongs to .venv's build).
+gets its own prefix and its own CMake build directory (kept between runs; a
+plain install builds in a temporary directory).
 
 System MPI packages may be missing on a developer's machine: ``need()``
 skips the test there with the reason, but fails in CI (CI=true), where

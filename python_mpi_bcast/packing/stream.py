@@ -1,0 +1,348 @@
+"""Stream, don't copy: write a package straight from the source files.
+
+collect stages a skeleton of the tree (``collect.lazy_copies``: directories,
+links, the few files we write ourselves, and for every source file a sparse
+placeholder that names it); slim and fix_symlinks work on that skeleton.
+Then the package writer's threads read each file once from its source,
+relocate it on the way (:class:`relocatable.Relocator`), byte-compile each
+``.py`` through a compile server run by the packed interpreter (the same
+bytes ``compileall`` writes: unchecked-hash ``.pyc`` named after the file's
+path in the tree), compress and write.
+
+The members come in the order a copied tree gives (``archive.list_tree``,
+with the ``__pycache__`` directories compileall would have made), so the
+unpacked tree is the one the copying packer made (tests/test_pack.py keeps
+that equivalence).  Extra disk: an ELF file whose RPATH changes is patched
+in a scratch file in the output directory, one at a time per thread
+(patchelf works on files); ``.py`` sources are read a second time (small,
+from the page cache) when their ``.pyc`` is made.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import queue
+import struct
+import subprocess
+import tarfile
+import tempfile
+import time
+
+from . import collect, elf
+from .relocatable import BIG_FILE, Relocator
+from ..package.archive import _tarinfo, read_chunks, write_package
+from ..package.format import Manifest
+from ..support import leftovers
+from ..support.errors import PmbError
+
+_SERVER = r"""
+import sys
+# what start-up imported before any .pth file ran (here: before this script)
+START = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
+import importlib.util, os, struct
+from importlib._bootstrap_external import _code_to_hash_pyc
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def send(b):
+    out.write(struct.pack("<Q", len(b)) + b)
+    out.flush()
+send("\n".join([sys.implementation.cache_tag] + [
+    os.path.relpath(f, sys.prefix) for f in START
+    if f and f.endswith(".py") and f.startswith(sys.prefix + "/")]).encode("utf-8", "surrogateescape"))
+while True:
+    hdr = inp.read(12)
+    if len(hdr) < 12:
+        break
+    opt, nd, ns = struct.unpack("<iII", hdr)
+    dfile = inp.read(nd).decode("utf-8", "surrogateescape")
+    src = inp.read(ns)
+    try:  # as py_compile does (SourceLoader.source_to_code)
+        code = compile(src, dfile, "exec", dont_inherit=True, optimize=opt)
+        send(b"\0" + _code_to_hash_pyc(code, importlib.util.source_hash(src), False))
+    except Exception as e:
+        send(b"\1" + repr(e).encode("utf-8", "replace"))
+"""
+
+
+class _CompileServer:
+    def __init__(self, python: str):
+        self.python = python
+        try:
+            self.p = subprocess.Popen([python, "-I", "-c", _SERVER], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as e:
+            raise PmbError(f"byte-compiling with {python} failed: {e.strerror or e}") from None
+        hello = self._recv().decode("utf-8", "surrogateescape").split("\n")
+        self.tag, self.start = hello[0], [p for p in hello[1:] if p]
+
+    def _recv(self) -> bytes:
+        n = self.p.stdout.read(8)
+        if len(n) != 8:
+            raise PmbError(f"byte-compiling with {self.python} failed (the compiler ended)")
+        (size,) = struct.unpack("<Q", n)
+        data = self.p.stdout.read(size)
+        if len(data) != size:
+            raise PmbError(f"byte-compiling with {self.python} failed (the compiler ended)")
+        return data
+
+    def compile(self, dfile: str, source: bytes, optimize: int) -> bytes | None:
+        d = dfile.encode("utf-8", "surrogateescape")
+        try:
+            self.p.stdin.write(struct.pack("<iII", optimize, len(d), len(source)) + d + source)
+            self.p.stdin.flush()
+        except OSError:
+            raise PmbError(f"byte-compiling with {self.python} failed (the compiler ended)"
+                           ) from None
+        r = self._recv()
+        return r[1:] if r[:1] == b"\0" else None
+
+    def close(self) -> None:
+        try:
+            self.p.stdin.close()
+            self.p.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.p.kill()
+            self.p.wait()
+
+
+class Writer:
+    """One package written from a staged skeleton."""
+
+    def __init__(self, st: collect.Staged, compiler: str | None, relocate: bool,
+                 scratch: str):
+        self.st = st
+        self.root = st.root
+        self.rl = Relocator(st) if relocate else None
+        self.compiler = compiler
+        self.scratch = scratch
+        self.idle: queue.Queue = queue.Queue()
+        self.servers: list[_CompileServer] = []
+        self.virtual: dict[str, tuple[str, int]] = {}  # pyc rel -> (py rel, optimization)
+        self.by_shard: dict[int, tuple[list, list, list]] = {}
+        umask = os.umask(0)
+        os.umask(umask)
+        self.umask = umask
+        self.now = int(time.time())
+        self.tag, self.early = "", set()
+        if compiler:
+            srv = self._server()
+            self.tag = srv.tag
+            self.early = set(srv.start)
+            self.idle.put(srv)
+
+    # -- compile servers ---------------------------------------------------
+    def _server(self) -> _CompileServer:
+        try:
+            return self.idle.get_nowait()
+        except queue.Empty:
+            srv = _CompileServer(self.compiler)
+            self.servers.append(srv)
+            return srv
+
+    def _compile(self, dfile: str, source: bytes, optimize: int) -> bytes | None:
+        srv = self._server()
+        try:
+            return srv.compile(dfile, source, optimize)
+        finally:
+            self.idle.put(srv)
+
+    def close(self) -> None:
+        for srv in self.servers:
+            srv.close()
+
+    # -- the members, in a copied tree's order -------------------------------
+    def entries(self) -> list:
+        out: list = []
+        hook = collect.STAGED_HOOK + ".py"
+        self._visit("", out, hook)
+        return out
+
+    def _visit(self, rel_dir: str, out: list, hook: str) -> None:
+        full_dir = os.path.join(self.root, rel_dir) if rel_dir else self.root
+        if rel_dir:
+            ti, size = _tarinfo(self.root, rel_dir)
+            out.append((rel_dir, ti, size))
+        files, dirs = [], []
+        for n in os.listdir(full_dir):
+            p = os.path.join(full_dir, n)
+            (dirs if os.path.isdir(p) and not os.path.islink(p) else files).append(n)
+        for n in sorted(files):
+            rel = os.path.normpath(os.path.join(rel_dir, n))
+            ti, size = _tarinfo(self.root, rel)
+            out.append((rel, ti, size))
+        pys = [n for n in files if n.endswith(".py") and self.compiler
+               and os.path.isfile(os.path.join(full_dir, n))]
+        for d in sorted(dirs + (["__pycache__"] if pys and "__pycache__" not in dirs else [])):
+            if d == "__pycache__" and pys and d not in dirs:
+                self._pycache(rel_dir, pys, out, hook)
+            else:
+                self._visit(os.path.join(rel_dir, d) if rel_dir else d, out, hook)
+
+    def _pycache(self, rel_dir: str, pys: list[str], out: list, hook: str) -> None:
+        """The __pycache__ compileall makes: a .pyc per module (not for those
+        the unpacker patches: decided when written), and -O/-OO ones for
+        what start-up imports before the staged hook can act, and the hook."""
+        cache = os.path.join(rel_dir, "__pycache__") if rel_dir else "__pycache__"
+        ti = tarfile.TarInfo(cache)
+        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o777 & ~self.umask, self.now
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        out.append((cache, ti, 0))
+        pycs = []
+        for n in pys:
+            py_rel = os.path.join(rel_dir, n) if rel_dir else n
+            opts = [0] + ([1, 2] if (py_rel in self.early or n == hook) else [])
+            for opt in opts:
+                name = f"{n[:-3]}.{self.tag}" + (f".opt-{opt}" if opt else "") + ".pyc"
+                pycs.append((name, py_rel, opt))
+        for name, py_rel, opt in sorted(pycs):
+            rel = os.path.join(cache, name)
+            src_mode = os.stat(os.path.join(self.root, py_rel)).st_mode
+            ti = tarfile.TarInfo(rel)
+            ti.type = tarfile.REGTYPE
+            ti.mode = (src_mode | 0o200) & 0o666 & ~self.umask
+            ti.mtime = self.now
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            self.virtual[rel] = (py_rel, opt)
+            out.append((rel, ti, os.stat(os.path.join(self.root, py_rel)).st_size))
+
+    # -- one entry's members ---------------------------------------------------
+    def members(self, shard: int, rel: str, ti: tarfile.TarInfo, size: int):
+        pf, kept, warn = self.by_shard.setdefault(shard, ([], [], []))
+        if rel in self.virtual:
+            yield from self._pyc(rel, ti)
+            return
+        if ti.type != tarfile.REGTYPE:
+            yield ti, ()
+            return
+        path = self._source(rel)
+        if size > BIG_FILE or self.rl is None:
+            yield ti, self._chunks(path, rel, size, kept)
+            return
+        data = self._read(path, rel)
+        if self.rl is not None:
+            data, p, k, w = self.rl.file(rel, data, self._set_rpath)
+            pf += p
+            kept += k
+            warn += w
+        ti = _with_size(ti, len(data))
+        yield ti, (data,)
+
+    def _source(self, rel: str) -> str:
+        return collect.content_path(os.path.join(self.root, rel))
+
+    def _read(self, path: str, rel: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except PermissionError:
+            raise PmbError(f"{path}: permission denied while reading; packing needs read "
+                           f"access to every file") from None
+
+    def _chunks(self, path: str, rel: str, size: int, kept: list):
+        """A large file as it is, scanned on the way for the old prefixes
+        (one that holds one is listed as keeping it, as relocate_files does)."""
+        olds = self.rl.scrub_b if self.rl is not None and size > BIG_FILE else []
+        keep = max((len(o) for o in olds), default=1) - 1
+        tail = b""
+        found = False
+        try:
+            for buf in read_chunks(path, rel, size):
+                if olds and not found:
+                    window = tail + buf
+                    found = any(o in window for o in olds)
+                    tail = window[-keep:] if keep else b""
+                yield buf
+        except PermissionError:
+            raise PmbError(f"{path}: permission denied while reading; packing needs read "
+                           f"access to every file") from None
+        if found:
+            kept.append(rel)
+
+    def _set_rpath(self, rel: str) -> bytes | None:
+        path = self._source(rel)
+        try:
+            new = elf.rpath_change(path, rel, self.st.moves)
+        except PmbError:
+            return None  # not a dynamic object (static, or odd ELF)
+        if new is None:
+            return None
+        # in the scratch directory (journaled itself: a killed pack's goes next time)
+        fd, tmp = tempfile.mkstemp(prefix="elf-", dir=self.scratch)
+        try:
+            with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
+                while True:
+                    buf = src.read(1 << 20)
+                    if not buf:
+                        break
+                    f.write(buf)
+            elf.set_rpath(tmp, new)
+            with open(tmp, "rb") as f:
+                return f.read()
+        finally:
+            os.unlink(tmp)
+
+    def _pyc(self, rel: str, ti: tarfile.TarInfo):
+        py_rel, opt = self.virtual[rel]
+        full = os.path.join(self.root, py_rel)
+        src_rel = py_rel
+        if os.path.islink(full):  # compiled through the link, as compileall does
+            src_rel = os.path.relpath(os.path.realpath(full), os.path.realpath(self.root))
+            full = os.path.join(self.root, src_rel)
+        source = self._read(collect.content_path(full), py_rel)
+        if self.rl is not None and os.stat(full).st_size <= BIG_FILE:
+            source, pf, _, _ = self.rl.file(src_rel, source)
+            if opt == 0 and pf:
+                return  # the unpacker rewrites the source: a .pyc made now would be stale
+        pyc = self._compile(py_rel, source, opt)
+        if pyc is None:
+            if opt:
+                raise PmbError(f"byte-compiling {py_rel} with {self.compiler} failed")
+            return  # as compileall: a module that does not compile gets no .pyc
+        yield _with_size(ti, len(pyc)), (pyc,)
+
+    def results(self) -> tuple[list, list, list]:
+        pf, kept, warn = [], [], []
+        for i in sorted(self.by_shard):
+            p, k, w = self.by_shard[i]
+            pf += p
+            kept += k
+            warn += w
+        return pf, kept, warn
+
+
+def _with_size(ti: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
+    if ti.size == size:
+        return ti
+    new = copy.copy(ti)
+    new.size = size
+    return new
+
+
+def write(st: collect.Staged, compiler: str | None, out: str, level: int, threads: int,
+          shard_size: int, progress=None, replace: bool = True, before_rename=None,
+          relocate: bool = True) -> Manifest:
+    """Write the package of the staged skeleton ``st`` to ``out``: relocated
+    (unless ``relocate`` is False), byte-compiled with ``compiler`` (if
+    given), compressed; ``st.compiled_in`` and ``st.warnings`` get what
+    relocation found."""
+    scratch = leftovers.mkdtemp(prefix=".pmb-scratch-", dir=os.path.dirname(out))
+    w = None
+    try:
+        w = Writer(st, compiler, relocate, scratch)
+        entries = w.entries()
+
+        def prefix_files():
+            pf, kept, warn = w.results()
+            st.compiled_in = kept
+            st.warnings += warn
+            return pf
+
+        return write_package(st, prefix_files, out, level=level, threads=threads,
+                             shard_size=shard_size, progress=progress, replace=replace,
+                             before_rename=before_rename, entries=entries, members=w.members)
+    finally:
+        if w is not None:
+            w.close()
+        leftovers.remove(scratch)
