@@ -53,17 +53,28 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
          excludes: list[str] | None = None, slim: bool = True, level: int = 10,
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
          quiet: bool = False, tmpdir: str | None = None,
-         drop_unused: bool = False) -> list[tuple[str, Manifest]]:
+         drop_unused: bool = False,
+         refuse_editable: bool = False) -> list[tuple[str, Manifest]]:
     """Pack an interpreter and/or a venv, a conda env (interpreter and
     packages in one package), or a plain directory.  ``drop_unused``
     (``--slim``): leave out tests, headers, documents and debug info
-    (slim.py says which).
+    (slim.py says which).  Editable installs are packed as copies of what
+    they make importable (source/editable.py), or with ``refuse_editable``
+    refused as before.
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """
     excludes = list(excludes or [])
     output_dir = _check_output_dir(output_dir)
     jobs = []  # (kind, source)
+    if (venv is None and directory is None and python is not None
+            and os.path.isdir(python) and pyinfo.is_venv(python)):
+        # 'pack --python VENV': --python took the venv as its argument; the
+        # user gave a venv to pack (the order the --help line suggests)
+        log.info("--python %s: packing that venv's base interpreter and the venv itself "
+                 "(to pack the interpreter alone: --python %s)", python,
+                 pyinfo.base_interpreter_of_venv(python))
+        venv = python
     if venv is not None and collect.classify(venv) == "conda":
         if with_python or python is not None or directory is not None:
             raise PmbError(f"{venv} is a conda environment, which holds its own interpreter: "
@@ -93,10 +104,12 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                     st = collect.stage_interpreter(exe, staging, excludes, slim, name)
                     compiler = exe
                 elif kind == "conda":
-                    st = collect.stage_conda(source, staging, excludes, name)
+                    st = collect.stage_conda(source, staging, excludes, name,
+                                             refuse_editable=refuse_editable)
                     compiler = collect.conda_python(os.path.abspath(source), st.info["version"])
                 elif kind == "environment":
-                    st = collect.stage_venv(source, staging, excludes, name)
+                    st = collect.stage_venv(source, staging, excludes, name,
+                                            refuse_editable=refuse_editable)
                     compiler = pyinfo.base_interpreter_of_venv(source)
                 else:
                     exe = pyinfo.resolve_interpreter(None)
@@ -195,6 +208,10 @@ class _room_for_staging:
 
 def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:
     """relocate → compile a staged tree; returns the prefix-bearing files."""
+    for ed in st.editables:
+        log.info("editable project %s (%s): packed %d files from %s; an edit there needs a "
+                 "new pack", f"{ed.name} {ed.version}".strip(), ed.kind, len(ed.files),
+                 ed.origin)
     relocatable.fix_symlinks(st)
     prefix_files = relocatable.relocate_files(st)
     relocatable.byte_compile(st, compiler, prefix_files, threads)
