@@ -25,6 +25,7 @@ from helpers import CLI, make_venv, mpi_env, mpirun, run
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
 HAVE_CC = shutil.which(os.environ.get("CC", "gcc")) is not None
+MISSING = "/nonexistent/pmb-gone-libs"
 
 
 def _write(path, text: str) -> None:
@@ -110,6 +111,10 @@ def make_projects(src: str) -> dict:
     _write(f"{ldemo}/ldemo.egg-info/top_level.txt", "ldemo\n")
     _write(f"{ldemo}/ldemo.egg-info/SOURCES.txt", "ldemo.py\nsetup.py\n")
     out["ldemo"] = ldemo
+    plain = os.path.join(src, "plainlibs")
+    _write(f"{plain}/plainmod.py", "FIVE = 5\n")
+    _write(f"{plain}/notes/readme.txt", "not importable\n")
+    out["mylibs.pth"] = plain
     return out
 
 
@@ -130,14 +135,17 @@ def install_editables(python: str, site: str, projects: dict) -> None:
         f.write(projects["ldemo"] + "\n.")
     with open(os.path.join(site, "easy-install.pth"), "a") as f:
         f.write(projects["ldemo"] + "\n")
+    # a .pth a user wrote: a directory of modules, and one that is gone
+    with open(os.path.join(site, "mylibs.pth"), "w") as f:
+        f.write(f"# my libraries\n{projects['mylibs.pth']}\n{MISSING}\n")
 
 
 CHECK = r"""
 import importlib.metadata as md, os, sys
 from mpi4py import MPI
-import sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo
+import sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo, plainmod
 t = os.path.realpath(os.environ["PYTHON_MPI_TREE"])
-mods = [sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo]
+mods = [sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo, plainmod]
 if HAVE_CC:
     import sdemo._fast
     mods.append(sdemo._fast)
@@ -152,7 +160,7 @@ assert sdemo.data() == sdemo.sub.data() == "sdemo-data"
 assert sstrict.conf() == scompat.conf() == {"k": 3}
 assert md.version("sdemo") == "0.1" and md.version("hdemo") == "0.3"
 assert md.version("ldemo") == "0.4"
-y = x + hdemo.triple(1) + ldemo.four() + sstrict.conf()["k"]
+y = x + hdemo.triple(1) + ldemo.four() + sstrict.conf()["k"] + plainmod.FIVE
 s = MPI.COMM_WORLD.allreduce(y)
 if MPI.COMM_WORLD.rank == 0:
     print("TOTAL", s, MPI.COMM_WORLD.size)
@@ -160,7 +168,7 @@ if MPI.COMM_WORLD.rank == 0:
 
 
 def expected_total(n: int) -> int:
-    return sum(2 * r + 3 + 4 + 3 for r in range(n))
+    return sum(2 * r + 3 + 4 + 3 + 5 for r in range(n))
 
 
 def check_pack_lines(stderr: str, projects: dict) -> None:
@@ -169,6 +177,8 @@ def check_pack_lines(stderr: str, projects: dict) -> None:
         lines = [ln for ln in stderr.splitlines() if "editable" in ln and f" {name} " in ln]
         assert len(lines) == 1, (name, stderr)
         assert d in lines[0], (name, lines[0])
+    gone = [ln for ln in stderr.splitlines() if MISSING in ln]
+    assert len(gone) == 1 and "mylibs.pth" in gone[0] and "does not exist" in gone[0], stderr
 
 
 def run_moved(pkroot: str, packages: str, chroot: str, src: str,
@@ -220,8 +230,11 @@ def test_packed_tree_holds_the_projects_files_and_none_of_their_hooks(edit_venv,
                 or n in ("_hdemo.pth", "easy-install.pth")], names
     for rel in ("sdemo/__init__.py", "sdemo/data.txt", "sdemo/sub/__init__.py",
                 "sstrict/conf.json", "scompat/conf.json", "hdemo/table.csv", "ldemo.py",
-                "ldemo.egg-info/PKG-INFO"):
+                "ldemo.egg-info/PKG-INFO", "plainmod.py"):
         assert (site / rel).is_file(), rel
+    # the user's .pth keeps its comment only: no line names a source any more
+    assert "mylibs.pth" not in names or "/" not in (site / "mylibs.pth").read_text()
+    assert "notes" not in names  # a directory without Python code is not importable
     if HAVE_CC:
         assert [n for n in os.listdir(site / "sdemo") if n.startswith("_fast.") and
                 n.endswith(".so")]
@@ -265,13 +278,22 @@ def test_run_repacks_after_an_edit_to_an_editable_source(edit_venv):
         os.unlink(g)
 
 
-def test_python_given_a_venv_packs_the_interpreter_and_the_venv(edit_venv, tmp_path):
-    # the order a user types after reading "--python [PREFIX]: ... or a venv"
+def test_python_given_a_venv_says_it_packs_only_the_interpreter(edit_venv, tmp_path):
+    # the order a user types after reading "--python [PREFIX]: ... or a venv";
+    # the README's quick start packs the interpreter this way, the venv next
     r = run(CLI + ["pack", "--python", edit_venv["venv"], "-o", str(tmp_path), "-q"],
             timeout=900)
-    assert sorted(os.listdir(tmp_path)) == sorted([f"python-{VER}.tar.zst", "v.tar.zst"])
+    assert os.listdir(tmp_path) == [f"python-{VER}.tar.zst"]
     said = [ln for ln in r.stderr.splitlines() if "--python" in ln]
-    assert len(said) == 1 and edit_venv["venv"] in said[0], r.stderr
+    assert len(said) == 1, r.stderr
+    assert "packed that venv's base interpreter only, not the venv" in said[0]
+    assert edit_venv["venv"] in said[0]
+    assert f"pack {edit_venv['venv']} --python" in said[0]
+    # the venv given too: both, and nothing said about it
+    r = run(CLI + ["pack", edit_venv["venv"], "--python", "-o", str(tmp_path / "b"), "-q"],
+            timeout=900)
+    assert sorted(os.listdir(tmp_path / "b")) == sorted([f"python-{VER}.tar.zst", "v.tar.zst"])
+    assert "--python" not in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +303,11 @@ def edit_conda(tmp_path_factory):
         pytest.skip(condaenv.unavailable())
     base = tmp_path_factory.mktemp("editable-conda")
     prefix = condaenv.build(str(base / "conda"), sys.executable, ["mpi4py"])
+    # conda's python package ships its C headers; the test builder's has none
+    inc = os.path.join(prefix, "include", f"python{VER}")
+    if not os.path.isfile(os.path.join(inc, "Python.h")):
+        import sysconfig
+        shutil.copytree(sysconfig.get_path("include"), inc, dirs_exist_ok=True)
     projects = make_projects(str(base / "src"))
     site = os.path.join(prefix, "lib", f"python{VER}", "site-packages")
     install_editables(os.path.join(prefix, "bin", "python3"), site, projects)

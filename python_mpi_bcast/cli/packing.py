@@ -39,8 +39,8 @@ def add_pack(sub) -> None:
                                             "conda environment (CONDA_PREFIX)")
     pk.add_argument("--python", nargs="?", const="", default=None, metavar="PREFIX",
                     help="also (or only) pack the base interpreter: a prefix, an executable or a "
-                         "venv (default: the venv's base interpreter); '--python VENV' alone "
-                         "packs that venv too")
+                         "venv (default: the venv's base interpreter); '--python VENV' packs "
+                         "that venv's interpreter only")
     pk.add_argument("--directory", metavar="DIR", help="pack a plain directory instead")
     pk.add_argument("-o", "--output", default=".", metavar="DIR", help="where to write packages")
     pk.add_argument("-n", "--name", help="package name (default: python-X.Y / the venv's name)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import tempfile
 
 from . import collect, relocatable, slim as slimming
@@ -69,12 +70,15 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     jobs = []  # (kind, source)
     if (venv is None and directory is None and python is not None
             and os.path.isdir(python) and pyinfo.is_venv(python)):
-        # 'pack --python VENV': --python took the venv as its argument; the
-        # user gave a venv to pack (the order the --help line suggests)
-        log.info("--python %s: packing that venv's base interpreter and the venv itself "
-                 "(to pack the interpreter alone: --python %s)", python,
-                 pyinfo.base_interpreter_of_venv(python))
-        venv = python
+        # 'pack --python VENV': --python took the venv as its argument and
+        # packs its base interpreter (as documented: README's quick start
+        # packs the interpreter and the venv in two commands); say so, as a
+        # user may have meant the venv too (said once it is packed, so a
+        # failure stays one line)
+        note = (f"--python {python}: packed that venv's base interpreter only, not the "
+                f"venv; to pack the venv too: pack {shlex.quote(python)} --python")
+    else:
+        note = None
     if venv is not None and collect.classify(venv) == "conda":
         if with_python or python is not None or directory is not None:
             raise PmbError(f"{venv} is a conda environment, which holds its own interpreter: "
@@ -122,8 +126,11 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 prefix_files = _prepare(st, compiler, threads)
             written.append(_archive(st, prefix_files, out, level, threads, shard_size, quiet,
                                     replace=force))
+            _say_editables(st)
         finally:
             leftovers.remove(staging)
+    if note:
+        log.info("%s", note)
     return written
 
 
@@ -208,16 +215,21 @@ class _room_for_staging:
 
 def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:
     """relocate → compile a staged tree; returns the prefix-bearing files."""
-    for ed in st.editables:
-        log.info("editable project %s (%s): packed %d files from %s; an edit there needs a "
-                 "new pack", f"{ed.name} {ed.version}".strip(), ed.kind, len(ed.files),
-                 ed.origin)
     relocatable.fix_symlinks(st)
     prefix_files = relocatable.relocate_files(st)
     relocatable.byte_compile(st, compiler, prefix_files, threads)
     for w in st.warnings:
         log.warning("%s", w)
     return prefix_files
+
+
+def _say_editables(st: collect.Staged) -> None:
+    """One line per editable project packed (once the package is written,
+    so a failure stays one line)."""
+    for ed in st.editables:
+        log.info("editable project %s (%s): packed %d files from %s; an edit there needs a "
+                 "new pack", f"{ed.name} {ed.version}".strip(), ed.kind, len(ed.files),
+                 ed.origin)
 
 
 def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threads: int,
@@ -256,6 +268,7 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
             prefix_files = _prepare(st, compiler, threads)
         out, m = _archive(st, prefix_files, out, level, threads, shard_size, quiet,
                           replace=force, before_rename=before_rename)
+        _say_editables(st)
         return out, m, st
     finally:
         leftovers.remove(staging)
