@@ -463,7 +463,7 @@ def test_editable_install_is_refused(tmp_path):
     r = run([str(v / "bin" / "pip"), "install", "-q", "-e", str(proj)], timeout=600, check=False)
     if r.returncode != 0:
         pytest.skip("could not make an editable install here: " + r.stderr[-200:])
-    r = run(CLI + ["pack", str(v), "-o", str(tmp_path)], check=False)
+    r = run(CLI + ["pack", str(v), "-o", str(tmp_path), "--refuse-editable"], check=False)
     one_line_error(r, "editable", "edpkg", "without -e")
 
 

@@ -39,7 +39,8 @@ def add_pack(sub) -> None:
                                             "conda environment (CONDA_PREFIX)")
     pk.add_argument("--python", nargs="?", const="", default=None, metavar="PREFIX",
                     help="also (or only) pack the base interpreter: a prefix, an executable or a "
-                         "venv (default: the venv's base interpreter)")
+                         "venv (default: the venv's base interpreter); '--python VENV' packs "
+                         "that venv's interpreter only")
     pk.add_argument("--directory", metavar="DIR", help="pack a plain directory instead")
     pk.add_argument("-o", "--output", default=".", metavar="DIR", help="where to write packages")
     pk.add_argument("-n", "--name", help="package name (default: python-X.Y / the venv's name)")
@@ -51,6 +52,9 @@ def add_pack(sub) -> None:
                     help="leave out what jobs never use: tests inside installed packages (unless "
                          "their own code imports them), C headers, manuals and documents; strip "
                          "debug info from the interpreter")
+    pk.add_argument("--refuse-editable", action="store_true",
+                    help="stop at an editable install (pip install -e) instead of packing a "
+                         "copy of what it makes importable")
     pk.add_argument("--level", type=_level, default=10, help="zstd level (default 10)")
     pk.add_argument("--threads", type=int, default=0, help="compression threads (default: all cores)")
     pk.add_argument("--shard-size", type=_size, default=8 << 20, metavar="SIZE",
@@ -73,7 +77,8 @@ def cmd_pack(a) -> int:
     written = pack(venv=a.venv, python=python, with_python=with_python, directory=a.directory,
                    output_dir=a.output, name=a.name, excludes=a.exclude, slim=not a.keep_all,
                    level=a.level, threads=a.threads, shard_size=a.shard_size, force=a.force,
-                   quiet=a.quiet, tmpdir=a.tmpdir, drop_unused=a.slim)
+                   quiet=a.quiet, tmpdir=a.tmpdir, drop_unused=a.slim,
+                   refuse_editable=a.refuse_editable)
     for path, m in written:
         print(f"{path}: {m.kind}, Python {m.python}, {m.files} files, "
               f"{m.unpacked_size / 1e6:.1f} MB unpacked, {len(m.shards) - 1} shards")

@@ -7,7 +7,8 @@ path → that environment; a bare ``python``/``python3`` → ``$VIRTUAL_ENV``,
 else ``$CONDA_PREFIX``, else the python found on PATH.  The key is a hash of
 what an install changes (the interpreter file, each distribution's name,
 version and RECORD, ``.pth`` files, the site directory's top-level names,
-``bin/``, ``conda-meta/``), never of the packages' bytes; the package is
+``bin/``, ``conda-meta/``, and the size and time of each file an editable
+install makes importable), never of the packages' bytes; the package is
 ``CACHE/run-<env>-<key>.tar.zst``.  The job holds a shared ``flock`` on the
 packages it runs (an inherited descriptor that lives as long as the
 launcher), so pruning (``--keep``) and ``rm`` never remove them.
@@ -25,7 +26,7 @@ import shutil
 import subprocess
 
 from .. import __version__
-from ..source import conda, pyinfo
+from ..source import conda, editable, pyinfo
 from ..support.errors import PmbError
 from .launchline import LAUNCHERS, LaunchLine, LaunchLineError, export_fix, rewrite
 from ..package.format import FORMAT_VERSION, SUFFIX, read_manifest
@@ -141,6 +142,12 @@ def content_key(prefix: str) -> str:
             elif entry.endswith((".dist-info", ".egg-info")):
                 rec = os.path.join(full, "RECORD" if entry.endswith(".dist-info") else "PKG-INFO")
                 add(_stat_bits(rec), _file_hash(rec))
+        # editable installs: the files packed from their sources (an edit, a new module)
+        inside = [os.path.abspath(prefix), os.path.realpath(prefix)]
+        for ed in editable.find(site, inside).editables:
+            add("editable", ed.name, ed.origin)
+            for src, rel in ed.files:
+                add(rel, _stat_bits(src))
     bindir = os.path.join(prefix, "bin")
     if os.path.isdir(bindir):
         for entry in sorted(os.listdir(bindir)):

@@ -15,7 +15,7 @@ import glob
 import os
 import shutil
 
-from ..source import conda, pyinfo
+from ..source import conda, editable, pyinfo
 from ..support.errors import PmbError
 
 # Parts of the standard library that batch jobs do not need (left out unless
@@ -54,6 +54,7 @@ class Staged:
     recorded: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     maps: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # --map OLD NEW
     warnings: list[str] = dataclasses.field(default_factory=list)
+    editables: list = dataclasses.field(default_factory=list)  # editable.Editable, packed
 
 
 # Stream, don't copy: while lazy_copies() is active, a file "copied" into a
@@ -259,27 +260,73 @@ def add_staged_hook(staging: str, site_dir: str) -> None:
         f.write(f"import {STAGED_HOOK}\n")
 
 
-def _check_editable(site: str) -> None:
-    """Editable installs keep their code outside the venv: refuse them."""
-    for path in glob.glob(os.path.join(site, "*.dist-info", "direct_url.json")):
-        try:
-            import json
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (OSError, ValueError):
+def absorb_editables(st: Staged, site: str, inside: list[str], refuse: bool) -> None:
+    """The editable installs of ``site`` (source/editable.py): their importable
+    files are copied into the staged site directory, under the same module
+    names, and their hooks (finder modules, ``.pth`` lines, ``.egg-link``
+    files, ``direct_url.json``) are dropped, so ranks import the copy and
+    never the source.  ``refuse`` (``--refuse-editable``): stop instead."""
+    if refuse:
+        line = editable.refusal(site, inside)
+        if line:
+            raise PmbError(line)
+        return
+    found = editable.find(site, inside)
+    staged = os.path.join(st.root, st.site_dir)
+    for ed in found.editables:
+        kept = []
+        for src, rel in ed.files:
+            dst = os.path.join(staged, rel)
+            if os.path.lexists(dst):
+                continue  # an earlier entry on sys.path has that name
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            try:
+                open(src, "rb").close()  # unreadable: said now, not by the package writer
+                copy_file(src, dst)
+            except OSError as e:
+                raise PmbError(f"{src}: cannot read ({e.strerror}); it belongs to the editable "
+                               f"project {ed.name} installed from {ed.origin}") from None
+            kept.append((src, rel))
+        ed.files = kept
+        st.editables.append(ed)
+    for rel in found.hooks:
+        full = os.path.join(staged, rel)
+        if os.path.lexists(full):
+            os.unlink(full)
+    for pth, drop in found.pth_drop.items():
+        full = os.path.join(staged, pth)
+        if not os.path.isfile(full):
             continue
-        if d.get("dir_info", {}).get("editable"):
-            dist = os.path.basename(os.path.dirname(path)).split("-")[0]
-            src = d.get("url", "?").removeprefix("file://")
-            raise PmbError(f"{path}: '{dist}' is an editable install (pip install -e) whose "
-                           f"code lives in {src}, outside the venv; reinstall it without -e "
-                           f"(pip install {src}) and pack again")
-    for path in glob.glob(os.path.join(site, "*.egg-link")):
-        raise PmbError(f"{path}: an editable (develop) install whose code lives outside the "
-                       f"venv; reinstall that package without -e and pack again")
+        materialize(full)  # its bytes change here
+        with open(full, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+        rest = [ln for ln in lines if ln not in drop]
+        if any(ln.strip() and not ln.strip().startswith("#") for ln in rest):
+            with open(full, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write("".join(ln + "\n" for ln in rest))
+        else:
+            os.unlink(full)
+    _drop_from_records(staged, set(found.hooks) | set(found.pth_drop))
+    st.warnings += found.warnings
 
 
-def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None) -> Staged:
+def _drop_from_records(staged_site: str, gone: set[str]) -> None:
+    """RECORD lines of hook files the packed tree no longer has."""
+    gone = {g for g in gone if not os.path.lexists(os.path.join(staged_site, g))}
+    if not gone:
+        return
+    for rec in glob.glob(os.path.join(staged_site, "*.dist-info", "RECORD")):
+        with open(content_path(rec), encoding="utf-8") as f:
+            lines = f.read().splitlines(keepends=True)
+        rest = [ln for ln in lines if os.path.normpath(ln.split(",", 1)[0]) not in gone]
+        if rest != lines:
+            materialize(rec)
+            with open(rec, "w", encoding="utf-8") as f:
+                f.writelines(rest)
+
+
+def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None,
+               refuse_editable: bool = False) -> Staged:
     venv = os.path.abspath(venv)
     if not os.path.isdir(venv):
         raise PmbError(f"{venv}: no such directory")
@@ -309,10 +356,12 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None) -
     for s in (vinfo["purelib"], vinfo.get("platlib") or vinfo["purelib"]):
         if s not in sites and os.path.isdir(s):
             sites.append(s)
+    inside = _real_variants(venv) + _real_variants(base["prefix"])
     for s in sites:
-        _check_editable(s)
         copy_tree(s, os.path.join(staging, st.site_dir),
                   list(ALWAYS_EXCLUDES[:2]) + list(excludes))
+    for s in sites:
+        absorb_editables(st, s, inside, refuse_editable)
     st.site_abs_old = sites[0] if sites else ""
     # scripts and data; the interpreter layer provides python itself
     for entry in sorted(os.listdir(venv)):
@@ -403,7 +452,7 @@ def copy_conda_prefix(env: "conda.CondaEnv", staging: str, excludes: list[str]) 
 
 
 def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None,
-                for_launcher: bool = True) -> Staged:
+                for_launcher: bool = True, refuse_editable: bool = False) -> Staged:
     """A conda env is interpreter and packages in one tree: one package of
     kind interpreter (PYTHON_MPI_PACKAGES=NAME.tar.zst alone)."""
     prefix = os.path.abspath(prefix)
@@ -432,6 +481,7 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
     st.site_abs_old = os.path.join(prefix, st.site_dir)
     st.scrub = _real_variants(prefix)
     st.moves = [(p, "") for p in st.scrub]
+    absorb_editables(st, st.site_abs_old, st.scrub, refuse_editable)
     st.recorded = {rel: (r.mode, r.placeholder) for rel, r in env.prefix_files.items()
                    if os.path.isfile(os.path.join(staging, rel))}
     if for_launcher and os.path.isdir(os.path.join(staging, st.site_dir)):
@@ -463,6 +513,7 @@ def _merge(interp: Staged, env: Staged) -> Staged:
     st.scrub = sorted(set(interp.scrub) | set(env.scrub), key=len, reverse=True)
     st.moves = env.moves + [m for m in interp.moves if m not in env.moves]
     st.warnings = interp.warnings + env.warnings
+    st.editables = interp.editables + env.editables
     return st
 
 
@@ -523,9 +574,9 @@ def stage_whole(source: str, staging: str, excludes: list[str], name: str) -> tu
         _copy_any(full, os.path.join(staging, entry), skip, entry)
     site = os.path.join(source, interp.site_dir)
     if os.path.isdir(site):
-        _check_editable(site)
         copy_tree(site, os.path.join(staging, interp.site_dir),
                   list(ALWAYS_EXCLUDES[:2]) + list(excludes))
+        absorb_editables(interp, site, _real_variants(source) + interp.scrub, False)
     interp.site_abs_old = site
     interp.moves = [(site, interp.site_dir)] + interp.moves
     interp.name = name

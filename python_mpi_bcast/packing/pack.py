@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import os
+import shlex
 import tempfile
 
 from . import collect, relocatable, slim as slimming, stream
@@ -56,11 +57,14 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
          excludes: list[str] | None = None, slim: bool = True, level: int = 10,
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
          quiet: bool = False, tmpdir: str | None = None,
-         drop_unused: bool = False, copy: bool = False) -> list[tuple[str, Manifest]]:
+         drop_unused: bool = False, copy: bool = False,
+         refuse_editable: bool = False) -> list[tuple[str, Manifest]]:
     """Pack an interpreter and/or a venv, a conda env (interpreter and
     packages in one package), or a plain directory.  ``drop_unused``
     (``--slim``): leave out tests, headers, documents and debug info
-    (slim.py says which).  ``copy``: copy the tree into ``tmpdir``, relocate
+    (slim.py says which).  Editable installs are packed as copies of what
+    they make importable (source/editable.py), or with ``refuse_editable``
+    refused as before.  ``copy``: copy the tree into ``tmpdir``, relocate
     and compile it there, then archive it (how packing worked before it
     streamed; the reference tests/test_pack.py holds the streaming writer to).
 
@@ -69,6 +73,17 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     excludes = list(excludes or [])
     output_dir = _check_output_dir(output_dir)
     jobs = []  # (kind, source)
+    if (venv is None and directory is None and python is not None
+            and os.path.isdir(python) and pyinfo.is_venv(python)):
+        # 'pack --python VENV': --python took the venv as its argument and
+        # packs its base interpreter (as documented: README's quick start
+        # packs the interpreter and the venv in two commands); say so, as a
+        # user may have meant the venv too (said once it is packed, so a
+        # failure stays one line)
+        note = (f"--python {python}: packed that venv's base interpreter only, not the "
+                f"venv; to pack the venv too: pack {shlex.quote(python)} --python")
+    else:
+        note = None
     if venv is not None and collect.classify(venv) == "conda":
         if with_python or python is not None or directory is not None:
             raise PmbError(f"{venv} is a conda environment, which holds its own interpreter: "
@@ -103,10 +118,12 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                     st = collect.stage_interpreter(exe, staging, excludes, slim, name)
                     compiler = exe
                 elif kind == "conda":
-                    st = collect.stage_conda(source, staging, excludes, name)
+                    st = collect.stage_conda(source, staging, excludes, name,
+                                             refuse_editable=refuse_editable)
                     compiler = collect.conda_python(os.path.abspath(source), st.info["version"])
                 elif kind == "environment":
-                    st = collect.stage_venv(source, staging, excludes, name)
+                    st = collect.stage_venv(source, staging, excludes, name,
+                                            refuse_editable=refuse_editable)
                     compiler = pyinfo.base_interpreter_of_venv(source)
                 else:
                     exe = pyinfo.resolve_interpreter(None)
@@ -123,8 +140,11 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 else:
                     written.append(_stream(st, compiler, out, level, threads, shard_size, quiet,
                                            replace=force))
+            _say_editables(st)
         finally:
             leftovers.remove(staging)
+    if note:
+        log.info("%s", note)
     return written
 
 
@@ -282,6 +302,15 @@ def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:
     return prefix_files
 
 
+def _say_editables(st: collect.Staged) -> None:
+    """One line per editable project packed (once the package is written,
+    so a failure stays one line)."""
+    for ed in st.editables:
+        log.info("editable project %s (%s): packed %d files from %s; an edit there needs a "
+                 "new pack", f"{ed.name} {ed.version}".strip(), ed.kind, len(ed.files),
+                 ed.origin)
+
+
 def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threads: int,
              shard_size: int, quiet: bool, replace: bool = True,
              before_rename=None) -> tuple[str, Manifest]:
@@ -318,6 +347,7 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
             st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
             out, m = _stream(st, compiler, out, level, threads, shard_size, quiet,
                              replace=force, before_rename=before_rename)
+        _say_editables(st)
         return out, m, st
     finally:
         leftovers.remove(staging)

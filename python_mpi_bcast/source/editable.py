@@ -1,0 +1,316 @@
+"""Find the editable installs of a site directory and what they make importable.
+
+An editable install (``pip install -e``) leaves the project's code where it
+is and puts a hook into site-packages.  The hooks in use:
+
+* setuptools >= 64 (PEP 660), default ("lenient") mode: ``__editable__.NAME-VER.pth``
+  holding ``import __editable___NAME_VER_finder; ...install()``, and that
+  finder module, whose ``MAPPING`` names each top-level package or module's
+  path and ``NAMESPACES`` the namespace packages' directories;
+* a ``.pth`` path line naming a directory outside the environment: setuptools'
+  strict mode (a link tree under the project's ``build/``) and compat mode
+  (the source directory), hatchling, flit, pdm, meson-python's built tree,
+  legacy develop installs (``easy-install.pth`` + ``NAME.egg-link``), and
+  plain ``.pth`` files users write.
+
+What is importable through them is listed as (source file, path relative to
+the site directory): for an import hook, exactly its mapping; for a path
+entry, what Python's path finder imports from that directory: modules
+(``*.py``, extension modules), packages (a directory with ``__init__.py``,
+whole, with its data), namespace packages (a directory with Python files
+below it; not the build tools' ``build``/``dist``), not the project's own
+tooling (``setup.py``, ``conftest.py``, ``noxfile.py``), and the ``*.egg-info``
+metadata of a develop install.  site-packages' own entries come first on
+``sys.path``, path entries in ``.pth`` order next, import hooks last (they
+sit after the path finder on ``sys.meta_path``): a name already taken by an
+earlier one is not taken again, as at import time.
+
+Nothing here copies or changes anything: ``packing.collect`` copies the
+files into the staged site directory and drops the hooks, ``launch.run``
+keys the sources' state.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import re
+
+# what the path finder imports as an extension module on this platform
+EXT_SUFFIXES = (".so", ".abi3.so")
+SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".tox", ".nox", ".mypy_cache",
+                       ".pytest_cache", ".ruff_cache"})
+BUILD_DIRS = frozenset({"build", "dist"})
+# a project's own tooling at the top of a source directory, never imported by its code
+TOOL_FILES = frozenset({"setup.py", "conftest.py", "noxfile.py", "fabfile.py"})
+FINDER = re.compile(r"^import (__editable___[A-Za-z0-9_]+_finder)\s*;\s*\1\.install\(\)\s*$")
+
+
+@dataclasses.dataclass
+class Editable:
+    name: str                       # the distribution's name (or the .pth file's)
+    version: str
+    kind: str                       # how it was installed, for the user
+    origin: str                     # the directory its files come from
+    files: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (abs, site-rel)
+    hooks: list[str] = dataclasses.field(default_factory=list)  # site-rel files to drop
+
+
+@dataclasses.dataclass
+class Found:
+    editables: list[Editable]
+    pth_drop: dict[str, list[str]]  # .pth file -> its lines that the packed tree drops
+    hooks: list[str]                # every site-rel file the packed tree drops
+    warnings: list[str]
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _module_name(entry: str) -> str | None:
+    """The top-level import name a site or path-entry directory entry gives
+    (``pkg`` for ``pkg/``, ``pkg.py``, ``pkg.cpython-311-x86_64-linux-gnu.so``)."""
+    if entry.endswith(".py"):
+        stem = entry[:-3]
+    elif entry.endswith(".so"):
+        stem = entry.split(".", 1)[0]
+    elif "." not in entry:
+        stem = entry
+    else:
+        return None
+    return stem if stem.isidentifier() else None
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _walk_files(top: str, rel_top: str) -> list[tuple[str, str]]:
+    """Every file under ``top`` (a package: code and data), symlinks
+    followed (setuptools' strict link tree), byte code and VCS data left out."""
+    out = []
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        rel_dir = os.path.relpath(dirpath, top)
+        for fn in sorted(filenames):
+            if fn.endswith((".pyc", ".pyo")):
+                continue
+            full = os.path.join(dirpath, fn)
+            if os.path.isfile(full):
+                out.append((full, os.path.normpath(os.path.join(rel_top, rel_dir, fn))))
+    return out
+
+
+def _has_code(top: str) -> bool:
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        if any(f.endswith((".py",) + EXT_SUFFIXES) for f in filenames):
+            return True
+    return False
+
+
+def _path_entry_files(d: str, taken: set[str], dists: set[str]) -> list[tuple[str, str]]:
+    """What Python's path finder imports from directory ``d``."""
+    out = []
+    try:
+        entries = sorted(os.listdir(d))
+    except OSError:
+        return out
+    # a package directory shadows a module of the same name in one entry
+    dirs = {e for e in entries if os.path.isdir(os.path.join(d, e))}
+    for e in entries:
+        full = os.path.join(d, e)
+        if e.endswith(".egg-info") and os.path.isdir(full):
+            if _norm(e[:-9].split("-")[0]) not in dists:
+                out += _walk_files(full, e)
+            continue
+        mod = _module_name(e)
+        if mod is None or mod in taken or e in TOOL_FILES:
+            continue
+        if e in dirs:
+            if e in SKIP_DIRS:
+                continue
+            if os.path.isfile(os.path.join(full, "__init__.py")):
+                out += _walk_files(full, e)
+            elif e not in BUILD_DIRS and _has_code(full):
+                out += _walk_files(full, e)
+            else:
+                continue
+        elif mod in dirs and os.path.isfile(os.path.join(d, mod, "__init__.py")):
+            continue
+        elif e.endswith(".py") or e.endswith(EXT_SUFFIXES):
+            out.append((full, e))
+        else:
+            continue
+        taken.add(mod)
+    return out
+
+
+def _finder_mapping(path: str) -> tuple[dict, dict]:
+    """MAPPING and NAMESPACES of a setuptools editable finder module, read
+    as literals (never executed)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found = {}
+    for node in tree.body:
+        target = value = None
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            target, value = node.target.id, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                isinstance(node.targets[0], ast.Name):
+            target, value = node.targets[0].id, node.value
+        if target in ("MAPPING", "NAMESPACES") and value is not None:
+            found[target] = ast.literal_eval(value)
+    return found.get("MAPPING", {}), found.get("NAMESPACES", {})
+
+
+def _dists(site: str) -> tuple[dict[str, tuple[str, str]], set[str], dict[str, str]]:
+    """file (site-rel) -> (name, version) from each dist-info's RECORD; the
+    normalized names; name -> editable URL (direct_url.json)."""
+    owner: dict[str, tuple[str, str]] = {}
+    names: set[str] = set()
+    urls: dict[str, str] = {}
+    for e in sorted(os.listdir(site)):
+        if not e.endswith(".dist-info"):
+            continue
+        name, _, version = e[:-10].partition("-")
+        names.add(_norm(name))
+        try:
+            with open(os.path.join(site, e, "RECORD"), encoding="utf-8") as f:
+                for line in f:
+                    p = line.split(",", 1)[0]
+                    if p:
+                        owner[os.path.normpath(p)] = (name, version)
+        except OSError:
+            pass
+        try:
+            with open(os.path.join(site, e, "direct_url.json"), encoding="utf-8") as f:
+                d = json.load(f)
+            if d.get("dir_info", {}).get("editable"):
+                urls[name] = f"{e}/direct_url.json"
+        except (OSError, ValueError, AttributeError):
+            pass
+    return owner, names, urls
+
+
+def find(site: str, inside: list[str]) -> Found:
+    """The editable installs of ``site`` whose code lies outside ``inside``
+    (the packed locations)."""
+    found = Found([], {}, [], [])
+    if not os.path.isdir(site):
+        return found
+    owner, dists, urls = _dists(site)
+    entries = sorted(os.listdir(site))
+    taken = {m for e in entries if not e.endswith((".pth", ".dist-info", ".egg-info"))
+             and not e.startswith("__editable__") and (m := _module_name(e))}
+    egg_links = {}
+    for e in entries:
+        if e.endswith(".egg-link"):
+            try:
+                with open(os.path.join(site, e), encoding="utf-8") as f:
+                    target = f.readline().strip()
+            except OSError:
+                continue
+            if target and not _under(os.path.abspath(target), inside):
+                egg_links[os.path.normpath(target)] = e
+    finders = []
+    for pth in (e for e in entries if e.endswith(".pth")):
+        try:
+            with open(os.path.join(site, pth), encoding="utf-8", errors="surrogateescape") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        drop = []
+        for line in lines:
+            s = line.strip()
+            m = FINDER.match(s)
+            if m:
+                finders.append((pth, line, m.group(1)))
+                continue
+            if not s or s.startswith("#") or s.startswith(("import ", "import\t")):
+                continue
+            d = os.path.normpath(os.path.join(site, s))
+            if _under(d, inside) or _under(os.path.realpath(d), inside):
+                continue
+            drop.append(line)
+            if not os.path.isdir(d):
+                found.warnings.append(f"{os.path.join(site, pth)}: names {s}, which does not "
+                                      f"exist (python skips it); left out of the package")
+                continue
+            name, version = owner.get(pth, ("", ""))
+            kind = "path entry in " + pth
+            link = egg_links.pop(d, None)
+            if link:
+                name, kind = link[:-9], "develop install (.egg-link)"
+                found.hooks.append(link)
+            ed = Editable(name or pth, version, kind, d,
+                          _path_entry_files(d, taken, dists))
+            found.editables.append(ed)
+        if drop:
+            found.pth_drop[pth] = drop
+    for pth, line, mod in finders:
+        finder = mod + ".py"
+        name, version = owner.get(pth, ("", ""))
+        ed = Editable(name or pth, version, "setuptools import hook", "", hooks=[finder])
+        try:
+            mapping, namespaces = _finder_mapping(os.path.join(site, finder))
+        except (OSError, SyntaxError, ValueError) as e:
+            found.warnings.append(f"{os.path.join(site, finder)}: cannot read its mapping "
+                                  f"({e}); the editable project {name or pth} is left out")
+            continue
+        origins = []
+        for modname, path in sorted(mapping.items()):
+            top = modname.split(".")[0]
+            if top in taken and "." not in modname:
+                continue
+            rel = modname.replace(".", "/")
+            if os.path.isdir(path):
+                ed.files += _walk_files(path, rel)
+            elif os.path.isfile(path):
+                ed.files.append((path, os.path.join(os.path.dirname(rel),
+                                                    os.path.basename(path))))
+            else:
+                found.warnings.append(f"{os.path.join(site, finder)}: maps {modname} to "
+                                      f"{path}, which does not exist; left out of the package")
+                continue
+            origins.append(os.path.dirname(path))
+        for modname, paths in sorted(namespaces.items()):
+            for path in paths:
+                if os.path.isdir(path):
+                    ed.files += _walk_files(path, modname.replace(".", "/"))
+        for modname in mapping:
+            taken.add(modname.split(".")[0])
+        ed.origin = os.path.commonpath(origins) if origins else "?"
+        found.editables.append(ed)
+        found.pth_drop.setdefault(pth, []).append(line)
+        found.hooks.append(finder)
+    for target, link in sorted(egg_links.items()):
+        found.hooks.append(link)
+        found.warnings.append(f"{os.path.join(site, link)}: a develop install of {target} "
+                              f"that no .pth puts on sys.path; left out of the package")
+    for ed in found.editables:
+        url = urls.get(ed.name)
+        if url:  # the packed copy is no longer editable
+            found.hooks.append(url)
+    return found
+
+
+def refusal(site: str, inside: list[str]) -> str | None:
+    """The line ``pack --refuse-editable`` stops with, if ``site`` has an
+    editable install outside ``inside``."""
+    f = find(site, inside)
+    if not f.editables:
+        return None
+    ed = f.editables[0]
+    return (f"{site}: '{ed.name}' is an editable install (pip install -e) whose code lives "
+            f"in {ed.origin}, outside the environment; reinstall it without -e (pip install "
+            f"{ed.origin}) and pack again, or pack without --refuse-editable")

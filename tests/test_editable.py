@@ -1,0 +1,325 @@
+"""Editable installs (issue 22): ``pip install -e`` projects of every kind in
+use are packed into the environment's site directory, so ranks import them
+from the staged tree with the env *and* the sources moved away.
+
+Kinds built here with real tools (setuptools and hatchling from PyPI, wheels
+built offline with ``--no-build-isolation``): setuptools PEP 660 in its
+default (lenient: ``__editable__.*_finder.py`` import hook), strict (a link
+tree named by a ``.pth``) and compat (the source directory in a ``.pth``)
+modes, with package data and a C extension built in place; hatchling (a
+``_NAME.pth`` path entry of the ``src`` directory); a legacy develop install
+(``NAME.egg-link`` + ``easy-install.pth`` + ``NAME.egg-info`` in the source,
+written by hand exactly as setuptools < 64 wrote them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import textwrap
+
+import pytest
+
+from helpers import CLI, make_venv, mpi_env, mpirun, run
+
+VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
+HAVE_CC = shutil.which(os.environ.get("CC", "gcc")) is not None
+MISSING = "/nonexistent/pmb-gone-libs"
+
+
+def _write(path, text: str) -> None:
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text))
+
+
+def make_projects(src: str) -> dict:
+    """The source checkouts of the editable projects: name -> directory."""
+    sdemo = os.path.join(src, "sdemo")
+    _write(f"{sdemo}/pyproject.toml", """\
+        [build-system]
+        requires = ["setuptools>=64"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "sdemo"
+        version = "0.1"
+        [tool.setuptools.package-data]
+        sdemo = ["data.txt"]
+        """)
+    ext = ('Extension("sdemo._fast", ["sdemo/_fast.c"])' if HAVE_CC else "")
+    _write(f"{sdemo}/setup.py", f"""\
+        from setuptools import setup, Extension
+        setup(packages=["sdemo", "sdemo.sub"], ext_modules=[{ext}])
+        """)
+    _write(f"{sdemo}/sdemo/__init__.py", """\
+        import os
+        def data():
+            with open(os.path.join(os.path.dirname(__file__), "data.txt")) as f:
+                return f.read().strip()
+        """)
+    _write(f"{sdemo}/sdemo/data.txt", "sdemo-data\n")
+    _write(f"{sdemo}/sdemo/sub/__init__.py", "from .. import data\nSUB = 'sub'\n")
+    _write(f"{sdemo}/sdemo/_fast.c", """\
+        #define PY_SSIZE_T_CLEAN
+        #include <Python.h>
+        static PyObject *twice(PyObject *self, PyObject *args) {
+            long x; if (!PyArg_ParseTuple(args, "l", &x)) return NULL;
+            return PyLong_FromLong(2 * x);
+        }
+        static PyMethodDef M[] = {{"twice", twice, METH_VARARGS, ""}, {NULL, NULL, 0, NULL}};
+        static struct PyModuleDef D = {PyModuleDef_HEAD_INIT, "_fast", NULL, -1, M};
+        PyMODINIT_FUNC PyInit__fast(void) { return PyModule_Create(&D); }
+        """)
+    out = {"sdemo": sdemo}
+    for name in ("sstrict", "scompat"):
+        d = os.path.join(src, name)
+        _write(f"{d}/pyproject.toml", f"""\
+            [build-system]
+            requires = ["setuptools>=64"]
+            build-backend = "setuptools.build_meta"
+            [project]
+            name = "{name}"
+            version = "0.2"
+            [tool.setuptools]
+            packages = ["{name}"]
+            [tool.setuptools.package-data]
+            {name} = ["*.json"]
+            """)
+        _write(f"{d}/{name}/__init__.py", "import json, os\nHERE = os.path.dirname(__file__)\n"
+               "def conf():\n    return json.load(open(os.path.join(HERE, 'conf.json')))\n")
+        _write(f"{d}/{name}/conf.json", '{"k": 3}\n')
+        out[name] = d
+    hdemo = os.path.join(src, "hdemo")
+    _write(f"{hdemo}/pyproject.toml", """\
+        [build-system]
+        requires = ["hatchling"]
+        build-backend = "hatchling.build"
+        [project]
+        name = "hdemo"
+        version = "0.3"
+        """)
+    _write(f"{hdemo}/src/hdemo/__init__.py", "def triple(x):\n    return 3 * x\n")
+    _write(f"{hdemo}/src/hdemo/table.csv", "a,b\n1,2\n")
+    out["hdemo"] = hdemo
+    ldemo = os.path.join(src, "ldemo")
+    _write(f"{ldemo}/ldemo.py", "def four():\n    return 4\n")
+    _write(f"{ldemo}/setup.py", "from setuptools import setup\nsetup(name='ldemo', "
+                                "version='0.4', py_modules=['ldemo'])\n")
+    _write(f"{ldemo}/ldemo.egg-info/PKG-INFO",
+           "Metadata-Version: 2.1\nName: ldemo\nVersion: 0.4\n")
+    _write(f"{ldemo}/ldemo.egg-info/top_level.txt", "ldemo\n")
+    _write(f"{ldemo}/ldemo.egg-info/SOURCES.txt", "ldemo.py\nsetup.py\n")
+    out["ldemo"] = ldemo
+    plain = os.path.join(src, "plainlibs")
+    _write(f"{plain}/plainmod.py", "FIVE = 5\n")
+    _write(f"{plain}/notes/readme.txt", "not importable\n")
+    out["mylibs.pth"] = plain
+    return out
+
+
+def install_editables(python: str, site: str, projects: dict) -> None:
+    """pip install -e each project into the env of ``python`` (pip of the
+    test run, --python; the build backends come from the env itself)."""
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q",
+           "--disable-pip-version-check", "--no-build-isolation", "--no-deps"]
+    run(pip[:-3] + ["-U", "setuptools>=70.1", "wheel", "hatchling", "editables"], timeout=900)
+    run(pip + ["-e", projects["sdemo"]], timeout=600)
+    run(pip + ["-e", projects["sstrict"], "--config-settings", "editable_mode=strict"],
+        timeout=600)
+    run(pip + ["-e", projects["scompat"], "--config-settings", "editable_mode=compat"],
+        timeout=600)
+    run(pip + ["-e", projects["hdemo"]], timeout=600)
+    # a develop install as setuptools < 64 (pip install -e --no-use-pep517) wrote it
+    with open(os.path.join(site, "ldemo.egg-link"), "w") as f:
+        f.write(projects["ldemo"] + "\n.")
+    with open(os.path.join(site, "easy-install.pth"), "a") as f:
+        f.write(projects["ldemo"] + "\n")
+    # a .pth a user wrote: a directory of modules, and one that is gone
+    with open(os.path.join(site, "mylibs.pth"), "w") as f:
+        f.write(f"# my libraries\n{projects['mylibs.pth']}\n{MISSING}\n")
+
+
+CHECK = r"""
+import importlib.metadata as md, os, sys
+from mpi4py import MPI
+import sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo, plainmod
+t = os.path.realpath(os.environ["PYTHON_MPI_TREE"])
+mods = [sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo, plainmod]
+if HAVE_CC:
+    import sdemo._fast
+    mods.append(sdemo._fast)
+    x = sdemo._fast.twice(MPI.COMM_WORLD.rank)
+else:
+    x = 2 * MPI.COMM_WORLD.rank
+for m in mods:
+    assert os.path.realpath(m.__file__).startswith(t + "/"), (m.__name__, m.__file__, t)
+assert not [p for p in sys.path if SRC in p], sys.path
+assert not [m for m in sys.modules if m.startswith("__editable__")], "a hook was imported"
+assert sdemo.data() == sdemo.sub.data() == "sdemo-data"
+assert sstrict.conf() == scompat.conf() == {"k": 3}
+assert md.version("sdemo") == "0.1" and md.version("hdemo") == "0.3"
+assert md.version("ldemo") == "0.4"
+y = x + hdemo.triple(1) + ldemo.four() + sstrict.conf()["k"] + plainmod.FIVE
+s = MPI.COMM_WORLD.allreduce(y)
+if MPI.COMM_WORLD.rank == 0:
+    print("TOTAL", s, MPI.COMM_WORLD.size)
+"""
+
+
+def expected_total(n: int) -> int:
+    return sum(2 * r + 3 + 4 + 3 + 5 for r in range(n))
+
+
+def check_pack_lines(stderr: str, projects: dict) -> None:
+    """One line per editable project, naming it and where its files came from."""
+    for name, d in projects.items():
+        lines = [ln for ln in stderr.splitlines() if "editable" in ln and f" {name} " in ln]
+        assert len(lines) == 1, (name, stderr)
+        assert d in lines[0], (name, lines[0])
+    gone = [ln for ln in stderr.splitlines() if MISSING in ln]
+    assert len(gone) == 1 and "mylibs.pth" in gone[0] and "does not exist" in gone[0], stderr
+
+
+def run_moved(pkroot: str, packages: str, chroot: str, src: str,
+              moved: list[tuple[str, str]]) -> None:
+    for a, b in moved:
+        shutil.move(a, b)
+    try:
+        env = mpi_env(pkroot, chroot, cliques=2, packages=packages)
+        r = mpirun(4, ["-c", f"HAVE_CC = {HAVE_CC}\nSRC = {src!r}\n" + CHECK], env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"TOTAL {expected_total(4)} 4" in r.stdout, r.stdout
+        nodes = os.listdir(os.path.dirname(chroot.replace("%n", "0")))
+        assert len(nodes) == 2, nodes
+    finally:
+        for a, b in moved:
+            shutil.move(b, a)
+
+
+@pytest.fixture(scope="module")
+def edit_venv(tmp_path_factory):
+    base = tmp_path_factory.mktemp("editable")
+    projects = make_projects(str(base / "src"))
+    v = str(base / "v")
+    make_venv(v, ["mpi4py"])
+    site = os.path.join(v, "lib", f"python{VER}", "site-packages")
+    install_editables(os.path.join(v, "bin", "python"), site, projects)
+    return {"base": str(base), "venv": v, "src": str(base / "src"), "projects": projects,
+            "site": site}
+
+
+def test_venv_with_editable_installs_of_every_kind_runs_from_the_tree_with_env_and_sources_moved(
+        edit_venv, shm_chroot):
+    out = os.path.join(edit_venv["base"], "out")
+    r = run(CLI + ["pack", edit_venv["venv"], "--python", "-o", out, "-q"], timeout=900)
+    check_pack_lines(r.stderr, edit_venv["projects"])
+    run_moved(out, f"python-{VER}.tar.zst:v.tar.zst", shm_chroot, edit_venv["src"],
+              [(edit_venv["venv"], edit_venv["venv"] + "-moved"),
+               (edit_venv["src"], edit_venv["src"] + "-moved")])
+
+
+def test_packed_tree_holds_the_projects_files_and_none_of_their_hooks(edit_venv, tmp_path):
+    out = tmp_path / "out"
+    run(CLI + ["pack", edit_venv["venv"], "-o", str(out), "-q"], timeout=900)
+    tree = tmp_path / "tree"
+    run(CLI + ["unpack", str(out / "v.tar.zst"), str(tree)], timeout=300)
+    site = tree / "lib" / f"python{VER}" / "site-packages"
+    names = set(os.listdir(site))
+    assert not [n for n in names if n.startswith("__editable__") or n.endswith(".egg-link")
+                or n in ("_hdemo.pth", "easy-install.pth")], names
+    for rel in ("sdemo/__init__.py", "sdemo/data.txt", "sdemo/sub/__init__.py",
+                "sstrict/conf.json", "scompat/conf.json", "hdemo/table.csv", "ldemo.py",
+                "ldemo.egg-info/PKG-INFO", "plainmod.py"):
+        assert (site / rel).is_file(), rel
+    # the user's .pth keeps its comment only: no line names a source any more
+    assert "mylibs.pth" not in names or "/" not in (site / "mylibs.pth").read_text()
+    assert "notes" not in names  # a directory without Python code is not importable
+    if HAVE_CC:
+        assert [n for n in os.listdir(site / "sdemo") if n.startswith("_fast.") and
+                n.endswith(".so")]
+    # the sources' own clutter is not importable and is not packed
+    assert "setup.py" not in names and "pyproject.toml" not in names and "src" not in names
+    for d in (tree, ):
+        for dirpath, _, files in os.walk(d):
+            for fn in files:
+                p = os.path.join(dirpath, fn)
+                if not os.path.islink(p) and fn.endswith((".py", ".pth", ".txt", ".json")):
+                    assert edit_venv["src"].encode() not in open(p, "rb").read(), p
+
+
+def test_refuse_editable_keeps_the_old_refusal(edit_venv, tmp_path):
+    r = run(CLI + ["pack", edit_venv["venv"], "-o", str(tmp_path), "--refuse-editable"],
+            check=False)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "editable" in r.stderr and "without -e" in r.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_run_repacks_after_an_edit_to_an_editable_source(edit_venv):
+    from python_mpi_bcast.launch.run import content_key
+    k1 = content_key(edit_venv["venv"])
+    assert content_key(edit_venv["venv"]) == k1
+    f = os.path.join(edit_venv["projects"]["hdemo"], "src", "hdemo", "__init__.py")
+    old = open(f).read()
+    try:
+        with open(f, "a") as fh:
+            fh.write("# edited\n")
+        assert content_key(edit_venv["venv"]) != k1
+    finally:
+        with open(f, "w") as fh:
+            fh.write(old)
+    # a new module in a package of the lenient setuptools finder
+    g = os.path.join(edit_venv["projects"]["sdemo"], "sdemo", "extra.py")
+    try:
+        open(g, "w").close()
+        assert content_key(edit_venv["venv"]) != k1
+    finally:
+        os.unlink(g)
+
+
+def test_python_given_a_venv_says_it_packs_only_the_interpreter(edit_venv, tmp_path):
+    # the order a user types after reading "--python [PREFIX]: ... or a venv";
+    # the README's quick start packs the interpreter this way, the venv next
+    r = run(CLI + ["pack", "--python", edit_venv["venv"], "-o", str(tmp_path), "-q"],
+            timeout=900)
+    assert os.listdir(tmp_path) == [f"python-{VER}.tar.zst"]
+    said = [ln for ln in r.stderr.splitlines() if "--python" in ln]
+    assert len(said) == 1, r.stderr
+    assert "packed that venv's base interpreter only, not the venv" in said[0]
+    assert edit_venv["venv"] in said[0]
+    assert f"pack {edit_venv['venv']} --python" in said[0]
+    # the venv given too: both, and nothing said about it
+    r = run(CLI + ["pack", edit_venv["venv"], "--python", "-o", str(tmp_path / "b"), "-q"],
+            timeout=900)
+    assert sorted(os.listdir(tmp_path / "b")) == sorted([f"python-{VER}.tar.zst", "v.tar.zst"])
+    assert "--python" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def edit_conda(tmp_path_factory):
+    from support import condaenv
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
+    base = tmp_path_factory.mktemp("editable-conda")
+    prefix = condaenv.build(str(base / "conda"), sys.executable, ["mpi4py"])
+    # conda's python package ships its C headers; the test builder's has none
+    inc = os.path.join(prefix, "include", f"python{VER}")
+    if not os.path.isfile(os.path.join(inc, "Python.h")):
+        import sysconfig
+        shutil.copytree(sysconfig.get_path("include"), inc, dirs_exist_ok=True)
+    projects = make_projects(str(base / "src"))
+    site = os.path.join(prefix, "lib", f"python{VER}", "site-packages")
+    install_editables(os.path.join(prefix, "bin", "python3"), site, projects)
+    return {"base": str(base), "prefix": prefix, "src": str(base / "src"),
+            "projects": projects}
+
+
+def test_conda_env_with_editable_installs_runs_from_the_tree_with_env_and_sources_moved(
+        edit_conda, shm_chroot):
+    out = os.path.join(edit_conda["base"], "out")
+    r = run(CLI + ["pack", edit_conda["prefix"], "-o", out, "-q"], timeout=900)
+    check_pack_lines(r.stderr, edit_conda["projects"])
+    run_moved(out, "demo.tar.zst", shm_chroot, edit_conda["src"],
+              [(edit_conda["prefix"], edit_conda["prefix"] + "-moved"),
+               (edit_conda["src"], edit_conda["src"] + "-moved")])
