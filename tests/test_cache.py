@@ -16,23 +16,10 @@ import time
 
 import pytest
 
-from helpers import CLI, LAUNCHER, MPIEXEC, make_venv, run
-from test_shell_init import make_wheel
+from helpers import (CLI, LAUNCHER, MPIEXEC, SBATCH_SIZE, copy_numpy, make_venv, make_wheel,
+                     readme_blocks, run)
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-def copy_numpy(demo_venv: str, venv: str) -> None:
-    """numpy and mpi4py from the cached demo venv (real wheels, no download)."""
-    src = os.path.join(demo_venv, "lib", f"python{VER}", "site-packages")
-    dst = os.path.join(venv, "lib", f"python{VER}", "site-packages")
-    for name in os.listdir(src):
-        if name.startswith(("numpy", "mpi4py")):
-            s, d = os.path.join(src, name), os.path.join(dst, name)
-            if os.path.isdir(s):
-                shutil.copytree(s, d, symlinks=True)
-            else:
-                shutil.copy2(s, d)
 
 
 @pytest.fixture(scope="module")
@@ -281,27 +268,17 @@ def test_cache_and_wheelhouse_locations_follow_the_documented_precedence(tmp_pat
     assert r.returncode == 1 and "must be an absolute path" in r.stderr
 
 
-def readme_blocks(start: str, end: str) -> list[str]:
-    import re
-    from helpers import REPO
-    text = open(os.path.join(REPO, "README.rst")).read()
-    sec = text[text.index(start):text.index(end)]
-    return ["\n".join(line[3:] for line in m.group(1).splitlines())
-            for m in re.finditer(r"^\.\. code-block:: sh\n\n((?:   .*\n|\n)+)", sec, re.M)]
-
-
 def test_readme_saved_environments_and_migrate(sandbox, demo_venv, tmp_path):
-    save, mig = readme_blocks("Saved environments: ``save``", "``pip`` on compute nodes")
+    save, mig = readme_blocks("sh", "Saved environments: ``save``", "``pip`` on compute nodes")
     scratch = tmp_path / "scratch"
     venv = make_venv(str(scratch / "envs" / "old"), [])
     copy_numpy(demo_venv, venv)
-    from test_examples import SIZE
     env = dict(sandbox["env"], VENV=demo_venv, SCRATCH=str(scratch),
                TMPDIR=str(tmp_path / "tmp"))
     os.makedirs(env["TMPDIR"])
     script = sandbox["tmp"] / "readme-save-job.sh"   # run as a batch job on the test cluster
     script.write_text("#!/bin/bash\nset -euo pipefail\ncd \"$PROJECT\"\n" + save + "\n")
-    state, code, out = sandbox["cluster"].sbatch(str(script), SIZE, env=env,
+    state, code, out = sandbox["cluster"].sbatch(str(script), SBATCH_SIZE, env=env,
                                                  cwd=str(sandbox["tmp"]), timeout=1200)
     assert (state, code) == ("COMPLETED", 0), out
     lines = out.strip().splitlines()
@@ -316,7 +293,7 @@ def test_readme_saved_environments_and_migrate(sandbox, demo_venv, tmp_path):
 
 
 def test_readme_offline_pip(sandbox, tmp_path):
-    (block,) = readme_blocks("``pip`` on compute nodes", "Start modes\n---")
+    (block,) = readme_blocks("sh", "``pip`` on compute nodes", "Start modes\n---")
     steps = [ln.split("  #")[0].strip() for ln in block.splitlines()
              if ln.strip() and not ln.lstrip().startswith("#")]
     assert len(steps) == 3

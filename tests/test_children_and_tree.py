@@ -28,8 +28,9 @@ import sys
 
 import pytest
 
-from helpers import LAUNCHER, MPIEXEC, base_python, config_prefix, mpi_env, run
-from test_no_writes import filecalls, snapshot
+from helpers import LAUNCHER, MPIEXEC, base_python, config_prefix, mpi_env, run, tree_stat
+
+import filecalls
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -257,7 +258,7 @@ def test_optimize_flags_sysconfig_and_pip_write_nothing_into_the_tree(pkgroot, s
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     r = run([MPIEXEC, "-n", "2", LAUNCHER, "--stage-only"], env=env, timeout=300)
     tree = r.stdout.strip()
-    before = snapshot(tree)
+    before = tree_stat(tree)
     # -O/-OO byte code is shipped only for what start-up imports before the
     # tree's start-up hook runs (and the hook): the rest compiles in memory
     opt = [p for p in before if re.search(r"\.opt-[12]\.pyc$", p)]
@@ -284,13 +285,13 @@ def test_optimize_flags_sysconfig_and_pip_write_nothing_into_the_tree(pkgroot, s
         ran_in, writes, err = traced_run(args, env, tmp_path)
         assert ran_in == tree, (ran_in, tree)
         assert writes == [], f"{args[:1]}: " + "\n".join(writes[:20])
-    assert snapshot(tree) == before
+    assert tree_stat(tree) == before
     # the next step takes the tree as it is
     r = run([MPIEXEC, "-n", "2", LAUNCHER, "-c", "import sys; sys.stdout.write(f'TREE {sys.prefix}\\n')"],
             env=dict(env, PYTHON_MPI_VERBOSE="1"), timeout=120)
     assert r.stdout.count(f"TREE {tree}\n") == 2, r.stdout
     assert "already staged on all 1 node(s)" in r.stderr, r.stderr
-    assert snapshot(tree) == before
+    assert tree_stat(tree) == before
 
 
 def test_user_code_outside_the_tree_is_still_byte_compiled(pkgroot, shm_chroot, tmp_path):

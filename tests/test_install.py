@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from helpers import BIN, CLI, REPO, base_python, env_file, run
+from helpers import BIN, CLI, REPO, base_python, env_file, readme_block, run
 
 DEBIAN_MPICH = "/usr/bin/mpicc.mpich"
 DEBIAN_OPENMPI = "/usr/bin/mpicc.openmpi"
@@ -294,7 +294,6 @@ def readme_sandbox(tmp_path, sdist):
 
 
 def run_readme(block: str, sandbox) -> str:
-    from test_examples import readme_block
     script = "set -euo pipefail\n" + readme_block(block)
     r = run(["bash", "-c", script], env=sandbox["env"], cwd=str(sandbox["home"]), timeout=1200,
             check=False)

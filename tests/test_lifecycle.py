@@ -22,8 +22,7 @@ import time
 
 import pytest
 
-from helpers import BIN, CLI, LAUNCHER, MPIEXEC, make_venv, run
-from test_shell_init import make_wheel
+from helpers import BIN, CLI, LAUNCHER, MPIEXEC, make_venv, make_wheel, run
 
 DATA_MB = 48  # incompressible data in the venv: the phases last long enough to catch
 

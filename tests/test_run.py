@@ -17,9 +17,7 @@ import uuid
 
 import pytest
 
-from helpers import BIN, CLI, make_venv, run
-from test_cache import copy_numpy
-from test_shell_init import make_wheel
+from helpers import BIN, CLI, SBATCH_SIZE, copy_numpy, make_venv, make_wheel, readme_blocks, run
 
 SCRIPT = """import sys, numpy as np
 from mpi4py import MPI
@@ -354,14 +352,12 @@ def test_two_runs_of_one_env_at_once_pack_it_once(user):
 
 def test_readme_run_examples(sandbox, demo_venv):
     """The README's block as a batch job on the test cluster (2 nodes x 2)."""
-    from test_examples import SIZE
-    from test_cache import readme_blocks
-    (block,) = readme_blocks("Without packing by hand: ``run``", "Configuration\n---")
+    (block,) = readme_blocks("sh", "Without packing by hand: ``run``", "Configuration\n---")
     venv = make_venv(str(sandbox["home"] / "envs" / "science"), [])
     copy_numpy(demo_venv, venv)
     script = sandbox["tmp"] / "readme-run-job.sh"
     script.write_text("#!/bin/bash\nset -euo pipefail\ncd \"$PROJECT\"\n" + block + "\n")
-    state, code, out = sandbox["cluster"].sbatch(str(script), SIZE, env=sandbox["env"],
+    state, code, out = sandbox["cluster"].sbatch(str(script), SBATCH_SIZE, env=sandbox["env"],
                                                  cwd=str(sandbox["tmp"]), timeout=1200)
     assert (state, code) == ("COMPLETED", 0), out
     assert out.count("my_script: 4 ranks, total 4.0") == 3, out
