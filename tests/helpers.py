@@ -35,7 +35,32 @@ __all__ = ["BIN", "MPIEXEC", "LAUNCHER", "CLI", "REPO", "CACHE", "FAKESSH", "bas
            "config_prefix", "open_mpi5_run", "tree_stat", "copy_numpy", "make_wheel",
            "readme_blocks", "readme_block", "SBATCH_SIZE", "NODE_CHECK", "check_rows",
            "can_hide", "hidden", "CONDA_CHECK", "conda_outputs", "make_ana", "user_env",
-           "check_ana_copy"]
+           "check_ana_copy", "USER_DIRS", "private_home"]
+
+# The user's own locations: saved environments, run packages and the
+# leftovers registry under XDG_DATA_HOME, caches (pip's) under XDG_CACHE_HOME,
+# the config file under XDG_CONFIG_HOME.  The session points the first two at
+# directories of its own (conftest.py: user_dirs), so no test touches the
+# user's real ones nor sees what another test session left; an environment
+# with a private HOME drops all three (private_home) and gets the defaults
+# under that HOME, as a user with that HOME would.
+USER_DIRS = ("XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")
+#: pip's cache as it was before the session moved XDG_CACHE_HOME (conftest)
+SESSION_PIP_CACHE = {"dir": None}
+
+
+def private_home(env: dict, home) -> dict:
+    """``env`` (changed in place and returned) for a user whose HOME is
+    ``home``: without USER_DIRS (and the pip cache the session kept), so
+    their data, cache and config default to ~/.local/share, ~/.cache and
+    ~/.config of that HOME."""
+    for k in USER_DIRS:
+        env.pop(k, None)
+    if SESSION_PIP_CACHE["dir"] and env.get("PIP_CACHE_DIR") == SESSION_PIP_CACHE["dir"]:
+        del env["PIP_CACHE_DIR"]
+    env["HOME"] = str(home)
+    return env
+
 
 # the README's job-script examples' my_script.py (sandbox fixture, test_examples)
 MY_SCRIPT = """import argparse, numpy as np
@@ -286,13 +311,15 @@ def check_ana_copy(where: str, data: str) -> None:
 
 
 def user_env(tmp_path) -> dict:
-    """The environment of a CLI user with HOME, TMPDIR and the saved-env cache
-    under tmp_path and no PYTHON_MPI_*, venv, conda or Slurm settings."""
+    """The environment of a CLI user with HOME (private_home), TMPDIR and the
+    saved-env cache under tmp_path and no PYTHON_MPI_*, venv, conda or Slurm
+    settings."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_"))}
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    env.update({"HOME": str(home), "TMPDIR": str(tmp_path),
+    private_home(env, home)
+    env.update({"TMPDIR": str(tmp_path),
                 "PYTHON_MPI_BCAST_CACHE": str(tmp_path / "cache")})
     return env
 

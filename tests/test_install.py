@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from helpers import BIN, CLI, REPO, base_python, env_file, readme_block, run
+from helpers import BIN, CLI, REPO, base_python, env_file, private_home, readme_block, run
 
 DEBIAN_MPICH = "/usr/bin/mpicc.mpich"
 DEBIAN_OPENMPI = "/usr/bin/mpicc.openmpi"
@@ -285,8 +285,8 @@ def readme_sandbox(tmp_path, sdist):
     (tmp_path / "module.sh").write_text(MODULE.format(bindir=bindir))
     for d in ("home", "project"):
         (tmp_path / d).mkdir()
-    env = clean_env(system_path())
-    env.update(HOME=str(tmp_path / "home"), PROJECT=str(tmp_path / "project"),
+    env = private_home(clean_env(system_path()), tmp_path / "home")
+    env.update(PROJECT=str(tmp_path / "project"),
                BASH_ENV=str(tmp_path / "module.sh"),
                PIP_FIND_LINKS=" ".join([os.path.dirname(sdist)]
                                        + os.environ.get("PIP_FIND_LINKS", "").split()))

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from helpers import BIN, CLI, LAUNCHER, MPIEXEC, make_venv, make_wheel, run
+from helpers import BIN, CLI, LAUNCHER, MPIEXEC, make_venv, make_wheel, private_home, run
 
 DATA_MB = 48  # incompressible data in the venv: the phases last long enough to catch
 
@@ -34,7 +34,8 @@ def user(tmp_path_factory):
     base = tmp_path_factory.mktemp("life")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_", "PIP_"))}
-    env.update({"HOME": str(base / "home"), "TMPDIR": str(base / "tmp"),
+    private_home(env, base / "home")
+    env.update({"TMPDIR": str(base / "tmp"),
                 "PYTHON_MPI_BCAST_CACHE": str(base / "cache"), "PIP_NO_INDEX": "1",
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                 "PATH": BIN + ":" + os.environ["PATH"]})

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from helpers import (CLI, PRIVATE, UNSHARE_MOUNT, can_hide, copy_numpy, make_ana, make_venv, run,
-                     user_env)
+from helpers import (CLI, PRIVATE, UNSHARE_MOUNT, can_hide, copy_numpy, make_ana, make_venv,
+                     private_home, run, user_env)
 
 from support import condaenv
 
@@ -42,7 +42,7 @@ def scratch(tmp_path, demo_venv):
                                   f"export DATA={envs}/demo-data\nconda activate {prefix}\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_"))}
-    env["HOME"] = str(home)
+    private_home(env, home)
     return {"envs": envs, "conda": prefix, "sci": sci, "home": str(home), "env": env,
             "new": str(tmp_path / "new")}
 

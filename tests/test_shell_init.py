@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from helpers import CLI, make_venv, make_wheel, run
+from helpers import CLI, make_venv, make_wheel, private_home, run
 
 SHELLS = [s for s in ("bash", "zsh", "fish")]
 RC = {"bash": ".bashrc", "zsh": ".zshrc", "fish": ".config/fish/config.fish"}
@@ -44,8 +44,8 @@ def shell_env(site, home, wheelhouse, job: bool, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PIP_", "SLURM_", "PBS_", "LSB_", "FLUX_", "COBALT_",
                                 "PYTHON_MPI_BCAST_", "VIRTUAL_ENV"))}
+    private_home(env, home)
     env.update({
-        "HOME": home,
         "PATH": os.path.join(site["venv"], "bin") + ":" + os.environ["PATH"],
         "PYTHON_MPI_BCAST_WHEELHOUSE": wheelhouse,
         "PIP_INDEX_URL": f"http://127.0.0.1:{closed_port()}/simple",
