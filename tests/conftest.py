@@ -12,6 +12,7 @@ the tests import (run, mpi_env, ...) are in tests/helpers.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -104,8 +105,9 @@ def pytest_collection_modifyitems(config, items):
 def user_dirs(tmp_path_factory):
     """The session's own XDG_DATA_HOME and XDG_CACHE_HOME (helpers.USER_DIRS):
     saved environments, run packages and the leftovers registry of every
-    command a test runs go there, never into the user's ~/.local/share, and
-    no test sees what a killed command of another session left.  pip keeps
+    command a test runs go there (each test's in a directory of its own:
+    own_user_data), never into the user's ~/.local/share, and no test sees
+    what a killed command of another test or session left.  pip keeps
     its cache where it was (PIP_CACHE_DIR), so installs stay as fast."""
     base = tmp_path_factory.getbasetemp()
     saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "PIP_CACHE_DIR")}
@@ -123,6 +125,21 @@ def user_dirs(tmp_path_factory):
         else:
             os.environ[k] = v
     helpers.SESSION_PIP_CACHE["dir"] = None
+
+
+_TESTS = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def own_user_data(user_dirs, monkeypatch):
+    """Each test's own XDG_DATA_HOME under the session's: what a command a
+    test killed leaves registered there is swept (and said: "removed ...,
+    left by a killed ...") by that test's next command only, never by
+    another test's."""
+    d = os.path.join(user_dirs["data"], f"t{next(_TESTS)}")
+    os.makedirs(d)
+    monkeypatch.setenv("XDG_DATA_HOME", d)
+    return d
 
 
 @pytest.fixture(scope="session")

@@ -35,12 +35,14 @@ __all__ = ["BIN", "MPIEXEC", "LAUNCHER", "CLI", "REPO", "CACHE", "FAKESSH", "bas
            "config_prefix", "open_mpi5_run", "tree_stat", "copy_numpy", "make_wheel",
            "readme_blocks", "readme_block", "SBATCH_SIZE", "NODE_CHECK", "check_rows",
            "can_hide", "hidden", "CONDA_CHECK", "conda_outputs", "make_ana", "user_env",
-           "check_ana_copy", "USER_DIRS", "private_home"]
+           "check_ana_copy", "USER_DIRS", "private_home", "process_tree",
+           "process_group", "wait_gone"]
 
 # The user's own locations: saved environments, run packages and the
 # leftovers registry under XDG_DATA_HOME, caches (pip's) under XDG_CACHE_HOME,
 # the config file under XDG_CONFIG_HOME.  The session points the first two at
-# directories of its own (conftest.py: user_dirs), so no test touches the
+# directories of its own (conftest.py: user_dirs; each test gets a data home
+# of its own under it: own_user_data), so no test touches the
 # user's real ones nor sees what another test session left; an environment
 # with a private HOME drops all three (private_home) and gets the defaults
 # under that HOME, as a user with that HOME would.
@@ -92,6 +94,55 @@ def run(args, timeout=120, check=True, **kw):
     if check and r.returncode != 0:
         raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def _processes() -> dict[int, tuple[str, int, int, str]]:
+    """pid -> (state, ppid, pgrp, start time) of every process, from /proc."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            out[int(pid)] = (fields[0], int(fields[1]), int(fields[2]), fields[19])
+    return out
+
+
+def process_tree(pid: int) -> set[tuple[int, str]]:
+    """(pid, start time) of ``pid`` and every live descendant: mpiexec's
+    ranks run in sessions of their own, so its process group misses them."""
+    procs = _processes()
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p in procs and procs[p][0] != "Z":
+            found.add((p, procs[p][3]))
+            todo += [c for c, v in procs.items() if v[1] == p]
+    return found
+
+
+def process_group(pgid: int) -> set[tuple[int, str]]:
+    """(pid, start time) of the live processes of process group ``pgid``."""
+    return {(p, v[3]) for p, v in _processes().items() if v[2] == pgid and v[0] != "Z"}
+
+
+def wait_gone(procs: set[tuple[int, str]], timeout: float = 120) -> None:
+    """Wait until none of ``procs`` (process_tree, process_group) is alive:
+    what they held (locks, files being written) is then let go.  Instead of
+    a sleep that a busy machine can outlast."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        now = _processes()
+        alive = sorted(p for p, start in procs if p in now and now[p][3] == start
+                       and now[p][0] != "Z")
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {alive} still alive after {timeout} s")
+        time.sleep(0.05)
 
 
 def env_file(name: str) -> dict:

@@ -186,7 +186,7 @@ def test_second_step_runs_the_staged_python_with_the_launchers_mpi(pkgroot, shm_
     assert check_procs(r.stdout, launcher_mpi(), {"step2": 3}) == tree, r.stdout
 
 
-def test_a_tree_used_without_a_launcher_leaves_mpi4py_to_itself(pkgroot, shm_chroot, tmp_path):
+def test_a_tree_used_without_a_launcher_leaves_mpi4py_to_itself(pkgroot, shm_chroot):
     """The record of the launcher's MPI goes with its tree: 'clean --all'
     removes both, and a tree whose record is gone imports mpi4py as a plain
     Python would (here: not the launcher's library)."""
@@ -201,9 +201,8 @@ def test_a_tree_used_without_a_launcher_leaves_mpi4py_to_itself(pkgroot, shm_chr
             env=env, timeout=120, check=False)
     assert "MPICH Version:" not in r.stdout, r.stdout + r.stderr
     os.rename(record + ".away", record)
-    # (with a data home of its own: no leftovers of killed commands to sweep)
-    r = run([sys.executable, "-m", "python_mpi_bcast", "clean", "--all", node], timeout=120,
-            env=dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data")))
+    # (the test's own data home: no leftovers of other tests' killed commands)
+    r = run([sys.executable, "-m", "python_mpi_bcast", "clean", "--all", node], timeout=120)
     assert r.stdout.splitlines() == [f"removed {tree}"], r.stdout
     assert not os.path.exists(node), os.listdir(node)
 

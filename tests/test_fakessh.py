@@ -11,9 +11,7 @@ import uuid
 import pytest
 
 from support import slurm
-from helpers import LAUNCHER, MPIEXEC, NODE_CHECK, REPO, check_rows, mpi_env, run
-
-FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
+from helpers import FAKESSH, LAUNCHER, MPIEXEC, NODE_CHECK, check_rows, mpi_env, run
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from helpers import BIN, CLI, LAUNCHER, MPIEXEC, make_venv, make_wheel, private_home, run
+from helpers import (BIN, CLI, LAUNCHER, MPIEXEC, make_venv, make_wheel, private_home,
+                     process_group, run, wait_gone)
 
 DATA_MB = 48  # incompressible data in the venv: the phases last long enough to catch
 
@@ -218,9 +219,10 @@ def test_rerun_of_a_killed_load_removes_its_partial_copy(user):
     def partial():
         return glob.glob(os.path.join(user["scratch"], ".slow.unpack-*"))
     p = subprocess.Popen(CLI + ["load", "science", "--as", "slow"], env=user["env"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
     kill_when(p, lambda: any(tree_bytes(d) > (1 << 20) for d in partial()))
-    time.sleep(0.5)  # the unpacker child ends with its parent
+    wait_gone(process_group(p.pid))  # the unpacker child ends with its parent
     left = partial()
     assert left and not os.path.exists(os.path.join(user["scratch"], "slow"))
     r = cli(user, "load", "science", "--as", "slow")
