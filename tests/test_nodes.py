@@ -28,14 +28,16 @@ LATE = r"""
 import os, sys, time
 open(sys.argv[1], "w").close()
 deadline = time.time() + 600  # a hang guard: the test's go comes well before
-while not os.path.exists(sys.argv[2]) and time.time() < deadline:
+while not os.path.exists(sys.argv[2]):
+    if time.time() > deadline:  # never import as if told to: that could pass unchecked
+        sys.exit("LATE: no go within 600 s")
     time.sleep(0.05)
 import csv, decimal, numpy
 sys.stdout.write("LATE OK %s %d\n" % (sys.prefix, numpy.arange(3).sum()))
 """
 
 
-def wait_for(path, timeout=120):
+def wait_for(path, timeout=300):
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if time.monotonic() > deadline:

@@ -404,7 +404,9 @@ LATE = r"""
 import os, sys, time
 open(sys.argv[1], "w").close()
 deadline = time.time() + 600  # a hang guard: the test's go comes well before
-while not os.path.exists(sys.argv[2]) and time.time() < deadline:
+while not os.path.exists(sys.argv[2]):
+    if time.time() > deadline:  # never import as if told to: that could pass unchecked
+        sys.exit("LATE: no go within 600 s")
     time.sleep(0.05)
 import csv, decimal, numpy
 print("LATE OK", flush=True)
@@ -516,12 +518,12 @@ def test_the_next_job_gives_back_what_an_earlier_job_left(job, tmp_path, how):
         return job_state(c, jobid) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
     try:
         if how == "cancelled":
-            wait_until(staged, 120)
+            wait_until(staged, 300)
             c.run(["scancel", jobid], timeout=30, check=True)
         elif how == "cancelled-mid-staging":
-            wait_until(staging, 120, step=0.005)
+            wait_until(staging, 300, step=0.005)
             c.run(["scancel", jobid], timeout=30, check=True)
-        wait_until(ended, 200)
+        wait_until(ended, 600)  # time-limit: Slurm's own timers
     finally:
         c.run(["scancel", jobid], timeout=30)
     state = job_state(c, jobid)
