@@ -263,9 +263,13 @@ def test_rm_refuses_a_saved_env_a_running_job_uses(user, shm_chroot, mode):
     env = dict(user["env"], PYTHON_MPI_PKGROOT=user["cache"], PYTHON_MPI_MODE=mode,
                PYTHON_MPI_PACKAGES="inuse.tar.zst", PYTHON_MPI_CHROOT=shm_chroot)
     ready = os.path.join(user["base"], f"job-ready-{mode}")
-    prog = (f"import time; open({ready!r}, 'w').close(); "
-            f"[time.sleep(0.1) for _ in range(600) if not __import__('os').path.exists("
-            f"{ready!r} + '.go')]")
+    # waits for the go; without one in 600 s it fails (it used to end as
+    # if told to after 60 s, and rm then found nothing in use)
+    prog = (f"import os, sys, time; open({ready!r}, 'w').close()\n"
+            f"deadline = time.time() + 600\n"
+            f"while not os.path.exists({ready!r} + '.go'):\n"
+            f"    if time.time() > deadline: sys.exit('no go within 600 s')\n"
+            f"    time.sleep(0.05)\n")
     p = subprocess.Popen([MPIEXEC, "-n", "2", LAUNCHER, "-c", prog], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
