@@ -169,8 +169,9 @@ def test_interrupted_relocate_leaves_nothing_under_the_final_name(conda_env, tmp
         p = subprocess.Popen(CLI + ["relocate", conda_env, "-o", dest],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            deadline = time.time() + 60
-            while time.time() < deadline and not glob.glob(f"{tmp_path}/.int-{sig.name}.relocate-*/tree/lib"):
+            deadline = time.time() + 600  # a hang guard: a busy machine copies slowly
+            while (time.time() < deadline and p.poll() is None
+                   and not glob.glob(f"{tmp_path}/.int-{sig.name}.relocate-*/tree/lib")):
                 time.sleep(0.05)
             p.send_signal(sig)
             p.communicate(timeout=60)
