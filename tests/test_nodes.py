@@ -22,6 +22,22 @@ import pytest
 
 from helpers import LAUNCHER, MPIEXEC, mpi_env, mpirun, run
 
+# The batch jobs of the tests whose steps build on an earlier step's tree:
+# a process of each lives (the batch script, between steps), or any launcher
+# start of this user on the machine (another test session's) could give the
+# tree back between two steps, as one of a job that is over.
+EDIT_JOB, LAYERS_JOB = (f"pmbt-{what}-{uuid.uuid4().hex[:8]}" for what in ("edit", "layers"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def batch_scripts():
+    alive = [subprocess.Popen(["sleep", "3600"], env=dict(os.environ, SLURM_JOB_ID=job))
+             for job in (EDIT_JOB, LAYERS_JOB)]
+    yield
+    for p in alive:
+        p.kill()
+        p.wait(timeout=30)
+
 # every rank: say it started, wait for the test's go, then import from the
 # tree what it had not imported yet (fails if the tree went meanwhile)
 LATE = r"""
@@ -227,7 +243,7 @@ def test_an_edited_directory_layer_replaces_the_jobs_earlier_tree(pkgroot, shm_c
     node0 = shm_chroot.replace("%n", "0")
     read = ["-c", "import os, sys; sys.stdout.write('DATA %s\\n' % "
             "open(os.environ['PYTHON_MPI_TREE'] + '/data.txt').read())"]
-    env1 = mpi_env(base, shm_chroot, cliques=1, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID="pmbt-edit",
+    env1 = mpi_env(base, shm_chroot, cliques=1, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID=EDIT_JOB,
                    packages=f"{pkgroot['python']}:{pkgroot['env']}:data1.tar.zst")
     env2 = dict(env1, PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}:data2.tar.zst")
     r = mpirun(2, read, env1)
@@ -271,7 +287,7 @@ def data_layers(pkgroot, tmp_path, versions=("1", "2")):
 
 
 def layered_env(base, chroot, version, **extra):
-    return mpi_env(base, chroot, cliques=2, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID="pmbt-layers",
+    return mpi_env(base, chroot, cliques=2, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID=LAYERS_JOB,
                    packages=f"{base['python']}:{base['env']}:data{version}.tar.zst", **extra)
 
 
