@@ -148,23 +148,24 @@ def test_damaged_tree_a_running_step_uses_is_staged_anew_beside_it(pkgroot, shm_
         (tree,) = trees(node0)
         with open(os.path.join(tree, "stray.txt"), "w") as f:  # anything written into it
             f.write("x")
-        b = mpirun(2, ["-c", "import sys, numpy; print('B', sys.prefix)"], env)
+        # (one write per rank: print() writes its pieces apart, and the ranks' interleave)
+        b = mpirun(2, ["-c", "import sys, numpy; sys.stdout.write('B %s\\n' % sys.prefix)"], env)
         assert b.returncode == 0, b.stderr
         # the line says where, as every launcher line: "python-mpi: HOST (rank R): "
         host = socket.gethostname().split(".")[0]
         assert re.search(rf"^python-mpi: {re.escape(host)} \(rank 0\): staged tree {tree}: "
                          rf"{tree}(/stray.txt)? was changed after staging; "
                          "staging a new tree beside it", b.stderr, re.M), b.stderr
-        assert b.stdout.count(f"{tree}.1\n") == 2, b.stdout  # (lines of ranks may interleave)
+        assert b.stdout.count(f"B {tree}.1\n") == 2, b.stdout
         assert trees(node0) == [tree, tree + ".1"]
         assert a.finish() == 0, a.err
     assert a.out.count(f"LATE OK {tree} 3") == 2, a.out  # still the old tree, untouched
     # nobody holds the damaged one now: the next run removes it and reuses the new one
-    c = mpirun(2, ["-c", "import sys; print('C', sys.prefix)"], env)
+    c = mpirun(2, ["-c", "import sys; sys.stdout.write('C %s\\n' % sys.prefix)"], env)
     assert c.returncode == 0, c.stderr
     assert re.search(rf"staged tree {tree}: .* was changed after staging; staging it again",
                      c.stderr) and "nothing read or sent" in c.stderr, c.stderr
-    assert c.stdout.count(f"{tree}.1\n") == 2, c.stdout
+    assert c.stdout.count(f"C {tree}.1\n") == 2, c.stdout
     assert trees(node0) == [tree + ".1"]
 
 

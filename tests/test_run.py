@@ -102,8 +102,9 @@ def test_unchanged_env_is_not_repacked_and_a_changed_one_is(user):
     whl = make_wheel(str(user["tmp"] / "wheels"))
     run([os.path.join(user["venv"], "bin", "pip"), "install", "-q", whl], env=user["env"],
         timeout=300)
+    # (one write per rank: print() writes its pieces apart, and the ranks' interleave)
     r = pmb_run(user, "mpiexec", "-n", "2", "python", "-c",
-                "import pmbdemo, sys; print('value', pmbdemo.VALUE, sys.prefix)")
+                "import pmbdemo, sys; sys.stdout.write('value %s %s\\n' % (pmbdemo.VALUE, sys.prefix))")
     assert "packing" in r.stderr and len(entries(user)) == 2
     assert r.stdout.count("value 42 /dev/shm/") == 2
     # uninstall: back to the first content, so the first package is used again
