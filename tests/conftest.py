@@ -12,6 +12,7 @@ the tests import (run, mpi_env, ...) are in tests/helpers.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -20,7 +21,9 @@ import uuid
 
 import pytest
 
-from helpers import BIN, CACHE, CLI, MY_SCRIPT, REPO, base_python, make_venv, run
+import helpers
+from helpers import (BIN, CACHE, CLI, MY_SCRIPT, REPO, base_python, make_venv, private_home,
+                     run)
 
 # slow: the Debian MPI matrix; extended: installs per MPI; repeat: the further
 # cases of a long matrix (REPRESENTATIVE below).  The default run (.ci/run)
@@ -98,6 +101,47 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_dirs(tmp_path_factory):
+    """The session's own XDG_DATA_HOME and XDG_CACHE_HOME (helpers.USER_DIRS):
+    saved environments, run packages and the leftovers registry of every
+    command a test runs go there (each test's in a directory of its own:
+    own_user_data), never into the user's ~/.local/share, and no test sees
+    what a killed command of another test or session left.  pip keeps
+    its cache where it was (PIP_CACHE_DIR), so installs stay as fast."""
+    base = tmp_path_factory.getbasetemp()
+    saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "PIP_CACHE_DIR")}
+    if not saved["PIP_CACHE_DIR"]:
+        os.environ["PIP_CACHE_DIR"] = os.path.join(
+            saved["XDG_CACHE_HOME"] or os.path.expanduser("~/.cache"), "pip")
+        helpers.SESSION_PIP_CACHE["dir"] = os.environ["PIP_CACHE_DIR"]
+    for k, d in (("XDG_DATA_HOME", "user-data"), ("XDG_CACHE_HOME", "user-cache")):
+        os.makedirs(base / d, exist_ok=True)
+        os.environ[k] = str(base / d)
+    yield {"data": str(base / "user-data"), "cache": str(base / "user-cache")}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    helpers.SESSION_PIP_CACHE["dir"] = None
+
+
+_TESTS = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def own_user_data(user_dirs, monkeypatch):
+    """Each test's own XDG_DATA_HOME under the session's: what a command a
+    test killed leaves registered there is swept (and said: "removed ...,
+    left by a killed ...") by that test's next command only, never by
+    another test's."""
+    d = os.path.join(user_dirs["data"], f"t{next(_TESTS)}")
+    os.makedirs(d)
+    monkeypatch.setenv("XDG_DATA_HOME", d)
+    return d
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """A real 4-node Slurm cluster (tests/support/slurm.py), up for the whole session,
@@ -173,7 +217,8 @@ def sandbox(tmp_path, demo_venv, slurm_cluster):
     project.mkdir()
     (project / "my_script.py").write_text(MY_SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "SLURM_"))}
-    env.update(HOME=str(home), PROJECT=str(project), SCRATCH=str(tmp_path),
+    private_home(env, home)
+    env.update(PROJECT=str(project), SCRATCH=str(tmp_path),
                PATH=f"{BIN}:{env['PATH']}",
                LD_LIBRARY_PATH=os.path.join(os.path.dirname(BIN), "lib"))
     yield {"env": env, "home": home, "project": project, "tmp": tmp_path, "cluster": slurm_cluster}

@@ -16,23 +16,10 @@ import time
 
 import pytest
 
-from helpers import CLI, LAUNCHER, MPIEXEC, make_venv, run
-from test_shell_init import make_wheel
+from helpers import (CLI, LAUNCHER, MPIEXEC, SBATCH_SIZE, copy_numpy, make_venv, make_wheel,
+                     private_home, readme_blocks, run)
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-def copy_numpy(demo_venv: str, venv: str) -> None:
-    """numpy and mpi4py from the cached demo venv (real wheels, no download)."""
-    src = os.path.join(demo_venv, "lib", f"python{VER}", "site-packages")
-    dst = os.path.join(venv, "lib", f"python{VER}", "site-packages")
-    for name in os.listdir(src):
-        if name.startswith(("numpy", "mpi4py")):
-            s, d = os.path.join(src, name), os.path.join(dst, name)
-            if os.path.isdir(s):
-                shutil.copytree(s, d, symlinks=True)
-            else:
-                shutil.copy2(s, d)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +29,8 @@ def user(tmp_path_factory, demo_venv):
     base = tmp_path_factory.mktemp("cacheuser")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_"))}
-    env.update({"HOME": str(base / "home"), "TMPDIR": str(base / "scratch"),
+    private_home(env, base / "home")
+    env.update({"TMPDIR": str(base / "scratch"),
                 "PYTHON_MPI_BCAST_CACHE": str(base / "cache"), "PIP_NO_INDEX": "1",
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     os.makedirs(env["HOME"])
@@ -132,7 +120,7 @@ def test_save_refuses_to_replace_without_force(user):
                                "exists") and "-f" in r.stderr
 
 
-def test_killed_save_leaves_the_previous_entry_intact(user, demo_venv):
+def test_killed_save_leaves_the_previous_entry_intact(user, demo_venv, tmp_path):
     path = os.path.join(user["cache"], "science.tar.zst")
     with open(path, "rb") as f:
         before = hashlib.sha256(f.read()).hexdigest()
@@ -157,6 +145,12 @@ def test_killed_save_leaves_the_previous_entry_intact(user, demo_venv):
     assert "science " in r.stdout and "damaged" not in r.stdout
     # the killed save's partial file is not an entry
     assert all(not ln.startswith(".") for ln in r.stdout.splitlines())
+    # the next command that sweeps (here clean, of an empty node directory)
+    # removes what the killed save left, and says so: no later test sees it
+    r = cli(user, "clean", str(tmp_path))
+    assert "(left by a killed 'save'" in r.stdout, r.stdout
+    assert not [f for f in os.listdir(user["cache"]) if f.startswith((".science.tar.zst.",
+                                                                      ".pmb-shards-"))]
 
 
 def test_load_of_an_unknown_name_lists_the_saved_ones(user):
@@ -221,9 +215,7 @@ def test_save_force_never_replaces_what_is_not_a_saved_package(user, tmp_path):
         r = cli(user, "save", name, "--venv", user["base"] + "/moved-away", "-f", "-q",
                 check=False)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-        # (what an earlier test's killed save left is removed and said first)
-        lines = [ln for ln in r.stderr.strip().splitlines() if "left by a killed" not in ln]
-        assert len(lines) == 1, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "not a python-mpi-bcast package" in r.stderr and "left as it is" in r.stderr
         tmpdir = os.path.dirname(user["scratch"])  # a refused save leaves no temporary
         assert not [n for n in os.listdir(tmpdir) if n.startswith("pmb-stage-")], os.listdir(tmpdir)
@@ -281,27 +273,17 @@ def test_cache_and_wheelhouse_locations_follow_the_documented_precedence(tmp_pat
     assert r.returncode == 1 and "must be an absolute path" in r.stderr
 
 
-def readme_blocks(start: str, end: str) -> list[str]:
-    import re
-    from helpers import REPO
-    text = open(os.path.join(REPO, "README.rst")).read()
-    sec = text[text.index(start):text.index(end)]
-    return ["\n".join(line[3:] for line in m.group(1).splitlines())
-            for m in re.finditer(r"^\.\. code-block:: sh\n\n((?:   .*\n|\n)+)", sec, re.M)]
-
-
 def test_readme_saved_environments_and_migrate(sandbox, demo_venv, tmp_path):
-    save, mig = readme_blocks("Saved environments: ``save``", "``pip`` on compute nodes")
+    save, mig = readme_blocks("sh", "Saved environments: ``save``", "``pip`` on compute nodes")
     scratch = tmp_path / "scratch"
     venv = make_venv(str(scratch / "envs" / "old"), [])
     copy_numpy(demo_venv, venv)
-    from test_examples import SIZE
     env = dict(sandbox["env"], VENV=demo_venv, SCRATCH=str(scratch),
                TMPDIR=str(tmp_path / "tmp"))
     os.makedirs(env["TMPDIR"])
     script = sandbox["tmp"] / "readme-save-job.sh"   # run as a batch job on the test cluster
     script.write_text("#!/bin/bash\nset -euo pipefail\ncd \"$PROJECT\"\n" + save + "\n")
-    state, code, out = sandbox["cluster"].sbatch(str(script), SIZE, env=env,
+    state, code, out = sandbox["cluster"].sbatch(str(script), SBATCH_SIZE, env=env,
                                                  cwd=str(sandbox["tmp"]), timeout=1200)
     assert (state, code) == ("COMPLETED", 0), out
     lines = out.strip().splitlines()
@@ -316,7 +298,7 @@ def test_readme_saved_environments_and_migrate(sandbox, demo_venv, tmp_path):
 
 
 def test_readme_offline_pip(sandbox, tmp_path):
-    (block,) = readme_blocks("``pip`` on compute nodes", "Start modes\n---")
+    (block,) = readme_blocks("sh", "``pip`` on compute nodes", "Start modes\n---")
     steps = [ln.split("  #")[0].strip() for ln in block.splitlines()
              if ln.strip() and not ln.lstrip().startswith("#")]
     assert len(steps) == 3

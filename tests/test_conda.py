@@ -7,53 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest
 
-from helpers import PRIVATE, UNSHARE_MOUNT, CLI, conda_origin, mpi_env, mpirun, run
-
-
-BIN = os.path.dirname(sys.executable)
-
-CHECK = r"""
-import os, sys, numpy, pmbdemo_py, mpi4py
-assert sys.prefix == os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))), sys.prefix
-print("prefix", sys.prefix)
-print("numpy", numpy.__version__, float(numpy.linalg.norm(numpy.arange(12.0).reshape(3, 4))))
-print("mpi4py", mpi4py.__version__)
-pmbdemo_py.main()
-"""
-
-
-def hidden(paths: list[str], cmd: list[str]) -> list[str]:
-    """Run ``cmd`` with ``paths`` (the original env, the base interpreter)
-    hidden under empty tmpfs mounts in a private mount namespace."""
-    mounts = " && ".join(f'mount -t tmpfs pmb-hide "${i + 1}"' for i in range(len(paths)))
-    n = len(paths)
-    return (UNSHARE_MOUNT + [PRIVATE + f'{mounts} && shift {n} && exec "$@"', "sh"]
-            + paths + cmd)
-
-
-def can_hide() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None
-
-
-def outputs(tree: str, hide: list[str]) -> str:
-    """What the tree's code prints, with the tree's path as <T>."""
-    env = {"PATH": f"{tree}/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-           "LANG": "C.UTF-8"}
-    out = []
-    for cmd in ([f"{tree}/bin/python", "-c", CHECK], [f"{tree}/bin/pmbdemo"],
-                [f"{tree}/bin/pmbdemo-script"], [f"{tree}/bin/f2py", "-v"],
-                ["bash", "-c", f'. "{tree}/etc/conda/activate.d/pmbdemo_activate.sh" && '
-                               f'echo "$PMBDEMO_DATA" && pkg-config --variable=prefix '
-                               f'"{tree}/lib/pkgconfig/pmbdemo.pc" 2>/dev/null || true']):
-        r = run(hidden(hide, cmd) if can_hide() else cmd, env=env, timeout=120, check=False)
-        assert r.returncode == 0, (cmd, r.stdout, r.stderr)
-        out.append(r.stdout.replace(tree, "<T>"))
-    return "".join(out)
+from helpers import (BIN, CLI, SBATCH_SIZE, can_hide, conda_origin, conda_outputs, hidden, mpi_env,
+                     mpirun, readme_blocks, run)
 
 
 def leftovers(tree: str, old: bytes) -> set[str]:
@@ -105,7 +64,7 @@ def test_unpacked_env_runs_like_conda_packs_with_the_original_moved_away(conda_e
         run(["tar", "--zstd", "-xf", packed["cp"], "-C", theirs], timeout=300)
         run([f"{theirs}/bin/python", f"{theirs}/bin/conda-unpack"], timeout=300)
         hide = [conda_env] + conda_origin()
-        a, b = outputs(ours, hide), outputs(theirs, hide)
+        a, b = conda_outputs(ours, hide), conda_outputs(theirs, hide)
         assert a == b
         assert "greeting=hello from pmbdemo" in a and "data=<T>/share/pmbdemo" in a
         assert "search=<T>/lib:<T>/share\n" in a
@@ -156,24 +115,14 @@ def test_tree_longer_than_the_conda_placeholder_is_refused_naming_the_file(packe
         shutil.rmtree(base, ignore_errors=True)
 
 
-def readme_conda_blocks() -> list[str]:
-    import re
-    from helpers import REPO
-    text = open(os.path.join(REPO, "README.rst")).read()
-    sec = text[text.index("Conda environments\n---"):text.index("Saved environments: ``save``")]
-    return ["\n".join(line[3:] for line in m.group(1).splitlines())
-            for m in re.finditer(r"^\.\. code-block:: sh\n\n((?:   .*\n|\n)+)", sec, re.M)]
-
-
 def test_readme_conda_section(conda_env, sandbox):
-    blocks = readme_conda_blocks()
+    blocks = readme_blocks("sh", "Conda environments\n---", "Saved environments: ``save``")
     assert len(blocks) == 2
-    from test_examples import SIZE
     env = dict(sandbox["env"], CONDA_PREFIX=conda_env)
     script = sandbox["tmp"] / "readme-conda-job.sh"   # run as a batch job on the test cluster
     script.write_text("#!/bin/bash\nset -euo pipefail\ncd \"$PROJECT\"\n" + "\n".join(blocks)
                       + "\n")
-    state, code, out = sandbox["cluster"].sbatch(str(script), SIZE, env=env,
+    state, code, out = sandbox["cluster"].sbatch(str(script), SBATCH_SIZE, env=env,
                                                  cwd=str(sandbox["tmp"]), timeout=900)
     assert (state, code) == ("COMPLETED", 0), out
     assert "kind:          interpreter" in out and "binary bin/pmbdemo" in out

@@ -16,15 +16,14 @@ import sys
 
 import pytest
 
-from helpers import BIN, MY_SCRIPT, REPO, run
+from helpers import BIN, MY_SCRIPT, REPO, SBATCH_SIZE, readme_block, readme_blocks, run
 
 
 needs_311 = pytest.mark.skipif(sys.version_info[:2] != (3, 11),
                                reason="the examples name python-3.11.tar.zst")
-SIZE = ["-N", "2", "--ntasks-per-node=2"]
 
 
-def submit(sandbox, script, args=SIZE, timeout=300):
+def submit(sandbox, script, args=SBATCH_SIZE, timeout=300):
     state, code, out = sandbox["cluster"].sbatch(script, list(args), env=sandbox["env"],
                                                  cwd=str(sandbox["tmp"]), timeout=timeout)
     assert (state, code) == ("COMPLETED", 0), out
@@ -42,20 +41,6 @@ def node_dirs(sandbox, pattern=None):
             if re.fullmatch(pattern, d):
                 out.setdefault(n, []).extend(sorted(os.listdir(os.path.join(shm, d))))
     return out
-
-
-def readme_blocks() -> list[str]:
-    text = open(os.path.join(REPO, "README.rst")).read()
-    blocks = []
-    for m in re.finditer(r"^\.\. code-block:: bash\n\n((?:   .*\n|\n)+)", text, re.M):
-        blocks.append("\n".join(line[3:] for line in m.group(1).splitlines()))
-    return blocks
-
-
-def readme_block(*words: str) -> str:
-    """The one README example that holds all these words."""
-    (block,) = [b for b in readme_blocks() if all(w in b for w in words)]
-    return block
 
 
 def test_readme_has_the_examples_we_run():
@@ -197,7 +182,7 @@ def test_multi_step_job_script(sandbox, science_pkgs):
 def test_multi_step_job_script_removes_the_tree_after_a_failing_step(sandbox, science_pkgs):
     (sandbox["project"] / "my_script.py").write_text(MY_SCRIPT + "\nraise SystemExit(a.steps == 2)\n")
     state, code, out = sandbox["cluster"].sbatch(
-        os.path.join(REPO, "jobscripts", "multi-step-job.sh"), SIZE, env=sandbox["env"],
+        os.path.join(REPO, "jobscripts", "multi-step-job.sh"), SBATCH_SIZE, env=sandbox["env"],
         cwd=str(sandbox["tmp"]), timeout=300)
     assert state == "FAILED" and code != 0, out
     assert "my_script: 4 ranks, total 8.0" in out and "total 12.0" not in out, out

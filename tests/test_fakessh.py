@@ -11,10 +11,7 @@ import uuid
 import pytest
 
 from support import slurm
-from helpers import LAUNCHER, MPIEXEC, REPO, mpi_env, run
-from test_slurm import CHECK, check_rows
-
-FAKESSH = os.path.join(REPO, "tests", "support", "fakessh")
+from helpers import FAKESSH, LAUNCHER, MPIEXEC, NODE_CHECK, check_rows, mpi_env, run
 
 
 @pytest.fixture
@@ -35,7 +32,7 @@ def test_mpiexec_nodes_each_stage_their_own_tree_once(pkgroot, fakessh, hosts, r
     chroot = f"/dev/shm/pmbt-{uuid.uuid4().hex[:10]}"
     env = mpi_env(pkgroot, chroot, PYTHON_MPI_VERBOSE=2)
     del env["MPIR_CVAR_NUM_CLIQUES"]  # real nodes, not simulated ones
-    r = run(fakessh + ["-hosts", hosts, "-n", str(ranks), LAUNCHER, "-c", CHECK], env=env,
+    r = run(fakessh + ["-hosts", hosts, "-n", str(ranks), LAUNCHER, "-c", NODE_CHECK], env=env,
             timeout=180, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     nodes = hosts.count(",") + 1

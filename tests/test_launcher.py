@@ -17,7 +17,7 @@ import tarfile
 import pytest
 
 from helpers import (LAUNCHER, MPIEXEC, PRIVATE, UNSHARE_MOUNT, launcher_errors, mpi_env, mpirun,
-                      run)
+                      process_tree, run, wait_gone)
 
 from python_mpi_bcast.package import format as pkgformat
 
@@ -557,15 +557,26 @@ def test_killed_staging_leaves_no_ready_tree_and_the_next_job_removes_its_leftov
     p = subprocess.Popen([MPIEXEC, "-n", "2", LAUNCHER, "-c", "pass"], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a hang guard: a busy machine starts slowly
         while time.monotonic() < deadline:
             if os.path.isdir(node0) and any(e.startswith(".env-") for e in os.listdir(node0)):
                 break
             time.sleep(0.005)
         else:
             pytest.fail("staging never started")
-        os.killpg(p.pid, signal.SIGKILL)
+        # the whole job at once: mpiexec, its proxy and the ranks (each in a
+        # session of its own: killpg would leave them to the proxy, and they
+        # could go on staging for a moment)
+        job = process_tree(p.pid)
+        for pid, _ in job:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_gone(job)
     finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=30)
     leftovers = [e for e in os.listdir(node0) if e.startswith((".env-", ".pmb-chunks"))]
     assert leftovers and not [e for e in os.listdir(node0) if e.startswith("env-")]

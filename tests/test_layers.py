@@ -12,7 +12,12 @@ sibling import and a circle.
 
 The C launcher (launcher/*.c) is layered the same way (see launcher/pmb.h):
 each file is compiled and ``nm`` says which file's symbols it uses; a file
-may use only files of lower layers, each through that file's header."""
+may use only files of lower layers, each through that file's header.
+
+The tests keep the same kind of order: what several test modules share is in
+tests/helpers.py (machinery in tests/support/), and no test, helper or
+benchmark module imports a test module (checked the same way, and proven to
+fail on a planted import)."""
 
 from __future__ import annotations
 
@@ -349,3 +354,52 @@ def test_the_launcher_check_fails_on_planted_wrong_calls(tmp_path):
     circles = [b for b in bad if b.startswith("circle: ")]
     assert circles and all("stage" in c and "util" in c for c in circles), bad
     assert sorted(bad) == sorted(expected + circles), bad
+
+
+# ---- the tests: helpers in tests/helpers.py, machinery in tests/support/ -----
+
+def imports_of_test_modules(paths: list[str]) -> list[str]:
+    """Every import of a test module (test_*, conftest) by another file of
+    ``paths``, one line each: what tests share lives in tests/helpers.py
+    (machinery in tests/support/), so reading one test module never means
+    reading another."""
+    bad = []
+    for path in sorted(paths):
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for n in names:
+                top = n.split(".")[0]
+                if top.startswith("test_") or top == "conftest":
+                    bad.append(f"{os.path.basename(path)}:{node.lineno} imports {n}")
+    return bad
+
+
+def _test_files() -> list[str]:
+    from helpers import REPO
+    out = []
+    for d in ("tests", "tests/support", "benchmarks"):
+        full = os.path.join(REPO, d)
+        out += [os.path.join(full, f) for f in os.listdir(full) if f.endswith(".py")]
+    return out
+
+
+def test_no_test_module_imports_another():
+    files = _test_files()
+    assert any(os.path.basename(f) == "helpers.py" for f in files)  # the walk sees the tests
+    assert imports_of_test_modules(files) == []
+
+
+@pytest.mark.parametrize("text", ["from test_cache import copy_numpy\n",
+                                  "def f():\n    import test_examples\n",
+                                  "from conftest import CACHE\n"])
+def test_the_test_import_checker_fails_on_a_planted_import(tmp_path, text):
+    (tmp_path / "test_a.py").write_text("import os\nfrom helpers import run\n" + text)
+    bad = imports_of_test_modules([str(tmp_path / "test_a.py")])
+    assert len(bad) == 1 and bad[0].startswith("test_a.py:"), bad

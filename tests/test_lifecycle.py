@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from helpers import BIN, CLI, LAUNCHER, MPIEXEC, make_venv, run
-from test_shell_init import make_wheel
+from helpers import (BIN, CLI, LAUNCHER, MPIEXEC, make_venv, make_wheel, private_home,
+                     process_group, run, wait_gone)
 
 DATA_MB = 48  # incompressible data in the venv: the phases last long enough to catch
 
@@ -35,7 +35,8 @@ def user(tmp_path_factory):
     base = tmp_path_factory.mktemp("life")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_", "PIP_"))}
-    env.update({"HOME": str(base / "home"), "TMPDIR": str(base / "tmp"),
+    private_home(env, base / "home")
+    env.update({"TMPDIR": str(base / "tmp"),
                 "PYTHON_MPI_BCAST_CACHE": str(base / "cache"), "PIP_NO_INDEX": "1",
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                 "PATH": BIN + ":" + os.environ["PATH"]})
@@ -218,9 +219,10 @@ def test_rerun_of_a_killed_load_removes_its_partial_copy(user):
     def partial():
         return glob.glob(os.path.join(user["scratch"], ".slow.unpack-*"))
     p = subprocess.Popen(CLI + ["load", "science", "--as", "slow"], env=user["env"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
     kill_when(p, lambda: any(tree_bytes(d) > (1 << 20) for d in partial()))
-    time.sleep(0.5)  # the unpacker child ends with its parent
+    wait_gone(process_group(p.pid))  # the unpacker child ends with its parent
     left = partial()
     assert left and not os.path.exists(os.path.join(user["scratch"], "slow"))
     r = cli(user, "load", "science", "--as", "slow")
@@ -261,9 +263,13 @@ def test_rm_refuses_a_saved_env_a_running_job_uses(user, shm_chroot, mode):
     env = dict(user["env"], PYTHON_MPI_PKGROOT=user["cache"], PYTHON_MPI_MODE=mode,
                PYTHON_MPI_PACKAGES="inuse.tar.zst", PYTHON_MPI_CHROOT=shm_chroot)
     ready = os.path.join(user["base"], f"job-ready-{mode}")
-    prog = (f"import time; open({ready!r}, 'w').close(); "
-            f"[time.sleep(0.1) for _ in range(600) if not __import__('os').path.exists("
-            f"{ready!r} + '.go')]")
+    # waits for the go; without one in 600 s it fails (it used to end as
+    # if told to after 60 s, and rm then found nothing in use)
+    prog = (f"import os, sys, time; open({ready!r}, 'w').close()\n"
+            f"deadline = time.time() + 600\n"
+            f"while not os.path.exists({ready!r} + '.go'):\n"
+            f"    if time.time() > deadline: sys.exit('no go within 600 s')\n"
+            f"    time.sleep(0.05)\n")
     p = subprocess.Popen([MPIEXEC, "-n", "2", LAUNCHER, "-c", prog], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from helpers import CLI, PRIVATE, UNSHARE_MOUNT, make_venv, run
-from test_conda import can_hide
-from test_cache import copy_numpy
+from helpers import (CLI, PRIVATE, UNSHARE_MOUNT, can_hide, copy_numpy, make_ana, make_venv,
+                     private_home, run, user_env)
 
 from support import condaenv
 
@@ -43,7 +42,7 @@ def scratch(tmp_path, demo_venv):
                                   f"export DATA={envs}/demo-data\nconda activate {prefix}\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_"))}
-    env["HOME"] = str(home)
+    private_home(env, home)
     return {"envs": envs, "conda": prefix, "sci": sci, "home": str(home), "env": env,
             "new": str(tmp_path / "new")}
 
@@ -114,7 +113,6 @@ def test_keep_leaves_the_source(scratch):
 def dotfiles(tmp_path):
     """scratch/ana (a venv reading scratch/ana-data) and a HOME whose
     ~/.zshrc is a symlink into a dotfiles repository, naming both."""
-    from test_prefix_boundaries import make_ana, user_env
     ana = make_ana(str(tmp_path / "scratch"))
     env = user_env(tmp_path)
     home = env["HOME"]

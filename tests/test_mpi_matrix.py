@@ -22,8 +22,7 @@ import uuid
 
 import pytest
 
-from helpers import CACHE, REPO, base_python, env_file, run
-from test_slurm import CHECK, check_rows
+from helpers import CACHE, NODE_CHECK, REPO, base_python, check_rows, env_file, run
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +59,7 @@ def debian_mpi(request, tmp_path_factory):
     return mpi
 
 
-def user_env(mpi, pkgroot, **extra):
+def job_env(mpi, pkgroot, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON_MPI_", "MPIR_", "SLURM_"))}
     env.update(PYTHON_MPI_PKGROOT=pkgroot["root"],
                PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}",
@@ -90,8 +89,9 @@ def test_info_names_the_mpi_and_its_modes(debian_mpi):
 
 
 def test_embed_on_two_nodes(debian_mpi, pkgroot):
-    env = user_env(debian_mpi, pkgroot, PYTHON_MPI_VERBOSE=2)
-    prog = CHECK + f"\nassert MPI.Get_library_version().startswith({debian_mpi['library']!r})\n"
+    env = job_env(debian_mpi, pkgroot, PYTHON_MPI_VERBOSE=2)
+    prog = NODE_CHECK + (f"\nassert MPI.Get_library_version()"
+                         f".startswith({debian_mpi['library']!r})\n")
     r = run(mpiexec(debian_mpi, "a:2,b:2", 4) + [debian_mpi["launcher"], "-c", prog], env=env,
             timeout=180, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -100,7 +100,7 @@ def test_embed_on_two_nodes(debian_mpi, pkgroot):
 
 
 def test_exec_mode_is_refused_with_a_message(debian_mpi, pkgroot):
-    env = user_env(debian_mpi, pkgroot, PYTHON_MPI_MODE="exec")
+    env = job_env(debian_mpi, pkgroot, PYTHON_MPI_MODE="exec")
     r = run(mpiexec(debian_mpi, "a:1,b:1", 2) + [debian_mpi["launcher"], "-c", "pass"], env=env,
             timeout=120, check=False)
     assert r.returncode != 0
@@ -108,7 +108,7 @@ def test_exec_mode_is_refused_with_a_message(debian_mpi, pkgroot):
 
 
 def test_stage_only_then_the_staged_interpreter(debian_mpi, pkgroot):
-    env = user_env(debian_mpi, pkgroot)
+    env = job_env(debian_mpi, pkgroot)
     if debian_mpi["name"] == "mpich4":
         # a plain interpreter: mpi4py picks the first libmpi.so it finds, and
         # Debian's libmpi.so is Open MPI's (alternatives); name MPICH's
@@ -130,7 +130,7 @@ def test_stage_only_then_the_staged_interpreter(debian_mpi, pkgroot):
 
 
 def test_failure_on_one_node_ends_the_job(debian_mpi, pkgroot):
-    env = user_env(debian_mpi, pkgroot)
+    env = job_env(debian_mpi, pkgroot)
     prog = ("import socket, sys\nfrom mpi4py import MPI\n"
             "if MPI.COMM_WORLD.rank == 3: sys.exit(7)\nMPI.COMM_WORLD.Barrier()\n")
     r = run(mpiexec(debian_mpi, "a:2,b:2", 4) + [debian_mpi["launcher"], "-c", prog], env=env,
@@ -140,8 +140,9 @@ def test_failure_on_one_node_ends_the_job(debian_mpi, pkgroot):
 
 
 def test_under_srun(debian_mpi, pkgroot, slurm_cluster):
-    env = user_env(debian_mpi, pkgroot, PYTHON_MPI_VERBOSE=2)
-    prog = CHECK + f"\nassert MPI.Get_library_version().startswith({debian_mpi['library']!r})\n"
+    env = job_env(debian_mpi, pkgroot, PYTHON_MPI_VERBOSE=2)
+    prog = NODE_CHECK + (f"\nassert MPI.Get_library_version()"
+                         f".startswith({debian_mpi['library']!r})\n")
     try:
         r = slurm_cluster.run(["srun", "-K", debian_mpi["srun"], "-N", "2", "--ntasks-per-node=3",
                                debian_mpi["launcher"], "-c", prog], env=env, timeout=180)
@@ -162,7 +163,7 @@ def test_run_reaches_ranks_on_nodes_started_through_ssh(debian_mpi, tmp_path):
                       "hosts = c.gather(socket.gethostname())\n"
                       "if c.rank == 0:\n"
                       "    print('ran', c.size, sorted(set(hosts)), sys.prefix.startswith('/dev/shm/'))\n")
-    env = user_env(debian_mpi, {"root": "", "python": "", "env": ""},
+    env = job_env(debian_mpi, {"root": "", "python": "", "env": ""},
                    VIRTUAL_ENV=debian_mpi["venv"], PMB_FAKESSH_ENV="login",
                    PYTHON_MPI_BCAST_CACHE=str(tmp_path / "cache"))
     for k in ("PYTHON_MPI_PKGROOT", "PYTHON_MPI_PACKAGES"):

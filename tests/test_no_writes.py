@@ -17,7 +17,7 @@ import shutil
 
 import pytest
 
-from helpers import LAUNCHER, MPIEXEC, mpi_env, run
+from helpers import LAUNCHER, MPIEXEC, mpi_env, run, tree_stat
 
 import filecalls
 
@@ -49,17 +49,6 @@ sys.stdout.write(f"TREE {sys.prefix}\\n")
 """
 
 
-def snapshot(tree: str) -> dict:
-    """{relative path: (mode, size, mtime_ns)} of everything in tree."""
-    out = {}
-    for d, dirs, files in os.walk(tree):
-        for n in dirs + files:
-            p = os.path.join(d, n)
-            st = os.lstat(p)
-            out[os.path.relpath(p, tree)] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    return out
-
-
 def staged_run(program: str, env: dict, tmp_path):
     """The job under strace: (the tree it ran from, calls that may write in it)."""
     script = tmp_path / "job.py"
@@ -86,25 +75,25 @@ def staged(pkgroot, shm_chroot):
 
 def test_staged_tree_gets_no_writes_at_run_time(staged, tmp_path):
     env, tree = staged
-    before = snapshot(tree)
+    before = tree_stat(tree)
     assert any(p.endswith(".pyc") for p in before) and len(before) > 1000
     for _ in range(2):  # the second run would see what the first cached
         ran_in, writes = staged_run(JOB, env, tmp_path)
         assert ran_in == tree
         assert writes == [], "\n".join(writes[:20])
-    assert snapshot(tree) == before
+    assert tree_stat(tree) == before
 
 
 def test_a_job_that_writes_into_the_tree_is_caught(staged, tmp_path):
     """The control: both checks see a file created through sys.prefix, a
     directory made there and a file removed."""
     env, tree = staged
-    before = snapshot(tree)
+    before = tree_stat(tree)
     victim = sorted(p for p in before if p.endswith(".pyc"))[0]
     ran_in, writes = staged_run(WRITER.replace("VICTIM", repr(victim)), env, tmp_path)
     assert ran_in == tree
     calls = sorted(w.split(": ", 1)[1].split("(")[0] for w in writes)
     assert calls == ["mkdir", "openat", "unlink"], writes
     assert [w for w in writes if "openat(" in w and "written-at-run-time" in w and "O_CREAT" in w]
-    after = snapshot(tree)
+    after = tree_stat(tree)
     assert set(after) ^ set(before) == {"written-at-run-time", "newdir", victim}

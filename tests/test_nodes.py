@@ -22,20 +22,38 @@ import pytest
 
 from helpers import LAUNCHER, MPIEXEC, mpi_env, mpirun, run
 
+# The batch jobs of the tests whose steps build on an earlier step's tree:
+# a process of each lives (the batch script, between steps), or any launcher
+# start of this user on the machine (another test session's) could give the
+# tree back between two steps, as one of a job that is over.
+EDIT_JOB, LAYERS_JOB = (f"pmbt-{what}-{uuid.uuid4().hex[:8]}" for what in ("edit", "layers"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def batch_scripts():
+    alive = [subprocess.Popen(["sleep", "3600"], env=dict(os.environ, SLURM_JOB_ID=job))
+             for job in (EDIT_JOB, LAYERS_JOB)]
+    yield
+    for p in alive:
+        p.kill()
+        p.wait(timeout=30)
+
 # every rank: say it started, wait for the test's go, then import from the
 # tree what it had not imported yet (fails if the tree went meanwhile)
 LATE = r"""
 import os, sys, time
 open(sys.argv[1], "w").close()
-deadline = time.time() + 90
-while not os.path.exists(sys.argv[2]) and time.time() < deadline:
+deadline = time.time() + 600  # a hang guard: the test's go comes well before
+while not os.path.exists(sys.argv[2]):
+    if time.time() > deadline:  # never import as if told to: that could pass unchecked
+        sys.exit("LATE: no go within 600 s")
     time.sleep(0.05)
 import csv, decimal, numpy
 sys.stdout.write("LATE OK %s %d\n" % (sys.prefix, numpy.arange(3).sum()))
 """
 
 
-def wait_for(path, timeout=120):
+def wait_for(path, timeout=300):
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if time.monotonic() > deadline:
@@ -130,23 +148,24 @@ def test_damaged_tree_a_running_step_uses_is_staged_anew_beside_it(pkgroot, shm_
         (tree,) = trees(node0)
         with open(os.path.join(tree, "stray.txt"), "w") as f:  # anything written into it
             f.write("x")
-        b = mpirun(2, ["-c", "import sys, numpy; print('B', sys.prefix)"], env)
+        # (one write per rank: print() writes its pieces apart, and the ranks' interleave)
+        b = mpirun(2, ["-c", "import sys, numpy; sys.stdout.write('B %s\\n' % sys.prefix)"], env)
         assert b.returncode == 0, b.stderr
         # the line says where, as every launcher line: "python-mpi: HOST (rank R): "
         host = socket.gethostname().split(".")[0]
         assert re.search(rf"^python-mpi: {re.escape(host)} \(rank 0\): staged tree {tree}: "
                          rf"{tree}(/stray.txt)? was changed after staging; "
                          "staging a new tree beside it", b.stderr, re.M), b.stderr
-        assert b.stdout.count(f"{tree}.1\n") == 2, b.stdout  # (lines of ranks may interleave)
+        assert b.stdout.count(f"B {tree}.1\n") == 2, b.stdout
         assert trees(node0) == [tree, tree + ".1"]
         assert a.finish() == 0, a.err
     assert a.out.count(f"LATE OK {tree} 3") == 2, a.out  # still the old tree, untouched
     # nobody holds the damaged one now: the next run removes it and reuses the new one
-    c = mpirun(2, ["-c", "import sys; print('C', sys.prefix)"], env)
+    c = mpirun(2, ["-c", "import sys; sys.stdout.write('C %s\\n' % sys.prefix)"], env)
     assert c.returncode == 0, c.stderr
     assert re.search(rf"staged tree {tree}: .* was changed after staging; staging it again",
                      c.stderr) and "nothing read or sent" in c.stderr, c.stderr
-    assert c.stdout.count(f"{tree}.1\n") == 2, c.stdout
+    assert c.stdout.count(f"C {tree}.1\n") == 2, c.stdout
     assert trees(node0) == [tree + ".1"]
 
 
@@ -225,7 +244,7 @@ def test_an_edited_directory_layer_replaces_the_jobs_earlier_tree(pkgroot, shm_c
     node0 = shm_chroot.replace("%n", "0")
     read = ["-c", "import os, sys; sys.stdout.write('DATA %s\\n' % "
             "open(os.environ['PYTHON_MPI_TREE'] + '/data.txt').read())"]
-    env1 = mpi_env(base, shm_chroot, cliques=1, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID="pmbt-edit",
+    env1 = mpi_env(base, shm_chroot, cliques=1, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID=EDIT_JOB,
                    packages=f"{pkgroot['python']}:{pkgroot['env']}:data1.tar.zst")
     env2 = dict(env1, PYTHON_MPI_PACKAGES=f"{pkgroot['python']}:{pkgroot['env']}:data2.tar.zst")
     r = mpirun(2, read, env1)
@@ -269,7 +288,7 @@ def data_layers(pkgroot, tmp_path, versions=("1", "2")):
 
 
 def layered_env(base, chroot, version, **extra):
-    return mpi_env(base, chroot, cliques=2, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID="pmbt-layers",
+    return mpi_env(base, chroot, cliques=2, PYTHON_MPI_VERBOSE=1, SLURM_JOB_ID=LAYERS_JOB,
                    packages=f"{base['python']}:{base['env']}:data{version}.tar.zst", **extra)
 
 

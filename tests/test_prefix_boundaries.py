@@ -269,58 +269,7 @@ def test_write_final_paths_writes_python_literals_into_py_files(tmp_path):
 
 # ---- the user's scenarios, with real venvs and the real commands -------------
 
-from helpers import CLI, make_venv, run  # noqa: E402
-
-ANAMOD = '''HOME = {home!r}
-DATA = {data!r}
-
-
-def read():
-    with open(DATA) as f:
-        return f.read()
-'''
-
-
-def make_ana(envs: str, name: str = "ana") -> dict:
-    """envs/NAME, a venv whose module and script read envs/NAME-data/input.csv
-    (a sibling directory whose name starts with the venv's)."""
-    venv = make_venv(os.path.join(envs, name), [])
-    data = os.path.join(envs, name + "-data")
-    os.makedirs(data)
-    with open(os.path.join(data, "input.csv"), "w") as f:
-        f.write("x,y\n1,42\n")
-    site = run([os.path.join(venv, "bin", "python"), "-c",
-                "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
-    with open(os.path.join(site, "anamod.py"), "w") as f:
-        f.write(ANAMOD.format(home=venv, data=os.path.join(data, "input.csv")))
-    script = os.path.join(venv, "bin", "analyse")
-    with open(script, "w") as f:
-        f.write(f"#!{venv}/bin/python\nimport anamod\nprint(anamod.read(), end='')\n")
-    os.chmod(script, 0o755)
-    # a file that names only the sibling: not prefix-bearing, no leftover
-    os.makedirs(os.path.join(venv, "share"))
-    with open(os.path.join(venv, "share", "notes.txt"), "w") as f:
-        f.write(f"inputs live in {data}/input.csv\n")
-    return {"venv": venv, "data": data, "site": site}
-
-
-def user_env(tmp_path) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_"))}
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    env.update({"HOME": str(home), "TMPDIR": str(tmp_path),
-                "PYTHON_MPI_BCAST_CACHE": str(tmp_path / "cache")})
-    return env
-
-
-def check_ana_copy(where: str, data: str) -> None:
-    out = run([os.path.join(where, "bin", "python"), "-c",
-               "import anamod; print(anamod.HOME); print(anamod.DATA)"], timeout=60).stdout
-    assert out.splitlines() == [where, os.path.join(data, "input.csv")]
-    assert run([os.path.join(where, "bin", "analyse")], timeout=60).stdout == "x,y\n1,42\n"
-    notes = open(os.path.join(where, "share", "notes.txt")).read()
-    assert notes == f"inputs live in {data}/input.csv\n"
+from helpers import CLI, check_ana_copy, make_ana, run, user_env  # noqa: E402
 
 
 def test_packed_venv_unpacked_elsewhere_still_reads_its_sibling_data(tmp_path):

@@ -13,8 +13,7 @@ import shutil
 
 import pytest
 
-from helpers import CLI, config_prefix, mpi_env, mpirun, run
-from test_prefix_boundaries import check_ana_copy, make_ana, user_env
+from helpers import CLI, check_ana_copy, config_prefix, make_ana, mpi_env, mpirun, run, user_env
 
 QUOTED = "it's \"web\" \\ caf\u00e9"
 

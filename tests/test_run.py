@@ -17,9 +17,8 @@ import uuid
 
 import pytest
 
-from helpers import BIN, CLI, make_venv, run
-from test_cache import copy_numpy
-from test_shell_init import make_wheel
+from helpers import (BIN, CLI, FAKESSH, SBATCH_SIZE, copy_numpy, make_venv, make_wheel,
+                     process_tree, readme_blocks, run, wait_gone)
 
 SCRIPT = """import sys, numpy as np
 from mpi4py import MPI
@@ -34,6 +33,24 @@ if c.rank == 0:
 def user(tmp_path, demo_venv, shm_chroot):
     """A venv with numpy + mpi4py (activated: VIRTUAL_ENV and PATH), a
     private cache, and a script in a project directory."""
+    return make_user(tmp_path, demo_venv, shm_chroot)
+
+
+@pytest.fixture(scope="module")
+def shared_user(tmp_path_factory, demo_venv):
+    """``user`` for the tests that leave its venv and project as they are and
+    need no empty cache: the first packs the venv, the others use that
+    package (packing a venv with numpy costs seconds each time).  Its data
+    home is its own too (a module fixture is set up before own_user_data)."""
+    base = f"/dev/shm/pmb-test-{uuid.uuid4().hex[:10]}"
+    tmp = tmp_path_factory.mktemp("shared-user")
+    user = make_user(tmp, demo_venv, base + "/node-%n")
+    user["env"]["XDG_DATA_HOME"] = str(tmp / "data")
+    yield user
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def make_user(tmp_path, demo_venv, chroot):
     venv = make_venv(str(tmp_path / "science"), [])
     copy_numpy(demo_venv, venv)
     proj = tmp_path / "proj"
@@ -42,7 +59,7 @@ def user(tmp_path, demo_venv, shm_chroot):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_"))}
     env.update(VIRTUAL_ENV=venv, PATH=f"{venv}/bin:{BIN}:{env['PATH']}",
-               PYTHON_MPI_BCAST_CACHE=str(tmp_path / "cache"), PYTHON_MPI_CHROOT=shm_chroot,
+               PYTHON_MPI_BCAST_CACHE=str(tmp_path / "cache"), PYTHON_MPI_CHROOT=chroot,
                MPIR_CVAR_NUM_CLIQUES="2", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
     return {"venv": venv, "proj": str(proj), "env": env, "cache": str(tmp_path / "cache"),
             "tmp": tmp_path}
@@ -85,8 +102,9 @@ def test_unchanged_env_is_not_repacked_and_a_changed_one_is(user):
     whl = make_wheel(str(user["tmp"] / "wheels"))
     run([os.path.join(user["venv"], "bin", "pip"), "install", "-q", whl], env=user["env"],
         timeout=300)
+    # (one write per rank: print() writes its pieces apart, and the ranks' interleave)
     r = pmb_run(user, "mpiexec", "-n", "2", "python", "-c",
-                "import pmbdemo, sys; print('value', pmbdemo.VALUE, sys.prefix)")
+                "import pmbdemo, sys; sys.stdout.write('value %s %s\\n' % (pmbdemo.VALUE, sys.prefix))")
     assert "packing" in r.stderr and len(entries(user)) == 2
     assert r.stdout.count("value 42 /dev/shm/") == 2
     # uninstall: back to the first content, so the first package is used again
@@ -103,7 +121,8 @@ def test_unchanged_env_is_not_repacked_and_a_changed_one_is(user):
     assert "packing" in r.stderr and len(entries(user)) == 3
 
 
-def test_repack_writes_the_package_again(user):
+def test_repack_writes_the_package_again(shared_user):
+    user = shared_user
     pmb_run(user, "mpiexec", "-n", "1", "python", "-c", "pass")
     (e,) = entries(user)
     before = ident(os.path.join(user["cache"], e))
@@ -205,9 +224,9 @@ def test_keep_prunes_old_packages_but_not_one_a_running_job_holds(user):
     site = os.path.join(user["venv"], "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                         "site-packages")
 
-    def change(i):
+    def change(i):  # a new size each time: a new key even where mtimes are coarse
         with open(os.path.join(site, "extra.pth"), "w") as f:
-            f.write(f"# state {i}\n")
+            f.write(f"# state {i}" + " " * i + "\n")
 
     change(0)
     # a job that runs for a while from the first package
@@ -228,9 +247,10 @@ def test_keep_prunes_old_packages_but_not_one_a_running_job_holds(user):
         left = entries(user)
         assert held in left and len(left) == 3, left  # the 2 newest + the held one
     finally:
-        os.killpg(job.pid, signal.SIGKILL)  # mpiexec and its ranks
+        ranks = process_tree(job.pid)
+        os.killpg(job.pid, signal.SIGKILL)  # mpiexec: its proxy then ends the ranks
         job.communicate(timeout=60)
-        time.sleep(1)
+        wait_gone(ranks)  # the ranks' hold on the package goes with them
     change(4)
     r = pmb_run(user, "--keep", "1", "mpiexec", "-n", "1", "python", "-c", "pass")
     assert len(entries(user)) == 1 and "removed old package" in r.stderr
@@ -250,7 +270,8 @@ def test_dry_run_prints_the_line_and_the_exports_and_does_nothing(user):
     assert entries(user) == [] and entries(user, "rundir-") == []
 
 
-def test_exit_status_passes_through_and_refusals_are_one_line(user):
+def test_exit_status_passes_through_and_refusals_are_one_line(shared_user):
+    user = shared_user
     r = pmb_run(user, "mpiexec", "-n", "1", "python", "-c", "import sys; sys.exit(3)",
                 check=False)
     assert r.returncode == 3, r.stdout + r.stderr
@@ -282,13 +303,15 @@ def test_env_of_a_python_named_by_path_wins_over_the_active_one(user, tmp_path):
     assert f"environment: {other} (from $VIRTUAL_ENV)" in r.stderr
 
 
-def test_a_python_version_the_env_does_not_have_is_refused(user):
+def test_a_python_version_the_env_does_not_have_is_refused(shared_user):
+    user = shared_user
     r = pmb_run(user, "--dry-run", "mpiexec", "-n", "1", "python3.99", "x.py", check=False)
     assert r.returncode == 1 and "the line asks for python3.99 but" in r.stderr
     assert r.stderr.count("\n") == 1
 
 
-def test_launcher_tree_arg_bad_value_is_one_line(user):
+def test_launcher_tree_arg_bad_value_is_one_line(shared_user):
+    user = shared_user
     from helpers import LAUNCHER, MPIEXEC
     env = dict(user["env"], PYTHON_MPI_TREE_ARG="x")
     r = run([MPIEXEC, "-n", "1", LAUNCHER, "-c", "pass"], env=env, timeout=120, check=False)
@@ -308,7 +331,8 @@ def test_conda_env(user, conda_env, shm_chroot):
     assert "using cached package" in r.stderr and "run-demo-" in r.stderr
 
 
-def test_srun_on_the_slurm_cluster(user, slurm_cluster):
+def test_srun_on_the_slurm_cluster(shared_user, slurm_cluster):
+    user = shared_user
     chroot = f"/dev/shm/pmbrun-{uuid.uuid4().hex[:10]}"
     env = dict(user["env"], PYTHON_MPI_CHROOT=chroot)
     try:
@@ -373,14 +397,12 @@ def test_two_runs_of_one_env_at_once_pack_it_once(user):
 
 def test_readme_run_examples(sandbox, demo_venv):
     """The README's block as a batch job on the test cluster (2 nodes x 2)."""
-    from test_examples import SIZE
-    from test_cache import readme_blocks
-    (block,) = readme_blocks("Without packing by hand: ``run``", "Configuration\n---")
+    (block,) = readme_blocks("sh", "Without packing by hand: ``run``", "Configuration\n---")
     venv = make_venv(str(sandbox["home"] / "envs" / "science"), [])
     copy_numpy(demo_venv, venv)
     script = sandbox["tmp"] / "readme-run-job.sh"
     script.write_text("#!/bin/bash\nset -euo pipefail\ncd \"$PROJECT\"\n" + block + "\n")
-    state, code, out = sandbox["cluster"].sbatch(str(script), SIZE, env=sandbox["env"],
+    state, code, out = sandbox["cluster"].sbatch(str(script), SBATCH_SIZE, env=sandbox["env"],
                                                  cwd=str(sandbox["tmp"]), timeout=1200)
     assert (state, code) == ("COMPLETED", 0), out
     assert out.count("my_script: 4 ranks, total 4.0") == 3, out
@@ -391,18 +413,15 @@ def test_readme_run_examples(sandbox, demo_venv):
                      r"--its-args", out), out
 
 
-FAKESSH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "fakessh")
-
-
 @pytest.mark.parametrize("limit", [[], ["-genvnone"]])
-def test_settings_reach_ranks_started_through_ssh(user, limit):
+def test_settings_reach_ranks_started_through_ssh(shared_user, limit):
     """Nodes started through (fake) ssh get a login's environment, not the
     caller's; hydra passes the caller's on, unless -genvnone: then run adds
     its settings as -genv pairs, and the job still stages and runs."""
     from support import slurm
     if os.geteuid() != 0 or slurm.mount_propagation() is None:
         pytest.skip("fakessh mounts a tmpfs per node: needs root and a private mount namespace")
-    user["env"]["PMB_FAKESSH_ENV"] = "login"
+    user = dict(shared_user, env=dict(shared_user["env"], PMB_FAKESSH_ENV="login"))
     r = pmb_run(user, "mpiexec", *limit, "-launcher", "ssh", "-launcher-exec", FAKESSH,
                 "-iface", "lo", "-hosts", "a:2,b:2", "-n", "4", "python", "x.py", timeout=300)
     assert "ran: 4 ranks, total 180.0" in r.stdout, r.stdout + r.stderr

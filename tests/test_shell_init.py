@@ -9,42 +9,16 @@ to reach an index shows up as a connection warning (and slows it down).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
 import socket
-import zipfile
 
 import pytest
 
-from helpers import CLI, make_venv, run
+from helpers import CLI, make_venv, make_wheel, private_home, run
 
 SHELLS = [s for s in ("bash", "zsh", "fish")]
 RC = {"bash": ".bashrc", "zsh": ".zshrc", "fish": ".config/fish/config.fish"}
-
-
-def make_wheel(directory: str, name: str = "pmbdemo", version: str = "1.0") -> str:
-    """A real, minimal pure-Python wheel written by hand."""
-    files = {
-        f"{name}.py": b"VALUE = 42\n",
-        f"{name}-{version}.dist-info/METADATA":
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{name}-{version}.dist-info/WHEEL":
-            b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{name}-{version}.dist-info/RECORD,,")
-    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
-    os.makedirs(directory, exist_ok=True)
-    out = os.path.join(directory, f"{name}-{version}-py3-none-any.whl")
-    with zipfile.ZipFile(out, "w") as z:
-        for path, data in files.items():
-            z.writestr(path, data)
-    return out
 
 
 def closed_port() -> int:
@@ -70,8 +44,8 @@ def shell_env(site, home, wheelhouse, job: bool, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PIP_", "SLURM_", "PBS_", "LSB_", "FLUX_", "COBALT_",
                                 "PYTHON_MPI_BCAST_", "VIRTUAL_ENV"))}
+    private_home(env, home)
     env.update({
-        "HOME": home,
         "PATH": os.path.join(site["venv"], "bin") + ":" + os.environ["PATH"],
         "PYTHON_MPI_BCAST_WHEELHOUSE": wheelhouse,
         "PIP_INDEX_URL": f"http://127.0.0.1:{closed_port()}/simple",

@@ -20,43 +20,9 @@ import uuid
 
 import pytest
 
-from helpers import BIN, launcher_errors, run
+from helpers import BIN, NODE_CHECK, check_rows, launcher_errors, run
 
 NODES = ["n1", "n2", "n3", "n4"]
-
-# every rank leaves a mark in its node directory, then lists what it sees:
-# on real node-local storage a rank sees exactly the marks of its own node
-CHECK = r"""
-import os, socket, sys
-from mpi4py import MPI
-import numpy as np
-c = MPI.COMM_WORLD
-assert sys.prefix == os.environ["PYTHON_MPI_TREE"]
-node_dir = os.path.dirname(sys.prefix)
-open(os.path.join(node_dir, "seen-%d" % c.rank), "w").close()
-total = c.allreduce(float(np.arange(10.0).sum()))
-seen = sorted(int(e[5:]) for e in os.listdir(node_dir) if e.startswith("seen-"))
-rows = c.gather((c.rank, socket.gethostname(), sys.prefix, seen))
-c.Barrier()
-os.unlink(os.path.join(node_dir, "seen-%d" % c.rank))
-if c.rank == 0:
-    print("".join("ROW %d %s %s %s\n" % (r, h, p, ",".join(map(str, s))) for r, h, p, s in rows)
-          + "TOTAL %g" % total, flush=True)
-"""
-
-
-def check_rows(stdout: str, ranks: int, nodes: int) -> dict[str, list[int]]:
-    """Ranks by host; asserts each rank saw exactly its own node's ranks."""
-    rows = [ln.split() for ln in stdout.splitlines() if ln.startswith("ROW ")]
-    assert sorted(int(r[1]) for r in rows) == list(range(ranks)), stdout
-    by_host: dict[str, list[int]] = {}
-    for r in rows:
-        by_host.setdefault(r[2], []).append(int(r[1]))
-    assert len(by_host) == nodes, by_host
-    for r in rows:
-        assert [int(x) for x in r[4].split(",")] == sorted(by_host[r[2]]), (r, by_host)
-    assert f"TOTAL {45 * ranks}" in stdout
-    return by_host
 
 
 @pytest.fixture
@@ -112,7 +78,7 @@ def test_cluster_nodes_have_their_own_names_and_memory(slurm_cluster):
 
 
 def test_every_node_stages_its_own_tree_once_and_a_second_step_reuses_it(job):
-    r = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", CHECK])
+    r = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", NODE_CHECK])
     assert r.returncode == 0, r.stdout + r.stderr
     by_host = check_rows(r.stdout, 8, 4)
     assert sorted(by_host) == NODES
@@ -121,7 +87,7 @@ def test_every_node_stages_its_own_tree_once_and_a_second_step_reuses_it(job):
         assert [e for e in node_entries(job, n) if not e.startswith("seen-")] == \
             [os.path.basename(r.stdout.split()[3])], (n, node_entries(job, n))
     assert not os.path.exists(job["chroot"])  # nothing in the host's /dev/shm
-    r2 = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", CHECK])
+    r2 = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", NODE_CHECK])
     assert r2.returncode == 0, r2.stderr
     check_rows(r2.stdout, 8, 4)
     assert "nothing read or sent" in r2.stderr and unpacked(r2.stderr) == 0, r2.stderr
@@ -219,7 +185,7 @@ def test_a_failing_rank_is_named_on_the_first_error_line(job):
                      "memory)"), r.stderr
 
 
-def wait_for_staging(job, node: str, timeout=60):
+def wait_for_staging(job, node: str, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(e.startswith(".env-") for e in node_entries(job, node)):
@@ -264,7 +230,7 @@ def test_killed_mid_broadcast_leaves_no_ready_tree_and_the_next_job_works(job, h
     assert "unpacked" not in err
     assert_no_ready_tree(job)
     # the next job stages afresh on every node and works
-    r = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", CHECK])
+    r = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c", NODE_CHECK])
     assert r.returncode == 0, r.stderr
     check_rows(r.stdout, 8, 4)
     assert unpacked(r.stderr) == 4, r.stderr
@@ -360,7 +326,7 @@ def test_a_node_filling_up_mid_staging_says_so_and_no_node_reports_a_corrupt_pac
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             n3_dir = c.node_path("n3", mnt + "/job")
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 300  # a hang guard: a busy machine is slow
             while not (os.path.isdir(n3_dir)
                        and any(e.startswith(".env-") for e in os.listdir(n3_dir))):
                 assert time.monotonic() < deadline and p.poll() is None, "staging never started on n3"
@@ -411,7 +377,7 @@ def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
     run(["rm", "-rf", c.node_path("n3", f"{tree}/{site}/numpy/linalg")])
     os.unlink(c.node_path("n4", f"{tree}/.pmb-ready"))
     r = srun(job, ["-N", "4", "--ntasks-per-node=2", "python-mpi", "-c",
-                   CHECK + "\nimport numpy.linalg; numpy.linalg.norm([1.0])\n"])
+                   NODE_CHECK + "\nimport numpy.linalg; numpy.linalg.norm([1.0])\n"])
     assert r.returncode == 0, r.stderr
     check_rows(r.stdout, 8, 4)
     assert re.search(rf"python-mpi: n2 \(rank \d+\): staged tree {tree}: .*numpy/version.py was changed after "
@@ -437,8 +403,10 @@ def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
 LATE = r"""
 import os, sys, time
 open(sys.argv[1], "w").close()
-deadline = time.time() + 120
-while not os.path.exists(sys.argv[2]) and time.time() < deadline:
+deadline = time.time() + 600  # a hang guard: the test's go comes well before
+while not os.path.exists(sys.argv[2]):
+    if time.time() > deadline:  # never import as if told to: that could pass unchecked
+        sys.exit("LATE: no go within 600 s")
     time.sleep(0.05)
 import csv, decimal, numpy
 print("LATE OK", flush=True)
@@ -550,12 +518,12 @@ def test_the_next_job_gives_back_what_an_earlier_job_left(job, tmp_path, how):
         return job_state(c, jobid) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")
     try:
         if how == "cancelled":
-            wait_until(staged, 120)
+            wait_until(staged, 300)
             c.run(["scancel", jobid], timeout=30, check=True)
         elif how == "cancelled-mid-staging":
-            wait_until(staging, 120, step=0.005)
+            wait_until(staging, 300, step=0.005)
             c.run(["scancel", jobid], timeout=30, check=True)
-        wait_until(ended, 200)
+        wait_until(ended, 600)  # time-limit: Slurm's own timers
     finally:
         c.run(["scancel", jobid], timeout=30)
     state = job_state(c, jobid)
@@ -600,7 +568,8 @@ def test_open_mpi_under_srun_pmix(job, ompi, nodes, per_node):
     env = dict(env_file("env.openmpi"), PATH=f"{ompi}/bin:{os.environ['PATH']}")
     env = dict(job["env"], **env)
     r = srun_open_mpi(job, ["-N", str(nodes), f"--ntasks-per-node={per_node}", f"{ompi}/bin/python-mpi",
-                            "-c", CHECK + "\nassert MPI.Get_library_version().startswith('Open MPI v5')\n"],
+                            "-c", NODE_CHECK
+                            + "\nassert MPI.Get_library_version().startswith('Open MPI v5')\n"],
                       env)
     assert r.returncode == 0, r.stdout + r.stderr
     by_host = check_rows(r.stdout, ranks, nodes)

@@ -18,7 +18,7 @@ import zstandard
 
 from ..support import leftovers
 from ..support.errors import PmbError, os_error
-from .format import (Manifest, PrefixFile, Shard, content_hash, encode_manifest_frame,
+from .format import (Manifest, Shard, content_hash, encode_manifest_frame,
                         link_problem, read_manifest)
 
 TAR_END = b"\0" * 1024
