@@ -4,9 +4,12 @@ reference, and run under python-mpi on two simulated nodes."""
 
 from __future__ import annotations
 
+import glob
+import importlib.metadata
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -128,3 +131,85 @@ def test_readme_conda_section(conda_env, sandbox):
     assert "kind:          interpreter" in out and "binary bin/pmbdemo" in out
     assert "my_script: 4 ranks, total 4.0" in out
     assert out.strip().splitlines()[-1][:1].isdigit()  # numpy's version
+
+
+# numpy as conda installed it, and the version pip then put over it (the one
+# the test's own venv holds, so pip finds its wheel in the cache)
+PIP_NUMPY = importlib.metadata.version("numpy")
+CONDA_NUMPY = "2.3.5" if PIP_NUMPY != "2.3.5" else "2.2.6"
+PIP_CHANGED = "pip replaced/removed them"
+
+
+@pytest.fixture(scope="module")
+def pip_changed(tmp_path_factory):
+    """A conda-layout env as most envs on clusters are: conda installed numpy
+    and six (made from real wheels, as conda-forge builds them), then the
+    user ran ``pip install --force-reinstall numpy==<other>`` and
+    ``pip uninstall six``."""
+    from support import condaenv
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
+    base = tmp_path_factory.mktemp("pip-changed-conda")
+    root = str(base / "conda")
+    prefix = condaenv.build(root, sys.executable, ["mpi4py"])
+    wheels = str(base / "wheels")
+    run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+         "--no-deps", "-d", wheels, f"numpy=={CONDA_NUMPY}", "six==1.17.0"], timeout=600)
+    records = [condaenv.install_wheel_as_conda(root, prefix, w)
+               for w in sorted(glob.glob(os.path.join(wheels, "*.whl")))]
+    py = os.path.join(prefix, "bin", "python3")
+    pip = [sys.executable, "-m", "pip", "--python", py, "--disable-pip-version-check"]
+    r = run([py, "-c", "import numpy, six; print(numpy.__version__)"], timeout=120)
+    assert r.stdout.strip() == CONDA_NUMPY
+    run(pip + ["install", "-q", "--no-compile", "--no-deps", "--force-reinstall",
+               f"numpy=={PIP_NUMPY}"], timeout=900)
+    run(pip + ["uninstall", "-q", "-y", "six"], timeout=300)
+    # and a file of a conda package removed by hand (no pip in sight)
+    os.remove(os.path.join(prefix, "etc/conda/deactivate.d/pmbdemo_deactivate.sh"))
+    return {"base": str(base), "prefix": prefix, "records": records}
+
+
+def test_conda_env_changed_by_pip_packs_with_one_warning_per_package_and_runs_pips_numpy(
+        pip_changed, shm_chroot):
+    prefix = pip_changed["prefix"]
+    out = os.path.join(pip_changed["base"], "out")
+    # the reference: conda-pack refuses this env (its issues 98, 197, 243...)
+    cp = run([os.path.join(BIN, "conda-pack"), "-p", prefix, "-o",
+              os.path.join(pip_changed["base"], "cp.tar.gz"), "-q"], timeout=900, check=False)
+    assert cp.returncode != 0 and "numpy" in cp.stderr, cp.stdout + cp.stderr
+    r = run(CLI + ["pack", prefix, "-o", out], timeout=900, check=False)
+    assert r.returncode == 0, r.stderr
+    changed = [ln for ln in r.stderr.splitlines() if PIP_CHANGED in ln]
+    assert len(changed) == 2, r.stderr
+    numpy_rec, six_rec = sorted(pip_changed["records"])
+    assert numpy_rec.startswith(f"numpy-{CONDA_NUMPY}-") and six_rec.startswith("six-")
+    for rec, line in zip((numpy_rec, six_rec), changed):
+        assert rec in line and "files" in line, line
+    by_hand = [ln for ln in r.stderr.splitlines() if "removed outside conda" in ln]
+    assert len(by_hand) == 1 and "pmbdemo-1.0-" in by_hand[0] and "1 of its files" in by_hand[0]
+    script = (
+        "import os, sys, numpy\n"
+        "from mpi4py import MPI\n"
+        "c = MPI.COMM_WORLD\n"
+        "t = os.environ['PYTHON_MPI_TREE']\n"
+        "assert numpy.__file__.startswith(t + '/'), numpy.__file__\n"
+        "try:\n"
+        "    import six\n"
+        "    raise SystemExit('six, which pip uninstalled, is in the tree: ' + six.__file__)\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "s = c.allreduce(float(numpy.arange(4.0).sum()) * (c.rank + 1), op=MPI.SUM)\n"
+        "sys.stdout.write(f'numpy {numpy.__version__} {s} {c.size}\\n')\n"
+    )
+    moved = prefix + "-moved"
+    shutil.move(prefix, moved)
+    try:
+        env = mpi_env(out, shm_chroot, cliques=2, packages="demo.tar.zst")
+        hide = hidden(conda_origin(), []) if can_hide() else None
+        r = mpirun(2, ["-c", script], env, timeout=300, prefix=hide)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.count(f"numpy {PIP_NUMPY} 18.0 2\n") == 2, r.stdout
+        nodes = os.listdir(os.path.dirname(shm_chroot.replace("%n", "0")))
+        assert len(nodes) == 2, nodes
+    finally:
+        shutil.move(moved, prefix)

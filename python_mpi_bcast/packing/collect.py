@@ -464,6 +464,7 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
                        f"PYTHONHOME set, or is bin/python a link to another installation?")
     st = Staged(root=staging, kind="interpreter",
                 name=name or os.path.basename(prefix.rstrip("/")), info=info)
+    st.warnings += env.warnings  # conda packages pip changed: packed as on disk
     copy_conda_prefix(env, staging, excludes)
     ver = info["version"]
     if os.path.lexists(os.path.join(staging, "bin", f"python{ver}")):

@@ -9,11 +9,20 @@ file) and ``file_mode`` (``text`` or ``binary``).  At install, conda replaced
 the placeholder by the env's prefix: in text files plainly, in binary files
 inside each NUL-terminated string, padding the string with NULs so the file
 keeps its layout.  Files pip installed into the env have no record.
+
+The disk is the truth: most envs have had ``pip install`` run in them, and pip
+replaces and removes files conda recorded without telling conda.  A file a
+pip ``RECORD`` lists (a ``*.dist-info`` whose ``INSTALLER`` is not conda) is
+pip's, whatever conda's record says; conda's records of files that are gone
+become one warning per conda package, not an error.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import glob
+import io
 import json
 import os
 
@@ -42,6 +51,8 @@ class CondaEnv:
     packages: list[str]                     # "name-version-build"
     specs: list[tuple[str, str, str, str]] = dataclasses.field(default_factory=list)
     # (name, version, build, channel) of each record, for environment.yml
+    pip_owned: set[str] = dataclasses.field(default_factory=set)  # listed by pip's RECORDs
+    warnings: list[str] = dataclasses.field(default_factory=list)  # one line per changed package
 
 
 def is_conda_env(path: str) -> bool:
@@ -64,7 +75,7 @@ def read_env(prefix: str) -> CondaEnv:
                        f"hold the prefix are gone; recreate the environment with conda")
     env = CondaEnv(prefix=prefix, python_version="", managed=set(), prefix_files={},
                    packages=[])
-    missing: list[tuple[str, str]] = []
+    records: list[tuple[str, dict, list[str], list]] = []
     for fn in sorted(os.listdir(meta)):
         if not fn.endswith(".json"):
             continue
@@ -100,25 +111,77 @@ def read_env(prefix: str) -> CondaEnv:
             if os.path.isabs(rel) or ".." in rel.split("/"):
                 raise PmbError(f"{path}: lists {rel!r}, outside the environment")
             env.managed.add(rel)
-            full = os.path.join(prefix, rel)
-            # a .pyc that failed to compile is recorded but absent (conda-pack does the same)
-            if not os.path.lexists(full) and not rel.endswith(".pyc"):
-                missing.append((fn, rel))
-        for p in paths if isinstance(paths, list) else []:
+        records.append((fn, rec, files, paths if isinstance(paths, list) else []))
+    env.pip_owned = pip_owned_files(prefix, env.managed)
+    for fn, rec, files, paths in records:
+        # a .pyc that failed to compile is recorded but absent (conda-pack does the same)
+        gone = [rel for rel in files
+                if not rel.endswith(".pyc") and not os.path.lexists(os.path.join(prefix, rel))]
+        taken = [rel for rel in files if rel in env.pip_owned]
+        if gone or taken:
+            env.warnings.append(_changed_line(fn, rec, gone, taken))
+        for p in paths:
             ph = p.get("prefix_placeholder")
-            if ph:
+            if ph and p.get("_path") not in env.pip_owned:
                 mode = p.get("file_mode") or "text"
                 if mode not in ("text", "binary"):
-                    raise PmbError(f"{path}: {p['_path']} has file_mode {mode!r} (expected text "
-                                   f"or binary); restore the record or reinstall the package")
+                    raise PmbError(f"{os.path.join(meta, fn)}: {p['_path']} has file_mode "
+                                   f"{mode!r} (expected text or binary); restore the record "
+                                   f"or reinstall the package")
                 env.prefix_files[p["_path"]] = PrefixRecord(mode, ph)
-    if missing:
-        fn, rel = missing[0]
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise PmbError(f"{prefix}/{rel} is listed in conda-meta/{fn} but missing{more}; pip "
-                       f"or a manual change removed it: reinstall that package with conda "
-                       f"(conda install --force-reinstall)")
     return env
+
+
+def _changed_line(fn: str, rec: dict, gone: list[str], taken: list[str]) -> str:
+    """One line for a conda package whose files pip (or someone) changed."""
+    what = []
+    if gone:
+        what.append(f"{len(gone)} of its files are gone")
+    if taken:
+        what.append(f"{len(taken)} {'are' if gone else 'of its files are'} now pip's")
+    # pip removes a distribution's whole .dist-info; nothing else does that
+    by_pip = taken or any(".dist-info/" in rel for rel in gone)
+    why = ("pip replaced/removed them" if by_pip else
+           "removed outside conda (pip uninstalling another package, or by hand)")
+    return (f"conda package {rec['name']} {rec.get('version', '?')} (conda-meta/{fn}): "
+            f"{' and '.join(what)}; {why}, so the env is packed as it is on disk")
+
+
+def pip_owned_files(prefix: str, conda_managed: set[str]) -> set[str]:
+    """The files (relative to ``prefix``) that pip's ``RECORD``s list: those
+    of every ``*.dist-info`` in the env's site directories that pip (or uv...)
+    installed, not conda.  A dist-info is conda's when its ``INSTALLER`` says
+    ``conda``, or when it has none and conda's records list it."""
+    owned: set[str] = set()
+    real = os.path.realpath(prefix)
+    for record in sorted(glob.glob(os.path.join(prefix, "lib", "python*", "site-packages",
+                                                "*.dist-info", "RECORD"))):
+        dist = os.path.dirname(record)
+        site = os.path.dirname(dist)
+        try:
+            with open(os.path.join(dist, "INSTALLER"), encoding="utf-8",
+                      errors="replace") as f:
+                installer = f.read().strip()
+        except OSError:
+            installer = None
+        rel_record = os.path.relpath(record, prefix)
+        if installer == "conda" or (installer is None and rel_record in conda_managed):
+            continue
+        try:
+            with open(record, encoding="utf-8", errors="surrogateescape") as f:
+                rows = list(csv.reader(io.StringIO(f.read())))
+        except (OSError, csv.Error):
+            continue  # an unreadable RECORD: its files stay conda's, as before
+        for row in rows:
+            if not row or not row[0]:
+                continue
+            p = row[0]
+            full = os.path.normpath(p if os.path.isabs(p) else os.path.join(site, p))
+            for base in (prefix, real):
+                if full.startswith(base + "/"):
+                    owned.add(os.path.relpath(full, base))
+                    break
+    return owned
 
 
 ACTIVATE_PTH = "_python_mpi_bcast_conda.pth"

@@ -463,3 +463,35 @@ def build(root: str, pip_python: str, packages: list[str]) -> str:
               "install", "-q", "--disable-pip-version-check", "--no-compile"] + packages,
              timeout=900)
     return prefix
+
+
+def install_wheel_as_conda(root: str, prefix: str, wheel: str, build: str = "") -> str:
+    """Make a conda package of a real wheel and install it into ``prefix``
+    as conda would (conda-forge's Python packages are that wheel installed
+    at build time: its files in site-packages, ``INSTALLER`` saying
+    ``conda``, pip's ``RECORD`` kept, so pip can uninstall or replace it
+    later).  Returns the conda-meta record's name (NAME-VERSION-BUILD)."""
+    import zipfile
+    name, version = os.path.basename(wheel).split("-")[:2]
+    name = name.lower().replace("_", "-")
+    build = build or f"py{PY_VER.replace('.', '')}_0"
+    pkgs_dir = os.path.join(root, "pkgs")
+    pkg = os.path.join(pkgs_dir, f"{name}-{version}-{build}")
+    site = os.path.join(pkg, "lib", f"python{PY_VER}", "site-packages")
+    os.makedirs(site)
+    with zipfile.ZipFile(wheel) as z:
+        if any(".data/" in n.split(".dist-info/")[0] for n in z.namelist()):
+            raise RuntimeError(f"{wheel}: wheels with a .data directory are not handled here")
+        z.extractall(site)
+        modes = {i.filename: i.external_attr >> 16 for i in z.infolist()}
+    for rel, mode in modes.items():
+        if mode & 0o111:
+            os.chmod(os.path.join(site, rel), 0o755)
+    dist_info = [d for d in os.listdir(site) if d.endswith(".dist-info")][0]
+    with open(os.path.join(site, dist_info, "INSTALLER"), "w") as f:
+        f.write("conda\n")
+    with open(os.path.join(site, dist_info, "RECORD"), "a") as f:  # as pip's install wrote it
+        f.write(f"{dist_info}/INSTALLER,,\n")
+    paths = _package_info(pkg, name, version, build, conda_build_placeholder(name), {})
+    _install(pkg, prefix, paths, name, version, build, pkgs_dir)
+    return f"{name}-{version}-{build}"
