@@ -213,3 +213,54 @@ def test_conda_env_changed_by_pip_packs_with_one_warning_per_package_and_runs_pi
         assert len(nodes) == 2, nodes
     finally:
         shutil.move(moved, prefix)
+
+
+@pytest.fixture(scope="module")
+def edited(tmp_path_factory):
+    """A conda-layout env whose conda files were changed after conda
+    installed them, so conda's records of which files hold the prefix (and
+    how) no longer describe them: a data file conda recorded as holding no
+    prefix now names the env's prefix, and the program conda recorded as a
+    binary holding the prefix (padded strings) is now a shell script naming
+    it (a user's wrapper, or a rebuild by hand)."""
+    from support import condaenv
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
+    base = tmp_path_factory.mktemp("edited-conda")
+    prefix = condaenv.build(str(base / "conda"), sys.executable, [])
+    for rel, text, mode in (
+            ("share/pmbdemo/greeting.txt", f"hello from {prefix}/share/pmbdemo\n", 0o644),
+            ("bin/pmbdemo", f"#!/bin/sh\necho \"data={prefix}/share/pmbdemo/greeting.txt\"\n",
+             0o755)):
+        path = os.path.join(prefix, rel)
+        os.remove(path)  # a new file: conda hard-linked the old one from its package cache
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+    return {"base": str(base), "prefix": prefix}
+
+
+def test_conda_files_changed_since_install_are_scanned_for_the_prefix_not_trusted(
+        edited, shm_chroot):
+    prefix = edited["prefix"]
+    out = os.path.join(edited["base"], "out")
+    run(CLI + ["pack", prefix, "-o", out, "-q"], timeout=900)
+    script = (
+        "import os, subprocess, sys\n"
+        "t = os.environ['PYTHON_MPI_TREE']\n"
+        "with open(t + '/share/pmbdemo/greeting.txt') as f:\n"
+        "    g = f.read()\n"
+        "p = subprocess.run([t + '/bin/pmbdemo'], capture_output=True, text=True, timeout=60)\n"
+        "assert p.returncode == 0, p.stderr\n"
+        "sys.stdout.write(f'greeting={g.strip()}|{p.stdout.strip()}\\n'.replace(t, '<T>'))\n"
+    )
+    moved = prefix + "-moved"
+    shutil.move(prefix, moved)
+    try:
+        env = mpi_env(out, shm_chroot, cliques=2, packages="demo.tar.zst")
+        r = mpirun(2, ["-c", script], env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        want = "greeting=hello from <T>/share/pmbdemo|data=<T>/share/pmbdemo/greeting.txt\n"
+        assert r.stdout.count(want) == 2, r.stdout
+    finally:
+        shutil.move(moved, prefix)

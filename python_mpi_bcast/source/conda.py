@@ -14,7 +14,10 @@ The disk is the truth: most envs have had ``pip install`` run in them, and pip
 replaces and removes files conda recorded without telling conda.  A file a
 pip ``RECORD`` lists (a ``*.dist-info`` whose ``INSTALLER`` is not conda) is
 pip's, whatever conda's record says; conda's records of files that are gone
-become one warning per conda package, not an error.
+become one warning per conda package, not an error.  A prefix file whose
+content no longer matches conda's record (``sha256_in_prefix``, or the size
+of a binary one) is scanned for the prefix like any other file, not
+rewritten as the record says.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import hashlib
 import io
 import json
 import os
@@ -122,7 +126,7 @@ def read_env(prefix: str) -> CondaEnv:
             env.warnings.append(_changed_line(fn, rec, gone, taken))
         for p in paths:
             ph = p.get("prefix_placeholder")
-            if ph and p.get("_path") not in env.pip_owned:
+            if ph and p.get("_path") not in env.pip_owned and _as_installed(prefix, p):
                 mode = p.get("file_mode") or "text"
                 if mode not in ("text", "binary"):
                     raise PmbError(f"{os.path.join(meta, fn)}: {p['_path']} has file_mode "
@@ -130,6 +134,32 @@ def read_env(prefix: str) -> CondaEnv:
                                    f"or reinstall the package")
                 env.prefix_files[p["_path"]] = PrefixRecord(mode, ph)
     return env
+
+
+def _as_installed(prefix: str, p: dict) -> bool:
+    """Whether the prefix file of the record ``p`` still holds what conda
+    wrote: its sha256 after conda's prefix rewrite (``sha256_in_prefix``),
+    else, for a binary file (conda keeps its size), its size.  A file changed
+    since (a user's edit, a rebuild, a wrapper script in its place) is not
+    described by the record; it is scanned for the prefix like any file
+    instead of being rewritten as the record says."""
+    full = os.path.join(prefix, p["_path"])
+    if os.path.islink(full) or not os.path.isfile(full):
+        return False
+    want = p.get("sha256_in_prefix")
+    if isinstance(want, str) and want:
+        h = hashlib.sha256()
+        try:
+            with open(full, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError:
+            return True  # unreadable: collect names it
+        return h.hexdigest() == want.lower()
+    size = p.get("size_in_bytes")
+    if p.get("file_mode") == "binary" and isinstance(size, int):
+        return os.path.getsize(full) == size
+    return True
 
 
 def _changed_line(fn: str, rec: dict, gone: list[str], taken: list[str]) -> str:
