@@ -264,3 +264,61 @@ def test_conda_files_changed_since_install_are_scanned_for_the_prefix_not_truste
         assert r.stdout.count(want) == 2, r.stdout
     finally:
         shutil.move(moved, prefix)
+
+
+@pytest.fixture(scope="module")
+def pixi_env(tmp_path_factory):
+    """A conda-layout env as pixi (rattler) leaves it: no conda-meta/history
+    (pixi envs are declared, not mutated), ``link`` null in every record, and
+    pixi's own conda-meta/pixi (JSON naming the manifest) and
+    conda-meta/pixi_env_prefix (the env's path, plain text).  conda-pack's
+    PR 305 and issue 413 are where these facts come from."""
+    from support import condaenv
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
+    base = tmp_path_factory.mktemp("pixi-conda")
+    prefix = condaenv.build(str(base / "conda"), sys.executable, [])
+    meta = os.path.join(prefix, "conda-meta")
+    os.remove(os.path.join(meta, "history"))
+    for fn in os.listdir(meta):
+        with open(os.path.join(meta, fn)) as f:
+            rec = json.load(f)
+        rec["link"] = None
+        with open(os.path.join(meta, fn), "w") as f:
+            json.dump(rec, f, indent=1)
+    with open(os.path.join(meta, "pixi"), "w") as f:
+        json.dump({"manifest_path": str(base / "project" / "pixi.toml"),
+                   "environment_name": "default", "pixi_version": "0.40.0",
+                   "environment_lock_file_hash": "0" * 16}, f)
+    with open(os.path.join(meta, "pixi_env_prefix"), "w") as f:
+        f.write(prefix)
+    return {"base": str(base), "prefix": prefix}
+
+
+def test_pixi_env_without_conda_history_packs_and_runs_from_the_tree(pixi_env, shm_chroot):
+    prefix = pixi_env["prefix"]
+    out = os.path.join(pixi_env["base"], "out")
+    r = run(CLI + ["pack", prefix, "-o", out, "-q"], timeout=900, check=False)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    script = (
+        "import io, os, sys, contextlib, pmbdemo_py\n"
+        "t = os.environ['PYTHON_MPI_TREE']\n"
+        "o = io.StringIO()\n"
+        "with contextlib.redirect_stdout(o):\n"
+        "    pmbdemo_py.main()\n"
+        "with open(t + '/conda-meta/pixi_env_prefix') as f:\n"
+        "    p = f.read()\n"
+        "assert sys.prefix == t and p == t, (sys.prefix, p, t)\n"
+        "sys.stdout.write(o.getvalue().replace(t, '<T>').replace('\\n', '|') + '\\n')\n"
+    )
+    moved = prefix + "-moved"
+    shutil.move(prefix, moved)
+    try:
+        env = mpi_env(out, shm_chroot, cliques=2, packages="demo.tar.zst")
+        r = mpirun(2, ["-c", script], env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        want = ("lib-data=<T>/share/pmbdemo/greeting.txt|data-dir=<T>/share/pmbdemo|"
+                "greeting=hello from pmbdemo|\n")
+        assert r.stdout.count(want) == 2, r.stdout
+    finally:
+        shutil.move(moved, prefix)
