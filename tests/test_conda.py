@@ -322,3 +322,18 @@ def test_pixi_env_without_conda_history_packs_and_runs_from_the_tree(pixi_env, s
         assert r.stdout.count(want) == 2, r.stdout
     finally:
         shutil.move(moved, prefix)
+
+
+def test_a_moved_conda_env_keeps_its_binary_prefix_files_patchable(conda_env, tmp_path):
+    """conda's records stay trusted for files a move rewrote as conda does
+    (same size, prefix padded): relocate rewrites the prefix, so text files
+    no longer match conda's sha256_in_prefix, and binary ones keep their
+    size; packing the moved env still lists the binaries with conda's
+    placeholder length, as for the original."""
+    moved = str(tmp_path / "moved")
+    run(CLI + ["relocate", conda_env, "-o", moved], timeout=600)
+    run(CLI + ["pack", moved, "-o", str(tmp_path / "out"), "-q"], timeout=900)
+    r = run(CLI + ["inspect", "--json", str(tmp_path / "out" / "moved.tar.zst")], timeout=60)
+    pf = {p["path"]: p for p in json.loads(r.stdout)["prefix_files"]}
+    for rel in ("bin/pmbdemo", "lib/libpmbdemo.so"):
+        assert pf[rel]["mode"] == "binary" and len(pf[rel]["placeholder"]) == 255, rel

@@ -15,9 +15,9 @@ replaces and removes files conda recorded without telling conda.  A file a
 pip ``RECORD`` lists (a ``*.dist-info`` whose ``INSTALLER`` is not conda) is
 pip's, whatever conda's record says; conda's records of files that are gone
 become one warning per conda package, not an error.  A prefix file whose
-content no longer matches conda's record (``sha256_in_prefix``, or the size
-of a binary one) is scanned for the prefix like any other file, not
-rewritten as the record says.
+content no longer matches conda's record (the size of a binary one, the
+``sha256_in_prefix`` of a text one) is scanned for the prefix like any other
+file, not rewritten as the record says.
 """
 
 from __future__ import annotations
@@ -137,15 +137,22 @@ def read_env(prefix: str) -> CondaEnv:
 
 
 def _as_installed(prefix: str, p: dict) -> bool:
-    """Whether the prefix file of the record ``p`` still holds what conda
-    wrote: its sha256 after conda's prefix rewrite (``sha256_in_prefix``),
-    else, for a binary file (conda keeps its size), its size.  A file changed
-    since (a user's edit, a rebuild, a wrapper script in its place) is not
-    described by the record; it is scanned for the prefix like any file
-    instead of being rewritten as the record says."""
+    """Whether the prefix file of the record ``p`` is still the file conda
+    wrote, so the record describes it: a binary one still has its recorded
+    size (conda pads the prefix and keeps binary sizes, and so does every
+    later move of the env: conda-unpack, relocate); a text one still has
+    the sha256 conda recorded after its rewrite (``sha256_in_prefix``, where
+    present; a text file whose prefix a move rewrote fails it, and is then
+    scanned for the prefix, which rewrites text files the same way).  A file
+    changed since (an edit, a rebuild, a wrapper script in its place) is
+    scanned for the prefix like any file instead of being rewritten as the
+    record says."""
     full = os.path.join(prefix, p["_path"])
     if os.path.islink(full) or not os.path.isfile(full):
         return False
+    if p.get("file_mode") == "binary":
+        size = p.get("size_in_bytes")
+        return not isinstance(size, int) or os.path.getsize(full) == size
     want = p.get("sha256_in_prefix")
     if isinstance(want, str) and want:
         h = hashlib.sha256()
@@ -156,9 +163,6 @@ def _as_installed(prefix: str, p: dict) -> bool:
         except OSError:
             return True  # unreadable: collect names it
         return h.hexdigest() == want.lower()
-    size = p.get("size_in_bytes")
-    if p.get("file_mode") == "binary" and isinstance(size, int):
-        return os.path.getsize(full) == size
     return True
 
 
@@ -174,7 +178,7 @@ def _changed_line(fn: str, rec: dict, gone: list[str], taken: list[str]) -> str:
     why = ("pip replaced/removed them" if by_pip else
            "removed outside conda (pip uninstalling another package, or by hand)")
     return (f"conda package {rec['name']} {rec.get('version', '?')} (conda-meta/{fn}): "
-            f"{' and '.join(what)}; {why}, so the env is packed as it is on disk")
+            f"{' and '.join(what)}; {why}, so the env is taken as it is on disk")
 
 
 def pip_owned_files(prefix: str, conda_managed: set[str]) -> set[str]:
