@@ -337,3 +337,41 @@ def test_a_moved_conda_env_keeps_its_binary_prefix_files_patchable(conda_env, tm
     pf = {p["path"]: p for p in json.loads(r.stdout)["prefix_files"]}
     for rel in ("bin/pmbdemo", "lib/libpmbdemo.so"):
         assert pf[rel]["mode"] == "binary" and len(pf[rel]["placeholder"]) == 255, rel
+
+
+def test_a_file_pip_now_owns_loses_condas_prefix_record(tmp_path):
+    """conda recorded bin/tool as a binary holding the prefix; pip's RECORD
+    (a package pip installed later, over it) now lists it: it is pip's, and
+    conda's record no longer says how to rewrite it.  A conda-recorded
+    dist-info (INSTALLER conda) claims nothing."""
+    from python_mpi_bcast.source import conda
+    prefix = str(tmp_path / "env")
+    site = os.path.join(prefix, "lib", "python3.11", "site-packages")
+    for d in ("conda-meta", "bin", os.path.join(site, "tool-2.dist-info"),
+              os.path.join(site, "old-1.dist-info")):
+        os.makedirs(os.path.join(prefix, d), exist_ok=True)
+    files = {"bin/tool": "#!/bin/sh\n", "bin/other": "\0",
+             "lib/python3.11/site-packages/tool-2.dist-info/INSTALLER": "pip\n",
+             "lib/python3.11/site-packages/tool-2.dist-info/RECORD":
+                 "../../../bin/tool,,\ntool-2.dist-info/INSTALLER,,\ntool-2.dist-info/RECORD,,\n",
+             "lib/python3.11/site-packages/old-1.dist-info/INSTALLER": "conda\n",
+             "lib/python3.11/site-packages/old-1.dist-info/RECORD": "../../../bin/other,,\n"}
+    for rel, text in files.items():
+        with open(os.path.join(prefix, rel), "w") as f:
+            f.write(text)
+    paths = [{"_path": "bin/tool", "file_mode": "binary", "prefix_placeholder": "/ph" * 20,
+              "path_type": "hardlink", "size_in_bytes": 10},
+             {"_path": "bin/other", "file_mode": "binary", "prefix_placeholder": "/ph" * 20,
+              "path_type": "hardlink", "size_in_bytes": 1},
+             {"_path": "lib/python3.11/site-packages/old-1.dist-info/INSTALLER"},
+             {"_path": "lib/python3.11/site-packages/old-1.dist-info/RECORD"}]
+    with open(os.path.join(prefix, "conda-meta", "old-1-0.json"), "w") as f:
+        json.dump({"name": "old", "version": "1", "build": "0",
+                   "files": [p["_path"] for p in paths],
+                   "paths_data": {"paths": paths, "paths_version": 1}}, f)
+    env = conda.read_env(prefix)
+    assert env.pip_owned == {"bin/tool", "lib/python3.11/site-packages/tool-2.dist-info/INSTALLER",
+                             "lib/python3.11/site-packages/tool-2.dist-info/RECORD"}
+    assert set(env.prefix_files) == {"bin/other"}
+    assert len(env.warnings) == 1 and "conda package old 1" in env.warnings[0], env.warnings
+    assert "1 of its files are now pip's; pip replaced/removed them" in env.warnings[0]
