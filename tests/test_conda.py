@@ -343,7 +343,8 @@ def test_a_file_pip_now_owns_loses_condas_prefix_record(tmp_path):
     """conda recorded bin/tool as a binary holding the prefix; pip's RECORD
     (a package pip installed later, over it) now lists it: it is pip's, and
     conda's record no longer says how to rewrite it.  A conda-recorded
-    dist-info (INSTALLER conda) claims nothing."""
+    dist-info (INSTALLER conda) claims nothing; a lib/python3.1 link to the
+    lib/python3.11 directory does not list pip's files twice."""
     from python_mpi_bcast.source import conda
     prefix = str(tmp_path / "env")
     site = os.path.join(prefix, "lib", "python3.11", "site-packages")
@@ -369,6 +370,7 @@ def test_a_file_pip_now_owns_loses_condas_prefix_record(tmp_path):
         json.dump({"name": "old", "version": "1", "build": "0",
                    "files": [p["_path"] for p in paths],
                    "paths_data": {"paths": paths, "paths_version": 1}}, f)
+    os.symlink("python3.11", os.path.join(prefix, "lib", "python3.1"))  # as conda's python has
     env = conda.read_env(prefix)
     assert env.pip_owned == {"bin/tool", "lib/python3.11/site-packages/tool-2.dist-info/INSTALLER",
                              "lib/python3.11/site-packages/tool-2.dist-info/RECORD"}

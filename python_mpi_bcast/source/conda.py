@@ -188,8 +188,12 @@ def pip_owned_files(prefix: str, conda_managed: set[str]) -> set[str]:
     ``conda``, or when it has none and conda's records list it."""
     owned: set[str] = set()
     real = os.path.realpath(prefix)
-    for record in sorted(glob.glob(os.path.join(prefix, "lib", "python*", "site-packages",
-                                                "*.dist-info", "RECORD"))):
+    records = []
+    for libdir in sorted(glob.glob(os.path.join(prefix, "lib", "python*"))):
+        if not os.path.islink(libdir):  # lib/python3.1 -> python3.12: the same files again
+            records += sorted(glob.glob(os.path.join(libdir, "site-packages", "*.dist-info",
+                                                     "RECORD")))
+    for record in records:
         dist = os.path.dirname(record)
         site = os.path.dirname(dist)
         try:
