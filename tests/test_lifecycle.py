@@ -65,11 +65,13 @@ def one_line_error(r) -> str:
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: str, size: str = "2m"):
-    """A real tmpfs of ``size`` mounted at ``path`` (skips where mounting is
-    not permitted); unmounted afterwards whatever happens."""
+def small_tmpfs(path: str, size: str = "2m", inodes: int = 0):
+    """A real tmpfs of ``size`` (and ``inodes``, if given) mounted at ``path``
+    (skips where mounting is not permitted); unmounted afterwards whatever
+    happens."""
     os.makedirs(path, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", path],
+    opts = f"size={size},mode=0777" + (f",nr_inodes={inodes}" if inodes else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", path],
                        capture_output=True, text=True, timeout=30)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
@@ -117,15 +119,19 @@ def test_list_marks_a_copy_loaded_under_another_name_changed_since_saved(user):
 
 # ---- 5, 6: a small $TMPDIR --------------------------------------------------
 
-def test_save_and_pack_with_a_small_tmpdir_say_how_much_room_in_one_line(user):
-    with small_tmpfs(os.path.join(user["base"], "small-tmp")) as tmp:
+def test_save_and_pack_with_a_tmpdir_too_small_for_the_skeleton_say_so_in_one_line(user):
+    # pack streams: TMPDIR holds the tree's directories and empty placeholders
+    # (no file data; a 4 MB one is enough: test_pack's tiny-TMPDIR tests), so
+    # what runs out there is inodes: a tmpfs with 16 of them
+    with small_tmpfs(os.path.join(user["base"], "small-tmp"), inodes=16) as tmp:
         r = cli(user, "save", "cramped", "--venv", user["venv"], "-q", check=False,
                 TMPDIR=tmp, timeout=600)
         err = one_line_error(r)
         assert f"no space left in {tmp}" in err and "set TMPDIR" in err, err
-        need = int(err.split("about ")[1].split(" MB")[0])
-        assert need >= DATA_MB, err  # names the room the copy takes
-        assert os.listdir(tmp) == []  # the partial staging copy is gone
+        assert "no free inodes" in err, err
+        need = int(err.split("placeholders of its ")[1].split(" MB")[0])
+        assert need >= DATA_MB, err  # names the files the placeholders stand for
+        assert os.listdir(tmp) == []  # the partial skeleton is gone
         out = os.path.join(user["base"], "packed")
         for args in (["pack", user["venv"]], ["pack", "--python", user["venv"]]):
             err = one_line_error(cli(user, *args, "-o", out, "-q", check=False, TMPDIR=tmp))

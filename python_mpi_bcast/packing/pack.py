@@ -229,8 +229,9 @@ def _tree_bytes(top: str) -> int:
 
 
 def staging_room(source: str | None, interpreter: str | None) -> int:
-    """About how many bytes the staging copy of ``source`` (and of the
-    interpreter's standard library) takes: its files' sizes."""
+    """The bytes of ``source``'s files (and of the interpreter's standard
+    library): what a staging copy (``pack(copy=True)``) takes, and what the
+    skeleton's placeholders stand for."""
     total = _tree_bytes(source) if source and os.path.isdir(source) else 0
     if interpreter:
         try:
@@ -242,8 +243,8 @@ def staging_room(source: str | None, interpreter: str | None) -> int:
 
 
 class _room_for_staging:
-    """Turn 'no space left' while staging into one line that says how much
-    room the copy takes and what to do (TMPDIR)."""
+    """Turn 'no space left' while staging into one line that says what the
+    staging directory holds and what to do (TMPDIR)."""
 
     def __init__(self, staging: str, source: str | None, interpreter: str | None):
         self.staging, self.source, self.interpreter = staging, source, interpreter
@@ -257,11 +258,16 @@ class _room_for_staging:
         if not full:
             return False
         where = os.path.dirname(self.staging)
+        try:  # the skeleton's many empty files: out of inodes rather than blocks?
+            sv = os.statvfs(where)
+            inodes = " and no free inodes" if sv.f_files and not sv.f_favail else ""
+        except OSError:
+            inodes = ""
         leftovers.remove(self.staging)  # so the free space shown is the real one
         need = staging_room(self.source, self.interpreter)
         try:
             sv = os.statvfs(where)
-            free = f", {sv.f_bavail * sv.f_frsize / 1e6:.0f} MB free"
+            free = f", {sv.f_bavail * sv.f_frsize / 1e6:.0f} MB free{inodes}"
         except OSError:
             free = ""
         raise PmbError(f"no space left in {where} for the staging skeleton of "
@@ -328,7 +334,8 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
                force: bool = False, quiet: bool = True, tmpdir: str | None = None,
                before_rename=None) -> tuple[str, Manifest, collect.Staged]:
     """Pack an environment *with* its interpreter into one package (what the
-    cache saves): find → copy → relocate → compile → archive.  Without
+    cache saves): find → stage a skeleton (directories and placeholders) →
+    stream each file, relocated and compiled, into the package.  Without
     ``force`` an existing package is never replaced, even one that appears
     while this one is written (see :func:`archive.write_package`)."""
     output_dir = _check_output_dir(output_dir)
@@ -357,7 +364,8 @@ def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: st
                  level: int = 10, threads: int = 0, quiet: bool = True,
                  tmpdir: str | None = None) -> tuple[str, Manifest]:
     """A directory as a layer staged at TREE/``subdir`` (``run --with-dir``):
-    find → copy → compile → archive.  Not relocated: what its files name
+    find → stage a skeleton → stream each file, compiled, into the package.
+    Not relocated: what its files name
     stays as it is."""
     output_dir = _check_output_dir(output_dir)
     out = _target(output_dir, name, True)
