@@ -36,7 +36,7 @@ __all__ = ["BIN", "MPIEXEC", "LAUNCHER", "CLI", "REPO", "CACHE", "FAKESSH", "bas
            "readme_blocks", "readme_block", "SBATCH_SIZE", "NODE_CHECK", "check_rows",
            "can_hide", "hidden", "CONDA_CHECK", "conda_outputs", "make_ana", "user_env",
            "check_ana_copy", "USER_DIRS", "private_home", "process_tree",
-           "process_group", "wait_gone"]
+           "process_group", "wait_gone", "tree_site"]
 
 # The user's own locations: saved environments, run packages and the
 # leftovers registry under XDG_DATA_HOME, caches (pip's) under XDG_CACHE_HOME,
@@ -252,6 +252,17 @@ def config_prefix(tree: str | None) -> str | None:
     base Python: the tree, except for Debian's python in /usr, which says
     /usr there as in any venv of it (a system prefix is never rewritten)."""
     return _system_config_prefix() or tree
+
+
+def tree_site(tree: str) -> str:
+    """The site directory of an unpacked or staged tree, where its
+    interpreter looks for packages: lib/pythonX.Y/site-packages, or, for a
+    tree made from Debian's python in /usr, local/lib/pythonX.Y/dist-packages."""
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for rel in (f"local/lib/{ver}/dist-packages", f"lib/{ver}/site-packages"):
+        if os.path.isdir(os.path.join(tree, rel)):
+            return os.path.join(tree, rel)
+    raise AssertionError(f"{tree}: no lib/{ver}/site-packages or local/lib/{ver}/dist-packages")
 
 
 def open_mpi5_run(ompi, n, args, pkgroot, chroot, **extra):

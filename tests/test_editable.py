@@ -15,13 +15,14 @@ written by hand exactly as setuptools < 64 wrote them).
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import sys
 import textwrap
 
 import pytest
 
-from helpers import CLI, make_venv, mpi_env, mpirun, run
+from helpers import CLI, make_venv, mpi_env, mpirun, run, tree_site
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
 HAVE_CC = shutil.which(os.environ.get("CC", "gcc")) is not None
@@ -224,7 +225,7 @@ def test_packed_tree_holds_the_projects_files_and_none_of_their_hooks(edit_venv,
     run(CLI + ["pack", edit_venv["venv"], "-o", str(out), "-q"], timeout=900)
     tree = tmp_path / "tree"
     run(CLI + ["unpack", str(out / "v.tar.zst"), str(tree)], timeout=300)
-    site = tree / "lib" / f"python{VER}" / "site-packages"
+    site = pathlib.Path(tree_site(str(tree)))
     names = set(os.listdir(site))
     assert not [n for n in names if n.startswith("__editable__") or n.endswith(".egg-link")
                 or n in ("_hdemo.pth", "easy-install.pth")], names

@@ -1,6 +1,6 @@
 """Temporaries a killed command leaves behind, and their removal.
 
-Every big temporary a command makes (the staging copy of ``save``/``pack``/
+Every big temporary a command makes (the staging skeleton of ``save``/``pack``/
 ``run`` in $TMPDIR, the shards and ``.part`` file in the output directory,
 the half-unpacked tree of ``load``/``unpack``, the hidden copy of
 ``migrate``/``relocate``) is made through :func:`mkdtemp`/:func:`mkstemp`,
