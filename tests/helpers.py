@@ -292,8 +292,9 @@ def tree_stat(tree: str) -> dict:
 
 # ---- environments of a user -------------------------------------------------
 
-def copy_numpy(demo_venv: str, venv: str) -> None:
-    """numpy and mpi4py from the cached demo venv (real wheels, no download)."""
+def copy_numpy(demo_venv: str, venv: str, ignore=None) -> None:
+    """numpy and mpi4py from the cached demo venv (real wheels, no download);
+    ``ignore``: as shutil.copytree's, for their directories."""
     ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     src = os.path.join(demo_venv, "lib", ver, "site-packages")
     dst = os.path.join(venv, "lib", ver, "site-packages")
@@ -301,7 +302,7 @@ def copy_numpy(demo_venv: str, venv: str) -> None:
         if name.startswith(("numpy", "mpi4py")):
             s, d = os.path.join(src, name), os.path.join(dst, name)
             if os.path.isdir(s):
-                shutil.copytree(s, d, symlinks=True)
+                shutil.copytree(s, d, symlinks=True, ignore=ignore)
             else:
                 shutil.copy2(s, d)
 

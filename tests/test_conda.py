@@ -169,6 +169,21 @@ def pip_changed(tmp_path_factory):
     return {"base": str(base), "prefix": prefix, "records": records}
 
 
+def run_moved_away(prefix: str, out: str, shm_chroot: str, script: str,
+                   hide: list[str] | None = None) -> str:
+    """``script`` on 2 ranks on 2 simulated nodes from ``out``/demo.tar.zst,
+    with the env at ``prefix`` moved away meanwhile: both ranks' output."""
+    moved = prefix + "-moved"
+    shutil.move(prefix, moved)
+    try:
+        env = mpi_env(out, shm_chroot, cliques=2, packages="demo.tar.zst")
+        r = mpirun(2, ["-c", script], env, timeout=300, prefix=hide)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+    finally:
+        shutil.move(moved, prefix)
+
+
 def test_conda_env_changed_by_pip_packs_with_one_warning_per_package_and_runs_pips_numpy(
         pip_changed, shm_chroot):
     prefix = pip_changed["prefix"]
@@ -201,18 +216,11 @@ def test_conda_env_changed_by_pip_packs_with_one_warning_per_package_and_runs_pi
         "s = c.allreduce(float(numpy.arange(4.0).sum()) * (c.rank + 1), op=MPI.SUM)\n"
         "sys.stdout.write(f'numpy {numpy.__version__} {s} {c.size}\\n')\n"
     )
-    moved = prefix + "-moved"
-    shutil.move(prefix, moved)
-    try:
-        env = mpi_env(out, shm_chroot, cliques=2, packages="demo.tar.zst")
-        hide = hidden(conda_origin(), []) if can_hide() else None
-        r = mpirun(2, ["-c", script], env, timeout=300, prefix=hide)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert r.stdout.count(f"numpy {PIP_NUMPY} 18.0 2\n") == 2, r.stdout
-        nodes = os.listdir(os.path.dirname(shm_chroot.replace("%n", "0")))
-        assert len(nodes) == 2, nodes
-    finally:
-        shutil.move(moved, prefix)
+    hide = hidden(conda_origin(), []) if can_hide() else None
+    out_ = run_moved_away(prefix, out, shm_chroot, script, hide)
+    assert out_.count(f"numpy {PIP_NUMPY} 18.0 2\n") == 2, out_
+    nodes = os.listdir(os.path.dirname(shm_chroot.replace("%n", "0")))
+    assert len(nodes) == 2, nodes
 
 
 @pytest.fixture(scope="module")
@@ -254,16 +262,9 @@ def test_conda_files_changed_since_install_are_scanned_for_the_prefix_not_truste
         "assert p.returncode == 0, p.stderr\n"
         "sys.stdout.write(f'greeting={g.strip()}|{p.stdout.strip()}\\n'.replace(t, '<T>'))\n"
     )
-    moved = prefix + "-moved"
-    shutil.move(prefix, moved)
-    try:
-        env = mpi_env(out, shm_chroot, cliques=2, packages="demo.tar.zst")
-        r = mpirun(2, ["-c", script], env, timeout=300)
-        assert r.returncode == 0, r.stdout + r.stderr
-        want = "greeting=hello from <T>/share/pmbdemo|data=<T>/share/pmbdemo/greeting.txt\n"
-        assert r.stdout.count(want) == 2, r.stdout
-    finally:
-        shutil.move(moved, prefix)
+    out_ = run_moved_away(prefix, out, shm_chroot, script)
+    want = "greeting=hello from <T>/share/pmbdemo|data=<T>/share/pmbdemo/greeting.txt\n"
+    assert out_.count(want) == 2, out_
 
 
 @pytest.fixture(scope="module")
@@ -311,17 +312,10 @@ def test_pixi_env_without_conda_history_packs_and_runs_from_the_tree(pixi_env, s
         "assert sys.prefix == t and p == t, (sys.prefix, p, t)\n"
         "sys.stdout.write(o.getvalue().replace(t, '<T>').replace('\\n', '|') + '\\n')\n"
     )
-    moved = prefix + "-moved"
-    shutil.move(prefix, moved)
-    try:
-        env = mpi_env(out, shm_chroot, cliques=2, packages="demo.tar.zst")
-        r = mpirun(2, ["-c", script], env, timeout=300)
-        assert r.returncode == 0, r.stdout + r.stderr
-        want = ("lib-data=<T>/share/pmbdemo/greeting.txt|data-dir=<T>/share/pmbdemo|"
-                "greeting=hello from pmbdemo|\n")
-        assert r.stdout.count(want) == 2, r.stdout
-    finally:
-        shutil.move(moved, prefix)
+    out_ = run_moved_away(prefix, out, shm_chroot, script)
+    want = ("lib-data=<T>/share/pmbdemo/greeting.txt|data-dir=<T>/share/pmbdemo|"
+            "greeting=hello from pmbdemo|\n")
+    assert out_.count(want) == 2, out_
 
 
 def test_a_moved_conda_env_keeps_its_binary_prefix_files_patchable(conda_env, tmp_path):

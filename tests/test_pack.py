@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import CLI, base_python, config_prefix, make_venv, run, tree_digest
+from helpers import CLI, base_python, config_prefix, copy_numpy, make_venv, run, tree_digest
 
 from python_mpi_bcast.package.format import read_manifest
 
@@ -25,17 +25,9 @@ def moved_venv(tmp_path_factory, demo_venv):
     base = tmp_path_factory.mktemp("moved")
     venv = str(base / "orig-venv")
     make_venv(venv, [])
-    # reuse the cached wheels: copy numpy/mpi4py over from the demo venv
-    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    src_site = os.path.join(demo_venv, "lib", ver, "site-packages")
-    dst_site = os.path.join(venv, "lib", ver, "site-packages")
-    for name in os.listdir(src_site):
-        if name.startswith(("numpy", "mpi4py")):
-            s, d = os.path.join(src_site, name), os.path.join(dst_site, name)
-            if os.path.isdir(s):
-                shutil.copytree(s, d, symlinks=True)
-            else:
-                shutil.copy2(s, d)
+    copy_numpy(demo_venv, venv)  # the cached wheels' numpy/mpi4py
+    dst_site = os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                            "site-packages")
     # console scripts as pip writes them (absolute shebang into this venv)
     for script, body in (("f2py", "from numpy.f2py.f2py2e import main\nimport sys\nsys.exit(main())"),
                          ("show-prefix", "import sys\nprint(sys.prefix)")):
@@ -525,15 +517,8 @@ def relocation_venv(tmp_path_factory, demo_venv):
     venv = str(base / "venv")
     make_venv(venv, [])
     ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    src_site = os.path.join(demo_venv, "lib", ver, "site-packages")
     site = os.path.join(venv, "lib", ver, "site-packages")
-    for name in os.listdir(src_site):
-        if name.startswith(("numpy", "mpi4py")):
-            s, d = os.path.join(src_site, name), os.path.join(site, name)
-            if os.path.isdir(s):
-                shutil.copytree(s, d, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(s, d)
+    copy_numpy(demo_venv, venv, ignore=shutil.ignore_patterns("__pycache__"))
     with open(os.path.join(venv, "bin", "show-prefix"), "w") as f:
         f.write(f"#!{venv}/bin/python\nimport sys\nprint(sys.prefix)\n")
     os.chmod(os.path.join(venv, "bin", "show-prefix"), 0o755)
