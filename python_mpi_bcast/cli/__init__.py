@@ -13,12 +13,11 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from .. import __version__
 from ..support.errors import PmbError
-from . import envs, launch, package, packing, saved
+from . import envs, launch, package, packing, report, saved
 
 
 #: the subcommands, in the order ``--help`` lists them
@@ -74,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, pip_args = argv[:i], argv[i + 1:]
     a = parser.parse_args(argv)
     a.pip_args = pip_args
-    logging.basicConfig(format="python-mpi-bcast: %(levelname)s: %(message)s",
-                        level=logging.DEBUG if a.debug else logging.INFO)
+    report.install(a.debug)
     if not a.command:
         parser.print_help()
         return 2

@@ -3,12 +3,11 @@ environments and make pip work offline on compute nodes."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from ..support.errors import PmbError
-
-log = logging.getLogger("python_mpi_bcast")
+from ..support.report import log
+from . import report
 
 
 def add_relocate(sub) -> None:
@@ -107,9 +106,9 @@ def cmd_relocate(a) -> int:
     from ..envs.relocate import relocate
     res = relocate(a.src, a.output, maps=[tuple(m) for m in a.map], tar=a.tar, force=a.force,
                    use_config=not a.no_config)
-    for w in res["warnings"]:
+    for w in res.warnings:
         log.warning("%s", w)
-    print(f"{res['written']}: {res['kind']} relocated for {res['dest']}")
+    print(f"{res.written}: {res.kind} relocated for {res.dest}")
     return 0
 
 
@@ -126,8 +125,8 @@ def cmd_migrate(a) -> int:
         print(f"{i}. {f.name} ({f.path})")
     chosen = migrate.choose(valid, a.names, a.all, a.directory,
                             input if sys.stdin.isatty() else None)
-    migrate.migrate_chosen(chosen, a.to, a.specs, a.keep, a.update_rc, print,
-                           lambda msg: print(msg, file=sys.stderr))
+    report.steps_to_stdout()  # what it did, step by step, is migrate's answer
+    migrate.migrate_chosen(chosen, a.to, a.specs, a.keep, a.update_rc)
     return 0
 
 

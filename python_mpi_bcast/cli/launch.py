@@ -4,7 +4,6 @@ clean up after killed stagings."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..support.errors import PmbError
 from .packing import _level
@@ -87,9 +86,14 @@ def cmd_clean(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from ..launch.run import run
+    from ..launch.run import launch, plan, shown
+    from ..support import report
     if not a.line:
         raise PmbError("give a launch line: python-mpi-bcast run srun -n 4 python SCRIPT ARGS")
-    say = (lambda msg: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))
-    return run(a.line, with_dir=a.with_dir, repack=a.repack, keep=a.keep, cache=a.cache,
-               dry_run=a.dry_run, say=say, quiet=a.quiet, level=a.level)
+    report.quiet(a.quiet)
+    ll, exports, fds = plan(a.line, with_dir=a.with_dir, repack=a.repack, keep=a.keep,
+                            cache=a.cache, dry_run=a.dry_run, quiet=a.quiet, level=a.level)
+    print(f"{'would run' if a.dry_run else 'running'}: {shown(ll, exports)}", flush=True)
+    if a.dry_run:
+        return 0
+    return launch(ll, exports, fds)

@@ -53,15 +53,15 @@ def cmd_verify(a) -> int:
     from ..package.format import read_manifest
     m = read_manifest(a.package)[0]
     res = verify(a.package, m.sources.split(":") if m.sources else [])
-    if res["leftovers"]:
-        for name in res["leftovers"][:20]:
+    if res.leftovers:
+        for name in res.leftovers[:20]:
             print(f"leftover source path in: {name}")
-        raise PmbError(f"{a.package}: {len(res['leftovers'])} files still refer to the "
+        raise PmbError(f"{a.package}: {len(res.leftovers)} files still refer to the "
                        f"source location ({m.sources}); repack with this version")
-    if res["compiled_in"]:
-        print(f"{len(res['compiled_in'])} binary file(s) keep a compiled-in path of the source "
-              f"as a fallback (not used when relocated): {', '.join(res['compiled_in'][:5])}")
-    print(f"{a.package}: OK ({res['files']} files, {res['unpacked_size']} bytes, "
+    if res.compiled_in:
+        print(f"{len(res.compiled_in)} binary file(s) keep a compiled-in path of the source "
+              f"as a fallback (not used when relocated): {', '.join(res.compiled_in[:5])}")
+    print(f"{a.package}: OK ({res.files} files, {res.unpacked_size} bytes, "
           f"{len(m.shards) - 1} shards, hash {m.content_hash[:16]})")
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..support.report import say
 from .packing import _level
 
 CACHE_HELP = "the cache directory (default: $PYTHON_MPI_BCAST_CACHE, else " \
@@ -83,7 +84,7 @@ def cmd_create(a) -> int:
     from ..envs.saved import create
     dest = create(a.version, a.name)
     print(dest)
-    print(f"activate with: source {dest}/bin/activate", file=sys.stderr)
+    say(f"activate with: source {dest}/bin/activate")
     return 0
 
 
@@ -103,8 +104,8 @@ def cmd_load(a) -> int:
     import shlex
     dest = load(cache_dir(a.cache), a.name, a.as_name, a.to, force=a.force)
     print(dest)
-    print(f"activate with: source {shlex.quote(dest + '/bin/activate')}   (fish: source "
-          f"{shlex.quote(dest + '/bin/activate.fish')})", file=sys.stderr)
+    say(f"activate with: source {shlex.quote(dest + '/bin/activate')}   (fish: source "
+        f"{shlex.quote(dest + '/bin/activate.fish')})")
     return 0
 
 
@@ -153,7 +154,7 @@ def cmd_activate(a) -> int:
     if not a.name:
         here = loaded_here()
         if not here:
-            print(f"no loaded environments in {scratch_dir()}", file=sys.stderr)
+            say(f"no loaded environments in {scratch_dir()}")
         for t in here:
             print(os.path.basename(t))
         return 0

@@ -30,8 +30,9 @@ from ..package.prefixes import count_siblings, has_prefix, replace_text_prefix
 from ..support.errors import PmbError
 from ..support.files import write_atomic
 from ..support.proc import run_checked
+from ..support.report import fail, say
 from ..support.paths import data_home
-from .relocate import relocate
+from .relocate import Relocated, relocate
 
 RC_FILES = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".zprofile",
             ".zshenv", ".cshrc", ".tcshrc", ".config/fish/config.fish", ".condarc")
@@ -79,10 +80,20 @@ class Found:
     invalid: str = ""     # why it cannot be migrated
 
 
+@dataclasses.dataclass(frozen=True)
+class Migrated:
+    """What ``migrate_one`` did: the specs it wrote, whether the source is gone."""
+    name: str
+    source: str
+    dest: str
+    specs: list[str]
+    removed: bool
+    relocated: Relocated
+
+
 def python_of(path: str, kind: str) -> str:
-    if kind == "conda":
-        return collect.conda_python(path, conda.read_env(path).python_version)
-    return pyinfo.venv_python(path)
+    return pyinfo.interpreter_of(path, conda.read_env(path).python_version
+                                 if kind == "conda" else "")
 
 
 def scan(directory: str) -> list[Found]:
@@ -255,19 +266,19 @@ def default_destination(found: Found, to: str | None) -> str:
     return os.path.join(home, "venvs", found.name)
 
 
-def migrate_one(found: Found, dest: str, spec_dir: str, keep: bool, log) -> dict:
+def migrate_one(found: Found, dest: str, spec_dir: str, keep: bool) -> Migrated:
     """Export, relocate, compare, and only then remove the source."""
     src = found.path
     py = python_of(src, found.kind)
     dists = distributions(py)
     specs = export_specs(found, dists, spec_dir)
-    log(f"{found.name}: {len(dists)} distributions; spec written to "
+    say(f"{found.name}: {len(dists)} distributions; spec written to "
         f"{', '.join(specs)}")
     if os.path.lexists(dest):
         raise PmbError(f"{dest} already exists; {found.name} was not migrated (remove it or "
                        f"choose another --to)")
     res = relocate(src, dest)
-    log(f"{found.name}: copied to {dest}")
+    say(f"{found.name}: copied to {dest}")
     olds = sorted({src, os.path.realpath(src)})
     diffs = compare(src, dest, found.kind, olds)
     if diffs:
@@ -277,20 +288,19 @@ def migrate_one(found: Found, dest: str, spec_dir: str, keep: bool, log) -> dict
                                           if len(diffs) > 20 else "")
         raise PmbError(f"{found.name}: the copy differs from the source, so the source was "
                        f"kept and the copy removed:\n  {shown}")
-    log(f"{found.name}: the copy matches (distributions, files, contents, imports)")
+    say(f"{found.name}: the copy matches (distributions, files, contents, imports)")
     removed = False
     if not keep:
-        remove_source(found, log)
+        remove_source(found)
         removed = True
-    return {"name": found.name, "source": src, "dest": dest, "specs": specs,
-            "removed": removed, "relocated": res}
+    return Migrated(found.name, src, dest, specs, removed, res)
 
 
-def remove_source(found: Found, log) -> None:
+def remove_source(found: Found) -> None:
     trash = _aside(found.path)  # one rename: the source is gone only as a whole
     shutil.rmtree(trash)
     leftovers.release(trash)
-    log(f"{found.name}: removed {found.path}")
+    say(f"{found.name}: removed {found.path}")
 
 
 def _aside(path: str) -> str:
@@ -333,7 +343,7 @@ def rc_naming(home: str, olds: list[str]) -> list[str]:
     return found
 
 
-def update_rc(home: str, moves: list[tuple[str, str]], log) -> list[str]:
+def update_rc(home: str, moves: list[tuple[str, str]]) -> list[str]:
     """Rewrite references to the old locations in the user's shell start-up
     files, each after a backup beside the file that is edited (the target of
     a symlinked one, which stays a link); returns the files changed.  A file
@@ -345,7 +355,7 @@ def update_rc(home: str, moves: list[tuple[str, str]], log) -> list[str]:
             with open(real, "rb") as f:
                 data = f.read()
         except OSError as e:
-            log(f"cannot read {path}: {e.strerror}; not updated")
+            say(f"cannot read {path}: {e.strerror}; not updated")
             continue
         new = data
         for old, dest in sorted(moves, key=lambda m: len(m[0]), reverse=True):
@@ -364,12 +374,12 @@ def update_rc(home: str, moves: list[tuple[str, str]], log) -> list[str]:
         except OSError as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            log(f"cannot update {shown}: {e.strerror}; left as it was")
+            say(f"cannot update {shown}: {e.strerror}; left as it was")
             continue
         diff = difflib.unified_diff(data.decode(errors="surrogateescape").splitlines(True),
                                     new.decode(errors="surrogateescape").splitlines(True),
                                     fromfile=backup, tofile=real)
-        log("".join(diff).rstrip("\n"))
+        say("".join(diff).rstrip("\n"))
         changed.append(shown)
     return changed
 
@@ -404,13 +414,13 @@ def choose(valid: list[Found], names: list[str], every: bool, directory: str,
 
 
 def migrate_chosen(chosen: list[Found], to: str | None, specs: str | None, keep: bool,
-                   rewrite_rc: bool, say, complain) -> None:
+                   rewrite_rc: bool) -> None:
     """Migrate each of ``chosen`` to its destination (``to`` or the default
     for its kind), its specs under ``specs`` (default: the data home's
     specs/NAME); with ``rewrite_rc`` also rewrite the shell start-up files
-    and remove a source only once none names it.  ``say`` reports progress,
-    ``complain`` one environment's failure; what was not migrated, or kept,
-    ends in one PmbError."""
+    and remove a source only once none names it.  Each step is said as it
+    is taken, one environment's failure as it happens; what was not
+    migrated, or kept, ends in one PmbError."""
     failed, moves, kept = [], [], []
     for f in chosen:
         dest = default_destination(f, to)
@@ -418,26 +428,26 @@ def migrate_chosen(chosen: list[Found], to: str | None, specs: str | None, keep:
         say(f"== {f.name}: {f.path} -> {dest}")
         try:
             # with --update-rc a source goes only once no start-up file names it
-            migrate_one(f, dest, spec_dir, keep or rewrite_rc, say)
+            migrate_one(f, dest, spec_dir, keep or rewrite_rc)
             moves.append((f, dest))
         except PmbError as e:
-            complain(f"python-mpi-bcast: error: {e}")
+            fail(str(e))
             failed.append(f.name)
     if rewrite_rc and moves:
         home = os.path.expanduser("~")
         pairs = [(old, dest) for f, dest in moves for old in {f.path, os.path.realpath(f.path)}]
-        changed = update_rc(home, pairs, say)
+        changed = update_rc(home, pairs)
         say(f"updated {', '.join(changed)}" if changed else "no shell start-up file named "
             "the old locations")
         for f, dest in moves:
             still = rc_naming(home, sorted({f.path, os.path.realpath(f.path)}))
             if still:
-                complain(f"python-mpi-bcast: error: {f.name}: {still[0]} still names {f.path}, "
+                fail(f"{f.name}: {still[0]} still names {f.path}, "
                          f"so the source was kept (the copy is {dest}); edit that file, then "
                          f"remove the source")
                 kept.append(f.name)
             elif not keep:
-                remove_source(f, say)
+                remove_source(f)
     if not rewrite_rc:
         for f, dest in moves:
             still = rc_naming(os.path.expanduser("~"), sorted({f.path, os.path.realpath(f.path)}))

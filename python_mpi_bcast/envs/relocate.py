@@ -11,10 +11,12 @@ modified; nothing appears under the final name unless it is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tarfile
 
 from ..packing import collect, relocatable
+from ..source import pyinfo
 from ..support import config, leftovers
 from ..package.scan import scan_tree
 from ..support.errors import PmbError, os_error
@@ -130,14 +132,25 @@ def _write_tar(root: str, arcname: str, out: str) -> None:
             leftovers.remove(tmp)
 
 
+@dataclasses.dataclass(frozen=True)
+class Relocated:
+    """What ``relocate`` made."""
+    kind: str               # "venv" or "conda"
+    dest: str               # where the environment works from
+    written: str            # DEST, or the --tar archive
+    files: int              # files that name the location
+    compiled_in: list[str]  # binaries that keep a compiled-in old path (a fallback)
+    warnings: list[str]
+
+
 def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
-             tar: str | None = None, force: bool = False, use_config: bool = True) -> dict:
+             tar: str | None = None, force: bool = False, use_config: bool = True) -> Relocated:
     """Copy the venv or conda env ``src`` so that it works from ``dest``.
 
     ``maps`` are extra (OLD, NEW) rewrites (``--map``); site aliases from the
     config file come first and flags win.  With ``tar``, the relocated tree is
     written to that archive (members under ``basename(dest)/``) and ``dest``
-    is only the location the tree is made for.  Returns facts for the CLI.
+    is only the location the tree is made for.
     """
     src = os.path.abspath(src)
     dest = os.path.abspath(dest)
@@ -159,10 +172,9 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
         try:
             if kind == "conda":
                 st = collect.stage_conda(src, tree, [], None, for_launcher=False)
-                python = collect.conda_python(src, st.info["version"])
             else:
                 st = collect.stage_whole_venv(src, tree)
-                python = os.path.join(src, "bin", "python3")
+            python = pyinfo.interpreter_of(src, st.info["version"])
             st.maps = maps
             # collect → relocate (to placeholders) → write the final path
             relocatable.fix_symlinks(st, keep_outside=True)
@@ -194,7 +206,6 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
         except OSError as e:
             raise os_error(e, f"writing {final}",
                            f"free space in {parent} or choose another location") from None
-        return {"kind": kind, "dest": dest, "written": final, "files": len(prefix_files),
-                "compiled_in": st.compiled_in, "warnings": st.warnings}
+        return Relocated(kind, dest, final, len(prefix_files), st.compiled_in, st.warnings)
     finally:
         leftovers.remove(work)

@@ -155,7 +155,7 @@ def _site_of(source: str, tree_site_dir: str) -> str:
     """The site directory of ``source`` relative to it (a venv's may differ
     from the tree's: Debian's dist-packages)."""
     if pyinfo.is_venv(source):
-        info = pyinfo.query(pyinfo.venv_python(source))
+        info = pyinfo.query(pyinfo.interpreter_of(source))
         return os.path.relpath(info["purelib"], source)
     return tree_site_dir
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+from ..source import pyinfo
 from ..support.errors import PmbError
 
 
@@ -24,8 +25,12 @@ def default_python() -> str:
     python3 of the active environment (VIRTUAL_ENV, else CONDA_PREFIX), else
     python3 on PATH, else this one."""
     venv = os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX")
-    cand = os.path.join(venv, "bin", "python3") if venv else None
-    return cand if cand and os.path.exists(cand) else (shutil.which("python3") or sys.executable)
+    if venv:
+        try:
+            return pyinfo.interpreter_of(venv)
+        except PmbError:
+            pass
+    return shutil.which("python3") or sys.executable
 
 
 def add(wheelhouse: str, requirements: list[str], requirement_files: list[str],

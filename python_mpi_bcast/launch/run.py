@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import logging
 import os
 import re
 import shlex
@@ -28,11 +27,10 @@ import subprocess
 from .. import __version__
 from ..source import conda, editable, pyinfo
 from ..support.errors import PmbError
+from ..support.report import log, say
 from .launchline import LAUNCHERS, LaunchLine, LaunchLineError, export_fix, rewrite
 from ..package.format import FORMAT_VERSION, SUFFIX, read_manifest
 from ..package.store import Lock, hold, is_held, load_record
-
-log = logging.getLogger("python_mpi_bcast")
 
 TREE_SUBDIR = "pmb-run"
 
@@ -102,13 +100,10 @@ def _stat_bits(path: str) -> bytes:
 
 
 def _interpreter(prefix: str) -> str:
+    """The interpreter file a package of ``prefix`` runs (a venv's base)."""
     if pyinfo.is_venv(prefix):
         return pyinfo.base_interpreter_of_venv(prefix)
-    for name in ("python3", "python"):
-        exe = os.path.join(prefix, "bin", name)
-        if os.path.exists(exe):
-            return os.path.realpath(exe)
-    raise PmbError(f"{prefix}: no bin/python3")
+    return os.path.realpath(pyinfo.interpreter_of(prefix))
 
 
 def content_key(prefix: str) -> str:
@@ -214,7 +209,7 @@ def prune(cache: str, kind: str, name: str, source: str, keep: int, current: str
 
 
 def _ensure(cache: str, kind: str, name: str, key: str, source: str, keep: int, repack: bool,
-            make, say) -> tuple[str, int]:
+            make) -> tuple[str, int]:
     """The package ``<kind>-<name>-<key>``, packed by ``make(out_name)`` if
     missing (or ``repack``); held for the job; older ones pruned."""
     entry = f"{kind}-{name}-{key}"
@@ -233,9 +228,10 @@ def _ensure(cache: str, kind: str, name: str, key: str, source: str, keep: int, 
 
 def plan(line: list[str], with_dir: str | None = None, repack: bool = False, keep: int = 3,
          cache: str | None = None, dry_run: bool = False, environ: dict | None = None,
-         say=print, quiet: bool = True, level: int = 10) -> tuple[LaunchLine, dict, list[int]]:
+         quiet: bool = True, level: int = 10) -> tuple[LaunchLine, dict, list[int]]:
     """Pack what is missing and return (the rewritten line, the variables to
-    export, the descriptors that hold the packages)."""
+    export, the descriptors that hold the packages).  ``quiet``: no progress
+    while packing."""
     from ..support.paths import launcher_path
     from ..support.paths import cache_dir
     environ = dict(os.environ if environ is None else environ)
@@ -276,8 +272,7 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
         os.makedirs(cache, exist_ok=True)
         path, fd = _ensure(cache, "run", name, key, prefix, keep, repack,
                            lambda e: pack_whole(prefix, cache, e, force=True, quiet=quiet,
-                                                level=level),
-                           say)
+                                                level=level))
         fds.append(fd)
         packages = [os.path.basename(path)]
     if run_dir is not None:
@@ -291,10 +286,10 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
         else:
             from ..packing.pack import pack_run_dir
             compiler = _interpreter(prefix) if pyinfo.is_venv(prefix) else \
-                os.path.join(prefix, "bin", "python3")
+                pyinfo.interpreter_of(prefix)
             path, fd = _ensure(cache, "rundir", dname, dkey, run_dir, keep, repack,
                                lambda e: pack_run_dir(run_dir, cache, e, sub, compiler,
-                                                      level=level, quiet=quiet), say)
+                                                      level=level, quiet=quiet))
             fds.append(fd)
         packages.append(os.path.basename(dentry))
         ll.argv[ll.script_index] = f"{sub}/{os.path.relpath(os.path.abspath(ll.script), run_dir)}"
@@ -323,14 +318,14 @@ def is_open_mpi(launcher: str, environ: dict) -> bool:
     return "Open MPI" in r.stdout + r.stderr
 
 
-def run(line: list[str], **kw) -> int:
-    """Plan, then exec the rewritten line (returns only on --dry-run)."""
-    dry_run = kw.get("dry_run", False)
-    ll, exports, fds = plan(line, **kw)
-    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(exports.items()))
-    print(f"{'would run' if dry_run else 'running'}: {shown} {shlex.join(ll.argv)}", flush=True)
-    if dry_run:
-        return 0
+def shown(ll: LaunchLine, exports: dict) -> str:
+    """The exports and the rewritten line, as a shell would take them."""
+    return " ".join([f"{k}={shlex.quote(v)}" for k, v in sorted(exports.items())]
+                    + [shlex.join(ll.argv)])
+
+
+def launch(ll: LaunchLine, exports: dict, fds: list[int]) -> int:
+    """Exec the planned line with the exports (returns only by an error)."""
     os.environ.pop("PYTHON_MPI_TREE_ARG", None)
     os.environ.update(exports)
     try:

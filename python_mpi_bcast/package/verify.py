@@ -4,6 +4,7 @@ unpacked content for leftover source paths)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -19,7 +20,17 @@ def inspect(path: str) -> Manifest:
     return read_manifest(path)[0]
 
 
-def verify(path: str, forbidden: list[str] | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    """What ``verify`` found in a package whose hashes check out."""
+    files: int
+    unpacked_size: int
+    leftovers: list[str]    # files (or links) that still name a forbidden path
+    compiled_in: list[str]  # binaries that keep one as a compiled-in fallback
+    manifest: Manifest
+
+
+def verify(path: str, forbidden: list[str] | None = None) -> Verified:
     """Check the SHA-256 of every shard and the content hash, unpack with the
     launcher's unpacker into a temporary directory (so verify refuses at
     least what the readers refuse), and report files that still contain any
@@ -56,6 +67,5 @@ def verify(path: str, forbidden: list[str] | None = None) -> dict:
                 (compiled_in if binary else leftovers).append(rel)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"files": files, "unpacked_size": size, "leftovers": leftovers,
-            "compiled_in": compiled_in, "manifest": m}
+    return Verified(files, size, leftovers, compiled_in, m)
 

@@ -333,7 +333,7 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None,
     cfg = pyinfo.read_pyvenv_cfg(venv)
     base_exe = pyinfo.base_interpreter_of_venv(venv)
     base = pyinfo.query(base_exe)
-    vinfo = pyinfo.query(pyinfo.venv_python(venv))
+    vinfo = pyinfo.query(pyinfo.interpreter_of(venv))
     if vinfo["version"] != base["version"]:
         raise PmbError(f"{venv}: runs Python {vinfo['version']} but its base interpreter "
                        f"{base_exe} is {base['version']}; recreate the venv")
@@ -422,17 +422,6 @@ def classify(path: str) -> str:
                    f"conda-meta/); give the directory made by 'python -m venv' or 'conda create'")
 
 
-def conda_python(prefix: str, version: str = "") -> str:
-    mm = ".".join(version.split(".")[:2])
-    for name in ([f"python{mm}"] if mm else []) + ["python3", "python"]:
-        exe = os.path.join(prefix, "bin", name)
-        if os.path.isfile(exe) and os.access(exe, os.X_OK):
-            return exe
-    raise PmbError(f"{prefix}: a conda environment without Python (no bin/python3); "
-                   f"install python into it (conda install -p {prefix} python) or pack it "
-                   f"with --directory")
-
-
 def copy_conda_prefix(env: "conda.CondaEnv", staging: str, excludes: list[str]) -> None:
     """The whole env, as conda-pack takes it: every top-level entry but the
     package cache and other envs, without byte code (compiled again later)."""
@@ -457,7 +446,7 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
     kind interpreter (PYTHON_MPI_PACKAGES=NAME.tar.zst alone)."""
     prefix = os.path.abspath(prefix)
     env = conda.read_env(prefix)
-    exe = conda_python(prefix, env.python_version)
+    exe = pyinfo.interpreter_of(prefix, env.python_version)
     info = pyinfo.query(exe)
     if os.path.realpath(info["prefix"]) != os.path.realpath(prefix):
         raise PmbError(f"{exe} reports sys.prefix {info['prefix']}, not {prefix}; is "
@@ -497,7 +486,7 @@ def stage_whole_venv(venv: str, staging: str) -> Staged:
     pyvenv.cfg, activate scripts, site-packages; byte code left out."""
     venv = os.path.abspath(venv)
     pyinfo.read_pyvenv_cfg(venv)
-    vinfo = pyinfo.query(pyinfo.venv_python(venv))
+    vinfo = pyinfo.query(pyinfo.interpreter_of(venv))
     st = Staged(root=staging, kind="environment", name=os.path.basename(venv), info=vinfo)
     copy_tree(venv, staging, list(ALWAYS_EXCLUDES[:2]))
     st.site_dir = os.path.relpath(vinfo["purelib"], vinfo["prefix"])
@@ -528,20 +517,12 @@ def stage_whole(source: str, staging: str, excludes: list[str], name: str) -> tu
         raise PmbError(f"{source}: no such directory")
     if conda.is_conda_env(source):  # a conda env holds its own interpreter
         st = stage_conda(source, staging, excludes, name)
-        return st, conda_python(source, st.info["version"])
+        return st, pyinfo.interpreter_of(source, st.info["version"])
     if pyinfo.is_venv(source):
         exe = pyinfo.base_interpreter_of_venv(source)
         interp = stage_interpreter(exe, staging, excludes, True, name)
         return _merge(interp, stage_venv(source, staging, excludes, name)), exe
-    exe = None
-    for cand in ("python3", "python"):
-        p = os.path.join(source, "bin", cand)
-        if os.path.isfile(p) and os.access(p, os.X_OK):
-            exe = p
-            break
-    if exe is None:
-        raise PmbError(f"{source} is neither a venv (no pyvenv.cfg) nor a Python prefix (no "
-                       f"bin/python3); give the environment's directory")
+    exe = pyinfo.interpreter_of(source)
     interp = stage_interpreter(exe, staging, excludes, True, name)
     info = interp.info
     if os.path.realpath(info["prefix"]) != os.path.realpath(source):

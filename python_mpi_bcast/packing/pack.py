@@ -120,7 +120,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 elif kind == "conda":
                     st = collect.stage_conda(source, staging, excludes, name,
                                              refuse_editable=refuse_editable)
-                    compiler = collect.conda_python(os.path.abspath(source), st.info["version"])
+                    compiler = pyinfo.interpreter_of(os.path.abspath(source), st.info["version"])
                 elif kind == "environment":
                     st = collect.stage_venv(source, staging, excludes, name,
                                             refuse_editable=refuse_editable)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from ..support.errors import PmbError
+from . import conda
 from ..support.proc import run_checked
 
 _QUERY = r"""
@@ -71,12 +73,26 @@ def is_venv(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
 
 
-def venv_python(venv: str) -> str:
-    for name in ("python3", "python"):
-        exe = os.path.join(venv, "bin", name)
-        if os.path.exists(exe):
+def interpreter_of(prefix: str, version: str = "") -> str:
+    """The interpreter of a venv, a conda env or a Python installation:
+    ``bin/pythonX.Y`` (with ``version``), then ``bin/python3``, then
+    ``bin/python``, as it is named there (a venv's links to its base
+    interpreter; ``base_interpreter_of_venv`` finds that one).  Without one,
+    a PmbError that says what the prefix is and what to do."""
+    mm = ".".join(version.split(".")[:2])
+    for name in ([f"python{mm}"] if mm else []) + ["python3", "python"]:
+        exe = os.path.join(prefix, "bin", name)
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
             return exe
-    raise PmbError(f"{venv}: no bin/python3 in this venv")
+    if is_venv(prefix):
+        raise PmbError(f"{prefix}: no bin/python3 in this venv; recreate the venv")
+    if conda.is_conda_env(prefix):
+        raise PmbError(f"{prefix}: a conda environment without Python (no bin/python3); "
+                       f"install python into it (conda install -p {prefix} python) or pack it "
+                       f"with --directory")
+    raise PmbError(f"{prefix} is not a venv (no pyvenv.cfg), a conda environment (no "
+                   f"conda-meta/) nor a Python installation (no bin/python3); give the "
+                   f"environment's or the installation's directory")
 
 
 def base_interpreter_of_venv(venv: str) -> str:
@@ -125,12 +141,9 @@ def resolve_interpreter(spec: str | None) -> str:
         if is_venv(spec):
             return base_interpreter_of_venv(spec)
         import glob
-        versioned = sorted(glob.glob(os.path.join(spec, "bin", "python3.[0-9]*")),
-                           key=lambda p: [int(x) for x in p.rsplit("python", 1)[1].split(".") if x.isdigit()])
-        versioned = [os.path.basename(p) for p in versioned if not p.endswith("-config")]
-        for cand in versioned[::-1] + ["python3", "python"]:
-            exe = os.path.join(spec, "bin", cand)
-            if os.path.isfile(exe):
-                return os.path.realpath(exe)
-        raise PmbError(f"{spec}: not a Python installation (no bin/python3)")
+        versions = sorted((p.rsplit("python", 1)[1] for p in
+                           glob.glob(os.path.join(spec, "bin", "python3.[0-9]*"))
+                           if re.fullmatch(r".*python3\.\d+", p)),
+                          key=lambda v: [int(x) for x in v.split(".")])
+        return os.path.realpath(interpreter_of(spec, versions[-1] if versions else ""))
     return os.path.realpath(spec)
