@@ -174,7 +174,7 @@ def relocate(src: str, dest: str, maps: list[tuple[str, str]] | None = None,
                 st = collect.stage_conda(src, tree, [], None, for_launcher=False)
             else:
                 st = collect.stage_whole_venv(src, tree)
-            python = pyinfo.interpreter_of(src, st.info["version"])
+            python = pyinfo.interpreter_of(src, st.info.version)
             st.maps = maps
             # collect → relocate (to placeholders) → write the final path
             relocatable.fix_symlinks(st, keep_outside=True)

@@ -156,7 +156,7 @@ def _site_of(source: str, tree_site_dir: str) -> str:
     from the tree's: Debian's dist-packages)."""
     if pyinfo.is_venv(source):
         info = pyinfo.query(pyinfo.interpreter_of(source))
-        return os.path.relpath(info["purelib"], source)
+        return os.path.relpath(info.purelib, source)
     return tree_site_dir
 
 

@@ -47,7 +47,7 @@ def _prefix_of(exe: str) -> str:
     guess = os.path.dirname(os.path.dirname(exe))
     if is_env(guess):
         return guess
-    return pyinfo.query(exe)["prefix"]
+    return pyinfo.query(exe).prefix
 
 
 def find_env(python_word: str, environ: dict) -> tuple[str, str]:

@@ -251,8 +251,8 @@ def write_package(st, prefix_files, out_path: str, level: int = 10,
                     for i, (ents, p) in enumerate(zip(shards, paths))]
             results = [f.result() for f in futs]
         tail = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(TAR_END)
-        m = Manifest(name=st.name, kind=st.kind, python=st.info["version"],
-                     abi=st.info["soabi"], platform=st.info["platform"],
+        m = Manifest(name=st.name, kind=st.kind, python=st.info.version,
+                     abi=st.info.soabi, platform=st.info.platform,
                      libpython=st.libpython, executable=st.executable, site_dir=st.site_dir,
                      created_by=f"python-mpi-bcast {_version()}",
                      sources=":".join(st.scrub))

@@ -42,7 +42,7 @@ class Staged:
     root: str
     kind: str
     name: str
-    info: dict                      # the interpreter's facts (pyinfo.query)
+    info: pyinfo.PyInfo             # the interpreter's facts (pyinfo.query)
     site_dir: str = ""              # relative, where environments put packages
     libpython: str = ""             # relative path, interpreter kind only
     executable: str = ""            # relative path, interpreter kind only
@@ -182,53 +182,53 @@ def _real_variants(path: str) -> list[str]:
     return [p for p in out if p and p not in SYSTEM_PREFIXES]
 
 
-def find_libpython(info: dict) -> str | None:
-    names = [n for n in (info["instsoname"], info["ldlibrary"]) if n and ".so" in n]
-    dirs = [info["libdir"]]
-    if info["multiarch"]:
-        dirs.append(os.path.join(info["libdir"], info["multiarch"]))
-        dirs.append(os.path.join("/usr/lib", info["multiarch"]))
-    dirs.append(os.path.join(info["base_prefix"], "lib"))
+def find_libpython(info: pyinfo.PyInfo) -> str | None:
+    names = [n for n in (info.instsoname, info.ldlibrary) if n and ".so" in n]
+    dirs = [info.libdir]
+    if info.multiarch:
+        dirs.append(os.path.join(info.libdir, info.multiarch))
+        dirs.append(os.path.join("/usr/lib", info.multiarch))
+    dirs.append(os.path.join(info.base_prefix, "lib"))
     for d in dirs:
         for n in names:
             p = os.path.join(d, n)
             if d and os.path.isfile(p):
-                return os.path.realpath(p) if n == info["instsoname"] else p
+                return os.path.realpath(p) if n == info.instsoname else p
     return None
 
 
-def site_rel(info: dict) -> str:
+def site_rel(info: pyinfo.PyInfo) -> str:
     """Where packages go inside a tree whose prefix is the interpreter's own:
     the first site directory that the interpreter reports under its prefix
     (``lib/python3.11/site-packages``; Debian's python3 reports
     ``local/lib/python3.11/dist-packages``)."""
-    for s in info["sites"]:
-        return os.path.relpath(s, info["prefix"])
-    return f"lib/python{info['version']}/site-packages"
+    for s in info.sites:
+        return os.path.relpath(s, info.prefix)
+    return f"lib/python{info.version}/site-packages"
 
 
 def stage_interpreter(exe: str, staging: str, excludes: list[str], slim: bool,
                       name: str | None) -> Staged:
     info = pyinfo.query(exe)
-    ver = info["version"]
-    prefix = info["prefix"]
+    ver = info.version
+    prefix = info.prefix
     st = Staged(root=staging, kind="interpreter", name=name or f"python-{ver}", info=info)
     stdlib_rel = f"lib/python{ver}"
     pats = list(ALWAYS_EXCLUDES) + (list(SLIM_EXCLUDES) if slim else []) + list(excludes)
-    copy_tree(info["stdlib"], os.path.join(staging, stdlib_rel), pats)
-    if os.path.realpath(info["platstdlib"]) != os.path.realpath(info["stdlib"]):
-        copy_tree(info["platstdlib"], os.path.join(staging, stdlib_rel), pats)
+    copy_tree(info.stdlib, os.path.join(staging, stdlib_rel), pats)
+    if os.path.realpath(info.platstdlib) != os.path.realpath(info.stdlib):
+        copy_tree(info.platstdlib, os.path.join(staging, stdlib_rel), pats)
     # the interpreter itself, under its versioned name, plus the usual links
     bindir = os.path.join(staging, "bin")
     os.makedirs(bindir, exist_ok=True)
-    real_exe = os.path.realpath(info["executable"])
+    real_exe = os.path.realpath(info.executable)
     copy_file(real_exe, os.path.join(bindir, f"python{ver}"))
     for link in ("python3", "python"):
         os.symlink(f"python{ver}", os.path.join(bindir, link))
     st.executable = f"bin/python{ver}"
     lib = find_libpython(info)
     if lib:
-        soname = info["instsoname"] or os.path.basename(lib)
+        soname = info.instsoname or os.path.basename(lib)
         copy_file(lib, os.path.join(staging, "lib", soname))
         dev = f"libpython{ver}.so"
         if soname != dev:
@@ -334,9 +334,9 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None,
     base_exe = pyinfo.base_interpreter_of_venv(venv)
     base = pyinfo.query(base_exe)
     vinfo = pyinfo.query(pyinfo.interpreter_of(venv))
-    if vinfo["version"] != base["version"]:
-        raise PmbError(f"{venv}: runs Python {vinfo['version']} but its base interpreter "
-                       f"{base_exe} is {base['version']}; recreate the venv")
+    if vinfo.version != base.version:
+        raise PmbError(f"{venv}: runs Python {vinfo.version} but its base interpreter "
+                       f"{base_exe} is {base.version}; recreate the venv")
     st = Staged(root=staging, kind="environment",
                 name=name or os.path.basename(venv.rstrip("/")), info=base)
     st.site_dir = site_rel(base)
@@ -352,11 +352,8 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None,
         with open(_own(os.path.join(staging, "bin", "pyvenv.cfg")), "w", encoding="utf-8") as f:
             f.write("# python-mpi-bcast: as in the venv this was packed from, no user site\n"
                     "include-system-site-packages = false\n")
-    sites = []
-    for s in (vinfo["purelib"], vinfo.get("platlib") or vinfo["purelib"]):
-        if s not in sites and os.path.isdir(s):
-            sites.append(s)
-    inside = _real_variants(venv) + _real_variants(base["prefix"])
+    sites = [vinfo.purelib] if os.path.isdir(vinfo.purelib) else []
+    inside = _real_variants(venv) + _real_variants(base.prefix)
     for s in sites:
         copy_tree(s, os.path.join(staging, st.site_dir),
                   list(ALWAYS_EXCLUDES[:2]) + list(excludes))
@@ -380,7 +377,7 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None,
                       rel_base=entry)
         elif not _excluded(entry, excludes):
             _copy_entry(full, os.path.join(staging, entry))
-    st.scrub = _real_variants(venv) + [p for p in _real_variants(base["prefix"])
+    st.scrub = _real_variants(venv) + [p for p in _real_variants(base.prefix)
                                        if p not in _real_variants(venv)]
     st.moves = []
     for v in _real_variants(venv):
@@ -389,12 +386,12 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None,
                 if sv.startswith(v + "/") or os.path.realpath(sv).startswith(v + "/"):
                     st.moves.append((sv, st.site_dir))
         st.moves.append((v, ""))
-    st.moves += [(p, "") for p in _real_variants(base["prefix"])]
+    st.moves += [(p, "") for p in _real_variants(base.prefix)]
     return st
 
 
 def stage_directory(src: str, staging: str, excludes: list[str], name: str | None,
-                    info: dict) -> Staged:
+                    info: pyinfo.PyInfo) -> Staged:
     src = os.path.abspath(src)
     if not os.path.isdir(src):
         raise PmbError(f"{src}: no such directory")
@@ -448,19 +445,19 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
     env = conda.read_env(prefix)
     exe = pyinfo.interpreter_of(prefix, env.python_version)
     info = pyinfo.query(exe)
-    if os.path.realpath(info["prefix"]) != os.path.realpath(prefix):
-        raise PmbError(f"{exe} reports sys.prefix {info['prefix']}, not {prefix}; is "
+    if os.path.realpath(info.prefix) != os.path.realpath(prefix):
+        raise PmbError(f"{exe} reports sys.prefix {info.prefix}, not {prefix}; is "
                        f"PYTHONHOME set, or is bin/python a link to another installation?")
     st = Staged(root=staging, kind="interpreter",
                 name=name or os.path.basename(prefix.rstrip("/")), info=info)
     st.warnings += env.warnings  # conda packages pip changed: packed as on disk
     copy_conda_prefix(env, staging, excludes)
-    ver = info["version"]
+    ver = info.version
     if os.path.lexists(os.path.join(staging, "bin", f"python{ver}")):
         st.executable = f"bin/python{ver}"
     else:
         st.executable = os.path.relpath(exe, prefix)
-    for n in (info["instsoname"], info["ldlibrary"], f"libpython{ver}.so"):
+    for n in (info.instsoname, info.ldlibrary, f"libpython{ver}.so"):
         if n and ".so" in n and os.path.exists(os.path.join(staging, "lib", n)):
             st.libpython = f"lib/{n}"
             break
@@ -489,7 +486,7 @@ def stage_whole_venv(venv: str, staging: str) -> Staged:
     vinfo = pyinfo.query(pyinfo.interpreter_of(venv))
     st = Staged(root=staging, kind="environment", name=os.path.basename(venv), info=vinfo)
     copy_tree(venv, staging, list(ALWAYS_EXCLUDES[:2]))
-    st.site_dir = os.path.relpath(vinfo["purelib"], vinfo["prefix"])
+    st.site_dir = os.path.relpath(vinfo.purelib, vinfo.prefix)
     st.site_abs_old = os.path.join(venv, st.site_dir)
     st.scrub = _real_variants(venv)
     st.moves = [(p, "") for p in st.scrub]
@@ -517,7 +514,7 @@ def stage_whole(source: str, staging: str, excludes: list[str], name: str) -> tu
         raise PmbError(f"{source}: no such directory")
     if conda.is_conda_env(source):  # a conda env holds its own interpreter
         st = stage_conda(source, staging, excludes, name)
-        return st, pyinfo.interpreter_of(source, st.info["version"])
+        return st, pyinfo.interpreter_of(source, st.info.version)
     if pyinfo.is_venv(source):
         exe = pyinfo.base_interpreter_of_venv(source)
         interp = stage_interpreter(exe, staging, excludes, True, name)
@@ -525,14 +522,14 @@ def stage_whole(source: str, staging: str, excludes: list[str], name: str) -> tu
     exe = pyinfo.interpreter_of(source)
     interp = stage_interpreter(exe, staging, excludes, True, name)
     info = interp.info
-    if os.path.realpath(info["prefix"]) != os.path.realpath(source):
-        raise PmbError(f"{exe} belongs to the Python installed in {info['prefix']}, not to "
+    if os.path.realpath(info.prefix) != os.path.realpath(source):
+        raise PmbError(f"{exe} belongs to the Python installed in {info.prefix}, not to "
                        f"{source}; give a venv or a Python prefix")
     # everything else of the prefix: its packages, scripts, data (not the
     # interpreter files stage_interpreter took, nor load's activation files)
-    taken = {"bin/python", "bin/python3", f"bin/python{info['version']}", interp.libpython}
+    taken = {"bin/python", "bin/python3", f"bin/python{info.version}", interp.libpython}
     skip = list(ALWAYS_EXCLUDES[:2]) + list(excludes) + [
-        f"lib/python{info['version']}", "bin/activate", "bin/activate.fish",
+        f"lib/python{info.version}", "bin/activate", "bin/activate.fish",
         ".python-mpi-bcast-load.json", ".python-mpi-bcast-site-mtime",
         ".python-mpi-bcast-relocate.json"]
     for entry in sorted(os.listdir(source)):

@@ -120,7 +120,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 elif kind == "conda":
                     st = collect.stage_conda(source, staging, excludes, name,
                                              refuse_editable=refuse_editable)
-                    compiler = pyinfo.interpreter_of(os.path.abspath(source), st.info["version"])
+                    compiler = pyinfo.interpreter_of(os.path.abspath(source), st.info.version)
                 elif kind == "environment":
                     st = collect.stage_venv(source, staging, excludes, name,
                                             refuse_editable=refuse_editable)
@@ -154,7 +154,7 @@ def _job_name(kind: str, source: str | None, name: str | None) -> str:
     if name is not None:
         return name
     if kind == "interpreter":
-        return f"python-{pyinfo.query(pyinfo.resolve_interpreter(source))['version']}"
+        return f"python-{pyinfo.query(pyinfo.resolve_interpreter(source)).version}"
     return os.path.basename(os.path.abspath(source).rstrip("/"))
 
 
@@ -163,7 +163,7 @@ def _source_bytes(kind: str, source: str | None) -> int:
     metadata only), byte code left out as packing leaves it out."""
     if kind == "interpreter":
         try:
-            return _tree_bytes(pyinfo.query(pyinfo.resolve_interpreter(source))["stdlib"])
+            return _tree_bytes(pyinfo.query(pyinfo.resolve_interpreter(source)).stdlib)
         except (PmbError, KeyError, OSError):
             return 0
     return _tree_bytes(source) if source and os.path.isdir(source) else 0
@@ -236,7 +236,7 @@ def staging_room(source: str | None, interpreter: str | None) -> int:
     if interpreter:
         try:
             info = pyinfo.query(interpreter)
-            total += _tree_bytes(info["stdlib"])
+            total += _tree_bytes(info.stdlib)
         except (PmbError, KeyError, OSError):
             pass
     return total

@@ -3,6 +3,7 @@ interpreter behind a venv."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -40,15 +41,45 @@ print(json.dumps({
 """
 
 
-def query(executable: str, isolated: bool = True) -> dict:
-    """Run ``executable`` and return facts about it as a dict."""
+@dataclasses.dataclass(frozen=True)
+class PyInfo:
+    """What an interpreter says about itself (``_QUERY``'s JSON, one field a key)."""
+    version: str          # "3.11"
+    hexversion: int
+    implementation: str
+    executable: str
+    prefix: str
+    base_prefix: str
+    exec_prefix: str
+    stdlib: str
+    platstdlib: str
+    purelib: str
+    scripts: str
+    sites: tuple[str, ...]  # its site directories under its prefix
+    libdir: str
+    instsoname: str
+    ldlibrary: str
+    enable_shared: bool
+    soabi: str
+    multiarch: str
+    platform: str
+
+    @classmethod
+    def from_json(cls, text: str) -> "PyInfo":
+        d = json.loads(text)
+        d["sites"] = tuple(d["sites"])
+        return cls(**d)
+
+
+def query(executable: str, isolated: bool = True) -> PyInfo:
+    """Run ``executable`` and return what it says about itself."""
     args = [executable, "-I" if isolated else "-E", "-c", _QUERY]
     out = run_checked(args, 120, failed=f"Python interpreter {executable} failed to start",
                       too_slow=f"Python interpreter {executable} did not answer within 120 s",
                       cannot_run=f"cannot run Python interpreter {executable}", silent="no output")
-    info = json.loads(out.stdout)
-    if info["implementation"] != "cpython":
-        raise PmbError(f"{executable} is {info['implementation']}; only CPython can be packed")
+    info = PyInfo.from_json(out.stdout)
+    if info.implementation != "cpython":
+        raise PmbError(f"{executable} is {info.implementation}; only CPython can be packed")
     return info
 
 
