@@ -280,6 +280,8 @@ def test_not_a_venv(tmp_path):
     (tmp_path / "plain").mkdir()
     r = run(CLI + ["pack", str(tmp_path / "plain"), "-o", str(tmp_path)], check=False)
     one_line_error(r, "is not a venv", "pyvenv.cfg")
+    r = run(CLI + ["pack", "--python", str(tmp_path / "plain"), "-o", str(tmp_path)], check=False)
+    one_line_error(r, "neither a venv", "nor a Python installation (no bin/python3)")
 
 
 def test_missing_venv(tmp_path):

@@ -213,6 +213,10 @@ def test_bad_input_is_one_line(tmp_path, command, venv):
     plain = tmp_path / "plain"
     (plain / "bin").mkdir(parents=True)
     attempt(str(plain), "not a venv", "not a conda environment")
+    nopython = tmp_path / "nopython"  # a venv whose bin/python3 is gone
+    (nopython / "bin").mkdir(parents=True)
+    (nopython / "pyvenv.cfg").write_text(f"home = {os.path.dirname(base_python())}\n")
+    attempt(str(nopython), "no bin/python3 in this venv")
     noconda = tmp_path / "noconda"
     (noconda / "etc" / "conda").mkdir(parents=True)
     attempt(str(noconda), "conda-meta/ is missing")

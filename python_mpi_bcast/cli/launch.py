@@ -94,6 +94,6 @@ def cmd_run(a) -> int:
     ll, exports, fds = plan(a.line, with_dir=a.with_dir, repack=a.repack, keep=a.keep,
                             cache=a.cache, dry_run=a.dry_run, quiet=a.quiet, level=a.level)
     print(f"{'would run' if a.dry_run else 'running'}: {shown(ll, exports)}", flush=True)
-    if a.dry_run:
-        return 0
-    return launch(ll, exports, fds)
+    if not a.dry_run:
+        launch(ll, exports, fds)
+    return 0

@@ -1,6 +1,7 @@
 """``python-mpi-bcast run LAUNCHER... python SCRIPT ARGS``: find the env →
 key its content cheaply → pack into the cache only if that key is new →
-rewrite the line (launchline.py) → export PYTHON_MPI_* → exec.
+rewrite the line (launchline.py) → export PYTHON_MPI_* → exec
+(``plan``, then the CLI shows the line and calls ``launch``).
 
 The environment is the one the line's python belongs to: a python named by
 path → that environment; a bare ``python``/``python3`` → ``$VIRTUAL_ENV``,
@@ -23,6 +24,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from typing import NoReturn
 
 from .. import __version__
 from ..source import conda, editable, pyinfo
@@ -324,8 +326,8 @@ def shown(ll: LaunchLine, exports: dict) -> str:
                     + [shlex.join(ll.argv)])
 
 
-def launch(ll: LaunchLine, exports: dict, fds: list[int]) -> int:
-    """Exec the planned line with the exports (returns only by an error)."""
+def launch(ll: LaunchLine, exports: dict, fds: list[int]) -> NoReturn:
+    """Exec the planned line with the exports (a PmbError if it cannot start)."""
     os.environ.pop("PYTHON_MPI_TREE_ARG", None)
     os.environ.update(exports)
     try:

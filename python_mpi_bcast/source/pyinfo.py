@@ -121,7 +121,7 @@ def interpreter_of(prefix: str, version: str = "") -> str:
         raise PmbError(f"{prefix}: a conda environment without Python (no bin/python3); "
                        f"install python into it (conda install -p {prefix} python) or pack it "
                        f"with --directory")
-    raise PmbError(f"{prefix} is not a venv (no pyvenv.cfg), a conda environment (no "
+    raise PmbError(f"{prefix} is neither a venv (no pyvenv.cfg), a conda environment (no "
                    f"conda-meta/) nor a Python installation (no bin/python3); give the "
                    f"environment's or the installation's directory")
 
