@@ -57,6 +57,9 @@ class CondaEnv:
     # (name, version, build, channel) of each record, for environment.yml
     pip_owned: set[str] = dataclasses.field(default_factory=set)  # listed by pip's RECORDs
     warnings: list[str] = dataclasses.field(default_factory=list)  # one line per changed package
+    # conda package name -> the Python distribution of its (dist-info spelling) that
+    # pip replaced or removed: its recorded *.dist-info is gone or now pip's
+    pip_replaced: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def is_conda_env(path: str) -> bool:
@@ -124,6 +127,9 @@ def read_env(prefix: str) -> CondaEnv:
         taken = [rel for rel in files if rel in env.pip_owned]
         if gone or taken:
             env.warnings.append(_changed_line(fn, rec, gone, taken))
+            dist = _dist_of(gone + taken)
+            if dist:
+                env.pip_replaced[rec["name"]] = dist
         for p in paths:
             ph = p.get("prefix_placeholder")
             if ph and p.get("_path") not in env.pip_owned and _as_installed(prefix, p):
@@ -164,6 +170,17 @@ def _as_installed(prefix: str, p: dict) -> bool:
             return True  # unreadable: collect names it
         return h.hexdigest() == want.lower()
     return True
+
+
+def _dist_of(paths: list[str]) -> str:
+    """The distribution name of the first ``site-packages/NAME-VERSION.dist-info/``
+    among ``paths`` (as the directory spells it), or ''."""
+    for rel in paths:
+        parts = rel.split("/")
+        for i, part in enumerate(parts[:-1]):
+            if part.endswith(".dist-info") and i and parts[i - 1] == "site-packages":
+                return part[:-len(".dist-info")].split("-")[0]
+    return ""
 
 
 def _changed_line(fn: str, rec: dict, gone: list[str], taken: list[str]) -> str:
