@@ -394,3 +394,28 @@ def test_migrating_a_conda_env_changed_by_pip_writes_specs_of_what_is_on_disk(
     req = open(os.path.join(specs, "demo", "requirements.txt")).read()
     assert f"\nnumpy=={PIP_NUMPY}\n" in req and "six" not in req, req
     assert os.path.isdir(prefix)  # --keep
+
+
+def test_a_changed_binary_that_still_names_the_env_gets_one_line(tmp_path):
+    """conda recorded bin/pmbdemo as a binary holding the env's prefix; the
+    file changed since (here: bytes appended, as a rebuild or a patch tool
+    would change its size), so the record is void and the binary is packed
+    as it is, still naming the env's location: one line says so and what to
+    do, instead of a tree that silently reads from the shared filesystem."""
+    from support import condaenv
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
+    prefix = condaenv.build(str(tmp_path / "conda"), sys.executable, [])
+    path = os.path.join(prefix, "bin", "pmbdemo")
+    with open(path, "rb") as f:
+        data = f.read()
+    assert prefix.encode() in data
+    os.remove(path)  # conda hard-linked it from its package cache
+    with open(path, "wb") as f:
+        f.write(data + b"\0" * 64)
+    os.chmod(path, 0o755)
+    r = run(CLI + ["pack", prefix, "-o", str(tmp_path / "out")], timeout=900)
+    lines = [ln for ln in r.stderr.splitlines() if "bin/pmbdemo" in ln]
+    assert len(lines) == 1, r.stderr
+    assert "pmbdemo-1.0-h_pmb_0" in lines[0] and f"still names {prefix}" in lines[0], lines
+    assert "reinstall that package with conda" in lines[0], lines

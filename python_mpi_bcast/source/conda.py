@@ -60,6 +60,9 @@ class CondaEnv:
     # conda package name -> the Python distribution of its (dist-info spelling) that
     # pip replaced or removed: its recorded *.dist-info is gone or now pip's
     pip_replaced: dict[str, str] = dataclasses.field(default_factory=dict)
+    # recorded binary prefix files changed since conda wrote them (path -> the
+    # "name-version-build" of their package): their record no longer applies
+    changed_binaries: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def is_conda_env(path: str) -> bool:
@@ -120,7 +123,7 @@ def read_env(prefix: str) -> CondaEnv:
             env.managed.add(rel)
         records.append((fn, rec, files, paths if isinstance(paths, list) else []))
     env.pip_owned = pip_owned_files(prefix, env.managed)
-    for fn, rec, files, paths in records:
+    for idx, (fn, rec, files, paths) in enumerate(records):
         # a .pyc that failed to compile is recorded but absent (conda-pack does the same)
         gone = [rel for rel in files
                 if not rel.endswith(".pyc") and not os.path.lexists(os.path.join(prefix, rel))]
@@ -132,7 +135,12 @@ def read_env(prefix: str) -> CondaEnv:
                 env.pip_replaced[rec["name"]] = dist
         for p in paths:
             ph = p.get("prefix_placeholder")
-            if ph and p.get("_path") not in env.pip_owned and _as_installed(prefix, p):
+            if not ph or p.get("_path") in env.pip_owned:
+                continue
+            if not _as_installed(prefix, p):
+                if p.get("file_mode") == "binary":
+                    env.changed_binaries[p["_path"]] = env.packages[idx]
+            else:
                 mode = p.get("file_mode") or "text"
                 if mode not in ("text", "binary"):
                     raise PmbError(f"{os.path.join(meta, fn)}: {p['_path']} has file_mode "
