@@ -99,10 +99,15 @@ static void init_failed(int status, void *arg)
 /* Open MPI 5 and MPICH 5 end a process whose MPI_Init failed themselves,
  * after their own message and after telling the process manager (which
  * then ends the job): Open MPI with _exit(), MPICH with exit().  The shim
- * comes first in the symbol lookup, so its _exit (and the on_exit handler
- * init_failed) says the line first.  Outside the shim's MPI_Init: glibc's
- * _exit as it is. */
-static void (*real_exit)(int); /* looked up before MPI starts threads (forked children call _exit) */
+ * comes first in the symbol lookup, so its _exit and exit say the line
+ * first: exit before any exit handler runs (a handler an MPI or a library
+ * under it registered during MPI_Init may let go of the process manager's
+ * connection, and the process manager then kills the rank before a later
+ * handler could speak; the on_exit handler init_failed stays for an exit
+ * that does not come through here).  Outside the shim's MPI_Init: glibc's
+ * functions as they are. */
+static void (*real_exit)(int);  /* looked up before MPI starts threads (forked children call _exit) */
+static void (*real_exit3)(int); /* exit(3) */
 
 void _exit(int status)
 {
@@ -110,6 +115,20 @@ void _exit(int status)
         init_failed_line(MPI_SUCCESS);
     if (real_exit)
         real_exit(status);
+    syscall(SYS_exit_group, status);
+    for (;;)
+        ;
+}
+
+void exit(int status)
+{
+    if (init_pending)
+        init_failed_line(MPI_SUCCESS);
+    void (*fn)(int) = real_exit3;
+    if (!fn) /* a process the shim is not active in: looked up on its first exit */
+        fn = (void (*)(int))dlsym(RTLD_NEXT, "exit");
+    if (fn)
+        fn(status);
     syscall(SYS_exit_group, status);
     for (;;)
         ;
@@ -150,6 +169,7 @@ static void shim_start(void)
     /* a failing MPI_Init that ends the process: _exit, init_failed above;
      * one that returns the error: here */
     real_exit = (void (*)(int))dlsym(RTLD_NEXT, "_exit");
+    real_exit3 = (void (*)(int))dlsym(RTLD_NEXT, "exit");
     init_pending = 1;
     on_exit(init_failed, NULL);
     int rc = PMPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);

@@ -145,6 +145,19 @@ def wait_gone(procs: set[tuple[int, str]], timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def read_line(stream, timeout: float = 120) -> str:
+    """The next line of a running process's pipe, or an AssertionError after
+    ``timeout`` s: a process that never writes it fails the test, not CI."""
+    import concurrent.futures
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(stream.readline).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise AssertionError(f"no line from the process within {timeout} s") from None
+    finally:
+        pool.shutdown(wait=False)  # a blocked read ends when the process is killed
+
+
 def env_file(name: str) -> dict:
     """KEY=VALUE lines of .ci/NAME: the MPI settings CI and the tests use."""
     out = {}

@@ -371,3 +371,51 @@ def test_a_file_pip_now_owns_loses_condas_prefix_record(tmp_path):
     assert set(env.prefix_files) == {"bin/other"}
     assert len(env.warnings) == 1 and "conda package old 1" in env.warnings[0], env.warnings
     assert "1 of its files are now pip's; pip replaced/removed them" in env.warnings[0]
+
+
+def test_migrating_a_conda_env_changed_by_pip_writes_specs_of_what_is_on_disk(
+        pip_changed, tmp_path):
+    """environment.yml is how the user recreates the env elsewhere: numpy
+    as pip put it there (under pip:, its version), not conda's record of the
+    numpy pip replaced; six, which pip uninstalled, not at all."""
+    prefix = pip_changed["prefix"]
+    specs = str(tmp_path / "specs")
+    r = run(CLI + ["migrate", "-d", os.path.dirname(prefix), os.path.basename(prefix),
+                   "--to", str(tmp_path / "new"), "--keep", "--specs", specs],
+            timeout=1200, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    yml = open(os.path.join(specs, "demo", "environment.yml")).read()
+    deps = yml.split("dependencies:\n", 1)[1].splitlines()
+    assert f"    - numpy=={PIP_NUMPY}" in deps, yml
+    assert not [d for d in deps if d.startswith("  - ") and "numpy" in d], yml
+    assert not [d for d in deps if not d.lstrip().startswith("#") and "six" in d], yml
+    assert [d for d in deps if d.startswith("  # six=1.17.0=") and "pip uninstalled" in d], yml
+    assert "  - conda-forge::pmbdemo=1.0=h_pmb_0" in deps, yml
+    req = open(os.path.join(specs, "demo", "requirements.txt")).read()
+    assert f"\nnumpy=={PIP_NUMPY}\n" in req and "six" not in req, req
+    assert os.path.isdir(prefix)  # --keep
+
+
+def test_a_changed_binary_that_still_names_the_env_gets_one_line(tmp_path):
+    """conda recorded bin/pmbdemo as a binary holding the env's prefix; the
+    file changed since (here: bytes appended, as a rebuild or a patch tool
+    would change its size), so the record is void and the binary is packed
+    as it is, still naming the env's location: one line says so and what to
+    do, instead of a tree that silently reads from the shared filesystem."""
+    from support import condaenv
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
+    prefix = condaenv.build(str(tmp_path / "conda"), sys.executable, [])
+    path = os.path.join(prefix, "bin", "pmbdemo")
+    with open(path, "rb") as f:
+        data = f.read()
+    assert prefix.encode() in data
+    os.remove(path)  # conda hard-linked it from its package cache
+    with open(path, "wb") as f:
+        f.write(data + b"\0" * 64)
+    os.chmod(path, 0o755)
+    r = run(CLI + ["pack", prefix, "-o", str(tmp_path / "out")], timeout=900)
+    lines = [ln for ln in r.stderr.splitlines() if "bin/pmbdemo" in ln]
+    assert len(lines) == 1, r.stderr
+    assert "pmbdemo-1.0-h_pmb_0" in lines[0] and f"still names {prefix}" in lines[0], lines
+    assert "reinstall that package with conda" in lines[0], lines

@@ -221,7 +221,7 @@ C_LAYERS = [
 C_HEADERS = {"util": "pmb.h", "zstd_shim": "zstd.h", "shim_blob": None}
 #: C library functions the exec shim stands in for inside an exec'd
 #: interpreter: a launcher file that calls one calls the C library's
-C_INTERPOSED = {"_exit", "__libc_start_main"}
+C_INTERPOSED = {"_exit", "exit", "__libc_start_main"}
 
 
 def _c_symbols(src: str, out: str) -> tuple[dict, dict, dict]:

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from helpers import (BIN, CLI, FAKESSH, SBATCH_SIZE, copy_numpy, make_venv, make_wheel,
-                     process_tree, readme_blocks, run, wait_gone)
+                     process_tree, read_line, readme_blocks, run, wait_gone)
 
 SCRIPT = """import sys, numpy as np
 from mpi4py import MPI
@@ -235,8 +235,8 @@ def test_keep_prunes_old_packages_but_not_one_a_running_job_holds(user):
                            env=user["env"], cwd=user["proj"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        assert job.stdout.readline().startswith("running:")
-        assert job.stdout.readline().strip() == "job up"
+        assert read_line(job.stdout).startswith("running:")
+        assert read_line(job.stdout).strip() == "job up"
         (held,) = entries(user)
         r = run(CLI + ["rm", held[:-len(".tar.zst")]], env=user["env"], timeout=60, check=False)
         assert r.returncode == 1 and "in use by a running job" in r.stderr

@@ -52,6 +52,8 @@ class Staged:
     compiled_in: list[str] = dataclasses.field(default_factory=list)  # binaries keeping an old path
     # conda's records: relative path -> (file_mode, recorded build placeholder)
     recorded: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # binaries conda recorded with a placeholder but changed since: path -> package
+    changed_binaries: dict[str, str] = dataclasses.field(default_factory=dict)
     maps: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # --map OLD NEW
     warnings: list[str] = dataclasses.field(default_factory=list)
     editables: list = dataclasses.field(default_factory=list)  # editable.Editable, packed
@@ -471,6 +473,7 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
     absorb_editables(st, st.site_abs_old, st.scrub, refuse_editable)
     st.recorded = {rel: (r.mode, r.placeholder) for rel, r in env.prefix_files.items()
                    if os.path.isfile(os.path.join(staging, rel))}
+    st.changed_binaries = env.changed_binaries
     if for_launcher and os.path.isdir(os.path.join(staging, st.site_dir)):
         with open(_own(os.path.join(staging, st.site_dir, conda.ACTIVATE_PTH)), "w") as f:
             f.write(conda.ACTIVATE_PTH_TEXT)

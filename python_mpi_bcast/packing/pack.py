@@ -140,6 +140,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 else:
                     written.append(_stream(st, compiler, out, level, threads, shard_size, quiet,
                                            replace=force))
+                _say_changed_binaries(st)
             _say_editables(st)
         finally:
             leftovers.remove(staging)
@@ -296,6 +297,20 @@ def _stream(st: collect.Staged, compiler: str | None, out: str, level: int, thre
     for w in st.warnings:
         log.warning("%s", w)
     return out, m
+
+
+def _say_changed_binaries(st: collect.Staged) -> None:
+    """One line per binary that still names the source location although
+    conda's record of where is void (the file changed since conda wrote it):
+    packed as it is, so on the nodes it would look there."""
+    for rel in st.compiled_in:
+        pkg = st.changed_binaries.get(rel)
+        if pkg:
+            log.warning("%s: a binary conda recorded as holding the environment's location "
+                        "(package %s) has changed since (its size is not the recorded one), "
+                        "so it was packed as it is and still names %s; reinstall that "
+                        "package with conda, or rebuild the file, and pack again",
+                        rel, pkg, st.scrub[0] if st.scrub else "the source")
 
 
 def _prepare(st: collect.Staged, compiler: str, threads: int) -> list:

@@ -57,6 +57,12 @@ class CondaEnv:
     # (name, version, build, channel) of each record, for environment.yml
     pip_owned: set[str] = dataclasses.field(default_factory=set)  # listed by pip's RECORDs
     warnings: list[str] = dataclasses.field(default_factory=list)  # one line per changed package
+    # conda package name -> the Python distribution of its (dist-info spelling) that
+    # pip replaced or removed: its recorded *.dist-info is gone or now pip's
+    pip_replaced: dict[str, str] = dataclasses.field(default_factory=dict)
+    # recorded binary prefix files changed since conda wrote them (path -> the
+    # "name-version-build" of their package): their record no longer applies
+    changed_binaries: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def is_conda_env(path: str) -> bool:
@@ -117,16 +123,24 @@ def read_env(prefix: str) -> CondaEnv:
             env.managed.add(rel)
         records.append((fn, rec, files, paths if isinstance(paths, list) else []))
     env.pip_owned = pip_owned_files(prefix, env.managed)
-    for fn, rec, files, paths in records:
+    for idx, (fn, rec, files, paths) in enumerate(records):
         # a .pyc that failed to compile is recorded but absent (conda-pack does the same)
         gone = [rel for rel in files
                 if not rel.endswith(".pyc") and not os.path.lexists(os.path.join(prefix, rel))]
         taken = [rel for rel in files if rel in env.pip_owned]
         if gone or taken:
             env.warnings.append(_changed_line(fn, rec, gone, taken))
+            dist = _dist_of(gone + taken)
+            if dist:
+                env.pip_replaced[rec["name"]] = dist
         for p in paths:
             ph = p.get("prefix_placeholder")
-            if ph and p.get("_path") not in env.pip_owned and _as_installed(prefix, p):
+            if not ph or p.get("_path") in env.pip_owned:
+                continue
+            if not _as_installed(prefix, p):
+                if p.get("file_mode") == "binary":
+                    env.changed_binaries[p["_path"]] = env.packages[idx]
+            else:
                 mode = p.get("file_mode") or "text"
                 if mode not in ("text", "binary"):
                     raise PmbError(f"{os.path.join(meta, fn)}: {p['_path']} has file_mode "
@@ -164,6 +178,17 @@ def _as_installed(prefix: str, p: dict) -> bool:
             return True  # unreadable: collect names it
         return h.hexdigest() == want.lower()
     return True
+
+
+def _dist_of(paths: list[str]) -> str:
+    """The distribution name of the first ``site-packages/NAME-VERSION.dist-info/``
+    among ``paths`` (as the directory spells it), or ''."""
+    for rel in paths:
+        parts = rel.split("/")
+        for i, part in enumerate(parts[:-1]):
+            if part.endswith(".dist-info") and i and parts[i - 1] == "site-packages":
+                return part[:-len(".dist-info")].split("-")[0]
+    return ""
 
 
 def _changed_line(fn: str, rec: dict, gone: list[str], taken: list[str]) -> str:
