@@ -8,6 +8,15 @@ gets a %n placeholder per node).  Nodes with their own /dev/shm come from a
 real Slurm cluster on this machine (``slurm_cluster``, tests/support/slurm.py) and
 from a fake-ssh launcher for mpiexec (tests/support/fakessh).  The helpers
 the tests import (run, mpi_env, ...) are in tests/helpers.py.
+
+The test modules are in folders named after what they check, bottom up:
+codebase/ (the import layers, python_mpi_bcast/support), source/ (reading
+venvs, conda envs, editable installs, interpreters), package/ (the package
+format and its two readers, prefix rewriting), packing/ (pack, slim),
+launcher/ (python-mpi under each MPI, process manager and node layout),
+launch/ (``run`` and its launch lines), envs/ (saved envs, migrate, relocate,
+shell-init), install/ (installs, the README's examples, the Debian MPI matrix)
+and benchmarks/ (the benchmarks' own code).  Test basenames are unique.
 """
 
 from __future__ import annotations
