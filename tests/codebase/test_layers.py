@@ -399,6 +399,25 @@ def test_no_test_module_imports_another():
     assert imports_of_test_modules(files) == []
 
 
+def test_every_test_module_is_in_a_folder_the_map_names():
+    """tests/ reads as a map: each test module sits in a folder named for
+    what it checks (tests/conftest.py's docstring names every folder), none
+    at the top, and no two share a basename (pytest imports them by it)."""
+    from helpers import REPO
+    tests = os.path.join(REPO, "tests")
+    with open(os.path.join(tests, "conftest.py")) as f:
+        the_map = ast.get_docstring(ast.parse(f.read()))
+    modules = [os.path.relpath(os.path.join(top, f), tests)
+               for top, _, files in os.walk(tests) for f in files
+               if f.startswith("test_") and f.endswith(".py")]
+    assert len(modules) > 30, modules
+    folders = {os.path.dirname(m) for m in modules}
+    assert "" not in folders, [m for m in modules if "/" not in m]
+    assert all(f"{d}/" in the_map for d in folders), (folders, the_map)
+    names = [os.path.basename(m) for m in modules]
+    assert len(set(names)) == len(names), sorted(names)
+
+
 @pytest.mark.parametrize("text", ["from test_cache import copy_numpy\n",
                                   "def f():\n    import test_examples\n",
                                   "from conftest import CACHE\n"])

@@ -101,6 +101,23 @@ def test_readme_mpi_table_is_what_the_tests_run():
         assert exec_ == ("refused" if "refused" in "".join(exec_test) else "yes"), name
 
 
+def test_the_tests_the_readme_names_exist():
+    """Every test file (``tests/LAYER/test_X.py`` or a bare ``test_X.py``)
+    and test (``...::test_name``) the README names as backing a claim
+    exists, so none points at a test that moved or is gone."""
+    text = open(os.path.join(REPO, "README.rst")).read()
+    refs = re.findall(r"``((?:tests/(?:[\w/]+/)?)?test_\w+\.py)(?:::(\w+))?``", text)
+    assert len(refs) >= 15, refs
+    found = {}
+    for top, _, files in os.walk(os.path.join(REPO, "tests")):
+        found.update({f: os.path.join(top, f) for f in files if f.startswith("test_")})
+    for path, func in refs:
+        full = os.path.join(REPO, path) if "/" in path else found.get(path)
+        assert full and os.path.isfile(full), path
+        if func:
+            assert f"def {func}(" in open(full).read(), f"{path}::{func}"
+
+
 def test_quickstart(tmp_path):
     env = dict(os.environ, PMB_SKIP_SETUP="1", PMB_DEMO_DIR=str(tmp_path / "demo"),
                PMB_DEMO_RANKS="4", PMB_DEMO_NODES="2")
