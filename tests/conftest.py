@@ -187,6 +187,17 @@ def ompi():
 
 
 @pytest.fixture(scope="session")
+def debian_mpich_launcher(tmp_path_factory):
+    """This launcher built against Debian's MPICH 4 (its library is
+    libmpich.so.12; the PyPI mpi4py wheel asks for libmpi.so.12), once a
+    session for the tests that only run it (test_children_and_tree,
+    test_mpi4py_libmpi)."""
+    from support.mpibuild import build_launcher, need
+    need("mpicc.mpich", "mpiexec.mpich")
+    return build_launcher(str(tmp_path_factory.mktemp("launcher-mpich")), "mpicc.mpich")
+
+
+@pytest.fixture(scope="session")
 def demo_venv():
     """A venv with numpy and mpi4py from PyPI, built once per cache dir."""
     path = os.path.join(CACHE, f"venv-numpy-py{sys.version_info[0]}{sys.version_info[1]}")
