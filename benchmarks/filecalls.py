@@ -3,7 +3,7 @@ place, from ``strace -ff -y`` traces (one trace file per task, so no call is
 split into "unfinished"/"resumed" halves; ``-y`` names the file behind every
 descriptor, ``AT_FDCWD`` included, so relative paths resolve).
 
-As a library (benchmarks/run.py, tests/test_no_writes.py, the quick start)::
+As a library (benchmarks/run.py, tests/launcher/test_no_writes.py, the quick start)::
 
     procs = trace(cmd, env=env, workdir=tmp)       # run cmd under strace
     for owner, calls in by_program(procs).items(): # group tasks by program

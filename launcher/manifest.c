@@ -3,7 +3,7 @@
  * with a content checksum, which holds the manifest text.  The text is
  * parsed strictly: every line known, every field checked, every size and
  * offset range-checked.  pkgformat.Manifest.from_text applies exactly the
- * same rules (tests/test_hostile.py runs both on one corpus). */
+ * same rules (tests/package/test_hostile.py runs both on one corpus). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>

@@ -2,7 +2,7 @@
  *
  * The files are layers; a file calls only into the layers below it, each
  * through that layer's header, so a call across layers is a visible
- * #include (tests/test_layers.py builds the files and checks their calls):
+ * #include (tests/codebase/test_layers.py builds the files and checks their calls):
  *
  *   main.c      the pipeline: init MPI, read the manifests, stage, start
  *   tools.c     the helper modes (--pmb-info, --pmb-unpack, --pmb-manifest,

@@ -2,7 +2,7 @@
  * reporting needs, one-line errors that end the whole job (pmb_die), log
  * lines, the clock, the back-off of wait loops, full reads and writes and
  * checked allocation.  The bottom layer: it calls no other file of the
- * launcher (tests/test_layers.py). */
+ * launcher (tests/codebase/test_layers.py). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>

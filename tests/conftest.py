@@ -8,6 +8,15 @@ gets a %n placeholder per node).  Nodes with their own /dev/shm come from a
 real Slurm cluster on this machine (``slurm_cluster``, tests/support/slurm.py) and
 from a fake-ssh launcher for mpiexec (tests/support/fakessh).  The helpers
 the tests import (run, mpi_env, ...) are in tests/helpers.py.
+
+The test modules are in folders named after what they check, bottom up:
+codebase/ (the import layers, python_mpi_bcast/support), source/ (reading
+venvs, conda envs, editable installs, interpreters), package/ (the package
+format and its two readers, prefix rewriting), packing/ (pack, slim),
+launcher/ (python-mpi under each MPI, process manager and node layout),
+launch/ (``run`` and its launch lines), envs/ (saved envs, migrate, relocate,
+shell-init), install/ (installs, the README's examples, the Debian MPI matrix)
+and benchmarks/ (the benchmarks' own code).  Test basenames are unique.
 """
 
 from __future__ import annotations
@@ -175,6 +184,17 @@ def ompi():
     run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--force-reinstall",
          "--no-deps", REPO], env=env, timeout=900)
     return venv
+
+
+@pytest.fixture(scope="session")
+def debian_mpich_launcher(tmp_path_factory):
+    """This launcher built against Debian's MPICH 4 (its library is
+    libmpich.so.12; the PyPI mpi4py wheel asks for libmpi.so.12), once a
+    session for the tests that only run it (test_children_and_tree,
+    test_mpi4py_libmpi)."""
+    from support.mpibuild import build_launcher, need
+    need("mpicc.mpich", "mpiexec.mpich")
+    return build_launcher(str(tmp_path_factory.mktemp("launcher-mpich")), "mpicc.mpich")
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     they make importable (source/editable.py), or with ``refuse_editable``
     refused as before.  ``copy``: copy the tree into ``tmpdir``, relocate
     and compile it there, then archive it (how packing worked before it
-    streamed; the reference tests/test_pack.py holds the streaming writer to).
+    streamed; the reference tests/packing/test_pack.py holds the streaming writer to).
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """

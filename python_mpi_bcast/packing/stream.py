@@ -11,7 +11,7 @@ path in the tree), compress and write.
 
 The members come in the order a copied tree gives (``archive.list_tree``,
 with the ``__pycache__`` directories compileall would have made), so the
-unpacked tree is the one the copying packer made (tests/test_pack.py keeps
+unpacked tree is the one the copying packer made (tests/packing/test_pack.py keeps
 that equivalence).  Extra disk: an ELF file whose RPATH changes is patched
 in a scratch file in the output directory, one at a time per thread
 (patchelf works on files); ``.py`` sources are read a second time (small,

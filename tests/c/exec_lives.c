@@ -1,4 +1,4 @@
-/* Test preload for exec mode's two lives (tests/test_exec_lives.py): loaded
+/* Test preload for exec mode's two lives (tests/launcher/test_exec_lives.py): loaded
  * through the user's LD_PRELOAD by mpiexec, the launcher (first life) and the
  * staged interpreter (second life), it acts in one of them only.
  *

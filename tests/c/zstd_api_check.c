@@ -1,7 +1,7 @@
 /* Exercise every libzstd function the launcher may call (the API of
  * launcher/zstd-shim/zstd.h) on the frames of one file and print what each
  * returns.  Built once against the system's zstd.h and -lzstd and once
- * against the shim (dlopen); tests/test_zstd_shim.py compares the outputs.
+ * against the shim (dlopen); tests/launcher/test_zstd_shim.py compares the outputs.
  * usage: zstd_api_check FILE */
 #include <stdarg.h>
 #include <stdint.h>

@@ -158,7 +158,10 @@ def test_exit_zero_everywhere_finalizes_cleanly(pkgroot, shm_chroot):
 
 def test_shared_root_touched_by_one_process_constant_in_ranks(pkgroot, shm_chroot, tmp_path):
     """strace: calls on the package root come from rank 0 only and do not
-    grow with the number of ranks."""
+    grow with the number of ranks.  The ranks start the interpreter and
+    exit: what a program imports comes from the staged tree, never from the
+    package root (the quick start counts a numpy program's calls on both),
+    and tracing every rank's numpy import only made this test slow."""
     if not shutil.which("strace"):
         pytest.skip("strace not installed")
     counts = {}
@@ -167,7 +170,7 @@ def test_shared_root_touched_by_one_process_constant_in_ranks(pkgroot, shm_chroo
         tdir.mkdir()
         env = mpi_env(pkgroot, shm_chroot.replace("node-%n", f"n{n}-%n"), cliques=2 if n > 1 else 1)
         # -ff: one file per process, so no call is split into unfinished/resumed
-        r = mpirun(n, ["-c", "import numpy"], env, timeout=240,
+        r = mpirun(n, ["-c", "pass"], env, timeout=240,
                    prefix=["strace", "-ff", "-qq", "-e", "trace=%file", "-o", str(tdir / "t")])
         if r.returncode != 0 and "ptrace" in r.stderr:
             pytest.skip("ptrace not permitted here")

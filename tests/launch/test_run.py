@@ -29,30 +29,57 @@ if c.rank == 0:
 """
 
 
-@pytest.fixture
-def user(tmp_path, demo_venv, shm_chroot):
-    """A venv with numpy + mpi4py (activated: VIRTUAL_ENV and PATH), a
-    private cache, and a script in a project directory."""
-    return make_user(tmp_path, demo_venv, shm_chroot)
+@pytest.fixture(scope="module")
+def science(tmp_path_factory, demo_venv):
+    """The module's venv with numpy + mpi4py, for the tests that do not
+    change it (a venv costs seconds to make)."""
+    venv = make_venv(str(tmp_path_factory.mktemp("venv") / "science"), [])
+    copy_numpy(demo_venv, venv)
+    return venv
 
 
 @pytest.fixture(scope="module")
-def shared_user(tmp_path_factory, demo_venv):
-    """``user`` for the tests that leave its venv and project as they are and
-    need no empty cache: the first packs the venv, the others use that
-    package (packing a venv with numpy costs seconds each time).  Its data
-    home is its own too (a module fixture is set up before own_user_data)."""
+def shared_user(tmp_path_factory, science):
+    """``user`` for the tests that leave its project as it is and need no
+    empty cache: the venv is packed once here, the tests use that package
+    (packing a venv with numpy costs seconds each time).  Its data home is
+    its own too (a module fixture is set up before own_user_data)."""
     base = f"/dev/shm/pmb-test-{uuid.uuid4().hex[:10]}"
     tmp = tmp_path_factory.mktemp("shared-user")
-    user = make_user(tmp, demo_venv, base + "/node-%n")
+    user = make_user(tmp, science, base + "/node-%n")
     user["env"]["XDG_DATA_HOME"] = str(tmp / "data")
+    pmb_run(user, "-q", "mpiexec", "-n", "1", "python", "-c", "pass")
     yield user
     shutil.rmtree(base, ignore_errors=True)
 
 
-def make_user(tmp_path, demo_venv, chroot):
+@pytest.fixture
+def user(tmp_path, science, shm_chroot):
+    """A user of the module's venv (activated: VIRTUAL_ENV and PATH) with an
+    empty cache of its own and a script in a project directory of its own."""
+    return make_user(tmp_path, science, shm_chroot)
+
+
+@pytest.fixture
+def venv_user(tmp_path, demo_venv, shm_chroot):
+    """``user`` with a venv of its own, for the tests that change it."""
     venv = make_venv(str(tmp_path / "science"), [])
     copy_numpy(demo_venv, venv)
+    return make_user(tmp_path, venv, shm_chroot)
+
+
+@pytest.fixture
+def packed_user(user, shared_user):
+    """``user`` whose cache already holds the venv's package (a copy of
+    shared_user's: same venv, same content key), for the tests of what comes
+    after packing (--with-dir)."""
+    (e,) = entries(shared_user)
+    os.makedirs(user["cache"])
+    shutil.copyfile(os.path.join(shared_user["cache"], e), os.path.join(user["cache"], e))
+    return user
+
+
+def make_user(tmp_path, venv, chroot):
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "x.py").write_text(SCRIPT)
@@ -86,7 +113,8 @@ def ident(path):
     return st.st_ino, st.st_mtime_ns
 
 
-def test_unchanged_env_is_not_repacked_and_a_changed_one_is(user):
+def test_unchanged_env_is_not_repacked_and_a_changed_one_is(venv_user):
+    user = venv_user
     r = pmb_run(user, "mpiexec", "-n", "2", "python", "x.py", "--its", "args")
     assert "ran: 2 ranks, total 90.0" in r.stdout and "args ['--its', 'args']" in r.stdout
     assert "/dev/shm/" in r.stdout  # sys.prefix: the staged tree, not the venv
@@ -150,7 +178,8 @@ def test_run_packs_at_the_level_given_and_says_how_far_it_is(user):
     assert os.path.getsize(path) < fast * 0.95, (os.path.getsize(path), fast)
 
 
-def test_with_dir_stages_the_scripts_directory(user):
+def test_with_dir_stages_the_scripts_directory(packed_user):
+    user = packed_user
     proj = user["proj"]
     with open(os.path.join(proj, "helper.py"), "w") as f:
         f.write("WORD = 'from the helper'\n")
@@ -190,11 +219,12 @@ def test_with_dir_stages_the_scripts_directory(user):
     assert r.stdout.count("from the helper changed data True True []") == 2, r.stdout + r.stderr
 
 
-def test_an_edit_under_with_dir_sends_only_the_directory_layer(user):
+def test_an_edit_under_with_dir_sends_only_the_directory_layer(packed_user):
     """Two simulated nodes: after one data file of the script's directory
     is edited, the next run sends only the new directory layer (each node
     copies the environment from its earlier tree), every rank reads the
     edit with the environment's numpy, and each node keeps one tree."""
+    user = packed_user
     proj = user["proj"]
     with open(os.path.join(proj, "data.txt"), "w") as f:
         f.write("first\n")
@@ -220,7 +250,8 @@ def test_an_edit_under_with_dir_sends_only_the_directory_layer(user):
         assert len([e for e in os.listdir(node) if e.startswith("env-")]) == 1, os.listdir(node)
 
 
-def test_keep_prunes_old_packages_but_not_one_a_running_job_holds(user):
+def test_keep_prunes_old_packages_but_not_one_a_running_job_holds(venv_user):
+    user = venv_user
     site = os.path.join(user["venv"], "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                         "site-packages")
 
@@ -351,12 +382,13 @@ def test_srun_on_the_slurm_cluster(shared_user, slurm_cluster):
             shutil.rmtree(slurm_cluster.node_path(n, chroot), ignore_errors=True)
 
 
-def test_an_edit_under_with_dir_in_a_slurm_job_sends_only_that_layer(user, slurm_cluster):
+def test_an_edit_under_with_dir_in_a_slurm_job_sends_only_that_layer(packed_user, slurm_cluster):
     """A batch job on the Slurm cluster (2 nodes, each its own /dev/shm):
     run --with-dir, edit a data file, run again.  The second step sends
     only the directory layer, every rank reads the edit, and each node
     keeps one tree."""
     import shlex
+    user = packed_user
     chroot = f"/dev/shm/pmbrun-{uuid.uuid4().hex[:10]}"
     proj = user["proj"]
     with open(os.path.join(proj, "main.py"), "w") as f:

@@ -1,5 +1,5 @@
 """benchmarks/filecalls.py, the strace parser the benchmarks, the quick start
-and tests/test_no_writes.py count with: strace lines as strace 6 writes them
+and tests/launcher/test_no_writes.py count with: strace lines as strace 6 writes them
 (``-ff -y``), one promise per test; then one real trace."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from helpers import (BIN, CLI, PRIVATE, REPO, UNSHARE_MOUNT, base_python, env_file, private_home,
+from helpers import (BIN, PRIVATE, REPO, UNSHARE_MOUNT, base_python, env_file, private_home,
                      readme_block, run, tree_digest)
 
 DEBIAN_MPICH = "/usr/bin/mpicc.mpich"
@@ -49,12 +49,10 @@ def sdist(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def interpreter_pkg(tmp_path_factory):
-    """The interpreter package alone: enough for a 2-rank job under any MPI."""
-    root = tmp_path_factory.mktemp("pkgs")
-    run(CLI + ["pack", "--python", "-o", str(root), "-q"], timeout=600)
-    (name,) = os.listdir(root)
-    return {"root": str(root), "package": name}
+def interpreter_pkg(pkgroot):
+    """The interpreter package alone (the session's, packed once): enough
+    for a 2-rank job under any MPI."""
+    return {"root": pkgroot["root"], "package": pkgroot["python"]}
 
 
 def clean_env(path: list[str]) -> dict:

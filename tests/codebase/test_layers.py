@@ -384,16 +384,38 @@ def imports_of_test_modules(paths: list[str]) -> list[str]:
 def _test_files() -> list[str]:
     from helpers import REPO
     out = []
-    for d in ("tests", "tests/support", "benchmarks"):
-        full = os.path.join(REPO, d)
-        out += [os.path.join(full, f) for f in os.listdir(full) if f.endswith(".py")]
+    for d in ("tests", "benchmarks"):  # every folder below them: tests/LAYER/, tests/support/
+        for top, _, files in os.walk(os.path.join(REPO, d)):
+            out += [os.path.join(top, f) for f in files if f.endswith(".py")]
     return out
 
 
 def test_no_test_module_imports_another():
     files = _test_files()
-    assert any(os.path.basename(f) == "helpers.py" for f in files)  # the walk sees the tests
+    # the walk sees the helpers, the machinery and the test modules in every folder
+    names = {os.path.relpath(f, REPO) for f in files}
+    assert {"tests/helpers.py", "tests/conftest.py", "tests/support/slurm.py",
+            "tests/codebase/test_layers.py", "tests/launcher/test_launcher.py"} <= names, names
     assert imports_of_test_modules(files) == []
+
+
+def test_every_test_module_is_in_a_folder_the_map_names():
+    """tests/ reads as a map: each test module sits in a folder named for
+    what it checks (tests/conftest.py's docstring names every folder), none
+    at the top, and no two share a basename (pytest imports them by it)."""
+    from helpers import REPO
+    tests = os.path.join(REPO, "tests")
+    with open(os.path.join(tests, "conftest.py")) as f:
+        the_map = ast.get_docstring(ast.parse(f.read()))
+    modules = [os.path.relpath(os.path.join(top, f), tests)
+               for top, _, files in os.walk(tests) for f in files
+               if f.startswith("test_") and f.endswith(".py")]
+    assert len(modules) > 30, modules
+    folders = {os.path.dirname(m) for m in modules}
+    assert "" not in folders, [m for m in modules if "/" not in m]
+    assert all(f"{d}/" in the_map for d in folders), (folders, the_map)
+    names = [os.path.basename(m) for m in modules]
+    assert len(set(names)) == len(names), sorted(names)
 
 
 @pytest.mark.parametrize("text", ["from test_cache import copy_numpy\n",

@@ -272,12 +272,15 @@ def test_write_final_paths_writes_python_literals_into_py_files(tmp_path):
 from helpers import CLI, check_ana_copy, make_ana, run, user_env  # noqa: E402
 
 
-def test_packed_venv_unpacked_elsewhere_still_reads_its_sibling_data(tmp_path):
+def test_packed_venv_unpacked_elsewhere_still_reads_its_sibling_data(tmp_path, pkgroot):
     """envs/ana reading envs/ana-data/input.csv, packed and unpacked at un:
-    it reads envs/ana-data, not un-data; verify finds no leftover."""
+    it reads envs/ana-data, not un-data; verify finds no leftover.  (Its
+    interpreter package is the session's: the same base interpreter.)"""
     ana = make_ana(str(tmp_path / "envs"))
     root = str(tmp_path / "pkgs")
-    run(CLI + ["pack", "--python", ana["venv"], "-o", root, "-q"], timeout=900)
+    os.makedirs(root)
+    os.symlink(os.path.join(pkgroot["root"], pkgroot["python"]),
+               os.path.join(root, pkgroot["python"]))
     run(CLI + ["pack", ana["venv"], "-o", root, "-n", "ana", "-q"], timeout=900)
     pkgs = sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".tar.zst"))
     un = str(tmp_path / "un")

@@ -58,13 +58,6 @@ def mpich_run(launcher, n, args, pkgroot, chroot, cliques=2, **extra):
 
 
 @pytest.fixture(scope="module")
-def debian_mpich_launcher(tmp_path_factory):
-    need("mpicc.mpich", "mpiexec.mpich")
-    exe = build_launcher(str(tmp_path_factory.mktemp("launcher-mpich")), "mpicc.mpich")
-    return exe
-
-
-@pytest.fixture(scope="module")
 def cray_named_launcher(tmp_path_factory):
     """The launcher linked against libmpi_cray.so.12: Debian's MPICH library
     copied under that name, SONAME included."""

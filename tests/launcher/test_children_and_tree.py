@@ -382,21 +382,14 @@ def test_a_bare_interpreter_tree_keeps_the_user_site_as_python_does(pkgroot, shm
 
 # ---- an MPI library under another name than mpi4py asks for --------------
 
-@pytest.fixture(scope="module")
-def debian_mpich(tmp_path_factory):
-    """The launcher built against Debian's MPICH 4: its library is
-    libmpich.so.12, the PyPI mpi4py wheel asks for libmpi.so.12."""
-    from support.mpibuild import build_launcher, need
-    need("mpicc.mpich", "mpiexec.mpich")
-    return build_launcher(str(tmp_path_factory.mktemp("launcher-mpich")), "mpicc.mpich")
-
-
-def test_children_use_a_launcher_mpi_named_otherwise_than_mpi4py_asks(debian_mpich, pkgroot,
-                                                                      shm_chroot, tmp_path):
+def test_children_use_a_launcher_mpi_named_otherwise_than_mpi4py_asks(debian_mpich_launcher,
+                                                                      pkgroot, shm_chroot,
+                                                                      tmp_path):
     """A subprocess of a rank and a second step's staged python.  (Debian's
     MPICH 4.0 cannot MPI_Comm_spawn at all here, not even /bin/true.)"""
     (tmp_path / "sub.py").write_text(SUBPROCESS)
     (tmp_path / "step2.py").write_text(ALLREDUCE)
+    debian_mpich = debian_mpich_launcher  # the launcher built against Debian's MPICH 4
     lib = launcher_mpi(debian_mpich)
     assert os.path.basename(lib).startswith("libmpich.so.12"), lib
     env = no_linker_path(mpi_env(pkgroot, shm_chroot))

@@ -5,7 +5,7 @@ either staged exactly as packed, or refused with one line naming it, a
 non-zero exit, no ready tree and nothing outside the destination touched.
 
 Run a longer mutation campaign with ``PMB_MUTATIONS=5000 pytest
-tests/test_hostile.py -k mutation`` (the default run tries 30 seeded mutants;
+tests/package/test_hostile.py -k mutation`` (the default run tries 30 seeded mutants;
 ``tests/run.sh --all`` goes on for 45 s more, ``PMB_MUTATION_SECONDS``).
 """
 

