@@ -504,3 +504,19 @@ def conda_outputs(tree: str, hide: list[str]) -> str:
         assert r.returncode == 0, (cmd, r.stdout, r.stderr)
         out.append(r.stdout.replace(tree, "<T>"))
     return "".join(out)
+
+
+#: a rank's program (``python-mpi -c LATE STARTED GO``): say it started (touch
+#: STARTED), wait for the test's go (GO exists), then import from the tree what
+#: it had not imported yet (fails if the tree went meanwhile)
+LATE = r"""
+import os, sys, time
+open(sys.argv[1], "w").close()
+deadline = time.time() + 600  # a hang guard: the test's go comes well before
+while not os.path.exists(sys.argv[2]):
+    if time.time() > deadline:  # never import as if told to: that could pass unchecked
+        sys.exit("LATE: no go within 600 s")
+    time.sleep(0.05)
+import csv, decimal, numpy
+sys.stdout.write("LATE OK %s %d\n" % (sys.prefix, numpy.arange(3).sum()))
+"""

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from helpers import LAUNCHER, MPIEXEC, mpi_env, mpirun, run
+from helpers import LATE, LAUNCHER, MPIEXEC, mpi_env, mpirun, run
 
 # The batch jobs of the tests whose steps build on an earlier step's tree:
 # a process of each lives (the batch script, between steps), or any launcher
@@ -37,20 +37,6 @@ def batch_scripts():
     for p in alive:
         p.kill()
         p.wait(timeout=30)
-
-# every rank: say it started, wait for the test's go, then import from the
-# tree what it had not imported yet (fails if the tree went meanwhile)
-LATE = r"""
-import os, sys, time
-open(sys.argv[1], "w").close()
-deadline = time.time() + 600  # a hang guard: the test's go comes well before
-while not os.path.exists(sys.argv[2]):
-    if time.time() > deadline:  # never import as if told to: that could pass unchecked
-        sys.exit("LATE: no go within 600 s")
-    time.sleep(0.05)
-import csv, decimal, numpy
-sys.stdout.write("LATE OK %s %d\n" % (sys.prefix, numpy.arange(3).sum()))
-"""
 
 
 def wait_for(path, timeout=300):

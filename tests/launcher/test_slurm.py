@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from helpers import BIN, NODE_CHECK, check_rows, launcher_errors, run
+from helpers import BIN, LATE, NODE_CHECK, check_rows, launcher_errors, run
 
 NODES = ["n1", "n2", "n3", "n4"]
 
@@ -397,20 +397,6 @@ def test_tree_changed_or_partly_deleted_between_steps_is_staged_again(job):
 
 
 # -- what stays in node memory (launcher/nodes.c) ----------------------------------
-
-# every rank: say it started, wait for the go, then import what it had not
-# imported yet from its tree (fails if the tree went meanwhile)
-LATE = r"""
-import os, sys, time
-open(sys.argv[1], "w").close()
-deadline = time.time() + 600  # a hang guard: the test's go comes well before
-while not os.path.exists(sys.argv[2]):
-    if time.time() > deadline:  # never import as if told to: that could pass unchecked
-        sys.exit("LATE: no go within 600 s")
-    time.sleep(0.05)
-import csv, decimal, numpy
-print("LATE OK", flush=True)
-"""
 
 STEP_AND_CLEANUP = """#!/bin/bash
 srun --overlap -N 2 -n 4 python-mpi -c "$LATE" started go > A.out 2>&1 &
