@@ -204,3 +204,64 @@ def test_pack_reuse_refuses_what_is_not_a_package_in_one_line(packed_twice, tmp_
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert bad in r.stderr and "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "b" / "x.tar.zst")
+
+
+def _user_env(tmp_path, venv, chroot) -> dict:
+    from helpers import BIN
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON_MPI_", "VIRTUAL_ENV", "CONDA_", "SLURM_"))}
+    env.update(VIRTUAL_ENV=venv, PATH=f"{venv}/bin:{BIN}:{env['PATH']}",
+               PYTHON_MPI_BCAST_CACHE=str(tmp_path / "cache"), PYTHON_MPI_CHROOT=chroot,
+               PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+def _cache_files(tmp_path) -> list[str]:
+    return sorted(f for f in os.listdir(tmp_path / "cache") if not f.startswith("."))
+
+
+def test_run_after_a_small_pip_install_reuses_most_shards_and_prune_takes_the_index_along(
+        tmp_path, demo_venv, shm_chroot):
+    venv = science(tmp_path / "science", demo_venv)
+    env = _user_env(tmp_path, venv, shm_chroot)
+    line = ["mpiexec", "-n", "2", "python", "-c",
+            "import sys, pmbmod; from mpi4py import MPI\n"
+            "v = MPI.COMM_WORLD.gather(getattr(sys.modules.get('pmbdemo'), 'VALUE', None))\n"
+            "if MPI.COMM_WORLD.rank == 0: print('values', v)"]
+    r = run(CLI + ["run", *line], env=env, timeout=600, check=False)
+    assert r.returncode == 0 and "values [None, None]" in r.stdout, r.stderr
+    assert "reus" not in r.stderr  # nothing to reuse the first time
+    (first, side) = _cache_files(tmp_path)
+    assert side == first + ".shards"
+    whl = make_wheel(str(tmp_path / "wheels"))
+    run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", whl], env=env,
+        timeout=300)
+    line[-1] = "import pmbdemo\n" + line[-1]
+    r = run(CLI + ["run", "--keep", "1", *line], env=env, timeout=600, check=False)
+    assert r.returncode == 0 and "values [42, 42]" in r.stdout, r.stderr
+    assert f"reusing what did not change from {first}" in r.stderr
+    n, total = reused(r.stderr)
+    assert total - 3 <= n < total, r.stderr
+    # --keep 1: the first package went, and its index with it
+    assert f"removed old package {tmp_path / 'cache' / first}" in r.stderr
+    (now, now_side) = _cache_files(tmp_path)
+    assert now != first and now_side == now + ".shards"
+
+
+def test_save_again_reuses_the_saved_package_and_rm_takes_its_index_along(tmp_path,
+                                                                         demo_venv):
+    venv = science(tmp_path / "science", demo_venv)
+    env = _user_env(tmp_path, venv, "/dev/shm/unused")
+    cache = tmp_path / "cache"
+    r = run(CLI + ["save", "sci", "--venv", venv, "-q"], env=env, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(cache / "sci.tar.zst.shards")
+    with open(os.path.join(venv, SITE, "pmbextra.py"), "w") as f:
+        f.write("X = 1\n")
+    r = run(CLI + ["save", "sci", "--venv", venv, "-f"], env=env, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr
+    n, total = reused(r.stderr)
+    assert total - 3 <= n < total, r.stderr
+    r = run(CLI + ["rm", "sci"], env=env, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert not [f for f in os.listdir(cache) if f.startswith("sci")], os.listdir(cache)
