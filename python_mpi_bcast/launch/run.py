@@ -243,7 +243,8 @@ def _ensure(cache: str, kind: str, name: str, key: str, source: str, keep: int, 
         if os.path.exists(path) and not repack:
             say(f"using cached package {path}")
         else:
-            old = previous_package(cache, kind, name, source, path)
+            # --repack: everything packed afresh, nothing taken from earlier packages
+            old = None if repack else previous_package(cache, kind, name, source, path)
             say(f"packing {source} into {path}"
                 + (f", reusing what did not change from {os.path.basename(old)}" if old else ""))
             reused = make(entry, old)

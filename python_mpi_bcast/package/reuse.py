@@ -107,7 +107,7 @@ def sidecar_text(m, keys: list, fbytes: list, prefix_files: list, extras: list) 
 def write_sidecar_tmp(out_dir: str, text: str) -> str:
     """The sidecar in a journaled temporary file of ``out_dir`` (renamed
     beside the package once the package is in place)."""
-    fd, tmp = leftovers.mkstemp(prefix=".pmb-shards-", suffix=".json", dir=out_dir)
+    fd, tmp = leftovers.mkstemp(prefix=".pmb-index-", suffix=".json", dir=out_dir)
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
