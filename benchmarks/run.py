@@ -132,12 +132,16 @@ class Report:
 
 # ---------------------------------------------------------------------------
 
-def setup(venv_dir, pkgroot):
+def ensure_venv(venv_dir):
     if not os.path.exists(os.path.join(venv_dir, ".complete")):
         shutil.rmtree(venv_dir, ignore_errors=True)
         sh([base_python(), "-m", "venv", venv_dir])
         sh([os.path.join(venv_dir, "bin", "pip"), "install", "-q", "numpy", "scipy", "mpi4py"])
         open(os.path.join(venv_dir, ".complete"), "w").close()
+
+
+def setup(venv_dir, pkgroot):
+    ensure_venv(venv_dir)
     os.makedirs(pkgroot, exist_ok=True)
     ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
     sh(CLI + ["pack", "--python", venv_dir, "-o", pkgroot, "-f", "-q"])
@@ -880,9 +884,11 @@ def main():
           f"{sh([LAUNCHER, '--pmb-info']).stdout.splitlines()[0]}\n")
     venv_dir = os.path.join(WORK, "venv")
     pkgroot = os.path.join(WORK, "pkgs")
-    if only & {"1", "2", "4", "5", "7", "8", "9", "10", "11"}:
+    if only & {"1", "2", "4", "5", "7", "8", "9", "10"}:
         py, env_pkg = setup(venv_dir, pkgroot)
         packages = f"{py}:{env_pkg}"
+    elif "11" in only:
+        ensure_venv(venv_dir)
     os.makedirs(WORK, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="pmb-bench-", dir=WORK)
     series, e2e, model_series = None, None, None

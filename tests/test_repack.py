@@ -265,3 +265,23 @@ def test_save_again_reuses_the_saved_package_and_rm_takes_its_index_along(tmp_pa
     r = run(CLI + ["rm", "sci"], env=env, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert not [f for f in os.listdir(cache) if f.startswith("sci")], os.listdir(cache)
+
+
+def test_a_conda_env_repacked_from_its_index_keeps_every_prefix_file(conda_env, tmp_path):
+    """A conda env's files that embed its prefix (text, and binaries with
+    padded placeholders) are listed in the manifest for the unpacker; a
+    re-pack that copies every shard takes that list from the index, and
+    unpacks to the same tree (the env is left as it is: a shared fixture)."""
+    first, _ = pack(conda_env, tmp_path / "a")
+    again, err = pack(conda_env, tmp_path / "b", "--reuse", first)
+    n, total = reused(err)
+    assert n == total and frames(again) == frames(first), err
+    m_first, m_again = read_manifest(first)[0], read_manifest(again)[0]
+    assert {p.mode for p in m_first.prefix_files} == {"text", "binary"}
+    assert m_again.prefix_files == m_first.prefix_files
+    trees = []
+    for i, pkg in enumerate((first, again)):
+        dest = tmp_path / f"tree{i}"
+        run(CLI + ["unpack", pkg, str(dest)], timeout=300)
+        trees.append(tree_digest(str(dest), **STAGED))
+    assert trees[0] == trees[1]

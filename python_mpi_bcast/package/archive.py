@@ -107,6 +107,9 @@ def _tar_bytes(size: int) -> int:
     return 512 + ((size + 511) // 512) * 512
 
 
+MAX_SHARD_FACTOR = 3  # a shard ends at 3 shard sizes at most (a bigger file: alone)
+
+
 def partition(entries, shard_size: int) -> list[list]:
     """Cut the sorted entry list into contiguous shards of about
     ``shard_size`` unpacked bytes (whole files only; a file of more than
@@ -141,9 +144,6 @@ def partition(entries, shard_size: int) -> list[list]:
     if cur or not shards:
         shards.append(cur)
     return shards
-
-
-MAX_SHARD_FACTOR = 3
 
 
 def _hit(rel: str, size: int, p: float) -> bool:
