@@ -285,3 +285,21 @@ def test_a_conda_env_repacked_from_its_index_keeps_every_prefix_file(conda_env, 
         run(CLI + ["unpack", pkg, str(dest)], timeout=300)
         trees.append(tree_digest(str(dest), **STAGED))
     assert trees[0] == trees[1]
+
+
+def test_a_users_file_named_like_a_shard_index_is_never_replaced_or_removed(tmp_path):
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = out / "z.tar.zst.shards"
+    notes.write_text("my notes\n")
+    for extra in ([], ["-f"], ["-f", "--reuse", str(out / "z.tar.zst")]):
+        r = run(CLI + ["pack", "--directory", str(src), "-o", str(out), "-n", "z", *extra],
+                timeout=300, check=False)
+        assert r.returncode == 0, r.stderr
+        assert "z.tar.zst.shards: not written (a file of that name is there" in r.stderr
+        assert notes.read_text() == "my notes\n"
+    assert "not reusing" in r.stderr and "reused 0 of 1 shards" in r.stderr
+    run(CLI + ["verify", str(out / "z.tar.zst")], timeout=120)

@@ -8,6 +8,7 @@ import concurrent.futures
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import stat
@@ -18,9 +19,11 @@ import zstandard
 
 from ..support import leftovers
 from ..support.errors import PmbError, os_error
-from .reuse import remove_sidecar, sidecar_of
+from .reuse import is_sidecar, remove_sidecar, sidecar_of
 from .format import (Manifest, Shard, content_hash, encode_manifest_frame,
                         link_problem, read_manifest)
+
+log = logging.getLogger("python_mpi_bcast")
 
 TAR_END = b"\0" * 1024
 COPY_CHUNK = 1 << 20
@@ -348,8 +351,12 @@ def write_package(st, prefix_files, out_path: str, level: int = 10,
                              ) from None
         leftovers.release(final_tmp)
         final_tmp = None
-        if side_tmp:  # beside the package once it is in place (none: no reuse, no harm)
-            os.replace(side_tmp, sidecar_of(out_path))
+        side = sidecar_of(out_path)
+        if side_tmp and os.path.lexists(side) and not is_sidecar(side):
+            log.info("%s: not written (a file of that name is there, not a shard index); "
+                     "the next pack of %s cannot reuse its shards", side, out_path)
+        elif side_tmp:  # beside the package once it is in place (none: no reuse, no harm)
+            os.replace(side_tmp, side)
             leftovers.release(side_tmp)
             side_tmp = None
         else:

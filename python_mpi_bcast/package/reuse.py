@@ -39,11 +39,25 @@ def sidecar_of(package: str) -> str:
 
 
 def remove_sidecar(package: str) -> None:
-    """The sidecar goes with its package (prune, ``rm``)."""
+    """The sidecar goes with its package (prune, ``rm``, a package replaced
+    by one without); a file of that name that is no sidecar stays."""
+    if is_sidecar(sidecar_of(package)):
+        try:
+            os.unlink(sidecar_of(package))
+        except FileNotFoundError:
+            pass
+
+
+def is_sidecar(path: str) -> bool:
+    """Whether ``path`` is a shard index this tool wrote (a user's file of
+    that name is never replaced or removed)."""
     try:
-        os.unlink(sidecar_of(package))
-    except FileNotFoundError:
-        pass
+        if not os.path.isfile(path) or os.path.islink(path):
+            return False
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["body"]["format"] == _MAGIC
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 _PACKER = None
