@@ -347,7 +347,8 @@ class Writer:
                         src_rel = os.path.relpath(os.path.realpath(full),
                                                   os.path.realpath(self.root))
                         full = os.path.join(self.root, src_rel)
-                    h.update(f"pyc {py_rel} {opt} {src_rel} {'early' if opt else ''}".encode())
+                    h.update(json.dumps(["pyc", py_rel, opt, src_rel,
+                                         self.st.recorded.get(src_rel)]).encode())
                     h.update(self._content_identity(full).encode())
                 elif ti.type == tarfile.REGTYPE:
                     h.update(self._content_identity(os.path.join(self.root, rel)).encode())
