@@ -31,6 +31,10 @@ Sections
  10. what every rank loads from outside the staged tree (launcher, MPI,
      loader, cwd, $HOME, os), per rank, with -s -P / -I and a launcher with
      libzstd linked statically (benchmarks/filecalls.py counts)
+ 11. re-pack after one small install: a copy of the numpy+scipy venv,
+     packed; one small wheel installed with pip; then a full pack vs a
+     re-pack that reuses the unchanged shards of the first package
+     (pack --reuse, what run does), interleaved repeats (--reps)
 """
 
 from __future__ import annotations
@@ -128,12 +132,16 @@ class Report:
 
 # ---------------------------------------------------------------------------
 
-def setup(venv_dir, pkgroot):
+def ensure_venv(venv_dir):
     if not os.path.exists(os.path.join(venv_dir, ".complete")):
         shutil.rmtree(venv_dir, ignore_errors=True)
         sh([base_python(), "-m", "venv", venv_dir])
         sh([os.path.join(venv_dir, "bin", "pip"), "install", "-q", "numpy", "scipy", "mpi4py"])
         open(os.path.join(venv_dir, ".complete"), "w").close()
+
+
+def setup(venv_dir, pkgroot):
+    ensure_venv(venv_dir)
     os.makedirs(pkgroot, exist_ok=True)
     ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
     sh(CLI + ["pack", "--python", venv_dir, "-o", pkgroot, "-f", "-q"])
@@ -462,6 +470,62 @@ def bench_slowfs(rep, ranks_list, latency_us, reps, tmp):
           f"/dev/shm directory. Median of {reps}.\n")
     rep.table(["ranks", "plain venv s", "python-mpi s", "speed-up"], rows)
     return plain_t, pmb_t
+
+
+def bench_repack(rep, venv_dir, reps, tmp):
+    """11: full pack vs re-pack after one small pip install (wall, CPU)."""
+    from helpers import make_wheel
+    from python_mpi_bcast.package.format import read_manifest
+    venv = os.path.join(tmp, "repack-venv")
+    sh([base_python(), "-m", "venv", venv])
+    site = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
+    src, dst = os.path.join(venv_dir, site), os.path.join(venv, site)
+    for name in os.listdir(src):  # numpy, scipy, mpi4py (and their libs): real files
+        if name not in os.listdir(dst):
+            s, d = os.path.join(src, name), os.path.join(dst, name)
+            (shutil.copytree if os.path.isdir(s) else shutil.copy2)(s, d)
+    before = os.path.join(tmp, "repack-before")
+    sh(CLI + ["pack", venv, "-o", before, "-n", "env", "-q"])
+    old = os.path.join(before, "env.tar.zst")
+    whl = make_wheel(os.path.join(tmp, "wheels"), "pmbsmall")
+    sh([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--no-index",
+        "--disable-pip-version-check", whl])
+    full_dir, re_dir = os.path.join(tmp, "repack-full"), os.path.join(tmp, "repack-re")
+    cpu = {"full": [], "re": []}
+    said = []
+
+    def full():
+        return timed(CLI + ["pack", venv, "-o", full_dir, "-n", "env", "-f", "-q"], cpu["full"])
+
+    def repack():
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        r = sh(CLI + ["pack", venv, "-o", re_dir, "-n", "env", "-f", "--reuse", old])
+        t = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu["re"].append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+        said[:] = re.findall(r"reused \d+ of \d+ shards, [\d.]+ of [\d.]+ [MG]B", r.stderr)
+        return t
+
+    got = interleaved(reps, {"full pack": full, "re-pack (--reuse)": repack})
+    m_full = read_manifest(os.path.join(full_dir, "env.tar.zst"))[0]
+    m_re = read_manifest(os.path.join(re_dir, "env.tar.zst"))[0]
+    same = (m_full.files, m_full.unpacked_size) == (m_re.files, m_re.unpacked_size)
+    shards = sorted(s.usize for s in m_full.shards[:-1])
+    rep.h("11. Re-pack after one small install")
+    rep.p(f"A copy of the benchmark's numpy+scipy venv ({m_full.unpacked_size / 1e6:.0f} MB, "
+          f"{m_full.files} files unpacked, {len(shards)} shards: median "
+          f"{statistics.median(shards) / 1e6:.1f} MB, largest {shards[-1] / 1e6:.1f} MB), "
+          f"packed once; then one small wheel installed with pip; then, interleaved, a full "
+          f"pack of the changed venv and a re-pack reusing the first package's unchanged "
+          f"shards ({said[0] if said else 'reuse not reported'}; same files and bytes as the "
+          f"full pack: {'yes' if same else 'NO'}). zstd level 10, {os.cpu_count()} cores; "
+          f"median [range] of {reps}.\n")
+    t_full, t_re = statistics.median(got["full pack"]), statistics.median(got["re-pack (--reuse)"])
+    rep.table(["method", "wall s", "CPU s", "of a full pack"], [
+        ["full pack", med_range(got["full pack"]), med_range(cpu["full"]), "1"],
+        ["re-pack (--reuse)", med_range(got["re-pack (--reuse)"]), med_range(cpu["re"]),
+         f"{t_re / t_full:.1%}"]])
 
 
 def bench_conda(rep, reps, tmp):
@@ -801,11 +865,11 @@ def main():
                                                   datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     ap.add_argument("--latency-us", type=int, default=500)
-    ap.add_argument("--only", default="1,2,4,5,6,7,8,9,10",
+    ap.add_argument("--only", default="1,2,4,5,6,7,8,9,10,11",
                     help="sections to run (3 comes with 2; 7 = scale model; 8 = cold start; "
-                         "9 = sbcast on Slurm; 10 = launcher load)")
+                         "9 = sbcast on Slurm; 10 = launcher load; 11 = re-pack)")
     ap.add_argument("--reps", type=int, default=5,
-                    help="interleaved repeats in sections 4 and 8 (default 5)")
+                    help="interleaved repeats in sections 4, 8 and 11 (default 5)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     only = set(a.only.split(","))
@@ -823,6 +887,8 @@ def main():
     if only & {"1", "2", "4", "5", "7", "8", "9", "10"}:
         py, env_pkg = setup(venv_dir, pkgroot)
         packages = f"{py}:{env_pkg}"
+    elif "11" in only:
+        ensure_venv(venv_dir)
     os.makedirs(WORK, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="pmb-bench-", dir=WORK)
     series, e2e, model_series = None, None, None
@@ -849,6 +915,8 @@ def main():
             bench_sbcast.bench(rep, pkgroot, packages, tmp, reps=model_reps)
         if "10" in only:
             bench_launcher_load(rep, pkgroot, packages, tmp)
+        if "11" in only:
+            bench_repack(rep, venv_dir, a.reps, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for p in plot(a.out, ranks_md, series, ranks_e2e, e2e, model_series):

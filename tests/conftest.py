@@ -12,7 +12,7 @@ the tests import (run, mpi_env, ...) are in tests/helpers.py.
 The test modules are in folders named after what they check, bottom up:
 codebase/ (the import layers, python_mpi_bcast/support), source/ (reading
 venvs, conda envs, editable installs, interpreters), package/ (the package
-format and its two readers, prefix rewriting), packing/ (pack, slim),
+format and its two readers, prefix rewriting), packing/ (pack, slim, repack),
 launcher/ (python-mpi under each MPI, process manager and node layout),
 launch/ (``run`` and its launch lines), envs/ (saved envs, migrate, relocate,
 shell-init), install/ (installs, the README's examples, the Debian MPI matrix)

@@ -63,6 +63,10 @@ def add_pack(sub) -> None:
     pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines")
     pk.add_argument("--tmpdir", help="directory for the staging skeleton: directories and empty "
                          "placeholders, no file data (default $TMPDIR)")
+    pk.add_argument("--reuse", metavar="OLD.tar.zst",
+                    help="a previous package of the same source: its shards whose files did "
+                         "not change are copied instead of packed again (it may be the package "
+                         "-f replaces)")
     pk.set_defaults(func=cmd_pack)
 
 
@@ -78,7 +82,7 @@ def cmd_pack(a) -> int:
                    output_dir=a.output, name=a.name, excludes=a.exclude, slim=not a.keep_all,
                    level=a.level, threads=a.threads, shard_size=a.shard_size, force=a.force,
                    quiet=a.quiet, tmpdir=a.tmpdir, drop_unused=a.slim,
-                   refuse_editable=a.refuse_editable)
+                   refuse_editable=a.refuse_editable, reuse=a.reuse)
     for path, m in written:
         print(f"{path}: {m.kind}, Python {m.python}, {m.files} files, "
               f"{m.unpacked_size / 1e6:.1f} MB unpacked, {len(m.shards) - 1} shards")

@@ -27,6 +27,7 @@ from ..source import pyinfo
 from ..support.errors import PmbError
 from ..support.files import write_atomic
 from ..package.format import SUFFIX, read_manifest
+from ..package.reuse import remove_sidecar
 from ..package.store import LOAD_RECORD, is_held, load_record
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -124,8 +125,10 @@ def save(cache: str, name: str, source: str | None = None, force: bool = False,
         _write_json_atomic(side, record)
 
     try:
+        # -f over a saved package: its unchanged shards are reused (checked by key)
         out, m, st = pack_whole(source, cache, name, force=force, quiet=quiet, level=level,
-                                before_rename=write_record)
+                                before_rename=write_record,
+                                reuse_from=path if force and os.path.isfile(path) else None)
     except Exists:
         now = _read_json(side)
         if record and now.get("content_hash") == record.get("content_hash"):
@@ -228,6 +231,7 @@ def remove(cache: str, name: str) -> str:
         raise PmbError(f"{path} is in use by a running job (started by 'python-mpi-bcast "
                        f"run'); remove it after the job ends")
     os.unlink(path)
+    remove_sidecar(path)
     side = os.path.join(cache, name + ".json")
     if os.path.exists(side):
         os.unlink(side)

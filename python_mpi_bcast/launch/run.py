@@ -32,6 +32,7 @@ from ..support.errors import PmbError
 from ..support.report import log, say
 from .launchline import LAUNCHERS, LaunchLine, LaunchLineError, export_fix, rewrite
 from ..package.format import FORMAT_VERSION, SUFFIX, read_manifest
+from ..package.reuse import remove_sidecar, sidecar_of
 from ..package.store import Lock, hold, is_held, load_record
 
 TREE_SUBDIR = "pmb-run"
@@ -182,10 +183,9 @@ def safe_name(path: str) -> str:
     return name.lstrip(".-") or "env"
 
 
-def prune(cache: str, kind: str, name: str, source: str, keep: int, current: str) -> list[str]:
-    """Remove the oldest ``<kind>-<name>-<key>`` packages made from
-    ``source`` beyond the newest ``keep`` (the current one always stays);
-    one a running job holds is kept.  Returns what was removed."""
+def _made_from(cache: str, kind: str, name: str, source: str, current: str) -> list[str]:
+    """The ``<kind>-<name>-<key>`` packages made from ``source`` other than
+    ``current``, newest first."""
     pat = re.compile(re.escape(f"{kind}-{name}-") + r"[0-9a-f]{16}" + re.escape(SUFFIX) + "$")
     sources = {os.path.abspath(source), os.path.realpath(source)}
     cands = []
@@ -200,28 +200,53 @@ def prune(cache: str, kind: str, name: str, source: str, keep: int, current: str
         if sources & set(m.sources.split(":")):
             cands.append((os.stat(path).st_mtime, path))
     cands.sort(reverse=True)
+    return [path for _, path in cands]
+
+
+def previous_package(cache: str, kind: str, name: str, source: str, current: str) -> str | None:
+    """The newest other package made from ``source`` that has a shard index
+    (its unchanged shards are reused by the next pack)."""
+    for path in _made_from(cache, kind, name, source, current):
+        if os.path.exists(sidecar_of(path)):
+            return path
+    return None
+
+
+def prune(cache: str, kind: str, name: str, source: str, keep: int, current: str) -> list[str]:
+    """Remove the oldest ``<kind>-<name>-<key>`` packages made from
+    ``source`` beyond the newest ``keep`` (the current one always stays),
+    each with its shard index; one a running job holds is kept.  Returns
+    what was removed."""
     removed = []
-    for _, path in cands[max(0, keep - 1):]:
+    for path in _made_from(cache, kind, name, source, current)[max(0, keep - 1):]:
         if is_held(path):
             log.info("keeping %s: a running job uses it", path)
             continue
         os.unlink(path)
+        remove_sidecar(path)
         removed.append(path)
     return removed
 
 
 def _ensure(cache: str, kind: str, name: str, key: str, source: str, keep: int, repack: bool,
             make) -> tuple[str, int]:
-    """The package ``<kind>-<name>-<key>``, packed by ``make(out_name)`` if
-    missing (or ``repack``); held for the job; older ones pruned."""
+    """The package ``<kind>-<name>-<key>``, packed by ``make(out_name,
+    previous)`` if missing (or ``repack``), reusing the unchanged shards of
+    the newest previous package of ``source`` (``make`` returns what it
+    reused, to say); held for the job; older ones pruned."""
     entry = f"{kind}-{name}-{key}"
     path = os.path.join(cache, entry + SUFFIX)
     with Lock(os.path.join(cache, f".{kind}-{name}.lock")):
         if os.path.exists(path) and not repack:
             say(f"using cached package {path}")
         else:
-            say(f"packing {source} into {path}")
-            make(entry)
+            # --repack: everything packed afresh, nothing taken from earlier packages
+            old = None if repack else previous_package(cache, kind, name, source, path)
+            say(f"packing {source} into {path}"
+                + (f", reusing what did not change from {os.path.basename(old)}" if old else ""))
+            reused = make(entry, old)
+            if reused:
+                say(f"packed {os.path.basename(path)}: {reused}")
         fd = hold(path)
         for gone in prune(cache, kind, name, source, keep, path):
             say(f"removed old package {gone}")
@@ -273,8 +298,8 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
         from ..packing.pack import pack_whole
         os.makedirs(cache, exist_ok=True)
         path, fd = _ensure(cache, "run", name, key, prefix, keep, repack,
-                           lambda e: pack_whole(prefix, cache, e, force=True, quiet=quiet,
-                                                level=level))
+                           lambda e, old: pack_whole(prefix, cache, e, force=True, quiet=quiet,
+                                                     level=level, reuse_from=old)[2].reused)
         fds.append(fd)
         packages = [os.path.basename(path)]
     if run_dir is not None:
@@ -290,8 +315,9 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
             compiler = _interpreter(prefix) if pyinfo.is_venv(prefix) else \
                 pyinfo.interpreter_of(prefix)
             path, fd = _ensure(cache, "rundir", dname, dkey, run_dir, keep, repack,
-                               lambda e: pack_run_dir(run_dir, cache, e, sub, compiler,
-                                                      level=level, quiet=quiet))
+                               lambda e, old: pack_run_dir(run_dir, cache, e, sub, compiler,
+                                                           level=level, quiet=quiet,
+                                                           reuse_from=old))
             fds.append(fd)
         packages.append(os.path.basename(dentry))
         ll.argv[ll.script_index] = f"{sub}/{os.path.relpath(os.path.abspath(ll.script), run_dir)}"

@@ -8,6 +8,7 @@ import concurrent.futures
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import stat
@@ -18,8 +19,11 @@ import zstandard
 
 from ..support import leftovers
 from ..support.errors import PmbError, os_error
+from .reuse import is_sidecar, remove_sidecar, sidecar_of
 from .format import (Manifest, Shard, content_hash, encode_manifest_frame,
                         link_problem, read_manifest)
+
+log = logging.getLogger("python_mpi_bcast")
 
 TAR_END = b"\0" * 1024
 COPY_CHUNK = 1 << 20
@@ -102,22 +106,55 @@ def list_tree(root: str) -> list[tuple[str, tarfile.TarInfo, int]]:
     return out
 
 
+def _tar_bytes(size: int) -> int:
+    return 512 + ((size + 511) // 512) * 512
+
+
+MAX_SHARD_FACTOR = 3  # a shard ends at 3 shard sizes at most (a bigger file: alone)
+
+
 def partition(entries, shard_size: int) -> list[list]:
-    """Cut the sorted entry list into contiguous shards of roughly equal
-    unpacked size (whole files only; a file larger than a shard gets its own)."""
-    total = sum(512 + ((size + 511) // 512) * 512 for _, _, size in entries)
-    nshards = max(1, min(1024, -(-total // max(shard_size, 1))))
-    target = total / nshards
+    """Cut the sorted entry list into contiguous shards of about
+    ``shard_size`` unpacked bytes (whole files only; a file of more than
+    :data:`MAX_SHARD_FACTOR` shards is a shard alone) at cut points that
+    depend on the entries around them only, so that a file added, removed
+    or changed moves the cuts of its own shard alone and every other shard
+    holds the same members as before (package/reuse.py then reuses them).
+
+    A cut follows an entry once the shard holds at least half a shard, with
+    a probability proportional to the entry's bytes decided by a hash of its
+    path and size (about half a shard more on average), and is forced at
+    :data:`MAX_SHARD_FACTOR` shards.  Over 1000 shards the shard size is
+    doubled until fewer remain (a power of two, so a small change to the
+    environment keeps the size)."""
+    total = sum(_tar_bytes(e[2]) for e in entries)
+    size = max(shard_size, 4096)
+    while total // size > 1000:
+        size *= 2
+    lo, hi = size // 2, size * MAX_SHARD_FACTOR
+    per_byte = 2.0 / size  # cut probability per byte past the minimum
     shards, cur, acc = [], [], 0
     for e in entries:
-        cur.append(e)
-        acc += 512 + ((e[2] + 511) // 512) * 512
-        if acc >= target * (len(shards) + 1) and len(shards) < nshards - 1:
+        n = _tar_bytes(e[2])
+        if n >= hi and cur:  # a big file: a shard alone
             shards.append(cur)
-            cur = []
+            cur, acc = [], 0
+        cur.append(e)
+        acc += n
+        if acc >= hi or (acc >= lo and _hit(e[0], e[2], n * per_byte)):
+            shards.append(cur)
+            cur, acc = [], 0
     if cur or not shards:
         shards.append(cur)
     return shards
+
+
+def _hit(rel: str, size: int, p: float) -> bool:
+    if p >= 1.0:
+        return True
+    d = hashlib.blake2b(f"{size}\0{rel}".encode("utf-8", "surrogateescape"),
+                        digest_size=8).digest()
+    return int.from_bytes(d, "little") < p * 2.0 ** 64
 
 
 def file_member(root: str, rel: str, ti: tarfile.TarInfo, size: int):
@@ -220,7 +257,7 @@ def _rename_noreplace(src: str, dst: str) -> None:
 def write_package(st, prefix_files, out_path: str, level: int = 10,
                   threads: int = 0, shard_size: int = 8 << 20, progress=None,
                   replace: bool = True, before_rename=None, entries=None,
-                  members=None) -> Manifest:
+                  members=None, reuse=None) -> Manifest:
     """Write the staging tree ``st.root`` to ``out_path`` atomically.
     ``replace=False``: fail with :class:`Exists` if ``out_path`` exists when
     the package is renamed into place (two writers of one name: one wins).
@@ -232,24 +269,39 @@ def write_package(st, prefix_files, out_path: str, level: int = 10,
     produce members on the way (stream.py: relocated, compiled);
     ``prefix_files`` may then be a function called once every shard is
     written.  Extra disk: the compressed shards, each appended to the
-    package file and removed in turn."""
+    package file and removed in turn.
+
+    ``reuse`` (a :class:`Reuse`): shards whose key a previous package's
+    sidecar holds are copied from it instead of packed (checked frame by
+    frame), and the new package gets a sidecar of its own."""
     entries = list_tree(st.root) if entries is None else entries
     shards = partition(entries, shard_size)
+    keys = [reuse.key(level, ents) for ents in shards] if reuse else [None] * len(shards)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     threads = threads or os.cpu_count() or 1
     if progress:
         progress.start(sum(size for _, _, size in entries),
                        sum(1 for e in entries if e[1].type == tarfile.REGTYPE))
     tmpdir = leftovers.mkdtemp(prefix=".pmb-shards-", dir=out_dir)
-    final_tmp = None
+    final_tmp = side_tmp = None
     try:
         paths = [os.path.join(tmpdir, f"{i:05d}.zst") for i in range(len(shards))]
+        def one(i, ents, p):
+            fr = reuse.frame(keys[i]) if reuse else None
+            if fr is not None and reuse.previous.copy(fr, p):
+                reuse.restore(i, fr)
+                if progress:
+                    progress.advance(fr.fbytes, files=fr.nfiles)
+                return (fr.csize, fr.usize, fr.sha256, fr.nfiles, fr.fbytes), True
+            return _write_shard(st.root, ents, p, level, progress,
+                                (lambda rel, ti, size: members(i, rel, ti, size))
+                                if members else None), False
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-            futs = [pool.submit(_write_shard, st.root, ents, p, level, progress,
-                                (lambda rel, ti, size, i=i: members(i, rel, ti, size))
-                                if members else None)
+            futs = [pool.submit(one, i, ents, p)
                     for i, (ents, p) in enumerate(zip(shards, paths))]
-            results = [f.result() for f in futs]
+            done = [f.result() for f in futs]
+        results = [r for r, _ in done]
         tail = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(TAR_END)
         m = Manifest(name=st.name, kind=st.kind, python=st.info.version,
                      abi=st.info.soabi, platform=st.info.platform,
@@ -267,6 +319,9 @@ def write_package(st, prefix_files, out_path: str, level: int = 10,
         m.files = sum(r[3] for r in results)
         m.content_hash = content_hash([s.sha256 for s in m.shards])
         m.prefix_files = prefix_files() if callable(prefix_files) else prefix_files
+        if reuse:
+            reuse.note(m, [r for _, r in done], [r[4] for r in results])
+            side_tmp = reuse.sidecar_tmp(m, keys, [r[4] for r in results], out_dir)
         fd, final_tmp = leftovers.mkstemp(prefix=f".{os.path.basename(out_path)}.",
                                           suffix=".part", dir=out_dir)
         with os.fdopen(fd, "wb") as out:
@@ -296,6 +351,16 @@ def write_package(st, prefix_files, out_path: str, level: int = 10,
                              ) from None
         leftovers.release(final_tmp)
         final_tmp = None
+        side = sidecar_of(out_path)
+        if side_tmp and os.path.lexists(side) and not is_sidecar(side):
+            log.info("%s: not written (a file of that name is there, not a shard index); "
+                     "the next pack of %s cannot reuse its shards", side, out_path)
+        elif side_tmp:  # beside the package once it is in place (none: no reuse, no harm)
+            os.replace(side_tmp, side)
+            leftovers.release(side_tmp)
+            side_tmp = None
+        else:
+            remove_sidecar(out_path)  # a replaced package's: it names frames no longer there
         return m
     except OSError as e:
         raise os_error(e, f"writing {out_path}",
@@ -303,6 +368,8 @@ def write_package(st, prefix_files, out_path: str, level: int = 10,
     finally:
         if final_tmp:
             leftovers.remove(final_tmp)
+        if side_tmp:
+            leftovers.remove(side_tmp)
         leftovers.remove(tmpdir)
 
 

@@ -57,6 +57,7 @@ class Staged:
     maps: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # --map OLD NEW
     warnings: list[str] = dataclasses.field(default_factory=list)
     editables: list = dataclasses.field(default_factory=list)  # editable.Editable, packed
+    reused: str = ""                # what a re-pack reused ("reused 812 of 815 shards, ...")
 
 
 # Stream, don't copy: while lazy_copies() is active, a file "copied" into a

@@ -58,7 +58,8 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
          quiet: bool = False, tmpdir: str | None = None,
          drop_unused: bool = False, copy: bool = False,
-         refuse_editable: bool = False) -> list[tuple[str, Manifest]]:
+         refuse_editable: bool = False,
+         reuse: str | None = None) -> list[tuple[str, Manifest]]:
     """Pack an interpreter and/or a venv, a conda env (interpreter and
     packages in one package), or a plain directory.  ``drop_unused``
     (``--slim``): leave out tests, headers, documents and debug info
@@ -67,11 +68,19 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     refused as before.  ``copy``: copy the tree into ``tmpdir``, relocate
     and compile it there, then archive it (how packing worked before it
     streamed; the reference tests/packing/test_pack.py holds the streaming writer to).
+    ``reuse``: a previous package of the same source whose shards are
+    copied where nothing they hold changed (package/reuse.py).
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """
     excludes = list(excludes or [])
     output_dir = _check_output_dir(output_dir)
+    if reuse is not None:
+        if copy:
+            raise PmbError("--reuse works with the streaming packer only (not with --copy)")
+        if not os.path.isfile(reuse):
+            raise PmbError(f"--reuse {reuse}: no such package")
+        read_manifest(reuse)  # one line if it is not a package
     jobs = []  # (kind, source)
     if (venv is None and directory is None and python is not None
             and os.path.isdir(python) and pyinfo.is_venv(python)):
@@ -139,7 +148,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                                             quiet, replace=force))
                 else:
                     written.append(_stream(st, compiler, out, level, threads, shard_size, quiet,
-                                           replace=force))
+                                           replace=force, reuse_from=reuse))
                 _say_changed_binaries(st)
             _say_editables(st)
         finally:
@@ -283,14 +292,17 @@ def _lazy(on: bool):
 
 def _stream(st: collect.Staged, compiler: str | None, out: str, level: int, threads: int,
             shard_size: int, quiet: bool, replace: bool = True, before_rename=None,
-            relocate: bool = True) -> tuple[str, Manifest]:
+            relocate: bool = True, reuse_from: str | None = None) -> tuple[str, Manifest]:
     """relocate → compile → archive a staged skeleton into ``out``, reading
     each source file once (stream.py)."""
     relocatable.fix_symlinks(st)
     prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
     m = stream.write(st, compiler, out, level, threads, shard_size, progress=prog,
-                     replace=replace, before_rename=before_rename, relocate=relocate)
+                     replace=replace, before_rename=before_rename, relocate=relocate,
+                     reuse_from=reuse_from)
     prog.finish()
+    if st.reused and not quiet:
+        log.info("packing %s: %s", st.name, st.reused)
     for rel in st.compiled_in:
         log.debug("%s: keeps a compiled-in path of the old location (a fallback only; "
                   "not rewritten)", rel)
@@ -347,12 +359,14 @@ def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threa
 def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | None = None,
                level: int = 10, threads: int = 0, shard_size: int = 8 << 20,
                force: bool = False, quiet: bool = True, tmpdir: str | None = None,
-               before_rename=None) -> tuple[str, Manifest, collect.Staged]:
+               before_rename=None, reuse_from: str | None = None
+               ) -> tuple[str, Manifest, collect.Staged]:
     """Pack an environment *with* its interpreter into one package (what the
     cache saves): find → stage a skeleton (directories and placeholders) →
     stream each file, relocated and compiled, into the package.  Without
     ``force`` an existing package is never replaced, even one that appears
-    while this one is written (see :func:`archive.write_package`)."""
+    while this one is written (see :func:`archive.write_package`).
+    ``reuse_from``: a previous package whose unchanged shards are copied."""
     output_dir = _check_output_dir(output_dir)
     out = _target(output_dir, name, force)
     _check_output_room(output_dir, _tree_bytes(source) if os.path.isdir(source) else 0)
@@ -368,7 +382,8 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
         with _lazy(True), _room_for_staging(staging, source, interp):
             st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
             out, m = _stream(st, compiler, out, level, threads, shard_size, quiet,
-                             replace=force, before_rename=before_rename)
+                             replace=force, before_rename=before_rename,
+                             reuse_from=reuse_from)
         _say_editables(st)
         return out, m, st
     finally:
@@ -377,11 +392,11 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
 
 def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: str,
                  level: int = 10, threads: int = 0, quiet: bool = True,
-                 tmpdir: str | None = None) -> tuple[str, Manifest]:
+                 tmpdir: str | None = None, reuse_from: str | None = None) -> str:
     """A directory as a layer staged at TREE/``subdir`` (``run --with-dir``):
     find → stage a skeleton → stream each file, compiled, into the package.
     Not relocated: what its files name
-    stays as it is."""
+    stays as it is.  Returns what it reused of ``reuse_from``."""
     output_dir = _check_output_dir(output_dir)
     out = _target(output_dir, name, True)
     threads = threads or os.cpu_count() or 1
@@ -395,6 +410,8 @@ def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: st
                               list(collect.ALWAYS_EXCLUDES[:2]))
             st.moves = [(src, subdir)]
             st.scrub = [src]  # recorded as the package's source; nothing is rewritten
-            return _stream(st, compiler, out, level, threads, 8 << 20, quiet, relocate=False)
+            _stream(st, compiler, out, level, threads, 8 << 20, quiet, relocate=False,
+                    reuse_from=reuse_from)
+            return st.reused
     finally:
         leftovers.remove(staging)

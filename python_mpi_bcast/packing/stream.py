@@ -21,6 +21,8 @@ from the page cache) when their ``.pyc`` is made.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import queue
 import struct
@@ -33,6 +35,7 @@ from . import collect, elf
 from .relocatable import BIG_FILE, Relocator
 from ..package.archive import _tarinfo, read_chunks, write_package
 from ..package.format import Manifest
+from ..package.reuse import Previous, Reuse
 from ..support import leftovers
 from ..support.errors import PmbError
 
@@ -124,6 +127,7 @@ class Writer:
         self.umask = umask
         self.now = int(time.time())
         self.tag, self.early = "", set()
+        self._settings = None
         if compiler:
             srv = self._server()
             self.tag = srv.tag
@@ -302,6 +306,72 @@ class Writer:
             return  # as compileall: a module that does not compile gets no .pyc
         yield _with_size(ti, len(pyc)), (pyc,)
 
+    # -- re-pack only what changed (package/reuse.py) ----------------------
+    def settings(self) -> str:
+        """Everything besides the members themselves that decides their
+        bytes: relocation (prefixes, moves, maps, site directory), the
+        compiler and its cache tag, the umask (the .pyc modes), patchelf."""
+        st = self.st
+        try:
+            patchelf = _identity(os.path.realpath(elf.patchelf_path()))
+        except PmbError:
+            patchelf = "-"
+        comp = _identity(os.path.realpath(self.compiler)) if self.compiler else "-"
+        return json.dumps({
+            "kind": st.kind, "scrub": st.scrub, "moves": st.moves, "maps": st.maps,
+            "site_abs_old": st.site_abs_old, "site_dir": st.site_dir, "info": st.info,
+            "relocate": self.rl is not None, "compiler": self.compiler, "compiler_id": comp,
+            "tag": self.tag, "umask": self.umask, "patchelf": patchelf, "big": BIG_FILE,
+        }, sort_keys=True, default=str)
+
+    def inputs(self, entries) -> str | None:
+        """A digest of what decides the members of ``entries``: per entry its
+        path, tar header fields (no times: a directory's or our own file's
+        is the staging's; a source file's is in its identity), conda's record
+        of it, and the identity of the file its bytes come from (a source
+        file: device, inode, size, mtime, ctime, so an edit in place that
+        keeps the mtime still counts; a file of our own: its SHA-256).  None
+        when a file cannot be looked at."""
+        if self._settings is None:
+            self._settings = self.settings()
+        h = hashlib.sha256(self._settings.encode())
+        try:
+            for rel, ti, size in entries:
+                h.update(json.dumps([rel, ti.type.decode("latin-1"), ti.mode, ti.linkname,
+                                     ti.size, self.st.recorded.get(rel)]).encode())
+                if rel in self.virtual:
+                    py_rel, opt = self.virtual[rel]
+                    full = os.path.join(self.root, py_rel)
+                    src_rel = py_rel
+                    if os.path.islink(full):
+                        src_rel = os.path.relpath(os.path.realpath(full),
+                                                  os.path.realpath(self.root))
+                        full = os.path.join(self.root, src_rel)
+                    h.update(json.dumps(["pyc", py_rel, opt, src_rel,
+                                         self.st.recorded.get(src_rel)]).encode())
+                    h.update(self._content_identity(full).encode())
+                elif ti.type == tarfile.REGTYPE:
+                    h.update(self._content_identity(os.path.join(self.root, rel)).encode())
+                h.update(b"\n")
+        except (OSError, ValueError):
+            return None
+        return h.hexdigest()
+
+    def _content_identity(self, staged: str) -> str:
+        src = collect.content_path(staged)
+        if src != staged:
+            return "source " + _identity(src)
+        with open(staged, "rb") as f:  # a file of our own (small: written by a step)
+            return "own " + hashlib.sha256(f.read()).hexdigest()
+
+    def shard_info(self, i: int) -> tuple[list, dict]:
+        pf, kept, warn = self.by_shard.get(i, ([], [], []))
+        return pf, {"kept": kept, "warnings": warn}
+
+    def restore(self, i: int, prefix_files: list, notes: dict) -> None:
+        self.by_shard[i] = (list(prefix_files), list(notes.get("kept", [])),
+                            list(notes.get("warnings", [])))
+
     def results(self) -> tuple[list, list, list]:
         pf, kept, warn = [], [], []
         for i in sorted(self.by_shard):
@@ -310,6 +380,11 @@ class Writer:
             kept += k
             warn += w
         return pf, kept, warn
+
+
+def _identity(path: str) -> str:
+    s = os.stat(path)
+    return json.dumps([path, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns])
 
 
 def _with_size(ti: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
@@ -322,16 +397,21 @@ def _with_size(ti: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
 
 def write(st: collect.Staged, compiler: str | None, out: str, level: int, threads: int,
           shard_size: int, progress=None, replace: bool = True, before_rename=None,
-          relocate: bool = True) -> Manifest:
+          relocate: bool = True, reuse_from: str | None = None) -> Manifest:
     """Write the package of the staged skeleton ``st`` to ``out``: relocated
     (unless ``relocate`` is False), byte-compiled with ``compiler`` (if
     given), compressed; ``st.compiled_in`` and ``st.warnings`` get what
-    relocation found."""
+    relocation found.  The package gets a shard index beside it
+    (package/reuse.py); ``reuse_from``: a previous package whose shards
+    are copied where their inputs are unchanged (``st.reused`` says how
+    many)."""
     scratch = leftovers.mkdtemp(prefix=".pmb-scratch-", dir=os.path.dirname(out))
-    w = None
+    w = reuse = None
     try:
         w = Writer(st, compiler, relocate, scratch)
         entries = w.entries()
+        previous = Previous.open(reuse_from) if reuse_from else None
+        reuse = Reuse(previous, w.inputs, w.shard_info, w.restore)
 
         def prefix_files():
             pf, kept, warn = w.results()
@@ -341,8 +421,13 @@ def write(st: collect.Staged, compiler: str | None, out: str, level: int, thread
 
         return write_package(st, prefix_files, out, level=level, threads=threads,
                              shard_size=shard_size, progress=progress, replace=replace,
-                             before_rename=before_rename, entries=entries, members=w.members)
+                             before_rename=before_rename, entries=entries, members=w.members,
+                             reuse=reuse)
     finally:
+        if reuse is not None:
+            if reuse_from and reuse.shards:
+                st.reused = f"{reuse.summary()} of {reuse_from}"
+            reuse.close()
         if w is not None:
             w.close()
         leftovers.remove(scratch)

@@ -384,7 +384,7 @@ def test_pack_force_replaces_only_a_package(tmp_path):
     run(CLI + ["pack", "--directory", str(src), "-o", str(out), "-n", "z", "-q"])
     (src / "f").write_text("changed")
     run(CLI + ["pack", "--directory", str(src), "-o", str(out), "-n", "z", "-q", "--force"])
-    assert sorted(os.listdir(out)) == ["x.tar.zst", "y.tar.zst", "z.tar.zst"]
+    assert sorted(os.listdir(out)) == ["x.tar.zst", "y.tar.zst", "z.tar.zst", "z.tar.zst.shards"]
 
 
 def test_unpack_force_never_replaces_what_unpack_did_not_make(tmp_path):

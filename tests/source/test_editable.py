@@ -284,7 +284,8 @@ def test_python_given_a_venv_says_it_packs_only_the_interpreter(edit_venv, tmp_p
     # the README's quick start packs the interpreter this way, the venv next
     r = run(CLI + ["pack", "--python", edit_venv["venv"], "-o", str(tmp_path), "-q"],
             timeout=900)
-    assert os.listdir(tmp_path) == [f"python-{VER}.tar.zst"]
+    assert sorted(os.listdir(tmp_path)) == [f"python-{VER}.tar.zst",
+                                            f"python-{VER}.tar.zst.shards"]  # + its shard index
     said = [ln for ln in r.stderr.splitlines() if "--python" in ln]
     assert len(said) == 1, r.stderr
     assert "packed that venv's base interpreter only, not the venv" in said[0]
@@ -293,7 +294,8 @@ def test_python_given_a_venv_says_it_packs_only_the_interpreter(edit_venv, tmp_p
     # the venv given too: both, and nothing said about it
     r = run(CLI + ["pack", edit_venv["venv"], "--python", "-o", str(tmp_path / "b"), "-q"],
             timeout=900)
-    assert sorted(os.listdir(tmp_path / "b")) == sorted([f"python-{VER}.tar.zst", "v.tar.zst"])
+    assert sorted(os.listdir(tmp_path / "b")) == sorted(
+        [f"python-{VER}.tar.zst", "v.tar.zst", f"python-{VER}.tar.zst.shards", "v.tar.zst.shards"])
     assert "--python" not in r.stderr
 
 

@@ -1,0 +1,304 @@
+"""Re-pack only what changed: the shard index kept beside a package.
+
+A package's manifest is read by the C launcher too (which refuses unknown
+keys), so what a later pack needs to reuse frames lives in a sidecar,
+``NAME.tar.zst.shards`` (JSON): for each shard its key (SHA-256 over every
+input that decides the frame's bytes; ``null`` when one was unknown), the
+frame's place, sizes and SHA-256 as the manifest has them, and the
+prefix-bearing files it holds (plus what the packer noted about it).
+
+Trust: a sidecar is used only when it checks out against its package (its
+own checksum; the package's content hash; every shard's offset, sizes and
+SHA-256; the sum of its file counts and bytes; its prefix files, in order,
+equal to the manifest's), and a frame is copied only when the bytes read
+have the SHA-256 the manifest names.  Anything else means packing that
+shard (or everything) again, never a frame under the wrong key.  The
+package is read through one descriptor opened at the start, so removing it
+meanwhile (prune, ``rm``) changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+from ..support import leftovers
+from .format import FORMAT_VERSION, PrefixFile, read_manifest
+
+log = logging.getLogger("python_mpi_bcast")
+
+SIDECAR_SUFFIX = ".shards"
+SIDECAR_VERSION = 1
+_MAGIC = "python-mpi-bcast-shards"
+
+
+def sidecar_of(package: str) -> str:
+    return package + SIDECAR_SUFFIX
+
+
+def remove_sidecar(package: str) -> None:
+    """The sidecar goes with its package (prune, ``rm``, a package replaced
+    by one without); a file of that name that is no sidecar stays."""
+    if is_sidecar(sidecar_of(package)):
+        try:
+            os.unlink(sidecar_of(package))
+        except FileNotFoundError:
+            pass
+
+
+def is_sidecar(path: str) -> bool:
+    """Whether ``path`` is a shard index this tool wrote (a user's file of
+    that name is never replaced or removed)."""
+    try:
+        if not os.path.isfile(path) or os.path.islink(path):
+            return False
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["body"]["format"] == _MAGIC
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+_PACKER = None
+
+
+def packer_identity() -> str:
+    """What decides how this packer turns inputs into frames: its version,
+    the format version, the zstandard module's version and the source of
+    the package and packing layers (a changed packer never reuses frames
+    of an older one, even at the same version number)."""
+    global _PACKER
+    if _PACKER is None:
+        import zstandard
+        from .. import __version__
+        h = hashlib.sha256(f"{__version__}\0{FORMAT_VERSION}\0{zstandard.__version__}\0".encode())
+        top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for layer in ("package", "packing"):
+            d = os.path.join(top, layer)
+            for fn in sorted(os.listdir(d)):
+                if fn.endswith(".py"):
+                    with open(os.path.join(d, fn), "rb") as f:
+                        h.update(fn.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+        _PACKER = h.hexdigest()
+    return _PACKER
+
+
+def frame_key(level: int, inputs: str | None) -> str | None:
+    """The key of one frame: the packer, the zstd level and the caller's
+    digest of the members' inputs (None: unknown, never reused)."""
+    if inputs is None:
+        return None
+    return hashlib.sha256(f"{packer_identity()}\0zstd {level}\0{inputs}".encode()).hexdigest()
+
+
+class Frame:
+    __slots__ = ("index", "offset", "csize", "usize", "nfiles", "fbytes", "sha256",
+                 "prefix_files", "extra")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+
+def _checksum(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def sidecar_text(m, keys: list, fbytes: list, prefix_files: list, extras: list) -> str:
+    """The sidecar of the package whose manifest is ``m`` (tail frame left out)."""
+    shards = []
+    for i, s in enumerate(m.shards[:-1]):
+        shards.append({"key": keys[i], "offset": s.offset, "csize": s.csize, "usize": s.usize,
+                       "nfiles": s.nfiles, "fbytes": fbytes[i], "sha256": s.sha256,
+                       "prefix_files": [[p.mode, p.path, p.placeholder] for p in prefix_files[i]],
+                       "extra": extras[i]})
+    body = {"format": _MAGIC, "version": SIDECAR_VERSION, "content_hash": m.content_hash,
+            "shards": shards}
+    return json.dumps({"body": body, "sha256": _checksum(body)}, separators=(",", ":"))
+
+
+def write_sidecar_tmp(out_dir: str, text: str) -> str:
+    """The sidecar in a journaled temporary file of ``out_dir`` (renamed
+    beside the package once the package is in place)."""
+    fd, tmp = leftovers.mkstemp(prefix=".pmb-index-", suffix=".json", dir=out_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    return tmp
+
+
+class Previous:
+    """A previous package whose frames may be reused, by key."""
+
+    def __init__(self, path: str, fd: int, start: int, frames: dict):
+        self.path, self.fd, self.start, self.frames = path, fd, start, frames
+
+    @classmethod
+    def open(cls, path: str) -> "Previous | None":
+        """The package ``path`` and its sidecar, checked against each other;
+        None (and why, in the log) when they cannot be trusted."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            log.info("not reusing %s: %s", path, e.strerror or e)
+            return None
+        try:
+            why = None
+            frames = {}
+            try:
+                with open(sidecar_of(path), encoding="utf-8") as f:
+                    doc = json.load(f)
+                body = doc["body"]
+                if body.get("format") != _MAGIC or body.get("version") != SIDECAR_VERSION:
+                    why = "its shard index has another format"
+                elif doc.get("sha256") != _checksum(body):
+                    why = "its shard index is damaged"
+            except FileNotFoundError:
+                why = "it has no shard index (" + os.path.basename(sidecar_of(path)) + ")"
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                why = "its shard index is unreadable"
+            if why is None:
+                m, start = _manifest_at(fd, path)
+                why = _mismatch(body, m, start, os.fstat(fd).st_size)
+            if why is None:
+                for i, s in enumerate(body["shards"]):
+                    if s["key"]:
+                        frames[s["key"]] = Frame(
+                            index=i, offset=s["offset"], csize=s["csize"], usize=s["usize"],
+                            nfiles=s["nfiles"], fbytes=s["fbytes"], sha256=s["sha256"],
+                            prefix_files=[PrefixFile(*p) for p in s["prefix_files"]],
+                            extra=s["extra"])
+            if why is not None:
+                log.info("not reusing %s: %s; packing everything", path, why)
+                os.close(fd)
+                return None
+            return cls(path, fd, start, frames)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def copy(self, fr: Frame, out_path: str) -> bool:
+        """Copy frame ``fr`` into ``out_path``; False (and nothing left) when
+        its bytes are not the ones the manifest names."""
+        h = hashlib.sha256()
+        pos, left = self.start + fr.offset, fr.csize
+        try:
+            with open(out_path, "wb") as out:
+                while left:
+                    buf = os.pread(self.fd, min(left, 16 << 20), pos)
+                    if not buf:
+                        break
+                    h.update(buf)
+                    out.write(buf)
+                    pos += len(buf)
+                    left -= len(buf)
+        except OSError:
+            left = -1
+        if left or h.hexdigest() != fr.sha256:
+            try:
+                os.unlink(out_path)
+            except FileNotFoundError:
+                pass
+            log.info("not reusing shard %d of %s: its bytes changed", fr.index, self.path)
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _manifest_at(fd: int, path: str):
+    from ..support.errors import PmbError
+    try:
+        return read_manifest(f"/proc/self/fd/{fd}")
+    except (PmbError, OSError):
+        return None, 0
+
+
+def _mismatch(body: dict, m, start: int, size: int) -> str | None:
+    """Why the sidecar ``body`` does not describe the package (None: it does)."""
+    if m is None:
+        return "it is not a readable package"
+    if start + m.payload_size != size:
+        return "it is truncated or padded"
+    if body.get("content_hash") != m.content_hash:
+        return "its shard index belongs to another package"
+    shards = body.get("shards")
+    if not isinstance(shards, list) or len(shards) != len(m.shards) - 1:
+        return "its shard index belongs to another package"
+    pfs = []
+    fbytes = nfiles = 0
+    for s, ms in zip(shards, m.shards):
+        if not isinstance(s, dict) or (s.get("offset"), s.get("csize"), s.get("usize"),
+                                       s.get("nfiles"), s.get("sha256")) != (
+                ms.offset, ms.csize, ms.usize, ms.nfiles, ms.sha256):
+            return "its shard index belongs to another package"
+        if not isinstance(s.get("fbytes"), int) or not isinstance(s.get("prefix_files"), list):
+            return "its shard index is damaged"
+        if s.get("key") is not None and not isinstance(s.get("key"), str):
+            return "its shard index is damaged"
+        fbytes += s["fbytes"]
+        nfiles += s["nfiles"]
+        for p in s["prefix_files"]:
+            if not (isinstance(p, list) and len(p) == 3 and all(isinstance(x, str) for x in p)):
+                return "its shard index is damaged"
+            pfs.append(tuple(p))
+    if fbytes != m.unpacked_size or nfiles != m.files:
+        return "its shard index belongs to another package"
+    if pfs != [(p.mode, p.path, p.placeholder) for p in m.prefix_files]:
+        return "its shard index belongs to another package"
+    return None
+
+
+class Reuse:
+    """What :func:`archive.write_package` needs to reuse frames of a
+    previous package (``previous``, may be None) and to write the new
+    package's sidecar.  The packer gives the three functions:
+    ``inputs(entries)`` → a digest of everything that decides those
+    entries' members (None: unknown), ``shard_info(i)`` → (prefix files,
+    JSON-able notes) of a shard it wrote, ``restore(i, prefix_files,
+    notes)`` for a shard copied instead."""
+
+    def __init__(self, previous: Previous | None, inputs, shard_info, restore):
+        self.previous = previous
+        self.inputs, self.shard_info, self._restore = inputs, shard_info, restore
+        self.reused = self.shards = 0
+        self.reused_bytes = self.total_bytes = 0
+
+    def key(self, level: int, entries) -> str | None:
+        return frame_key(level, self.inputs(entries))
+
+    def frame(self, key: str | None) -> Frame | None:
+        if key is None or self.previous is None:
+            return None
+        return self.previous.frames.get(key)
+
+    def restore(self, i: int, fr: Frame) -> None:
+        self._restore(i, fr.prefix_files, fr.extra)
+
+    def note(self, m, reused: list[bool], fbytes: list[int]) -> None:
+        self.shards = len(reused)
+        self.reused = sum(reused)
+        self.total_bytes = sum(fbytes)
+        self.reused_bytes = sum(b for b, r in zip(fbytes, reused) if r)
+
+    def sidecar_tmp(self, m, keys: list, fbytes: list, out_dir: str) -> str:
+        infos = [self.shard_info(i) for i in range(len(keys))]
+        return write_sidecar_tmp(out_dir, sidecar_text(m, keys, fbytes, [pf for pf, _ in infos],
+                                                       [x for _, x in infos]))
+
+    def summary(self) -> str:
+        """"reused 812 of 815 shards, 2.61 of 2.69 GB" (of the files' bytes)."""
+        gb = 1e9 if self.total_bytes >= 1e9 else 1e6
+        unit = "GB" if gb == 1e9 else "MB"
+        return (f"reused {self.reused} of {self.shards} shards, "
+                f"{self.reused_bytes / gb:.2f} of {self.total_bytes / gb:.2f} {unit}")
+
+    def close(self) -> None:
+        if self.previous is not None:
+            self.previous.close()
