@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..support.report import STEPS
+from ..support.report import STEPS, quiet
 
 
 class Handler(logging.Handler):
@@ -43,6 +43,9 @@ def install(debug: bool) -> None:
     if HANDLER not in root.handlers:
         root.addHandler(HANDLER)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # each command starts as the CLI does (main() may run several in one process)
+    HANDLER.steps_to_stdout = False
+    quiet(False)
 
 
 def steps_to_stdout() -> None:

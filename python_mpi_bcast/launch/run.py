@@ -299,7 +299,8 @@ def plan(line: list[str], with_dir: str | None = None, repack: bool = False, kee
         os.makedirs(cache, exist_ok=True)
         path, fd = _ensure(cache, "run", name, key, prefix, keep, repack,
                            lambda e, old: pack_whole(prefix, cache, e, force=True, quiet=quiet,
-                                                     level=level, reuse_from=old)[2].reused)
+                                                     level=level, reuse_from=old,
+                                                     tell_reused=False)[2].reused)
         fds.append(fd)
         packages = [os.path.basename(path)]
     if run_dir is not None:

@@ -356,9 +356,13 @@ def write_package(st, prefix_files, out_path: str, level: int = 10,
             log.info("%s: not written (a file of that name is there, not a shard index); "
                      "the next pack of %s cannot reuse its shards", side, out_path)
         elif side_tmp:  # beside the package once it is in place (none: no reuse, no harm)
-            os.replace(side_tmp, side)
-            leftovers.release(side_tmp)
-            side_tmp = None
+            try:
+                os.replace(side_tmp, side)
+                leftovers.release(side_tmp)
+                side_tmp = None
+            except OSError as e:  # the package is written all the same
+                log.info("%s: not written (%s); the next pack of %s cannot reuse its shards",
+                         side, e.strerror or e, out_path)
         else:
             remove_sidecar(out_path)  # a replaced package's: it names frames no longer there
         return m

@@ -242,6 +242,8 @@ def _mismatch(body: dict, m, start: int, size: int) -> str | None:
             return "its shard index is damaged"
         if s.get("key") is not None and not isinstance(s.get("key"), str):
             return "its shard index is damaged"
+        if not isinstance(s.get("extra"), dict):
+            return "its shard index is damaged"
         fbytes += s["fbytes"]
         nfiles += s["nfiles"]
         for p in s["prefix_files"]:

@@ -292,16 +292,18 @@ def _lazy(on: bool):
 
 def _stream(st: collect.Staged, compiler: str | None, out: str, level: int, threads: int,
             shard_size: int, quiet: bool, replace: bool = True, before_rename=None,
-            relocate: bool = True, reuse_from: str | None = None) -> tuple[str, Manifest]:
+            relocate: bool = True, reuse_from: str | None = None,
+            tell_reused: bool = True) -> tuple[str, Manifest]:
     """relocate → compile → archive a staged skeleton into ``out``, reading
-    each source file once (stream.py)."""
+    each source file once (stream.py).  ``tell_reused=False``: the caller
+    says what was reused (``run``)."""
     relocatable.fix_symlinks(st)
     prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
     m = stream.write(st, compiler, out, level, threads, shard_size, progress=prog,
                      replace=replace, before_rename=before_rename, relocate=relocate,
                      reuse_from=reuse_from)
     prog.finish()
-    if st.reused and not quiet:
+    if st.reused and not quiet and tell_reused:
         log.info("packing %s: %s", st.name, st.reused)
     for rel in st.compiled_in:
         log.debug("%s: keeps a compiled-in path of the old location (a fallback only; "
@@ -359,7 +361,7 @@ def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threa
 def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | None = None,
                level: int = 10, threads: int = 0, shard_size: int = 8 << 20,
                force: bool = False, quiet: bool = True, tmpdir: str | None = None,
-               before_rename=None, reuse_from: str | None = None
+               before_rename=None, reuse_from: str | None = None, tell_reused: bool = True
                ) -> tuple[str, Manifest, collect.Staged]:
     """Pack an environment *with* its interpreter into one package (what the
     cache saves): find → stage a skeleton (directories and placeholders) →
@@ -383,7 +385,8 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
             st, compiler = collect.stage_whole(source, staging, list(excludes or []), name)
             out, m = _stream(st, compiler, out, level, threads, shard_size, quiet,
                              replace=force, before_rename=before_rename,
-                             reuse_from=reuse_from)
+                             reuse_from=reuse_from, tell_reused=tell_reused)
+        _say_changed_binaries(st)
         _say_editables(st)
         return out, m, st
     finally:
@@ -411,7 +414,7 @@ def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: st
             st.moves = [(src, subdir)]
             st.scrub = [src]  # recorded as the package's source; nothing is rewritten
             _stream(st, compiler, out, level, threads, 8 << 20, quiet, relocate=False,
-                    reuse_from=reuse_from)
+                    reuse_from=reuse_from, tell_reused=False)
             return st.reused
     finally:
         leftovers.remove(staging)

@@ -242,6 +242,7 @@ def test_run_after_a_small_pip_install_reuses_most_shards_and_prune_takes_the_in
     assert f"reusing what did not change from {first}" in r.stderr
     n, total = reused(r.stderr)
     assert total - 3 <= n < total, r.stderr
+    assert len(REUSED.findall(r.stderr)) == 1, r.stderr  # said once
     # --keep 1: the first package went, and its index with it
     assert f"removed old package {tmp_path / 'cache' / first}" in r.stderr
     (now, now_side) = _cache_files(tmp_path)

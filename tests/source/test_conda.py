@@ -414,8 +414,9 @@ def test_a_changed_binary_that_still_names_the_env_gets_one_line(tmp_path):
     with open(path, "wb") as f:
         f.write(data + b"\0" * 64)
     os.chmod(path, 0o755)
-    r = run(CLI + ["pack", prefix, "-o", str(tmp_path / "out")], timeout=900)
-    lines = [ln for ln in r.stderr.splitlines() if "bin/pmbdemo" in ln]
-    assert len(lines) == 1, r.stderr
-    assert "pmbdemo-1.0-h_pmb_0" in lines[0] and f"still names {prefix}" in lines[0], lines
-    assert "reinstall that package with conda" in lines[0], lines
+    for cmd in (["pack", prefix, "-o", str(tmp_path / "out")], ["save", "chg", "--venv", prefix]):
+        r = run(CLI + cmd, timeout=900)
+        lines = [ln for ln in r.stderr.splitlines() if "bin/pmbdemo" in ln]
+        assert len(lines) == 1, r.stderr
+        assert "pmbdemo-1.0-h_pmb_0" in lines[0] and f"still names {prefix}" in lines[0], lines
+        assert "reinstall that package with conda" in lines[0], lines
