@@ -129,8 +129,9 @@ def test_a_file_edited_in_place_with_its_mtime_put_back_is_never_reused(tmp_path
     again, err = pack(venv, tmp_path / "b", "--reuse", first)
     n, total = reused(err)
     assert 0 < n < total, err  # the rest is still reused
-    code = ("import os, sys, pmbmod; from mpi4py import MPI\n"
-            f"data = open(os.path.join(sys.prefix, {SITE!r}, 'pmbdata.txt')).read().strip()\n"
+    code = ("import os, pmbmod; from mpi4py import MPI\n"  # the data file beside the module
+            "data = open(os.path.join(os.path.dirname(pmbmod.__file__), 'pmbdata.txt')).read()"
+            ".strip()\n"
             "got = MPI.COMM_WORLD.gather((pmbmod.VALUE, data))\n"
             "if MPI.COMM_WORLD.rank == 0: print('OK', got)")
     _, out = staged_tree(pkgroot, pkgroot["python"], again, tmp_path, code)
