@@ -155,18 +155,16 @@ def export_specs(found: Found, dists: dict[str, list], spec_dir: str) -> list[st
         out.append("dependencies:")
         # a conda package whose Python distribution pip replaced or removed is
         # what the disk holds: pip's version under pip, or nothing
-        def norm(name: str) -> str:  # as pip compares names (PEP 503)
-            return re.sub(r"[-_.]+", "-", name).lower()
-        replaced = {norm(d) for d in env.pip_replaced.values()}
-        on_disk = {norm(k) for k in dists}
+        replaced = {pyinfo.dist_key(d) for d in env.pip_replaced.values()}
+        on_disk = {pyinfo.dist_key(k) for k in dists}
         for n, v, b, c in sorted(env.specs):
             dist = env.pip_replaced.get(n)
             if dist is None:
                 out.append(f"  - {c + '::' if c else ''}{n}={v}={b}")
-            elif norm(dist) not in on_disk:
+            elif pyinfo.dist_key(dist) not in on_disk:
                 out.append(f"  # {n}={v}={b} left out: pip uninstalled it")
         pip_only = [d for k, d in sorted(dists.items())
-                    if (k not in conda_names or norm(k) in replaced) and d[3] != "conda"]
+                    if (k not in conda_names or pyinfo.dist_key(k) in replaced) and d[3] != "conda"]
         if pip_only:
             out.append("  - pip:")
             out += [f"    - {n}=={v}" for n, v, _, _ in pip_only]

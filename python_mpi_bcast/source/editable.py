@@ -38,6 +38,8 @@ import json
 import os
 import re
 
+from .pyinfo import dist_key
+
 # what the path finder imports as an extension module on this platform
 EXT_SUFFIXES = (".so", ".abi3.so")
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".hg", ".svn", ".tox", ".nox", ".mypy_cache",
@@ -64,10 +66,6 @@ class Found:
     pth_drop: dict[str, list[str]]  # .pth file -> its lines that the packed tree drops
     hooks: list[str]                # every site-rel file the packed tree drops
     warnings: list[str]
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def _module_name(entry: str) -> str | None:
@@ -130,7 +128,7 @@ def _path_entry_files(d: str, taken: set[str], dists: set[str]) -> list[tuple[st
     for e in entries:
         full = os.path.join(d, e)
         if e.endswith(".egg-info") and os.path.isdir(full):
-            if _norm(e[:-9].split("-")[0]) not in dists:
+            if dist_key(e[:-9].split("-")[0]) not in dists:
                 out += _walk_files(full, e)
             continue
         mod = _module_name(e)
@@ -183,7 +181,7 @@ def _dists(site: str) -> tuple[dict[str, tuple[str, str]], set[str], dict[str, s
         if not e.endswith(".dist-info"):
             continue
         name, _, version = e[:-10].partition("-")
-        names.add(_norm(name))
+        names.add(dist_key(name))
         try:
             with open(os.path.join(site, e, "RECORD"), encoding="utf-8") as f:
                 for line in f:

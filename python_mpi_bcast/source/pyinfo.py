@@ -13,6 +13,12 @@ from ..support.errors import PmbError
 from . import conda
 from ..support.proc import run_checked
 
+
+def dist_key(name: str) -> str:
+    """A distribution's name as pip compares names (PEP 503: case and runs of
+    ``-``, ``_``, ``.`` do not count)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
 _QUERY = r"""
 import json, os, site, sys, sysconfig
 v = sysconfig.get_config_var
