@@ -113,25 +113,31 @@ def layer_violations(root: str, name: str) -> list[str]:
             elif th == h:
                 bad.append(f"{m} imports {t}: sideways between sibling layers "
                            f"({folder} -> {tfolder})")
-    # circles: depth-first search for a back edge
+    return bad + circles(graph)
+
+
+def circles(graph: dict) -> list[str]:
+    """Every circle a depth-first search meets (a back edge), as
+    "circle: a -> b -> a", in the graph {node: nodes it uses}."""
+    found: list[str] = []
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def visit(m: str) -> None:
-        state[m] = 1
-        stack.append(m)
-        for t in sorted(graph.get(m, ())):
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for t in sorted(graph.get(n, ())):
             if state.get(t) == 1:
-                bad.append("circle: " + " -> ".join(stack[stack.index(t):] + [t]))
-            elif t in graph and t not in state:
+                found.append("circle: " + " -> ".join(stack[stack.index(t):] + [t]))
+            elif t not in state:
                 visit(t)
         stack.pop()
-        state[m] = 2
+        state[n] = 2
 
-    for m in sorted(graph):
-        if m not in state:
-            visit(m)
-    return bad
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    return found
 
 
 def test_the_package_imports_only_down_its_layers():
@@ -293,24 +299,7 @@ def c_layer_violations(src: str, out: str) -> list[str]:
                 header = C_HEADERS.get(t, t + ".h")
                 if header and header not in includes[n]:
                     bad.append(f"{what} without #include \"{header}\"")
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> None:
-        state[n] = 1
-        stack.append(n)
-        for t in sorted(graph.get(n, ())):
-            if state.get(t) == 1:
-                bad.append("circle: " + " -> ".join(stack[stack.index(t):] + [t]))
-            elif t not in state:
-                visit(t)
-        stack.pop()
-        state[n] = 2
-
-    for n in sorted(graph):
-        if n not in state:
-            visit(n)
-    return bad
+    return bad + circles(graph)
 
 
 def test_the_launcher_calls_only_down_its_layers(tmp_path):
