@@ -65,8 +65,8 @@ def add_pack(sub) -> None:
                          "placeholders, no file data (default $TMPDIR)")
     pk.add_argument("--reuse", metavar="OLD.tar.zst",
                     help="a previous package of the same source: its shards whose files did "
-                         "not change are copied instead of packed again (it may be the package "
-                         "-f replaces)")
+                         "not change are copied instead of packed again (default with -f: the "
+                         "package -f replaces)")
     pk.set_defaults(func=cmd_pack)
 
 

@@ -69,7 +69,8 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     and compile it there, then archive it (how packing worked before it
     streamed; the reference tests/packing/test_pack.py holds the streaming writer to).
     ``reuse``: a previous package of the same source whose shards are
-    copied where nothing they hold changed (package/reuse.py).
+    copied where nothing they hold changed (package/reuse.py); with
+    ``force``, the package being replaced is that one unless told otherwise.
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """
@@ -147,8 +148,12 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                     written.append(_archive(st, prefix_files, out, level, threads, shard_size,
                                             quiet, replace=force))
                 else:
+                    # -f over an earlier package: its unchanged shards are reused
+                    # (the keys decide; one of another source shares none)
+                    prev = reuse if reuse is not None else (
+                        out if force and os.path.isfile(out) else None)
                     written.append(_stream(st, compiler, out, level, threads, shard_size, quiet,
-                                           replace=force, reuse_from=reuse))
+                                           replace=force, reuse_from=prev))
                 _say_changed_binaries(st)
             _say_editables(st)
         finally:

@@ -269,6 +269,30 @@ def test_save_again_reuses_the_saved_package_and_rm_takes_its_index_along(tmp_pa
     assert not [f for f in os.listdir(cache) if f.startswith("sci")], os.listdir(cache)
 
 
+def test_pack_force_over_its_earlier_package_reuses_its_unchanged_shards(tmp_path):
+    """``pack -f`` again after a change, as a user repeats the command they
+    packed with: the package it replaces is the one reused; what it writes
+    unpacks to the tree a full pack of the changed env makes."""
+    venv = make_venv(str(tmp_path / "v"), [])
+    for i in range(40):  # enough files for several shards at a small shard size
+        with open(os.path.join(venv, SITE, f"pmbm{i}.py"), "w") as f:
+            f.write(f"V = {i}\n" + "# padding\n" * 2000)
+    first, err = pack(venv, tmp_path / "out", "--shard-size", "1M")
+    assert "reused" not in err
+    with open(os.path.join(venv, SITE, "pmbextra.py"), "w") as f:
+        f.write("X = 1\n")
+    again, err = pack(venv, tmp_path / "out", "--shard-size", "1M", "-f")
+    n, total = reused(err)
+    assert 0 < n < total and again == first, err
+    full, _ = pack(venv, tmp_path / "full", "--shard-size", "1M")
+    trees = []
+    for i, pkg in enumerate((again, full)):
+        dest = tmp_path / f"tree{i}"
+        run(CLI + ["unpack", pkg, str(dest)], timeout=300)
+        trees.append(tree_digest(str(dest), **STAGED))
+    assert trees[0] == trees[1]
+
+
 def test_a_conda_env_repacked_from_its_index_keeps_every_prefix_file(conda_env, tmp_path):
     """A conda env's files that embed its prefix (text, and binaries with
     padded placeholders) are listed in the manifest for the unpacker; a
