@@ -46,6 +46,7 @@
 enum { ST_HEADER, ST_DATA, ST_PAX };
 
 #define PMB_MAX_PAX (1u << 20)
+#define PMB_HASH_SLICE (64u << 10)
 
 struct pmb_unpacker {
     const pmb_manifest *m;
@@ -659,7 +660,6 @@ static void shard_data(pmb_unpacker *u, int s, const unsigned char *data, size_t
         shard_begin(u, s);
     const pmb_shard *sh = &u->m->shards[s];
     u->fed += n;
-    pmb_sha256_update(&u->sha, data, n);
     /* the frame header: zstd magic and the content-checksum flag */
     for (size_t i = 0; i < n && u->fhd_have < 5; i++) {
         u->fhd[u->fhd_have++] = data[i];
@@ -672,26 +672,33 @@ static void shard_data(pmb_unpacker *u, int s, const unsigned char *data, size_t
                       "pack)", s);
         }
     }
-    ZSTD_inBuffer in = {data, n, 0};
-    while (in.pos < in.size) {
-        if (u->frame_done)
-            UFAIL(u, "corrupt package: shard %d holds data after its zstd frame", s);
-        ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
-        size_t before = in.pos;
-        size_t r = ZSTD_decompressStream(u->zd, &out, &in);
-        if (ZSTD_isError(r))
-            UFAIL(u, "corrupt package: shard %d fails its check (zstd: %s); copy or pack it "
-                  "again", s, ZSTD_getErrorName(r));
-        tar_feed(u, u->zout, out.pos);
-        if (r == 0)
-            u->frame_done = 1;
-        else if (in.pos == before && out.pos == 0)
-            UFAIL(u, "corrupt package: shard %d makes the zstd decoder stall", s);
-        u->since_poke += out.pos;
-        if (poke_fn && u->since_poke >= (1u << 20)) {
-            u->since_poke = 0;
-            poke_fn();
+    /* zstd reads the frame in slices, each hashed just before it reads it
+     * (while the slice is in cache) */
+    for (size_t at = 0; at < n;) {
+        size_t k = n - at < PMB_HASH_SLICE ? n - at : PMB_HASH_SLICE;
+        pmb_sha256_update(&u->sha, data + at, k);
+        ZSTD_inBuffer in = {data + at, k, 0};
+        while (in.pos < in.size) {
+            if (u->frame_done)
+                UFAIL(u, "corrupt package: shard %d holds data after its zstd frame", s);
+            ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
+            size_t before = in.pos;
+            size_t r = ZSTD_decompressStream(u->zd, &out, &in);
+            if (ZSTD_isError(r))
+                UFAIL(u, "corrupt package: shard %d fails its check (zstd: %s); copy or pack it "
+                      "again", s, ZSTD_getErrorName(r));
+            tar_feed(u, u->zout, out.pos);
+            if (r == 0)
+                u->frame_done = 1;
+            else if (in.pos == before && out.pos == 0)
+                UFAIL(u, "corrupt package: shard %d makes the zstd decoder stall", s);
+            u->since_poke += out.pos;
+            if (poke_fn && u->since_poke >= (1u << 20)) {
+                u->since_poke = 0;
+                poke_fn();
+            }
         }
+        at += k;
     }
     if (u->fed == sh->csize) {
         if (u->fhd_have < 5)
