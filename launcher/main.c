@@ -179,6 +179,8 @@ int main(int argc, char **argv)
         return pmb_manifest_main(argc - 2, argv + 2);
     if (argc > 1 && !strcmp(argv[1], "--pmb-exec-check")) /* no MPI: the tests' exec-mode rule */
         return pmb_exec_check_main(argc - 2, argv + 2);
+    if (argc > 1 && !strcmp(argv[1], "--pmb-sha256")) /* no MPI: the tests' SHA-256 check */
+        return pmb_sha256_main(argc - 2, argv + 2);
     if (argc == 4 && !strcmp(argv[1], "--pmb-cleanup-tree")) /* no MPI: exec mode's clean-up */
         return pmb_cleanup_tree_main(argc - 2, argv + 2);        /* (exec_shim.c) */
     int stage_only = 0;

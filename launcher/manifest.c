@@ -15,6 +15,7 @@
 #include <zstd.h>
 
 #include "manifest.h"
+#include "sha256.h"
 
 #define PMB_MAX_U63 9223372036854775807ull
 #define PMB_MAX_SHARDS (1 << 20)
@@ -373,7 +374,48 @@ static int check_ended(mparse *p)
     pmb_shard *tail = &m->shards[m->nshards - 1];
     if (tail->usize != 1024 || tail->nfiles != 0)
         PFAIL("corrupt manifest (last shard is not the archive end)");
+    /* the content hash is the SHA-256 of the shards' digests: a known
+     * content_hash cannot come with other shard lines */
+    pmb_sha256_ctx h;
+    unsigned char sum[32];
+    pmb_sha256_init(&h);
+    for (int i = 0; i < m->nshards; i++)
+        pmb_sha256_update(&h, m->shards[i].sha, 32);
+    pmb_sha256_final(&h, sum);
+    if (memcmp(sum, m->content_hash, 32))
+        PFAIL("corrupt manifest (content_hash does not match the shard lines)");
     return 0;
+}
+
+static void key_bytes(pmb_sha256_ctx *h, const char *s, size_t n)
+{
+    unsigned char len[8];
+    for (int i = 0; i < 8; i++)
+        len[i] = (unsigned char)((uint64_t)n >> (8 * i));
+    pmb_sha256_update(h, len, 8);
+    pmb_sha256_update(h, s, n);
+}
+
+/* The layer's tree key: SHA-256 of everything in the manifest that shapes
+ * the tree it unpacks to: the content hash (every frame's bytes, checked
+ * while unpacking), the kind and every prefix line (which files get the
+ * tree's path, in place of what); each field with its length.  Not the
+ * name, sources, created_by or other fields that leave the tree alike, so
+ * identical packages made apart share a tree. */
+static void tree_key(pmb_manifest *m)
+{
+    static const char tag[] = "python-mpi-bcast tree key 1";
+    pmb_sha256_ctx h;
+    pmb_sha256_init(&h);
+    key_bytes(&h, tag, sizeof tag - 1);
+    key_bytes(&h, (const char *)m->content_hash, 32);
+    key_bytes(&h, m->kind, strlen(m->kind));
+    for (int i = 0; i < m->nprefix; i++) {
+        key_bytes(&h, m->prefix[i].binary ? "binary" : "text", m->prefix[i].binary ? 6 : 4);
+        key_bytes(&h, m->prefix[i].path, strlen(m->prefix[i].path));
+        key_bytes(&h, m->prefix[i].placeholder, strlen(m->prefix[i].placeholder));
+    }
+    pmb_sha256_final(&h, m->tree_key);
 }
 
 /* one line: the header first, then keys, shards, prefixes, end */
@@ -426,7 +468,10 @@ int pmb_manifest_parse(pmb_manifest *m, const char *text, size_t len, char *err,
         if (parse_line(&p, line, ll))
             return -1;
     }
-    return check_ended(&p);
+    if (check_ended(&p))
+        return -1;
+    tree_key(m);
+    return 0;
 }
 
 /* The manifest frame's body: one checksummed zstd frame holding the text. */

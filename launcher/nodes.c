@@ -158,18 +158,19 @@ void pmb_tree_init_jobs(const char *tree)
         pmb_die("cannot write %s: %s", path, strerror(errno));
 }
 
-/* One line of a layers record: "<content hash> <kind>\n"; its length. */
+/* One line of a layers record: "<tree key> <kind>\n" (the key covers the
+ * layer's content and prefix lines, manifest.c); its length. */
 #define LAYER_LINE 128
 static size_t layer_line(const pmb_manifest *m, char out[LAYER_LINE])
 {
     size_t w = 0;
     for (int k = 0; k < 32; k++)
-        w += (size_t)snprintf(out + w, LAYER_LINE - w, "%02x", m->content_hash[k]);
+        w += (size_t)snprintf(out + w, LAYER_LINE - w, "%02x", m->tree_key[k]);
     return w + (size_t)snprintf(out + w, LAYER_LINE - w, " %s\n", m->kind);
 }
 
 /* The layers a tree holds, in order (beside it, .pmb-layers-<tree name>:
- * "<content hash> <kind>" per line), written before the tree is renamed
+ * "<tree key> <kind>" per line), written before the tree is renamed
  * into place (one a removed tree of that name left is replaced). */
 void pmb_tree_init_layers(const char *tree, const pmb_manifest *ms, int n)
 {

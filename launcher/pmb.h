@@ -16,6 +16,7 @@
  *   unpack.c    unpack.h    zstd + tar into the node directory
  *   manifest.c  manifest.h  package headers;  config.c  config.h  settings
  *   zstd-shim/  <zstd.h>    libzstd loaded at run time (no headers needed)
+ *   sha256.c    sha256.h    SHA-256 (SHA-NI when the CPU has it)
  *   util.c      pmb.h       (this file) the types and state every layer
  *               shares, errors, I/O loops, back-off, allocation
  *   own.c       own.h       the program's view of MPI (also in exec_shim.c)
@@ -51,6 +52,7 @@ typedef struct {
     char *name, *kind, *python, *abi, *libpython, *executable, *site_dir;
     uint64_t unpacked_size, files, payload_size, payload_start;
     unsigned char content_hash[32];
+    unsigned char tree_key[32]; /* what this layer makes of a tree (manifest.c) */
     int nshards;
     pmb_shard *shards;
     int nprefix;

@@ -24,6 +24,7 @@
 #include "config.h"
 #include "manifest.h"
 #include "nodes.h"
+#include "sha256.h"
 #include "stage.h"
 #include "threads.h"
 #include "unpack.h"
@@ -815,20 +816,22 @@ static void stage_package(pmb_manifest *m, int fd, int unpack, const pmb_team *t
     *bytes_out += sums[1];
 }
 
-/* The tree directory name: 128-bit FNV-1a over the layers' content hashes
- * (SHA-256 digests written by pack; the launcher does not recompute them:
- * zstd frame checksums guard the bytes, `verify` checks the SHA-256). */
+/* The tree directory name: the first 128 bits of the SHA-256 of the
+ * layers' tree keys in order (manifest.c: content hash, kind, prefix
+ * lines).  The content hash covers every shard's SHA-256 and the unpacker
+ * checks each shard against its line, so a tree of this name only ever
+ * holds bytes these manifests list: a package whose frames differ from
+ * its manifest is refused, never staged under the original's name. */
 static void tree_id(pmb_manifest *ms, int n, char out[33])
 {
-    unsigned __int128 h = ((unsigned __int128)0x6c62272e07bb0142ull << 64) | 0x62b821756295c58dull;
-    const unsigned __int128 prime = ((unsigned __int128)1 << 88) | 0x13b;
+    pmb_sha256_ctx h;
+    unsigned char d[32];
+    pmb_sha256_init(&h);
     for (int i = 0; i < n; i++)
-        for (int k = 0; k < 32; k++) {
-            h ^= ms[i].content_hash[k];
-            h *= prime;
-        }
+        pmb_sha256_update(&h, ms[i].tree_key, 32);
+    pmb_sha256_final(&h, d);
     for (int k = 0; k < 16; k++)
-        snprintf(out + 2 * k, 3, "%02x", (unsigned)(h >> (120 - 8 * k)) & 0xff);
+        snprintf(out + 2 * k, 3, "%02x", d[k]);
 }
 
 /* The node's unpacking ranks (this one if `unpacker`) as a team, with

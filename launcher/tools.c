@@ -7,6 +7,7 @@
  *                           launcher's unpacker without MPI
  *   --pmb-manifest FILE...  the tests hold the Python parser to this one
  *   --pmb-exec-check VERSION-STRING  the exec-mode rule, without MPI
+ *   --pmb-sha256 IMPL PIECE FILE...  the tests hold sha256.c to hashlib
  *   --pmb-cleanup-tree TREE RANK     exec mode's clean-up (exec_shim.c) */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h> /* the system's, or launcher/zstd-shim/zstd.h */
 
@@ -21,6 +23,7 @@
 #include "manifest.h"
 #include "mpilib.h"
 #include "nodes.h"
+#include "sha256.h"
 #include "start.h"
 #include "threads.h"
 #include "tools.h"
@@ -221,5 +224,57 @@ int pmb_cleanup_tree_main(int argc, char **argv)
     pmb_cfg.verbose = v && *v ? atoi(v) : 0;
     pmb_c.world_rank = atoi(argv[1]);
     pmb_cleanup_tree(argv[0]);
+    return 0;
+}
+
+/* python-mpi --pmb-sha256 IMPL PIECE FILE...: each file's SHA-256 as
+ * "IMPL HEX", with IMPL (auto, portable, sha-ni) the block function, fed in
+ * pieces of 1 to PIECE bytes (0: in one piece), their sizes drawn from a
+ * fixed sequence so that piece ends fall anywhere in a block.  Exit 3 when
+ * IMPL is not available on this CPU or build. */
+int pmb_sha256_main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: python-mpi --pmb-sha256 auto|portable|sha-ni PIECE FILE...\n");
+        return 2;
+    }
+    if (strcmp(argv[0], "auto") && pmb_sha256_select(argv[0])) {
+        printf("unavailable\n");
+        return 3;
+    }
+    size_t piece = (size_t)strtoull(argv[1], NULL, 10);
+    uint32_t lcg = 12345;
+    for (int i = 2; i < argc; i++) {
+        int fd = open(argv[i], O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st))
+            pmb_die("cannot open %s: %s", argv[i], strerror(errno));
+        size_t n = (size_t)st.st_size;
+        unsigned char *data = pmb_xmalloc(n + 1);
+        if (pmb_read_full(fd, data, n) != n)
+            pmb_die("cannot read %s", argv[i]);
+        close(fd);
+        pmb_sha256_ctx s;
+        pmb_sha256_init(&s);
+        size_t off = 0;
+        do { /* (an empty file: one update of nothing) */
+            size_t k = n - off;
+            if (piece) {
+                lcg = lcg * 1103515245u + 12345u;
+                size_t want = 1 + (lcg >> 8) % piece;
+                k = want < k ? want : k;
+            }
+            pmb_sha256_update(&s, data + off, k);
+            off += k;
+        } while (off < n);
+        unsigned char d[32];
+        pmb_sha256_final(&s, d);
+        printf("%s ", pmb_sha256_impl());
+        for (int k = 0; k < 32; k++)
+            printf("%02x", d[k]);
+        printf("\n");
+        free(data);
+    }
+    fflush(stdout);
     return 0;
 }

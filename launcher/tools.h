@@ -8,5 +8,6 @@ int pmb_unpack_main(int argc, char **argv);
 int pmb_manifest_main(int argc, char **argv);
 int pmb_exec_check_main(int argc, char **argv);
 int pmb_cleanup_tree_main(int argc, char **argv);
+int pmb_sha256_main(int argc, char **argv);
 
 #endif

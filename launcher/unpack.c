@@ -5,7 +5,11 @@
  *
  * Integrity: every shard must be exactly one zstd frame with a content
  * checksum (libzstd verifies it while decoding), ending exactly at the
- * shard's end, decoding to exactly the manifest's size and holding exactly
+ * shard's end, whose bytes have exactly the SHA-256 of its shard line
+ * (hashed as they are decoded, by the thread that decodes them; the
+ * manifest's content_hash covers those lines, manifest.c, and names the
+ * tree, stage.c: a tree only ever holds bytes its name's manifest lists),
+ * decoding to exactly the manifest's size and holding exactly
  * its number of files, each a whole POSIX tar member; the last shard is the
  * two zero blocks that end the archive.  Totals are checked by the caller
  * (pmb_check_totals).  Every loop is bounded by the declared sizes.
@@ -36,11 +40,13 @@
 #include <zstd.h>
 
 #include "manifest.h"
+#include "sha256.h"
 #include "unpack.h"
 
 enum { ST_HEADER, ST_DATA, ST_PAX };
 
 #define PMB_MAX_PAX (1u << 20)
+#define PMB_HASH_SLICE (64u << 10)
 
 struct pmb_unpacker {
     const pmb_manifest *m;
@@ -54,6 +60,7 @@ struct pmb_unpacker {
     uint64_t fed, decoded, shard_files;
     unsigned char fhd[5];
     int fhd_have, frame_done;
+    pmb_sha256_ctx sha;           /* of the shard's compressed bytes so far */
     int shards_done;
     /* tar state */
     int state;
@@ -606,6 +613,7 @@ static void shard_begin(pmb_unpacker *u, int s)
     u->tail = s == u->m->nshards - 1;
     u->fed = u->decoded = u->shard_files = 0;
     u->fhd_have = u->frame_done = 0;
+    pmb_sha256_init(&u->sha);
     u->state = ST_HEADER;
     u->hdr_have = 0;
 }
@@ -613,6 +621,11 @@ static void shard_begin(pmb_unpacker *u, int s)
 static void shard_end(pmb_unpacker *u)
 {
     const pmb_shard *sh = &u->m->shards[u->shard];
+    unsigned char digest[32];
+    pmb_sha256_final(&u->sha, digest);
+    if (memcmp(digest, sh->sha, 32))
+        UFAIL(u, "shard %d does not match its SHA-256 in the manifest (the package was altered "
+              "or damaged); copy or pack it again", u->shard);
     /* flush what the decoder still holds */
     for (int guard = 0; !u->frame_done; guard++) {
         ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
@@ -659,26 +672,33 @@ static void shard_data(pmb_unpacker *u, int s, const unsigned char *data, size_t
                       "pack)", s);
         }
     }
-    ZSTD_inBuffer in = {data, n, 0};
-    while (in.pos < in.size) {
-        if (u->frame_done)
-            UFAIL(u, "corrupt package: shard %d holds data after its zstd frame", s);
-        ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
-        size_t before = in.pos;
-        size_t r = ZSTD_decompressStream(u->zd, &out, &in);
-        if (ZSTD_isError(r))
-            UFAIL(u, "corrupt package: shard %d fails its check (zstd: %s); copy or pack it "
-                  "again", s, ZSTD_getErrorName(r));
-        tar_feed(u, u->zout, out.pos);
-        if (r == 0)
-            u->frame_done = 1;
-        else if (in.pos == before && out.pos == 0)
-            UFAIL(u, "corrupt package: shard %d makes the zstd decoder stall", s);
-        u->since_poke += out.pos;
-        if (poke_fn && u->since_poke >= (1u << 20)) {
-            u->since_poke = 0;
-            poke_fn();
+    /* zstd reads the frame in slices, each hashed just before it reads it
+     * (while the slice is in cache) */
+    for (size_t at = 0; at < n;) {
+        size_t k = n - at < PMB_HASH_SLICE ? n - at : PMB_HASH_SLICE;
+        pmb_sha256_update(&u->sha, data + at, k);
+        ZSTD_inBuffer in = {data + at, k, 0};
+        while (in.pos < in.size) {
+            if (u->frame_done)
+                UFAIL(u, "corrupt package: shard %d holds data after its zstd frame", s);
+            ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
+            size_t before = in.pos;
+            size_t r = ZSTD_decompressStream(u->zd, &out, &in);
+            if (ZSTD_isError(r))
+                UFAIL(u, "corrupt package: shard %d fails its check (zstd: %s); copy or pack it "
+                      "again", s, ZSTD_getErrorName(r));
+            tar_feed(u, u->zout, out.pos);
+            if (r == 0)
+                u->frame_done = 1;
+            else if (in.pos == before && out.pos == 0)
+                UFAIL(u, "corrupt package: shard %d makes the zstd decoder stall", s);
+            u->since_poke += out.pos;
+            if (poke_fn && u->since_poke >= (1u << 20)) {
+                u->since_poke = 0;
+                poke_fn();
+            }
         }
+        at += k;
     }
     if (u->fed == sh->csize) {
         if (u->fhd_have < 5)

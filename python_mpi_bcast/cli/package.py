@@ -17,6 +17,9 @@ def add_inspect(sub) -> None:
 def add_verify(sub) -> None:
     ver = sub.add_parser("verify", help="check a package's hashes and scan for leftover paths")
     ver.add_argument("package")
+    ver.add_argument("--into", metavar="DIR",
+                     help="unpack into DIR (which must not exist) and keep the tree there "
+                          "(default: a temporary directory, removed)")
     ver.set_defaults(func=cmd_verify)
 
 
@@ -52,7 +55,7 @@ def cmd_verify(a) -> int:
     from ..package.verify import verify
     from ..package.format import read_manifest
     m = read_manifest(a.package)[0]
-    res = verify(a.package, m.sources.split(":") if m.sources else [])
+    res = verify(a.package, m.sources.split(":") if m.sources else [], into=a.into)
     if res.leftovers:
         for name in res.leftovers[:20]:
             print(f"leftover source path in: {name}")

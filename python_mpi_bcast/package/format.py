@@ -34,10 +34,17 @@ rules and are tested against one corpus.
 
 Integrity: libzstd verifies each frame's XXH64 content checksum (manifest
 and shards) while decoding; the readers also check every size and count.
-``content_hash`` is the SHA-256 of the concatenated binary SHA-256 digests of
-all payload frames in order (each frame's digest is in its shard line): the
-package's identity (an already staged tree is reused when it matches), and
-what ``verify`` recomputes.
+Each shard line's SHA-256 is that of the shard's compressed frame: the
+launcher's unpacker (``--pmb-unpack`` too, so ``unpack``, ``load`` and
+``verify``) hashes every frame as it decodes it and refuses the package
+("shard N does not match its SHA-256") when they differ.  ``content_hash`` is
+the SHA-256 of the concatenated binary SHA-256 digests of all payload frames
+in order, and both parsers refuse a manifest whose ``content_hash`` is not
+that of its shard lines.  The package's identity on nodes, its staged tree's
+name ``env-<id>``, is the first 128 bits of a SHA-256 over each layer's
+content hash, kind and prefix lines (``launcher/manifest.c`` ``tree_key``):
+a tree only ever holds bytes whose digests its manifests list, and identical
+packages made apart (under another name, at another time) share a tree.
 """
 
 from __future__ import annotations
@@ -428,4 +435,6 @@ def parse_manifest_text(text: bytes) -> Manifest:
     tail = m.shards[-1]
     if tail.usize != 1024 or tail.nfiles != 0:
         fail("corrupt manifest (last shard is not the archive end)")
+    if content_hash([s.sha256 for s in m.shards]) != m.content_hash:
+        fail("corrupt manifest (content_hash does not match the shard lines)")
     return m

@@ -30,13 +30,19 @@ class Verified:
     manifest: Manifest
 
 
-def verify(path: str, forbidden: list[str] | None = None) -> Verified:
+def verify(path: str, forbidden: list[str] | None = None, into: str | None = None) -> Verified:
     """Check the SHA-256 of every shard and the content hash, unpack with the
-    launcher's unpacker into a temporary directory (so verify refuses at
-    least what the readers refuse), and report files that still contain any
-    of ``forbidden`` (old locations) and are not listed as prefix-bearing.
-    Binary files that keep such a path (a compiled-in fallback, left alone on
-    purpose) are listed apart as ``compiled_in``."""
+    launcher's unpacker (which checks every frame's SHA-256 again, and
+    everything else the readers check, so verify refuses at least what the
+    readers refuse) into a temporary directory, or into ``into`` (a
+    directory that does not exist yet, kept as ``unpack`` would make it), and
+    report files that still contain any of ``forbidden`` (old locations) and
+    are not listed as prefix-bearing.  Binary files that keep such a path (a
+    compiled-in fallback, left alone on purpose) are listed apart as
+    ``compiled_in``."""
+    if into is not None and os.path.lexists(into):  # before any work
+        raise PmbError(f"{into} already exists; give verify --into a directory that does not "
+                       f"exist yet")
     forbidden_b = [f.encode() for f in (forbidden or []) if f]
     m = None
     for m, i, data in iter_frames(path):
@@ -45,27 +51,38 @@ def verify(path: str, forbidden: list[str] | None = None) -> Verified:
     assert m is not None
     if content_hash([s.sha256 for s in m.shards]) != m.content_hash:
         raise PmbError(f"{path}: corrupt package (shard table does not match the content hash)")
+    if into is not None:
+        from .unpack import RECORD, unpack
+        unpack([path], into, room_hint="choose a --into directory with more room")
+        return _scan(os.path.abspath(into), m, forbidden_b, {RECORD})
     tmp = tempfile.mkdtemp(prefix="pmb-verify-")
     try:
         tree = os.path.join(tmp, "tree")
         os.mkdir(tree, 0o700)
         unpack_packages([path], tree)
-        listed = {p.path for p in m.prefix_files}
-        files = size = 0
-        leftovers = []
-        compiled_in = []
-        for rel, full, is_link, left, binary in scan_tree(tree, forbidden_b, listed,
-                                                          classify=True):
-            if is_link:
-                if left:
-                    leftovers.append(rel)
-                continue
-            files += 1
-            size += os.path.getsize(full)
-            if left:
-                # binaries keep compiled-in paths on purpose (packing/relocatable.py)
-                (compiled_in if binary else leftovers).append(rel)
+        return _scan(tree, m, forbidden_b, set())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Verified(files, size, leftovers, compiled_in, m)
 
+
+def _scan(tree: str, m: Manifest, forbidden_b: list[bytes], ours: set[str]) -> Verified:
+    """What ``verify`` reports of the unpacked ``tree`` (``ours``: files
+    the unpack itself added at the top, not counted)."""
+    listed = {p.path for p in m.prefix_files}
+    files = size = 0
+    leftovers = []
+    compiled_in = []
+    for rel, full, is_link, left, binary in scan_tree(tree, forbidden_b, listed | ours,
+                                                      classify=True):
+        if rel in ours:
+            continue
+        if is_link:
+            if left:
+                leftovers.append(rel)
+            continue
+        files += 1
+        size += os.path.getsize(full)
+        if left:
+            # binaries keep compiled-in paths on purpose (packing/relocatable.py)
+            (compiled_in if binary else leftovers).append(rel)
+    return Verified(files, size, leftovers, compiled_in, m)

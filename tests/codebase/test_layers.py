@@ -220,7 +220,7 @@ C_LAYERS = [
     ("threads",),                   # the unpacking threads, shard assignment
     ("unpack",),                    # zstd + tar into the tree
     ("manifest", "config", "comm"),  # package headers, settings, waiting on MPI
-    ("zstd_shim",),                 # libzstd loaded at run time
+    ("zstd_shim", "sha256"),        # libzstd loaded at run time; SHA-256
     ("util", "own", "shim_blob"),   # errors, I/O, allocation; MPI as the program sees it
 ]
 #: the header through which a file's functions are used (None: data only)

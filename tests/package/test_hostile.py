@@ -529,8 +529,9 @@ def manifest_corpus(seed=13, n=600) -> list[bytes]:
                               platform="linux-x86_64", site_dir="lib/python3.11/site-packages",
                               libpython="lib/libpython3.11.so", executable="bin/python3.11",
                               unpacked_size=4000, files=2, payload_size=300,
-                              content_hash="a" * 64, created_by="pmb 1", sources="/src/a:/src/b")
+                              created_by="pmb 1", sources="/src/a:/src/b")
     base.shards = [pkgformat.Shard(0, 250, 5120, 2, "b" * 64), pkgformat.Shard(250, 50, 1024, 0, "c" * 64)]
+    base.content_hash = pkgformat.content_hash(["b" * 64, "c" * 64])
     base.prefix_files = [pkgformat.PrefixFile("text", "bin/a b", "/ph%x"),
                          pkgformat.PrefixFile("binary", "lib/x.so", "/ph")]
     good = base.to_text().encode()
@@ -662,6 +663,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
                 [0, 0x20, 0x2e, 0x2f, 0x30, 0x37, 0x39, 0x80, 0xff, rng.randrange(256)])
         shards[i] = zframe(bytes(raw))
         m.shards[i].usize = len(raw)
+        m.shards[i].sha256 = hashlib.sha256(shards[i]).hexdigest()  # crafted, not damaged
         what = "header"
     elif kind == 3:  # shard table edits, with a valid manifest checksum
         s = rng.choice(m.shards)
@@ -686,6 +688,7 @@ def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
         off += len(body)
     if what != "table":
         m.payload_size = off
+    m.content_hash = pkgformat.content_hash([s.sha256 for s in m.shards])  # a consistent manifest
     frame = pkgformat.encode_manifest_frame(m)
     return what, frame + b"".join(shards)
 
@@ -743,7 +746,7 @@ def test_manifest_frames_are_checked_alike(tmp_path):
     """The frame around the manifest text: one checksummed zstd frame with
     its size, or a version 1 package (raw text), or refused."""
     m = pkgformat.Manifest(name="n", kind="directory", unpacked_size=0, files=0, payload_size=10,
-                           content_hash="a" * 64)
+                           content_hash=pkgformat.content_hash(["b" * 64]))
     m.shards = [pkgformat.Shard(0, 10, 1024, 0, "b" * 64)]
     t = m.to_text().encode()
     good = zframe(t)
