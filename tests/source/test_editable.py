@@ -9,7 +9,9 @@ tree named by a ``.pth``) and compat (the source directory in a ``.pth``)
 modes, with package data and a C extension built in place; hatchling (a
 ``_NAME.pth`` path entry of the ``src`` directory); a legacy develop install
 (``NAME.egg-link`` + ``easy-install.pth`` + ``NAME.egg-info`` in the source,
-written by hand exactly as setuptools < 64 wrote them).
+written by hand exactly as setuptools < 64 wrote them); meson-python (a
+``_NAME_editable_loader`` rebuild hook over a build directory in the
+source, with a pure module, package data and a C extension).
 """
 
 from __future__ import annotations
@@ -112,6 +114,42 @@ def make_projects(src: str) -> dict:
     _write(f"{ldemo}/ldemo.egg-info/top_level.txt", "ldemo\n")
     _write(f"{ldemo}/ldemo.egg-info/SOURCES.txt", "ldemo.py\nsetup.py\n")
     out["ldemo"] = ldemo
+    mdemo = os.path.join(src, "mdemo")
+    _write(f"{mdemo}/pyproject.toml", """\
+        [build-system]
+        requires = ["meson-python"]
+        build-backend = "mesonpy"
+        [project]
+        name = "mdemo"
+        version = "0.5"
+        """)
+    ext = ("py.extension_module('_speed', 'mdemo/_speed.c', install: true, subdir: 'mdemo')"
+           if HAVE_CC else "")
+    _write(f"{mdemo}/meson.build", f"""\
+        project('mdemo'{", 'c'" if HAVE_CC else ""})
+        py = import('python').find_installation(pure: false)
+        {ext}
+        py.install_sources('mdemo/__init__.py', 'mdemo/pure.py', 'mdemo/data.txt',
+                           subdir: 'mdemo')
+        """)
+    _write(f"{mdemo}/mdemo/__init__.py", """\
+        import os
+        from .pure import seven
+        def data():
+            with open(os.path.join(os.path.dirname(__file__), "data.txt")) as f:
+                return f.read().strip()
+        """)
+    _write(f"{mdemo}/mdemo/pure.py", "def seven():\n    return 7\n")
+    _write(f"{mdemo}/mdemo/data.txt", "mdemo-data\n")
+    _write(f"{mdemo}/mdemo/_speed.c", """\
+        #define PY_SSIZE_T_CLEAN
+        #include <Python.h>
+        static PyObject *six(PyObject *self, PyObject *args) { return PyLong_FromLong(6); }
+        static PyMethodDef M[] = {{"six", six, METH_NOARGS, ""}, {NULL, NULL, 0, NULL}};
+        static struct PyModuleDef D = {PyModuleDef_HEAD_INIT, "_speed", NULL, -1, M};
+        PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&D); }
+        """)
+    out["mdemo"] = mdemo
     plain = os.path.join(src, "plainlibs")
     _write(f"{plain}/plainmod.py", "FIVE = 5\n")
     _write(f"{plain}/notes/readme.txt", "not importable\n")
@@ -124,13 +162,17 @@ def install_editables(python: str, site: str, projects: dict) -> None:
     test run, --python; the build backends come from the env itself)."""
     pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q",
            "--disable-pip-version-check", "--no-build-isolation", "--no-deps"]
-    run(pip[:-3] + ["-U", "setuptools>=70.1", "wheel", "hatchling", "editables"], timeout=900)
+    run(pip[:-3] + ["-U", "setuptools>=70.1", "wheel", "hatchling", "editables",
+                    "meson-python", "meson", "ninja"], timeout=900)
     run(pip + ["-e", projects["sdemo"]], timeout=600)
     run(pip + ["-e", projects["sstrict"], "--config-settings", "editable_mode=strict"],
         timeout=600)
     run(pip + ["-e", projects["scompat"], "--config-settings", "editable_mode=compat"],
         timeout=600)
     run(pip + ["-e", projects["hdemo"]], timeout=600)
+    # meson-python runs meson and ninja from the env's bin, as an activated env has them
+    path = os.path.dirname(python) + os.pathsep + os.environ.get("PATH", "")
+    run(pip + ["-e", projects["mdemo"]], timeout=600, env=dict(os.environ, PATH=path))
     # a develop install as setuptools < 64 (pip install -e --no-use-pep517) wrote it
     with open(os.path.join(site, "ldemo.egg-link"), "w") as f:
         f.write(projects["ldemo"] + "\n.")
@@ -144,24 +186,26 @@ def install_editables(python: str, site: str, projects: dict) -> None:
 CHECK = r"""
 import importlib.metadata as md, os, sys
 from mpi4py import MPI
-import sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo, plainmod
+import sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo, plainmod, mdemo, mdemo.pure
 t = os.path.realpath(os.environ["PYTHON_MPI_TREE"])
-mods = [sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo, plainmod]
+mods = [sdemo, sdemo.sub, sstrict, scompat, hdemo, ldemo, plainmod, mdemo, mdemo.pure]
 if HAVE_CC:
-    import sdemo._fast
-    mods.append(sdemo._fast)
-    x = sdemo._fast.twice(MPI.COMM_WORLD.rank)
+    import sdemo._fast, mdemo._speed
+    mods += [sdemo._fast, mdemo._speed]
+    x = sdemo._fast.twice(MPI.COMM_WORLD.rank) + mdemo._speed.six()
 else:
-    x = 2 * MPI.COMM_WORLD.rank
+    x = 2 * MPI.COMM_WORLD.rank + 6
 for m in mods:
     assert os.path.realpath(m.__file__).startswith(t + "/"), (m.__name__, m.__file__, t)
 assert not [p for p in sys.path if SRC in p], sys.path
-assert not [m for m in sys.modules if m.startswith("__editable__")], "a hook was imported"
+assert not [m for m in sys.modules if m.startswith("__editable__") or
+            m.endswith("_editable_loader")], "a hook was imported"
+assert mdemo.data() == "mdemo-data" and md.version("mdemo") == "0.5"
 assert sdemo.data() == sdemo.sub.data() == "sdemo-data"
 assert sstrict.conf() == scompat.conf() == {"k": 3}
 assert md.version("sdemo") == "0.1" and md.version("hdemo") == "0.3"
 assert md.version("ldemo") == "0.4"
-y = x + hdemo.triple(1) + ldemo.four() + sstrict.conf()["k"] + plainmod.FIVE
+y = x + hdemo.triple(1) + ldemo.four() + sstrict.conf()["k"] + plainmod.FIVE + mdemo.seven()
 s = MPI.COMM_WORLD.allreduce(y)
 if MPI.COMM_WORLD.rank == 0:
     print("TOTAL", s, MPI.COMM_WORLD.size)
@@ -169,7 +213,7 @@ if MPI.COMM_WORLD.rank == 0:
 
 
 def expected_total(n: int) -> int:
-    return sum(2 * r + 3 + 4 + 3 + 5 for r in range(n))
+    return sum(2 * r + 6 + 3 + 4 + 3 + 5 + 7 for r in range(n))
 
 
 def check_pack_lines(stderr: str, projects: dict) -> None:
@@ -228,10 +272,12 @@ def test_packed_tree_holds_the_projects_files_and_none_of_their_hooks(edit_venv,
     site = pathlib.Path(tree_site(str(tree)))
     names = set(os.listdir(site))
     assert not [n for n in names if n.startswith("__editable__") or n.endswith(".egg-link")
-                or n in ("_hdemo.pth", "easy-install.pth")], names
+                or n in ("_hdemo.pth", "easy-install.pth", "mdemo-editable.pth")
+                or n.endswith("_editable_loader.py")], names
     for rel in ("sdemo/__init__.py", "sdemo/data.txt", "sdemo/sub/__init__.py",
                 "sstrict/conf.json", "scompat/conf.json", "hdemo/table.csv", "ldemo.py",
-                "ldemo.egg-info/PKG-INFO", "plainmod.py"):
+                "ldemo.egg-info/PKG-INFO", "plainmod.py", "mdemo/__init__.py", "mdemo/pure.py",
+                "mdemo/data.txt"):
         assert (site / rel).is_file(), rel
     # the user's .pth keeps its comment only: no line names a source any more
     assert "mylibs.pth" not in names or "/" not in (site / "mylibs.pth").read_text()
@@ -239,6 +285,12 @@ def test_packed_tree_holds_the_projects_files_and_none_of_their_hooks(edit_venv,
     if HAVE_CC:
         assert [n for n in os.listdir(site / "sdemo") if n.startswith("_fast.") and
                 n.endswith(".so")]
+        assert [n for n in os.listdir(site / "mdemo") if n.startswith("_speed.") and
+                n.endswith(".so")]
+    # none of meson's build directory but what its install plan maps
+    built = [n for n in os.listdir(site / "mdemo") if n != "__pycache__"]
+    assert sorted(built) == sorted(["__init__.py", "pure.py", "data.txt"] + (
+        [n for n in built if n.startswith("_speed.") and n.endswith(".so")] if HAVE_CC else []))
     # the sources' own clutter is not importable and is not packed
     assert "setup.py" not in names and "pyproject.toml" not in names and "src" not in names
     for d in (tree, ):
@@ -297,6 +349,52 @@ def test_python_given_a_venv_says_it_packs_only_the_interpreter(edit_venv, tmp_p
     assert sorted(os.listdir(tmp_path / "b")) == sorted(
         [f"python-{VER}.tar.zst", "v.tar.zst", f"python-{VER}.tar.zst.shards", "v.tar.zst.shards"])
     assert "--python" not in r.stderr
+
+
+def test_a_meson_python_build_out_of_date_or_gone_gets_one_line_and_no_rebuild_hook(
+        edit_venv, tmp_path):
+    """meson-python's hook rebuilds on import; pack takes what the last build
+    left (it does not run ninja), so a source newer than its build is one
+    line saying to build it, and a build directory that is gone is one line
+    saying to reinstall: the project is left out and its hook is not packed
+    (ranks would run ninja in a directory on the shared filesystem)."""
+    from python_mpi_bcast.source import editable
+    site, mdemo = edit_venv["site"], edit_venv["projects"]["mdemo"]
+
+    def said():
+        f = editable.find(site, [edit_venv["venv"]])
+        return ([w for w in f.warnings if "mdemo" in w],
+                [e for e in f.editables if e.name == "mdemo"])
+
+    lines, eds = said()
+    assert not lines and len(eds) == 1 and eds[0].origin == mdemo, (lines, eds)
+    src = os.path.join(mdemo, "mdemo", "_speed.c") if HAVE_CC else os.path.join(mdemo,
+                                                                                 "meson.build")
+    st = os.stat(src)
+    os.utime(src, (st.st_atime, st.st_mtime + 3600))  # edited after the build
+    try:
+        lines, eds = said()
+        assert len(lines) == 1 and "out of date" in lines[0] and src in lines[0], lines
+        assert "ninja -C " + os.path.join(mdemo, "build") in lines[0], lines
+        assert len(eds) == 1  # packed as last built
+    finally:
+        os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    build = os.path.join(mdemo, "build")
+    shutil.move(build, build + "-gone")
+    try:
+        out = tmp_path / "out"
+        r = run(CLI + ["pack", edit_venv["venv"], "-o", str(out), "-q"], timeout=900)
+        lines = [ln for ln in r.stderr.splitlines() if "mdemo" in ln]
+        assert len(lines) == 1, r.stderr
+        assert "_mdemo_editable_loader.py" in lines[0] and "does not exist" in lines[0]
+        assert f"pip install -e {mdemo}" in lines[0], lines
+        tree = tmp_path / "tree"
+        run(CLI + ["unpack", str(out / "v.tar.zst"), str(tree)], timeout=300)
+        names = os.listdir(tree_site(str(tree)))
+        assert "mdemo" not in names and "mdemo-editable.pth" not in names, names
+        assert "_mdemo_editable_loader.py" not in names, names
+    finally:
+        shutil.move(build + "-gone", build)
 
 
 @pytest.fixture(scope="module")
