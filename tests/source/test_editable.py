@@ -397,6 +397,48 @@ def test_a_meson_python_build_out_of_date_or_gone_gets_one_line_and_no_rebuild_h
         shutil.move(build + "-gone", build)
 
 
+def test_pth_code_naming_paths_outside_the_env_and_extensions_for_another_python_get_a_line(
+        tmp_path):
+    """What cannot be packed faithfully is said, one line each, naming the
+    file and what to do (issue 22 item 3): a .pth line that runs code
+    written with a path outside the env (one that exists, one that does not;
+    the code is not run at pack time, only its literals read), and an
+    extension module built for another CPython (a copied checkout).  Lines
+    that run code naming nothing outside (setuptools' distutils-precedence.pth)
+    and an extension of this Python say nothing."""
+    import sysconfig
+    v = make_venv(str(tmp_path / "v"), [])
+    site = os.path.join(v, "lib", f"python{VER}", "site-packages")
+    home = tmp_path / "home" / "u" / "x"
+    home.mkdir(parents=True)
+    (home / "xmod.py").write_text("X = 1\n")
+    gone = "/nonexistent/pmb-u-opt"
+    with open(os.path.join(site, "hack.pth"), "w") as f:
+        f.write(f"# added by hand\nimport sys; sys.path.insert(0, {str(home)!r})\n"
+                f"import os; os.environ.setdefault('PMB_OPT', {gone!r})\n"
+                f"import sys; sys.path.append({site!r})\n")
+    dynload = os.path.join(os.path.dirname(os.__file__), "lib-dynload")
+    ext = sorted(n for n in os.listdir(dynload) if f".{sysconfig.get_config_var('SOABI')}."
+                 in n and n.endswith(".so"))[0]
+    real = os.path.join(dynload, ext)
+    pkg = os.path.join(site, "oldpkg")
+    os.makedirs(pkg)
+    open(os.path.join(pkg, "__init__.py"), "w").close()
+    other = os.path.join(pkg, "_json.cpython-39-x86_64-linux-gnu.so")
+    shutil.copy(real, other)
+    shutil.copy(real, os.path.join(pkg, ext))  # built for this Python
+    r = run(CLI + ["pack", v, "-o", str(tmp_path / "out"), "-q"], timeout=900)
+    pth = [ln for ln in r.stderr.splitlines() if "hack.pth" in ln]
+    assert len(pth) == 2, r.stderr
+    assert "line 2 runs code" in pth[0] and str(home) in pth[0] and gone not in pth[0], pth
+    assert "line 3 runs code" in pth[1] and f"{gone} (which does not exist)" in pth[1], pth
+    assert "install that code into the environment or remove the line" in pth[0], pth
+    exts = [ln for ln in r.stderr.splitlines() if "extension module" in ln]
+    assert len(exts) == 1 and other in exts[0] and "Python 3.9" in exts[0], r.stderr
+    assert f"rebuild it for {VER}" in exts[0], exts
+    assert len(r.stderr.strip().splitlines()) == 3, r.stderr
+
+
 @pytest.fixture(scope="module")
 def edit_conda(tmp_path_factory):
     from support import condaenv
