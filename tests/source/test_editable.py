@@ -16,6 +16,8 @@ source, with a pure module, package data and a C extension).
 
 from __future__ import annotations
 
+import glob
+import importlib.metadata
 import os
 import pathlib
 import shutil
@@ -24,7 +26,7 @@ import textwrap
 
 import pytest
 
-from helpers import CLI, make_venv, mpi_env, mpirun, run, tree_site
+from helpers import CLI, LAUNCHER, MPIEXEC, make_venv, mpi_env, mpirun, run, tree_site
 
 VER = f"{sys.version_info[0]}.{sys.version_info[1]}"
 HAVE_CC = shutil.which(os.environ.get("CC", "gcc")) is not None
@@ -206,14 +208,15 @@ assert sstrict.conf() == scompat.conf() == {"k": 3}
 assert md.version("sdemo") == "0.1" and md.version("hdemo") == "0.3"
 assert md.version("ldemo") == "0.4"
 y = x + hdemo.triple(1) + ldemo.four() + sstrict.conf()["k"] + plainmod.FIVE + mdemo.seven()
+y += extra(t)
 s = MPI.COMM_WORLD.allreduce(y)
 if MPI.COMM_WORLD.rank == 0:
     print("TOTAL", s, MPI.COMM_WORLD.size)
 """
 
 
-def expected_total(n: int) -> int:
-    return sum(2 * r + 6 + 3 + 4 + 3 + 5 + 7 for r in range(n))
+def expected_total(n: int, extra: int = 0) -> int:
+    return sum(2 * r + 6 + 3 + 4 + 3 + 5 + 7 + extra for r in range(n))
 
 
 def check_pack_lines(stderr: str, projects: dict) -> None:
@@ -227,16 +230,41 @@ def check_pack_lines(stderr: str, projects: dict) -> None:
 
 
 def run_moved(pkroot: str, packages: str, chroot: str, src: str,
-              moved: list[tuple[str, str]]) -> None:
+              moved: list[tuple[str, str]], extra: str = "", extra_total: int = 0,
+              traced: bool = False) -> None:
+    """CHECK on 4 ranks on 2 nodes with ``moved`` (env, sources) moved away;
+    ``extra`` defines extra(tree) -> a rank's addition to the total.
+    ``traced``: the whole job under strace, which must show no call naming a
+    path under any of the moved directories (old place or new)."""
     for a, b in moved:
         shutil.move(a, b)
     try:
         env = mpi_env(pkroot, chroot, cliques=2, packages=packages)
-        r = mpirun(4, ["-c", f"HAVE_CC = {HAVE_CC}\nSRC = {src!r}\n" + CHECK], env, timeout=300)
+        code = (f"HAVE_CC = {HAVE_CC}\nSRC = {src!r}\n" + (extra or "def extra(t):\n"
+                "    return 0\n") + CHECK)
+        if traced:
+            import filecalls
+            tasks = filecalls.trace([MPIEXEC, "-n", "4", LAUNCHER, "-c", code], env=env,
+                                    timeout=600, check=False)
+            r = tasks[None]
+        else:
+            r = mpirun(4, ["-c", code], env, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"TOTAL {expected_total(4)} 4" in r.stdout, r.stdout
+        assert f"TOTAL {expected_total(4, extra_total)} 4" in r.stdout, r.stdout
         nodes = os.listdir(os.path.dirname(chroot.replace("%n", "0")))
         assert len(nodes) == 2, nodes
+        if traced:
+            roots = sorted({p for ab in moved for p in ab} |
+                           {os.path.realpath(p) for ab in moved for p in ab})
+            calls, pids, nbytes = filecalls.count_roots(tasks, roots)
+            assert (calls, nbytes) == (0, 0), (calls, pids, nbytes, [
+                f"{tid}: {ev.name}({ev.args[:160]})" for tid, t in tasks.items() if tid
+                for ev in t.events if not isinstance(ev, tuple)
+                and any(filecalls.under(q, r) for q in ev.paths for r in roots)][:10])
+            ranks = [t for tid, t in tasks.items() if tid and any(
+                isinstance(ev, tuple) and ev[0] == "exec" and ev[1].endswith("python-mpi")
+                for ev in t.events)]
+            assert len(ranks) == 4, len(ranks)  # every rank was traced
     finally:
         for a, b in moved:
             shutil.move(b, a)
@@ -439,30 +467,94 @@ def test_pth_code_naming_paths_outside_the_env_and_extensions_for_another_python
     assert len(r.stderr.strip().splitlines()) == 3, r.stderr
 
 
+# numpy as conda installed it, and the version pip then put over it (the one
+# the test's own venv holds, so pip finds its wheel in the cache), as in test_conda
+PIP_NUMPY = importlib.metadata.version("numpy")
+CONDA_NUMPY = "2.3.5" if PIP_NUMPY != "2.3.5" else "2.2.6"
+
+# what a rank checks and adds in the conda env besides the editable projects
+CONDA_EXTRA = f"""
+def extra(t):
+    import ctypes, subprocess, numpy
+    assert numpy.__version__ == {PIP_NUMPY!r}, numpy.__version__  # pip's, over conda's
+    assert os.path.realpath(numpy.__file__).startswith(t + "/"), numpy.__file__
+    try:
+        import six
+        raise SystemExit("six, which pip uninstalled, is in the tree: " + six.__file__)
+    except ImportError:
+        pass
+    # pmblink's files are links into pmbdemo's: a library and a program
+    lib = ctypes.CDLL(os.path.join(t, "lib", "libpmbalias.so"))
+    lib.pmbdemo_data.restype = ctypes.c_char_p
+    data = os.path.realpath(lib.pmbdemo_data().decode())
+    assert data == t + "/share/pmbdemo/greeting.txt", data
+    p = subprocess.run([os.path.join(t, "bin", "pmbdemo-alias")], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "greeting=hello from pmbdemo" in p.stdout, p.stdout + p.stderr
+    return int(numpy.arange(4.0).sum())
+"""
+
+
 @pytest.fixture(scope="module")
 def edit_conda(tmp_path_factory):
+    """A conda-layout env holding together what issue 22 lists: the editable
+    projects of every kind (make_projects), numpy as a conda package that
+    ``pip install --force-reinstall`` replaced by another version, six as a
+    conda package ``pip uninstall`` removed, and a conda package (pmblink)
+    whose files are symlinks into another package's (pmbdemo's library and
+    program), beside python's own bin/python3 -> python3.X."""
     from support import condaenv
     if condaenv.unavailable():
         pytest.skip(condaenv.unavailable())
     base = tmp_path_factory.mktemp("editable-conda")
-    prefix = condaenv.build(str(base / "conda"), sys.executable, ["mpi4py"])
+    root = str(base / "conda")
+    prefix = condaenv.build(root, sys.executable, ["mpi4py"])
     # conda's python package ships its C headers; the test builder's has none
     inc = os.path.join(prefix, "include", f"python{VER}")
     if not os.path.isfile(os.path.join(inc, "Python.h")):
         import sysconfig
         shutil.copytree(sysconfig.get_path("include"), inc, dirs_exist_ok=True)
+    wheels = str(base / "wheels")
+    run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+         "--no-deps", "-d", wheels, f"numpy=={CONDA_NUMPY}", "six==1.17.0"], timeout=600)
+    records = [condaenv.install_wheel_as_conda(root, prefix, w)
+               for w in sorted(glob.glob(os.path.join(wheels, "*.whl")))]
+    records.append(condaenv.install_links_as_conda(
+        root, prefix, "pmblink", {"lib/libpmbalias.so": "libpmbdemo.so",
+                                  "bin/pmbdemo-alias": "pmbdemo"}))
+    py = os.path.join(prefix, "bin", "python3")
+    pip = [sys.executable, "-m", "pip", "--python", py, "--disable-pip-version-check"]
+    run(pip + ["install", "-q", "--no-compile", "--no-deps", "--force-reinstall",
+               f"numpy=={PIP_NUMPY}"], timeout=900)
+    run(pip + ["uninstall", "-q", "-y", "six"], timeout=300)
     projects = make_projects(str(base / "src"))
     site = os.path.join(prefix, "lib", f"python{VER}", "site-packages")
-    install_editables(os.path.join(prefix, "bin", "python3"), site, projects)
+    install_editables(py, site, projects)
     return {"base": str(base), "prefix": prefix, "src": str(base / "src"),
-            "projects": projects}
+            "projects": projects, "records": records}
 
 
 def test_conda_env_with_editable_installs_runs_from_the_tree_with_env_and_sources_moved(
         edit_conda, shm_chroot):
+    """The issue's combined check: everything above in one conda env, packed;
+    conda-pack (the reference) refuses it; with the env and every editable
+    source (and meson's build directory in it) moved away, 4 ranks on 2
+    nodes import it all and compute, and strace of the job shows no call
+    naming the env's or a source's path, old or new."""
+    prefix = edit_conda["prefix"]
+    cp = run([os.path.join(os.path.dirname(sys.executable), "conda-pack"), "-p", prefix,
+              "-o", os.path.join(edit_conda["base"], "cp.tar.gz"), "-q"], timeout=900,
+             check=False)
+    print(f"conda-pack on the same env (the reference): exit {cp.returncode}: "
+          f"{(cp.stdout + cp.stderr).strip()}")
+    assert cp.returncode != 0, cp.stdout + cp.stderr
     out = os.path.join(edit_conda["base"], "out")
-    r = run(CLI + ["pack", edit_conda["prefix"], "-o", out, "-q"], timeout=900)
+    r = run(CLI + ["pack", prefix, "-o", out, "-q"], timeout=900)
     check_pack_lines(r.stderr, edit_conda["projects"])
+    changed = [ln for ln in r.stderr.splitlines() if "pip replaced/removed them" in ln]
+    numpy_rec, six_rec = sorted(rec for rec in edit_conda["records"] if "pmblink" not in rec)
+    assert len(changed) == 2 and numpy_rec in changed[0] and six_rec in changed[1], r.stderr
+    assert "pmblink" not in r.stderr, r.stderr
     run_moved(out, "demo.tar.zst", shm_chroot, edit_conda["src"],
-              [(edit_conda["prefix"], edit_conda["prefix"] + "-moved"),
-               (edit_conda["src"], edit_conda["src"] + "-moved")])
+              [(prefix, prefix + "-moved"), (edit_conda["src"], edit_conda["src"] + "-moved")],
+              extra=CONDA_EXTRA, extra_total=6, traced=bool(shutil.which("strace")))

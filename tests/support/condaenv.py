@@ -495,3 +495,19 @@ def install_wheel_as_conda(root: str, prefix: str, wheel: str, build: str = "") 
     paths = _package_info(pkg, name, version, build, conda_build_placeholder(name), {})
     _install(pkg, prefix, paths, name, version, build, pkgs_dir)
     return f"{name}-{version}-{build}"
+
+
+def install_links_as_conda(root: str, prefix: str, name: str, links: dict[str, str],
+                           version: str = "1.0", build: str = "h_pmb_0") -> str:
+    """A conda package of symlinks only, pointing into another package's files
+    (``links``: path -> link target, relative as conda packages have them,
+    e.g. ``lib/libfoo.so -> libfoo.so.1`` where libfoo.so.1 is another
+    package's), installed as conda would.  Returns NAME-VERSION-BUILD."""
+    pkgs_dir = os.path.join(root, "pkgs")
+    pkg = os.path.join(pkgs_dir, f"{name}-{version}-{build}")
+    for rel, target in links.items():
+        os.makedirs(os.path.dirname(os.path.join(pkg, rel)), exist_ok=True)
+        os.symlink(target, os.path.join(pkg, rel))
+    paths = _package_info(pkg, name, version, build, conda_build_placeholder(name), {})
+    _install(pkg, prefix, paths, name, version, build, pkgs_dir)
+    return f"{name}-{version}-{build}"
