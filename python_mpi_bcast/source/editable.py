@@ -81,6 +81,9 @@ class Editable:
     origin: str                     # the directory its files come from
     files: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (abs, site-rel)
     hooks: list[str] = dataclasses.field(default_factory=list)  # site-rel files to drop
+    # files not packed whose edit makes the packed ones stale (a meson
+    # project's compiled sources and meson.build files): run's key covers them
+    watch: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -246,6 +249,31 @@ def _meson_files(build: str, names: set) -> tuple[list[tuple[str, str]], list[st
     return files, missing
 
 
+def _meson_inputs(build: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The build's (compiled source, object) pairs (compile_commands.json)
+    and its meson.build files (intro-buildsystem_files.json)."""
+    try:
+        with open(os.path.join(build, "compile_commands.json"), encoding="utf-8") as f:
+            commands = json.load(f)
+    except (OSError, ValueError):
+        commands = []
+    pairs = []
+    for c in commands if isinstance(commands, list) else []:
+        if isinstance(c, dict) and isinstance(c.get("file"), str) and \
+                isinstance(c.get("output"), str):
+            d = c.get("directory") or build
+            pairs.append((os.path.normpath(os.path.join(d, c["file"])),
+                          os.path.normpath(os.path.join(d, c["output"]))))
+    try:
+        with open(os.path.join(build, "meson-info", "intro-buildsystem_files.json"),
+                  encoding="utf-8") as f:
+            build_files = json.load(f)
+    except (OSError, ValueError):
+        build_files = []
+    return pairs, [b for b in build_files if isinstance(b, str)] \
+        if isinstance(build_files, list) else []
+
+
 def _meson_stale(build: str) -> str:
     """Why the build in ``build`` is older than its sources, or '': a
     compiled source newer than its object (compile_commands.json), a
@@ -258,30 +286,15 @@ def _meson_stale(build: str) -> str:
         except OSError:
             return -1.0
 
-    try:
-        with open(os.path.join(build, "compile_commands.json"), encoding="utf-8") as f:
-            commands = json.load(f)
-    except (OSError, ValueError):
-        commands = []
-    for c in commands if isinstance(commands, list) else []:
-        if not isinstance(c, dict) or not {"file", "output"} <= set(c):
-            continue
-        d = c.get("directory") or build
-        src = os.path.normpath(os.path.join(d, c["file"]))
-        out = os.path.normpath(os.path.join(d, c["output"]))
+    pairs, build_files = _meson_inputs(build)
+    for src, out in pairs:
         if mtime(out) < 0:
             return f"{src} was never compiled"
         if mtime(src) > mtime(out):
             return f"{src} changed after it was compiled"
-    try:
-        with open(os.path.join(build, "meson-info", "intro-buildsystem_files.json"),
-                  encoding="utf-8") as f:
-            build_files = json.load(f)
-    except (OSError, ValueError):
-        build_files = []
     ninja = mtime(os.path.join(build, "build.ninja"))
-    for bf in build_files if isinstance(build_files, list) else []:
-        if isinstance(bf, str) and mtime(bf) > ninja:
+    for bf in build_files:
+        if mtime(bf) > ninja:
             return f"{bf} changed after the build was configured"
     return ""
 
@@ -331,6 +344,8 @@ def _meson(site: str, pth: str, loader: str, owner: dict, urls: dict,
                               f"meson-python editable project {name} is left out: reinstall "
                               f"it ({again} --no-build-isolation) and pack again")
         return None
+    pairs, build_files = _meson_inputs(build)
+    ed.watch = sorted({src for src, _ in pairs} | set(build_files))
     stale = f"{missing[0]} is not built" if missing else _meson_stale(build)
     if stale:
         found.warnings.append(f"{path}: the build of the meson-python editable project {name} "

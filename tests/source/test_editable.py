@@ -350,6 +350,18 @@ def test_run_repacks_after_an_edit_to_an_editable_source(edit_venv):
     finally:
         with open(f, "w") as fh:
             fh.write(old)
+    # a C source of the meson-python project, not yet rebuilt: the next run
+    # packs again (and says the build is out of date) instead of reusing
+    c = os.path.join(edit_venv["projects"]["mdemo"], "mdemo", "_speed.c") if HAVE_CC else \
+        os.path.join(edit_venv["projects"]["mdemo"], "meson.build")
+    st = os.stat(c)
+    k2 = content_key(edit_venv["venv"])  # the restored hdemo file has a new mtime
+    try:
+        os.utime(c, (st.st_atime, st.st_mtime + 60))
+        assert content_key(edit_venv["venv"]) != k2
+    finally:
+        os.utime(c, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert content_key(edit_venv["venv"]) == k2
     # a new module in a package of the lenient setuptools finder
     g = os.path.join(edit_venv["projects"]["sdemo"], "sdemo", "extra.py")
     try:
