@@ -350,8 +350,8 @@ def _meson(site: str, pth: str, loader: str, owner: dict, urls: dict,
     if stale:
         found.warnings.append(f"{path}: the build of the meson-python editable project {name} "
                               f"in {build} is out of date ({stale}); packed as last built: "
-                              f"build it (import {sorted(names)[0]} once, or ninja -C {build}) "
-                              f"and pack again")
+                              f"build it (python -c 'import {sorted(names)[0]}' with the "
+                              f"environment's python, or ninja -C {build}) and pack again")
     return ed
 
 
@@ -464,10 +464,9 @@ def find(site: str, inside: list[str]) -> Found:
                     found.warnings.append(
                         f"{os.path.join(site, pth)}: line {n} runs code at start-up that names "
                         f"{where}, outside the environment; it is packed as it is, so every "
-                        f"rank would run it and look there (on the shared filesystem) (pack "
-                        f"reads only the paths written in the line; it does not run it): "
-                        f"install that code into the environment or remove the line, and "
-                        f"pack again")
+                        f"rank would run it and look there, on the shared filesystem (pack "
+                        f"reads the paths written in the line, it does not run it): install "
+                        f"that code into the environment or remove the line, and pack again")
                 continue
             if not s or s.startswith("#"):
                 continue

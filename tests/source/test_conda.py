@@ -422,7 +422,8 @@ def test_a_changed_binary_that_still_names_the_env_gets_one_line(tmp_path):
         assert "reinstall that package with conda" in lines[0], lines
 
 
-NOARCH_MAIN = "import os, sys\ndef main():\n    print('pmbnoarch from ' + os.path.dirname(__file__))\n    return 0\n"
+NOARCH_MAIN = ("import os, sys\ndef main():\n"
+               "    print('pmbnoarch from ' + os.path.dirname(__file__))\n    return 0\n")
 
 
 @pytest.fixture(scope="module")

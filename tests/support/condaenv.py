@@ -568,8 +568,9 @@ def install_noarch_python_as_conda(root: str, prefix: str, name: str, version: s
             os.link(src, dst)
         out.append((t, rec))
         if t.endswith(".py") and t.startswith(site + "/"):
+            tag = f"cpython-{PY_VER.replace('.', '')}"
             pyc = os.path.join(os.path.dirname(t), "__pycache__",
-                               os.path.basename(t)[:-3] + f".cpython-{PY_VER.replace('.', '')}.pyc")
+                               f"{os.path.basename(t)[:-3]}.{tag}.pyc")
             py_compile.compile(dst, cfile=os.path.join(prefix, pyc), doraise=True)
             out.append((pyc, {"_path": pyc, "path_type": "pyc_file"}))
     for cmd, spec in entry_points.items():
