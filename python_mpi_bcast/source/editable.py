@@ -198,22 +198,29 @@ def _finder_mapping(path: str) -> tuple[dict, dict]:
 
 
 def _meson_call(path: str) -> tuple[str, set, str]:
-    """(project, top-level names, build directory) of a meson-python editable
-    loader module: the literal arguments of its ``MesonpyMetaFinder(...)``
-    (or, before 0.14, ``install(...)``) call, read with ast, never executed."""
+    """(project or '', top-level names, build directory) of a meson-python
+    editable loader module: the literal arguments of its call that sets up
+    the finder, read with ast, never executed: ``MesonpyMetaFinder(project,
+    names, build, cmd, verbose)`` (0.14 and later) or ``install(names, build,
+    cmd, verbose)`` (0.13)."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-                node.func.id in ("MesonpyMetaFinder", "install") and len(node.args) >= 4:
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and
+                node.func.id in ("MesonpyMetaFinder", "install") and len(node.args) >= 4):
+            continue
+        args = []
+        for a in node.args[:3]:
             try:
-                name, names, build = (ast.literal_eval(a) for a in node.args[:3])
+                args.append(ast.literal_eval(a))
             except ValueError:
-                continue
-            if isinstance(name, str) and isinstance(names, (set, list, tuple)) and \
-                    isinstance(build, str):
-                return name, set(names), build
-    raise ValueError("no MesonpyMetaFinder(...) call with literal arguments")
+                args.append(None)
+        if isinstance(args[0], str) and isinstance(args[1], (set, list, tuple)) and \
+                isinstance(args[2], str):
+            return args[0], set(args[1]), args[2]
+        if isinstance(args[0], (set, list, tuple)) and isinstance(args[1], str):
+            return "", set(args[0]), args[1]
+    raise ValueError("no MesonpyMetaFinder(...) or install(...) call with literal arguments")
 
 
 def _meson_files(build: str, names: set) -> tuple[list[tuple[str, str]], list[str]]:
@@ -327,7 +334,7 @@ def _meson(site: str, pth: str, loader: str, owner: dict, urls: dict,
                               f"cannot be read ({e}); the editable project {name or pth} is "
                               f"left out: reinstall it (pip install -e SOURCE) and pack again")
         return None
-    name = name or project
+    name = name or project or loader
     source = _meson_source(build) or source
     ed = Editable(name, version, "meson-python rebuild hook", source or build,
                   hooks=[loader + ".py"])

@@ -437,6 +437,31 @@ def test_a_meson_python_build_out_of_date_or_gone_gets_one_line_and_no_rebuild_h
         shutil.move(build + "-gone", build)
 
 
+def test_a_meson_python_0_13_loader_maps_the_same_files(edit_venv, tmp_path):
+    """meson-python 0.13 wrote ``NAME-editable.pth`` as a bare ``import
+    _NAME_editable_loader`` and ended the loader with ``install(names,
+    build_dir, cmd, verbose)`` (its mesonpy/__init__.py); read as literals
+    like the current ``MesonpyMetaFinder(...)`` call, it maps the same files
+    of the same build."""
+    from python_mpi_bcast.source import editable
+    site = tmp_path / "site"
+    site.mkdir()
+    build = os.path.join(edit_venv["projects"]["mdemo"], "build", f"cp{VER.replace('.', '')}")
+    (site / "mdemo-editable.pth").write_text("import _mdemo_editable_loader")
+    (site / "_mdemo_editable_loader.py").write_text(
+        "import sys\n\ndef install(names, path, cmd, verbose):\n"
+        "    sys.meta_path.insert(0, MesonpyMetaFinder(names, path, cmd, verbose))\n"
+        f"\ninstall(\n    {{'mdemo'}},\n    {build!r},\n    ['ninja'],\n    False,\n)")
+    old = editable.find(str(site), [str(tmp_path)])
+    new = editable.find(edit_venv["site"], [edit_venv["venv"]])
+    (ed,) = old.editables
+    (want,) = [e for e in new.editables if e.kind == "meson-python rebuild hook"]
+    assert sorted(ed.files) == sorted(want.files) and len(ed.files) >= 3, (ed.files, want.files)
+    assert ed.origin == edit_venv["projects"]["mdemo"] and not old.warnings, old.warnings
+    assert "_mdemo_editable_loader.py" in old.hooks
+    assert old.pth_drop == {"mdemo-editable.pth": ["import _mdemo_editable_loader"]}
+
+
 def test_pth_code_naming_paths_outside_the_env_and_extensions_for_another_python_get_a_line(
         tmp_path):
     """What cannot be packed faithfully is said, one line each, naming the
