@@ -571,7 +571,7 @@ def edit_conda(tmp_path_factory):
             "projects": projects, "records": records}
 
 
-def test_conda_env_with_editable_installs_runs_from_the_tree_with_env_and_sources_moved(
+def test_conda_env_with_every_editable_kind_pip_changes_and_cross_package_links_runs_moved(
         edit_conda, shm_chroot):
     """The issue's combined check: everything above in one conda env, packed;
     conda-pack (the reference) refuses it; with the env and every editable
