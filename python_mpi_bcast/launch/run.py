@@ -146,6 +146,8 @@ def content_key(prefix: str) -> str:
             add("editable", ed.name, ed.origin)
             for src, rel in ed.files:
                 add(rel, _stat_bits(src))
+            for src in ed.watch:  # a meson project's C sources: an edit is a rebuild to pack
+                add("watch", src, _stat_bits(src))
     bindir = os.path.join(prefix, "bin")
     if os.path.isdir(bindir):
         for entry in sorted(os.listdir(bindir)):

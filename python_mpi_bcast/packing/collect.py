@@ -311,6 +311,24 @@ def absorb_editables(st: Staged, site: str, inside: list[str], refuse: bool) -> 
             os.unlink(full)
     _drop_from_records(staged, set(found.hooks) | set(found.pth_drop))
     st.warnings += found.warnings
+    st.warnings += editable.other_pythons(_extensions(staged, site), st.info.version)
+
+
+def _extensions(staged_site: str, site: str) -> list[str]:
+    """The CPython extension modules of a staged site directory, named by
+    the file they were copied from."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(staged_site):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if ".cpython-" in fn and fn.endswith(".so"):
+                full = os.path.join(dirpath, fn)
+                src = content_path(full)
+                if src == full:
+                    orig = os.path.join(site, os.path.relpath(full, staged_site))
+                    src = orig if os.path.lexists(orig) else full
+                out.append(src)
+    return out
 
 
 def _drop_from_records(staged_site: str, gone: set[str]) -> None:

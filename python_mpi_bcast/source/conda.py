@@ -8,7 +8,11 @@ files, ``prefix_placeholder`` (the build prefix compiled or written into the
 file) and ``file_mode`` (``text`` or ``binary``).  At install, conda replaced
 the placeholder by the env's prefix: in text files plainly, in binary files
 inside each NUL-terminated string, padding the string with NULs so the file
-keeps its layout.  Files pip installed into the env have no record.
+keeps its layout.  Files pip installed into the env have no record.  A
+``noarch: python`` package's files are ``site-packages/...`` and
+``python-scripts/...`` in the package; conda places them under the env's
+``lib/pythonX.Y/site-packages`` and ``bin/``, and its record names the placed
+paths (conda < 4.4 wrote the package's own into ``paths_data``: mapped here).
 
 The disk is the truth: most envs have had ``pip install`` run in them, and pip
 replaces and removes files conda recorded without telling conda.  A file a
@@ -117,11 +121,18 @@ def read_env(prefix: str) -> CondaEnv:
         if not isinstance(files, list) or not all(isinstance(p, str) for p in files):
             raise PmbError(f"{path}: corrupt record (its file list is not a list of paths); "
                            f"restore it or reinstall that package with conda")
+        records.append((fn, rec, files, paths if isinstance(paths, list) else []))
+    site = f"lib/python{'.'.join(env.python_version.split('.')[:2])}/site-packages"
+    for i, (fn, rec, files, paths) in enumerate(records):
+        if _is_noarch_python(rec) and env.python_version:
+            files = [_noarch_target(rel, site) for rel in files]
+            paths = [dict(p, _path=_noarch_target(p["_path"], site)) for p in paths]
+            records[i] = (fn, rec, files, paths)
         for rel in files:
             if os.path.isabs(rel) or ".." in rel.split("/"):
-                raise PmbError(f"{path}: lists {rel!r}, outside the environment")
+                raise PmbError(f"{os.path.join(meta, fn)}: lists {rel!r}, outside the "
+                               f"environment")
             env.managed.add(rel)
-        records.append((fn, rec, files, paths if isinstance(paths, list) else []))
     env.pip_owned = pip_owned_files(prefix, env.managed)
     for idx, (fn, rec, files, paths) in enumerate(records):
         # a .pyc that failed to compile is recorded but absent (conda-pack does the same)
@@ -148,6 +159,27 @@ def read_env(prefix: str) -> CondaEnv:
                                    f"or reinstall the package")
                 env.prefix_files[p["_path"]] = PrefixRecord(mode, ph)
     return env
+
+
+def _is_noarch_python(rec: dict) -> bool:
+    """A ``noarch: python`` package: conda's record says ``"noarch": "python"``
+    (or ``{"type": "python"}``), or ``"package_type": "noarch_python"``."""
+    n = rec.get("noarch")
+    if isinstance(n, dict):
+        n = n.get("type")
+    return n == "python" or rec.get("package_type") == "noarch_python"
+
+
+def _noarch_target(rel: str, site: str) -> str:
+    """Where conda placed a noarch: python package's file: its
+    ``site-packages/...`` under the env's lib/pythonX.Y/site-packages, its
+    ``python-scripts/...`` under bin/.  Records name the placed paths, but
+    conda < 4.4 wrote the package's own paths into ``paths_data``."""
+    if rel.startswith("site-packages/"):
+        return site + rel[len("site-packages"):]
+    if rel.startswith("python-scripts/"):
+        return "bin" + rel[len("python-scripts"):]
+    return rel
 
 
 def _as_installed(prefix: str, p: dict) -> bool:

@@ -11,7 +11,25 @@ is and puts a hook into site-packages.  The hooks in use:
   strict mode (a link tree under the project's ``build/``) and compat mode
   (the source directory), hatchling, flit, pdm, meson-python's built tree,
   legacy develop installs (``easy-install.pth`` + ``NAME.egg-link``), and
-  plain ``.pth`` files users write.
+  plain ``.pth`` files users write;
+* meson-python: ``NAME-editable.pth`` holding ``import _NAME_editable_loader``
+  (``; _NAME_editable_loader.init()`` since 0.14), and that loader module,
+  which on import runs ninja in the project's build directory and maps
+  modules to the build and source directories by the build's install plan
+  (``BUILD/meson-info/intro-install_plan.json``).  The loader's call naming
+  the build directory is read as literals (never executed), the plan as
+  JSON; what is packed is what the last build left (ninja is not run at
+  pack time: the user's build may need a compiler or environment the pack
+  does not have), and a build that is missing or older than its sources
+  gets one line.
+
+A ``.pth`` line that runs code (``import ...``) and is no hook above is kept
+as it is; each absolute path written in it as a string literal that lies
+outside the environment gets one line (the code is not run at pack time,
+so paths it computes, from ``os.environ`` or ``~``, cannot be seen).  An
+extension module built for another Python version (``NAME.cpython-3XY-...so``)
+in the site directory or an editable project gets one line too
+(``other_pythons``).
 
 What is importable through them is listed as (source file, path relative to
 the site directory): for an import hook, exactly its mapping; for a path
@@ -37,6 +55,7 @@ import dataclasses
 import json
 import os
 import re
+import urllib.parse
 
 from .pyinfo import dist_key
 
@@ -48,6 +67,10 @@ BUILD_DIRS = frozenset({"build", "dist"})
 # a project's own tooling at the top of a source directory, never imported by its code
 TOOL_FILES = frozenset({"setup.py", "conftest.py", "noxfile.py", "fabfile.py"})
 FINDER = re.compile(r"^import (__editable___[A-Za-z0-9_]+_finder)\s*;\s*\1\.install\(\)\s*$")
+MESON_LOADER = re.compile(r"^import (_[A-Za-z0-9_]+_editable_loader)\s*"
+                          r"(?:;\s*\1\.(?:init|install)\(\)\s*)?$")
+# the extension suffix of a CPython version: mod.cpython-311-x86_64-linux-gnu.so
+CPYTHON_EXT = re.compile(r"\.cpython-(\d)(\d+)[a-z]*(?:-[^.]*)?\.so$")
 
 
 @dataclasses.dataclass
@@ -58,6 +81,9 @@ class Editable:
     origin: str                     # the directory its files come from
     files: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (abs, site-rel)
     hooks: list[str] = dataclasses.field(default_factory=list)  # site-rel files to drop
+    # files not packed whose edit makes the packed ones stale (a meson
+    # project's compiled sources and meson.build files): run's key covers them
+    watch: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -171,6 +197,204 @@ def _finder_mapping(path: str) -> tuple[dict, dict]:
     return found.get("MAPPING", {}), found.get("NAMESPACES", {})
 
 
+def _meson_call(path: str) -> tuple[str, set, str]:
+    """(project or '', top-level names, build directory) of a meson-python
+    editable loader module: the literal arguments of its call that sets up
+    the finder, read with ast, never executed: ``MesonpyMetaFinder(project,
+    names, build, cmd, verbose)`` (0.14 and later) or ``install(names, build,
+    cmd, verbose)`` (0.13)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and
+                node.func.id in ("MesonpyMetaFinder", "install") and len(node.args) >= 4):
+            continue
+        args = []
+        for a in node.args[:3]:
+            try:
+                args.append(ast.literal_eval(a))
+            except ValueError:
+                args.append(None)
+        if isinstance(args[0], str) and isinstance(args[1], (set, list, tuple)) and \
+                isinstance(args[2], str):
+            return args[0], set(args[1]), args[2]
+        if isinstance(args[0], (set, list, tuple)) and isinstance(args[1], str):
+            return "", set(args[0]), args[1]
+    raise ValueError("no MesonpyMetaFinder(...) or install(...) call with literal arguments")
+
+
+def _meson_files(build: str, names: set) -> tuple[list[tuple[str, str]], list[str]]:
+    """What a meson-python loader maps, as its ``collect`` does from the
+    build's install plan: (source file, site-rel) pairs for the top-level
+    ``names``, and the planned files that do not exist (not built)."""
+    with open(os.path.join(build, "meson-info", "intro-install_plan.json"),
+              encoding="utf-8") as f:
+        plan = json.load(f)
+    files, missing = [], []
+    for key, data in sorted(plan.items()):
+        if not isinstance(data, dict):
+            continue
+        for src, target in sorted(data.items()):
+            src = os.path.normpath(src)
+            dest = str((target or {}).get("destination", "")).split("/")
+            if dest[0] not in ("{py_platlib}", "{py_purelib}") or len(dest) < 2 \
+                    or _module_name(dest[1]) not in names:
+                continue
+            rel = os.path.join(*dest[1:])
+            if key == "install_subdirs" or (key == "targets" and os.path.isdir(src)):
+                ex_files = {os.path.normpath(x) for x in target.get("exclude_files", [])}
+                ex_dirs = {os.path.normpath(x) for x in target.get("exclude_dirs", [])}
+                for full, r in _walk_files(src, rel):
+                    inner = os.path.relpath(full, src)
+                    if inner in ex_files or any(inner.startswith(d + "/") for d in ex_dirs):
+                        continue
+                    files.append((full, r))
+            elif os.path.isfile(src):
+                files.append((src, rel))
+            else:
+                missing.append(src)
+    return files, missing
+
+
+def _meson_inputs(build: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The build's (compiled source, object) pairs (compile_commands.json)
+    and its meson.build files (intro-buildsystem_files.json)."""
+    try:
+        with open(os.path.join(build, "compile_commands.json"), encoding="utf-8") as f:
+            commands = json.load(f)
+    except (OSError, ValueError):
+        commands = []
+    pairs = []
+    for c in commands if isinstance(commands, list) else []:
+        if isinstance(c, dict) and isinstance(c.get("file"), str) and \
+                isinstance(c.get("output"), str):
+            d = c.get("directory") or build
+            pairs.append((os.path.normpath(os.path.join(d, c["file"])),
+                          os.path.normpath(os.path.join(d, c["output"]))))
+    try:
+        with open(os.path.join(build, "meson-info", "intro-buildsystem_files.json"),
+                  encoding="utf-8") as f:
+            build_files = json.load(f)
+    except (OSError, ValueError):
+        build_files = []
+    return pairs, [b for b in build_files if isinstance(b, str)] \
+        if isinstance(build_files, list) else []
+
+
+def _meson_stale(build: str) -> str:
+    """Why the build in ``build`` is older than its sources, or '': a
+    compiled source newer than its object (compile_commands.json), a
+    ``meson.build`` newer than ``build.ninja``.  Only times are compared;
+    ninja is not run."""
+
+    def mtime(p: str) -> float:
+        try:
+            return os.stat(p).st_mtime
+        except OSError:
+            return -1.0
+
+    pairs, build_files = _meson_inputs(build)
+    for src, out in pairs:
+        if mtime(out) < 0:
+            return f"{src} was never compiled"
+        if mtime(src) > mtime(out):
+            return f"{src} changed after it was compiled"
+    ninja = mtime(os.path.join(build, "build.ninja"))
+    for bf in build_files:
+        if mtime(bf) > ninja:
+            return f"{bf} changed after the build was configured"
+    return ""
+
+
+def _meson_source(build: str) -> str:
+    try:
+        with open(os.path.join(build, "meson-info", "meson-info.json"), encoding="utf-8") as f:
+            return str(json.load(f)["directories"]["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def _meson(site: str, pth: str, loader: str, owner: dict, urls: dict,
+           found: Found) -> Editable | None:
+    """The editable project of one meson-python loader, or None (said)."""
+    path = os.path.join(site, loader + ".py")
+    name, version = owner.get(pth, ("", ""))
+    source = ""  # what pip was given: direct_url.json, kept when the build is gone
+    try:
+        with open(os.path.join(site, urls[name]), encoding="utf-8") as f:
+            url = json.load(f)["url"]
+        if url.startswith("file://"):
+            source = urllib.parse.unquote(url[len("file://"):])
+    except (KeyError, OSError, ValueError, TypeError):
+        pass
+    try:
+        project, names, build = _meson_call(path)
+    except (OSError, SyntaxError, ValueError) as e:
+        found.warnings.append(f"{path}: a meson-python editable loader whose build directory "
+                              f"cannot be read ({e}); the editable project {name or pth} is "
+                              f"left out: reinstall it (pip install -e SOURCE) and pack again")
+        return None
+    name = name or project or loader
+    source = _meson_source(build) or source
+    ed = Editable(name, version, "meson-python rebuild hook", source or build,
+                  hooks=[loader + ".py"])
+    again = f"pip install -e {source or 'SOURCE'}"
+    if not os.path.isdir(build):
+        found.warnings.append(f"{path}: the meson-python editable project {name} builds in "
+                              f"{build}, which does not exist; left out of the package: "
+                              f"reinstall it ({again} --no-build-isolation) and pack again")
+        return None
+    try:
+        ed.files, missing = _meson_files(build, names)
+    except (OSError, ValueError, AttributeError) as e:
+        found.warnings.append(f"{path}: the install plan of {build} cannot be read ({e}); the "
+                              f"meson-python editable project {name} is left out: reinstall "
+                              f"it ({again} --no-build-isolation) and pack again")
+        return None
+    pairs, build_files = _meson_inputs(build)
+    ed.watch = sorted({src for src, _ in pairs} | set(build_files))
+    stale = f"{missing[0]} is not built" if missing else _meson_stale(build)
+    if stale:
+        found.warnings.append(f"{path}: the build of the meson-python editable project {name} "
+                              f"in {build} is out of date ({stale}); packed as last built: "
+                              f"build it (python -c 'import {sorted(names)[0]}' with the "
+                              f"environment's python, or ninja -C {build}) and pack again")
+    return ed
+
+
+def _code_paths(line: str, pth: str, inside: list[str]) -> list[str]:
+    """What a ``.pth`` line that runs code names outside ``inside``: each
+    string literal in it that is an absolute path (read with ast; the line
+    is not run, so paths it computes are not seen)."""
+    try:
+        tree = ast.parse(line.strip(), pth)
+    except SyntaxError:
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                node.value.startswith("/") and "\n" not in node.value:
+            p = os.path.normpath(node.value)
+            if p not in out and not _under(p, inside) and \
+                    not _under(os.path.realpath(p), inside):
+                out.append(p)
+    return out
+
+
+def other_pythons(paths, version: str) -> list[str]:
+    """The extension modules among ``paths`` built for a CPython other than
+    ``version`` ("3.11"): python never imports them (one line each)."""
+    out = []
+    for p in paths:
+        m = CPYTHON_EXT.search(p)
+        if m and f"{m.group(1)}.{m.group(2)}" != version:
+            out.append(f"{p}: an extension module built for Python {m.group(1)}.{m.group(2)}, "
+                       f"but the environment runs Python {version}, so it cannot be imported "
+                       f"(packed as it is); rebuild it for {version} (reinstall its package, "
+                       f"or rebuild the checkout it came from) or remove it")
+    return out
+
+
 def _dists(site: str) -> tuple[dict[str, tuple[str, str]], set[str], dict[str, str]]:
     """file (site-rel) -> (name, version) from each dist-info's RECORD; the
     normalized names; name -> editable URL (direct_url.json)."""
@@ -221,6 +445,7 @@ def find(site: str, inside: list[str]) -> Found:
             if target and not _under(os.path.abspath(target), inside):
                 egg_links[os.path.normpath(target)] = e
     finders = []
+    mesons = []
     for pth in (e for e in entries if e.endswith(".pth")):
         try:
             with open(os.path.join(site, pth), encoding="utf-8", errors="surrogateescape") as f:
@@ -228,13 +453,29 @@ def find(site: str, inside: list[str]) -> Found:
         except OSError:
             continue
         drop = []
-        for line in lines:
+        for n, line in enumerate(lines, 1):
             s = line.strip()
             m = FINDER.match(s)
             if m:
                 finders.append((pth, line, m.group(1)))
                 continue
-            if not s or s.startswith("#") or s.startswith(("import ", "import\t")):
+            m = MESON_LOADER.match(s)
+            if m:
+                mesons.append((pth, line, m.group(1)))
+                continue
+            if s.startswith(("import ", "import\t")):
+                named = _code_paths(s, pth, inside)
+                if named:
+                    where = ", ".join(p + ("" if os.path.exists(p) else " (which does not exist)")
+                                      for p in named)
+                    found.warnings.append(
+                        f"{os.path.join(site, pth)}: line {n} runs code at start-up that names "
+                        f"{where}, outside the environment; it is packed as it is, so every "
+                        f"rank would run it and look there, on the shared filesystem (pack "
+                        f"reads the paths written in the line, it does not run it): install "
+                        f"that code into the environment or remove the line, and pack again")
+                continue
+            if not s or s.startswith("#"):
                 continue
             d = os.path.normpath(os.path.join(site, s))
             if _under(d, inside) or _under(os.path.realpath(d), inside):
@@ -255,6 +496,13 @@ def find(site: str, inside: list[str]) -> Found:
             found.editables.append(ed)
         if drop:
             found.pth_drop[pth] = drop
+    for pth, line, mod in mesons:
+        ed = _meson(site, pth, mod, owner, urls, found)
+        found.pth_drop.setdefault(pth, []).append(line)
+        found.hooks.append(mod + ".py")
+        if ed:
+            found.editables.append(ed)
+            taken.update(m for _, rel in ed.files if (m := _module_name(rel.split("/")[0])))
     for pth, line, mod in finders:
         finder = mod + ".py"
         name, version = owner.get(pth, ("", ""))

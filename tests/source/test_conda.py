@@ -420,3 +420,90 @@ def test_a_changed_binary_that_still_names_the_env_gets_one_line(tmp_path):
         assert len(lines) == 1, r.stderr
         assert "pmbdemo-1.0-h_pmb_0" in lines[0] and f"still names {prefix}" in lines[0], lines
         assert "reinstall that package with conda" in lines[0], lines
+
+
+NOARCH_MAIN = ("import os, sys\ndef main():\n"
+               "    print('pmbnoarch from ' + os.path.dirname(__file__))\n    return 0\n")
+
+
+@pytest.fixture(scope="module")
+def noarch_env(tmp_path_factory):
+    """A conda-layout env with ``noarch: python`` packages as conda installs
+    them (condaenv.install_noarch_python_as_conda): pmbnoarch, recorded as
+    conda < 4.4 did (paths_data naming the package's site-packages/...
+    paths, files the installed ones), with a text file holding the prefix
+    and an entry point; six from its real wheel (conda-forge's six is
+    noarch: python), recorded as conda does now, which the user then
+    reinstalled with pip (``pip install --force-reinstall``)."""
+    from support import condaenv
+    import zipfile
+    if condaenv.unavailable():
+        pytest.skip(condaenv.unavailable())
+    base = tmp_path_factory.mktemp("noarch-conda")
+    root = str(base / "conda")
+    prefix = condaenv.build(root, sys.executable, [])
+    dist = "site-packages/pmbnoarch-1.0.dist-info"
+    old = condaenv.install_noarch_python_as_conda(
+        root, prefix, "pmbnoarch", "1.0", {
+            "site-packages/pmbnoarch/__init__.py": NOARCH_MAIN,
+            "site-packages/pmbnoarch/where.py": 'PREFIX = "PLACEHOLDER"\n',
+            f"{dist}/METADATA": "Metadata-Version: 2.1\nName: pmbnoarch\nVersion: 1.0\n",
+            f"{dist}/INSTALLER": "conda\n",
+            f"{dist}/RECORD": "pmbnoarch/__init__.py,,\npmbnoarch/where.py,,\n"
+                              "pmbnoarch-1.0.dist-info/METADATA,,\n"
+                              "pmbnoarch-1.0.dist-info/INSTALLER,,\n"
+                              "pmbnoarch-1.0.dist-info/RECORD,,\n",
+            "python-scripts/pmbnoarch-data": "#!/bin/sh\necho data\n"},
+        {"pmbnoarch": "pmbnoarch:main"}, prefix_texts=("site-packages/pmbnoarch/where.py",),
+        old_conda=True)
+    wheels = str(base / "wheels")
+    run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+         "--no-deps", "-d", wheels, "six==1.17.0"], timeout=600)
+    with zipfile.ZipFile(glob.glob(os.path.join(wheels, "six-*.whl"))[0]) as z:
+        six_files = {f"site-packages/{n}": z.read(n).decode() for n in z.namelist()}
+    six_files["site-packages/six-1.17.0.dist-info/INSTALLER"] = "conda\n"
+    six_files["site-packages/six-1.17.0.dist-info/RECORD"] += "six-1.17.0.dist-info/INSTALLER,,\n"
+    six = condaenv.install_noarch_python_as_conda(root, prefix, "six", "1.17.0", six_files, {})
+    py = os.path.join(prefix, "bin", "python3")
+    r = run([py, "-c", "import six, pmbnoarch.where as w; print(w.PREFIX)"], timeout=120)
+    assert r.stdout.strip() == prefix
+    run([sys.executable, "-m", "pip", "--python", py, "--disable-pip-version-check", "install",
+         "-q", "--no-compile", "--no-deps", "--force-reinstall", "six==1.17.0"], timeout=600)
+    return {"base": str(base), "prefix": prefix, "old": old, "six": six}
+
+
+def test_noarch_python_packages_map_to_the_site_directory_and_run_from_the_tree(
+        noarch_env, shm_chroot):
+    """conda's records of noarch: python packages name the installed paths
+    (lib/pythonX.Y/site-packages/..., bin/...), or, written by conda < 4.4,
+    the package's own (site-packages/..., python-scripts/...): either way
+    they describe the files on disk, so nothing is 'gone', the recorded
+    prefix file is the installed one, and a noarch package pip reinstalled
+    is pip's.  Ranks import both and run the entry point from the tree."""
+    from python_mpi_bcast.source import conda
+    prefix = noarch_env["prefix"]
+    site = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
+    env = conda.read_env(prefix)
+    assert not [p for p in env.managed if p.startswith(("site-packages/", "python-scripts/"))]
+    assert f"{site}/pmbnoarch/where.py" in env.prefix_files
+    assert "bin/pmbnoarch-data" in env.managed and "bin/pmbnoarch" in env.managed
+    assert f"{site}/six.py" in env.pip_owned
+    out = os.path.join(noarch_env["base"], "out")
+    r = run(CLI + ["pack", prefix, "-o", out], timeout=900)
+    said = [ln for ln in r.stderr.splitlines() if "conda package" in ln]
+    assert len(said) == 1 and noarch_env["six"] in said[0] and "now pip's" in said[0], r.stderr
+    assert "gone" not in said[0], said
+    script = (
+        "import os, subprocess, sys, six, pmbnoarch, pmbnoarch.where\n"
+        "t = os.environ['PYTHON_MPI_TREE']\n"
+        "assert pmbnoarch.where.PREFIX == t, (pmbnoarch.where.PREFIX, t)\n"
+        "assert six.__file__.startswith(t + '/'), six.__file__\n"
+        "p = subprocess.run([t + '/bin/pmbnoarch'], capture_output=True, text=True, timeout=60)\n"
+        "q = subprocess.run([t + '/bin/pmbnoarch-data'], capture_output=True, text=True,\n"
+        "                   timeout=60)\n"
+        "assert p.returncode == 0 and q.returncode == 0, p.stderr + q.stderr\n"
+        "sys.stdout.write((p.stdout + q.stdout).replace(t, '<T>').replace('\\n', '|') + '\\n')\n"
+    )
+    out_ = run_moved_away(prefix, out, shm_chroot, script)
+    want = f"pmbnoarch from <T>/{site}/pmbnoarch|data|\n"
+    assert out_.count(want) == 2, out_

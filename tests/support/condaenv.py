@@ -495,3 +495,104 @@ def install_wheel_as_conda(root: str, prefix: str, wheel: str, build: str = "") 
     paths = _package_info(pkg, name, version, build, conda_build_placeholder(name), {})
     _install(pkg, prefix, paths, name, version, build, pkgs_dir)
     return f"{name}-{version}-{build}"
+
+
+def install_links_as_conda(root: str, prefix: str, name: str, links: dict[str, str],
+                           version: str = "1.0", build: str = "h_pmb_0") -> str:
+    """A conda package of symlinks only, pointing into another package's files
+    (``links``: path -> link target, relative as conda packages have them,
+    e.g. ``lib/libfoo.so -> libfoo.so.1`` where libfoo.so.1 is another
+    package's), installed as conda would.  Returns NAME-VERSION-BUILD."""
+    pkgs_dir = os.path.join(root, "pkgs")
+    pkg = os.path.join(pkgs_dir, f"{name}-{version}-{build}")
+    for rel, target in links.items():
+        os.makedirs(os.path.dirname(os.path.join(pkg, rel)), exist_ok=True)
+        os.symlink(target, os.path.join(pkg, rel))
+    paths = _package_info(pkg, name, version, build, conda_build_placeholder(name), {})
+    _install(pkg, prefix, paths, name, version, build, pkgs_dir)
+    return f"{name}-{version}-{build}"
+
+
+def install_noarch_python_as_conda(root: str, prefix: str, name: str, version: str,
+                                   files: dict[str, str], entry_points: dict[str, str],
+                                   prefix_texts: tuple[str, ...] = (),
+                                   old_conda: bool = False, build: str = "pyh_pmb_0") -> str:
+    """A ``noarch: python`` conda package installed as conda does.  The
+    package holds ``site-packages/...`` and ``python-scripts/...`` (``files``:
+    package path -> text; ``PLACEHOLDER`` in the texts of ``prefix_texts`` is
+    the build prefix, recorded as text); conda places them under
+    lib/pythonX.Y/site-packages and bin/, byte-compiles the modules (recorded
+    as ``pyc_file``) and writes each entry point (``entry_points``: command ->
+    ``module:function``) as a script with a shebang naming the env's python
+    (``unix_python_entry_point``).  The conda-meta record's ``files`` are the
+    installed paths; its ``paths_data`` too, except with ``old_conda``, where
+    each ``_path`` is the package's path as conda < 4.4 recorded it
+    (``site-packages/six.py``).  Returns NAME-VERSION-BUILD."""
+    import py_compile
+    site = f"lib/python{PY_VER}/site-packages"
+    pkgs_dir = os.path.join(root, "pkgs")
+    pkg = os.path.join(pkgs_dir, f"{name}-{version}-{build}")
+    ph = conda_build_placeholder(name)
+    for rel, text in files.items():
+        os.makedirs(os.path.dirname(os.path.join(pkg, rel)), exist_ok=True)
+        with open(os.path.join(pkg, rel), "w") as f:
+            f.write(text.replace("PLACEHOLDER", ph))
+        if rel.startswith("python-scripts/"):
+            os.chmod(os.path.join(pkg, rel), 0o755)
+    paths = _package_info(pkg, name, version, build, ph, {r: "text" for r in prefix_texts})
+    with open(os.path.join(pkg, "info", "link.json"), "w") as f:
+        json.dump({"noarch": {"type": "python", "entry_points": [
+            f"{c} = {t}" for c, t in entry_points.items()]}, "package_metadata_version": 1}, f)
+
+    def target(p: str) -> str:
+        if p.startswith("site-packages/"):
+            return site + p[len("site-packages"):]
+        if p.startswith("python-scripts/"):
+            return "bin" + p[len("python-scripts"):]
+        return p
+
+    out = []
+    for e in paths:
+        t = target(e["_path"])
+        src, dst = os.path.join(pkg, e["_path"]), os.path.join(prefix, t)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        rec = dict(e) if old_conda else dict(e, _path=t)
+        if "prefix_placeholder" in e:
+            with open(src, "rb") as f:
+                data = f.read().replace(ph.encode(), prefix.encode())
+            with open(dst, "wb") as f:
+                f.write(data)
+            shutil.copymode(src, dst)
+            rec["sha256_in_prefix"] = hashlib.sha256(data).hexdigest()
+        else:
+            os.link(src, dst)
+        out.append((t, rec))
+        if t.endswith(".py") and t.startswith(site + "/"):
+            tag = f"cpython-{PY_VER.replace('.', '')}"
+            pyc = os.path.join(os.path.dirname(t), "__pycache__",
+                               f"{os.path.basename(t)[:-3]}.{tag}.pyc")
+            py_compile.compile(dst, cfile=os.path.join(prefix, pyc), doraise=True)
+            out.append((pyc, {"_path": pyc, "path_type": "pyc_file"}))
+    for cmd, spec in entry_points.items():
+        mod, func = spec.split(":")
+        t = f"bin/{cmd}"
+        with open(os.path.join(prefix, t), "w") as f:
+            f.write(f"#!{prefix}/bin/python{PY_VER}\n# -*- coding: utf-8 -*-\nimport re\n"
+                    f"import sys\n\nfrom {mod} import {func}\n\nif __name__ == '__main__':\n"
+                    f"    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
+                    f"    sys.exit({func}())\n")
+        os.chmod(os.path.join(prefix, t), 0o755)
+        out.append((t, {"_path": t, "path_type": "unix_python_entry_point"}))
+    fn = f"{name}-{version}-{build}"
+    record = {
+        "build": build, "build_number": 0, "channel": "https://conda.anaconda.org/conda-forge",
+        "depends": ["python >=3.8"], "files": [t for t, _ in out], "fn": fn + ".conda",
+        "license": "MIT", "link": {"source": pkg, "type": 1}, "name": name, "noarch": "python",
+        "package_type": "noarch_python", "paths_data": {"paths": [r for _, r in out],
+                                                        "paths_version": 1},
+        "subdir": "noarch", "timestamp": 1700000000000, "version": version,
+        "url": f"https://conda.anaconda.org/conda-forge/noarch/{fn}.conda",
+    }
+    with open(os.path.join(prefix, "conda-meta", fn + ".json"), "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+    return fn
