@@ -29,9 +29,10 @@ TAR_END = b"\0" * 1024
 COPY_CHUNK = 1 << 20
 
 
-def _tarinfo(root: str, rel: str) -> tuple[tarfile.TarInfo, int]:
+def _tarinfo(root: str, rel: str, lstat=os.lstat) -> tuple[tarfile.TarInfo, int]:
+    """The tar header of ``root/rel`` (``lstat``: how to look at it)."""
     full = os.path.join(root, rel)
-    s = os.lstat(full)
+    s = lstat(full)
     ti = tarfile.TarInfo(rel)
     ti.mode = stat.S_IMODE(s.st_mode)
     ti.mtime = int(s.st_mtime)

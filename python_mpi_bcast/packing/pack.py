@@ -221,7 +221,7 @@ def _staging_dir(tmpdir: str | None) -> str:
     except OSError as e:
         raise PmbError(f"cannot create a staging directory in {where}: {e.strerror or e}; set "
                        f"TMPDIR to a writable directory (it holds the tree's directories and "
-                       f"empty placeholders only)") from None
+                       f"links only)") from None
 
 
 def _tree_bytes(top: str) -> int:
@@ -241,7 +241,7 @@ def _tree_bytes(top: str) -> int:
 def staging_room(source: str | None, interpreter: str | None) -> int:
     """The bytes of ``source``'s files (and of the interpreter's standard
     library): what a staging copy (``pack(copy=True)``) takes, and what the
-    skeleton's placeholders stand for."""
+    skeleton's virtual files stand for."""
     total = _tree_bytes(source) if source and os.path.isdir(source) else 0
     if interpreter:
         try:
@@ -268,7 +268,7 @@ class _room_for_staging:
         if not full:
             return False
         where = os.path.dirname(self.staging)
-        try:  # the skeleton's many empty files: out of inodes rather than blocks?
+        try:  # the skeleton's directories: out of inodes rather than blocks?
             sv = os.statvfs(where)
             inodes = " and no free inodes" if sv.f_files and not sv.f_favail else ""
         except OSError:
@@ -281,8 +281,8 @@ class _room_for_staging:
         except OSError:
             free = ""
         raise PmbError(f"no space left in {where} for the staging skeleton of "
-                       f"{self.source or self.interpreter} (its directories and empty "
-                       f"placeholders of its {need / 1e6:.0f} MB of files{free}); set TMPDIR "
+                       f"{self.source or self.interpreter} (the directories and links of "
+                       f"its {need / 1e6:.0f} MB of files{free}); set TMPDIR "
                        f"to a directory with more room") from None
 
 
@@ -364,7 +364,7 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
                before_rename=None, reuse_from: str | None = None, tell_reused: bool = True
                ) -> tuple[str, Manifest, collect.Staged]:
     """Pack an environment *with* its interpreter into one package (what the
-    cache saves): find → stage a skeleton (directories and placeholders) →
+    cache saves): find → stage a skeleton (directories; files virtual) →
     stream each file, relocated and compiled, into the package.  Without
     ``force`` an existing package is never replaced, even one that appears
     while this one is written (see :func:`archive.write_package`).
