@@ -20,7 +20,7 @@ import zstandard
 from ..support import leftovers
 from ..support.errors import PmbError, os_error
 from .reuse import is_sidecar, remove_sidecar, sidecar_of
-from .format import (Manifest, Shard, content_hash, encode_manifest_frame,
+from .format import (DEFAULT_LEVEL, Manifest, Shard, content_hash, encode_manifest_frame,
                         link_problem, read_manifest)
 
 log = logging.getLogger("python_mpi_bcast")
@@ -255,7 +255,7 @@ def _rename_noreplace(src: str, dst: str) -> None:
     os.unlink(src)
 
 
-def write_package(st, prefix_files, out_path: str, level: int = 10,
+def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                   threads: int = 0, shard_size: int = 8 << 20, progress=None,
                   replace: bool = True, before_rename=None, entries=None,
                   members=None, reuse=None) -> Manifest:

@@ -16,7 +16,7 @@ from ..support import leftovers
 from ..source import pyinfo
 from ..package.archive import write_package
 from ..support.errors import PmbError
-from ..package.format import SUFFIX, Manifest, read_manifest
+from ..package.format import DEFAULT_LEVEL, SUFFIX, Manifest, read_manifest
 from ..support.progress import Progress
 
 log = logging.getLogger("python_mpi_bcast")
@@ -54,7 +54,7 @@ def _target(output_dir: str, name: str, force: bool) -> str:
 
 def pack(venv: str | None = None, python: str | None = None, with_python: bool = False,
          directory: str | None = None, output_dir: str = ".", name: str | None = None,
-         excludes: list[str] | None = None, slim: bool = True, level: int = 10,
+         excludes: list[str] | None = None, slim: bool = True, level: int = DEFAULT_LEVEL,
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
          quiet: bool = False, tmpdir: str | None = None,
          drop_unused: bool = False, copy: bool = False,
@@ -359,7 +359,7 @@ def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threa
 
 
 def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | None = None,
-               level: int = 10, threads: int = 0, shard_size: int = 8 << 20,
+               level: int = DEFAULT_LEVEL, threads: int = 0, shard_size: int = 8 << 20,
                force: bool = False, quiet: bool = True, tmpdir: str | None = None,
                before_rename=None, reuse_from: str | None = None, tell_reused: bool = True
                ) -> tuple[str, Manifest, collect.Staged]:
@@ -394,7 +394,7 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
 
 
 def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: str,
-                 level: int = 10, threads: int = 0, quiet: bool = True,
+                 level: int = DEFAULT_LEVEL, threads: int = 0, quiet: bool = True,
                  tmpdir: str | None = None, reuse_from: str | None = None) -> str:
     """A directory as a layer staged at TREE/``subdir`` (``run --with-dir``):
     find → stage a skeleton → stream each file, compiled, into the package.
