@@ -182,6 +182,13 @@ def lexists(path: str) -> bool:
     return os.path.lexists(path)
 
 
+def virtual_names(path: str):
+    """The names of the virtual files in the staged directory ``path``."""
+    if _lazy is None:
+        return ()
+    return _lazy.names.get(_lazy.key(path), ())
+
+
 def listdir(path: str) -> list[str]:
     names = os.listdir(path)
     if _lazy is not None:

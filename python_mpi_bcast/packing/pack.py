@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import shlex
+import stat
 import tempfile
 
 from . import collect, relocatable, slim as slimming, stream
@@ -233,7 +234,7 @@ def _tree_bytes(top: str) -> int:
                 st = os.lstat(os.path.join(dirpath, fn))
             except OSError:
                 continue
-            if not os.path.islink(os.path.join(dirpath, fn)):
+            if not stat.S_ISLNK(st.st_mode):
                 total += st.st_size
     return total
 

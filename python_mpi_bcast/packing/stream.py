@@ -167,10 +167,10 @@ class Writer:
         if rel_dir:
             ti, size = _tarinfo(self.root, rel_dir)
             out.append((rel_dir, ti, size))
-        files, dirs = [], []
-        for n in collect.listdir(full_dir):
-            p = os.path.join(full_dir, n)
-            (dirs if os.path.isdir(p) and not os.path.islink(p) else files).append(n)
+        files, dirs = list(collect.virtual_names(full_dir)), []
+        with os.scandir(full_dir) as it:  # the real entries: their type without a stat
+            for e in it:
+                (dirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
         for n in sorted(files):
             rel = os.path.normpath(os.path.join(rel_dir, n))
             ti, size = _tarinfo(self.root, rel, collect.lstat)
@@ -293,7 +293,8 @@ class Writer:
         py_rel, opt = self.virtual[rel]
         full = os.path.join(self.root, py_rel)
         src_rel = py_rel
-        if os.path.islink(full):  # compiled through the link, as compileall does
+        if not collect.is_virtual(full) and os.path.islink(full):  # compiled through the
+            # link, as compileall does
             src_rel = os.path.relpath(os.path.realpath(full), os.path.realpath(self.root))
             full = os.path.join(self.root, src_rel)
         source = self._read(collect.content_path(full), py_rel)
@@ -345,7 +346,7 @@ class Writer:
                     py_rel, opt = self.virtual[rel]
                     full = os.path.join(self.root, py_rel)
                     src_rel = py_rel
-                    if os.path.islink(full):
+                    if not collect.is_virtual(full) and os.path.islink(full):
                         src_rel = os.path.relpath(os.path.realpath(full),
                                                   os.path.realpath(self.root))
                         full = os.path.join(self.root, src_rel)
@@ -361,8 +362,10 @@ class Writer:
 
     def _content_identity(self, staged: str) -> str:
         src = collect.content_path(staged)
-        if src != staged:
-            return "source " + _identity(src)
+        if src != staged:  # as staged: the stat its tar header was made from
+            s = collect.stat(staged)
+            return (f"source {json.dumps(src)} {s.st_dev} {s.st_ino} {s.st_size} "
+                    f"{s.st_mtime_ns} {s.st_ctime_ns}")
         with open(staged, "rb") as f:  # a file of our own (small: written by a step)
             return "own " + hashlib.sha256(f.read()).hexdigest()
 
