@@ -62,10 +62,12 @@ SUFFIX = ".tar.zst"
 # The zstd level of pack, save and run when none is given: the level of
 # least cost by the rule of benchmark section 12 (pack CPU / cores + 100
 # jobs reading the package at 1 GB/s; unpack time does not depend on the
-# level beyond noise).  On the numpy+scipy venv level 7 packs with the CPU
-# of level 3 (and 30 % less than level 10) into a package 3 % larger than
-# level 10's and 10 % smaller than level 3's (README, "--level").
-DEFAULT_LEVEL = 7
+# level beyond noise).  On the numpy+scipy venv levels 3 to 7 cost about
+# the same (level 5 least, over two runs), level 10 and above clearly more:
+# level 5 packs with 37 % less CPU than level 10 into a package 8 % larger;
+# where compression dominates (large binaries) lower levels gain more
+# (README, "--level").
+DEFAULT_LEVEL = 5
 KINDS = ("interpreter", "environment", "directory")
 
 
