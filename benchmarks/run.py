@@ -35,6 +35,13 @@ Sections
      packed; one small wheel installed with pip; then a full pack vs a
      re-pack that reuses the unchanged shards of the first package
      (pack --reuse, what run does), interleaved repeats (--reps)
+ 12. the zstd level study: levels 1-19 on the numpy+scipy venv, package
+     size, pack wall and CPU, stage (python-mpi --stage-only, 1 rank) wall
+     and CPU, and the level the stated rule picks (level_cost)
+ 13. a full pack against tar -cf - | zstd -T0 -3 (and at our level) on the
+     venv and against conda-pack on section 6's conda env, interleaved with
+     CPU; the peak extra disk of a pack ($TMPDIR + output directory); staging
+     at the default level against level 10
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import datetime
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -519,7 +527,8 @@ def bench_repack(rep, venv_dir, reps, tmp):
           f"packed once; then one small wheel installed with pip; then, interleaved, a full "
           f"pack of the changed venv and a re-pack reusing the first package's unchanged "
           f"shards ({said[0] if said else 'reuse not reported'}; same files and bytes as the "
-          f"full pack: {'yes' if same else 'NO'}). zstd level 10, {os.cpu_count()} cores; "
+          f"full pack: {'yes' if same else 'NO'}). zstd level {default_level()}, "
+          f"{os.cpu_count()} cores; "
           f"median [range] of {reps}.\n")
     t_full, t_re = statistics.median(got["full pack"]), statistics.median(got["re-pack (--reuse)"])
     rep.table(["method", "wall s", "CPU s", "of a full pack"], [
@@ -528,14 +537,198 @@ def bench_repack(rep, venv_dir, reps, tmp):
          f"{t_re / t_full:.1%}"]])
 
 
-def bench_conda(rep, reps, tmp):
+# The level rule (section 12): staging costs every job, packing once per
+# change of the environment.  A level's cost is its pack CPU seconds over the
+# cores (the least pack wall time here; CPU, as wall time on a shared machine
+# is noise) plus JOBS_PER_PACK jobs each reading the package once at
+# READ_MBPS (shared filesystem into rank 0, pipelined with the broadcast).
+# Unpacking is left out: zstd decompresses at about one speed whatever the
+# level (the stage columns show it, within noise).  The default
+# (package/format.py DEFAULT_LEVEL) is the level of least cost.
+JOBS_PER_PACK = 100
+READ_MBPS = 1000.0
+
+
+def level_cost(pack_cpu_s: float, size_mb: float) -> float:
+    cores = len(os.sched_getaffinity(0))
+    return pack_cpu_s / cores + JOBS_PER_PACK * size_mb / READ_MBPS
+
+
+def bench_levels(rep, venv_dir, levels, reps, tmp):
+    """12: the zstd level study: per level package size, pack wall and CPU,
+    unpack (python-mpi --stage-only, 1 rank) wall and CPU; interleaved."""
+    out = {lv: os.path.join(tmp, f"level{lv}") for lv in levels}
+    pack_c = {lv: [] for lv in levels}
+    stage_c = {lv: [] for lv in levels}
+    for lv in levels:
+        os.makedirs(out[lv], exist_ok=True)
+
+    def packer(lv):
+        return lambda: timed(CLI + ["pack", venv_dir, "-o", out[lv], "-n", "env", "-f", "-q",
+                                    "--level", str(lv)], pack_c[lv])
+
+    got_pack = interleaved(max(1, reps // 2), {lv: packer(lv) for lv in levels})
+    got_stage = interleaved(reps, {lv: (lambda lv=lv: stage_job_seconds(
+        out[lv], "env.tar.zst", 1, stage_c[lv])) for lv in levels})
+    from python_mpi_bcast.package.format import read_manifest
+    m = read_manifest(os.path.join(out[levels[0]], "env.tar.zst"))[0]
+    rows, cost = [], {}
+    for lv in levels:
+        size = os.path.getsize(os.path.join(out[lv], "env.tar.zst")) / 1e6
+        cost[lv] = level_cost(statistics.median(pack_c[lv]), size)
+        rows.append([lv, f"{size:.1f}", f"{m.unpacked_size / 1e6 / size:.2f}",
+                     med_range(got_pack[lv]), med_range(pack_c[lv]),
+                     med_range(got_stage[lv]), med_range(stage_c[lv]), f"{cost[lv]:.1f}"])
+    best = min(levels, key=lambda lv: cost[lv])
+    rep.h("12. zstd level: package size, pack and unpack time")
+    rep.p(f"The numpy+scipy venv ({m.unpacked_size / 1e6:.0f} MB, {m.files} files unpacked), "
+          f"packed at each level (pack: {max(1, reps // 2)} interleaved repeat(s)), then "
+          f"staged with `python-mpi --stage-only` on 1 rank into /dev/shm ({reps} interleaved "
+          f"repeats; the whole job: mpiexec start, read, verify, unpack on every core). CPU: "
+          f"user + system of every process. Median [range]. {os.cpu_count()} cores, shared.\n")
+    rep.p(f"Rule: packing is done once per change, staging every job, so a level costs its "
+          f"pack CPU / {len(os.sched_getaffinity(0))} cores + {JOBS_PER_PACK} jobs x package "
+          f"size / {READ_MBPS:.0f} MB/s read (unpack left out: it does not depend on the "
+          f"level beyond noise, see the stage columns); least cost here: level {best} "
+          f"(the default now: level {default_level()}).\n")
+    rep.table(["level", "package MB", "ratio", "pack wall s", "pack CPU s",
+               "stage wall s (1 rank)", "stage CPU s", f"cost s ({JOBS_PER_PACK} jobs)"], rows)
+    return best
+
+
+def conda_demo_env() -> str:
+    """Section 6's conda-layout env (built once, kept under build/bench)."""
     from support import condaenv
     root = os.path.join(WORK, "conda")
-    prefix = os.path.join(root, "envs", "demo")
     if not os.path.exists(os.path.join(root, ".complete")):
         shutil.rmtree(root, ignore_errors=True)
         condaenv.build(root, sys.executable, ["numpy", "mpi4py"])
         open(os.path.join(root, ".complete"), "w").close()
+    return os.path.join(root, "envs", "demo")
+
+
+def default_level() -> int:
+    """The level pack uses when given none (cli/packing.py)."""
+    from python_mpi_bcast.package.format import DEFAULT_LEVEL
+    return DEFAULT_LEVEL
+
+
+def peak_disk(cmd, dirs, env=None) -> tuple[float, int]:
+    """Run ``cmd``; sample the bytes allocated under ``dirs`` every 10 ms
+    (a thread walking them); return (wall s, the peak bytes)."""
+    import threading
+    peak, stop = [0], threading.Event()
+
+    def used() -> int:
+        n = 0
+        for d in dirs:
+            for dp, dn, fns in os.walk(d):
+                for f in fns + dn:
+                    try:
+                        n += os.lstat(os.path.join(dp, f)).st_blocks * 512
+                    except OSError:
+                        pass
+        return n
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], used())
+            stop.wait(0.01)
+
+    base = used()
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        w = timed(cmd, env=env)
+    finally:
+        stop.set()
+        t.join()
+    return w, max(peak[0], used()) - base
+
+
+def bench_pack_vs(rep, venv_dir, reps, tmp):
+    """13: full pack against tar | zstd and conda-pack (interleaved, wall
+    and CPU), the peak extra disk of a pack, staging at the default level
+    against level 10."""
+    lv = default_level()
+    ncpu = str(len(os.sched_getaffinity(0)))
+    d = {k: os.path.join(tmp, "vs-" + k) for k in ("ours", "z3", "zl", "cours", "cp", "l10")}
+    for x in d.values():
+        os.makedirs(x, exist_ok=True)
+    prefix = conda_demo_env()
+    names = [f"python-mpi-bcast pack VENV (level {lv})",
+             "tar -cf - -C VENV . | zstd -T0 -3",
+             f"tar -cf - -C VENV . | zstd -T0 -{lv}",
+             f"python-mpi-bcast pack CONDA_ENV (level {lv})",
+             f"conda-pack -p CONDA_ENV --n-threads {ncpu} (its default level)"]
+    out = [os.path.join(d["ours"], "env.tar.zst"), os.path.join(d["z3"], "env.tar.zst"),
+           os.path.join(d["zl"], "env.tar.zst"), os.path.join(d["cours"], "demo.tar.zst"),
+           os.path.join(d["cp"], "demo.tar.zst")]
+    cpu = {k: [] for k in names}
+
+    def tar_zstd(level, dest, k):
+        return timed(["bash", "-c", f"set -o pipefail; tar -cf - -C {shlex.quote(venv_dir)} . | "
+                      f"zstd -q -f -T0 -{level} -o {shlex.quote(dest)}"], cpu[k])
+
+    got = interleaved(reps, {
+        names[0]: lambda: timed(CLI + ["pack", venv_dir, "-o", d["ours"], "-n", "env", "-f",
+                                       "-q"], cpu[names[0]]),
+        names[1]: lambda: tar_zstd(3, out[1], names[1]),
+        names[2]: lambda: tar_zstd(lv, out[2], names[2]),
+        names[3]: lambda: timed(CLI + ["pack", prefix, "-o", d["cours"], "-f", "-q"],
+                                cpu[names[3]]),
+        names[4]: lambda: timed([os.path.join(BIN, "conda-pack"), "-p", prefix, "-o", out[4],
+                                 "-q", "-f", "--n-threads", ncpu], cpu[names[4]]),
+    })
+    usize, nfiles = du(venv_dir)
+    csize, cfiles = du(prefix)
+    rep.h("13. Full pack against tar | zstd and conda-pack")
+    rep.p(f"The numpy+scipy venv ({usize / 1e6:.0f} MB in {nfiles} files as they lie, byte "
+          f"code included; ours leaves the venv's .pyc out and compiles its own) and section "
+          f"6's conda-layout env ({csize / 1e6:.0f} MB, {cfiles} files). Interleaved, "
+          f"median [range] of {reps}; CPU: user + system of every process. Ours includes "
+          f"relocation and byte-compiling. {os.cpu_count()} cores, shared with other jobs.\n")
+    t0 = {0: statistics.median(got[names[1]]), 3: statistics.median(got[names[4]])}
+    rows = []
+    for i, k in enumerate(names):
+        ref = t0[0] if i < 3 else t0[3]
+        rows.append([k, med_range(got[k]), med_range(cpu[k]), f"{os.path.getsize(out[i]) / 1e6:.1f}",
+                     f"{statistics.median(got[k]) / ref:.2f}"])
+    rep.table(["method", "wall s", "CPU s", "package MB",
+               "wall / tar|zstd -3 (venv) or / conda-pack (conda)"], rows)
+
+    # peak extra disk: TMPDIR and the output directory, sampled during a pack
+    rows = []
+    for label, src, name in (("numpy+scipy venv", venv_dir, "env"), ("conda env", prefix, "demo")):
+        t, o = os.path.join(tmp, f"peak-tmp-{name}"), os.path.join(tmp, f"peak-out-{name}")
+        for x in (t, o):
+            shutil.rmtree(x, ignore_errors=True)
+            os.makedirs(x)
+        env = dict(os.environ, TMPDIR=t)
+        w, peak = peak_disk(CLI + ["pack", src, "-o", o, "-n", name, "-q"], [t, o], env=env)
+        size = os.path.getsize(os.path.join(o, f"{name}.tar.zst"))
+        rows.append([label, f"{peak / 1e6:.1f}", f"{size / 1e6:.1f}", f"{peak / size:.2f}"])
+    rep.p("Peak extra disk of one pack: bytes allocated under $TMPDIR and the output "
+          "directory (both empty before), sampled every 10 ms by a thread walking them.\n")
+    rep.table(["source", "peak extra MB", "package MB", "peak / package"], rows)
+
+    # staging: the default level against level 10
+    sh(CLI + ["pack", venv_dir, "-o", d["l10"], "-n", "env", "-f", "-q", "--level", "10"])
+    scpu = {lv: [], 10: []}
+    keys = [lv, 10] if lv != 10 else [10]
+    gs = interleaved(reps, {k: (lambda k=k: stage_job_seconds(
+        d["ours"] if k == lv else d["l10"], "env.tar.zst", 1, scpu[k])) for k in keys})
+    rows = [[f"level {k}" + (" (default)" if k == lv else ""),
+             f"{os.path.getsize(os.path.join(d['ours'] if k == lv else d['l10'], 'env.tar.zst')) / 1e6:.1f}",
+             med_range(gs[k]), med_range(scpu[k])] for k in keys]
+    rep.p(f"Staging the venv's package (`python-mpi --stage-only`, 1 rank, into /dev/shm; the "
+          f"whole job), the default level against level 10, interleaved, median [range] of "
+          f"{reps}.\n")
+    rep.table(["package", "MB", "stage wall s", "stage CPU s"], rows)
+
+
+def bench_conda(rep, reps, tmp):
+    prefix = conda_demo_env()
     usize, nfiles = du(prefix)
     threads = str(os.cpu_count() or 1)
     ours, cp = os.path.join(tmp, "demo.tar.zst"), os.path.join(tmp, "cp.tar.zst")
@@ -865,11 +1058,12 @@ def main():
                                                   datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     ap.add_argument("--latency-us", type=int, default=500)
-    ap.add_argument("--only", default="1,2,4,5,6,7,8,9,10,11",
+    ap.add_argument("--only", default="1,2,4,5,6,7,8,9,10,11,12,13",
                     help="sections to run (3 comes with 2; 7 = scale model; 8 = cold start; "
-                         "9 = sbcast on Slurm; 10 = launcher load; 11 = re-pack)")
+                         "9 = sbcast on Slurm; 10 = launcher load; 11 = re-pack; 12 = zstd "
+                         "levels; 13 = pack vs tar | zstd and conda-pack, peak disk)")
     ap.add_argument("--reps", type=int, default=5,
-                    help="interleaved repeats in sections 4, 8 and 11 (default 5)")
+                    help="interleaved repeats in sections 4, 8, 11, 12 and 13 (default 5)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     only = set(a.only.split(","))
@@ -887,7 +1081,7 @@ def main():
     if only & {"1", "2", "4", "5", "7", "8", "9", "10"}:
         py, env_pkg = setup(venv_dir, pkgroot)
         packages = f"{py}:{env_pkg}"
-    elif "11" in only:
+    elif only & {"11", "12", "13"}:
         ensure_venv(venv_dir)
     os.makedirs(WORK, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="pmb-bench-", dir=WORK)
@@ -917,6 +1111,11 @@ def main():
             bench_launcher_load(rep, pkgroot, packages, tmp)
         if "11" in only:
             bench_repack(rep, venv_dir, a.reps, tmp)
+        if "12" in only:
+            bench_levels(rep, venv_dir, [1, 3, 5] if a.quick else [1, 3, 5, 7, 10, 12, 15, 19],
+                         a.reps, tmp)
+        if "13" in only:
+            bench_pack_vs(rep, venv_dir, a.reps, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for p in plot(a.out, ranks_md, series, ranks_e2e, e2e, model_series):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..support.errors import PmbError
-from .packing import _level
+from .packing import DEFAULT_LEVEL, _level
 from .saved import CACHE_HELP
 
 
@@ -51,9 +51,9 @@ def add_run(sub) -> None:
     rn.add_argument("--dry-run", action="store_true",
                     help="print the rewritten line and the exports; pack and run nothing")
     rn.add_argument("--cache", metavar="DIR", help=CACHE_HELP)
-    rn.add_argument("--level", type=_level, default=10,
-                    help="zstd level when it packs (default 10; a cached package is used "
-                         "whatever its level)")
+    rn.add_argument("--level", type=_level, default=DEFAULT_LEVEL,
+                    help=f"zstd level when it packs (default {DEFAULT_LEVEL}; a cached "
+                         f"package is used whatever its level)")
     rn.add_argument("-q", "--quiet", action="store_true", help="say nothing before the line "
                                                                "runs")
     rn.add_argument("line", nargs=argparse.REMAINDER, metavar="LAUNCHER...",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..package.format import DEFAULT_LEVEL
 from ..support.errors import PmbError
 
 
@@ -55,7 +56,8 @@ def add_pack(sub) -> None:
     pk.add_argument("--refuse-editable", action="store_true",
                     help="stop at an editable install (pip install -e) instead of packing a "
                          "copy of what it makes importable")
-    pk.add_argument("--level", type=_level, default=10, help="zstd level (default 10)")
+    pk.add_argument("--level", type=_level, default=DEFAULT_LEVEL,
+                    help=f"zstd level (default {DEFAULT_LEVEL})")
     pk.add_argument("--threads", type=int, default=0, help="compression threads (default: all cores)")
     pk.add_argument("--shard-size", type=_size, default=8 << 20, metavar="SIZE",
                     help="unpacked bytes per shard (default 8M)")

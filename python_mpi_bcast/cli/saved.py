@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..support.report import say
-from .packing import _level
+from .packing import DEFAULT_LEVEL, _level
 
 CACHE_HELP = "the cache directory (default: $PYTHON_MPI_BCAST_CACHE, else " \
              "~/.local/share/python-mpi-bcast/envs)"
@@ -35,7 +35,8 @@ def add_save(sub) -> None:
     sv.add_argument("-f", "--force", action="store_true", help="replace an existing entry")
     sv.add_argument("--venv", metavar="PATH", help="save this environment instead of the active one")
     sv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines")
-    sv.add_argument("--level", type=_level, default=10, help="zstd level (default 10)")
+    sv.add_argument("--level", type=_level, default=DEFAULT_LEVEL,
+                    help=f"zstd level (default {DEFAULT_LEVEL})")
     sv.add_argument("--cache", metavar="DIR", help=CACHE_HELP)
     sv.set_defaults(func=cmd_save)
 

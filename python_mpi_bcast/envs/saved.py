@@ -26,7 +26,7 @@ import time
 from ..source import pyinfo
 from ..support.errors import PmbError
 from ..support.files import write_atomic
-from ..package.format import SUFFIX, read_manifest
+from ..package.format import DEFAULT_LEVEL, SUFFIX, read_manifest
 from ..package.reuse import remove_sidecar
 from ..package.store import LOAD_RECORD, is_held, load_record
 
@@ -92,7 +92,7 @@ def active_environment() -> str:
 
 
 def save(cache: str, name: str, source: str | None = None, force: bool = False,
-         quiet: bool = True, level: int = 10) -> dict:
+         quiet: bool = True, level: int = DEFAULT_LEVEL) -> dict:
     """Pack ``source`` (default: the active environment) with its
     interpreter into the cache as ``name``.  The record ``list`` shows is
     written before the package appears under its name (the one it replaces

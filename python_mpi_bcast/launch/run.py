@@ -31,7 +31,7 @@ from ..source import conda, editable, pyinfo
 from ..support.errors import PmbError
 from ..support.report import log, say
 from .launchline import LAUNCHERS, LaunchLine, LaunchLineError, export_fix, rewrite
-from ..package.format import FORMAT_VERSION, SUFFIX, read_manifest
+from ..package.format import DEFAULT_LEVEL, FORMAT_VERSION, SUFFIX, read_manifest
 from ..package.reuse import remove_sidecar, sidecar_of
 from ..package.store import Lock, hold, is_held, load_record
 
@@ -257,7 +257,7 @@ def _ensure(cache: str, kind: str, name: str, key: str, source: str, keep: int, 
 
 def plan(line: list[str], with_dir: str | None = None, repack: bool = False, keep: int = 3,
          cache: str | None = None, dry_run: bool = False, environ: dict | None = None,
-         quiet: bool = True, level: int = 10) -> tuple[LaunchLine, dict, list[int]]:
+         quiet: bool = True, level: int = DEFAULT_LEVEL) -> tuple[LaunchLine, dict, list[int]]:
     """Pack what is missing and return (the rewritten line, the variables to
     export, the descriptors that hold the packages).  ``quiet``: no progress
     while packing."""

@@ -20,7 +20,7 @@ import zstandard
 from ..support import leftovers
 from ..support.errors import PmbError, os_error
 from .reuse import is_sidecar, remove_sidecar, sidecar_of
-from .format import (Manifest, Shard, content_hash, encode_manifest_frame,
+from .format import (DEFAULT_LEVEL, Manifest, Shard, content_hash, encode_manifest_frame,
                         link_problem, read_manifest)
 
 log = logging.getLogger("python_mpi_bcast")
@@ -29,9 +29,10 @@ TAR_END = b"\0" * 1024
 COPY_CHUNK = 1 << 20
 
 
-def _tarinfo(root: str, rel: str) -> tuple[tarfile.TarInfo, int]:
+def _tarinfo(root: str, rel: str, lstat=os.lstat) -> tuple[tarfile.TarInfo, int]:
+    """The tar header of ``root/rel`` (``lstat``: how to look at it)."""
     full = os.path.join(root, rel)
-    s = os.lstat(full)
+    s = lstat(full)
     ti = tarfile.TarInfo(rel)
     ti.mode = stat.S_IMODE(s.st_mode)
     ti.mtime = int(s.st_mtime)
@@ -254,7 +255,7 @@ def _rename_noreplace(src: str, dst: str) -> None:
     os.unlink(src)
 
 
-def write_package(st, prefix_files, out_path: str, level: int = 10,
+def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                   threads: int = 0, shard_size: int = 8 << 20, progress=None,
                   replace: bool = True, before_rename=None, entries=None,
                   members=None, reuse=None) -> Manifest:

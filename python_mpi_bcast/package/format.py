@@ -65,6 +65,16 @@ MAX_SHARDS = 1 << 20
 MAX_U63 = (1 << 63) - 1
 PATH_MAX = 4096
 SUFFIX = ".tar.zst"
+
+# The zstd level of pack, save and run when none is given: the level of
+# least cost by the rule of benchmark section 12 (pack CPU / cores + 100
+# jobs reading the package at 1 GB/s; unpack time does not depend on the
+# level beyond noise).  On the numpy+scipy venv levels 3 to 7 cost about
+# the same (level 5 least, over two runs), level 10 and above clearly more:
+# level 5 packs with 37 % less CPU than level 10 into a package 8 % larger;
+# where compression dominates (large binaries) lower levels gain more
+# (README, "--level").
+DEFAULT_LEVEL = 5
 KINDS = ("interpreter", "environment", "directory")
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import glob
+import functools
 import os
+import re
 import shutil
+import stat as stat_mod
 
 from ..source import conda, editable, pyinfo
 from ..support.errors import PmbError
@@ -61,70 +63,213 @@ class Staged:
 
 
 # Stream, don't copy: while lazy_copies() is active, a file "copied" into a
-# staging tree is a sparse placeholder of the source's size, mode and times
-# (no data blocks), and this maps the placeholder's path to the source's;
-# the package writer reads the bytes from the source (packing/stream.py).
-# Steps that must change a file's bytes in place materialize() it first.
-_lazy: dict[str, str] | None = None
+# staging tree is not written at all: it is a *virtual* file, an entry that
+# names its source and holds the source's stat (size, mode, times) taken when
+# it was copied.  Directories, links and the few files we write ourselves are
+# real.  Every step that looks at a staged tree does so through the view
+# functions below (walk, listdir, lstat, stat, isfile, lexists, exists,
+# unlink, rmtree), which show virtual files as regular files; the package
+# writer reads their bytes from the source (packing/stream.py).  A step that
+# must change a file's bytes in place materialize()s it first.  Outside
+# lazy_copies() the view functions are the os ones.
+class _Virtual:
+    def __init__(self):
+        self.files: dict[str, tuple[str, os.stat_result]] = {}  # key -> (source, stat)
+        self.names: dict[str, set[str]] = {}    # real directory -> virtual names in it
+        self.real_dirs: dict[str, str] = {}     # directory as given -> its real path
+
+    def real_dir(self, d: str) -> str:
+        r = self.real_dirs.get(d)
+        if r is None:
+            r = self.real_dirs[d] = os.path.realpath(d)
+        return r
+
+    def key(self, path: str) -> str:
+        d, n = os.path.split(path)
+        if n in ("", ".", ".."):
+            d, n = os.path.split(os.path.normpath(path))
+        return self.real_dir(d) + "/" + n
+
+    def add(self, path: str, src: str, st: os.stat_result) -> None:
+        k = self.key(path)
+        self.files[k] = (src, st)
+        d, n = os.path.split(k)
+        self.names.setdefault(d, set()).add(n)
+
+    def get(self, path: str):
+        return self.files.get(self.key(path))
+
+    def resolve(self, path: str):
+        """The entry of ``path``, following a real link to a virtual file."""
+        e = self.get(path)
+        if e is None and os.path.islink(path):
+            e = self.get(os.path.realpath(path))
+        return e
+
+    def pop(self, path: str):
+        k = self.key(path)
+        e = self.files.pop(k, None)
+        if e is not None:
+            d, n = os.path.split(k)
+            self.names[d].discard(n)
+        return e
+
+    def links_changed(self) -> None:
+        self.real_dirs.clear()
+
+
+_lazy: _Virtual | None = None
 
 
 @contextlib.contextmanager
 def lazy_copies():
     global _lazy
-    prev, _lazy = _lazy, {}
+    prev, _lazy = _lazy, _Virtual()
     try:
         yield _lazy
     finally:
         _lazy = prev
 
 
+def is_virtual(path: str) -> bool:
+    return _lazy is not None and _lazy.get(path) is not None
+
+
 def content_path(path: str) -> str:
     """Where the bytes of the staged file ``path`` are: its source while it
-    is a placeholder, else itself."""
+    is virtual, else itself."""
     if _lazy is not None:
-        return _lazy.get(path, path)
+        e = _lazy.resolve(path)
+        if e is not None:
+            return e[0]
     return path
 
 
+def lstat(path: str) -> os.stat_result:
+    if _lazy is not None:
+        e = _lazy.get(path)
+        if e is not None:
+            return e[1]
+    return os.lstat(path)
+
+
+def stat(path: str) -> os.stat_result:
+    """os.stat of a staged path (a link to a virtual file: its stat)."""
+    if _lazy is not None:
+        e = _lazy.resolve(path)
+        if e is not None:
+            return e[1]
+    return os.stat(path)
+
+
+def getsize(path: str) -> int:
+    return stat(path).st_size
+
+
+def isfile(path: str) -> bool:
+    if _lazy is not None and _lazy.resolve(path) is not None:
+        return True
+    return os.path.isfile(path)
+
+
+def exists(path: str) -> bool:
+    return isfile(path) or os.path.exists(path)
+
+
+def lexists(path: str) -> bool:
+    if _lazy is not None and _lazy.get(path) is not None:
+        return True
+    return os.path.lexists(path)
+
+
+def virtual_names(path: str):
+    """The names of the virtual files in the staged directory ``path``."""
+    if _lazy is None:
+        return ()
+    return _lazy.names.get(_lazy.key(path), ())
+
+
+def listdir(path: str) -> list[str]:
+    names = os.listdir(path)
+    if _lazy is not None:
+        names += _lazy.names.get(_lazy.key(path), ())
+    return names
+
+
+def walk(top: str):
+    """os.walk (top down, links not followed) with virtual files among the
+    file names."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        if _lazy is not None:
+            filenames += _lazy.names.get(_lazy.key(dirpath), ())
+        yield dirpath, dirnames, filenames
+
+
+def unlink(path: str) -> None:
+    if _lazy is not None:
+        if _lazy.pop(path) is not None:
+            return
+        if os.path.islink(path):
+            _lazy.links_changed()
+    os.unlink(path)
+
+
+def rmtree(path: str) -> None:
+    """Remove a staged directory and the virtual files under it."""
+    if _lazy is not None:
+        top = _lazy.key(path)
+        for d in [d for d in _lazy.names if d == top or d.startswith(top + "/")]:
+            for n in list(_lazy.names[d]):
+                _lazy.pop(os.path.join(d, n))
+        _lazy.links_changed()
+    shutil.rmtree(path)
+
+
 def materialize(path: str) -> None:
-    """Give a placeholder its source's bytes (a step will change them)."""
-    if _lazy is not None and path in _lazy:
-        src = _lazy.pop(path)
-        os.unlink(path)  # the placeholder may be read-only, as its source
-        shutil.copy2(src, path)
+    """Give a virtual file its source's bytes (a step will change them)."""
+    if _lazy is not None:
+        e = _lazy.pop(path)
+        if e is not None:
+            shutil.copy2(e[0], path)
 
 
 def _own(path: str) -> str:
     """``path`` is about to be written with bytes of our own: no longer a
-    placeholder of a source."""
+    virtual copy of a source."""
     if _lazy is not None:
-        _lazy.pop(path, None)
+        _lazy.pop(path)
     return path
 
 
-def copy_file(src: str, dst: str) -> None:
-    """Copy one regular file (lazily while lazy_copies() is active)."""
+def copy_file(src: str, dst: str, st: os.stat_result | None = None) -> None:
+    """Copy one regular file (virtually while lazy_copies() is active;
+    ``st``: the source's stat, if the caller has it)."""
     if _lazy is None:
         shutil.copy2(src, dst)
         return
-    s = os.stat(src)
-    if os.path.lexists(dst):
-        os.unlink(dst)
-    with open(dst, "wb") as f:
-        f.truncate(s.st_size)
-    shutil.copystat(src, dst)
-    _lazy[dst] = os.path.abspath(src)
+    if lexists(dst):
+        unlink(dst)
+    _lazy.add(dst, os.path.abspath(src), st if st is not None else os.stat(src))
 
 
 def _excluded(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    parts = rel.split("/")
-    for pat in patterns:
-        if "/" in pat:
-            if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, pat + "/*"):
-                return True
-        elif any(fnmatch.fnmatch(p, pat) for p in parts):
-            return True
-    return False
+    whole, part = _matchers(tuple(patterns))
+    if whole is not None and whole.match(rel):
+        return True
+    return part is not None and any(part.match(p) for p in rel.split("/"))
+
+
+@functools.lru_cache(maxsize=64)
+def _matchers(patterns: tuple[str, ...]):
+    """Two regular expressions for ``patterns`` (fnmatch's rules): one for
+    the patterns with a '/', matched against the whole path (or a parent of
+    it), one for the others, matched against each component."""
+    paths = [p for p in patterns if "/" in p]
+    names = [p for p in patterns if "/" not in p]
+    whole = "|".join(f"(?:{fnmatch.translate(p)})|(?:{fnmatch.translate(p + '/*')})"
+                     for p in paths)
+    part = "|".join(f"(?:{fnmatch.translate(p)})" for p in names)
+    return (re.compile(whole) if whole else None), (re.compile(part) if part else None)
 
 
 def copy_tree(src: str, dst: str, excludes=(), rel_base: str = "") -> None:
@@ -149,29 +294,36 @@ def copy_tree(src: str, dst: str, excludes=(), rel_base: str = "") -> None:
             rel = os.path.join(rel_dir, fn)
             if _excluded(rel, excludes) or _excluded(os.path.join(rel_base, rel), excludes):
                 continue
-            _copy_entry(os.path.join(dirpath, fn), os.path.join(dst, rel))
+            _copy_entry(os.path.join(dirpath, fn), os.path.join(dst, rel), made=True)
 
 
-def _copy_link(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.lexists(dst):
-        os.unlink(dst)
-        if _lazy is not None:
-            _lazy.pop(dst, None)
+def _copy_link(src: str, dst: str, made: bool = False) -> None:
+    if not made:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if lexists(dst):
+        unlink(dst)
     os.symlink(os.readlink(src), dst)
+    if _lazy is not None:
+        _lazy.links_changed()
 
 
-def _copy_entry(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.islink(src):
-        _copy_link(src, dst)
+def _copy_entry(src: str, dst: str, made: bool = False) -> None:
+    """``made``: dst's directory exists (copy_tree has just made it)."""
+    if not made:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        s = os.lstat(src)
+    except FileNotFoundError:
+        return  # gone meanwhile
+    if stat_mod.S_ISLNK(s.st_mode):
+        _copy_link(src, dst, made=True)
         return
-    if not os.path.isfile(src):
+    if not stat_mod.S_ISREG(s.st_mode):
         return  # sockets, fifos, devices: nothing a Python job needs
     try:
         if _lazy is not None and not os.access(src, os.R_OK):
             raise PermissionError
-        copy_file(src, dst)
+        copy_file(src, dst, s)
     except PermissionError:
         raise PmbError(f"{src}: permission denied while reading; packing needs read "
                        f"access to every file") from None
@@ -280,7 +432,7 @@ def absorb_editables(st: Staged, site: str, inside: list[str], refuse: bool) -> 
         kept = []
         for src, rel in ed.files:
             dst = os.path.join(staged, rel)
-            if os.path.lexists(dst):
+            if lexists(dst):
                 continue  # an earlier entry on sys.path has that name
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             try:
@@ -294,11 +446,11 @@ def absorb_editables(st: Staged, site: str, inside: list[str], refuse: bool) -> 
         st.editables.append(ed)
     for rel in found.hooks:
         full = os.path.join(staged, rel)
-        if os.path.lexists(full):
-            os.unlink(full)
+        if lexists(full):
+            unlink(full)
     for pth, drop in found.pth_drop.items():
         full = os.path.join(staged, pth)
-        if not os.path.isfile(full):
+        if not isfile(full):
             continue
         materialize(full)  # its bytes change here
         with open(full, encoding="utf-8", errors="surrogateescape") as f:
@@ -333,10 +485,13 @@ def _extensions(staged_site: str, site: str) -> list[str]:
 
 def _drop_from_records(staged_site: str, gone: set[str]) -> None:
     """RECORD lines of hook files the packed tree no longer has."""
-    gone = {g for g in gone if not os.path.lexists(os.path.join(staged_site, g))}
-    if not gone:
+    gone = {g for g in gone if not lexists(os.path.join(staged_site, g))}
+    if not gone or not os.path.isdir(staged_site):
         return
-    for rec in glob.glob(os.path.join(staged_site, "*.dist-info", "RECORD")):
+    for rec in sorted(os.path.join(staged_site, d, "RECORD") for d in os.listdir(staged_site)
+                      if d.endswith(".dist-info")):
+        if not isfile(rec):
+            continue
         with open(content_path(rec), encoding="utf-8") as f:
             lines = f.read().splitlines(keepends=True)
         rest = [ln for ln in lines if os.path.normpath(ln.split(",", 1)[0]) not in gone]
@@ -454,8 +609,8 @@ def copy_conda_prefix(env: "conda.CondaEnv", staging: str, excludes: list[str]) 
         else:
             _copy_entry(full, os.path.join(staging, entry))
     for rel in conda.UNRECORDED_CONDA_SCRIPTS - env.managed:
-        if os.path.lexists(os.path.join(staging, rel)):
-            os.unlink(os.path.join(staging, rel))
+        if lexists(os.path.join(staging, rel)):
+            unlink(os.path.join(staging, rel))
 
 
 def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None,
@@ -474,12 +629,12 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
     st.warnings += env.warnings  # conda packages pip changed: packed as on disk
     copy_conda_prefix(env, staging, excludes)
     ver = info.version
-    if os.path.lexists(os.path.join(staging, "bin", f"python{ver}")):
+    if lexists(os.path.join(staging, "bin", f"python{ver}")):
         st.executable = f"bin/python{ver}"
     else:
         st.executable = os.path.relpath(exe, prefix)
     for n in (info.instsoname, info.ldlibrary, f"libpython{ver}.so"):
-        if n and ".so" in n and os.path.exists(os.path.join(staging, "lib", n)):
+        if n and ".so" in n and exists(os.path.join(staging, "lib", n)):
             st.libpython = f"lib/{n}"
             break
     else:
@@ -491,7 +646,7 @@ def stage_conda(prefix: str, staging: str, excludes: list[str], name: str | None
     st.moves = [(p, "") for p in st.scrub]
     absorb_editables(st, st.site_abs_old, st.scrub, refuse_editable)
     st.recorded = {rel: (r.mode, r.placeholder) for rel, r in env.prefix_files.items()
-                   if os.path.isfile(os.path.join(staging, rel))}
+                   if isfile(os.path.join(staging, rel))}
     st.changed_binaries = env.changed_binaries
     if for_launcher and os.path.isdir(os.path.join(staging, st.site_dir)):
         with open(_own(os.path.join(staging, st.site_dir, conda.ACTIVATE_PTH)), "w") as f:

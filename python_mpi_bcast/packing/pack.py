@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import shlex
+import stat
 import tempfile
 
 from . import collect, relocatable, slim as slimming, stream
@@ -16,7 +17,7 @@ from ..support import leftovers
 from ..source import pyinfo
 from ..package.archive import write_package
 from ..support.errors import PmbError
-from ..package.format import SUFFIX, Manifest, read_manifest
+from ..package.format import DEFAULT_LEVEL, SUFFIX, Manifest, read_manifest
 from ..support.progress import Progress
 
 log = logging.getLogger("python_mpi_bcast")
@@ -54,7 +55,7 @@ def _target(output_dir: str, name: str, force: bool) -> str:
 
 def pack(venv: str | None = None, python: str | None = None, with_python: bool = False,
          directory: str | None = None, output_dir: str = ".", name: str | None = None,
-         excludes: list[str] | None = None, slim: bool = True, level: int = 10,
+         excludes: list[str] | None = None, slim: bool = True, level: int = DEFAULT_LEVEL,
          threads: int = 0, shard_size: int = 8 << 20, force: bool = False,
          quiet: bool = False, tmpdir: str | None = None,
          drop_unused: bool = False, copy: bool = False,
@@ -226,7 +227,7 @@ def _staging_dir(tmpdir: str | None) -> str:
     except OSError as e:
         raise PmbError(f"cannot create a staging directory in {where}: {e.strerror or e}; set "
                        f"TMPDIR to a writable directory (it holds the tree's directories and "
-                       f"empty placeholders only)") from None
+                       f"links only)") from None
 
 
 def _tree_bytes(top: str) -> int:
@@ -238,7 +239,7 @@ def _tree_bytes(top: str) -> int:
                 st = os.lstat(os.path.join(dirpath, fn))
             except OSError:
                 continue
-            if not os.path.islink(os.path.join(dirpath, fn)):
+            if not stat.S_ISLNK(st.st_mode):
                 total += st.st_size
     return total
 
@@ -246,7 +247,7 @@ def _tree_bytes(top: str) -> int:
 def staging_room(source: str | None, interpreter: str | None) -> int:
     """The bytes of ``source``'s files (and of the interpreter's standard
     library): what a staging copy (``pack(copy=True)``) takes, and what the
-    skeleton's placeholders stand for."""
+    skeleton's virtual files stand for."""
     total = _tree_bytes(source) if source and os.path.isdir(source) else 0
     if interpreter:
         try:
@@ -273,7 +274,7 @@ class _room_for_staging:
         if not full:
             return False
         where = os.path.dirname(self.staging)
-        try:  # the skeleton's many empty files: out of inodes rather than blocks?
+        try:  # the skeleton's directories: out of inodes rather than blocks?
             sv = os.statvfs(where)
             inodes = " and no free inodes" if sv.f_files and not sv.f_favail else ""
         except OSError:
@@ -286,8 +287,8 @@ class _room_for_staging:
         except OSError:
             free = ""
         raise PmbError(f"no space left in {where} for the staging skeleton of "
-                       f"{self.source or self.interpreter} (its directories and empty "
-                       f"placeholders of its {need / 1e6:.0f} MB of files{free}); set TMPDIR "
+                       f"{self.source or self.interpreter} (the directories and links of "
+                       f"its {need / 1e6:.0f} MB of files{free}); set TMPDIR "
                        f"to a directory with more room") from None
 
 
@@ -364,12 +365,12 @@ def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threa
 
 
 def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | None = None,
-               level: int = 10, threads: int = 0, shard_size: int = 8 << 20,
+               level: int = DEFAULT_LEVEL, threads: int = 0, shard_size: int = 8 << 20,
                force: bool = False, quiet: bool = True, tmpdir: str | None = None,
                before_rename=None, reuse_from: str | None = None, tell_reused: bool = True
                ) -> tuple[str, Manifest, collect.Staged]:
     """Pack an environment *with* its interpreter into one package (what the
-    cache saves): find → stage a skeleton (directories and placeholders) →
+    cache saves): find → stage a skeleton (directories; files virtual) →
     stream each file, relocated and compiled, into the package.  Without
     ``force`` an existing package is never replaced, even one that appears
     while this one is written (see :func:`archive.write_package`).
@@ -399,7 +400,7 @@ def pack_whole(source: str, output_dir: str, name: str, excludes: list[str] | No
 
 
 def pack_run_dir(src: str, output_dir: str, name: str, subdir: str, compiler: str,
-                 level: int = 10, threads: int = 0, quiet: bool = True,
+                 level: int = DEFAULT_LEVEL, threads: int = 0, quiet: bool = True,
                  tmpdir: str | None = None, reuse_from: str | None = None) -> str:
     """A directory as a layer staged at TREE/``subdir`` (``run --with-dir``):
     find → stage a skeleton → stream each file, compiled, into the package.

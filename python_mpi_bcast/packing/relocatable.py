@@ -52,13 +52,13 @@ def fix_symlinks(st: Staged, keep_outside: bool = False) -> None:
             if os.path.isabs(target):
                 inside = _map_abs(target, st.moves)
                 if inside is not None:
-                    os.unlink(full)
+                    collect.unlink(full)
                     os.symlink(os.path.relpath(inside, os.path.dirname(rel) or "."), full)
                     continue
                 if maps:
                     mapped = prefixes.apply_maps(target.encode(), maps).decode()
                     if mapped != target:
-                        os.unlink(full)
+                        collect.unlink(full)
                         os.symlink(mapped, full)
                         continue
                 if keep_outside:
@@ -71,7 +71,7 @@ def fix_symlinks(st: Staged, keep_outside: bool = False) -> None:
                 if keep_outside:
                     continue
                 resolved = os.path.realpath(full)
-            os.unlink(full)
+            collect.unlink(full)
             if os.path.isfile(resolved):
                 collect.copy_file(resolved, full)
             elif os.path.isdir(resolved):

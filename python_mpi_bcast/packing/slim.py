@@ -62,21 +62,21 @@ class Dropped:
 def _size_of(path: str) -> tuple[int, int]:
     """Files (non-directories) and bytes under path (symlinks not followed)."""
     if not os.path.isdir(path) or os.path.islink(path):
-        return 1, os.lstat(path).st_size
+        return 1, collect.lstat(path).st_size
     files = size = 0
-    for dp, dns, fns in os.walk(path):
+    for dp, dns, fns in collect.walk(path):
         for fn in fns + [d for d in dns if os.path.islink(os.path.join(dp, d))]:
             files += 1
-            size += os.lstat(os.path.join(dp, fn)).st_size
+            size += collect.lstat(os.path.join(dp, fn)).st_size
     return files, size
 
 
 def _remove(path: str, reason: str, out: Dropped) -> None:
     f, b = _size_of(path)
     if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
+        collect.rmtree(path)
     else:
-        os.unlink(path)
+        collect.unlink(path)
     out.add(reason, f, b)
 
 
@@ -106,7 +106,7 @@ def references(source: str, dotted: str, relative_parent: bool, leaf: str) -> bo
 def _package_sources(top: str) -> list[tuple[str, str]]:
     """(relative path, text) of the non-test .py files of a top-level package."""
     out = []
-    for dp, dns, fns in os.walk(top):
+    for dp, dns, fns in collect.walk(top):
         rel_dir = os.path.relpath(dp, top)
         parts = [] if rel_dir == "." else rel_dir.split(os.sep)
         if any(p in TEST_DIRS for p in parts):
@@ -124,7 +124,7 @@ def _package_sources(top: str) -> list[tuple[str, str]]:
 
 
 def _has_python(path: str) -> bool:
-    return any(fn.endswith((".py", ".so")) for _, _, fns in os.walk(path) for fn in fns)
+    return any(fn.endswith((".py", ".so")) for _, _, fns in collect.walk(path) for fn in fns)
 
 
 def _slim_site(site: str, out: Dropped) -> None:
@@ -151,7 +151,7 @@ def _slim_site(site: str, out: Dropped) -> None:
                        for src, text in sources)
             if not keep:
                 _remove(os.path.join(site, rel), "tests", out)
-        for dp, dns, fns in os.walk(full_top):
+        for dp, dns, fns in collect.walk(full_top):
             for d in list(dns):
                 p = os.path.join(dp, d)
                 if d == "include" and not _has_python(p):
@@ -176,7 +176,7 @@ def slim_environment(root: str, site_rel: str) -> Dropped:
         _remove(inc, "headers", out)
     for rel in SHARE_DOCS:
         p = os.path.join(root, rel)
-        if os.path.lexists(p):
+        if collect.lexists(p):
             _remove(p, "docs", out)
     return out
 
@@ -197,12 +197,12 @@ def strip_interpreter(root: str, strip: str | None = None) -> Dropped:
         out.notes.append("debug info kept (no 'strip' program found; install binutils)")
         return out
     saved = 0
-    for dp, _, fns in os.walk(root):
+    for dp, _, fns in collect.walk(root):
         for fn in fns:
             p = os.path.join(dp, fn)
             if os.path.islink(p) or not _is_elf(p):
                 continue
-            before = os.path.getsize(p)
+            before = collect.getsize(p)
             collect.materialize(p)  # strip changes it in place
             mode = os.stat(p).st_mode
             os.chmod(p, mode | 0o200)

@@ -1,8 +1,9 @@
 """Stream, don't copy: write a package straight from the source files.
 
 collect stages a skeleton of the tree (``collect.lazy_copies``: directories,
-links, the few files we write ourselves, and for every source file a sparse
-placeholder that names it); slim and fix_symlinks work on that skeleton.
+links and the few files we write ourselves on disk; every source file a
+virtual entry in memory that names it, shown by collect's view functions);
+slim and fix_symlinks work on that skeleton.
 Then the package writer's threads read each file once from its source,
 relocate it on the way (:class:`relocatable.Relocator`), byte-compile each
 ``.py`` through a compile server run by the packed interpreter (the same
@@ -166,16 +167,16 @@ class Writer:
         if rel_dir:
             ti, size = _tarinfo(self.root, rel_dir)
             out.append((rel_dir, ti, size))
-        files, dirs = [], []
-        for n in os.listdir(full_dir):
-            p = os.path.join(full_dir, n)
-            (dirs if os.path.isdir(p) and not os.path.islink(p) else files).append(n)
+        files, dirs = list(collect.virtual_names(full_dir)), []
+        with os.scandir(full_dir) as it:  # the real entries: their type without a stat
+            for e in it:
+                (dirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
         for n in sorted(files):
             rel = os.path.normpath(os.path.join(rel_dir, n))
-            ti, size = _tarinfo(self.root, rel)
+            ti, size = _tarinfo(self.root, rel, collect.lstat)
             out.append((rel, ti, size))
         pys = [n for n in files if n.endswith(".py") and self.compiler
-               and os.path.isfile(os.path.join(full_dir, n))]
+               and collect.isfile(os.path.join(full_dir, n))]
         for d in sorted(dirs + (["__pycache__"] if pys and "__pycache__" not in dirs else [])):
             if d == "__pycache__" and pys and d not in dirs:
                 self._pycache(rel_dir, pys, out, hook)
@@ -201,7 +202,8 @@ class Writer:
                 pycs.append((name, py_rel, opt))
         for name, py_rel, opt in sorted(pycs):
             rel = os.path.join(cache, name)
-            src_mode = os.stat(os.path.join(self.root, py_rel)).st_mode
+            src = collect.stat(os.path.join(self.root, py_rel))
+            src_mode = src.st_mode
             ti = tarfile.TarInfo(rel)
             ti.type = tarfile.REGTYPE
             ti.mode = (src_mode | 0o200) & 0o666 & ~self.umask
@@ -209,7 +211,7 @@ class Writer:
             ti.uid = ti.gid = 0
             ti.uname = ti.gname = ""
             self.virtual[rel] = (py_rel, opt)
-            out.append((rel, ti, os.stat(os.path.join(self.root, py_rel)).st_size))
+            out.append((rel, ti, src.st_size))
 
     # -- one entry's members ---------------------------------------------------
     def members(self, shard: int, rel: str, ti: tarfile.TarInfo, size: int):
@@ -291,11 +293,12 @@ class Writer:
         py_rel, opt = self.virtual[rel]
         full = os.path.join(self.root, py_rel)
         src_rel = py_rel
-        if os.path.islink(full):  # compiled through the link, as compileall does
+        if not collect.is_virtual(full) and os.path.islink(full):  # compiled through the
+            # link, as compileall does
             src_rel = os.path.relpath(os.path.realpath(full), os.path.realpath(self.root))
             full = os.path.join(self.root, src_rel)
         source = self._read(collect.content_path(full), py_rel)
-        if self.rl is not None and os.stat(full).st_size <= BIG_FILE:
+        if self.rl is not None and collect.stat(full).st_size <= BIG_FILE:
             source, pf, _, _ = self.rl.file(src_rel, source)
             if opt == 0 and pf:
                 return  # the unpacker rewrites the source: a .pyc made now would be stale
@@ -343,7 +346,7 @@ class Writer:
                     py_rel, opt = self.virtual[rel]
                     full = os.path.join(self.root, py_rel)
                     src_rel = py_rel
-                    if os.path.islink(full):
+                    if not collect.is_virtual(full) and os.path.islink(full):
                         src_rel = os.path.relpath(os.path.realpath(full),
                                                   os.path.realpath(self.root))
                         full = os.path.join(self.root, src_rel)
@@ -359,8 +362,10 @@ class Writer:
 
     def _content_identity(self, staged: str) -> str:
         src = collect.content_path(staged)
-        if src != staged:
-            return "source " + _identity(src)
+        if src != staged:  # as staged: the stat its tar header was made from
+            s = collect.stat(staged)
+            return (f"source {json.dumps(src)} {s.st_dev} {s.st_ino} {s.st_size} "
+                    f"{s.st_mtime_ns} {s.st_ctime_ns}")
         with open(staged, "rb") as f:  # a file of our own (small: written by a step)
             return "own " + hashlib.sha256(f.read()).hexdigest()
 

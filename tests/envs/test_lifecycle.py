@@ -120,17 +120,17 @@ def test_list_marks_a_copy_loaded_under_another_name_changed_since_saved(user):
 # ---- 5, 6: a small $TMPDIR --------------------------------------------------
 
 def test_save_and_pack_with_a_tmpdir_too_small_for_the_skeleton_say_so_in_one_line(user):
-    # pack streams: TMPDIR holds the tree's directories and empty placeholders
-    # (no file data; a 4 MB one is enough: test_pack's tiny-TMPDIR tests), so
-    # what runs out there is inodes: a tmpfs with 16 of them
+    # pack streams: TMPDIR holds the tree's directories and links (no files;
+    # a 4 MB one is enough: test_pack's tiny-TMPDIR tests), so what runs out
+    # there is inodes: a tmpfs with 16 of them
     with small_tmpfs(os.path.join(user["base"], "small-tmp"), inodes=16) as tmp:
         r = cli(user, "save", "cramped", "--venv", user["venv"], "-q", check=False,
                 TMPDIR=tmp, timeout=600)
         err = one_line_error(r)
         assert f"no space left in {tmp}" in err and "set TMPDIR" in err, err
         assert "no free inodes" in err, err
-        need = int(err.split("placeholders of its ")[1].split(" MB")[0])
-        assert need >= DATA_MB, err  # names the files the placeholders stand for
+        need = int(err.split("links of its ")[1].split(" MB")[0])
+        assert need >= DATA_MB, err  # names the files the skeleton stands for
         assert os.listdir(tmp) == []  # the partial skeleton is gone
         out = os.path.join(user["base"], "packed")
         for args in (["pack", user["venv"]], ["pack", "--python", user["venv"]]):

@@ -617,6 +617,40 @@ def test_pack_with_a_tiny_tmpdir_stages_and_runs(relocation_venv, pkgroot, tmp_p
 
 
 
+def test_pack_makes_no_file_in_tmpdir_for_each_file_of_the_environment(relocation_venv,
+                                                                       tmp_path):
+    """TMPDIR on a tmpfs with an inode for each directory and link of the
+    venv and a few more, far fewer than its files: the staging skeleton
+    holds directories and links only (every source file is read straight
+    into the package, none gets a placeholder there), so the pack succeeds
+    and leaves nothing behind; the package has every file."""
+    from helpers import PRIVATE, UNSHARE_MOUNT
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount a small tmpfs")
+    dirs = links = files = 0
+    for dp, dns, fns in os.walk(relocation_venv):
+        dns[:] = [d for d in dns if d != "__pycache__"]
+        dirs += len(dns)
+        for n in fns + dns:
+            if os.path.islink(os.path.join(dp, n)):
+                links += 1
+            elif n in fns:
+                files += 1
+    inodes = dirs + links + 64  # the tmpfs's root, the staging directory, our own files
+    assert files > 2 * inodes, (files, inodes)  # a placeholder per file cannot fit
+    small = tmp_path / "small"
+    small.mkdir()
+    out = tmp_path / "pkgs"
+    pack = " ".join(CLI + ["pack", relocation_venv, "-n", "reloc", "-o", str(out), "-q"])
+    r = run(UNSHARE_MOUNT + [PRIVATE + f"mount -t tmpfs -o size=4m,nr_inodes={inodes} tmpfs "
+                             f"{small} && TMPDIR={small} {pack} && echo left: $(ls -A {small})"],
+            timeout=900, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "left:", r.stdout
+    m, _ = read_manifest(str(out / "reloc.tar.zst"))
+    assert m.files > files, (m.files, files)  # every file, and the .pyc made for them
+
+
 def test_save_with_a_tiny_tmpdir_saves_and_the_loaded_env_runs(relocation_venv, tmp_path):
     """save (the venv with its interpreter's standard library, over 100 MB
     unpacked) with TMPDIR on a 4 MB tmpfs: nothing is copied there; the
