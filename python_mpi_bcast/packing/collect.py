@@ -470,7 +470,7 @@ def _extensions(staged_site: str, site: str) -> list[str]:
     """The CPython extension modules of a staged site directory, named by
     the file they were copied from."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(staged_site):
+    for dirpath, dirnames, filenames in walk(staged_site):
         dirnames.sort()
         for fn in sorted(filenames):
             if ".cpython-" in fn and fn.endswith(".so"):
