@@ -765,7 +765,8 @@ def bench_conda(rep, reps, tmp):
     rep.h("6. Conda environment: python-mpi-bcast vs conda-pack")
     rep.p(f"{usize / 1e6:.0f} MB, {nfiles} files (CPython {sys.version.split()[0]}, numpy, "
           f"mpi4py, 255-byte binary placeholders); median of {reps}; pack includes our "
-          f"byte-compilation, zstd level 10 vs conda-pack's default tar.zst level.")
+          f"byte-compilation, zstd level {default_level()} (the default) vs conda-pack's "
+          f"default tar.zst level.")
     rep.table(["tool", "pack s", "package MB", "unpack into /dev/shm s"], [
         ["python-mpi-bcast pack / unpack", f"{t_ours:.1f}", f"{os.path.getsize(ours) / 1e6:.1f}",
          f"{u_ours:.2f}"],

@@ -63,8 +63,8 @@ def add_pack(sub) -> None:
                     help="unpacked bytes per shard (default 8M)")
     pk.add_argument("-f", "--force", action="store_true", help="replace existing packages")
     pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines")
-    pk.add_argument("--tmpdir", help="directory for the staging skeleton: directories and empty "
-                         "placeholders, no file data (default $TMPDIR)")
+    pk.add_argument("--tmpdir", help="directory for the staging skeleton: directories and links, "
+                         "no file data (default $TMPDIR)")
     pk.add_argument("--reuse", metavar="OLD.tar.zst",
                     help="a previous package of the same source: its shards whose files did "
                          "not change are copied instead of packed again (default with -f: the "

@@ -143,7 +143,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                     compiler = exe
                 out = _target(output_dir, st.name, force)  # again: it may have appeared since
                 if drop_unused:
-                    _drop_unused(st)
+                    _drop_unused(st, conda_env=kind == "conda")
                 if copy:
                     prefix_files = _prepare(st, compiler, threads)
                     written.append(_archive(st, prefix_files, out, level, threads, shard_size,
@@ -206,10 +206,14 @@ def _check_output_room(output_dir: str, source_bytes: int) -> None:
                        f"there or choose another -o directory")
 
 
-def _drop_unused(st: collect.Staged) -> None:
+def _drop_unused(st: collect.Staged, conda_env: bool = False) -> None:
     """--slim: tests, headers and documents of venv environments, debug
-    info of the interpreter; says what went.  Conda envs are left whole
-    (conda's records list their files for relocation)."""
+    info of the interpreter; says what went.  Conda envs (staged as an
+    interpreter package) are left whole: conda's records list their files
+    for relocation."""
+    if conda_env:
+        log.info("slim: %s: a conda environment is packed whole", st.name)
+        return
     if st.kind == "interpreter":
         dropped = slimming.strip_interpreter(st.root)
     elif st.kind == "environment":

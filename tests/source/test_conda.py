@@ -5,17 +5,22 @@ reference, and run under python-mpi on two simulated nodes."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 
 import pytest
+import zstandard
 
 from helpers import (BIN, CLI, SBATCH_SIZE, can_hide, conda_origin, conda_outputs, hidden, mpi_env,
                      mpirun, readme_blocks, run)
+from python_mpi_bcast.package.archive import iter_frames
 
 
 def leftovers(tree: str, old: bytes) -> set[str]:
@@ -103,6 +108,34 @@ def test_conda_env_under_python_mpi_on_two_nodes(conda_env, packed, shm_chroot):
     assert "SUM [0.0, 10.0, 20.0, 30.0] 4" in r.stdout
     nodes = [d for d in os.listdir(os.path.dirname(shm_chroot.replace("%n", "0")))]
     assert len(nodes) == 2, nodes
+
+
+def test_slim_packs_a_conda_env_whole_and_strips_nothing(packed, conda_env, tmp_path):
+    """README: "Conda environments are always packed whole" — also with
+    --slim, which strips debug info of an interpreter package only: a conda
+    env's binaries stay as conda installed them (and none is copied into
+    $TMPDIR to be stripped)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = run(CLI + ["pack", "--slim", conda_env, "-o", str(tmp_path), "--tmpdir", str(tmp)],
+            timeout=900)
+    assert "packed whole" in r.stderr and "debug info" not in r.stderr, r.stderr
+    slim, whole = regular_files(str(tmp_path / "demo.tar.zst")), regular_files(packed["ours"])
+    assert slim == whole and sum(1 for d in whole.values() if d[1]) > 10
+    assert not os.listdir(tmp)
+
+
+def regular_files(pkg: str) -> dict:
+    """Each regular file of a package: (SHA-256 of its bytes, is it ELF)."""
+    out = {}
+    for _m, _i, frame in iter_frames(pkg):
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(frame)
+        with tarfile.open(fileobj=io.BytesIO(raw + bytes(1024))) as t:
+            for ti in t:
+                if ti.isfile():
+                    data = t.extractfile(ti).read()
+                    out[ti.name] = (hashlib.sha256(data).hexdigest(), data[:4] == b"\x7fELF")
+    return out
 
 
 def test_tree_longer_than_the_conda_placeholder_is_refused_naming_the_file(packed):
