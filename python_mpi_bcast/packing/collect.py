@@ -226,7 +226,18 @@ def rmtree(path: str) -> None:
 
 
 def materialize(path: str) -> None:
-    """Give a virtual file its source's bytes (a step will change them)."""
+    """Give a staged file bytes of its own (a step will change them): a
+    virtual file gets its source's bytes; a link is replaced by a copy of
+    what it leads to, so the write never goes through it to the file it
+    names (which may be the user's own, outside the environment)."""
+    if os.path.islink(path):
+        src = content_path(path)  # a virtual file's source, else the link (followed)
+        tmp = path + ".pmb-own"
+        shutil.copyfile(src, tmp)
+        shutil.copymode(src, tmp)
+        unlink(path)
+        os.rename(tmp, path)
+        return
     if _lazy is not None:
         e = _lazy.pop(path)
         if e is not None:

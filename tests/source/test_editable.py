@@ -391,6 +391,31 @@ def test_python_given_a_venv_says_it_packs_only_the_interpreter(edit_venv, tmp_p
     assert "--python" not in r.stderr
 
 
+def test_a_pth_that_is_a_link_to_the_users_file_is_never_written_through(tmp_path):
+    """A .pth in site-packages that is a symlink to a file of the user's
+    (a dotfiles manager's link): pack drops its path line from the packed
+    copy and leaves the user's file byte for byte as it was."""
+    v = make_venv(str(tmp_path / "v"), [])
+    src = tmp_path / "ext" / "src"
+    src.mkdir(parents=True)
+    (src / "extmod.py").write_text("X = 1\n")
+    mine = tmp_path / "dotfiles" / "mine.pth"
+    mine.parent.mkdir()
+    mine.write_text(f"{src}\nimport os\n")
+    before = mine.read_bytes()
+    site = tree_site(v)
+    os.symlink(mine, os.path.join(site, "mine.pth"))
+    run(CLI + ["pack", v, "-o", str(tmp_path / "out"), "-q"], timeout=900)
+    assert mine.read_bytes() == before
+    tree = tmp_path / "tree"
+    run(CLI + ["unpack", str(tmp_path / "out" / "v.tar.zst"), str(tree)], timeout=300)
+    packed = os.path.join(tree_site(str(tree)), "mine.pth")
+    assert not os.path.islink(packed)
+    with open(packed) as f:
+        assert f.read() == "import os\n"
+    assert os.path.isfile(os.path.join(tree_site(str(tree)), "extmod.py"))
+
+
 def test_a_meson_python_build_out_of_date_or_gone_gets_one_line_and_no_rebuild_hook(
         edit_venv, tmp_path):
     """meson-python's hook rebuilds on import; pack takes what the last build
