@@ -60,6 +60,13 @@ def reused(stderr) -> tuple[int, int]:
     return int(got.group(1)), int(got.group(2))
 
 
+def unpacked_digest(pkg, dest) -> dict:
+    """The digest of the tree ``python-mpi-bcast unpack`` makes of ``pkg``
+    in ``dest``."""
+    run(CLI + ["unpack", str(pkg), str(dest)], timeout=300)
+    return tree_digest(str(dest), **STAGED)
+
+
 def staged_tree(pkgroot, python_pkg, pkg, tmp_path, code=None) -> tuple[dict, str]:
     """Stage the interpreter and ``pkg`` with ``python-mpi`` on 2 ranks (with
     ``code`` run on them, else --stage-only); the staged tree's digest and
@@ -285,12 +292,7 @@ def test_pack_force_over_its_earlier_package_reuses_its_unchanged_shards(tmp_pat
     n, total = reused(err)
     assert 0 < n < total and again == first, err
     full, _ = pack(venv, tmp_path / "full", "--shard-size", "1M")
-    trees = []
-    for i, pkg in enumerate((again, full)):
-        dest = tmp_path / f"tree{i}"
-        run(CLI + ["unpack", pkg, str(dest)], timeout=300)
-        trees.append(tree_digest(str(dest), **STAGED))
-    assert trees[0] == trees[1]
+    assert unpacked_digest(again, tmp_path / "tree0") == unpacked_digest(full, tmp_path / "tree1")
 
 
 def test_a_conda_env_repacked_from_its_index_keeps_every_prefix_file(conda_env, tmp_path):
@@ -305,12 +307,7 @@ def test_a_conda_env_repacked_from_its_index_keeps_every_prefix_file(conda_env, 
     m_first, m_again = read_manifest(first)[0], read_manifest(again)[0]
     assert {p.mode for p in m_first.prefix_files} == {"text", "binary"}
     assert m_again.prefix_files == m_first.prefix_files
-    trees = []
-    for i, pkg in enumerate((first, again)):
-        dest = tmp_path / f"tree{i}"
-        run(CLI + ["unpack", pkg, str(dest)], timeout=300)
-        trees.append(tree_digest(str(dest), **STAGED))
-    assert trees[0] == trees[1]
+    assert unpacked_digest(first, tmp_path / "tree0") == unpacked_digest(again, tmp_path / "tree1")
 
 
 def test_a_users_file_named_like_a_shard_index_is_never_replaced_or_removed(tmp_path):
