@@ -388,6 +388,26 @@ def _package_info(pkg: str, name: str, version: str, build: str, placeholder: st
     return paths
 
 
+def _place(e: dict, src: str, dst: str, prefix: str, rec: dict) -> None:
+    """A package's file ``e`` into the env as conda installs it: with its
+    build placeholder replaced by the prefix (text, or a binary's padded
+    string; ``rec`` gets the new SHA-256), else hard-linked."""
+    if "prefix_placeholder" not in e:
+        os.link(src, dst)
+        return
+    with open(src, "rb") as f:
+        data = f.read()
+    ph = e["prefix_placeholder"].encode()
+    if e["file_mode"] == "text":
+        data = data.replace(ph, prefix.encode())
+    else:
+        data = conda_binary_replace(data, ph, prefix.encode())
+    with open(dst, "wb") as f:
+        f.write(data)
+    shutil.copymode(src, dst)
+    rec["sha256_in_prefix"] = hashlib.sha256(data).hexdigest()
+
+
 def _install(pkg: str, prefix: str, paths: list[dict], name: str, version: str, build: str,
              pkgs_dir: str) -> None:
     """conda's linker: link files into the env, rewrite prefix files, write
@@ -400,20 +420,8 @@ def _install(pkg: str, prefix: str, paths: list[dict], name: str, version: str, 
         rec = dict(e)
         if e["path_type"] == "softlink":
             os.symlink(os.readlink(src), dst)
-        elif "prefix_placeholder" in e:
-            with open(src, "rb") as f:
-                data = f.read()
-            ph = e["prefix_placeholder"].encode()
-            if e["file_mode"] == "text":
-                data = data.replace(ph, prefix.encode())
-            else:
-                data = conda_binary_replace(data, ph, prefix.encode())
-            with open(dst, "wb") as f:
-                f.write(data)
-            shutil.copymode(src, dst)
-            rec["sha256_in_prefix"] = hashlib.sha256(data).hexdigest()
         else:
-            os.link(src, dst)
+            _place(e, src, dst, prefix, rec)
         out_paths.append(rec)
     fn = f"{name}-{version}-{build}"
     record = {
@@ -557,15 +565,7 @@ def install_noarch_python_as_conda(root: str, prefix: str, name: str, version: s
         src, dst = os.path.join(pkg, e["_path"]), os.path.join(prefix, t)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         rec = dict(e) if old_conda else dict(e, _path=t)
-        if "prefix_placeholder" in e:
-            with open(src, "rb") as f:
-                data = f.read().replace(ph.encode(), prefix.encode())
-            with open(dst, "wb") as f:
-                f.write(data)
-            shutil.copymode(src, dst)
-            rec["sha256_in_prefix"] = hashlib.sha256(data).hexdigest()
-        else:
-            os.link(src, dst)
+        _place(e, src, dst, prefix, rec)
         out.append((t, rec))
         if t.endswith(".py") and t.startswith(site + "/"):
             tag = f"cpython-{PY_VER.replace('.', '')}"
