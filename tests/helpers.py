@@ -226,11 +226,15 @@ def conda_origin() -> list[str]:
     return condaenv.origin(CACHE)
 
 
-def tree_digest(root: str, skip: tuple[str, ...] = (), own_path: bool = False) -> dict:
+def tree_digest(root: str, skip: tuple[str, ...] = (), own_path: bool = False,
+                pyc_code: bool = False) -> dict:
     """path -> ("d", mode) / ("l", target) / ("f", mode, sha256 of the content)
     for everything under root, to compare two trees.  skip: relative paths
     left out; own_path: the tree's own path inside a file counts as <TREE>
-    (trees staged at two places compare equal)."""
+    (trees staged at two places compare equal); pyc_code: a ``.pyc`` of this
+    Python counts by its header and code (:func:`pyc_code_digest`), not its
+    marshal bytes (which differ with how the code object was made: compiled,
+    or loaded from another ``.pyc``)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -247,8 +251,33 @@ def tree_digest(root: str, skip: tuple[str, ...] = (), own_path: bool = False) -
                     data = f.read()
                 if own_path:
                     data = data.replace(root.encode(), b"<TREE>")
-                out[rel] = ("f", os.lstat(full).st_mode & 0o777, hashlib.sha256(data).hexdigest())
+                digest = hashlib.sha256(data).hexdigest()
+                if pyc_code and name.endswith(".pyc"):
+                    digest = pyc_code_digest(data)
+                out[rel] = ("f", os.lstat(full).st_mode & 0o777, digest)
     return out
+
+
+def pyc_code_digest(pyc: bytes) -> str:
+    """A digest of a ``.pyc`` (of this Python) by its 16-byte header and what
+    its code object holds, every code object within included with its file
+    name: equal for equal code however it was marshalled."""
+    import importlib.util
+    import marshal
+    if pyc[:4] != importlib.util.MAGIC_NUMBER:
+        return hashlib.sha256(pyc).hexdigest()
+
+    def canon(c):
+        if hasattr(c, "co_code"):
+            return ("code",) + tuple(canon(getattr(c, a)) for a in sorted(dir(c)) if a.startswith("co_")
+                                     and a not in ("co_lines", "co_positions", "co_lnotab"))
+        if isinstance(c, (tuple, list)):
+            return (type(c).__name__,) + tuple(canon(x) for x in c)
+        if isinstance(c, frozenset):
+            return ("frozenset",) + tuple(sorted(repr(canon(x)) for x in c))
+        return (type(c).__name__, repr(c))
+
+    return hashlib.sha256(pyc[:16] + repr(canon(marshal.loads(pyc[16:]))).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,9 +6,11 @@ virtual entry in memory that names it, shown by collect's view functions);
 slim and fix_symlinks work on that skeleton.
 Then the package writer's threads read each file once from its source,
 relocate it on the way (:class:`relocatable.Relocator`), byte-compile each
-``.py`` through a compile server run by the packed interpreter (the same
-bytes ``compileall`` writes: unchecked-hash ``.pyc`` named after the file's
-path in the tree), compress and write.
+``.py`` through a compile server run by the packed interpreter (the code
+``compileall`` makes, as unchecked-hash ``.pyc`` named after the file's path
+in the tree; taken from the environment's own ``.pyc`` of the source when
+the import system would use that one, which is much cheaper than
+compiling), compress and write.
 
 The members come in the order a copied tree gives (``archive.list_tree``,
 with the ``__pycache__`` directories compileall would have made), so the
@@ -44,24 +46,52 @@ _SERVER = r"""
 import sys
 # what start-up imported before any .pth file ran (here: before this script)
 START = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
-import importlib.util, os, struct
+import _imp, importlib.util, marshal, os, struct, types
 from importlib._bootstrap_external import _code_to_hash_pyc
 inp, out = sys.stdin.buffer, sys.stdout.buffer
+MAGIC = importlib.util.MAGIC_NUMBER
 def send(b):
     out.write(struct.pack("<Q", len(b)) + b)
     out.flush()
+def cached(pyc, src, mtime, size):
+    # the environment's own .pyc of this source, if the import system would
+    # use it (SourceLoader.get_code's checks): this interpreter's magic, and
+    # the source's mtime and size, or its hash, in the header
+    if len(pyc) < 16 or pyc[:4] != MAGIC:
+        return None
+    flags = int.from_bytes(pyc[4:8], "little")
+    if flags & ~0b11:
+        return None
+    if flags & 0b1:
+        if pyc[8:16] != importlib.util.source_hash(src):
+            return None
+    elif (int.from_bytes(pyc[8:12], "little") != mtime & 0xFFFFFFFF
+          or int.from_bytes(pyc[12:16], "little") != size & 0xFFFFFFFF):
+        return None
+    code = marshal.loads(memoryview(pyc)[16:])
+    return code if isinstance(code, types.CodeType) else None
 send("\n".join([sys.implementation.cache_tag] + [
     os.path.relpath(f, sys.prefix) for f in START
     if f and f.endswith(".py") and f.startswith(sys.prefix + "/")]).encode("utf-8", "surrogateescape"))
 while True:
-    hdr = inp.read(12)
-    if len(hdr) < 12:
+    hdr = inp.read(32)
+    if len(hdr) < 32:
         break
-    opt, nd, ns = struct.unpack("<iII", hdr)
+    opt, nd, ns, nc, mtime, size = struct.unpack("<iIIIqQ", hdr)
     dfile = inp.read(nd).decode("utf-8", "surrogateescape")
     src = inp.read(ns)
-    try:  # as py_compile does (SourceLoader.source_to_code)
-        code = compile(src, dfile, "exec", dont_inherit=True, optimize=opt)
+    pyc = inp.read(nc)
+    try:
+        code = None
+        if pyc:
+            try:
+                code = cached(pyc, src, mtime, size)
+            except Exception:
+                code = None
+        if code is None:  # as py_compile does (SourceLoader.source_to_code)
+            code = compile(src, dfile, "exec", dont_inherit=True, optimize=opt)
+        else:  # as the import system does for a .pyc found in another place
+            _imp._fix_co_filename(code, dfile)
         send(b"\0" + _code_to_hash_pyc(code, importlib.util.source_hash(src), False))
     except Exception as e:
         send(b"\1" + repr(e).encode("utf-8", "replace"))
@@ -89,10 +119,16 @@ class _CompileServer:
             raise PmbError(f"byte-compiling with {self.python} failed (the compiler ended)")
         return data
 
-    def compile(self, dfile: str, source: bytes, optimize: int) -> bytes | None:
+    def compile(self, dfile: str, source: bytes, optimize: int, cached: bytes = b"",
+                mtime: int = 0, size: int = 0) -> bytes | None:
+        """The unchecked-hash ``.pyc`` of ``source`` named ``dfile``: from
+        ``cached`` (the environment's own ``.pyc`` of it, written when the
+        source had ``mtime`` and ``size``) when the import system would use
+        that one, else compiled; None if the source does not compile."""
         d = dfile.encode("utf-8", "surrogateescape")
         try:
-            self.p.stdin.write(struct.pack("<iII", optimize, len(d), len(source)) + d + source)
+            self.p.stdin.write(struct.pack("<iIIIqQ", optimize, len(d), len(source), len(cached),
+                                           mtime, size) + d + source + cached)
             self.p.stdin.flush()
         except OSError:
             raise PmbError(f"byte-compiling with {self.python} failed (the compiler ended)"
@@ -144,10 +180,11 @@ class Writer:
             self.servers.append(srv)
             return srv
 
-    def _compile(self, dfile: str, source: bytes, optimize: int) -> bytes | None:
+    def _compile(self, dfile: str, source: bytes, optimize: int, cached: bytes = b"",
+                 mtime: int = 0, size: int = 0) -> bytes | None:
         srv = self._server()
         try:
-            return srv.compile(dfile, source, optimize)
+            return srv.compile(dfile, source, optimize, cached, mtime, size)
         finally:
             self.idle.put(srv)
 
@@ -297,17 +334,42 @@ class Writer:
             # link, as compileall does
             src_rel = os.path.relpath(os.path.realpath(full), os.path.realpath(self.root))
             full = os.path.join(self.root, src_rel)
-        source = self._read(collect.content_path(full), py_rel)
+        path = collect.content_path(full)
+        source = original = self._read(path, py_rel)
         if self.rl is not None and collect.stat(full).st_size <= BIG_FILE:
             source, pf, _, _ = self.rl.file(src_rel, source)
             if opt == 0 and pf:
                 return  # the unpacker rewrites the source: a .pyc made now would be stale
-        pyc = self._compile(py_rel, source, opt)
+        cached, mtime, size = b"", 0, 0
+        if path != full and source == original:  # a source file of the environment: the
+            # .pyc pip, conda or the distribution wrote beside it, if the server finds it
+            # still matches (its code, named after the file's path in the tree, is what
+            # compiling gives, without the cost)
+            cached, mtime, size = self._cached_pyc(path, opt, len(original))
+        pyc = self._compile(py_rel, source, opt, cached, mtime, size)
         if pyc is None:
             if opt:
                 raise PmbError(f"byte-compiling {py_rel} with {self.compiler} failed")
             return  # as compileall: a module that does not compile gets no .pyc
         yield _with_size(ti, len(pyc)), (pyc,)
+
+    def _cached_pyc(self, path: str, opt: int, length: int) -> tuple[bytes, int, int]:
+        """The environment's own ``.pyc`` of the source file ``path`` (``length``
+        bytes read) and the source's mtime and size, or (b"", 0, 0)."""
+        d, n = os.path.split(path)
+        if not n.endswith(".py"):
+            return b"", 0, 0
+        pyc = os.path.join(d, "__pycache__", f"{n[:-3]}.{self.tag}"
+                           + (f".opt-{opt}" if opt else "") + ".pyc")
+        try:
+            with open(pyc, "rb") as f:
+                data = f.read()
+            s = os.stat(path)
+        except (OSError, ValueError):
+            return b"", 0, 0
+        if s.st_size != length:  # changed while being read: compile what was read
+            return b"", 0, 0
+        return data, int(s.st_mtime), s.st_size
 
     # -- re-pack only what changed (package/reuse.py) ----------------------
     def settings(self) -> str:

@@ -552,7 +552,7 @@ def _pack_both_ways(venv: str, out_stream, out_copy, args: list[str], tmp_path) 
         dest = tmp_path / f"tree{i}"
         run(CLI + ["unpack", pkg, str(dest)], timeout=300)
         trees.append(tree_digest(str(dest), skip=(".python-mpi-bcast-unpack.json",),
-                                 own_path=True))
+                                 own_path=True, pyc_code=True))
         manifests.append(read_manifest(pkg)[0])
     return trees, manifests
 
@@ -567,8 +567,9 @@ def _pack_kwargs(venv: str, args: list[str]) -> dict:
 def test_streamed_package_unpacks_to_the_tree_the_copying_packer_made(relocation_venv,
                                                                       tmp_path, layer):
     """Streaming changes how a package is written, not what it holds: the
-    same files, bytes, modes, links, .pyc and prefix-file list as packing a
-    copy of the tree (the way pack worked before)."""
+    same files, bytes, modes, links, .pyc (their code: the stream takes the
+    venv's own .pyc where it can, the copy compiles) and prefix-file list as
+    packing a copy of the tree (the way pack worked before)."""
     args = ["--python", relocation_venv] if layer == "interpreter" else [relocation_venv, "-n", "e"]
     (tmp_path / "s").mkdir()
     (tmp_path / "c").mkdir()
@@ -722,3 +723,98 @@ def test_save_packs_at_the_level_it_is_given(tmp_path):
     assert r.returncode == 2 and "zstd level" in r.stderr
     r = run(CLI + ["run", "--level", "23", "mpiexec", "python", "-c", "pass"], check=False)
     assert r.returncode == 2 and "zstd level" in r.stderr
+
+
+_PYC_CASES = r"""
+import importlib.util, os, py_compile, sys
+site = sys.argv[1]
+M = py_compile.PycInvalidationMode
+def module(name, text, mode=M.TIMESTAMP):
+    path = os.path.join(site, name + ".py")
+    with open(path, "w") as f:
+        f.write(text)
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    py_compile.compile(path, doraise=True, invalidation_mode=mode)
+    return path, importlib.util.cache_from_source(path)
+module("fresh", "def f():\n    return 'fresh'\nclass C:\n    def m(self):\n        return 1\n")
+module("hashed", "VALUE = 'hashed'\n", M.CHECKED_HASH)
+# edited after pip compiled it: a new mtime, another size
+path, _ = module("edited", "VALUE = 'old'\n")
+with open(path, "w") as f:
+    f.write("VALUE = 'edited, new'\n")
+# edited keeping size and mtime under a hash-checked .pyc: the hash tells
+path, _ = module("rehashed", "VALUE = 'old'\n", M.CHECKED_HASH)
+with open(path, "w") as f:
+    f.write("VALUE = 'new'\n")
+os.utime(path, (1_600_000_000, 1_600_000_000))
+# a .pyc of another Python (magic) and one that is not marshal data
+_, pyc = module("foreign", "VALUE = 'foreign'\n")
+with open(pyc, "r+b") as f:
+    f.write(b"\x00\x00")
+_, pyc = module("garbage", "VALUE = 'garbage'\n")
+with open(pyc, "r+b") as f:
+    f.seek(16)
+    f.write(b"\xff" * 8)
+# what the import system trusts, pack trusts: a .pyc whose header matches the
+# source's mtime and size holds the code it was made from
+path, pyc = module("trusted", "VALUE = 'from the pyc'\n")
+with open(path, "w") as f:
+    f.write("VALUE = 'the source!!'\n")
+os.utime(path, (1_600_000_000, 1_600_000_000))
+"""
+
+
+def test_pack_takes_the_environments_own_pyc_only_where_the_import_system_would(tmp_path,
+                                                                                 pkgroot):
+    """Packing uses a venv's own .pyc (pip wrote one per module) instead of
+    compiling again, only when the import system would use it: this
+    Python's magic number, and the source's mtime and size (or its hash) in
+    the header.  An edited source, a .pyc of another Python or one that is
+    not marshal data: compiled from the source.  Every .pyc in the tree is
+    unchecked-hash over the tree's source and names the file's path in the
+    tree, as a fresh compile does."""
+    import importlib.util
+    import marshal
+    venv = make_venv(str(tmp_path / "v"), [])
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    site = os.path.join(venv, "lib", ver, "site-packages")
+    run([os.path.join(venv, "bin", "python"), "-c", _PYC_CASES, site], timeout=120)
+    out = tmp_path / "out"
+    out.mkdir()
+    run(CLI + ["pack", venv, "-o", str(out), "-n", "e", "-q"], timeout=600)
+    tree = tmp_path / "tree"
+    run(CLI + ["unpack", os.path.join(pkgroot["root"], pkgroot["python"]), str(out / "e.tar.zst"),
+               str(tree)], timeout=300)
+    shutil.rmtree(venv)
+    tsite = os.path.join(str(tree), "lib", ver, "site-packages")
+    names = ("fresh", "hashed", "edited", "rehashed", "foreign", "garbage", "trusted")
+
+    def filenames(code):
+        yield code.co_filename
+        for c in code.co_consts:
+            if hasattr(c, "co_filename"):
+                yield from filenames(c)
+
+    for n in names:
+        rel = os.path.join("lib", ver, "site-packages", n + ".py")
+        with open(os.path.join(tsite, n + ".py"), "rb") as f:
+            src = f.read()
+        with open(importlib.util.cache_from_source(os.path.join(tsite, n + ".py")), "rb") as f:
+            pyc = f.read()
+        assert pyc[:4] == importlib.util.MAGIC_NUMBER, n
+        assert int.from_bytes(pyc[4:8], "little") == 0b01, n  # hash-based, unchecked
+        assert pyc[8:16] == importlib.util.source_hash(src), n
+        code = marshal.loads(pyc[16:])
+        assert set(filenames(code)) == {rel}, (n, set(filenames(code)))
+        if n != "trusted":
+            assert code == compile(src, rel, "exec", dont_inherit=True), n
+    py = os.path.join(str(tree), "bin", "python")
+    r = run([py, "-c", "import fresh, hashed, edited, rehashed, foreign, garbage, trusted\n"
+             "print(fresh.f(), fresh.C().m(), hashed.VALUE, edited.VALUE, rehashed.VALUE, "
+             "foreign.VALUE, garbage.VALUE, trusted.VALUE, sep='|')\n"
+             "print(fresh.__file__, fresh.f.__code__.co_filename)"], timeout=60)
+    first, second = r.stdout.splitlines()
+    assert first.split("|") == ["fresh", "1", "hashed", "edited, new", "new", "foreign",
+                                "garbage", "from the pyc"], r.stdout
+    f, co = second.split()
+    assert f == os.path.join(tsite, "fresh.py") and co == f, second

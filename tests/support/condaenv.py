@@ -221,9 +221,10 @@ def origin(cache: str) -> list[str]:
     return [base] if base == sys.base_prefix else [base, _distro_python()[1]]
 
 
-def _build_python(pkg: str, placeholder: str, base: str) -> dict[str, str]:
+def _build_python(pkg: str, placeholder: str, base: str, pyc: bool = False) -> dict[str, str]:
     """Returns {relpath: "text"} for the files that hold the placeholder;
-    base: a CPython's own prefix (own_prefix_python)."""
+    base: a CPython's own prefix (own_prefix_python); pyc: keep the
+    standard library's ``.pyc`` (conda-forge's python package ships them)."""
     exe = os.path.realpath(os.path.join(base, "bin", f"python{PY_VER}"))
     os.makedirs(os.path.join(pkg, "bin"))
     os.makedirs(os.path.join(pkg, "lib"))
@@ -245,7 +246,7 @@ def _build_python(pkg: str, placeholder: str, base: str) -> dict[str, str]:
     def ignore(d, names):
         rel = os.path.relpath(d, stdlib)
         return [n for n in names if n in STDLIB_SKIP or n.startswith("config-")
-                or os.path.join(rel, n) in STDLIB_SKIP or n.endswith(".pyc")]
+                or os.path.join(rel, n) in STDLIB_SKIP or (n.endswith(".pyc") and not pyc)]
 
     shutil.copytree(stdlib, dst, symlinks=True, ignore=ignore)
     os.makedirs(os.path.join(dst, "site-packages"))
@@ -440,9 +441,12 @@ def _install(pkg: str, prefix: str, paths: list[dict], name: str, version: str, 
         json.dump(record, f, indent=1, sort_keys=True)
 
 
-def build(root: str, pip_python: str, packages: list[str]) -> str:
+def build(root: str, pip_python: str, packages: list[str], pyc: bool = False) -> str:
     """Build ROOT/pkgs and ROOT/envs/demo; returns the env prefix.  The
-    python package is made from own_prefix_python (kept beside ROOT)."""
+    python package is made from own_prefix_python (kept beside ROOT).
+    ``pyc``: with byte code, as conda packages ship it (the standard
+    library's ``.pyc`` in the python package, pip compiling what it
+    installs); the tests' envs have none."""
     base = own_prefix_python(os.path.dirname(os.path.abspath(root)))
     pkgs_dir = os.path.join(root, "pkgs")
     prefix = os.path.join(root, "envs", "demo")
@@ -451,7 +455,7 @@ def build(root: str, pip_python: str, packages: list[str]) -> str:
     os.makedirs(os.path.join(prefix, "conda-meta"))
     specs = []
     for name, version, build_str, maker in (
-            ("python", PY_FULL, "h_pmb_0_cpython", lambda p, ph: _build_python(p, ph, base)),
+            ("python", PY_FULL, "h_pmb_0_cpython", lambda p, ph: _build_python(p, ph, base, pyc)),
             ("pmbdemo", "1.0", "h_pmb_0", lambda p, ph: _build_pmbdemo(p, ph, tmp))):
         pkg = os.path.join(pkgs_dir, f"{name}-{version}-{build_str}")
         os.makedirs(pkg)
@@ -468,7 +472,8 @@ def build(root: str, pip_python: str, packages: list[str]) -> str:
     shutil.rmtree(tmp)
     if packages:
         _run([pip_python, "-m", "pip", "--python", os.path.join(prefix, "bin", "python3"),
-              "install", "-q", "--disable-pip-version-check", "--no-compile"] + packages,
+              "install", "-q", "--disable-pip-version-check"] + ([] if pyc else ["--no-compile"])
+             + packages,
              timeout=900)
     return prefix
 
