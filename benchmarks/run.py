@@ -42,6 +42,9 @@ Sections
      venv and against conda-pack on section 6's conda env, interleaved with
      CPU; the peak extra disk of a pack ($TMPDIR + output directory); staging
      at the default level against level 10
+--heavy adds 11b and 13b: sections 11 and 13 (without conda and staging) on a
+     torch-class venv (pip install torch numpy mpi4py: torch's CUDA wheels
+     make it several GB), the kind of environment issue 21 was found with
 """
 
 from __future__ import annotations
@@ -140,12 +143,17 @@ class Report:
 
 # ---------------------------------------------------------------------------
 
-def ensure_venv(venv_dir):
+def ensure_venv(venv_dir, packages=("numpy", "scipy", "mpi4py")):
     if not os.path.exists(os.path.join(venv_dir, ".complete")):
         shutil.rmtree(venv_dir, ignore_errors=True)
         sh([base_python(), "-m", "venv", venv_dir])
-        sh([os.path.join(venv_dir, "bin", "pip"), "install", "-q", "numpy", "scipy", "mpi4py"])
+        sh([os.path.join(venv_dir, "bin", "pip"), "install", "-q"] + list(packages))
         open(os.path.join(venv_dir, ".complete"), "w").close()
+
+
+# --heavy: sections 11 and 13 again on the kind of environment issue 21 was
+# found with (torch with its CUDA wheels: several GB, large libraries)
+HEAVY_PACKAGES = ("torch", "numpy", "mpi4py")
 
 
 def setup(venv_dir, pkgroot):
@@ -480,11 +488,12 @@ def bench_slowfs(rep, ranks_list, latency_us, reps, tmp):
     return plain_t, pmb_t
 
 
-def bench_repack(rep, venv_dir, reps, tmp):
-    """11: full pack vs re-pack after one small pip install (wall, CPU)."""
+def bench_repack(rep, venv_dir, reps, tmp, heavy=False):
+    """11: full pack vs re-pack after one small pip install (wall, CPU);
+    ``heavy`` (11b): of the torch-class venv."""
     from helpers import make_wheel
     from python_mpi_bcast.package.format import read_manifest
-    venv = os.path.join(tmp, "repack-venv")
+    venv = os.path.join(tmp, "repack-venv" + ("-heavy" if heavy else ""))
     sh([base_python(), "-m", "venv", venv])
     site = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
     src, dst = os.path.join(venv_dir, site), os.path.join(venv, site)
@@ -492,13 +501,14 @@ def bench_repack(rep, venv_dir, reps, tmp):
         if name not in os.listdir(dst):
             s, d = os.path.join(src, name), os.path.join(dst, name)
             (shutil.copytree if os.path.isdir(s) else shutil.copy2)(s, d)
-    before = os.path.join(tmp, "repack-before")
+    tag = "-heavy" if heavy else ""
+    before = os.path.join(tmp, "repack-before" + tag)
     sh(CLI + ["pack", venv, "-o", before, "-n", "env", "-q"])
     old = os.path.join(before, "env.tar.zst")
     whl = make_wheel(os.path.join(tmp, "wheels"), "pmbsmall")
     sh([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--no-index",
         "--disable-pip-version-check", whl])
-    full_dir, re_dir = os.path.join(tmp, "repack-full"), os.path.join(tmp, "repack-re")
+    full_dir, re_dir = os.path.join(tmp, "repack-full" + tag), os.path.join(tmp, "repack-re" + tag)
     cpu = {"full": [], "re": []}
     said = []
 
@@ -520,8 +530,10 @@ def bench_repack(rep, venv_dir, reps, tmp):
     m_re = read_manifest(os.path.join(re_dir, "env.tar.zst"))[0]
     same = (m_full.files, m_full.unpacked_size) == (m_re.files, m_re.unpacked_size)
     shards = sorted(s.usize for s in m_full.shards[:-1])
-    rep.h("11. Re-pack after one small install")
-    rep.p(f"A copy of the benchmark's numpy+scipy venv ({m_full.unpacked_size / 1e6:.0f} MB, "
+    rep.h("11b. Re-pack of the torch-class venv after one small install" if heavy
+          else "11. Re-pack after one small install")
+    rep.p(f"A copy of the benchmark's {'torch-class' if heavy else 'numpy+scipy'} venv "
+          f"({m_full.unpacked_size / 1e6:.0f} MB, "
           f"{m_full.files} files unpacked, {len(shards)} shards: median "
           f"{statistics.median(shards) / 1e6:.1f} MB, largest {shards[-1] / 1e6:.1f} MB), "
           f"packed once; then one small wheel installed with pip; then, interleaved, a full "
@@ -647,16 +659,17 @@ def peak_disk(cmd, dirs, env=None) -> tuple[float, int]:
     return w, max(peak[0], used()) - base
 
 
-def bench_pack_vs(rep, venv_dir, reps, tmp):
+def bench_pack_vs(rep, venv_dir, reps, tmp, heavy=False):
     """13: full pack against tar | zstd and conda-pack (interleaved, wall
     and CPU), the peak extra disk of a pack, staging at the default level
-    against level 10."""
+    against level 10.  ``heavy`` (13b): the torch-class venv, without the
+    conda env and the staging comparison."""
     lv = default_level()
     ncpu = str(len(os.sched_getaffinity(0)))
     d = {k: os.path.join(tmp, "vs-" + k) for k in ("ours", "z3", "zl", "cours", "cp", "l10")}
     for x in d.values():
         os.makedirs(x, exist_ok=True)
-    prefix = conda_demo_env()
+    prefix = None if heavy else conda_demo_env()
     names = [f"python-mpi-bcast pack VENV (level {lv})",
              "tar -cf - -C VENV . | zstd -T0 -3",
              f"tar -cf - -C VENV . | zstd -T0 -{lv}",
@@ -671,25 +684,39 @@ def bench_pack_vs(rep, venv_dir, reps, tmp):
         return timed(["bash", "-c", f"set -o pipefail; tar -cf - -C {shlex.quote(venv_dir)} . | "
                       f"zstd -q -f -T0 -{level} -o {shlex.quote(dest)}"], cpu[k])
 
-    got = interleaved(reps, {
+    methods = {
         names[0]: lambda: timed(CLI + ["pack", venv_dir, "-o", d["ours"], "-n", "env", "-f",
                                        "-q"], cpu[names[0]]),
         names[1]: lambda: tar_zstd(3, out[1], names[1]),
         names[2]: lambda: tar_zstd(lv, out[2], names[2]),
-        names[3]: lambda: timed(CLI + ["pack", prefix, "-o", d["cours"], "-f", "-q"],
-                                cpu[names[3]]),
-        names[4]: lambda: timed([os.path.join(BIN, "conda-pack"), "-p", prefix, "-o", out[4],
-                                 "-q", "-f", "--n-threads", ncpu], cpu[names[4]]),
-    })
+    }
+    if not heavy:
+        methods[names[3]] = lambda: timed(CLI + ["pack", prefix, "-o", d["cours"], "-f", "-q"],
+                                          cpu[names[3]])
+        methods[names[4]] = lambda: timed([os.path.join(BIN, "conda-pack"), "-p", prefix, "-o",
+                                           out[4], "-q", "-f", "--n-threads", ncpu],
+                                          cpu[names[4]])
+    else:
+        names = names[:3]
+    got = interleaved(reps, methods)
     usize, nfiles = du(venv_dir)
-    csize, cfiles = du(prefix)
-    rep.h("13. Full pack against tar | zstd and conda-pack")
-    rep.p(f"The numpy+scipy venv ({usize / 1e6:.0f} MB in {nfiles} files as they lie, byte "
-          f"code included; ours leaves the venv's .pyc out and compiles its own) and section "
-          f"6's conda-layout env ({csize / 1e6:.0f} MB, {cfiles} files). Interleaved, "
-          f"median [range] of {reps}; CPU: user + system of every process. Ours includes "
-          f"relocation and byte-compiling. {os.cpu_count()} cores, shared with other jobs.\n")
-    t0 = {0: statistics.median(got[names[1]]), 3: statistics.median(got[names[4]])}
+    if heavy:
+        rep.h("13b. Full pack of a torch-class venv against tar | zstd")
+        rep.p(f"A venv with PyPI's torch and its CUDA wheels, numpy and mpi4py ({usize / 1e9:.2f} "
+              f"GB in {nfiles} files as they lie, byte code included). Interleaved, median "
+              f"[range] of {reps}; CPU: user + system of every process. Ours includes "
+              f"relocation and byte code. {os.cpu_count()} cores, shared with other jobs.\n")
+    else:
+        csize, cfiles = du(prefix)
+        rep.h("13. Full pack against tar | zstd and conda-pack")
+        rep.p(f"The numpy+scipy venv ({usize / 1e6:.0f} MB in {nfiles} files as they lie, byte "
+              f"code included; ours takes each module's code from the venv's .pyc where it is "
+              f"current, else compiles) and section 6's conda-layout env ({csize / 1e6:.0f} MB, "
+              f"{cfiles} files, with byte code as conda packages ship it). Interleaved, "
+              f"median [range] of {reps}; CPU: user + system of every process. Ours includes "
+              f"relocation and byte code. {os.cpu_count()} cores, shared with other jobs.\n")
+    t0 = {0: statistics.median(got[names[1]]),
+          3: statistics.median(got[names[4]]) if not heavy else None}
     rows = []
     for i, k in enumerate(names):
         ref = t0[0] if i < 3 else t0[3]
@@ -700,7 +727,10 @@ def bench_pack_vs(rep, venv_dir, reps, tmp):
 
     # peak extra disk: TMPDIR and the output directory, sampled during a pack
     rows = []
-    for label, src, name in (("numpy+scipy venv", venv_dir, "env"), ("conda env", prefix, "demo")):
+    sources = [("torch-class venv" if heavy else "numpy+scipy venv", venv_dir, "env")]
+    if not heavy:
+        sources.append(("conda env", prefix, "demo"))
+    for label, src, name in sources:
         t, o = os.path.join(tmp, f"peak-tmp-{name}"), os.path.join(tmp, f"peak-out-{name}")
         for x in (t, o):
             shutil.rmtree(x, ignore_errors=True)
@@ -712,6 +742,8 @@ def bench_pack_vs(rep, venv_dir, reps, tmp):
     rep.p("Peak extra disk of one pack: bytes allocated under $TMPDIR and the output "
           "directory (both empty before), sampled every 10 ms by a thread walking them.\n")
     rep.table(["source", "peak extra MB", "package MB", "peak / package"], rows)
+    if heavy:
+        return
 
     # staging: the default level against level 10
     sh(CLI + ["pack", venv_dir, "-o", d["l10"], "-n", "env", "-f", "-q", "--level", "10"])
@@ -1064,6 +1096,9 @@ def main():
                     help="sections to run (3 comes with 2; 7 = scale model; 8 = cold start; "
                          "9 = sbcast on Slurm; 10 = launcher load; 11 = re-pack; 12 = zstd "
                          "levels; 13 = pack vs tar | zstd and conda-pack, peak disk)")
+    ap.add_argument("--heavy", action="store_true",
+                    help="sections 11 and 13 also on a torch-class venv (pip install torch "
+                         "numpy mpi4py: several GB; built once under build/bench/heavy)")
     ap.add_argument("--reps", type=int, default=5,
                     help="interleaved repeats in sections 4, 8, 11, 12 and 13 (default 5)")
     a = ap.parse_args()
@@ -1118,6 +1153,13 @@ def main():
                          a.reps, tmp)
         if "13" in only:
             bench_pack_vs(rep, venv_dir, a.reps, tmp)
+        if a.heavy and only & {"11", "13"}:
+            heavy = os.path.join(WORK, "heavy")
+            ensure_venv(heavy, HEAVY_PACKAGES)
+            if "11" in only:
+                bench_repack(rep, heavy, a.reps, tmp, heavy=True)
+            if "13" in only:
+                bench_pack_vs(rep, heavy, a.reps, tmp, heavy=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for p in plot(a.out, ranks_md, series, ranks_e2e, e2e, model_series):

@@ -162,6 +162,9 @@ class Relocator:
         self.site_old = st.site_abs_old.encode()
         self.site_tree = st.site_dir
         self.maps = [(o.encode(), n.encode()) for o, n in st.maps]
+        # an RPATH entry elf.rpath_change rewrites starts with one of these: an
+        # ELF file that holds none keeps its RPATH (no patchelf run to read it)
+        self.move_olds = [o.rstrip("/").encode() for o, _ in st.moves]
         self.site_olds = sorted({self.site_old, os.path.realpath(st.site_abs_old).encode()}
                                 - {b""}, key=len, reverse=True) if self.site_old else []
         # where the old site directory sat relative to its venv, for RECORD's ../ entries
@@ -191,7 +194,8 @@ class Relocator:
         if (maps and not prefixes.is_binary(data)
                 and prefixes.has_prefix(data, [o for o, _ in maps])):
             data = prefixes.apply_maps(data, maps)
-        if set_rpath is not None and prefixes.is_elf(data) and self.scrub:
+        if (set_rpath is not None and prefixes.is_elf(data) and self.scrub
+                and any(o in data for o in self.move_olds)):
             new = set_rpath(rel)
             if new is not None:
                 data = new
