@@ -105,6 +105,17 @@ def fresh_chroot() -> str:
     return tempfile.mkdtemp(prefix="pmb-bench-", dir="/dev/shm")
 
 
+def full_pack(args, out_dir, name, cpu=None) -> float:
+    """Wall seconds of one full ``pack ARGS -o OUT_DIR`` (package NAME): the
+    package and shard index an earlier repeat left there are removed first
+    (``pack -f`` would reuse that package's shards, and a repeat would time
+    a re-pack)."""
+    for n in (f"{name}.tar.zst", f"{name}.tar.zst.shards"):
+        if os.path.lexists(os.path.join(out_dir, n)):
+            os.remove(os.path.join(out_dir, n))
+    return timed(CLI + ["pack"] + args + ["-o", out_dir], cpu)
+
+
 def du(path) -> tuple[int, int]:
     size = files = 0
     for dirpath, dirnames, filenames in os.walk(path):
@@ -513,7 +524,7 @@ def bench_repack(rep, venv_dir, reps, tmp, heavy=False):
     said = []
 
     def full():
-        return timed(CLI + ["pack", venv, "-o", full_dir, "-n", "env", "-f", "-q"], cpu["full"])
+        return full_pack([venv, "-n", "env", "-q"], full_dir, "env", cpu["full"])
 
     def repack():
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -576,8 +587,8 @@ def bench_levels(rep, venv_dir, levels, reps, tmp):
         os.makedirs(out[lv], exist_ok=True)
 
     def packer(lv):
-        return lambda: timed(CLI + ["pack", venv_dir, "-o", out[lv], "-n", "env", "-f", "-q",
-                                    "--level", str(lv)], pack_c[lv])
+        return lambda: full_pack([venv_dir, "-n", "env", "-q", "--level", str(lv)], out[lv],
+                                 "env", pack_c[lv])
 
     got_pack = interleaved(max(1, reps // 2), {lv: packer(lv) for lv in levels})
     got_stage = interleaved(reps, {lv: (lambda lv=lv: stage_job_seconds(
@@ -685,14 +696,14 @@ def bench_pack_vs(rep, venv_dir, reps, tmp, heavy=False):
                       f"zstd -q -f -T0 -{level} -o {shlex.quote(dest)}"], cpu[k])
 
     methods = {
-        names[0]: lambda: timed(CLI + ["pack", venv_dir, "-o", d["ours"], "-n", "env", "-f",
-                                       "-q"], cpu[names[0]]),
+        names[0]: lambda: full_pack([venv_dir, "-n", "env", "-q"], d["ours"], "env",
+                                    cpu[names[0]]),
         names[1]: lambda: tar_zstd(3, out[1], names[1]),
         names[2]: lambda: tar_zstd(lv, out[2], names[2]),
     }
     if not heavy:
-        methods[names[3]] = lambda: timed(CLI + ["pack", prefix, "-o", d["cours"], "-f", "-q"],
-                                          cpu[names[3]])
+        methods[names[3]] = lambda: full_pack([prefix, "-q"], d["cours"], "demo",
+                                              cpu[names[3]])
         methods[names[4]] = lambda: timed([os.path.join(BIN, "conda-pack"), "-p", prefix, "-o",
                                            out[4], "-q", "-f", "--n-threads", ncpu],
                                           cpu[names[4]])
@@ -765,7 +776,7 @@ def bench_conda(rep, reps, tmp):
     usize, nfiles = du(prefix)
     threads = str(os.cpu_count() or 1)
     ours, cp = os.path.join(tmp, "demo.tar.zst"), os.path.join(tmp, "cp.tar.zst")
-    t_ours = median_of(reps, lambda: timed(CLI + ["pack", prefix, "-o", tmp, "-q", "-f"]))
+    t_ours = median_of(reps, lambda: full_pack([prefix, "-q"], tmp, "demo"))
     t_cp = median_of(reps, lambda: timed([os.path.join(BIN, "conda-pack"), "-p", prefix, "-o", cp,
                                           "-q", "-f", "--n-threads", threads]))
 

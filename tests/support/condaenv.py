@@ -245,8 +245,11 @@ def _build_python(pkg: str, placeholder: str, base: str, pyc: bool = False) -> d
 
     def ignore(d, names):
         rel = os.path.relpath(d, stdlib)
+        if pyc:
+            return [n for n in names if (n in STDLIB_SKIP and n != "__pycache__")
+                    or n.startswith("config-") or os.path.join(rel, n) in STDLIB_SKIP]
         return [n for n in names if n in STDLIB_SKIP or n.startswith("config-")
-                or os.path.join(rel, n) in STDLIB_SKIP or (n.endswith(".pyc") and not pyc)]
+                or os.path.join(rel, n) in STDLIB_SKIP or n.endswith(".pyc")]
 
     shutil.copytree(stdlib, dst, symlinks=True, ignore=ignore)
     os.makedirs(os.path.join(dst, "site-packages"))
