@@ -269,8 +269,9 @@ def pyc_code_digest(pyc: bytes) -> str:
 
     def canon(c):
         if hasattr(c, "co_code"):
-            return ("code",) + tuple(canon(getattr(c, a)) for a in sorted(dir(c)) if a.startswith("co_")
-                                     and a not in ("co_lines", "co_positions", "co_lnotab"))
+            return ("code",) + tuple(canon(getattr(c, a)) for a in sorted(dir(c))
+                                     if a.startswith("co_") and a != "co_lnotab"
+                                     and not callable(getattr(c, a)))
         if isinstance(c, (tuple, list)):
             return (type(c).__name__,) + tuple(canon(x) for x in c)
         if isinstance(c, frozenset):

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import queue
+import stat
 import struct
 import subprocess
 import tarfile
@@ -46,7 +47,7 @@ _SERVER = r"""
 import sys
 # what start-up imported before any .pth file ran (here: before this script)
 START = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
-import _imp, importlib.util, marshal, os, struct, types
+import _imp, importlib.util, marshal, os, resource, struct, types
 from importlib._bootstrap_external import _code_to_hash_pyc
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 MAGIC = importlib.util.MAGIC_NUMBER
@@ -68,7 +69,21 @@ def cached(pyc, src, mtime, size):
     elif (int.from_bytes(pyc[8:12], "little") != mtime & 0xFFFFFFFF
           or int.from_bytes(pyc[12:16], "little") != size & 0xFFFFFFFF):
         return None
-    code = marshal.loads(memoryview(pyc)[16:])
+    # marshal trusts its input: a damaged .pyc can declare containers of
+    # gigabytes (allocated before their items are read), so the address
+    # space is capped while it loads (a MemoryError: compiled instead)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        cap = int(f.read().split()[0]) * resource.getpagesize() + (256 << 20) + 64 * len(pyc)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, soft)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        code = marshal.loads(memoryview(pyc)[16:])
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     return code if isinstance(code, types.CodeType) else None
 send("\n".join([sys.implementation.cache_tag] + [
     os.path.relpath(f, sys.prefix) for f in START
@@ -130,10 +145,10 @@ class _CompileServer:
             self.p.stdin.write(struct.pack("<iIIIqQ", optimize, len(d), len(source), len(cached),
                                            mtime, size) + d + source + cached)
             self.p.stdin.flush()
-        except OSError:
-            raise PmbError(f"byte-compiling with {self.python} failed (the compiler ended)"
-                           ) from None
-        r = self._recv()
+            r = self._recv()
+        except (OSError, PmbError):
+            raise PmbError(f"byte-compiling {dfile} with {self.python} failed (the compiler "
+                           f"ended)") from None
         return r[1:] if r[:1] == b"\0" else None
 
     def close(self) -> None:
@@ -181,10 +196,23 @@ class Writer:
             return srv
 
     def _compile(self, dfile: str, source: bytes, optimize: int, cached: bytes = b"",
-                 mtime: int = 0, size: int = 0) -> bytes | None:
+                 mtime: int = 0, size: int = 0, crashed: list | None = None) -> bytes | None:
+        """A server's answer; one that ends while loading the environment's
+        .pyc (marshal crashes on some damaged ones) is replaced, the source
+        compiled by the new one, and ``crashed`` told."""
         srv = self._server()
         try:
             return srv.compile(dfile, source, optimize, cached, mtime, size)
+        except PmbError:
+            if not cached:
+                raise
+            srv.close()
+            self.servers.remove(srv)
+            srv = _CompileServer(self.compiler)
+            self.servers.append(srv)
+            if crashed is not None:
+                crashed.append(dfile)
+            return srv.compile(dfile, source, optimize)
         finally:
             self.idle.put(srv)
 
@@ -254,7 +282,7 @@ class Writer:
     def members(self, shard: int, rel: str, ti: tarfile.TarInfo, size: int):
         pf, kept, warn = self.by_shard.setdefault(shard, ([], [], []))
         if rel in self.virtual:
-            yield from self._pyc(rel, ti)
+            yield from self._pyc(rel, ti, warn)
             return
         if ti.type != tarfile.REGTYPE:
             yield ti, ()
@@ -326,7 +354,7 @@ class Writer:
         finally:
             os.unlink(tmp)
 
-    def _pyc(self, rel: str, ti: tarfile.TarInfo):
+    def _pyc(self, rel: str, ti: tarfile.TarInfo, warn: list):
         py_rel, opt = self.virtual[rel]
         full = os.path.join(self.root, py_rel)
         src_rel = py_rel
@@ -346,7 +374,13 @@ class Writer:
             # still matches (its code, named after the file's path in the tree, is what
             # compiling gives, without the cost)
             cached, mtime, size = self._cached_pyc(path, opt, len(original))
-        pyc = self._compile(py_rel, source, opt, cached, mtime, size)
+        crashed: list = []
+        pyc = self._compile(py_rel, source, opt, cached, mtime, size, crashed)
+        if crashed:
+            warn.append(f"{_pyc_path(path, self.tag, opt)}: this byte code crashes "
+                        f"{self.compiler} when loaded (a damaged file); packed {py_rel} "
+                        f"compiled from its source instead (remove that file: importing "
+                        f"{os.path.basename(py_rel)[:-3]} from the environment crashes too)")
         if pyc is None:
             if opt:
                 raise PmbError(f"byte-compiling {py_rel} with {self.compiler} failed")
@@ -355,15 +389,18 @@ class Writer:
 
     def _cached_pyc(self, path: str, opt: int, length: int) -> tuple[bytes, int, int]:
         """The environment's own ``.pyc`` of the source file ``path`` (``length``
-        bytes read) and the source's mtime and size, or (b"", 0, 0)."""
-        d, n = os.path.split(path)
-        if not n.endswith(".py"):
+        bytes read) and the source's mtime and size, or (b"", 0, 0).  Only a
+        regular file is read (a FIFO or device there is passed over)."""
+        pyc = _pyc_path(path, self.tag, opt)
+        if pyc is None:
             return b"", 0, 0
-        pyc = os.path.join(d, "__pycache__", f"{n[:-3]}.{self.tag}"
-                           + (f".opt-{opt}" if opt else "") + ".pyc")
         try:
-            with open(pyc, "rb") as f:
-                data = f.read()
+            fd = os.open(pyc, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
+                fs = os.fstat(f.fileno())
+                if not stat.S_ISREG(fs.st_mode) or fs.st_size > BIG_FILE:
+                    return b"", 0, 0
+                data = f.read(fs.st_size)
             s = os.stat(path)
         except (OSError, ValueError):
             return b"", 0, 0
@@ -415,12 +452,26 @@ class Writer:
                     h.update(json.dumps(["pyc", py_rel, opt, src_rel,
                                          self.st.recorded.get(src_rel)]).encode())
                     h.update(self._content_identity(full).encode())
+                    h.update(self._cached_identity(full, opt).encode())
                 elif ti.type == tarfile.REGTYPE:
                     h.update(self._content_identity(os.path.join(self.root, rel)).encode())
                 h.update(b"\n")
         except (OSError, ValueError):
             return None
         return h.hexdigest()
+
+    def _cached_identity(self, staged: str, opt: int) -> str:
+        """The identity of the environment's own .pyc a member's code may be
+        taken from (_cached_pyc): whether and which one decides its bytes."""
+        src = collect.content_path(staged)
+        pyc = _pyc_path(src, self.tag, opt) if src != staged else None
+        if pyc is None:
+            return "pyc -"
+        try:
+            s = os.stat(pyc)
+        except OSError:
+            return "pyc none"
+        return f"pyc {s.st_dev} {s.st_ino} {s.st_size} {s.st_mtime_ns} {s.st_ctime_ns}"
 
     def _content_identity(self, staged: str) -> str:
         src = collect.content_path(staged)
@@ -447,6 +498,15 @@ class Writer:
             kept += k
             warn += w
         return pf, kept, warn
+
+
+def _pyc_path(source: str, tag: str, opt: int) -> str | None:
+    """Where the import system caches the byte code of ``source``."""
+    d, n = os.path.split(source)
+    if not n.endswith(".py") or not tag:
+        return None
+    return os.path.join(d, "__pycache__", f"{n[:-3]}.{tag}" + (f".opt-{opt}" if opt else "")
+                        + ".pyc")
 
 
 def _identity(path: str) -> str:

@@ -755,6 +755,21 @@ _, pyc = module("garbage", "VALUE = 'garbage'\n")
 with open(pyc, "r+b") as f:
     f.seek(16)
     f.write(b"\xff" * 8)
+# damaged .pyc with headers the import system accepts: marshal data that
+# crashes CPython when loaded (a tuple holding a frozenset that holds the
+# tuple), one that declares a tuple of 2**27 items (1 GB before a single
+# item is read), and a FIFO where the .pyc would be
+def damaged(name, body):
+    _, pyc = module(name, f"VALUE = {name!r}\n")
+    with open(pyc, "r+b") as f:
+        f.seek(16)
+        f.write(body)
+        f.truncate()
+damaged("crashing", bytes.fromhex("a8010000003c0100000072000000 00".replace(" ", "")))
+damaged("huge", b"(" + (2 ** 27).to_bytes(4, "little"))
+_, pyc = module("fifo", "VALUE = 'fifo'\n")
+os.remove(pyc)
+os.mkfifo(pyc)
 # what the import system trusts, pack trusts: a .pyc whose header matches the
 # source's mtime and size holds the code it was made from
 path, pyc = module("trusted", "VALUE = 'from the pyc'\n")
@@ -770,9 +785,12 @@ def test_pack_takes_the_environments_own_pyc_only_where_the_import_system_would(
     compiling again, only when the import system would use it: this
     Python's magic number, and the source's mtime and size (or its hash) in
     the header.  An edited source, a .pyc of another Python or one that is
-    not marshal data: compiled from the source.  Every .pyc in the tree is
-    unchecked-hash over the tree's source and names the file's path in the
-    tree, as a fresh compile does."""
+    not marshal data: compiled from the source.  A damaged .pyc that crashes
+    the interpreter gets a line naming it, one that declares gigabytes never
+    makes pack take them, a FIFO in its place never blocks: each module is
+    compiled from its source.  Every .pyc in the tree is unchecked-hash
+    over the tree's source and names the file's path in the tree, as a
+    fresh compile does."""
     import importlib.util
     import marshal
     venv = make_venv(str(tmp_path / "v"), [])
@@ -781,13 +799,28 @@ def test_pack_takes_the_environments_own_pyc_only_where_the_import_system_would(
     run([os.path.join(venv, "bin", "python"), "-c", _PYC_CASES, site], timeout=120)
     out = tmp_path / "out"
     out.mkdir()
-    run(CLI + ["pack", venv, "-o", str(out), "-n", "e", "-q"], timeout=600)
+    # the largest resident size of pack and every process under it
+    r = run([sys.executable, "-c", "import resource, subprocess, sys\n"
+             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+             "sys.stderr.write(r.stderr)\n"
+             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"]
+            + CLI + ["pack", venv, "-o", str(out), "-n", "e", "-q"], timeout=600)
+    rc, maxrss_kb = map(int, r.stdout.split())
+    assert rc == 0, r.stderr
+    assert maxrss_kb < 600_000, maxrss_kb  # the 1 GB tuple was never allocated
+    crash_pyc = importlib.util.cache_from_source(os.path.join(site, "crashing.py"))
+    assert [ln for ln in r.stderr.splitlines() if "crashes" in ln] == [
+        f"python-mpi-bcast: WARNING: {crash_pyc}: this byte code crashes {base_python()} when "
+        f"loaded (a damaged file); packed lib/{ver}/site-packages/crashing.py compiled from its "
+        f"source instead (remove that file: importing crashing from the environment crashes "
+        f"too)"], r.stderr
     tree = tmp_path / "tree"
     run(CLI + ["unpack", os.path.join(pkgroot["root"], pkgroot["python"]), str(out / "e.tar.zst"),
                str(tree)], timeout=300)
     shutil.rmtree(venv)
     tsite = os.path.join(str(tree), "lib", ver, "site-packages")
-    names = ("fresh", "hashed", "edited", "rehashed", "foreign", "garbage", "trusted")
+    names = ("fresh", "hashed", "edited", "rehashed", "foreign", "garbage", "crashing", "huge",
+             "fifo", "trusted")
 
     def filenames(code):
         yield code.co_filename
@@ -809,12 +842,14 @@ def test_pack_takes_the_environments_own_pyc_only_where_the_import_system_would(
         if n != "trusted":
             assert code == compile(src, rel, "exec", dont_inherit=True), n
     py = os.path.join(str(tree), "bin", "python")
-    r = run([py, "-c", "import fresh, hashed, edited, rehashed, foreign, garbage, trusted\n"
+    r = run([py, "-c", "import fresh, hashed, edited, rehashed, foreign, garbage, crashing, "
+             "huge, fifo, trusted\n"
              "print(fresh.f(), fresh.C().m(), hashed.VALUE, edited.VALUE, rehashed.VALUE, "
-             "foreign.VALUE, garbage.VALUE, trusted.VALUE, sep='|')\n"
+             "foreign.VALUE, garbage.VALUE, crashing.VALUE, huge.VALUE, fifo.VALUE, "
+             "trusted.VALUE, sep='|')\n"
              "print(fresh.__file__, fresh.f.__code__.co_filename)"], timeout=60)
     first, second = r.stdout.splitlines()
     assert first.split("|") == ["fresh", "1", "hashed", "edited, new", "new", "foreign",
-                                "garbage", "from the pyc"], r.stdout
+                                "garbage", "crashing", "huge", "fifo", "from the pyc"], r.stdout
     f, co = second.split()
     assert f == os.path.join(tsite, "fresh.py") and co == f, second

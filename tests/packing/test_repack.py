@@ -326,3 +326,37 @@ def test_a_users_file_named_like_a_shard_index_is_never_replaced_or_removed(tmp_
         assert notes.read_text() == "my notes\n"
     assert "not reusing" in r.stderr and "reused 0 of 1 shards" in r.stderr
     run(CLI + ["verify", str(out / "z.tar.zst")], timeout=120)
+
+
+def test_a_re_pack_never_keeps_code_from_a_pyc_the_environment_no_longer_has(tmp_path, pkgroot):
+    """pack takes a module's code from the environment's own .pyc when the
+    import system would use it, even one older than an edit that kept the
+    source's size and mtime (what the environment itself runs).  Once that
+    .pyc is gone the environment runs the source, and so does a re-pack
+    (pack -f): the shard is packed again, never copied with the old code."""
+    venv = make_venv(str(tmp_path / "v"), [])
+    src = os.path.join(venv, SITE, "pmbstale.py")
+    with open(src, "w") as f:
+        f.write("VALUE = 'aaa'\n")
+    run([os.path.join(venv, "bin", "python"), "-c",
+         "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)", src],
+        timeout=60)
+    st = os.stat(src)
+    with open(src, "w") as f:
+        f.write("VALUE = 'bbb'\n")
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code = "import pmbstale; print(pmbstale.VALUE)"
+    assert run([os.path.join(venv, "bin", "python"), "-c", code], timeout=60).stdout == "aaa\n"
+    first, err = pack(venv, tmp_path / "out")
+    assert "reused" not in err
+    import importlib.util
+    os.remove(importlib.util.cache_from_source(src))
+    assert run([os.path.join(venv, "bin", "python"), "-B", "-c", code],
+               timeout=60).stdout == "bbb\n"
+    again, err = pack(venv, tmp_path / "out", "-f")
+    n, total = reused(err)
+    assert again == first and n < total, err
+    dest = tmp_path / "tree"
+    run(CLI + ["unpack", os.path.join(pkgroot["root"], pkgroot["python"]), again, str(dest)],
+        timeout=300)
+    assert run([str(dest / "bin" / "python3"), "-c", code], timeout=60).stdout == "bbb\n"
