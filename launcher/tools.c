@@ -133,7 +133,8 @@ int pmb_unpack_main(int argc, char **argv)
         argv++;
     }
     if (argc < 3) {
-        fprintf(stderr, "usage: python-mpi --pmb-unpack [--verify] DEST FINAL PKG... | --check PKG...\n");
+        fprintf(stderr, "usage: python-mpi --pmb-unpack [--verify] DEST FINAL PKG...\n"
+                        "       python-mpi --pmb-unpack --check PKG...\n");
         return 2;
     }
     const char *dest = argv[0], *final_root = argv[1];

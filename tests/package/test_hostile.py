@@ -158,6 +158,10 @@ def write_package(path, shards: list[bytes], *, prefix=(), fix=None, manifest_te
 
 # -- the two readers --------------------------------------------------------
 
+# the package root, the destinations, and verify's TMPDIR (Place.verify: it stays empty)
+OURS = ("pkgs", "nodes", "dest", "tmpdir")
+
+
 class Place:
     """A scratch area: a package root, a sentinel directory next to the
     destination that no package may touch, and the destinations."""
@@ -179,8 +183,8 @@ class Place:
         for dirpath, dirnames, filenames in os.walk(self.base):
             rel_dir = os.path.relpath(dirpath, self.base)
             if rel_dir == ".":
-                dirnames[:] = [d for d in dirnames if d not in ("pkgs", "nodes", "dest", "tmpdir")]
-                out["."] = sorted(e for e in os.listdir(dirpath) if e not in ("pkgs", "nodes", "dest", "tmpdir"))
+                dirnames[:] = [d for d in dirnames if d not in OURS]
+                out["."] = sorted(e for e in os.listdir(dirpath) if e not in OURS)
             for name in dirnames + filenames:
                 full = os.path.join(dirpath, name)
                 st = os.lstat(full)
