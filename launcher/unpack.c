@@ -571,8 +571,8 @@ static void place_name(pmb_unpacker *u, char type, const char *name, size_t nl,
         if (i < nl && name[i] != '/')
             continue;
         if (i - c > NAME_MAX)
-            UFAIL(u, "refusing archive member '%s' (a path component longer than %d bytes)",
-                  shown(name, nl, b, sizeof b), NAME_MAX);
+            UFAIL(u, "refusing archive member '%s' (file name too long: a path component of "
+                  "more than %d bytes)", shown(name, nl, b, sizeof b), NAME_MAX);
         c = i + 1;
         if (i == nl)
             break;

@@ -384,6 +384,9 @@ def test_prefix_lines_cannot_name_files_outside_the_tree(place, path):
     ("prefix text sub %s" % PLACEHOLDER, "not a regular file"),
     ("prefix text missing %s" % PLACEHOLDER, "not a regular file"),
     ("prefix text l %s" % PLACEHOLDER, "not a regular file"),
+    ("prefix text l/x %s" % PLACEHOLDER, "its parent 'l' is a symlink or a file"),
+    ("prefix text sub/missing %s" % PLACEHOLDER, "not a regular file"),
+    ("prefix text nodir/x %s" % PLACEHOLDER, "not a regular file"),
 ])
 def test_malformed_prefix_lines_are_refused(place, line, needle):
     raw = (tar_member("f", PLACEHOLDER.encode()) + tar_member("sub", type_=tarfile.DIRTYPE)
@@ -496,6 +499,9 @@ def neg_base256() -> bytes:
     (bytes(ustar_header(b"./f")), "'.' path component"),
     (bytes(ustar_header(b"a//f")), "empty path component"),
     (bytes(ustar_header(b"f/")), "empty path component"),
+    # a name no file system takes (verify, which creates nothing, refuses it alike)
+    (tar_member("d/" + "n" * 256, b"x"), "name too long"),
+    (tar_member("d" * 256 + "/f", b"x"), "name too long"),
 ])
 def test_broken_tar_streams_are_refused(place, raw, needle):
     write_package(pkg(place), [raw], size=0)
