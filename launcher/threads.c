@@ -145,7 +145,7 @@ pmb_pool *pmb_pool_new(const char *root, const pmb_manifest *m, const int *owner
         pmb_worker *w = &p->w[t];
         w->pool = p;
         w->index = first + t;
-        w->u = pmb_unpacker_new(root, m);
+        w->u = pmb_unpacker_new(root, m, NULL);
         w->fail_shard = -1;
     }
     if (inline_mode) {

@@ -3,8 +3,11 @@
  * stages; none but --pmb-info starts MPI.
  *
  *   --pmb-info              what python-mpi-bcast info shows
- *   --pmb-unpack DEST FINAL PKG...   python-mpi-bcast unpack/load: the
+ *   --pmb-unpack [--verify] DEST FINAL PKG...   python-mpi-bcast
+ *                           unpack/load (verify --into: --verify): the
  *                           launcher's unpacker without MPI
+ *   --pmb-unpack --check PKG...   python-mpi-bcast verify: every check of
+ *                           the unpacking, writing nothing
  *   --pmb-manifest FILE...  the tests hold the Python parser to this one
  *   --pmb-exec-check VERSION-STRING  the exec-mode rule, without MPI
  *   --pmb-sha256 IMPL PIECE FILE...  the tests hold sha256.c to hashlib
@@ -76,13 +79,62 @@ int pmb_info_main(void)
     return 0;
 }
 
+/* --pmb-unpack --check PKG...: every check unpacking the packages in order
+ * into one tree makes (frames, SHA-256, tar headers and paths, sizes,
+ * files, totals, prefix lines), in one thread, creating nothing: the tree
+ * is a table of names (unpack.c, check mode).  Memory: a chunk, the
+ * decoder's window and the names. */
+static int check_main(int argc, char **argv)
+{
+    const uint64_t chunk = 4u << 20;
+    unsigned char *buf = pmb_xmalloc(chunk);
+    pmb_names *names = pmb_names_new();
+    pmb_unpack_verify = 1;
+    for (int i = 0; i < argc; i++) {
+        pmb_manifest m = {0};
+        int fd;
+        pmb_manifest_read_file(&m, NULL, argv[i], &fd);
+        if (lseek(fd, (off_t)m.payload_start, SEEK_SET) < 0)
+            pmb_die("package '%s': seek failed: %s", m.file, strerror(errno));
+        pmb_unpacker *u = pmb_unpacker_new(NULL, &m, names);
+        for (uint64_t off = 0; off < m.payload_size; off += chunk) {
+            size_t want = m.payload_size - off < chunk ? (size_t)(m.payload_size - off) : chunk;
+            if (pmb_read_full(fd, buf, want) < want)
+                pmb_die("package '%s': read failed: %s", m.file,
+                        errno ? strerror(errno) : "unexpected end of file");
+            pmb_unpacker_feed(u, buf, off, want, NULL, 0);
+        }
+        uint64_t files, bytes;
+        pmb_unpacker_finish(u, &files, &bytes);
+        pmb_check_totals(&m, files, bytes);
+        pmb_check_prefixes(names, &m);
+        close(fd);
+    }
+    pmb_names_free(names);
+    free(buf);
+    return 0;
+}
+
 /* Unpack packages in order into the existing directory DEST, patching
  * prefixes for FINAL, without MPI: the reader behind `python-mpi-bcast
  * unpack`.  One line on stderr and exit status 1 on any problem. */
 int pmb_unpack_main(int argc, char **argv)
 {
+    if (argc >= 1 && !strcmp(argv[0], "--check")) {
+        if (argc < 2) {
+            fprintf(stderr, "usage: python-mpi --pmb-unpack --check PKG...\n");
+            return 2;
+        }
+        return check_main(argc - 1, argv + 1);
+    }
+    if (argc >= 1 && !strcmp(argv[0], "--verify")) {
+        pmb_unpack_verify = 1;
+        argc--;
+        argv++;
+    }
     if (argc < 3) {
-        fprintf(stderr, "usage: python-mpi --pmb-unpack DEST FINAL PKG...\n");
+        fprintf(stderr, "usage: python-mpi --pmb-unpack [--verify] DEST FINAL PKG...\n"
+                        "       python-mpi --pmb-unpack --check PKG...\n");
         return 2;
     }
     const char *dest = argv[0], *final_root = argv[1];

@@ -23,12 +23,23 @@
  * directories with mkdirat, all relative to that parent.  Symlink targets
  * obey pmb_link_problem (leading '..' only, never more than the link's
  * depth), which with real-directory parents keeps every link inside the
- * tree whatever else it holds. */
+ * tree whatever else it holds.
+ *
+ * Check mode (root NULL: `python-mpi --pmb-unpack --check`, behind
+ * `python-mpi-bcast verify`): every rule above, creating nothing.  The tree
+ * is a table of the names it would hold and their types (place_name), which
+ * meets exactly the conflicts the real tree would (a parent that is a file
+ * or a symlink, a directory where a file or link goes and the reverse), and
+ * the prefix lines are checked against it (pmb_check_prefixes).  Verify's
+ * order (pmb_unpack_verify, check mode): a failure inside a shard waits
+ * until the shard's SHA-256 is complete, and a SHA-256 mismatch is the one
+ * reported, as verify always reported it. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,7 +93,18 @@ struct pmb_unpacker {
     char pdir[PATH_MAX];
     int pdirfd;
     uint64_t files, bytes, since_poke;
+    int open_file;            /* a regular file's data follows */
+    /* verify's order (pmb_unpack_verify): a failure inside a shard waits
+     * for the shard's SHA-256, which is reported first when it differs */
+    int sha_first, armed;
+    size_t piece_hashed;      /* bytes of the piece being fed already hashed */
+    jmp_buf jb;
+    char deferred[1024];
+    /* check mode (no root): what the tree would hold, instead of a tree */
+    pmb_names *names;
 };
+
+int pmb_unpack_verify = 0;
 
 uint64_t pmb_tree_need = 0;
 
@@ -92,7 +114,92 @@ void pmb_set_poke(void (*fn)(void)) { poke_fn = fn; }
 
 #define UFAIL(u, ...) do { \
         char msg_[1024]; snprintf(msg_, sizeof msg_, __VA_ARGS__); \
-        pmb_die("package '%s': %s", (u)->m->file, msg_); } while (0)
+        ufail((u), msg_); } while (0)
+
+static void ufail(pmb_unpacker *u, const char *msg) __attribute__((noreturn));
+static void ufail(pmb_unpacker *u, const char *msg)
+{
+    if (u->armed) { /* verify's order: finish the shard's SHA-256 first (shard_data) */
+        u->armed = 0;
+        snprintf(u->deferred, sizeof u->deferred, "%s", msg);
+        longjmp(u->jb, 1);
+    }
+    pmb_die("package '%s': %s", u->m->file, msg);
+}
+
+/* ---- check mode: the names a tree would hold ----------------------------- */
+
+/* Every path the members (and the parents they imply) would create, with
+ * its type: 'd', 'f' or 'l'.  Open addressing, grown at half full. */
+struct pmb_names {
+    char **key;
+    unsigned char *type;
+    size_t cap, n;
+};
+
+pmb_names *pmb_names_new(void)
+{
+    pmb_names *t = pmb_xcalloc(1, sizeof *t);
+    t->cap = 1024;
+    t->key = pmb_xcalloc(t->cap, sizeof *t->key);
+    t->type = pmb_xcalloc(t->cap, 1);
+    return t;
+}
+
+static size_t names_slot(const pmb_names *t, const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    size_t i = (size_t)h & (t->cap - 1);
+    while (t->key[i] && (strlen(t->key[i]) != n || memcmp(t->key[i], s, n)))
+        i = (i + 1) & (t->cap - 1);
+    return i;
+}
+
+/* The type of s[0:n], or 0 when the tree would not hold it. */
+static int names_get(const pmb_names *t, const char *s, size_t n)
+{
+    size_t i = names_slot(t, s, n);
+    return t->key[i] ? t->type[i] : 0;
+}
+
+static void names_set(pmb_names *t, const char *s, size_t n, int type)
+{
+    size_t i = names_slot(t, s, n);
+    if (t->key[i]) {
+        t->type[i] = (unsigned char)type;
+        return;
+    }
+    char *k = pmb_xmalloc(n + 1);
+    memcpy(k, s, n);
+    k[n] = 0;
+    t->key[i] = k;
+    t->type[i] = (unsigned char)type;
+    if (++t->n * 2 < t->cap)
+        return;
+    pmb_names old = *t;
+    t->cap *= 2;
+    t->key = pmb_xcalloc(t->cap, sizeof *t->key);
+    t->type = pmb_xcalloc(t->cap, 1);
+    for (size_t j = 0; j < old.cap; j++)
+        if (old.key[j]) {
+            size_t at = names_slot(t, old.key[j], strlen(old.key[j]));
+            t->key[at] = old.key[j];
+            t->type[at] = old.type[j];
+        }
+    free(old.key);
+    free(old.type);
+}
+
+void pmb_names_free(pmb_names *t)
+{
+    for (size_t j = 0; j < t->cap; j++)
+        free(t->key[j]);
+    free(t->key);
+    free(t->type);
+    free(t);
+}
 
 /* A full node: how much room is missing, from the bytes the tree already
  * holds and pmb_tree_need (lower bound: a file takes whole pages). */
@@ -127,14 +234,21 @@ static void no_space(pmb_unpacker *u, const char *name)
                      : "free space there or choose a destination with more room");
 }
 
-pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m)
+/* An unpacker into the directory root, or with root NULL one that checks
+ * (check mode: every rule, each member placed in `names` instead of a tree). */
+pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m, pmb_names *names)
 {
     pmb_unpacker *u = pmb_xcalloc(1, sizeof *u);
     u->m = m;
-    snprintf(u->root, sizeof u->root, "%s", root);
-    u->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (u->rootfd < 0)
-        pmb_die("cannot open %s: %s", root, strerror(errno));
+    u->sha_first = pmb_unpack_verify || !root;
+    u->names = names;
+    u->rootfd = -1;
+    if (root) {
+        snprintf(u->root, sizeof u->root, "%s", root);
+        u->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (u->rootfd < 0)
+            pmb_die("cannot open %s: %s", root, strerror(errno));
+    }
     u->zd = ZSTD_createDStream();
     if (!u->zd)
         pmb_die("out of memory (zstd)");
@@ -284,6 +398,9 @@ static void reset_pax(pmb_unpacker *u)
 
 static void finish_file(pmb_unpacker *u)
 {
+    u->open_file = 0;
+    if (u->names)
+        return;
     if (fchmod(u->fd, u->mode))
         UFAIL(u, "cannot set mode of %s: %s", u->name, strerror(errno));
     struct timespec ts[2] = {{u->mtime, 0}, {u->mtime, 0}};
@@ -421,7 +538,7 @@ static void make_symlink(pmb_unpacker *u, int pfd, const char *leaf, const char 
 static void begin_file(pmb_unpacker *u, int pfd, const char *leaf, const char *name,
                        uint64_t size)
 {
-    for (int tries = 0; tries < 8 && u->fd < 0; tries++) {
+    for (int tries = 0; tries < 8 && u->fd < 0 && !u->names; tries++) {
         u->fd = openat(pfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (u->fd >= 0)
             break;
@@ -431,8 +548,9 @@ static void begin_file(pmb_unpacker *u, int pfd, const char *leaf, const char *n
             UFAIL(u, "cannot create %s/%s: %s", u->root, name, strerror(errno));
         clear_leaf(u, pfd, leaf, name);
     }
-    if (u->fd < 0)
+    if (u->fd < 0 && !u->names)
         UFAIL(u, "cannot create %s/%s", u->root, name);
+    u->open_file = 1;
     u->files++;
     u->shard_files++;
     u->remaining = size;
@@ -440,6 +558,55 @@ static void begin_file(pmb_unpacker *u, int pfd, const char *leaf, const char *n
     u->state = ST_DATA;
     if (!size)
         finish_file(u);
+}
+
+/* Check mode: what creating the member would meet (the walk of parent_fd,
+ * clear_leaf, make_dir, make_symlink, begin_file), with u->names as the
+ * tree: the same refusals, in the same words. */
+static void place_name(pmb_unpacker *u, char type, const char *name, size_t nl,
+                       const char *link, size_t ll)
+{
+    char b[256];
+    for (size_t i = 0, c = 0; i <= nl; i++) {
+        if (i < nl && name[i] != '/')
+            continue;
+        if (i - c > NAME_MAX)
+            UFAIL(u, "refusing archive member '%s' (file name too long: a path component of "
+                  "more than %d bytes)", shown(name, nl, b, sizeof b), NAME_MAX);
+        c = i + 1;
+        if (i == nl)
+            break;
+        int t = names_get(u->names, name, i);
+        if (!t) {
+            names_set(u->names, name, i, 'd');
+        } else if (t != 'd') {
+            char dir[PATH_MAX];
+            memcpy(dir, name, i);
+            dir[i] = 0;
+            UFAIL(u, "refusing archive member '%s' (its parent '%s' is a symlink or a file, "
+                  "not a directory)", shown(name, nl, b, sizeof b), dir);
+        }
+    }
+    int t = names_get(u->names, name, nl);
+    if (type == '5') {
+        if (t && t != 'd')
+            UFAIL(u, "refusing archive member '%s' (a file or symlink of that name exists)",
+                  shown(name, nl, b, sizeof b));
+        names_set(u->names, name, nl, 'd');
+        return;
+    }
+    if (type == '2') {
+        const char *why = pmb_link_problem(name, link, ll);
+        if (why) {
+            char b2[256];
+            UFAIL(u, "refusing symlink %s -> %s (points outside the tree: %s)",
+                  shown(name, nl, b, sizeof b), shown(link, ll, b2, sizeof b2), why);
+        }
+    }
+    if (t == 'd')
+        UFAIL(u, "refusing archive member '%s' (a directory of that name exists)",
+              shown(name, nl, b, sizeof b));
+    names_set(u->names, name, nl, type == '2' ? 'l' : 'f');
 }
 
 /* A tar header is complete in u->hdr: check it, create the member. */
@@ -471,16 +638,23 @@ static void begin_member(pmb_unpacker *u)
     u->mode = (unsigned)mode & 0777;
     u->mtime = (int64_t)mtime;
     memcpy(u->name, name, nl + 1);
-    const char *leaf;
-    int pfd = parent_fd(u, name, &leaf);
-    if (type == '5')
-        make_dir(u, pfd, leaf, name, nl);
-    else if (type == '2')
-        make_symlink(u, pfd, leaf, name, nl, link, ll);
+    const char *leaf = name;
+    int pfd = -1;
+    if (u->names)
+        place_name(u, type, name, nl, link, ll);
     else
+        pfd = parent_fd(u, name, &leaf);
+    if (type == '5') {
+        if (!u->names)
+            make_dir(u, pfd, leaf, name, nl);
+    } else if (type == '2') {
+        if (!u->names)
+            make_symlink(u, pfd, leaf, name, nl, link, ll);
+    } else {
         begin_file(u, pfd, leaf, name, size);
+    }
     reset_pax(u);
-    if (u->fd < 0)
+    if (!u->open_file)
         u->state = ST_HEADER;
 }
 
@@ -570,7 +744,7 @@ static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
         if (u->remaining) {
             size_t take = u->remaining < n ? (size_t)u->remaining : n;
             if (u->state == ST_DATA) {
-                if (pmb_write_all(u->fd, p, take)) {
+                if (!u->names && pmb_write_all(u->fd, p, take)) {
                     if (errno == ENOSPC)
                         no_space(u, u->name);
                     UFAIL(u, "cannot write %s/%s: %s", u->root, u->name, strerror(errno));
@@ -618,14 +792,27 @@ static void shard_begin(pmb_unpacker *u, int s)
     u->hdr_have = 0;
 }
 
+/* The shard's bytes have all arrived: its SHA-256 first (verify's order:
+ * before any failure found inside it, deferred until now), then the end of
+ * its frame, its size and files. */
 static void shard_end(pmb_unpacker *u)
 {
     const pmb_shard *sh = &u->m->shards[u->shard];
+    if (!u->sha_first && u->fhd_have < 5)
+        UFAIL(u, "corrupt package: shard %d is not a zstd frame", u->shard);
     unsigned char digest[32];
     pmb_sha256_final(&u->sha, digest);
-    if (memcmp(digest, sh->sha, 32))
+    if (memcmp(digest, sh->sha, 32)) {
+        if (u->sha_first) /* in verify's words */
+            pmb_die("%s: corrupt package (shard %d fails its SHA-256 check)", u->m->file,
+                    u->shard);
         UFAIL(u, "shard %d does not match its SHA-256 in the manifest (the package was altered "
               "or damaged); copy or pack it again", u->shard);
+    }
+    if (u->deferred[0])
+        pmb_die("package '%s': %s", u->m->file, u->deferred);
+    if (u->fhd_have < 5)
+        UFAIL(u, "corrupt package: shard %d is not a zstd frame", u->shard);
     /* flush what the decoder still holds */
     for (int guard = 0; !u->frame_done; guard++) {
         ZSTD_outBuffer out = {u->zout, u->zout_size, 0};
@@ -644,7 +831,7 @@ static void shard_end(pmb_unpacker *u)
     if (u->decoded != sh->usize)
         UFAIL(u, "corrupt package: shard %d unpacks to %llu bytes, the manifest says %llu",
               u->shard, (unsigned long long)u->decoded, (unsigned long long)sh->usize);
-    if (u->state != ST_HEADER || u->hdr_have || u->have_pax || u->fd >= 0)
+    if (u->state != ST_HEADER || u->hdr_have || u->have_pax || u->open_file)
         UFAIL(u, "corrupt package: shard %d ends inside an archive member", u->shard);
     if (u->shard_files != sh->nfiles)
         UFAIL(u, "corrupt package: shard %d holds %llu files, the manifest says %llu", u->shard,
@@ -653,13 +840,9 @@ static void shard_end(pmb_unpacker *u)
     u->shards_done++;
 }
 
-/* n bytes of shard s (in order); the shard ends when all csize arrived. */
-static void shard_data(pmb_unpacker *u, int s, const unsigned char *data, size_t n)
+/* n bytes of shard s (in order), hashed and decoded. */
+static void decode_piece(pmb_unpacker *u, int s, const unsigned char *data, size_t n)
 {
-    if (u->shard != s)
-        shard_begin(u, s);
-    const pmb_shard *sh = &u->m->shards[s];
-    u->fed += n;
     /* the frame header: zstd magic and the content-checksum flag */
     for (size_t i = 0; i < n && u->fhd_have < 5; i++) {
         u->fhd[u->fhd_have++] = data[i];
@@ -677,6 +860,7 @@ static void shard_data(pmb_unpacker *u, int s, const unsigned char *data, size_t
     for (size_t at = 0; at < n;) {
         size_t k = n - at < PMB_HASH_SLICE ? n - at : PMB_HASH_SLICE;
         pmb_sha256_update(&u->sha, data + at, k);
+        u->piece_hashed = at + k;
         ZSTD_inBuffer in = {data + at, k, 0};
         while (in.pos < in.size) {
             if (u->frame_done)
@@ -700,11 +884,33 @@ static void shard_data(pmb_unpacker *u, int s, const unsigned char *data, size_t
         }
         at += k;
     }
-    if (u->fed == sh->csize) {
-        if (u->fhd_have < 5)
-            UFAIL(u, "corrupt package: shard %d is not a zstd frame", s);
-        shard_end(u);
+}
+
+/* n bytes of shard s (in order); the shard ends when all csize arrived.
+ * With sha_first a failure while decoding is kept (ufail) and the rest of
+ * the shard is only hashed: shard_end reports the SHA-256 first. */
+static void shard_data(pmb_unpacker *u, int s, const unsigned char *data, size_t n)
+{
+    if (u->shard != s)
+        shard_begin(u, s);
+    const pmb_shard *sh = &u->m->shards[s];
+    u->fed += n;
+    u->piece_hashed = 0;
+    if (!u->sha_first) {
+        decode_piece(u, s, data, n);
+    } else if (!u->deferred[0]) {
+        if (setjmp(u->jb) == 0) {
+            u->armed = 1;
+            decode_piece(u, s, data, n);
+            u->armed = 0;
+        }
     }
+    if (u->deferred[0] && u->piece_hashed < n) {
+        pmb_sha256_update(&u->sha, data + u->piece_hashed, n - u->piece_hashed);
+        u->piece_hashed = n;
+    }
+    if (u->fed == sh->csize)
+        shard_end(u);
 }
 
 /* Bytes [offset, offset + len) of the payload, in order: feed the parts
@@ -745,7 +951,8 @@ void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes)
     ZSTD_freeDStream(u->zd);
     if (u->pdirfd >= 0)
         close(u->pdirfd);
-    close(u->rootfd);
+    if (u->rootfd >= 0)
+        close(u->rootfd);
     reset_pax(u);
     free(u->zout);
     free(u->ext);
@@ -907,6 +1114,33 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
         close(walk.pdirfd);
     close(walk.rootfd);
     free(py_root);
+}
+
+/* Check mode's pmb_patch_prefixes: each prefix line must name a regular
+ * file of the tree `names` describes, below real directories (the same
+ * refusals; the length of the final path is the destination's matter). */
+void pmb_check_prefixes(const pmb_names *names, const pmb_manifest *m)
+{
+    for (int i = 0; i < m->nprefix; i++) {
+        const char *path = m->prefix[i].path;
+        size_t n = strlen(path);
+        for (size_t k = 0; k < n; k++) {
+            if (path[k] != '/')
+                continue;
+            int t = names_get(names, path, k);
+            if (t && t != 'd') {
+                char b[256];
+                pmb_die("package '%s': refusing archive member '%s' (its parent '%.*s' is a "
+                        "symlink or a file, not a directory)", m->file,
+                        shown(path, n, b, sizeof b), (int)k, path);
+            }
+            if (!t)
+                break; /* missing: so is the file */
+        }
+        if (names_get(names, path, n) != 'f')
+            pmb_die("package '%s': corrupt manifest (prefix file '%s' is not a regular file of "
+                    "the package)", m->file, path);
+    }
 }
 
 /* A tree built from an earlier tree (stage.c): the files m's prefixes name

@@ -19,7 +19,7 @@ def add_verify(sub) -> None:
     ver.add_argument("package")
     ver.add_argument("--into", metavar="DIR",
                      help="unpack into DIR (which must not exist) and keep the tree there "
-                          "(default: a temporary directory, removed)")
+                          "(default: check and scan without writing anything)")
     ver.set_defaults(func=cmd_verify)
 
 

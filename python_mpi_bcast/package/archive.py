@@ -415,17 +415,30 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _guard(packages: list[str]) -> float:
+    """A time limit for the unpacker (a guard only: its loops are bounded by
+    the package)."""
+    return 300 + sum(os.path.getsize(p) for p in packages if os.path.isfile(p)) / 2e6
+
+
+def _failure(exe: str, returncode: int, stderr: bytes) -> PmbError:
+    lines = [ln for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return PmbError(_PREFIX.sub("", lines[-1]) if lines
+                    else f"{exe} --pmb-unpack failed ({returncode})")
+
+
 def unpack_packages(packages: list[str], dest: str, final_dest: str | None = None,
-                    timeout: float | None = None) -> None:
+                    timeout: float | None = None, verify: bool = False) -> None:
     """Unpack ``packages`` in order into the existing directory ``dest`` with
     the launcher's unpacker (``python-mpi --pmb-unpack``), patching
-    prefix-bearing files for ``final_dest`` (default ``dest``)."""
+    prefix-bearing files for ``final_dest`` (default ``dest``).  ``verify``:
+    a shard that fails its SHA-256 is reported so, in verify's words, before
+    any failure found inside it (``--pmb-unpack --verify``)."""
     from ..support.paths import launcher_path
     exe = launcher_path()
-    if timeout is None:  # a guard only: the unpacker's loops are bounded by the package
-        total = sum(os.path.getsize(p) for p in packages if os.path.isfile(p))
-        timeout = 300 + total / 2e6
-    cmd = [exe, "--pmb-unpack", dest, os.path.abspath(final_dest or dest)] + list(packages)
+    timeout = _guard(packages) if timeout is None else timeout
+    cmd = ([exe, "--pmb-unpack"] + (["--verify"] if verify else [])
+           + [dest, os.path.abspath(final_dest or dest)] + list(packages))
     try:
         r = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False,
                            preexec_fn=_die_with_parent)
@@ -434,6 +447,42 @@ def unpack_packages(packages: list[str], dest: str, final_dest: str | None = Non
     except OSError as e:
         raise PmbError(f"cannot run {exe}: {e.strerror or e}") from None
     if r.returncode != 0:
-        lines = [ln for ln in r.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-        msg = _PREFIX.sub("", lines[-1]) if lines else f"{exe} --pmb-unpack failed ({r.returncode})"
-        raise PmbError(msg)
+        raise _failure(exe, r.returncode, r.stderr)
+
+
+class Check:
+    """``python-mpi --pmb-unpack --check PKG...`` running beside the caller:
+    every check unpacking makes, in verify's order (a shard's SHA-256
+    first), creating nothing.  ``failed()`` says, without waiting, that it
+    has refused; ``result()`` waits and raises its one line; ``close()``
+    ends it if it still runs."""
+
+    def __init__(self, packages: list[str]):
+        from ..support.paths import launcher_path
+        self.exe = launcher_path()
+        self.packages = list(packages)
+        self.timeout = _guard(self.packages)
+        try:
+            self.proc = subprocess.Popen([self.exe, "--pmb-unpack", "--check"] + self.packages,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        except OSError as e:
+            raise PmbError(f"cannot run {self.exe}: {e.strerror or e}") from None
+
+    def failed(self) -> bool:
+        return self.proc.poll() not in (None, 0)
+
+    def result(self) -> None:
+        try:
+            _, err = self.proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise PmbError(f"checking {' '.join(self.packages)} did not finish within "
+                           f"{self.timeout:.0f} s") from None
+        if self.proc.returncode != 0:
+            raise _failure(self.exe, self.proc.returncode, err)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()

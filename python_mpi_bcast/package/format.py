@@ -37,7 +37,8 @@ and shards) while decoding; the readers also check every size and count.
 Each shard line's SHA-256 is that of the shard's compressed frame: the
 launcher's unpacker (``--pmb-unpack`` too, so ``unpack``, ``load`` and
 ``verify``) hashes every frame as it decodes it and refuses the package
-("shard N does not match its SHA-256") when they differ.  ``content_hash`` is
+("shard N does not match its SHA-256"; ``verify``: "shard N fails its SHA-256
+check", before anything else found inside that shard) when they differ.  ``content_hash`` is
 the SHA-256 of the concatenated binary SHA-256 digests of all payload frames
 in order, and both parsers refuse a manifest whose ``content_hash`` is not
 that of its shard lines.  The package's identity on nodes, its staged tree's

@@ -21,6 +21,17 @@ def scan_file(path: str, needles: list[bytes], chunk: int = 16 << 20,
     None; whether it is binary, i.e. holds a NUL byte).  Reading stops at
     the first match, unless ``classify`` asks to read on until a NUL byte
     shows (or the file ends), so that the binary flag is exact."""
+    if not any(needles):
+        return None, False
+    with open(path, "rb") as f:
+        return scan_chunks(iter(lambda: f.read(chunk), b""), needles, classify)
+
+
+def scan_chunks(chunks: Iterator[bytes], needles: list[bytes],
+                classify: bool = False) -> tuple[bytes | None, bool]:
+    """:func:`scan_file` of the content given as non-empty ``chunks`` (a
+    file's, or an archive member's as it is decoded: ``verify``); taken one
+    ahead of the scan, and no further than :func:`scan_file` reads."""
     needles = [n for n in needles if n]
     if not needles:
         return None, False
@@ -29,18 +40,17 @@ def scan_file(path: str, needles: list[bytes], chunk: int = 16 << 20,
     tail = b""
     found = None
     binary = False
-    with open(path, "rb") as f:
-        buf = f.read(chunk)
-        while True:
-            nxt = f.read(chunk)
-            binary = binary or b"\0" in buf
-            window = tail + buf
-            if found is None and any(n in window for n in needles):
-                m = (mid if nxt else last).search(window)
-                found = m.group(0) if m else None
-            if (found is not None and (binary or not classify)) or not nxt:
-                return found, binary
-            tail, buf = window[-keep:], nxt
+    buf = next(chunks, b"")
+    while True:
+        nxt = next(chunks, b"")
+        binary = binary or b"\0" in buf
+        window = tail + buf
+        if found is None and any(n in window for n in needles):
+            m = (mid if nxt else last).search(window)
+            found = m.group(0) if m else None
+        if (found is not None and (binary or not classify)) or not nxt:
+            return found, binary
+        tail, buf = window[-keep:], nxt
 
 
 def find_any(path: str, needles: list[bytes], chunk: int = 16 << 20) -> bytes | None:

@@ -44,14 +44,15 @@ def unpacked_here(path: str) -> bool:
 
 def unpack(packages: list[str], dest: str, force: bool = False,
            room_hint: str = "choose a DEST with more room", before_rename=None,
-           ours=None) -> list[Manifest]:
+           ours=None, verify: bool = False) -> list[Manifest]:
     """Unpack ``packages`` in order into ``dest`` (which appears only when
     complete; ``before_rename(tmp)`` may add to the tree before it does).
     Out of space: one line with the room needed and ``room_hint``.  With
     ``force`` an existing ``dest`` is replaced only when ``ours(dest)`` says
     it was made by us; by default, it carries unpack's record, which every
     tree gets when no ``ours`` is given (a caller with its own rule marks
-    its trees itself, as ``load`` does)."""
+    its trees itself, as ``load`` does).  ``verify``: as
+    :func:`unpack_packages` (``verify --into``)."""
     manifests = [(p, read_manifest(p)[0]) for p in packages]
     check_layers(manifests)
     dest = os.path.abspath(dest)
@@ -89,7 +90,7 @@ def unpack(packages: list[str], dest: str, force: bool = False,
         raise PmbError(f"cannot create a directory next to {dest}: {e.strerror or e}") from None
     try:
         try:
-            unpack_packages(packages, tmp, final_dest=dest)
+            unpack_packages(packages, tmp, final_dest=dest, verify=verify)
         except PmbError as e:
             if "no space left" in str(e).lower():
                 leftovers.remove(tmp)

@@ -16,8 +16,8 @@ import tarfile
 
 import pytest
 
-from helpers import (LAUNCHER, MPIEXEC, PRIVATE, UNSHARE_MOUNT, launcher_errors, mpi_env, mpirun,
-                      process_tree, run, wait_gone)
+from helpers import (CLI, LAUNCHER, MPIEXEC, PRIVATE, UNSHARE_MOUNT, launcher_errors, mpi_env,
+                     mpirun, process_tree, run, wait_gone)
 
 from python_mpi_bcast.package import format as pkgformat
 
@@ -456,6 +456,10 @@ def test_hostile_archive_members(pkgroot, shm_chroot, tmp_path, members, needle)
     error_line(mpirun(2, ["-c", "pass"], env, timeout=60), "package 'evil.tar.zst'", needle)
     assert ready_trees(shm_chroot) == []
     assert not os.path.exists(os.path.join(os.path.dirname(shm_chroot), "escape.txt"))
+    # verify, which creates nothing, refuses it alike (tests/package/test_hostile.py: all of them)
+    r = run(CLI + ["verify", str(root / "evil.tar.zst")], timeout=120, check=False)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "evil.tar.zst" in r.stderr and needle in r.stderr, r.stderr
 
 
 def test_interpreter_without_libpython(pkgroot, shm_chroot, tmp_path):

@@ -3,6 +3,8 @@
 unpack``.  Each promise is checked the same way for both: a package is
 either staged exactly as packed, or refused with one line naming it, a
 non-zero exit, no ready tree and nothing outside the destination touched.
+``verify`` (which unpacks nothing: ``--pmb-unpack --check``) refuses every
+single package they refuse, and writes nothing, not even in $TMPDIR.
 
 Run a longer mutation campaign with ``PMB_MUTATIONS=5000 pytest
 tests/package/test_hostile.py -k mutation`` (the default run tries 30 seeded mutants;
@@ -156,6 +158,10 @@ def write_package(path, shards: list[bytes], *, prefix=(), fix=None, manifest_te
 
 # -- the two readers --------------------------------------------------------
 
+# the package root, the destinations, and verify's TMPDIR (Place.verify: it stays empty)
+OURS = ("pkgs", "nodes", "dest", "tmpdir")
+
+
 class Place:
     """A scratch area: a package root, a sentinel directory next to the
     destination that no package may touch, and the destinations."""
@@ -177,8 +183,8 @@ class Place:
         for dirpath, dirnames, filenames in os.walk(self.base):
             rel_dir = os.path.relpath(dirpath, self.base)
             if rel_dir == ".":
-                dirnames[:] = [d for d in dirnames if d not in ("pkgs", "nodes", "dest")]
-                out["."] = sorted(e for e in os.listdir(dirpath) if e not in ("pkgs", "nodes", "dest"))
+                dirnames[:] = [d for d in dirnames if d not in OURS]
+                out["."] = sorted(e for e in os.listdir(dirpath) if e not in OURS)
             for name in dirnames + filenames:
                 full = os.path.join(dirpath, name)
                 st = os.lstat(full)
@@ -217,6 +223,15 @@ class Place:
         shutil.rmtree(dest, ignore_errors=True)
         args = [os.path.join(self.pkgs, p) for p in packages.split(":")]
         return run(CLI + ["unpack"] + args + [dest], timeout=120, check=False), dest
+
+    def verify(self, package: str):
+        """``verify`` with TMPDIR on an empty directory, which must stay empty."""
+        tmp = os.path.join(self.base, "tmpdir")
+        os.makedirs(tmp, exist_ok=True)
+        r = run(CLI + ["verify", os.path.join(self.pkgs, package)], timeout=120, check=False,
+                env=dict(os.environ, TMPDIR=tmp))
+        assert os.listdir(tmp) == [], os.listdir(tmp)
+        return r
 
 
 @pytest.fixture
@@ -266,6 +281,13 @@ def both_refuse(place, packages=PKG, *needles):
     assert not os.path.exists(dest)
     assert [e for e in os.listdir(place.base) if e.startswith(".dest")] == []
     assert place.snapshot() == before
+    if ":" not in packages:  # verify checks one package (the layers' conflicts are unpack's)
+        vline = unpack_error(place.verify(packages))
+        assert vline, "verify accepted it"
+        assert PKG in vline, vline
+        for n in needles:
+            assert n in vline, vline
+        assert place.snapshot() == before
     return line, uline
 
 
@@ -362,6 +384,9 @@ def test_prefix_lines_cannot_name_files_outside_the_tree(place, path):
     ("prefix text sub %s" % PLACEHOLDER, "not a regular file"),
     ("prefix text missing %s" % PLACEHOLDER, "not a regular file"),
     ("prefix text l %s" % PLACEHOLDER, "not a regular file"),
+    ("prefix text l/x %s" % PLACEHOLDER, "its parent 'l' is a symlink or a file"),
+    ("prefix text sub/missing %s" % PLACEHOLDER, "not a regular file"),
+    ("prefix text nodir/x %s" % PLACEHOLDER, "not a regular file"),
 ])
 def test_malformed_prefix_lines_are_refused(place, line, needle):
     raw = (tar_member("f", PLACEHOLDER.encode()) + tar_member("sub", type_=tarfile.DIRTYPE)
@@ -474,6 +499,9 @@ def neg_base256() -> bytes:
     (bytes(ustar_header(b"./f")), "'.' path component"),
     (bytes(ustar_header(b"a//f")), "empty path component"),
     (bytes(ustar_header(b"f/")), "empty path component"),
+    # a name no file system takes (verify, which creates nothing, refuses it alike)
+    (tar_member("d/" + "n" * 256, b"x"), "name too long"),
+    (tar_member("d" * 256 + "/f", b"x"), "name too long"),
 ])
 def test_broken_tar_streams_are_refused(place, raw, needle):
     write_package(pkg(place), [raw], size=0)
@@ -520,6 +548,54 @@ def test_a_crafted_package_that_follows_the_rules_is_staged_by_both(place):
     for t in (tree, dest):
         assert open(os.path.join(t, "d/f")).read() == t
         assert open(os.path.join(t, "top")).read() == "deep"
+
+
+# -- verify's scan of the stream ----------------------------------------------
+
+SRC = "/old/place/env"  # the source location the crafted packages name
+
+
+def test_the_stream_scan_reports_what_the_scan_of_the_unpacked_tree_reports(tmp_path):
+    """Leftovers (text files and links naming the source), compiled-in paths
+    (binary files), prefix-listed files (not read) and a name given twice
+    (the tree keeps the later member): verify alone and verify --into (which
+    scans the tree it unpacked) list the same files in the same order."""
+    def members(src: str) -> bytes:  # the text files and links naming src
+        return (tar_member("b", type_=tarfile.DIRTYPE)
+                + tar_member("b/z.txt", f"at {src}/lib\n".encode())
+                + tar_member("b/c/deep.txt", f"{src}\n".encode())
+                + tar_member("a.txt", b"clean\n")
+                + tar_member("bin.so", b"\0" + SRC.encode() + b"/lib\0")
+                + tar_member("listed.txt", f"{SRC}/x\n".encode())
+                + tar_member("twice.txt", f"{SRC}\n".encode())
+                + tar_member("twice.txt", b"clean now\n")
+                + tar_member("again.txt", b"clean\n")
+                + tar_member("again.txt", f"{src}/again\n".encode())
+                + tar_member("near.txt", f"{SRC}-data/x\n".encode())  # not a whole path prefix
+                + tar_member("lnk", type_=tarfile.SYMTYPE, link="a.txt"))
+
+    raw = members(SRC)
+    pkg = str(tmp_path / "evil.tar.zst")
+    write_package(pkg, [raw], sources=SRC, prefix=[("text", "listed.txt", "/PLACEHOLDER-x")])
+    out = []
+    for extra in ([], ["--into", str(tmp_path / "kept")]):
+        r = run(CLI + ["verify", pkg] + extra, timeout=120, check=False)
+        assert r.returncode == 1 and "3 files still refer to the source location" in r.stderr, (
+            r.stdout, r.stderr)
+        out.append(r.stdout)
+    assert out[0] == out[1], out
+    assert out[0].splitlines() == ["leftover source path in: again.txt",
+                                   "leftover source path in: b/z.txt",
+                                   "leftover source path in: b/c/deep.txt"], out[0]
+    # without leftovers: the compiled-in path is listed, and the counts agree
+    clean = members("/somewhere/else")
+    write_package(pkg, [clean], sources=SRC, prefix=[("text", "listed.txt", "/PLACEHOLDER-x")])
+    shutil.rmtree(tmp_path / "kept", ignore_errors=True)
+    out = [run(CLI + ["verify", pkg] + extra, timeout=120).stdout
+           for extra in ([], ["--into", str(tmp_path / "kept")])]
+    assert out[0] == out[1], out
+    assert "1 binary file(s) keep a compiled-in path of the source as a fallback" in out[0]
+    assert "bin.so" in out[0] and "OK (8 files" in out[0], out[0]
 
 
 # -- the manifest parsers: one corpus, same verdicts --------------------------
@@ -726,6 +802,8 @@ def test_mutation_both_readers_agree_and_accepted_trees_are_exact(place, request
         r2, dest = place.unpack(PKG)
         e2 = unpack_error(r2)
         assert (e1 is None) == (e2 is None), (n, what, e1, e2)
+        e3 = unpack_error(place.verify(PKG))  # refuses what they refuse, writing nothing
+        assert (e3 is None) == (e2 is None), (n, what, e2, e3)
         if e1 is None:
             tried["accepted"] += 1
             assert len(trees) == 1, (n, what)
@@ -736,7 +814,7 @@ def test_mutation_both_readers_agree_and_accepted_trees_are_exact(place, request
         else:
             tried["refused"] += 1
             assert trees == [] and not os.path.exists(dest), (n, what)
-            assert PKG in e1 and PKG in e2, (e1, e2)
+            assert PKG in e1 and PKG in e2 and PKG in e3, (e1, e2, e3)
         assert place.snapshot() == before
     print(f"mutants: {n}, {tried}")
     assert n >= limit and tried["accepted"] and tried["refused"], tried

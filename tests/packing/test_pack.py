@@ -415,9 +415,10 @@ def test_unpack_force_never_replaces_what_unpack_did_not_make(tmp_path):
 
 
 def test_out_of_room_lines_name_what_an_unpack_user_can_change(tmp_path):
-    """unpack into, and verify with TMPDIR on, a tmpfs with room for few
-    files: one line each, saying what is short and naming no launcher
-    setting (PYTHON_MPI_CHROOT means nothing to them)."""
+    """unpack into a tmpfs with room for few files: one line, saying what is
+    short and naming no launcher setting (PYTHON_MPI_CHROOT means nothing to
+    its users).  verify with TMPDIR there needs no room: it writes nothing
+    (tests/package/test_verify_stream.py)."""
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("needs root to mount a small tmpfs")
     src = tmp_path / "d"
@@ -437,10 +438,9 @@ def test_out_of_room_lines_name_what_an_unpack_user_can_change(tmp_path):
                        "choose a DEST with more room")
         assert "PYTHON_MPI_CHROOT" not in r.stderr
         assert os.listdir(small) == []
-        r = run(CLI + ["verify", str(tmp_path / "p.tar.zst")], check=False,
+        r = run(CLI + ["verify", str(tmp_path / "p.tar.zst")],
                 env=dict(os.environ, TMPDIR=str(small)))
-        one_line_error(r, "no space left in ", "choose a destination with more room")
-        assert "PYTHON_MPI_CHROOT" not in r.stderr
+        assert "OK (60 files" in r.stdout and os.listdir(small) == []
     finally:
         run(["umount", str(small)], check=False)
 
