@@ -1,6 +1,7 @@
 /* Package manifests (format version 2, described in python_mpi_bcast/package/format.py):
  * a zstd skippable frame at the start of the file holding one zstd frame
- * with a content checksum, which holds the manifest text.  The text is
+ * with a content checksum, which holds the manifest text, then padding
+ * (0x00 bytes only; the payload starts after the skippable frame).  The text is
  * parsed strictly: every line known, every field checked, every size and
  * offset range-checked.  pkgformat.Manifest.from_text applies exactly the
  * same rules (tests/package/test_hostile.py runs both on one corpus). */
@@ -474,7 +475,8 @@ int pmb_manifest_parse(pmb_manifest *m, const char *text, size_t len, char *err,
     return 0;
 }
 
-/* The manifest frame's body: one checksummed zstd frame holding the text. */
+/* The manifest frame's body: one checksummed zstd frame holding the text,
+ * then zero or more 0x00 bytes of padding. */
 char *pmb_manifest_decode(const unsigned char *body, size_t size, size_t *text_len,
                           char *err, size_t errlen)
 {
@@ -496,11 +498,17 @@ char *pmb_manifest_decode(const unsigned char *body, size_t size, size_t *text_l
         snprintf(err, errlen, "corrupt manifest (its frame has no checksum)");
         return NULL;
     }
+    /* one frame, then padding: nothing but 0x00 bytes (room the packer
+     * reserved before it knew the manifest; format.py states the rule) */
     size_t fsz = ZSTD_findFrameCompressedSize(body, size);
-    if (ZSTD_isError(fsz) || fsz != size) {
+    int padded_with_zeros = !ZSTD_isError(fsz) && fsz <= size;
+    for (size_t i = fsz; padded_with_zeros && i < size; i++)
+        padded_with_zeros = body[i] == 0;
+    if (!padded_with_zeros) {
         snprintf(err, errlen, "corrupt manifest (not exactly one zstd frame)");
         return NULL;
     }
+    size = fsz;
     unsigned long long csz = ZSTD_getFrameContentSize(body, size);
     if (csz == ZSTD_CONTENTSIZE_UNKNOWN || csz == ZSTD_CONTENTSIZE_ERROR || csz > PMB_MAX_MANIFEST) {
         snprintf(err, errlen, "corrupt manifest (bad size)");

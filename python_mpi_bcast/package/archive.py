@@ -5,6 +5,7 @@ packages back through the launcher's own unpacker (``python-mpi
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import errno
 import hashlib
 import io
@@ -14,6 +15,7 @@ import re
 import stat
 import subprocess
 import tarfile
+import threading
 
 import zstandard
 
@@ -179,56 +181,178 @@ def read_chunks(path: str, rel: str, size: int):
             left -= len(buf)
 
 
-def _write_shard(root: str, entries, out_path: str, level: int, progress,
+class _Cancelled(Exception):
+    """Another shard failed: this one stops (the pack reports that failure)."""
+
+
+# Compressed bytes of shards that are done (or being made) ahead of the one
+# being written, held in memory, all threads together.  A shard that would
+# go past it waits for its turn and then streams into the file.
+WINDOW = 256 << 20
+
+
+class _Sink:
+    """The package file's payload, written once, in order, from ``start``
+    on: shard ``i``'s bytes go to the file when every shard before it is
+    there.  A worker whose shard is at the head writes straight into the
+    file; the others keep their bytes in memory (at most :data:`WINDOW` in
+    all; past that a worker waits until its shard is at the head).  No
+    temporary file: the package's extra disk is the package itself."""
+
+    def __init__(self, fd: int, start: int, window: int = WINDOW):
+        self.fd, self.pos, self.window = fd, start, window
+        self.head = 0
+        self.held = 0
+        self.done: dict[int, list] = {}
+        self.failed = False
+        self.cv = threading.Condition()
+
+    def out(self, i: int) -> "_ShardOut":
+        with self.cv:
+            if self.failed:
+                raise _Cancelled()
+        return _ShardOut(self, i)
+
+    def fail(self) -> None:
+        with self.cv:
+            self.failed = True
+            self.cv.notify_all()
+
+    def _write(self, bufs) -> None:
+        for b in bufs:
+            view = memoryview(b)
+            while view:
+                n = os.pwrite(self.fd, view, self.pos)
+                self.pos += n
+                view = view[n:]
+
+    def _advance(self, i: int) -> None:
+        """Shard ``i`` (at the head) is in the file: write the finished
+        shards after it, up to the first one still being made."""
+        k = i + 1
+        while True:
+            with self.cv:
+                self.head = k
+                bufs = self.done.pop(k, None)
+                self.cv.notify_all()
+                if bufs is None:
+                    return
+            self._write(bufs)
+            with self.cv:
+                self.held -= sum(len(b) for b in bufs)
+                self.cv.notify_all()
+            k += 1
+
+
+class _ShardOut(io.RawIOBase):
+    """Where one shard's compressed bytes go (see :class:`_Sink`); hashes
+    them on the way."""
+
+    def __init__(self, sink: _Sink, i: int):
+        self.sink, self.i = sink, i
+        self.h = hashlib.sha256()
+        self.n = 0
+        self.bufs: list = []
+        self.direct = False
+        self.start = 0
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        b = bytes(b)
+        self.h.update(b)
+        self.n += len(b)
+        if not self.direct and not self._hold(b):
+            self._go_direct()
+        if self.direct:
+            self.sink._write((b,))
+        return len(b)
+
+    def _hold(self, b: bytes) -> bool:
+        """Keep ``b`` in memory (True), or, at the head, False."""
+        sink = self.sink
+        with sink.cv:
+            while True:
+                if sink.failed:
+                    raise _Cancelled()
+                if sink.head == self.i:
+                    return False
+                if sink.held + len(b) <= sink.window:
+                    self.bufs.append(b)
+                    sink.held += len(b)
+                    return True
+                sink.cv.wait()
+
+    def _go_direct(self) -> None:
+        self.direct = True
+        self.start = self.sink.pos
+        bufs, self.bufs = self.bufs, []
+        self.sink._write(bufs)
+        with self.sink.cv:
+            self.sink.held -= sum(len(b) for b in bufs)
+            self.sink.cv.notify_all()
+
+    def rewind(self) -> None:
+        """Forget what was written (a reused frame whose bytes changed)."""
+        self.h = hashlib.sha256()
+        self.n = 0
+        if self.direct:
+            self.sink.pos = self.start
+        else:
+            with self.sink.cv:
+                self.sink.held -= sum(len(b) for b in self.bufs)
+                self.bufs = []
+                self.sink.cv.notify_all()
+
+    def finish(self) -> tuple[int, str]:
+        """The shard is whole: (its size, its SHA-256); it goes into the file
+        now if it is at the head, else when its turn comes."""
+        sink = self.sink
+        if not self.direct:
+            with sink.cv:
+                if sink.head != self.i:
+                    sink.done[self.i] = self.bufs
+                    self.bufs = []
+                    return self.n, self.h.hexdigest()
+            self._go_direct()
+        sink._advance(self.i)
+        return self.n, self.h.hexdigest()
+
+
+def _write_shard(root: str, entries, out: _ShardOut, level: int, progress,
                  members=None) -> tuple[int, int, str, int, int]:
-    """One shard: (compressed size, tar bytes, SHA-256 of the frame, files,
-    file bytes).  ``members(rel, ti, size)`` yields the (TarInfo, chunks)
-    an entry becomes (default: :func:`file_member`)."""
+    """One shard into ``out``: (compressed size, tar bytes, SHA-256 of the
+    frame, files, file bytes).  ``members(rel, ti, size)`` yields the
+    (TarInfo, chunks) an entry becomes (default: :func:`file_member`)."""
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
-    h = hashlib.sha256()
     usize = nfiles = fbytes = 0
     members = members or (lambda rel, ti, size: file_member(root, rel, ti, size))
-
-    class _Hashing(io.RawIOBase):
-        def __init__(self, f):
-            self.f = f
-            self.n = 0
-
-        def write(self, b):
-            h.update(b)
-            self.n += len(b)
-            return self.f.write(b)
-
-        def writable(self):
-            return True
-
-    with open(out_path, "wb") as raw:
-        hw = _Hashing(raw)
-        with cctx.stream_writer(hw, closefd=False) as zw:
-            for rel, ti, size in entries:
-                for mti, chunks in members(rel, ti, size):
-                    hdr = mti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-                    zw.write(hdr)
-                    usize += len(hdr)
-                    if mti.type != tarfile.REGTYPE:
-                        continue
-                    n = 0
-                    for buf in chunks:
-                        zw.write(buf)
-                        n += len(buf)
-                        if progress:
-                            progress.advance(len(buf))
-                    if n != mti.size:
-                        raise PmbError(f"{mti.name}: file changed size while packing")
-                    pad = (-n) % 512
-                    zw.write(b"\0" * pad)
-                    usize += n + pad
-                    nfiles += 1
+    with cctx.stream_writer(out, closefd=False) as zw:
+        for rel, ti, size in entries:
+            for mti, chunks in members(rel, ti, size):
+                hdr = mti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+                zw.write(hdr)
+                usize += len(hdr)
+                if mti.type != tarfile.REGTYPE:
+                    continue
+                n = 0
+                for buf in chunks:
+                    zw.write(buf)
+                    n += len(buf)
                     if progress:
-                        progress.advance(0, files=1)
-                    fbytes += n
-        csize = hw.n
-    return csize, usize, h.hexdigest(), nfiles, fbytes
+                        progress.advance(len(buf))
+                if n != mti.size:
+                    raise PmbError(f"{mti.name}: file changed size while packing")
+                pad = (-n) % 512
+                zw.write(b"\0" * pad)
+                usize += n + pad
+                nfiles += 1
+                if progress:
+                    progress.advance(0, files=1)
+                fbytes += n
+    csize, digest = out.finish()
+    return csize, usize, digest, nfiles, fbytes
 
 
 class Exists(PmbError):
@@ -255,6 +379,56 @@ def _rename_noreplace(src: str, dst: str) -> None:
     os.unlink(src)
 
 
+# What the manifest's room counts for the prefix lines, which are found
+# while the shards are written: this many bytes (compressed) per regular
+# file, plus PREFIX_ROOM_BASE.  A prefix line compresses to 15 to 40 bytes
+# (its placeholder repeats); in the conda-layout env of benchmark section 6
+# about one file in ten has one.  A manifest that outgrows its room moves
+# the payload up (see :func:`_shift`): slower, never wrong.
+PREFIX_ROOM_PER_FILE = 4
+PREFIX_ROOM_BASE = 4096
+
+
+def _compress_bound(n: int) -> int:
+    """libzstd's ZSTD_COMPRESSBOUND, plus the largest frame header and the
+    checksum."""
+    return n + (n >> 8) + (((128 << 10) - n) >> 11 if n < (128 << 10) else 0) + 18 + 4
+
+
+def manifest_room(m: Manifest, nshards: int, nfiles: int, prefix_known: bool) -> int:
+    """The bytes to reserve at the start of the package for the manifest
+    frame of ``m`` (its keys set, numbers and shards not yet known) with
+    ``nshards`` shard lines: room for every number at 19 digits, plus room
+    for prefix lines (exact when ``prefix_known``: ``m.prefix_files`` are
+    final)."""
+    big = 10 ** 18
+    probe = dataclasses.replace(
+        m, unpacked_size=big, files=big, payload_size=big, content_hash="0" * 64,
+        shards=[Shard(big, big, big, big, "0" * 64)] * nshards)
+    n = len(probe.to_text().encode("utf-8", "surrogateescape"))
+    room = 8 + _compress_bound(n)
+    if not prefix_known:
+        room += PREFIX_ROOM_BASE + PREFIX_ROOM_PER_FILE * nfiles
+    return room
+
+
+def _shift(fd: int, start: int, end: int, delta: int) -> None:
+    """Move the bytes [start, end) of ``fd`` up by ``delta``, last chunk
+    first (the file grows by ``delta`` only)."""
+    pos = end
+    while pos > start:
+        n = min(COPY_CHUNK * 16, pos - start)
+        pos -= n
+        buf = os.pread(fd, n, pos)
+        if len(buf) != n:
+            raise PmbError("the package file changed while it was being written")
+        view, at = memoryview(buf), pos + delta
+        while view:
+            w = os.pwrite(fd, view, at)
+            at += w
+            view = view[w:]
+
+
 def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                   threads: int = 0, shard_size: int = 8 << 20, progress=None,
                   replace: bool = True, before_rename=None, entries=None,
@@ -269,8 +443,13 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
     size)`` (default: the entry itself, read from the tree) let a caller
     produce members on the way (stream.py: relocated, compiled);
     ``prefix_files`` may then be a function called once every shard is
-    written.  Extra disk: the compressed shards, each appended to the
-    package file and removed in turn.
+    written.
+
+    Extra disk: the package file alone.  Its start is reserved for the
+    manifest (:func:`manifest_room`), the shards go straight after it, in
+    order, each once (:class:`_Sink`), then the manifest into its room,
+    padded with zeros (package/format.py); a manifest larger than its room
+    moves the payload up by the difference.
 
     ``reuse`` (a :class:`Reuse`): shards whose key a previous package's
     sidecar holds are copied from it instead of packed (checked frame by
@@ -280,64 +459,85 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
     keys = [reuse.key(level, ents) for ents in shards] if reuse else [None] * len(shards)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     threads = threads or os.cpu_count() or 1
+    nregular = sum(1 for e in entries if e[1].type == tarfile.REGTYPE)
     if progress:
-        progress.start(sum(size for _, _, size in entries),
-                       sum(1 for e in entries if e[1].type == tarfile.REGTYPE))
-    tmpdir = leftovers.mkdtemp(prefix=".pmb-shards-", dir=out_dir)
+        progress.start(sum(size for _, _, size in entries), nregular)
+    m = Manifest(name=st.name, kind=st.kind, python=st.info.version,
+                 abi=st.info.soabi, platform=st.info.platform,
+                 libpython=st.libpython, executable=st.executable, site_dir=st.site_dir,
+                 created_by=f"python-mpi-bcast {_version()}",
+                 sources=":".join(st.scrub))
+    if not callable(prefix_files):
+        m.prefix_files = list(prefix_files)
+    room = manifest_room(m, len(shards) + 1, nregular, not callable(prefix_files))
     final_tmp = side_tmp = None
     try:
-        paths = [os.path.join(tmpdir, f"{i:05d}.zst") for i in range(len(shards))]
-        def one(i, ents, p):
-            fr = reuse.frame(keys[i]) if reuse else None
-            if fr is not None and reuse.previous.copy(fr, p):
-                reuse.restore(i, fr)
-                if progress:
-                    progress.advance(fr.fbytes, files=fr.nfiles)
-                return (fr.csize, fr.usize, fr.sha256, fr.nfiles, fr.fbytes), True
-            return _write_shard(st.root, ents, p, level, progress,
-                                (lambda rel, ti, size: members(i, rel, ti, size))
-                                if members else None), False
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-            futs = [pool.submit(one, i, ents, p)
-                    for i, (ents, p) in enumerate(zip(shards, paths))]
-            done = [f.result() for f in futs]
-        results = [r for r, _ in done]
-        tail = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(TAR_END)
-        m = Manifest(name=st.name, kind=st.kind, python=st.info.version,
-                     abi=st.info.soabi, platform=st.info.platform,
-                     libpython=st.libpython, executable=st.executable, site_dir=st.site_dir,
-                     created_by=f"python-mpi-bcast {_version()}",
-                     sources=":".join(st.scrub))
-        off = 0
-        for csize, usize, digest, nfiles, _ in results:
-            m.shards.append(Shard(off, csize, usize, nfiles, digest))
-            off += csize
-        m.shards.append(Shard(off, len(tail), len(TAR_END), 0, hashlib.sha256(tail).hexdigest()))
-        off += len(tail)
-        m.payload_size = off
-        m.unpacked_size = sum(r[4] for r in results)
-        m.files = sum(r[3] for r in results)
-        m.content_hash = content_hash([s.sha256 for s in m.shards])
-        m.prefix_files = prefix_files() if callable(prefix_files) else prefix_files
-        if reuse:
-            reuse.note(m, [r for _, r in done], [r[4] for r in results])
-            side_tmp = reuse.sidecar_tmp(m, keys, [r[4] for r in results], out_dir)
         fd, final_tmp = leftovers.mkstemp(prefix=f".{os.path.basename(out_path)}.",
                                           suffix=".part", dir=out_dir)
         with os.fdopen(fd, "wb") as out:
-            out.write(encode_manifest_frame(m))
-            for p in paths:  # each shard goes once appended: the package's size at most
-                with open(p, "rb") as f:
-                    while True:
-                        buf = f.read(16 << 20)
-                        if not buf:
-                            break
-                        out.write(buf)
-                os.unlink(p)
-            out.write(tail)
-            out.flush()
+            sink = _Sink(out.fileno(), room)
+
+            def one(i, ents):
+                try:
+                    dst = sink.out(i)
+                    fr = reuse.frame(keys[i]) if reuse else None
+                    if fr is not None:
+                        if reuse.previous.copy(fr, dst.write):
+                            dst.finish()
+                            reuse.restore(i, fr)
+                            if progress:
+                                progress.advance(fr.fbytes, files=fr.nfiles)
+                            return (fr.csize, fr.usize, fr.sha256, fr.nfiles, fr.fbytes), True
+                        dst.rewind()
+                    return _write_shard(st.root, ents, dst, level, progress,
+                                        (lambda rel, ti, size: members(i, rel, ti, size))
+                                        if members else None), False
+                except BaseException:
+                    sink.fail()
+                    raise
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+                futs = [pool.submit(one, i, ents) for i, ents in enumerate(shards)]
+                try:
+                    concurrent.futures.wait(futs)
+                except BaseException:  # interrupted: the workers stop at their next write
+                    sink.fail()
+                    raise
+            errors = [f.exception() for f in futs if f.exception() is not None]
+            for e in errors:
+                if not isinstance(e, _Cancelled):
+                    raise e
+            done = [f.result() for f in futs]
+            results = [r for r, _ in done]
+            tail = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(TAR_END)
+            sink._write((tail,))
+            off = 0
+            for csize, usize, digest, nfiles, _ in results:
+                m.shards.append(Shard(off, csize, usize, nfiles, digest))
+                off += csize
+            m.shards.append(Shard(off, len(tail), len(TAR_END), 0,
+                                  hashlib.sha256(tail).hexdigest()))
+            off += len(tail)
+            if sink.pos != room + off:  # the sizes add up to what was written
+                raise PmbError(f"writing {out_path}: {sink.pos - room} payload bytes "
+                               f"written, the shards say {off} (a bug)")
+            m.payload_size = off
+            m.unpacked_size = sum(r[4] for r in results)
+            m.files = sum(r[3] for r in results)
+            m.content_hash = content_hash([s.sha256 for s in m.shards])
+            if callable(prefix_files):
+                m.prefix_files = prefix_files()
+            head = encode_manifest_frame(m, room)
+            if len(head) > room:
+                log.info("%s: the manifest outgrew its room by %d bytes; moving the payload "
+                         "up", out_path, len(head) - room)
+                _shift(out.fileno(), room, room + off, len(head) - room)
+            os.pwrite(out.fileno(), head, 0)
+            os.ftruncate(out.fileno(), len(head) + off)
             os.fsync(out.fileno())
+        if reuse:
+            reuse.note(m, [r for _, r in done], [r[4] for r in results])
+            side_tmp = reuse.sidecar_tmp(m, keys, [r[4] for r in results], out_dir)
         os.chmod(final_tmp, 0o644)
         if before_rename is not None:
             before_rename(m)
@@ -375,7 +575,6 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
             leftovers.remove(final_tmp)
         if side_tmp:
             leftovers.remove(side_tmp)
-        leftovers.remove(tmpdir)
 
 
 def _version() -> str:

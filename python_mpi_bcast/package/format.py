@@ -5,13 +5,22 @@ Layout::
     +-----------------------------------------------------------+
     | zstd skippable frame: magic 0x184D2A5B, u32le length,     |
     |   one zstd frame (with content checksum) holding the      |
-    |   manifest text (UTF-8, see below)                        |
+    |   manifest text (UTF-8, see below), then padding: zero    |
+    |   or more 0x00 bytes up to the length                     |
     +-----------------------------------------------------------+
     | shard 0: one zstd frame with content checksum = whole     |  payload
     |   POSIX tar members                                       |
     | shard 1 ...                                               |
     | tail: one zstd frame = the 1024 zero bytes that end a tar |
     +-----------------------------------------------------------+
+
+The padding is room the packer reserved before it knew the manifest: it
+writes the shards straight into the file after the room and the manifest
+into it last (package/archive.py).  The rule, in both readers: the
+skippable frame's body is exactly one zstd frame followed by nothing but
+0x00 bytes (any number, none included; the frame's length covers them); a
+non-zero byte after the frame is refused ("not exactly one zstd frame").
+The payload starts right after the skippable frame (8 + its length).
 
 Decoders skip skippable frames and concatenate the others, so
 ``zstd -dc NAME.tar.zst | tar -x`` and ``tar --zstd -xf NAME.tar.zst`` give
@@ -27,7 +36,7 @@ MODE PATH PLACEHOLDER`` lines; ``end``.  Values are percent-encoded
 (``%XX``, upper-case hex, for ``%``, space and control bytes; never
 ``%00``); numbers are canonical decimals below 2**63; paths are relative
 with no empty, ``.`` or ``..`` component.  Offsets count from the first
-byte after the manifest frame; shards are contiguous and cover the payload
+byte after the skippable frame (its padding included); shards are contiguous and cover the payload
 exactly; their file counts add up to ``files``.  Anything else is refused:
 :func:`parse_manifest_text` here and ``launcher/manifest.c`` apply the same
 rules and are tested against one corpus.
@@ -165,11 +174,42 @@ def content_hash(shard_digests: list[str]) -> str:
     return h.hexdigest()
 
 
-def encode_manifest_frame(m: Manifest) -> bytes:
+def encode_manifest_frame(m: Manifest, room: int = 0) -> bytes:
+    """The manifest's skippable frame, padded with zeros to ``room`` bytes
+    in all when the frame is smaller (never cut: it may be larger)."""
     body = m.to_text().encode("utf-8", "surrogateescape")
     frame = zstandard.ZstdCompressor(level=19, write_checksum=True,
                                      write_content_size=True).compress(body)
-    return struct.pack("<II", SKIPPABLE_MAGIC, len(frame)) + frame
+    pad = max(0, room - 8 - len(frame))
+    return struct.pack("<II", SKIPPABLE_MAGIC, len(frame) + pad) + frame + bytes(pad)
+
+
+def frame_size(b: bytes) -> int | None:
+    """The length of the zstd frame at the start of ``b`` from its header
+    and block headers (what libzstd's ZSTD_findFrameCompressedSize says);
+    None when ``b`` does not hold a whole one."""
+    if len(b) < 6 or b[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    fhd = b[4]
+    if fhd & 0x08:  # reserved bit
+        return None
+    single = fhd >> 5 & 1
+    fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+    pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+    while True:
+        if pos + 3 > len(b):
+            return None
+        h = b[pos] | b[pos + 1] << 8 | b[pos + 2] << 16
+        kind, size = h >> 1 & 3, h >> 3
+        if kind == 3:
+            return None
+        pos += 3 + (1 if kind == 1 else size)
+        if pos > len(b):
+            return None
+        if h & 1:
+            break
+    pos += 4 if fhd & 0x04 else 0
+    return pos if pos <= len(b) else None
 
 
 def decode_manifest_frame(body: bytes) -> bytes:
@@ -187,6 +227,10 @@ def decode_manifest_frame(body: bytes) -> bytes:
         raise ManifestError("corrupt manifest (not a zstd frame)")
     if not body[4] & 0x04:
         raise ManifestError("corrupt manifest (its frame has no checksum)")
+    n = frame_size(body)
+    if n is None or body.count(0, n) != len(body) - n:
+        raise ManifestError("corrupt manifest (not exactly one zstd frame)")
+    body = body[:n]
     try:
         params = zstandard.get_frame_parameters(body)
         text = zstandard.ZstdDecompressor().decompress(body, allow_extra_data=False)

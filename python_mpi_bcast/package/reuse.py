@@ -180,28 +180,24 @@ class Previous:
             os.close(fd)
             raise
 
-    def copy(self, fr: Frame, out_path: str) -> bool:
-        """Copy frame ``fr`` into ``out_path``; False (and nothing left) when
-        its bytes are not the ones the manifest names."""
+    def copy(self, fr: Frame, write) -> bool:
+        """Copy frame ``fr`` through ``write(bytes)``; False when its bytes
+        are not the ones the manifest names (the caller then forgets what
+        went through ``write``)."""
         h = hashlib.sha256()
         pos, left = self.start + fr.offset, fr.csize
-        try:
-            with open(out_path, "wb") as out:
-                while left:
-                    buf = os.pread(self.fd, min(left, 16 << 20), pos)
-                    if not buf:
-                        break
-                    h.update(buf)
-                    out.write(buf)
-                    pos += len(buf)
-                    left -= len(buf)
-        except OSError:
-            left = -1
+        while left:
+            try:  # (an error writing is the new package's: it goes up)
+                buf = os.pread(self.fd, min(left, 16 << 20), pos)
+            except OSError:
+                buf = b""
+            if not buf:
+                break
+            h.update(buf)
+            write(buf)
+            pos += len(buf)
+            left -= len(buf)
         if left or h.hexdigest() != fr.sha256:
-            try:
-                os.unlink(out_path)
-            except FileNotFoundError:
-                pass
             log.info("not reusing shard %d of %s: its bytes changed", fr.index, self.path)
             return False
         return True

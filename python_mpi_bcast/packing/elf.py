@@ -23,10 +23,11 @@ def patchelf_path() -> str:
     return exe
 
 
-def _run(args: list[str]) -> str:
-    return run_checked([patchelf_path()] + args, 120, failed=f"patchelf failed on {args[-1]}",
+def _run(args: list[str], pass_fds=(), name: str | None = None) -> str:
+    return run_checked([patchelf_path()] + args, 120,
+                       failed=f"patchelf failed on {name or args[-1]}",
                        too_slow=f"patchelf {' '.join(args)} did not finish within 120 s",
-                       whole_stderr=True).stdout
+                       whole_stderr=True, pass_fds=pass_fds).stdout
 
 
 def get_rpath(path: str) -> list[str]:
@@ -74,8 +75,10 @@ def rpath_change(path: str, tree_path: str, old_to_new: list[tuple[str, str]]) -
     return ":".join(seen)
 
 
-def set_rpath(path: str, rpath: str) -> None:
-    _run(["--set-rpath", rpath, path])
+def set_rpath(path: str, rpath: str, pass_fds=(), name: str | None = None) -> None:
+    """``pass_fds``: descriptors patchelf inherits (``path`` may be
+    /proc/self/fd/N); ``name``: the file in messages."""
+    _run(["--set-rpath", rpath, path], pass_fds, name)
 
 
 def relocate_rpath(path: str, tree_path: str, old_to_new: list[tuple[str, str]],

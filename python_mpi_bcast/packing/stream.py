@@ -15,10 +15,12 @@ compiling), compress and write.
 The members come in the order a copied tree gives (``archive.list_tree``,
 with the ``__pycache__`` directories compileall would have made), so the
 unpacked tree is the one the copying packer made (tests/packing/test_pack.py keeps
-that equivalence).  Extra disk: an ELF file whose RPATH changes is patched
-in a scratch file in the output directory, one at a time per thread
-(patchelf works on files); ``.py`` sources are read a second time (small,
-from the page cache) when their ``.pyc`` is made.
+that equivalence).  Extra disk: none besides the package (archive.py
+writes the shards straight into it); an ELF file whose RPATH changes is
+patched by patchelf in a memory file (memfd, at most one library of up to
+``BIG_FILE`` per thread; where memfd_create is missing, a scratch file in
+the output directory); ``.py`` sources are read a second time (small, from
+the page cache) when their ``.pyc`` is made.
 """
 
 from __future__ import annotations
@@ -339,20 +341,29 @@ class Writer:
             return None  # not a dynamic object (static, or odd ELF)
         if new is None:
             return None
-        # in the scratch directory (journaled itself: a killed pack's goes next time)
-        fd, tmp = tempfile.mkstemp(prefix="elf-", dir=self.scratch)
+        try:  # patched in memory: no copy of the library on disk
+            fd = os.memfd_create("pmb-elf", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):  # (no memfd: a scratch file)
+            fd, tmp = tempfile.mkstemp(prefix="elf-", dir=self.scratch)
+        else:
+            tmp = None
         try:
-            with os.fdopen(fd, "wb") as f, open(path, "rb") as src:
+            with os.fdopen(fd, "w+b") as f, open(path, "rb") as src:
                 while True:
                     buf = src.read(1 << 20)
                     if not buf:
                         break
                     f.write(buf)
-            elf.set_rpath(tmp, new)
-            with open(tmp, "rb") as f:
+                f.flush()
+                if tmp is None:  # patchelf opens the memfd as its own descriptor
+                    elf.set_rpath(f"/proc/self/fd/{fd}", new, pass_fds=(fd,), name=rel)
+                else:
+                    elf.set_rpath(tmp, new, name=rel)
+                f.seek(0)
                 return f.read()
         finally:
-            os.unlink(tmp)
+            if tmp is not None:
+                os.unlink(tmp)
 
     def _pyc(self, rel: str, ti: tarfile.TarInfo, warn: list):
         py_rel, opt = self.virtual[rel]

@@ -10,14 +10,16 @@ from .errors import PmbError
 
 def run_checked(cmd: list[str], timeout: float, failed: str, too_slow: str,
                 cannot_run: str | None = None, silent: str = "?",
-                whole_stderr: bool = False) -> subprocess.CompletedProcess:
+                whole_stderr: bool = False, pass_fds=()) -> subprocess.CompletedProcess:
     """Run ``cmd`` (text output captured) and return its result; a non-zero
     exit raises ``PmbError("<failed>: <the last line of its stderr>")``
     (``silent`` when it printed nothing; with ``whole_stderr`` all of it), a
     timeout ``PmbError(too_slow)``, and, with ``cannot_run``, a program that
-    cannot be started ``PmbError("<cannot_run>: <the OS's reason>")``."""
+    cannot be started ``PmbError("<cannot_run>: <the OS's reason>")``.
+    ``pass_fds``: descriptors the command inherits."""
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                           pass_fds=pass_fds)
     except OSError as e:
         if cannot_run is None:
             raise

@@ -853,3 +853,115 @@ def test_pack_takes_the_environments_own_pyc_only_where_the_import_system_would(
                                 "garbage", "crashing", "huge", "fifo", "from the pyc"], r.stdout
     f, co = second.split()
     assert f == os.path.join(tsite, "fresh.py") and co == f, second
+
+
+# -- extra disk: the package itself (issue 21) --------------------------------
+
+def _allocated(path) -> int:
+    return os.lstat(path).st_blocks * 512
+
+
+def _peak_disk(cmd, dirs, env) -> dict:
+    """Run ``cmd``; the peak bytes allocated under each of ``dirs`` (and all
+    together, key None), sampled every 10 ms by a thread walking them, as
+    benchmarks/run.py section 13 does (``peak_disk``)."""
+    import threading
+    peak, stop = dict.fromkeys(list(dirs) + [None], 0), threading.Event()
+
+    def used(d) -> int:
+        n = 0
+        for dp, dn, fns in os.walk(d):
+            for f in fns + dn:
+                try:
+                    n += _allocated(os.path.join(dp, f))
+                except OSError:
+                    pass
+        return n
+
+    def sample():
+        while True:
+            now = {d: used(d) for d in dirs}
+            for d in dirs:
+                peak[d] = max(peak[d], now[d])
+            peak[None] = max(peak[None], sum(now.values()))
+            if stop.wait(0.01):
+                return
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        run(cmd, env=env, timeout=900)
+    finally:
+        stop.set()
+        t.join()
+    return peak
+
+
+@pytest.mark.parametrize("what", ["environment", "interpreter"])
+def test_a_packs_peak_extra_disk_is_the_package(demo_venv, tmp_path, what):
+    """The shards go straight into the package file, in order, each once
+    (no temporary shard files), and an ELF file whose RPATH changes (the
+    interpreter's libpython and extension modules) is patched in memory:
+    the output directory's peak is the package and the shard index beside
+    it, and the skeleton's empty scratch directory; 4 KiB blocks counted
+    as allocated, so the allowance is those small files' blocks.  ($TMPDIR
+    holds the staging skeleton, directories and links only: tested by
+    test_pack_makes_no_file_in_tmpdir_for_each_file_of_the_environment.)
+    The package's start is the manifest's reserved room: zeros after the
+    manifest frame (package/format.py), which zstd and tar skip."""
+    t, o = tmp_path / "tmp", tmp_path / "out"
+    t.mkdir()
+    o.mkdir()
+    args = [demo_venv, "-n", "env"] if what == "environment" else ["--python", demo_venv]
+    peak = _peak_disk(CLI + ["pack"] + args + ["-o", str(o), "-q"], [str(t), str(o)],
+                      env=dict(os.environ, TMPDIR=str(t)))
+    (pkg,) = [str(p) for p in o.iterdir() if p.name.endswith(".tar.zst")]
+    size = os.path.getsize(pkg)
+    allowance = _allocated(pkg) - size + _allocated(pkg + ".shards") + 4096
+    assert allowance < 16 << 10
+    print(f"{what}: peak {peak[str(o)]} B in the output directory, {peak[str(t)]} B in "
+          f"TMPDIR, package {size} B: {peak[str(o)] / size:.4f} / {peak[None] / size:.4f}")
+    assert peak[str(o)] <= size + allowance, (peak, size, allowance)
+    # the reserved room: the manifest frame, then zeros, inside the skippable frame
+    import struct
+    from python_mpi_bcast.package.format import frame_size
+    with open(pkg, "rb") as f:
+        _, length = struct.unpack("<II", f.read(8))
+        body = f.read(length)
+    n = frame_size(body)
+    assert n is not None and n < length and body[n:] == bytes(length - n), (n, length)
+    listed = run(["tar", "--zstd", "-tf", pkg], timeout=120).stdout.splitlines()
+    assert len(listed) > read_manifest(pkg)[0].files
+    if shutil.which("zstd"):
+        r = run(["sh", "-c", f"zstd -dcq '{pkg}' | tar -t"], timeout=120)
+        assert r.stdout.splitlines() == listed
+
+
+def test_a_manifest_larger_than_its_room_moves_the_payload_and_the_package_is_whole(
+        relocation_venv, tmp_path):
+    """Prefix lines are found while the shards are written, after the room
+    for the manifest was reserved: a manifest that outgrows its room (here a
+    room of 64 bytes) moves the payload up and goes in without padding; the
+    package verifies and unpacks to the tree a normal pack gives."""
+    normal, tight = tmp_path / "normal", tmp_path / "tight"
+    run(CLI + ["pack", relocation_venv, "-n", "e", "-o", str(normal), "-q"], timeout=900)
+    run([sys.executable, "-c",
+         "from python_mpi_bcast.package import archive\n"
+         "archive.manifest_room = lambda *args: 64  # less than any manifest\n"
+         "from python_mpi_bcast.packing.pack import pack\n"
+         f"pack(venv={relocation_venv!r}, name='e', output_dir={str(tight)!r}, quiet=True)"],
+        timeout=900)
+    trees = []
+    for out in (normal, tight):
+        pkg = str(out / "e.tar.zst")
+        assert "OK" in run(CLI + ["verify", pkg], timeout=300).stdout
+        run(CLI + ["unpack", pkg, str(out / "tree")], timeout=300)
+        trees.append(tree_digest(str(out / "tree"), skip=(".python-mpi-bcast-unpack.json",),
+                                 own_path=True))
+    assert trees[0] == trees[1]
+    m, start = read_manifest(str(tight / "e.tar.zst"))
+    assert m.prefix_files and start + m.payload_size == os.path.getsize(tight / "e.tar.zst")
+    from python_mpi_bcast.package.format import frame_size
+    with open(tight / "e.tar.zst", "rb") as f:
+        body = f.read(start)[8:]
+    assert frame_size(body) == len(body)  # no padding: exactly the frame
