@@ -965,3 +965,39 @@ def test_a_manifest_larger_than_its_room_moves_the_payload_and_the_package_is_wh
     with open(tight / "e.tar.zst", "rb") as f:
         body = f.read(start)[8:]
     assert frame_size(body) == len(body)  # no padding: exactly the frame
+
+
+@pytest.mark.parametrize("window", [0, 1 << 20])
+def test_shards_made_ahead_of_their_turn_past_the_memory_window_wait_and_stream(tmp_path,
+                                                                               window):
+    """Shards finished before their turn wait in memory up to a window
+    (archive.WINDOW, all threads together); past it a worker waits until
+    its shard is at the head and streams into the package (a shard larger
+    than memory never goes to a temporary file).  With no window at all or
+    one smaller than a shard (a 24 MB incompressible file among small
+    ones), 4 threads write the package the default does: the same frames
+    in the same places, the same tree."""
+    src = tmp_path / "src"
+    for i in range(40):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 4}" / f"f{i}").write_bytes(os.urandom(300_000) + bytes(300_000))
+    (src / "d2" / "huge.bin").write_bytes(os.urandom(24 << 20))
+    args = ["--directory", str(src), "-n", "d", "--shard-size", "1M", "--threads", "4", "-q"]
+    run(CLI + ["pack"] + args + ["-o", str(tmp_path / "default")], timeout=600)
+    run([sys.executable, "-c",
+         "import sys\n"
+         "from python_mpi_bcast.package import archive\n"
+         f"archive.WINDOW = {window}\n"
+         "from python_mpi_bcast.cli import main\n"
+         f"sys.exit(main({['pack'] + args + ['-o', str(tmp_path / 'small')]!r}))"],
+        timeout=600)
+    trees, shards = [], []
+    for out in ("default", "small"):
+        pkg = str(tmp_path / out / "d.tar.zst")
+        assert "OK" in run(CLI + ["verify", pkg], timeout=300).stdout
+        run(CLI + ["unpack", pkg, str(tmp_path / out / "tree")], timeout=300)
+        trees.append(tree_digest(str(tmp_path / out / "tree"),
+                                 skip=(".python-mpi-bcast-unpack.json",)))
+        shards.append([(s.offset, s.csize, s.usize, s.nfiles) for s in read_manifest(pkg)[0].shards])
+    assert len(shards[0]) > 8 and shards[0] == shards[1]  # (the skeleton's directory times
+    assert trees[0] == trees[1]                           # are the pack's: no byte compare)
