@@ -36,8 +36,9 @@ MODE PATH PLACEHOLDER`` lines; ``end``.  Values are percent-encoded
 (``%XX``, upper-case hex, for ``%``, space and control bytes; never
 ``%00``); numbers are canonical decimals below 2**63; paths are relative
 with no empty, ``.`` or ``..`` component.  Offsets count from the first
-byte after the skippable frame (its padding included); shards are contiguous and cover the payload
-exactly; their file counts add up to ``files``.  Anything else is refused:
+byte after the skippable frame (its padding included); shards are
+contiguous and cover the payload exactly; their file counts add up to
+``files``.  Anything else is refused:
 :func:`parse_manifest_text` here and ``launcher/manifest.c`` apply the same
 rules and are tested against one corpus.
 
