@@ -130,9 +130,8 @@ def test_killed_save_leaves_the_previous_entry_intact(user, demo_venv, tmp_path)
     try:
         deadline = time.time() + 600
         while time.time() < deadline and p.poll() is None:
-            # the shard files (written first) or the final temporary file
-            if any(f.startswith((".science.tar.zst.", ".pmb-shards-"))
-                   for f in os.listdir(user["cache"])):
+            # the package's temporary file (the shards go straight into it)
+            if any(f.startswith(".science.tar.zst.") for f in os.listdir(user["cache"])):
                 break
             time.sleep(0.005)
         assert p.poll() is None, "save finished before it could be interrupted"
@@ -149,8 +148,7 @@ def test_killed_save_leaves_the_previous_entry_intact(user, demo_venv, tmp_path)
     # removes what the killed save left, and says so: no later test sees it
     r = cli(user, "clean", str(tmp_path))
     assert "(left by a killed 'save'" in r.stdout, r.stdout
-    assert not [f for f in os.listdir(user["cache"]) if f.startswith((".science.tar.zst.",
-                                                                      ".pmb-shards-"))]
+    assert not [f for f in os.listdir(user["cache"]) if f.startswith(".science.tar.zst.")]
 
 
 def test_load_of_an_unknown_name_lists_the_saved_ones(user):
