@@ -508,6 +508,38 @@ def test_broken_tar_streams_are_refused(place, raw, needle):
     both_refuse(place, PKG, needle)
 
 
+PEAK_RSS = """import resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=300)
+sys.stdout.write(r.stderr)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)
+"""
+
+
+def peak_rss(args: list[str]) -> tuple[str, int, int]:
+    """(stderr, peak RSS in KiB of the process and its children, exit status)."""
+    r = run([CLI[0], "-c", PEAK_RSS] + args, timeout=320)
+    *err, last = r.stdout.splitlines()
+    kib, rc = map(int, last.split())
+    return "\n".join(err) + "\n" if err else "", kib, rc
+
+
+def test_a_huge_declared_pax_header_is_refused_without_reading_it(place):
+    """A pax header declaring 8 GiB, then 256 MiB of zeros (a package of a
+    few KB): every reader refuses it by its size, and verify never buffers
+    it (it held 1 GB for 300 MiB, or died with a MemoryError traceback
+    under ulimit -v)."""
+    h = bytes(ustar_header(b"././@PaxHeader", size=b"77777777777\0", type_=b"x"))
+    frame = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(
+        h + bytes(256 << 20))
+    write_package(pkg(place), [h + bytes(1024)], frames=[frame],
+                  fix=lambda m: setattr(m.shards[0], "usize", len(h) + (256 << 20)))
+    assert os.path.getsize(pkg(place)) < 100_000
+    both_refuse(place, PKG, "pax header of 8589934591 bytes")
+    err, kib, rc = peak_rss(CLI + ["verify", pkg(place)])
+    assert rc == 1 and "pax header of 8589934591 bytes" in err and len(err.splitlines()) == 1, err
+    assert kib < 150_000, f"verify peaked at {kib} KiB"
+
+
 def test_members_after_the_end_blocks_are_refused(place):
     raw = tar_member("a", b"x")
     write_package(pkg(place), [raw], tail=zframe(b"\0" * 1024 + tar_member("late", b"y")))
