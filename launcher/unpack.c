@@ -1093,12 +1093,20 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
         }
         const char *leaf;
         int pfd = parent_fd(&walk, pf->path, &leaf);
-        int fd = openat(pfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode))
+        struct stat st, rd;
+        if (fstatat(pfd, leaf, &st, AT_SYMLINK_NOFOLLOW) || !S_ISREG(st.st_mode))
             pmb_die("package '%s': corrupt manifest (prefix file '%s' is not a regular file of "
                     "the package)", m->file, pf->path);
-        size_t size = (size_t)st.st_size;
+        /* a file its owner cannot read (mode 000, 0200) is read all the same, as check
+         * mode accepts it and root reads it: the patched copy gets st's mode back */
+        if (!(st.st_mode & S_IRUSR) && fchmodat(pfd, leaf, (st.st_mode & 07777) | S_IRUSR, 0))
+            pmb_die("cannot make %s/%s readable to patch its prefix: %s", root, pf->path,
+                    strerror(errno));
+        int fd = openat(pfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &rd) || !S_ISREG(rd.st_mode) || rd.st_ino != st.st_ino)
+            pmb_die("package '%s': corrupt manifest (prefix file '%s' is not a regular file of "
+                    "the package)", m->file, pf->path);
+        size_t size = (size_t)rd.st_size;
         char *data = pmb_xmalloc(size + 1);
         if (pmb_read_full(fd, data, size) < size)
             pmb_die("cannot read %s/%s while patching prefixes", root, pf->path);

@@ -363,6 +363,42 @@ def test_later_layers_replace_files_and_links(place):
         assert open(os.path.join(tree, "l"), "rb").read() == b"two"
 
 
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o200])
+def test_a_prefix_file_its_owner_cannot_read_is_patched_by_every_reader(place, mode):
+    """A prefix-bearing file of mode 000 or 0200, unpacked by a user who is
+    not root: the unpacker makes it owner-readable to read it (it refused
+    it before, 'prefix file ... is not a regular file of the package',
+    while verify's check accepted it); the patched file keeps its mode."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the readers as nobody")
+    raw = (tar_member("d", type_=tarfile.DIRTYPE)
+           + tar_member("d/f", b"at " + PLACEHOLDER.encode() + b"\n", mode=mode))
+    write_package(pkg(place), [raw], prefix=[("text", "d/f", PLACEHOLDER)])
+    os.chown(place.base, 65534, 65534)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PYTHON_MPI_") and k not in ("PYTHONHOME", "PYTHONPATH")}
+    env.update(HOME=place.base, TMPDIR=place.base)
+    dest = os.path.join(place.base, "dest")
+    r = run(NOBODY + CLI + ["unpack", pkg(place), dest], env=env, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    r = run(NOBODY + CLI + ["verify", pkg(place)], env=env, timeout=120, check=False)
+    assert r.returncode == 0 and ": OK (" in r.stdout, r.stderr
+    env.update(PYTHON_MPI_PKGROOT=place.pkgs, PYTHON_MPI_PACKAGES=PKG,
+               PYTHON_MPI_CHROOT=os.path.join(place.nodes, "node-%n"), MPIR_CVAR_NUM_CLIQUES="2")
+    r = run(NOBODY + [MPIEXEC, "-n", "2", LAUNCHER, "--stage-only"], env=env, timeout=120,
+            check=False)
+    assert r.returncode == 0, r.stderr
+    trees = place.ready_trees()
+    assert len(trees) == 2, trees
+    for tree in trees + [dest]:
+        f = os.path.join(tree, "d", "f")
+        assert os.stat(f).st_mode & 0o7777 == mode, oct(os.stat(f).st_mode)
+        assert open(f, "rb").read() == b"at " + tree.encode() + b"\n"
+
+
 # -- class 3 and 8: the manifest ---------------------------------------------
 
 @pytest.mark.parametrize("path", ["/abs/victim.txt", "../sentinel/victim.txt",
