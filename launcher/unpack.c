@@ -39,6 +39,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +103,8 @@ struct pmb_unpacker {
     char deferred[1024];
     /* check mode (no root): what the tree would hold, instead of a tree */
     pmb_names *names;
+    /* unpacking: the files and links this layer made, shared by its threads */
+    pmb_names *made;
     char last_dir[PATH_MAX];  /* the last member's parent ("a/b/"), its node */
     size_t last_dir_len, last_dir_node;
 };
@@ -142,11 +145,14 @@ struct pmb_names {
     size_t *off;              /* its component: pool[off .. off + len) */
     unsigned char *len;       /* <= NAME_MAX, checked before a node is made */
     unsigned char *type;
+    unsigned *gen;            /* the package that last gave the node its type */
+    unsigned cur;             /* the package being read (check mode) */
     size_t n, ncap;           /* nodes (node 0: the root) */
     char *pool;
     size_t pool_len, pool_cap;
     size_t *slot;             /* node numbers */
     size_t cap;
+    pthread_mutex_t mu;       /* unpacking: names_mark's, shared by the threads */
 };
 
 pmb_names *pmb_names_new(void)
@@ -157,8 +163,10 @@ pmb_names *pmb_names_new(void)
     t->off = pmb_xmalloc(t->ncap * sizeof *t->off);
     t->len = pmb_xmalloc(t->ncap);
     t->type = pmb_xmalloc(t->ncap);
-    t->parent[0] = t->off[0] = t->len[0] = 0;
+    t->gen = pmb_xmalloc(t->ncap * sizeof *t->gen);
+    t->parent[0] = t->off[0] = t->len[0] = t->gen[0] = 0;
     t->type[0] = 'd';
+    pthread_mutex_init(&t->mu, NULL);
     t->n = 1;
     t->pool_cap = 1u << 16;
     t->pool = pmb_xmalloc(t->pool_cap);
@@ -200,6 +208,7 @@ static size_t names_add(pmb_names *t, size_t parent, const char *s, size_t n, in
         t->off = pmb_xrealloc(t->off, t->ncap * sizeof *t->off);
         t->len = pmb_xrealloc(t->len, t->ncap);
         t->type = pmb_xrealloc(t->type, t->ncap);
+        t->gen = pmb_xrealloc(t->gen, t->ncap * sizeof *t->gen);
     }
     while (t->pool_len + n > t->pool_cap) {
         t->pool_cap *= 2;
@@ -210,6 +219,7 @@ static size_t names_add(pmb_names *t, size_t parent, const char *s, size_t n, in
     t->off[k] = t->pool_len;
     t->len[k] = (unsigned char)n;
     t->type[k] = (unsigned char)type;
+    t->gen[k] = t->cur;
     memcpy(t->pool + t->pool_len, s, n);
     t->pool_len += n;
     t->slot[names_slot(t, parent, s, n)] = k;
@@ -223,8 +233,42 @@ static size_t names_add(pmb_names *t, size_t parent, const char *s, size_t n, in
     return k;
 }
 
+/* Unpacking: record that this layer makes the file or link name[0:nl]
+ * (parents: 'd' nodes, whatever the tree holds); 0 when it made it already
+ * (a repeated name, which the threads would otherwise settle by timing). */
+static int names_mark(pmb_names *t, const char *name, size_t nl)
+{
+    int fresh = 1;
+    pthread_mutex_lock(&t->mu);
+    size_t node = 0;
+    for (size_t i = 0, c = 0; i <= nl; i++) {
+        if (i < nl && name[i] != '/')
+            continue;
+        if (i - c > NAME_MAX)
+            break; /* the file system refuses it */
+        size_t k = names_child(t, node, name + c, i - c);
+        if (i == nl) {
+            if (k && t->type[k] != 'd')
+                fresh = 0;
+            else if (k)
+                t->type[k] = 'f';
+            else
+                names_add(t, node, name + c, i - c, 'f');
+            break;
+        }
+        node = k ? k : names_add(t, node, name + c, i - c, 'd');
+        c = i + 1;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return fresh;
+}
+
+#define REPEATED "the package holds a file or symlink of that name twice"
+
 void pmb_names_free(pmb_names *t)
 {
+    pthread_mutex_destroy(&t->mu);
+    free(t->gen);
     free(t->parent);
     free(t->off);
     free(t->len);
@@ -274,7 +318,12 @@ pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m, pmb_name
     pmb_unpacker *u = pmb_xcalloc(1, sizeof *u);
     u->m = m;
     u->sha_first = pmb_unpack_verify || !root;
-    u->names = names;
+    if (root) {
+        u->made = names;
+    } else {
+        u->names = names;
+        names->cur++;
+    }
     u->rootfd = -1;
     if (root) {
         snprintf(u->root, sizeof u->root, "%s", root);
@@ -555,6 +604,10 @@ static void make_symlink(pmb_unpacker *u, int pfd, const char *leaf, const char 
         UFAIL(u, "refusing symlink %s -> %s (points outside the tree: %s)",
               shown(name, nl, b, sizeof b), shown(link, ll, b2, sizeof b2), why);
     }
+    if (u->made && !names_mark(u->made, name, nl)) {
+        char b[256];
+        UFAIL(u, "refusing archive member '%s' (" REPEATED ")", shown(name, nl, b, sizeof b));
+    }
     int ok = 0;
     for (int tries = 0; tries < 8 && !ok; tries++) {
         ok = !symlinkat(link, pfd, leaf);
@@ -571,6 +624,11 @@ static void make_symlink(pmb_unpacker *u, int pfd, const char *leaf, const char 
 static void begin_file(pmb_unpacker *u, int pfd, const char *leaf, const char *name,
                        uint64_t size)
 {
+    if (u->made && !names_mark(u->made, name, strlen(name))) {
+        char b[256];
+        UFAIL(u, "refusing archive member '%s' (" REPEATED ")",
+              shown(name, strlen(name), b, sizeof b));
+    }
     for (int tries = 0; tries < 8 && u->fd < 0 && !u->names; tries++) {
         u->fd = openat(pfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (u->fd >= 0)
@@ -656,11 +714,15 @@ static void place_name(pmb_unpacker *u, char type, const char *name, size_t nl,
         if (was == 'd')
             UFAIL(u, "refusing archive member '%s' (a directory of that name exists)",
                   shown(name, nl, b, sizeof b));
+        if (was && t->gen[k] == t->cur)
+            UFAIL(u, "refusing archive member '%s' (" REPEATED ")", shown(name, nl, b, sizeof b));
     }
-    if (k)
+    if (k) {
         t->type[k] = (unsigned char)now;
-    else
+        t->gen[k] = t->cur;
+    } else {
         names_add(t, parent, leaf, nl - dl, now);
+    }
 }
 
 /* A tar header is complete in u->hdr: check it, create the member. */
