@@ -25,6 +25,12 @@
  * depth), which with real-directory parents keeps every link inside the
  * tree whatever else it holds.
  *
+ * A file or link name is given once per package: the threads unpacking a
+ * layer in one process share a table of the names they made (names_mark)
+ * and refuse a second one, whichever thread meets it; an earlier layer's
+ * entry of that name is replaced (clear_leaf).  Ranks of one node that
+ * unpack shards of a layer in separate processes do not share the table.
+ *
  * Check mode (root NULL: `python-mpi --pmb-unpack --check`, behind
  * `python-mpi-bcast verify`): every rule above, creating nothing.  The tree
  * is a table of the names it would hold and their types (place_name), which
