@@ -61,6 +61,7 @@ struct pmb_pool {
     pthread_cond_t more, progress;
     uint64_t ready;         /* chunks [0, ready) are in their buffers */
     pmb_worker *w;
+    pmb_names *made;        /* the files and links this layer made (a name twice: refused) */
 };
 
 static __thread pmb_worker *self;
@@ -141,11 +142,12 @@ pmb_pool *pmb_pool_new(const char *root, const pmb_manifest *m, const int *owner
     pthread_cond_init(&p->more, NULL);
     pthread_cond_init(&p->progress, NULL);
     p->w = pmb_xcalloc((size_t)p->nthreads, sizeof *p->w);
+    p->made = pmb_names_new();
     for (int t = 0; t < p->nthreads; t++) {
         pmb_worker *w = &p->w[t];
         w->pool = p;
         w->index = first + t;
-        w->u = pmb_unpacker_new(root, m, NULL);
+        w->u = pmb_unpacker_new(root, m, p->made);
         w->fail_shard = -1;
     }
     if (inline_mode) {
@@ -283,6 +285,7 @@ void pmb_pool_finish(pmb_pool *p, uint64_t *files, uint64_t *bytes)
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->more);
     pthread_cond_destroy(&p->progress);
+    pmb_names_free(p->made);
     free(p->w);
     free(p);
 }

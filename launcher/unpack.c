@@ -25,6 +25,12 @@
  * depth), which with real-directory parents keeps every link inside the
  * tree whatever else it holds.
  *
+ * A file or link name is given once per package: the threads unpacking a
+ * layer in one process share a table of the names they made (names_mark)
+ * and refuse a second one, whichever thread meets it; an earlier layer's
+ * entry of that name is replaced (clear_leaf).  Ranks of one node that
+ * unpack shards of a layer in separate processes do not share the table.
+ *
  * Check mode (root NULL: `python-mpi --pmb-unpack --check`, behind
  * `python-mpi-bcast verify`): every rule above, creating nothing.  The tree
  * is a table of the names it would hold and their types (place_name), which
@@ -39,6 +45,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +109,10 @@ struct pmb_unpacker {
     char deferred[1024];
     /* check mode (no root): what the tree would hold, instead of a tree */
     pmb_names *names;
+    /* unpacking: the files and links this layer made, shared by its threads */
+    pmb_names *made;
+    char last_dir[PATH_MAX];  /* the last member's parent ("a/b/"), its node */
+    size_t last_dir_len, last_dir_node;
 };
 
 int pmb_unpack_verify = 0;
@@ -129,75 +140,147 @@ static void ufail(pmb_unpacker *u, const char *msg)
 
 /* ---- check mode: the names a tree would hold ----------------------------- */
 
-/* Every path the members (and the parents they imply) would create, with
- * its type: 'd', 'f' or 'l'.  Open addressing, grown at half full. */
+/* Every name the members (and the parents they imply) would create, with
+ * its type: 'd', 'f' or 'l'.  A node is (parent node, component): node 0
+ * is the root, a path is found component by component, so the table grows
+ * with the bytes of the names, never with the square of a path's depth.
+ * Components live in one pool; the index is open addressing over node
+ * numbers (0: empty), grown at half full. */
 struct pmb_names {
-    char **key;
+    size_t *parent;           /* per node */
+    size_t *off;              /* its component: pool[off .. off + len) */
+    unsigned char *len;       /* <= NAME_MAX, checked before a node is made */
     unsigned char *type;
-    size_t cap, n;
+    unsigned *gen;            /* the package that last gave the node its type */
+    unsigned cur;             /* the package being read (check mode) */
+    size_t n, ncap;           /* nodes (node 0: the root) */
+    char *pool;
+    size_t pool_len, pool_cap;
+    size_t *slot;             /* node numbers */
+    size_t cap;
+    pthread_mutex_t mu;       /* unpacking: names_mark's, shared by the threads */
 };
 
 pmb_names *pmb_names_new(void)
 {
     pmb_names *t = pmb_xcalloc(1, sizeof *t);
-    t->cap = 1024;
-    t->key = pmb_xcalloc(t->cap, sizeof *t->key);
-    t->type = pmb_xcalloc(t->cap, 1);
+    t->ncap = 1024;
+    t->parent = pmb_xmalloc(t->ncap * sizeof *t->parent);
+    t->off = pmb_xmalloc(t->ncap * sizeof *t->off);
+    t->len = pmb_xmalloc(t->ncap);
+    t->type = pmb_xmalloc(t->ncap);
+    t->gen = pmb_xmalloc(t->ncap * sizeof *t->gen);
+    t->parent[0] = t->off[0] = t->len[0] = t->gen[0] = 0;
+    t->type[0] = 'd';
+    pthread_mutex_init(&t->mu, NULL);
+    t->n = 1;
+    t->pool_cap = 1u << 16;
+    t->pool = pmb_xmalloc(t->pool_cap);
+    t->cap = 2048;
+    t->slot = pmb_xcalloc(t->cap, sizeof *t->slot);
     return t;
 }
 
-static size_t names_slot(const pmb_names *t, const char *s, size_t n)
+static size_t names_hash(size_t parent, const char *s, size_t n)
 {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)parent * 0x9E3779B97F4A7C15ull;
     for (size_t i = 0; i < n; i++)
         h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    size_t i = (size_t)h & (t->cap - 1);
-    while (t->key[i] && (strlen(t->key[i]) != n || memcmp(t->key[i], s, n)))
-        i = (i + 1) & (t->cap - 1);
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* The slot of (parent, s[0:n]): its node, or the empty slot it would take. */
+static size_t names_slot(const pmb_names *t, size_t parent, const char *s, size_t n)
+{
+    size_t i = names_hash(parent, s, n) & (t->cap - 1);
+    for (size_t k; (k = t->slot[i]); i = (i + 1) & (t->cap - 1))
+        if (t->parent[k] == parent && t->len[k] == n && !memcmp(t->pool + t->off[k], s, n))
+            break;
     return i;
 }
 
-/* The type of s[0:n], or 0 when the tree would not hold it. */
-static int names_get(const pmb_names *t, const char *s, size_t n)
+/* The node of the child s[0:n] of parent, or 0 when the tree would not hold it. */
+static size_t names_child(const pmb_names *t, size_t parent, const char *s, size_t n)
 {
-    size_t i = names_slot(t, s, n);
-    return t->key[i] ? t->type[i] : 0;
+    return t->slot[names_slot(t, parent, s, n)];
 }
 
-static void names_set(pmb_names *t, const char *s, size_t n, int type)
+/* A new child s[0:n] (n <= NAME_MAX, not in the table) of parent: its node. */
+static size_t names_add(pmb_names *t, size_t parent, const char *s, size_t n, int type)
 {
-    size_t i = names_slot(t, s, n);
-    if (t->key[i]) {
-        t->type[i] = (unsigned char)type;
-        return;
+    if (t->n == t->ncap) {
+        t->ncap *= 2;
+        t->parent = pmb_xrealloc(t->parent, t->ncap * sizeof *t->parent);
+        t->off = pmb_xrealloc(t->off, t->ncap * sizeof *t->off);
+        t->len = pmb_xrealloc(t->len, t->ncap);
+        t->type = pmb_xrealloc(t->type, t->ncap);
+        t->gen = pmb_xrealloc(t->gen, t->ncap * sizeof *t->gen);
     }
-    char *k = pmb_xmalloc(n + 1);
-    memcpy(k, s, n);
-    k[n] = 0;
-    t->key[i] = k;
-    t->type[i] = (unsigned char)type;
-    if (++t->n * 2 < t->cap)
-        return;
-    pmb_names old = *t;
-    t->cap *= 2;
-    t->key = pmb_xcalloc(t->cap, sizeof *t->key);
-    t->type = pmb_xcalloc(t->cap, 1);
-    for (size_t j = 0; j < old.cap; j++)
-        if (old.key[j]) {
-            size_t at = names_slot(t, old.key[j], strlen(old.key[j]));
-            t->key[at] = old.key[j];
-            t->type[at] = old.type[j];
-        }
-    free(old.key);
-    free(old.type);
+    while (t->pool_len + n > t->pool_cap) {
+        t->pool_cap *= 2;
+        t->pool = pmb_xrealloc(t->pool, t->pool_cap);
+    }
+    size_t k = t->n++;
+    t->parent[k] = parent;
+    t->off[k] = t->pool_len;
+    t->len[k] = (unsigned char)n;
+    t->type[k] = (unsigned char)type;
+    t->gen[k] = t->cur;
+    memcpy(t->pool + t->pool_len, s, n);
+    t->pool_len += n;
+    t->slot[names_slot(t, parent, s, n)] = k;
+    if (t->n * 2 >= t->cap) {
+        free(t->slot);
+        t->cap *= 2;
+        t->slot = pmb_xcalloc(t->cap, sizeof *t->slot);
+        for (size_t j = 1; j < t->n; j++)
+            t->slot[names_slot(t, t->parent[j], t->pool + t->off[j], t->len[j])] = j;
+    }
+    return k;
 }
+
+/* Unpacking: record that this layer makes the file or link name[0:nl]
+ * (parents: 'd' nodes, whatever the tree holds); 0 when it made it already
+ * (a repeated name, which the threads would otherwise settle by timing). */
+static int names_mark(pmb_names *t, const char *name, size_t nl)
+{
+    int fresh = 1;
+    pthread_mutex_lock(&t->mu);
+    size_t node = 0;
+    for (size_t i = 0, c = 0; i <= nl; i++) {
+        if (i < nl && name[i] != '/')
+            continue;
+        if (i - c > NAME_MAX)
+            break; /* the file system refuses it */
+        size_t k = names_child(t, node, name + c, i - c);
+        if (i == nl) {
+            if (k && t->type[k] != 'd')
+                fresh = 0;
+            else if (k)
+                t->type[k] = 'f';
+            else
+                names_add(t, node, name + c, i - c, 'f');
+            break;
+        }
+        node = k ? k : names_add(t, node, name + c, i - c, 'd');
+        c = i + 1;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return fresh;
+}
+
+#define REPEATED "the package holds a file or symlink of that name twice"
 
 void pmb_names_free(pmb_names *t)
 {
-    for (size_t j = 0; j < t->cap; j++)
-        free(t->key[j]);
-    free(t->key);
+    pthread_mutex_destroy(&t->mu);
+    free(t->gen);
+    free(t->parent);
+    free(t->off);
+    free(t->len);
     free(t->type);
+    free(t->pool);
+    free(t->slot);
     free(t);
 }
 
@@ -241,7 +324,12 @@ pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m, pmb_name
     pmb_unpacker *u = pmb_xcalloc(1, sizeof *u);
     u->m = m;
     u->sha_first = pmb_unpack_verify || !root;
-    u->names = names;
+    if (root) {
+        u->made = names;
+    } else {
+        u->names = names;
+        names->cur++;
+    }
     u->rootfd = -1;
     if (root) {
         snprintf(u->root, sizeof u->root, "%s", root);
@@ -522,6 +610,10 @@ static void make_symlink(pmb_unpacker *u, int pfd, const char *leaf, const char 
         UFAIL(u, "refusing symlink %s -> %s (points outside the tree: %s)",
               shown(name, nl, b, sizeof b), shown(link, ll, b2, sizeof b2), why);
     }
+    if (u->made && !names_mark(u->made, name, nl)) {
+        char b[256];
+        UFAIL(u, "refusing archive member '%s' (" REPEATED ")", shown(name, nl, b, sizeof b));
+    }
     int ok = 0;
     for (int tries = 0; tries < 8 && !ok; tries++) {
         ok = !symlinkat(link, pfd, leaf);
@@ -538,6 +630,11 @@ static void make_symlink(pmb_unpacker *u, int pfd, const char *leaf, const char 
 static void begin_file(pmb_unpacker *u, int pfd, const char *leaf, const char *name,
                        uint64_t size)
 {
+    if (u->made && !names_mark(u->made, name, strlen(name))) {
+        char b[256];
+        UFAIL(u, "refusing archive member '%s' (" REPEATED ")",
+              shown(name, strlen(name), b, sizeof b));
+    }
     for (int tries = 0; tries < 8 && u->fd < 0 && !u->names; tries++) {
         u->fd = openat(pfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (u->fd >= 0)
@@ -567,46 +664,71 @@ static void place_name(pmb_unpacker *u, char type, const char *name, size_t nl,
                        const char *link, size_t ll)
 {
     char b[256];
-    for (size_t i = 0, c = 0; i <= nl; i++) {
+    pmb_names *t = u->names;
+    /* the parent: the last member's (parent_fd's cache), else found from the root */
+    size_t dl = nl;
+    while (dl && name[dl - 1] != '/')
+        dl--;
+    size_t parent = 0, c = 0;
+    if (dl && u->last_dir_len == dl && !memcmp(u->last_dir, name, dl)) {
+        parent = u->last_dir_node;
+        c = dl;
+    }
+    for (size_t i = c; i <= nl; i++) {
         if (i < nl && name[i] != '/')
             continue;
         if (i - c > NAME_MAX)
             UFAIL(u, "refusing archive member '%s' (file name too long: a path component of "
                   "more than %d bytes)", shown(name, nl, b, sizeof b), NAME_MAX);
-        c = i + 1;
         if (i == nl)
             break;
-        int t = names_get(u->names, name, i);
-        if (!t) {
-            names_set(u->names, name, i, 'd');
-        } else if (t != 'd') {
+        size_t k = names_child(t, parent, name + c, i - c);
+        if (!k) {
+            k = names_add(t, parent, name + c, i - c, 'd');
+        } else if (t->type[k] != 'd') {
             char dir[PATH_MAX];
             memcpy(dir, name, i);
             dir[i] = 0;
             UFAIL(u, "refusing archive member '%s' (its parent '%s' is a symlink or a file, "
                   "not a directory)", shown(name, nl, b, sizeof b), dir);
         }
+        parent = k;
+        c = i + 1;
     }
-    int t = names_get(u->names, name, nl);
+    if (dl && (u->last_dir_len != dl || parent != u->last_dir_node)) {
+        memcpy(u->last_dir, name, dl); /* a directory's node is never retyped */
+        u->last_dir_len = dl;
+        u->last_dir_node = parent;
+    }
+    const char *leaf = name + dl;
+    size_t k = names_child(t, parent, leaf, nl - dl);
+    int was = k ? t->type[k] : 0;
+    int now = type == '5' ? 'd' : type == '2' ? 'l' : 'f';
     if (type == '5') {
-        if (t && t != 'd')
+        if (was && was != 'd')
             UFAIL(u, "refusing archive member '%s' (a file or symlink of that name exists)",
                   shown(name, nl, b, sizeof b));
-        names_set(u->names, name, nl, 'd');
-        return;
-    }
-    if (type == '2') {
-        const char *why = pmb_link_problem(name, link, ll);
-        if (why) {
-            char b2[256];
-            UFAIL(u, "refusing symlink %s -> %s (points outside the tree: %s)",
-                  shown(name, nl, b, sizeof b), shown(link, ll, b2, sizeof b2), why);
+    } else {
+        if (type == '2') {
+            const char *why = pmb_link_problem(name, link, ll);
+            if (why) {
+                char b2[256];
+                UFAIL(u, "refusing symlink %s -> %s (points outside the tree: %s)",
+                      shown(name, nl, b, sizeof b), shown(link, ll, b2, sizeof b2), why);
+            }
         }
+        if (was == 'd')
+            UFAIL(u, "refusing archive member '%s' (a directory of that name exists)",
+                  shown(name, nl, b, sizeof b));
+        if (was && t->gen[k] == t->cur)
+            UFAIL(u, "refusing archive member '%s' (" REPEATED ")", shown(name, nl, b, sizeof b));
     }
-    if (t == 'd')
-        UFAIL(u, "refusing archive member '%s' (a directory of that name exists)",
-              shown(name, nl, b, sizeof b));
-    names_set(u->names, name, nl, type == '2' ? 'l' : 'f');
+    if (k) {
+        t->type[k] = (unsigned char)now;
+        t->gen[k] = t->cur;
+    } else {
+        names_add(t, parent, leaf, nl - dl, now);
+    }
 }
 
 /* A tar header is complete in u->hdr: check it, create the member. */
@@ -1039,12 +1161,20 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
         }
         const char *leaf;
         int pfd = parent_fd(&walk, pf->path, &leaf);
-        int fd = openat(pfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode))
+        struct stat st, rd;
+        if (fstatat(pfd, leaf, &st, AT_SYMLINK_NOFOLLOW) || !S_ISREG(st.st_mode))
             pmb_die("package '%s': corrupt manifest (prefix file '%s' is not a regular file of "
                     "the package)", m->file, pf->path);
-        size_t size = (size_t)st.st_size;
+        /* a file its owner cannot read (mode 000, 0200) is read all the same, as check
+         * mode accepts it and root reads it: the patched copy gets st's mode back */
+        if (!(st.st_mode & S_IRUSR) && fchmodat(pfd, leaf, (st.st_mode & 07777) | S_IRUSR, 0))
+            pmb_die("cannot make %s/%s readable to patch its prefix: %s", root, pf->path,
+                    strerror(errno));
+        int fd = openat(pfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &rd) || !S_ISREG(rd.st_mode) || rd.st_ino != st.st_ino)
+            pmb_die("package '%s': corrupt manifest (prefix file '%s' is not a regular file of "
+                    "the package)", m->file, pf->path);
+        size_t size = (size_t)rd.st_size;
         char *data = pmb_xmalloc(size + 1);
         if (pmb_read_full(fd, data, size) < size)
             pmb_die("cannot read %s/%s while patching prefixes", root, pf->path);
@@ -1124,20 +1254,22 @@ void pmb_check_prefixes(const pmb_names *names, const pmb_manifest *m)
     for (int i = 0; i < m->nprefix; i++) {
         const char *path = m->prefix[i].path;
         size_t n = strlen(path);
-        for (size_t k = 0; k < n; k++) {
-            if (path[k] != '/')
+        size_t node = 0;
+        for (size_t k = 0, c = 0; k <= n; k++) {
+            if (k < n && path[k] != '/')
                 continue;
-            int t = names_get(names, path, k);
-            if (t && t != 'd') {
+            node = k - c > NAME_MAX ? 0 : names_child(names, node, path + c, k - c);
+            c = k + 1;
+            if (!node || k == n)
+                break; /* missing: so is the file */
+            if (names->type[node] != 'd') {
                 char b[256];
                 pmb_die("package '%s': refusing archive member '%s' (its parent '%.*s' is a "
                         "symlink or a file, not a directory)", m->file,
                         shown(path, n, b, sizeof b), (int)k, path);
             }
-            if (!t)
-                break; /* missing: so is the file */
         }
-        if (names_get(names, path, n) != 'f')
+        if (!node || names->type[node] != 'f')
             pmb_die("package '%s': corrupt manifest (prefix file '%s' is not a regular file of "
                     "the package)", m->file, path);
     }

@@ -14,10 +14,13 @@ extern uint64_t pmb_tree_need;
 extern int pmb_unpack_verify;
 
 typedef struct pmb_unpacker pmb_unpacker;
-/* check mode: the names a tree would hold, without a tree */
+/* a table of names: in check mode the names a tree would hold, without a
+ * tree; unpacking, the files and links one layer made, shared by its
+ * threads (a name made twice is refused) */
 typedef struct pmb_names pmb_names;
 pmb_names *pmb_names_new(void);
 void pmb_names_free(pmb_names *t);
+/* root NULL: check mode, names the tree; else names: this layer's record */
 pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m, pmb_names *names);
 void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *buf, uint64_t offset, size_t len,
                        const int *owner, int me);

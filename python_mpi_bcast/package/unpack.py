@@ -1,6 +1,7 @@
 """``python-mpi-bcast unpack PKG... DEST``: what the launcher does on each
 node, by the launcher's own unpacker (``python-mpi --pmb-unpack``), so both
-accept and refuse exactly the same packages.
+apply the same rules (the differences still known: README.rst, "One set of
+rules").
 
 Layers unpack in order into one tree; the tree appears under DEST only when
 every layer is complete (unpacked into a temporary sibling, then renamed).

@@ -16,6 +16,7 @@ from .prefixes import has_prefix
 from .scan import scan_chunks, scan_tree
 
 CHUNK = 1 << 20  # what verify reads of the decoded stream at a time
+MAX_PAX = 1 << 20  # the largest pax header the unpacker reads (PMB_MAX_PAX in unpack.c)
 
 
 def inspect(path: str) -> Manifest:
@@ -184,6 +185,8 @@ class _Tar:
             size = int(pax.get(b"size") or _octal(h[124:136]))
             self.left = size + (-size) % 512
             if kind == "x":
+                if not 0 < size <= MAX_PAX:  # the unpacker refuses it: never buffer it
+                    raise ValueError(f"pax header of {size} bytes")
                 pax = _pax(self._exactly(self.left)[:size])
                 self.left = 0
                 continue

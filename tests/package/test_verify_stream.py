@@ -2,9 +2,9 @@
 checks the package without creating anything (``python-mpi --pmb-unpack
 --check``) while verify decodes the same frames and scans each member for
 leftover source paths as it goes; one SHA-256 pass (the unpacker's), whose
-failure is still the line verify gives for a damaged shard.  (Every package
-the readers refuse, verify refuses too, and its scan of the stream reports
-what a scan of the unpacked tree reports: test_hostile.py.)"""
+failure is still the line verify gives for a damaged shard.  (The hostile
+packages the readers refuse, verify refuses too, and its scan of the
+stream reports what a scan of the unpacked tree reports: test_hostile.py.)"""
 
 from __future__ import annotations
 
@@ -72,3 +72,35 @@ def test_a_damaged_shard_is_reported_by_its_sha256_with_or_without_into(tmp_path
     # unpack, like the launcher, says what its decoder found
     r = run(CLI + ["unpack", bad, str(tmp_path / "u")], timeout=120, check=False)
     assert r.returncode == 1 and "corrupt package: shard 1 fails its check (zstd" in r.stderr
+
+
+class _Endless:
+    """A decoded stream: ``head``, then zeros for ever; counts what is read."""
+
+    def __init__(self, head: bytes):
+        self.head, self.served = head, 0
+
+    def read(self, n: int) -> bytes:
+        out = self.head[self.served:self.served + n]
+        out += bytes(n - len(out))
+        self.served += n
+        return out
+
+
+@pytest.mark.parametrize("size", [b"77777777777\0", b"%011o\0" % ((1 << 20) + 1)])
+def test_the_stream_reader_never_buffers_a_pax_header_over_the_unpackers_cap(size):
+    """A pax header declaring more than the unpacker's 1 MiB cap (PMB_MAX_PAX)
+    is dropped at its header, whatever the unpacker beside it has said so
+    far: verify's reader used to buffer any declared size (1 GB for a 37 KB
+    package declaring 8 GiB, or a MemoryError traceback under ulimit -v)."""
+    from python_mpi_bcast.package.verify import CHUNK, _Tar
+    h = bytearray(512)
+    h[0:14] = b"././@PaxHeader"
+    h[124:136] = size
+    h[156:157] = b"x"
+    h[257:265] = b"ustar\x0000"
+    stream = _Endless(bytes(h))
+    tar = _Tar(stream, refused=lambda: False)
+    with pytest.raises(ValueError, match="pax header of"):
+        list(tar.members())
+    assert stream.served <= CHUNK, stream.served
