@@ -22,8 +22,8 @@ import zstandard
 from ..support import leftovers
 from ..support.errors import PmbError, os_error
 from .reuse import is_sidecar, remove_sidecar, sidecar_of
-from .format import (DEFAULT_LEVEL, Manifest, Shard, content_hash, encode_manifest_frame,
-                        link_problem, read_manifest)
+from .format import (DEFAULT_LEVEL, MAX_MANIFEST, Manifest, Shard, content_hash,
+                     encode_manifest_frame, link_problem, read_manifest)
 
 log = logging.getLogger("python_mpi_bcast")
 
@@ -199,8 +199,10 @@ class _Sink:
     all; past that a worker waits until its shard is at the head).  No
     temporary file: the package's extra disk is the package itself."""
 
-    def __init__(self, fd: int, start: int, window: int = WINDOW):
-        self.fd, self.pos, self.window = fd, start, window
+    def __init__(self, fd: int, start: int, window: int | None = None):
+        # (WINDOW read now, not when the class was made: tests change it)
+        self.fd, self.pos = fd, start
+        self.window = WINDOW if window is None else window
         self.head = 0
         self.held = 0
         self.done: dict[int, list] = {}
@@ -220,11 +222,9 @@ class _Sink:
 
     def _write(self, bufs) -> None:
         for b in bufs:
-            view = memoryview(b)
-            while view:
-                n = os.pwrite(self.fd, view, self.pos)
-                self.pos += n
-                view = view[n:]
+            if self.failed:  # another shard failed or the pack was interrupted
+                raise _Cancelled()
+            self.pos += _pwrite_all(self.fd, b, self.pos)
 
     def _advance(self, i: int) -> None:
         """Shard ``i`` (at the head) is in the file: write the finished
@@ -409,7 +409,18 @@ def manifest_room(m: Manifest, nshards: int, nfiles: int, prefix_known: bool) ->
     room = 8 + _compress_bound(n)
     if not prefix_known:
         room += PREFIX_ROOM_BASE + PREFIX_ROOM_PER_FILE * nfiles
-    return room
+    # never more than the readers accept (a larger manifest moves the payload)
+    return min(room, 8 + MAX_MANIFEST)
+
+
+def _pwrite_all(fd: int, data, at: int) -> int:
+    view = memoryview(data)
+    n = len(view)
+    while view:
+        w = os.pwrite(fd, view, at)
+        at += w
+        view = view[w:]
+    return n
 
 
 def _shift(fd: int, start: int, end: int, delta: int) -> None:
@@ -422,11 +433,7 @@ def _shift(fd: int, start: int, end: int, delta: int) -> None:
         buf = os.pread(fd, n, pos)
         if len(buf) != n:
             raise PmbError("the package file changed while it was being written")
-        view, at = memoryview(buf), pos + delta
-        while view:
-            w = os.pwrite(fd, view, at)
-            at += w
-            view = view[w:]
+        _pwrite_all(fd, buf, pos + delta)
 
 
 def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
@@ -532,7 +539,7 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                 log.info("%s: the manifest outgrew its room by %d bytes; moving the payload "
                          "up", out_path, len(head) - room)
                 _shift(out.fileno(), room, room + off, len(head) - room)
-            os.pwrite(out.fileno(), head, 0)
+            _pwrite_all(out.fileno(), head, 0)
             os.ftruncate(out.fileno(), len(head) + off)
             os.fsync(out.fileno())
         if reuse:

@@ -195,6 +195,8 @@ def frame_size(b: bytes) -> int | None:
     if fhd & 0x08:  # reserved bit
         return None
     single = fhd >> 5 & 1
+    if not single and (b[5] >> 3) + 10 > 31:  # a window libzstd refuses (over 2 GiB)
+        return None
     fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
     pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
     while True:

@@ -361,6 +361,14 @@ class Writer:
                     elf.set_rpath(tmp, new, name=rel)
                 f.seek(0)
                 return f.read()
+        except OSError as e:  # not the package's disk: the copy being patched
+            if e.filename == path:  # the source itself: as any other read
+                raise
+            where = "in memory" if tmp is None else f"in {self.scratch}"
+            raise PmbError(f"{rel}: cannot copy it {where} to set its RPATH "
+                           f"({e.strerror or e}); "
+                           + ("free memory or pack on a machine with more"
+                              if tmp is None else "free space there")) from None
         finally:
             if tmp is not None:
                 os.unlink(tmp)
