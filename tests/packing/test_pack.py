@@ -808,17 +808,20 @@ def test_pack_takes_the_environments_own_pyc_only_where_the_import_system_would(
     rc, maxrss_kb = map(int, r.stdout.split())
     assert rc == 0, r.stderr
     assert maxrss_kb < 600_000, maxrss_kb  # the 1 GB tuple was never allocated
+    # the site directory in the tree: the interpreter's own (Debian's python in
+    # /usr: local/lib/pythonX.Y/dist-packages)
+    site_rel = read_manifest(str(out / "e.tar.zst"))[0].site_dir
     crash_pyc = importlib.util.cache_from_source(os.path.join(site, "crashing.py"))
     assert [ln for ln in r.stderr.splitlines() if "crashes" in ln] == [
         f"python-mpi-bcast: WARNING: {crash_pyc}: this byte code crashes {base_python()} when "
-        f"loaded (a damaged file); packed lib/{ver}/site-packages/crashing.py compiled from its "
+        f"loaded (a damaged file); packed {site_rel}/crashing.py compiled from its "
         f"source instead (remove that file: importing crashing from the environment crashes "
         f"too)"], r.stderr
     tree = tmp_path / "tree"
     run(CLI + ["unpack", os.path.join(pkgroot["root"], pkgroot["python"]), str(out / "e.tar.zst"),
                str(tree)], timeout=300)
     shutil.rmtree(venv)
-    tsite = os.path.join(str(tree), "lib", ver, "site-packages")
+    tsite = os.path.join(str(tree), site_rel)
     names = ("fresh", "hashed", "edited", "rehashed", "foreign", "garbage", "crashing", "huge",
              "fifo", "trusted")
 
@@ -829,7 +832,7 @@ def test_pack_takes_the_environments_own_pyc_only_where_the_import_system_would(
                 yield from filenames(c)
 
     for n in names:
-        rel = os.path.join("lib", ver, "site-packages", n + ".py")
+        rel = os.path.join(site_rel, n + ".py")
         with open(os.path.join(tsite, n + ".py"), "rb") as f:
             src = f.read()
         with open(importlib.util.cache_from_source(os.path.join(tsite, n + ".py")), "rb") as f:

@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from helpers import (BIN, CLI, SBATCH_SIZE, can_hide, conda_origin, conda_outputs, hidden, mpi_env,
-                     mpirun, readme_blocks, run)
+                     mpirun, pyc_code_digest, readme_blocks, run)
 from python_mpi_bcast.package.archive import iter_frames
 
 
@@ -126,7 +126,10 @@ def test_slim_packs_a_conda_env_whole_and_strips_nothing(packed, conda_env, tmp_
 
 
 def regular_files(pkg: str) -> dict:
-    """Each regular file of a package: (SHA-256 of its bytes, is it ELF)."""
+    """Each regular file of a package: (SHA-256 of its bytes, is it ELF); a
+    .pyc by its code (helpers.pyc_code_digest: the environment's python
+    writes .pyc into it when a test runs it, and pack then takes their code,
+    marshalled differently)."""
     out = {}
     for _m, _i, frame in iter_frames(pkg):
         raw = zstandard.ZstdDecompressor().decompressobj().decompress(frame)
@@ -134,7 +137,9 @@ def regular_files(pkg: str) -> dict:
             for ti in t:
                 if ti.isfile():
                     data = t.extractfile(ti).read()
-                    out[ti.name] = (hashlib.sha256(data).hexdigest(), data[:4] == b"\x7fELF")
+                    digest = (pyc_code_digest(data) if ti.name.endswith(".pyc")
+                              else hashlib.sha256(data).hexdigest())
+                    out[ti.name] = (digest, data[:4] == b"\x7fELF")
     return out
 
 
