@@ -22,7 +22,8 @@ from helpers import (CLI, copy_numpy, make_venv, make_wheel, mpi_env, mpirun, ru
                      tree_digest)
 from python_mpi_bcast.package.format import DEFAULT_LEVEL, read_manifest
 
-STAGED = {"skip": (".pmb-ready", ".python-mpi-bcast-unpack.json"), "own_path": True}
+STAGED = {"skip": (".pmb-ready", ".python-mpi-bcast-unpack.json"), "own_path": True,
+          "pyc_code": True}  # a .pyc by its code: the env's own .pyc may give it
 SITE = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
 REUSED = re.compile(r"reused (\d+) of (\d+) shards")
 
