@@ -162,7 +162,7 @@ def test_repack_writes_the_package_again(shared_user):
 def test_run_packs_at_the_level_given_and_says_how_far_it_is(user):
     """stderr is not a terminal (a batch job): packing says how far it is
     (a line when it starts, every few seconds, when it ends); -q: nothing.
-    --level 1 and --level 15 of one environment: different sizes."""
+    --level 1 and --level 10 of one environment: different sizes."""
     r = pmb_run(user, "--level", "1", "mpiexec", "-n", "1", "python", "-c", "pass")
     (e,) = entries(user)
     path = os.path.join(user["cache"], e)
@@ -172,7 +172,7 @@ def test_run_packs_at_the_level_given_and_says_how_far_it_is(user):
     assert re.search(rf"^packing {name}: done, [\d.]+ MB, \d+ files in \d+ s", r.stderr,
                      re.M), r.stderr
     fast = os.path.getsize(path)
-    r = pmb_run(user, "-q", "--repack", "--level", "15", "mpiexec", "-n", "1", "python", "-c",
+    r = pmb_run(user, "-q", "--repack", "--level", "10", "mpiexec", "-n", "1", "python", "-c",
                 "pass")
     assert r.stderr == "" and entries(user) == [e]
     assert os.path.getsize(path) < fast * 0.95, (os.path.getsize(path), fast)
