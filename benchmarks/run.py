@@ -533,7 +533,9 @@ def bench_repack(rep, venv_dir, reps, tmp, heavy=False):
         t = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu["re"].append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
-        said[:] = re.findall(r"reused \d+ of \d+ shards, [\d.]+ of [\d.]+ [MG]B", r.stderr)
+        got = re.findall(r"reused \d+ of \d+ shards, [\d.]+ of [\d.]+ [MG]B", r.stderr)
+        said.append(got[0] if got else "no shard reused: " + " / ".join(
+            ln for ln in r.stderr.splitlines() if "reus" in ln)[:300])
         return t
 
     got = interleaved(reps, {"full pack": full, "re-pack (--reuse)": repack})
@@ -549,7 +551,8 @@ def bench_repack(rep, venv_dir, reps, tmp, heavy=False):
           f"{statistics.median(shards) / 1e6:.1f} MB, largest {shards[-1] / 1e6:.1f} MB), "
           f"packed once; then one small wheel installed with pip; then, interleaved, a full "
           f"pack of the changed venv and a re-pack reusing the first package's unchanged "
-          f"shards ({said[0] if said else 'reuse not reported'}; same files and bytes as the "
+          f"shards ({'; '.join(dict.fromkeys(said)) or 'reuse not reported'} (each repeat); "
+          f"same files and bytes as the "
           f"full pack: {'yes' if same else 'NO'}). zstd level {default_level()}, "
           f"{os.cpu_count()} cores; "
           f"median [range] of {reps}.\n")

@@ -569,7 +569,8 @@ def stage_venv(venv: str, staging: str, excludes: list[str], name: str | None,
     st.moves = []
     for v in _real_variants(venv):
         for s in sites:
-            for sv in {s, os.path.realpath(s)}:
+            for sv in dict.fromkeys((s, os.path.realpath(s))):  # (in order: a set's
+                # order changes from run to run, and with it the re-pack keys)
                 if sv.startswith(v + "/") or os.path.realpath(sv).startswith(v + "/"):
                     st.moves.append((sv, st.site_dir))
         st.moves.append((v, ""))
@@ -685,7 +686,7 @@ def _merge(interp: Staged, env: Staged) -> Staged:
     """One tree holding an interpreter layer and an environment layer."""
     st = dataclasses.replace(interp, name=env.name, site_dir=env.site_dir,
                              site_abs_old=env.site_abs_old)
-    st.scrub = sorted(set(interp.scrub) | set(env.scrub), key=len, reverse=True)
+    st.scrub = sorted(set(interp.scrub) | set(env.scrub), key=lambda p: (-len(p), p))
     st.moves = env.moves + [m for m in interp.moves if m not in env.moves]
     st.warnings = interp.warnings + env.warnings
     st.editables = interp.editables + env.editables

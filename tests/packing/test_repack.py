@@ -361,3 +361,25 @@ def test_a_re_pack_never_keeps_code_from_a_pyc_the_environment_no_longer_has(tmp
     run(CLI + ["unpack", os.path.join(pkgroot["root"], pkgroot["python"]), again, str(dest)],
         timeout=300)
     assert run([str(dest / "bin" / "python3"), "-c", code], timeout=60).stdout == "bbb\n"
+
+
+def test_a_venv_reached_through_a_symlink_is_reused_whatever_the_hash_seed(tmp_path):
+    """A venv named by a path through a symlink (a project directory linked
+    from $HOME): its site directory has two names, and the order they were
+    listed in came from a set, so it changed with Python's string hash seed
+    from one pack to the next and so did every shard's key: a re-pack
+    reused nothing about every other time.  Packs made under different
+    seeds now reuse every shard."""
+    real = tmp_path / "real"
+    real.mkdir()
+    venv = make_venv(str(real / "v"), [])
+    os.symlink(str(real), str(tmp_path / "link"))
+    linked = str(tmp_path / "link" / "v")
+    for seed in ("0", "1", "2", "3", "4", "5"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = run(CLI + ["pack", linked, "-o", str(tmp_path / "out"), "-n", "env", "-f"],
+                env=env, timeout=600)
+        if seed != "0":
+            n, total = reused(r.stderr)
+            assert n == total, (seed, r.stderr)
+    assert os.path.isdir(venv)
