@@ -11,7 +11,7 @@ Two kinds of record go through it:
   are; ``fail``: one step failed and the command goes on with the next,
   shown as ``python-mpi-bcast: error: message`` on stderr.  A command whose
   steps are its answer shows them on stdout, others on stderr; ``--quiet``
-  raises the steps' level (``quiet``).
+  raises the level of steps and notes (``quiet``).
 
 Used as a library (no handler installed), only warnings and failed steps
 reach stderr (logging's last-resort handler).
@@ -37,5 +37,6 @@ def fail(msg: str) -> None:
 
 
 def quiet(on: bool = True) -> None:
-    """Steps not shown (failed ones still are)."""
+    """Steps and notes not shown (warnings, errors and failed steps still are)."""
     _steps.setLevel(logging.WARNING if on else logging.NOTSET)
+    log.setLevel(logging.WARNING if on else logging.NOTSET)

@@ -461,3 +461,17 @@ def test_settings_reach_ranks_started_through_ssh(shared_user, limit):
         assert re.search(r"running: .* mpiexec -genv PYTHON_MPI_BCAST_CACHE \S+ -genv "
                          r"PYTHON_MPI_CHROOT \S+ -genv PYTHON_MPI_PACKAGES run-\S+ -genv "
                          r"PYTHON_MPI_PKGROOT \S+ -genvnone", r.stdout), r.stdout
+
+
+def test_quiet_run_says_nothing_before_the_line_even_when_it_cannot_reuse(user):
+    """run -q says nothing before the line runs: also not the notes about
+    the package's shard index (here: a file of its name that is not one,
+    so the package gets none); warnings and errors still show."""
+    pmb_run(user, "-q", "mpiexec", "-n", "1", "python", "-c", "pass")
+    (e,) = entries(user)
+    with open(os.path.join(user["cache"], e + ".shards"), "w") as f:
+        f.write("not a shard index\n")
+    r = pmb_run(user, "-q", "--repack", "mpiexec", "-n", "1", "python", "-c", "print('ran')")
+    assert r.stderr == "" and r.stdout.splitlines()[-1] == "ran", (r.stdout, r.stderr)
+    r = pmb_run(user, "--repack", "mpiexec", "-n", "1", "python", "-c", "pass")
+    assert "cannot reuse its shards" in r.stderr, r.stderr  # without -q: the note
