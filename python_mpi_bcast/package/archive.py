@@ -305,6 +305,10 @@ class _ShardOut(io.RawIOBase):
                 self.bufs = []
                 self.sink.cv.notify_all()
 
+    def hexdigest(self) -> str:
+        """The SHA-256 of what was written so far."""
+        return self.h.hexdigest()
+
     def finish(self) -> tuple[int, str]:
         """The shard is whole: (its size, its SHA-256); it goes into the file
         now if it is at the head, else when its turn comes."""
@@ -489,7 +493,7 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                     dst = sink.out(i)
                     fr = reuse.frame(keys[i]) if reuse else None
                     if fr is not None:
-                        if reuse.previous.copy(fr, dst.write):
+                        if reuse.previous.copy(fr, dst):
                             dst.finish()
                             reuse.restore(i, fr)
                             if progress:

@@ -180,11 +180,11 @@ class Previous:
             os.close(fd)
             raise
 
-    def copy(self, fr: Frame, write) -> bool:
-        """Copy frame ``fr`` through ``write(bytes)``; False when its bytes
-        are not the ones the manifest names (the caller then forgets what
-        went through ``write``)."""
-        h = hashlib.sha256()
+    def copy(self, fr: Frame, out) -> bool:
+        """Copy frame ``fr`` into ``out`` (``write(bytes)``, and
+        ``hexdigest()``: the SHA-256 of what it was given, which it computes
+        anyway for the new manifest); False when the bytes are not the ones
+        the manifest names (the caller then forgets what went to ``out``)."""
         pos, left = self.start + fr.offset, fr.csize
         while left:
             try:  # (an error writing is the new package's: it goes up)
@@ -193,11 +193,10 @@ class Previous:
                 buf = b""
             if not buf:
                 break
-            h.update(buf)
-            write(buf)
+            out.write(buf)
             pos += len(buf)
             left -= len(buf)
-        if left or h.hexdigest() != fr.sha256:
+        if left or out.hexdigest() != fr.sha256:
             log.info("not reusing shard %d of %s: its bytes changed", fr.index, self.path)
             return False
         return True
