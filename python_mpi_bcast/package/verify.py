@@ -114,11 +114,16 @@ def _scan_stream(path: str, m: Manifest, start: int, forbidden_b: list[bytes],
                     left = found is not None
                 final[name] = (False, left, binary, size)
             tar.skip()  # what the scan left of the member's data, and its padding
+    return _verdict(((rel,) + final[rel] for rel in sorted(final, key=_walk_order)), m)
+
+
+def _verdict(entries, m: Manifest) -> Verified:
+    """What ``verify`` reports of the tree's files and links, given in walk
+    order as (rel, is_link, holds a forbidden path, binary, size)."""
     files = size = 0
     leftovers = []
     compiled_in = []
-    for rel in sorted(final, key=_walk_order):
-        is_link, left, binary, n = final[rel]
+    for rel, is_link, left, binary, n in entries:
         if is_link:
             if left:
                 leftovers.append(rel)
@@ -237,20 +242,7 @@ def _scan(tree: str, m: Manifest, forbidden_b: list[bytes], ours: set[str]) -> V
     """What ``verify`` reports of the unpacked ``tree`` (``ours``: files
     the unpack itself added at the top, not counted)."""
     listed = {p.path for p in m.prefix_files}
-    files = size = 0
-    leftovers = []
-    compiled_in = []
-    for rel, full, is_link, left, binary in scan_tree(tree, forbidden_b, listed | ours,
-                                                      classify=True):
-        if rel in ours:
-            continue
-        if is_link:
-            if left:
-                leftovers.append(rel)
-            continue
-        files += 1
-        size += os.path.getsize(full)
-        if left:
-            # binaries keep compiled-in paths on purpose (packing/relocatable.py)
-            (compiled_in if binary else leftovers).append(rel)
-    return Verified(files, size, leftovers, compiled_in, m)
+    return _verdict(((rel, is_link, left, binary, 0 if is_link else os.path.getsize(full))
+                     for rel, full, is_link, left, binary
+                     in scan_tree(tree, forbidden_b, listed | ours, classify=True)
+                     if rel not in ours), m)

@@ -265,7 +265,7 @@ class Writer:
             py_rel = os.path.join(rel_dir, n) if rel_dir else n
             opts = [0] + ([1, 2] if (py_rel in self.early or n == hook) else [])
             for opt in opts:
-                name = f"{n[:-3]}.{self.tag}" + (f".opt-{opt}" if opt else "") + ".pyc"
+                name = _pyc_name(n, self.tag, opt)
                 pycs.append((name, py_rel, opt))
         for name, py_rel, opt in sorted(pycs):
             rel = os.path.join(cache, name)
@@ -487,10 +487,9 @@ class Writer:
         if pyc is None:
             return "pyc -"
         try:
-            s = os.stat(pyc)
+            return "pyc " + _identity(pyc)
         except OSError:
             return "pyc none"
-        return f"pyc {s.st_dev} {s.st_ino} {s.st_size} {s.st_mtime_ns} {s.st_ctime_ns}"
 
     def _content_identity(self, staged: str) -> str:
         src = collect.content_path(staged)
@@ -519,13 +518,18 @@ class Writer:
         return pf, kept, warn
 
 
+def _pyc_name(py: str, tag: str, opt: int) -> str:
+    """The name the import system gives the byte code of the module file
+    ``py`` in its ``__pycache__``."""
+    return f"{py[:-3]}.{tag}" + (f".opt-{opt}" if opt else "") + ".pyc"
+
+
 def _pyc_path(source: str, tag: str, opt: int) -> str | None:
     """Where the import system caches the byte code of ``source``."""
     d, n = os.path.split(source)
     if not n.endswith(".py") or not tag:
         return None
-    return os.path.join(d, "__pycache__", f"{n[:-3]}.{tag}" + (f".opt-{opt}" if opt else "")
-                        + ".pyc")
+    return os.path.join(d, "__pycache__", _pyc_name(n, tag, opt))
 
 
 def _identity(path: str) -> str:
