@@ -66,7 +66,8 @@ import time
 from python_mpi_bcast.source.pyinfo import running_base_interpreter as base_python
 
 import filecalls
-from helpers import BIN, CLI, LAUNCHER, MPIEXEC, REPO, mpi_env  # tests/helpers.py
+from helpers import (BIN, CLI, LAUNCHER, MPIEXEC, REPO, allocated_under,  # tests/helpers.py
+                     disk_peaks, mpi_env)
 
 
 WORK = os.path.join(REPO, "build", "bench")
@@ -641,36 +642,13 @@ def default_level() -> int:
 
 
 def peak_disk(cmd, dirs, env=None) -> tuple[float, int]:
-    """Run ``cmd``; sample the bytes allocated under ``dirs`` every 10 ms
-    (a thread walking them); return (wall s, the peak bytes)."""
-    import threading
-    peak, stop = [0], threading.Event()
-
-    def used() -> int:
-        n = 0
-        for d in dirs:
-            for dp, dn, fns in os.walk(d):
-                for f in fns + dn:
-                    try:
-                        n += os.lstat(os.path.join(dp, f)).st_blocks * 512
-                    except OSError:
-                        pass
-        return n
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], used())
-            stop.wait(0.01)
-
-    base = used()
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
+    """Run ``cmd``; return (wall s, the peak bytes allocated under ``dirs``
+    together, sampled every 10 ms by a thread walking them, above what they
+    held before)."""
+    base = sum(allocated_under(d) for d in dirs)
+    with disk_peaks(dirs) as peak:
         w = timed(cmd, env=env)
-    finally:
-        stop.set()
-        t.join()
-    return w, max(peak[0], used()) - base
+    return w, max(peak[None], sum(allocated_under(d) for d in dirs)) - base
 
 
 def bench_pack_vs(rep, venv_dir, reps, tmp, heavy=False):

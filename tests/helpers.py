@@ -10,6 +10,7 @@ sets PYTHONPATH for a run outside pytest).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import functools
 import os
@@ -224,6 +225,51 @@ def conda_origin() -> list[str]:
     origin): what a moved conda env must not need."""
     from support import condaenv
     return condaenv.origin(CACHE)
+
+
+def allocated(path: str) -> int:
+    """Bytes the file system gives ``path`` itself (its blocks)."""
+    return os.lstat(path).st_blocks * 512
+
+
+def allocated_under(d: str) -> int:
+    """Bytes allocated to everything under the directory ``d`` (entries
+    that vanish while it walks: not counted)."""
+    n = 0
+    for dp, dn, fns in os.walk(d):
+        for f in fns + dn:
+            try:
+                n += allocated(os.path.join(dp, f))
+            except OSError:
+                pass
+    return n
+
+
+@contextlib.contextmanager
+def disk_peaks(dirs):
+    """While the block runs, the peak bytes allocated under each of ``dirs``
+    (and all together, key None), sampled every 10 ms by a thread walking
+    them; the dict it gives holds them once the block ends (tests of pack's
+    extra disk, benchmarks/run.py section 13)."""
+    import threading
+    peak, stop = dict.fromkeys(list(dirs) + [None], 0), threading.Event()
+
+    def sample():
+        while True:
+            now = {d: allocated_under(d) for d in dirs}
+            for d in dirs:
+                peak[d] = max(peak[d], now[d])
+            peak[None] = max(peak[None], sum(now.values()))
+            if stop.wait(0.01):
+                return
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        t.join()
 
 
 def tree_digest(root: str, skip: tuple[str, ...] = (), own_path: bool = False,

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from helpers import CLI, base_python, config_prefix, copy_numpy, make_venv, run, tree_digest
+from helpers import (CLI, allocated, base_python, config_prefix, copy_numpy, disk_peaks,
+                     make_venv, run, tree_digest)
 
 from python_mpi_bcast.package.format import read_manifest
 
@@ -860,46 +861,6 @@ def test_pack_takes_the_environments_own_pyc_only_where_the_import_system_would(
 
 # -- extra disk: the package itself (issue 21) --------------------------------
 
-def _allocated(path) -> int:
-    return os.lstat(path).st_blocks * 512
-
-
-def _peak_disk(cmd, dirs, env) -> dict:
-    """Run ``cmd``; the peak bytes allocated under each of ``dirs`` (and all
-    together, key None), sampled every 10 ms by a thread walking them, as
-    benchmarks/run.py section 13 does (``peak_disk``)."""
-    import threading
-    peak, stop = dict.fromkeys(list(dirs) + [None], 0), threading.Event()
-
-    def used(d) -> int:
-        n = 0
-        for dp, dn, fns in os.walk(d):
-            for f in fns + dn:
-                try:
-                    n += _allocated(os.path.join(dp, f))
-                except OSError:
-                    pass
-        return n
-
-    def sample():
-        while True:
-            now = {d: used(d) for d in dirs}
-            for d in dirs:
-                peak[d] = max(peak[d], now[d])
-            peak[None] = max(peak[None], sum(now.values()))
-            if stop.wait(0.01):
-                return
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        run(cmd, env=env, timeout=900)
-    finally:
-        stop.set()
-        t.join()
-    return peak
-
-
 @pytest.mark.parametrize("what", ["environment", "interpreter"])
 def test_a_packs_peak_extra_disk_is_the_package(demo_venv, tmp_path, what):
     """The shards go straight into the package file, in order, each once
@@ -916,11 +877,12 @@ def test_a_packs_peak_extra_disk_is_the_package(demo_venv, tmp_path, what):
     t.mkdir()
     o.mkdir()
     args = [demo_venv, "-n", "env"] if what == "environment" else ["--python", demo_venv]
-    peak = _peak_disk(CLI + ["pack"] + args + ["-o", str(o), "-q"], [str(t), str(o)],
-                      env=dict(os.environ, TMPDIR=str(t)))
+    with disk_peaks([str(t), str(o)]) as peak:
+        run(CLI + ["pack"] + args + ["-o", str(o), "-q"], env=dict(os.environ, TMPDIR=str(t)),
+            timeout=900)
     (pkg,) = [str(p) for p in o.iterdir() if p.name.endswith(".tar.zst")]
     size = os.path.getsize(pkg)
-    allowance = _allocated(pkg) - size + _allocated(pkg + ".shards") + 4096
+    allowance = allocated(pkg) - size + allocated(pkg + ".shards") + 4096
     assert allowance < 16 << 10
     print(f"{what}: peak {peak[str(o)]} B in the output directory, {peak[str(t)]} B in "
           f"TMPDIR, package {size} B: {peak[str(o)] / size:.4f} / {peak[None] / size:.4f}")
