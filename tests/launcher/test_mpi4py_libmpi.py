@@ -147,9 +147,9 @@ def test_source_built_mpi4py_with_a_cray_named_mpich_loads_no_second_copy(
 
 
 NUMPY_ONLY = r"""
-import os, numpy
+import os, sys, numpy
 rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "-1")))
-print("NUMPY", rank, float(numpy.arange(10.0).sum()), flush=True)
+sys.stdout.write("NUMPY %s %s\n" % (rank, float(numpy.arange(10.0).sum())))  # one write per rank
 """
 
 
@@ -209,8 +209,8 @@ def test_mpi4py_for_another_mpi_family_is_refused_only_at_its_import_in_both_mod
 
 
 def test_a_caught_refusal_is_an_import_error(ompi, source_mpi4py, shm_chroot):
-    prog = ("try:\n    from mpi4py import MPI\nexcept ImportError as e:\n"
-            "    print('FALLBACK', type(e).__mro__[1].__name__, 'mpi4py' in str(e))\n")
+    prog = ("import sys\ntry:\n    from mpi4py import MPI\nexcept ImportError as e:\n"  # one write per rank
+            "    sys.stdout.write('FALLBACK %s %s\\n' % (type(e).__mro__[1].__name__, 'mpi4py' in str(e)))\n")
     r = open_mpi5_run(ompi, 2, ["-c", prog], source_mpi4py, shm_chroot)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("FALLBACK ImportError True") == 2, r.stdout + r.stderr

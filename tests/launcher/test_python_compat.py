@@ -41,7 +41,7 @@ if c.rank == 1:
         sys.exit(3)
     raise KeyboardInterrupt
 c.Barrier()
-print("PASSED THE BARRIER", c.rank, flush=True)
+sys.stdout.write("PASSED THE BARRIER %s\\n" % c.rank)
 """
 
 # mpi4py.rc.initialize = False, then MPI.Init_thread (mpi4py's documented

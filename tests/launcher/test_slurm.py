@@ -95,10 +95,10 @@ def test_every_node_stages_its_own_tree_once_and_a_second_step_reuses_it(job):
 
 
 SENT = r"""
-import os
+import os, sys
 from mpi4py import MPI
 maps = [ln.split()[-1] for ln in open("/proc/self/maps") if "libmpi" in ln]
-print("SENT", MPI.COMM_WORLD.rank, os.readlink("/proc/self/exe"), maps[0], flush=True)
+sys.stdout.write("SENT %s %s %s\n" % (MPI.COMM_WORLD.rank, os.readlink("/proc/self/exe"), maps[0]))
 """
 
 

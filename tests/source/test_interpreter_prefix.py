@@ -44,7 +44,7 @@ if sys.argv[3] == "relocated":
     assert sysconfig.get_config_var("prefix") == tree, sysconfig.get_config_var("prefix")
 ssl.create_default_context()
 sqlite3.connect(":memory:").execute("select 1")
-print("OK", sys.version.split()[0])
+sys.stdout.write("OK %s\n" % sys.version.split()[0])  # one write: ranks interleave print()'s pieces
 """
 
 
