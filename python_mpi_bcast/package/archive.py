@@ -21,7 +21,7 @@ import zstandard
 
 from ..support import leftovers
 from ..support.errors import PmbError, os_error
-from .reuse import is_sidecar, remove_sidecar, sidecar_of
+from .reuse import file_identity, is_sidecar, remove_sidecar, sidecar_of
 from .format import (DEFAULT_LEVEL, MAX_MANIFEST, Manifest, Shard, content_hash,
                      encode_manifest_frame, link_problem, read_manifest)
 
@@ -191,6 +191,49 @@ class _Cancelled(Exception):
 WINDOW = 256 << 20
 
 
+class _Range:
+    """``n`` bytes of the file ``fd`` from ``offset``: a reused frame the
+    kernel copies into the package when its turn comes (no memory held)."""
+    __slots__ = ("fd", "offset", "n")
+
+    def __init__(self, fd: int, offset: int, n: int):
+        self.fd, self.offset, self.n = fd, offset, n
+
+
+def _held(bufs) -> int:
+    """The memory ``bufs`` hold (a :class:`_Range` none)."""
+    return sum(0 if isinstance(b, _Range) else len(b) for b in bufs)
+
+
+def _copy_range(src: _Range, fd: int, at: int) -> int:
+    """Copy ``src`` into ``fd`` at ``at``: copy_file_range where the two
+    files allow it (one file system; a reflink on a copy-on-write one), else
+    through a buffer."""
+    off, left = src.offset, src.n
+    fast = hasattr(os, "copy_file_range")
+    while left:
+        n = 0
+        if fast:
+            try:
+                n = os.copy_file_range(src.fd, fd, min(left, 1 << 30), off, at)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                                   errno.EPERM, errno.EBADF):
+                    raise
+                fast = False
+                continue
+        else:
+            buf = os.pread(src.fd, min(left, COPY_CHUNK * 16), off)
+            n = len(buf) and _pwrite_all(fd, buf, at)
+        if n == 0:
+            raise PmbError("the previous package ended early while its shards were being "
+                           "reused (cut short meanwhile?); pack again")
+        off += n
+        at += n
+        left -= n
+    return src.n
+
+
 class _Sink:
     """The package file's payload, written once, in order, from ``start``
     on: shard ``i``'s bytes go to the file when every shard before it is
@@ -224,7 +267,10 @@ class _Sink:
         for b in bufs:
             if self.failed:  # another shard failed or the pack was interrupted
                 raise _Cancelled()
-            self.pos += _pwrite_all(self.fd, b, self.pos)
+            if isinstance(b, _Range):
+                self.pos += _copy_range(b, self.fd, self.pos)
+            else:
+                self.pos += _pwrite_all(self.fd, b, self.pos)
 
     def _advance(self, i: int) -> None:
         """Shard ``i`` (at the head) is in the file: write the finished
@@ -239,7 +285,7 @@ class _Sink:
                     return
             self._write(bufs)
             with self.cv:
-                self.held -= sum(len(b) for b in bufs)
+                self.held -= _held(bufs)
                 self.cv.notify_all()
             k += 1
 
@@ -251,6 +297,7 @@ class _ShardOut(io.RawIOBase):
     def __init__(self, sink: _Sink, i: int):
         self.sink, self.i = sink, i
         self.h = hashlib.sha256()
+        self.digest = None  # a frame copied whole with a known SHA-256 (copy_range)
         self.n = 0
         self.bufs: list = []
         self.direct = False
@@ -269,18 +316,32 @@ class _ShardOut(io.RawIOBase):
             self.sink._write((b,))
         return len(b)
 
-    def _hold(self, b: bytes) -> bool:
+    def copy_range(self, fd: int, offset: int, n: int, sha256: str) -> None:
+        """The whole shard is ``n`` bytes of the file ``fd`` from ``offset``,
+        whose SHA-256 is known to be ``sha256`` (a reused frame of a package
+        untouched since it was hashed): copied by the kernel at its turn."""
+        if self.n:
+            raise ValueError("copy_range after write")
+        self.n, self.digest = n, sha256
+        r = _Range(fd, offset, n)
+        if not self.direct and not self._hold(r):
+            self._go_direct()
+        if self.direct:
+            self.sink._write((r,))
+
+    def _hold(self, b) -> bool:
         """Keep ``b`` in memory (True), or, at the head, False."""
         sink = self.sink
+        need = _held((b,))
         with sink.cv:
             while True:
                 if sink.failed:
                     raise _Cancelled()
                 if sink.head == self.i:
                     return False
-                if sink.held + len(b) <= sink.window:
+                if sink.held + need <= sink.window:
                     self.bufs.append(b)
-                    sink.held += len(b)
+                    sink.held += need
                     return True
                 sink.cv.wait()
 
@@ -290,24 +351,25 @@ class _ShardOut(io.RawIOBase):
         bufs, self.bufs = self.bufs, []
         self.sink._write(bufs)
         with self.sink.cv:
-            self.sink.held -= sum(len(b) for b in bufs)
+            self.sink.held -= _held(bufs)
             self.sink.cv.notify_all()
 
     def rewind(self) -> None:
         """Forget what was written (a reused frame whose bytes changed)."""
         self.h = hashlib.sha256()
+        self.digest = None
         self.n = 0
         if self.direct:
             self.sink.pos = self.start
         else:
             with self.sink.cv:
-                self.sink.held -= sum(len(b) for b in self.bufs)
+                self.sink.held -= _held(self.bufs)
                 self.bufs = []
                 self.sink.cv.notify_all()
 
     def hexdigest(self) -> str:
         """The SHA-256 of what was written so far."""
-        return self.h.hexdigest()
+        return self.digest or self.h.hexdigest()
 
     def finish(self) -> tuple[int, str]:
         """The shard is whole: (its size, its SHA-256); it goes into the file
@@ -318,10 +380,10 @@ class _ShardOut(io.RawIOBase):
                 if sink.head != self.i:
                     sink.done[self.i] = self.bufs
                     self.bufs = []
-                    return self.n, self.h.hexdigest()
+                    return self.n, self.hexdigest()
             self._go_direct()
         sink._advance(self.i)
-        return self.n, self.h.hexdigest()
+        return self.n, self.hexdigest()
 
 
 def _write_shard(root: str, entries, out: _ShardOut, level: int, progress,
@@ -481,7 +543,7 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
     if not callable(prefix_files):
         m.prefix_files = list(prefix_files)
     room = manifest_room(m, len(shards) + 1, nregular, not callable(prefix_files))
-    final_tmp = side_tmp = None
+    final_tmp = side_tmp = keep = None
     try:
         fd, final_tmp = leftovers.mkstemp(prefix=f".{os.path.basename(out_path)}.",
                                           suffix=".part", dir=out_dir)
@@ -548,7 +610,11 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
             os.fsync(out.fileno())
         if reuse:
             reuse.note(m, [r for _, r in done], [r[4] for r in results])
-            side_tmp = reuse.sidecar_tmp(m, keys, [r[4] for r in results], out_dir)
+            if reuse.previous is not None:
+                reuse.previous.check_unchanged()
+            # the package's identity in place, for the sidecar (its rename changes
+            # its ctime): held open, so it is the file renamed, whatever comes after
+            keep = os.open(final_tmp, os.O_RDONLY | os.O_CLOEXEC)
         os.chmod(final_tmp, 0o644)
         if before_rename is not None:
             before_rename(m)
@@ -563,6 +629,13 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                              ) from None
         leftovers.release(final_tmp)
         final_tmp = None
+        if keep is not None:
+            try:
+                side_tmp = reuse.sidecar_tmp(m, keys, [r[4] for r in results], out_dir,
+                                             file_identity(keep))
+            except OSError as e:  # the package is written all the same
+                log.info("%s: not written (%s); the next pack of %s cannot reuse its shards",
+                         sidecar_of(out_path), e.strerror or e, out_path)
         side = sidecar_of(out_path)
         if side_tmp and os.path.lexists(side) and not is_sidecar(side):
             log.info("%s: not written (a file of that name is there, not a shard index); "
@@ -582,6 +655,8 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
         raise os_error(e, f"writing {out_path}",
                        f"free space in {out_dir} or choose another -o directory") from None
     finally:
+        if keep is not None:
+            os.close(keep)
         if final_tmp:
             leftovers.remove(final_tmp)
         if side_tmp:

@@ -10,11 +10,18 @@ prefix-bearing files it holds (plus what the packer noted about it).
 Trust: a sidecar is used only when it checks out against its package (its
 own checksum; the package's content hash; every shard's offset, sizes and
 SHA-256; the sum of its file counts and bytes; its prefix files, in order,
-equal to the manifest's), and a frame is copied only when the bytes read
-have the SHA-256 the manifest names.  Anything else means packing that
-shard (or everything) again, never a frame under the wrong key.  The
-package is read through one descriptor opened at the start, so removing it
-meanwhile (prune, ``rm``) changes nothing.
+equal to the manifest's).  The sidecar also records the package file's
+identity once it was in place (device, inode, size, mtime and ctime —
+ctime changes with any write and cannot be put back): while the file still
+has it, nothing has written to it since its frames were hashed, and frames
+are copied as they are, by the kernel (``copy_file_range``: no read into
+this process, no hash; on a copy-on-write file system no bytes moved).
+Otherwise (a copied, moved or touched package) a frame is copied only when
+the bytes read have the SHA-256 the manifest names.  Anything else means
+packing that shard (or everything) again, never a frame under the wrong
+key.  The package is read through one descriptor opened at the start, so
+removing it meanwhile (prune, ``rm``) changes nothing; writing to it
+meanwhile fails the pack (:meth:`Previous.check_unchanged`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from .format import FORMAT_VERSION, PrefixFile, read_manifest
 log = logging.getLogger("python_mpi_bcast")
 
 SIDECAR_SUFFIX = ".shards"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2
 _MAGIC = "python-mpi-bcast-shards"
 
 
@@ -105,8 +112,16 @@ def _checksum(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def sidecar_text(m, keys: list, fbytes: list, prefix_files: list, extras: list) -> str:
-    """The sidecar of the package whose manifest is ``m`` (tail frame left out)."""
+def file_identity(fd: int) -> list:
+    """What changes whenever a file is written to, renamed or replaced."""
+    s = os.fstat(fd)
+    return [s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns]
+
+
+def sidecar_text(m, keys: list, fbytes: list, prefix_files: list, extras: list,
+                 package: list) -> str:
+    """The sidecar of the package whose manifest is ``m`` (tail frame left
+    out); ``package``: the package file's :func:`file_identity` in place."""
     shards = []
     for i, s in enumerate(m.shards[:-1]):
         shards.append({"key": keys[i], "offset": s.offset, "csize": s.csize, "usize": s.usize,
@@ -114,7 +129,7 @@ def sidecar_text(m, keys: list, fbytes: list, prefix_files: list, extras: list) 
                        "prefix_files": [[p.mode, p.path, p.placeholder] for p in prefix_files[i]],
                        "extra": extras[i]})
     body = {"format": _MAGIC, "version": SIDECAR_VERSION, "content_hash": m.content_hash,
-            "shards": shards}
+            "package": package, "shards": shards}
     return json.dumps({"body": body, "sha256": _checksum(body)}, separators=(",", ":"))
 
 
@@ -133,8 +148,11 @@ def write_sidecar_tmp(out_dir: str, text: str) -> str:
 class Previous:
     """A previous package whose frames may be reused, by key."""
 
-    def __init__(self, path: str, fd: int, start: int, frames: dict):
+    def __init__(self, path: str, fd: int, start: int, frames: dict, identity: list | None):
         self.path, self.fd, self.start, self.frames = path, fd, start, frames
+        # the package file's identity when its sidecar was written, if it still
+        # has it (its frames are then copied unread), else None
+        self.identity = identity
 
     @classmethod
     def open(cls, path: str) -> "Previous | None":
@@ -175,7 +193,12 @@ class Previous:
                 log.info("not reusing %s: %s; packing everything", path, why)
                 os.close(fd)
                 return None
-            return cls(path, fd, start, frames)
+            now = file_identity(fd)
+            same = body.get("package") == now
+            log.debug("%s: %s", path, "untouched since its shard index was written: frames are "
+                      "copied unread" if same else "written to, moved or copied since its shard "
+                      "index was written: frames are read and checked")
+            return cls(path, fd, start, frames, now if same else None)
         except BaseException:
             os.close(fd)
             raise
@@ -183,9 +206,14 @@ class Previous:
     def copy(self, fr: Frame, out) -> bool:
         """Copy frame ``fr`` into ``out`` (``write(bytes)``, and
         ``hexdigest()``: the SHA-256 of what it was given, which it computes
-        anyway for the new manifest); False when the bytes are not the ones
-        the manifest names (the caller then forgets what went to ``out``)."""
+        anyway for the new manifest; ``copy_range(fd, offset, n, sha256)``:
+        those bytes of the file, known to have that SHA-256); False when the
+        bytes are not the ones the manifest names (the caller then forgets
+        what went to ``out``)."""
         pos, left = self.start + fr.offset, fr.csize
+        if self.identity is not None:  # untouched since its frames were hashed
+            out.copy_range(self.fd, pos, left, fr.sha256)
+            return True
         while left:
             try:  # (an error writing is the new package's: it goes up)
                 buf = os.pread(self.fd, min(left, 16 << 20), pos)
@@ -200,6 +228,14 @@ class Previous:
             log.info("not reusing shard %d of %s: its bytes changed", fr.index, self.path)
             return False
         return True
+
+    def check_unchanged(self) -> None:
+        """Frames copied unread came from the bytes that were hashed: the
+        package must not have been written to while it was being copied."""
+        from ..support.errors import PmbError
+        if self.identity is not None and file_identity(self.fd) != self.identity:
+            raise PmbError(f"{self.path} was written to while its shards were being reused; "
+                           f"pack again")
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -284,10 +320,10 @@ class Reuse:
         self.total_bytes = sum(fbytes)
         self.reused_bytes = sum(b for b, r in zip(fbytes, reused) if r)
 
-    def sidecar_tmp(self, m, keys: list, fbytes: list, out_dir: str) -> str:
+    def sidecar_tmp(self, m, keys: list, fbytes: list, out_dir: str, package: list) -> str:
         infos = [self.shard_info(i) for i in range(len(keys))]
         return write_sidecar_tmp(out_dir, sidecar_text(m, keys, fbytes, [pf for pf, _ in infos],
-                                                       [x for _, x in infos]))
+                                                       [x for _, x in infos], package))
 
     def summary(self) -> str:
         """"reused 812 of 815 shards, 2.61 of 2.69 GB" (of the files' bytes)."""

@@ -39,11 +39,11 @@ def science(where, demo_venv) -> str:
     return venv
 
 
-def pack(venv, out, *extra, name="env") -> tuple[str, str]:
+def pack(venv, out, *extra, name="env", debug=False) -> tuple[str, str]:
     """(package path, stderr) of ``pack VENV -o OUT -n NAME EXTRA``."""
     os.makedirs(out, exist_ok=True)
-    r = run(CLI + ["pack", str(venv), "-o", str(out), "-n", name, *extra], timeout=900,
-            check=False)
+    r = run(CLI + (["--debug"] if debug else []) + ["pack", str(venv), "-o", str(out), "-n",
+                                                   name, *extra], timeout=900, check=False)
     assert r.returncode == 0, r.stderr
     return os.path.join(str(out), f"{name}.tar.zst"), r.stderr
 
@@ -204,6 +204,29 @@ def test_a_damaged_or_foreign_shard_index_means_packing_again_never_a_wrong_pack
     run(CLI + ["unpack", again, str(dest)], timeout=300)
     assert tree_digest(str(dest), **STAGED) == packed_twice["tree"]
     run(CLI + ["verify", again], timeout=300)
+
+
+def test_a_package_written_to_in_place_has_its_frames_checked_even_with_its_mtime_put_back(
+        packed_twice, tmp_path):
+    """Frames of a package untouched since its shard index was written are
+    copied unread (its inode's ctime, size and mtime are in the index); one
+    written to since, even with its mtime put back, is read and hashed, and
+    its changed frame packed again."""
+    prev, err = pack(packed_twice["venv"], tmp_path / "a")
+    again, err = pack(packed_twice["venv"], tmp_path / "b", "--reuse", prev, debug=True)
+    assert reused(err)[0] == reused(err)[1] and "frames are copied unread" in err, err
+    assert frames(again) == frames(prev)
+    st = os.stat(prev)
+    _damage_index(prev, "frame", None)
+    os.utime(prev, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(prev).st_mtime_ns == st.st_mtime_ns and os.stat(prev).st_size == st.st_size
+    again, err = pack(packed_twice["venv"], tmp_path / "c", "--reuse", prev, debug=True)
+    n, total = reused(err)
+    assert "frames are read and checked" in err, err
+    assert n == total - 1 and "not reusing shard 1 of" in err, err
+    dest = tmp_path / "tree"
+    run(CLI + ["unpack", again, str(dest)], timeout=300)
+    assert tree_digest(str(dest), **STAGED) == packed_twice["tree"]
 
 
 def test_pack_reuse_refuses_what_is_not_a_package_in_one_line(packed_twice, tmp_path):
