@@ -505,7 +505,7 @@ def _shift(fd: int, start: int, end: int, delta: int) -> None:
 def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                   threads: int = 0, shard_size: int = 8 << 20, progress=None,
                   replace: bool = True, before_rename=None, entries=None,
-                  members=None, reuse=None) -> Manifest:
+                  members=None, reuse=None, begin_shard=None) -> Manifest:
     """Write the staging tree ``st.root`` to ``out_path`` atomically.
     ``replace=False``: fail with :class:`Exists` if ``out_path`` exists when
     the package is renamed into place (two writers of one name: one wins).
@@ -515,8 +515,9 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
     ``entries`` (default :func:`list_tree`) and ``members(shard, rel, ti,
     size)`` (default: the entry itself, read from the tree) let a caller
     produce members on the way (stream.py: relocated, compiled);
-    ``prefix_files`` may then be a function called once every shard is
-    written.
+    ``begin_shard(shard, entries)`` is called as a shard's writer starts
+    on it; ``prefix_files`` may then be a function called once every shard
+    is written.
 
     Extra disk: the package file alone.  Its start is reserved for the
     manifest (:func:`manifest_room`), the shards go straight after it, in
@@ -562,6 +563,8 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                                 progress.advance(fr.fbytes, files=fr.nfiles)
                             return (fr.csize, fr.usize, fr.sha256, fr.nfiles, fr.fbytes), True
                         dst.rewind()
+                    if begin_shard is not None:
+                        begin_shard(i, ents)
                     return _write_shard(st.root, ents, dst, level, progress,
                                         (lambda rel, ti, size: members(i, rel, ti, size))
                                         if members else None), False

@@ -77,6 +77,7 @@ class _Virtual:
         self.files: dict[str, tuple[str, os.stat_result]] = {}  # key -> (source, stat)
         self.names: dict[str, set[str]] = {}    # real directory -> virtual names in it
         self.real_dirs: dict[str, str] = {}     # directory as given -> its real path
+        self.keys: dict[str, str] = {}          # path as given -> key (same lifetime)
 
     def real_dir(self, d: str) -> str:
         r = self.real_dirs.get(d)
@@ -85,10 +86,13 @@ class _Virtual:
         return r
 
     def key(self, path: str) -> str:
-        d, n = os.path.split(path)
-        if n in ("", ".", ".."):
-            d, n = os.path.split(os.path.normpath(path))
-        return self.real_dir(d) + "/" + n
+        k = self.keys.get(path)
+        if k is None:
+            d, n = os.path.split(path)
+            if n in ("", ".", ".."):
+                d, n = os.path.split(os.path.normpath(path))
+            k = self.keys[path] = self.real_dir(d) + "/" + n
+        return k
 
     def add(self, path: str, src: str, st: os.stat_result) -> None:
         k = self.key(path)
@@ -116,6 +120,7 @@ class _Virtual:
 
     def links_changed(self) -> None:
         self.real_dirs.clear()
+        self.keys.clear()
 
 
 _lazy: _Virtual | None = None

@@ -10,7 +10,8 @@ relocate it on the way (:class:`relocatable.Relocator`), byte-compile each
 ``compileall`` makes, as unchecked-hash ``.pyc`` named after the file's path
 in the tree; taken from the environment's own ``.pyc`` of the source when
 the import system would use that one, which is much cheaper than
-compiling), compress and write.
+compiling; a thread per shard makes the shard's ``.pyc`` members ahead,
+while the writer compresses the members before them), compress and write.
 
 The members come in the order a copied tree gives (``archive.list_tree``,
 with the ``__pycache__`` directories compileall would have made), so the
@@ -35,6 +36,7 @@ import struct
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 
 from . import collect, elf
@@ -182,6 +184,9 @@ class Writer:
         self.now = int(time.time())
         self.tag, self.early = "", set()
         self._settings = None
+        self.ahead: dict[int, _Ahead] = {}  # shard -> its byte code being made ahead
+        self.ahead_threads: list[threading.Thread] = []
+        self.stopping = False
         if compiler:
             srv = self._server()
             self.tag = srv.tag
@@ -219,8 +224,36 @@ class Writer:
             self.idle.put(srv)
 
     def close(self) -> None:
+        self.stopping = True  # (threads making byte code ahead stop at their next file)
+        for t in self.ahead_threads:
+            t.join()
         for srv in self.servers:
             srv.close()
+
+    # -- byte code made ahead ------------------------------------------------
+    def begin_shard(self, shard: int, entries) -> None:
+        """A shard's writer starts: its .pyc members are made by a thread of
+        their own (through a compile server of their own), in order, while
+        the writer reads and compresses the members before each; the writer
+        takes each when it gets there (:meth:`_pyc`)."""
+        rels = [rel for rel, _, _ in entries if rel in self.virtual]
+        if len(rels) < 2 or self.stopping:
+            return
+        ahead = self.ahead[shard] = _Ahead(rels)
+        t = threading.Thread(target=self._make_ahead, args=(ahead,), daemon=True,
+                             name=f"pmb-pyc-{shard}")
+        self.ahead_threads.append(t)
+        t.start()
+
+    def _make_ahead(self, ahead: "_Ahead") -> None:
+        for rel in ahead.rels:
+            if self.stopping:
+                break
+            try:
+                ahead.put(rel, self._make_pyc(rel), None)
+            except BaseException as e:  # (raised where the writer takes it)
+                ahead.put(rel, None, e)
+        ahead.finish()
 
     # -- the members, in a copied tree's order -------------------------------
     def entries(self) -> list:
@@ -284,7 +317,7 @@ class Writer:
     def members(self, shard: int, rel: str, ti: tarfile.TarInfo, size: int):
         pf, kept, warn = self.by_shard.setdefault(shard, ([], [], []))
         if rel in self.virtual:
-            yield from self._pyc(rel, ti, warn)
+            yield from self._pyc(shard, rel, ti, warn)
             return
         if ti.type != tarfile.REGTYPE:
             yield ti, ()
@@ -373,7 +406,25 @@ class Writer:
             if tmp is not None:
                 os.unlink(tmp)
 
-    def _pyc(self, rel: str, ti: tarfile.TarInfo, warn: list):
+    def _pyc(self, shard: int, rel: str, ti: tarfile.TarInfo, warn: list):
+        ahead = self.ahead.get(shard)
+        got = ahead.take(rel) if ahead is not None else None
+        if ahead is not None and ahead.empty():
+            self.ahead.pop(shard, None)
+        if got is None:
+            pyc, warns = self._make_pyc(rel)
+        else:
+            made, err = got
+            if err is not None:
+                raise err
+            pyc, warns = made
+        warn += warns
+        if pyc is not None:
+            yield _with_size(ti, len(pyc)), (pyc,)
+
+    def _make_pyc(self, rel: str) -> tuple[bytes | None, list[str]]:
+        """The bytes of the .pyc member ``rel`` (None: no such member) and
+        the warnings making it gave."""
         py_rel, opt = self.virtual[rel]
         full = os.path.join(self.root, py_rel)
         src_rel = py_rel
@@ -386,7 +437,8 @@ class Writer:
         if self.rl is not None and collect.stat(full).st_size <= BIG_FILE:
             source, pf, _, _ = self.rl.file(src_rel, source)
             if opt == 0 and pf:
-                return  # the unpacker rewrites the source: a .pyc made now would be stale
+                return None, []  # the unpacker rewrites the source: a .pyc made now
+                # would be stale
         cached, mtime, size = b"", 0, 0
         if path != full and source == original:  # a source file of the environment: the
             # .pyc pip, conda or the distribution wrote beside it, if the server finds it
@@ -395,16 +447,16 @@ class Writer:
             cached, mtime, size = self._cached_pyc(path, opt, len(original))
         crashed: list = []
         pyc = self._compile(py_rel, source, opt, cached, mtime, size, crashed)
+        warns = []
         if crashed:
-            warn.append(f"{_pyc_path(path, self.tag, opt)}: this byte code crashes "
-                        f"{self.compiler} when loaded (a damaged file); packed {py_rel} "
-                        f"compiled from its source instead (remove that file: importing "
-                        f"{os.path.basename(py_rel)[:-3]} from the environment crashes too)")
-        if pyc is None:
-            if opt:
-                raise PmbError(f"byte-compiling {py_rel} with {self.compiler} failed")
-            return  # as compileall: a module that does not compile gets no .pyc
-        yield _with_size(ti, len(pyc)), (pyc,)
+            warns.append(f"{_pyc_path(path, self.tag, opt)}: this byte code crashes "
+                         f"{self.compiler} when loaded (a damaged file); packed {py_rel} "
+                         f"compiled from its source instead (remove that file: importing "
+                         f"{os.path.basename(py_rel)[:-3]} from the environment crashes too)")
+        if pyc is None and opt:
+            raise PmbError(f"byte-compiling {py_rel} with {self.compiler} failed")
+        return pyc, warns  # (None: as compileall, a module that does not compile gets
+        # no .pyc)
 
     def _cached_pyc(self, path: str, opt: int, length: int) -> tuple[bytes, int, int]:
         """The environment's own ``.pyc`` of the source file ``path`` (``length``
@@ -518,6 +570,43 @@ class Writer:
         return pf, kept, warn
 
 
+class _Ahead:
+    """The .pyc members of one shard, made in order by one thread and taken
+    by the shard's writer."""
+
+    def __init__(self, rels: list[str]):
+        self.rels = rels
+        self.left = set(rels)
+        self.results: dict[str, tuple] = {}
+        self.over = False
+        self.cv = threading.Condition()
+
+    def put(self, rel: str, made, err) -> None:
+        with self.cv:
+            self.results[rel] = (made, err)
+            self.cv.notify_all()
+
+    def finish(self) -> None:
+        with self.cv:
+            self.over = True
+            self.cv.notify_all()
+
+    def take(self, rel: str):
+        """(made, exception) of ``rel``, once made; None if it will not be
+        (not one of these, or the thread stopped first: the caller makes it)."""
+        with self.cv:
+            if rel not in self.left:
+                return None
+            self.left.discard(rel)
+            while rel not in self.results and not self.over:
+                self.cv.wait()
+            return self.results.pop(rel, None)
+
+    def empty(self) -> bool:
+        with self.cv:
+            return not self.left
+
+
 def _pyc_name(py: str, tag: str, opt: int) -> str:
     """The name the import system gives the byte code of the module file
     ``py`` in its ``__pycache__``."""
@@ -572,6 +661,7 @@ def write(st: collect.Staged, compiler: str | None, out: str, level: int, thread
         return write_package(st, prefix_files, out, level=level, threads=threads,
                              shard_size=shard_size, progress=progress, replace=replace,
                              before_rename=before_rename, entries=entries, members=w.members,
+                             begin_shard=w.begin_shard,
                              reuse=reuse)
     finally:
         if reuse is not None:
