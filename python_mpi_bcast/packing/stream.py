@@ -55,6 +55,7 @@ import _imp, importlib.util, marshal, os, resource, struct, types
 from importlib._bootstrap_external import _code_to_hash_pyc
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 MAGIC = importlib.util.MAGIC_NUMBER
+LOADS = VM = 0
 def send(b):
     out.write(struct.pack("<Q", len(b)) + b)
     out.flush()
@@ -76,9 +77,13 @@ def cached(pyc, src, mtime, size):
     # marshal trusts its input: a damaged .pyc can declare containers of
     # gigabytes (allocated before their items are read), so the address
     # space is capped while it loads (a MemoryError: compiled instead)
+    global LOADS, VM
+    if LOADS % 64 == 0:  # (this process's size, looked at now and then: it grows slowly)
+        with open("/proc/self/statm") as f:
+            VM = int(f.read().split()[0]) * resource.getpagesize()
+    LOADS += 1
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as f:
-        cap = int(f.read().split()[0]) * resource.getpagesize() + (256 << 20) + 64 * len(pyc)
+    cap = VM + (256 << 20) + 64 * len(pyc)
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
     if soft != resource.RLIM_INFINITY:
