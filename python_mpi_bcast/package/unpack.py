@@ -15,6 +15,7 @@ import os
 import shutil
 
 from ..support import leftovers
+from ..support.files import write_atomic
 from .archive import unpack_packages
 from ..support.errors import PmbError
 from .format import Manifest, read_manifest
@@ -101,12 +102,16 @@ def unpack(packages: list[str], dest: str, force: bool = False,
         out = [m for _, m in manifests]
         if before_rename is not None:
             before_rename(tmp)
-        if ours is None:
-            with open(os.path.join(tmp, RECORD), "w") as f:
-                json.dump({"made_by": "python-mpi-bcast unpack",
-                           "packages": [{"file": os.path.basename(p), "content_hash":
-                                         m.content_hash} for p, m in manifests]}, f)
-                f.write("\n")
+        if ours is None:  # (replacing a member of that name, never writing through a link)
+            rec = os.path.join(tmp, RECORD)
+            if os.path.isdir(rec) and not os.path.islink(rec):
+                raise PmbError(f"the packages hold a directory {RECORD} at the top of the tree, "
+                               f"the name unpack keeps its record under; rename it and pack "
+                               f"again")
+            write_atomic(rec, json.dumps({
+                "made_by": "python-mpi-bcast unpack",
+                "packages": [{"file": os.path.basename(p), "content_hash": m.content_hash}
+                             for p, m in manifests]}) + "\n")
         os.chmod(tmp, 0o755)
         if os.path.lexists(dest):
             shutil.rmtree(dest)

@@ -371,6 +371,31 @@ def test_later_layers_replace_files_and_links(place):
         assert open(os.path.join(tree, "l"), "rb").read() == b"two"
 
 
+@pytest.mark.parametrize("kind", ["symlink", "directory", "file"])
+def test_unpacks_record_never_writes_through_a_member_of_its_name(place, kind):
+    """``unpack`` marks its trees with a record at the top; a member of that
+    name is replaced (a file, a link: the link is not followed, the file it
+    names in the tree stays as packed) or, a directory, refused in one line
+    naming it."""
+    rec = ".python-mpi-bcast-unpack.json"
+    raw = tar_member("target.txt", b"packed bytes\n")
+    raw += {"symlink": tar_member(rec, type_=SL, link="target.txt"),
+            "directory": tar_member(rec, type_=tarfile.DIRTYPE),
+            "file": tar_member(rec, b"a file of the package\n")}[kind]
+    write_package(pkg(place), [raw])
+    r, dest = place.unpack(PKG)
+    if kind == "directory":
+        line = unpack_error(r)
+        assert line and rec in line and "directory" in line, r.stderr
+        assert not os.path.exists(dest)
+        assert [e for e in os.listdir(place.base) if e.startswith(".dest")] == []
+        return
+    assert r.returncode == 0, r.stderr
+    assert open(os.path.join(dest, "target.txt"), "rb").read() == b"packed bytes\n"
+    assert not os.path.islink(os.path.join(dest, rec))
+    assert b"python-mpi-bcast unpack" in open(os.path.join(dest, rec), "rb").read()
+
+
 # root without capabilities: no CAP_DAC_OVERRIDE, so file modes bind it as
 # any user's (a mode-000 file is unreadable), while the test venv stays
 # reachable wherever the project lies (CI runs it in /root, mode 700)
