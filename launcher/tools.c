@@ -241,6 +241,14 @@ int pmb_manifest_main(int argc, char **argv)
             printf("shard %llu %llu %llu %llu\n", (unsigned long long)m.shards[s].offset,
                    (unsigned long long)m.shards[s].csize, (unsigned long long)m.shards[s].usize,
                    (unsigned long long)m.shards[s].nfiles);
+        for (int p = 0; p < m.nparts; p++) {
+            const pmb_split *sp = &m.splits[m.parts[p].split];
+            printf("part %d %llu %llu %04o %llu", m.parts[p].shard,
+                   (unsigned long long)m.parts[p].offset, (unsigned long long)sp->size, sp->mode,
+                   (unsigned long long)sp->mtime);
+            print_hex("path", sp->path);
+            printf("\n");
+        }
         for (int p = 0; p < m.nprefix; p++) {
             printf("prefix %s", m.prefix[p].binary ? "binary" : "text");
             print_hex("path", m.prefix[p].path);
