@@ -1,4 +1,5 @@
-/* Package manifests (format version 2, described in python_mpi_bcast/package/format.py):
+/* Package manifests (format version 3, described in python_mpi_bcast/package/format.py;
+ * version 2 has no part lines):
  * a zstd skippable frame at the start of the file holding one zstd frame
  * with a content checksum, which holds the manifest text, then padding
  * (0x00 bytes only; the payload starts after the skippable frame).  The text is

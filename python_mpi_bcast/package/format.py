@@ -1,4 +1,6 @@
-"""The package file format, ``NAME.tar.zst`` (format version 2).
+"""The package file format, ``NAME.tar.zst`` (format version 3; version 2
+is the same without part lines, and a package that splits no file is
+written as version 2).
 
 Layout::
 
@@ -8,8 +10,8 @@ Layout::
     |   manifest text (UTF-8, see below), then padding: zero    |
     |   or more 0x00 bytes up to the length                     |
     +-----------------------------------------------------------+
-    | shard 0: one zstd frame with content checksum = whole     |  payload
-    |   POSIX tar members                                       |
+    | shard 0: one zstd frame with content checksum = POSIX tar |  payload
+    |   members (whole, but a split file's, see below)          |
     | shard 1 ...                                               |
     | tail: one zstd frame = the 1024 zero bytes that end a tar |
     +-----------------------------------------------------------+
@@ -24,15 +26,27 @@ The payload starts right after the skippable frame (8 + its length).
 
 Decoders skip skippable frames and concatenate the others, so
 ``zstd -dc NAME.tar.zst | tar -x`` and ``tar --zstd -xf NAME.tar.zst`` give
-the tree.  Every shard holds whole files, so shards unpack independently.
+the tree.  Shards unpack independently: each holds whole members, except
+that a large regular file may be *split* (archive.partition): its header
+and first bytes end one shard, its data runs on across frame boundaries,
+its last bytes and padding start a later shard, and the manifest's part
+lines say where each shard that begins inside it begins, so whoever
+unpacks that shard writes its piece at that offset (launcher/unpack.c).
 
 The manifest is line oriented (the C launcher parses it without a JSON
 library), one ``key value`` per line in this order: the header
 ``python-mpi-bcast-package 2``; the keys (``name``, ``kind``,
 ``unpacked_size``, ``files``, ``payload_size`` and ``content_hash``
 required, the others optional, each at most once); ``shards N``; N ``shard
-OFFSET CSIZE USIZE FILES SHA256`` lines (the tail is the last); ``prefix
-MODE PATH PLACEHOLDER`` lines; ``end``.  Values are percent-encoded
+OFFSET CSIZE USIZE FILES SHA256`` lines (the tail is the last); version 3:
+``part SHARD OFFSET SIZE MODE MTIME PATH`` lines in shard order (shard
+SHARD begins OFFSET bytes into the data of the split file PATH of SIZE
+bytes, mode MODE as 4 octal digits, mtime MTIME, which the shard before it
+left open; OFFSET on a 512-byte block; a shard whose piece fills it is
+followed by a line for the next shard at OFFSET + its unpacked size; the
+first piece and the header fit the shard before; the last piece ends in
+its shard; a file is split once; a split file is counted in its header's
+shard; never a prefix file); ``prefix MODE PATH PLACEHOLDER`` lines; ``end``.  Values are percent-encoded
 (``%XX``, upper-case hex, for ``%``, space and control bytes; never
 ``%00``); numbers are canonical decimals below 2**63; paths are relative
 with no empty, ``.`` or ``..`` component.  Offsets count from the first
