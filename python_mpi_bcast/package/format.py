@@ -154,9 +154,12 @@ class Manifest:
     parts: list[Part] = dataclasses.field(default_factory=list)
 
     # -- encoding -------------------------------------------------------
+    def format_version(self) -> int:
+        """2 unless a file is split (part lines): readers of version 2 read it."""
+        return 3 if self.parts else 2
+
     def to_text(self) -> str:
-        # version 2 unless a file is split: readers of version 2 read it
-        lines = [f"python-mpi-bcast-package {3 if self.parts else 2}"]
+        lines = [f"python-mpi-bcast-package {self.format_version()}"]
         for key in ("name", "kind", "python", "abi", "platform", "libpython",
                     "executable", "site_dir", "unpacked_size", "files",
                     "payload_size", "content_hash", "created_by", "sources"):
@@ -177,7 +180,7 @@ class Manifest:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["format_version"] = FORMAT_VERSION
+        d["format_version"] = self.format_version()
         return d
 
     @classmethod

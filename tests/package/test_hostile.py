@@ -755,6 +755,100 @@ def test_the_stream_scan_reports_what_the_scan_of_the_unpacked_tree_reports(tmp_
     assert "bin.so" in out[0] and "OK (8 files" in out[0], out[0]
 
 
+# -- split files (format 3): crafted packages that misuse pieces -------------
+
+DATA = bytes(random.Random(3).randrange(256) for _ in range(3000))
+
+
+def split_package(path, *, name="big", header=None, before=b"", after=b"", parts=None,
+                  shard0=None, size=3000, mode=0o644, mtime=1_700_000_000):
+    """A package whose file ``name`` (DATA, 3000 bytes) is split: its header
+    and bytes [0, 1024) end shard 0 (after ``before``), [1024, 2048) are
+    shard 1, the rest and its padding start shard 2 (then ``after``); the
+    manifest's part lines say so unless ``parts`` replaces them."""
+    hdr = header if header is not None else tar_member(name, DATA, mode=mode)[:512]
+    shards = [shard0 if shard0 is not None else before + hdr + DATA[:1024], DATA[1024:2048],
+              DATA[2048:] + b"\0" * 72 + after]
+    parts = parts if parts is not None else [
+        pkgformat.Part(1, 1024, size, mode, mtime, name),
+        pkgformat.Part(2, 2048, size, mode, mtime, name)]
+
+    def fix(m):
+        nb, bb = count(before)
+        na, ba = count(after)
+        head = 1 if header is None or header[156:157] == b"0" else 0
+        for sh, n in zip(m.shards, [nb + head, 0, na, 0]):
+            sh.nfiles = n
+        m.files = nb + na + head
+        m.unpacked_size = bb + ba + (3000 if head else 0)
+        m.parts = parts
+    write_package(path, shards, fix=fix)
+
+
+def test_a_crafted_split_file_is_read_by_every_reader(place):
+    split_package(pkg(place), before=tar_member("a", b"x" * 700), after=tar_member("z", b"zz"))
+    r, dest = place.unpack(PKG)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(dest, "big"), "rb") as f:
+        assert f.read() == DATA
+    assert os.stat(os.path.join(dest, "big")).st_mtime == 1_700_000_000
+    place.threads = 1
+    r = place.launcher(PKG, ranks=4, nodes=2)
+    assert r.returncode == 0, r.stderr
+    assert len(place.ready_trees()) == 2
+    for t in place.ready_trees():
+        with open(os.path.join(t, "big"), "rb") as f:
+            assert f.read() == DATA
+    assert place.verify(PKG).returncode == 0
+
+
+SL, DIR = tarfile.SYMTYPE, tarfile.DIRTYPE
+NOT_IT = "not the file the manifest splits under that name"
+
+
+@pytest.mark.parametrize("kw,needle", [
+    # the split name is a symlink or a directory in the package
+    ({"header": tar_member("big", type_=SL, link="a")[:512]}, NOT_IT),
+    ({"header": tar_member("big", type_=DIR)[:512]}, NOT_IT),
+    # the header does not say what the part lines say
+    ({"size": 3500, "after": tar_member("z", b"z" * 1024)}, NOT_IT),
+    ({"mtime": 1_700_000_001}, NOT_IT),
+    # a second file or link of the split name, in another shard
+    ({"after": tar_member("big", b"again")}, NOT_IT),
+    ({"after": tar_member("big", type_=SL, link="z")}, NOT_IT),
+    ({"before": tar_member("big", b"first")}, NOT_IT),
+    # shard 0 ends between members, the manifest says shard 1 begins inside a file
+    ({"shard0": tar_member("a", b"x" * 1024)}, "shard 0 ends between members"),
+    # shard 0 ends inside a file the manifest does not continue
+    ({"parts": []}, "shard 0 ends inside an archive member"),
+    # a file under the split file (its parent is a file)
+    ({"after": tar_member("big/x", b"x")}, "is a symlink or a file"),
+])
+def test_misused_pieces_are_refused_by_every_reader(place, kw, needle):
+    split_package(pkg(place), **kw)
+    both_refuse(place, PKG, needle)
+
+
+def test_a_link_at_the_split_files_name_is_replaced_never_followed(place):
+    """An earlier layer's symlink where a split file goes (and a file it
+    points to): the split file replaces the link; the target is untouched."""
+    write_package(pkg(place, "l1.tar.zst"),
+                  [tar_member("t.txt", b"target\n") + tar_member("big", type_=SL, link="t.txt")])
+    split_package(pkg(place))
+    for r, trees in [(lambda: place.launcher(f"l1.tar.zst:{PKG}", ranks=2, nodes=1),
+                      place.ready_trees),
+                     (lambda: place.unpack(f"l1.tar.zst:{PKG}")[0],
+                      lambda: [os.path.join(place.base, "dest")])]:
+        res = r()
+        assert res.returncode == 0, res.stderr
+        for t in trees():
+            assert not os.path.islink(os.path.join(t, "big"))
+            with open(os.path.join(t, "big"), "rb") as f:
+                assert f.read() == DATA
+            with open(os.path.join(t, "t.txt"), "rb") as f:
+                assert f.read() == b"target\n"
+
+
 # -- the manifest parsers: one corpus, same verdicts --------------------------
 
 def split_manifest() -> pkgformat.Manifest:
