@@ -575,6 +575,10 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                  sources=":".join(st.scrub))
     if not callable(prefix_files):
         m.prefix_files = list(prefix_files)
+    for i, ents in enumerate(shards):  # known now: the manifest's room counts them
+        if ents.head:
+            rel, ti, size = ents[0]
+            m.parts.append(Part(i, ents.head, size, ti.mode & 0o777, ti.mtime, rel))
     room = manifest_room(m, len(shards) + 1, nregular, not callable(prefix_files))
     final_tmp = side_tmp = None
     try:
@@ -624,10 +628,6 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                 off += csize
             m.shards.append(Shard(off, len(tail), len(TAR_END), 0,
                                   hashlib.sha256(tail).hexdigest()))
-            for i, ents in enumerate(shards):
-                if ents.head:
-                    rel, ti, size = ents[0]
-                    m.parts.append(Part(i, ents.head, size, ti.mode & 0o777, ti.mtime, rel))
             off += len(tail)
             if sink.pos != room + off:  # the sizes add up to what was written
                 raise PmbError(f"writing {out_path}: {sink.pos - room} payload bytes "
