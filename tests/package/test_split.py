@@ -147,6 +147,7 @@ def test_pieces_are_unpacked_by_a_user_bound_by_file_modes(packed, tmp_path):
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to run the readers without capabilities")
     src, pack = packed
+    assert "d/big.bin" in {p.path for p in pkgformat.read_manifest(pack)[0].parts}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("PYTHON_MPI_") and k not in ("PYTHONHOME", "PYTHONPATH")}
     env.update(HOME=str(tmp_path), TMPDIR=str(tmp_path), PYTHON_MPI_THREADS="2")
