@@ -42,6 +42,11 @@ Sections
      venv and against conda-pack on section 6's conda env, interleaved with
      CPU; the peak extra disk of a pack ($TMPDIR + output directory); staging
      at the default level against level 10
+ 14. one large file: a package holding one 512 MB file (float data, about
+     as compressible as a library), packed whole (--no-split) and split
+     across shards (the default), unpacked with 2 threads (python-mpi
+     --pmb-unpack, PYTHON_MPI_THREADS=2) and staged on one node with one
+     rank, interleaved repeats (--reps)
 --heavy adds 11b and 13b: sections 11 and 13 (without conda and staging) on a
      torch-class venv (pip install torch numpy mpi4py: torch's CUDA wheels
      make it several GB), the kind of environment issue 21 was found with
@@ -354,6 +359,66 @@ def bench_stage(rep, pkgroot, packages, reps, tmp):
           f"{t_zstd / (c1 / ncpu):.2f}x faster than tar --zstd. Faster staging here needs less "
           f"work: fewer bytes (`pack --slim`), not more threads; on a node with more cores the "
           f"floor falls with the core count.\n")
+
+
+def big_float_file(path: str, size: int = 512 << 20) -> None:
+    """``size`` bytes of float64 data: rounded Gaussian values, a new 4 MiB
+    block of them every 4 MiB (no long repeats for zstd to find: about as
+    compressible as a large library)."""
+    import array
+    import random
+    rng = random.Random(21)
+    block = 4 << 20
+    with open(path, "wb") as f:
+        for _ in range(size // block):
+            a = array.array("d", (round(rng.gauss(0, 1), 3) for _ in range(block // 8)))
+            f.write(a.tobytes())
+
+
+def bench_split(rep, reps, tmp):
+    rep.h("14. One large file: split across shards or whole")
+    src = os.path.join(tmp, "big-src")
+    os.makedirs(src)
+    big_float_file(os.path.join(src, "big.bin"))
+    pkgs = os.path.join(tmp, "split-pkgs")
+    os.makedirs(pkgs)
+    sizes = {}
+    for name, extra in (("whole", ["--no-split"]), ("split", [])):
+        sh(CLI + ["pack", "--directory", src, "-o", pkgs, "-n", name, "-q"] + extra)
+        sizes[name] = os.path.getsize(os.path.join(pkgs, f"{name}.tar.zst"))
+    cpu = {}
+
+    def unpack(name):
+        d = fresh_chroot()
+        try:
+            return timed([LAUNCHER, "--pmb-unpack", d, d, os.path.join(pkgs, f"{name}.tar.zst")],
+                         cpu=cpu.setdefault(f"unpack {name}", []),
+                         env=dict(os.environ, PYTHON_MPI_THREADS="2"))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def stage(name):
+        return stage_job_seconds(pkgs, f"{name}.tar.zst", 1, cpu.setdefault(f"stage {name}", []))
+
+    got = interleaved(reps, {
+        "unpack whole": lambda: unpack("whole"), "unpack split": lambda: unpack("split"),
+        "stage whole": lambda: stage("whole"), "stage split": lambda: stage("split")})
+    rows = []
+    for what in ("unpack", "stage"):
+        for name in ("whole", "split"):
+            k = f"{what} {name}"
+            rows.append([k, med_range(got[k]), f"{statistics.median(cpu[k]):.2f}",
+                         f"{statistics.median(got[f'{what} whole']) / statistics.median(got[k]):.2f}x"])
+    ncpu = len(os.sched_getaffinity(0))
+    rep.p(f"One file of 512 MiB (rounded Gaussian float64 data; package {sizes['whole'] / 1e6:.0f} "
+          f"MB whole, {sizes['split'] / 1e6:.0f} MB split at the default 8 MiB shards). "
+          f"unpack: python-mpi --pmb-unpack (what python-mpi-bcast unpack runs) with "
+          f"PYTHON_MPI_THREADS=2 into /dev/shm; stage: a whole mpiexec -n 1 python-mpi "
+          f"--stage-only job (threads on every core of its affinity, {ncpu} here). Median "
+          f"[min–max] seconds of {reps} interleaved repeats; CPU s: user + system, median; "
+          f"'vs whole': whole time / this time. Machine: {os.cpu_count()} cores, shared "
+          f"with other jobs when this ran.\n")
+    rep.table(["run", "seconds", "CPU s", "vs whole"], rows)
 
 
 IMPORT8 = ("import numpy, scipy, scipy.linalg, scipy.sparse; from mpi4py import MPI; "
@@ -1084,15 +1149,16 @@ def main():
                                                   datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     ap.add_argument("--latency-us", type=int, default=500)
-    ap.add_argument("--only", default="1,2,4,5,6,7,8,9,10,11,12,13",
+    ap.add_argument("--only", default="1,2,4,5,6,7,8,9,10,11,12,13,14",
                     help="sections to run (3 comes with 2; 7 = scale model; 8 = cold start; "
                          "9 = sbcast on Slurm; 10 = launcher load; 11 = re-pack; 12 = zstd "
-                         "levels; 13 = pack vs tar | zstd and conda-pack, peak disk)")
+                         "levels; 13 = pack vs tar | zstd and conda-pack, peak disk; 14 = one "
+                         "large file split or whole)")
     ap.add_argument("--heavy", action="store_true",
                     help="sections 11 and 13 also on a torch-class venv (pip install torch "
                          "numpy mpi4py: several GB; built once under build/bench/heavy)")
     ap.add_argument("--reps", type=int, default=5,
-                    help="interleaved repeats in sections 4, 8, 11, 12 and 13 (default 5)")
+                    help="interleaved repeats in sections 4, 8, 11, 12, 13 and 14 (default 5)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     only = set(a.only.split(","))
@@ -1145,6 +1211,8 @@ def main():
                          a.reps, tmp)
         if "13" in only:
             bench_pack_vs(rep, venv_dir, a.reps, tmp)
+        if "14" in only:
+            bench_split(rep, a.reps, tmp)
         if a.heavy and only & {"11", "13"}:
             heavy = os.path.join(WORK, "heavy")
             ensure_venv(heavy, HEAVY_PACKAGES)

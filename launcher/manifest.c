@@ -1,4 +1,5 @@
-/* Package manifests (format version 2, described in python_mpi_bcast/package/format.py):
+/* Package manifests (format version 3, described in python_mpi_bcast/package/format.py;
+ * version 2 has no part lines):
  * a zstd skippable frame at the start of the file holding one zstd frame
  * with a content checksum, which holds the manifest text, then padding
  * (0x00 bytes only; the payload starts after the skippable frame).  The text is
@@ -188,6 +189,7 @@ typedef struct {
     long long declared;
     uint64_t off, nfiles, usum;
     int cap_p;
+    int version, prefixed, cap_parts;
 } mparse;
 
 #define PFAIL(...) do { snprintf(p->err, p->errlen, __VA_ARGS__); return -1; } while (0)
@@ -230,10 +232,11 @@ static int header_line(mparse *p)
 {
     if (p->nf != 2 || !IS(0, "python-mpi-bcast-package"))
         PFAIL("not a python-mpi-bcast package (bad manifest header)");
-    if (!IS(1, "2"))
+    if (!IS(1, "2") && !IS(1, "3"))
         PFAIL("package format version %.*s is not supported (this python-mpi reads "
-              "version %d); re-pack it with python-mpi-bcast pack",
-              (int)(p->fl[1] < 20 ? p->fl[1] : 20), p->f[1], PMB_FORMAT_VERSION);
+              "versions 2 and 3); re-pack it with python-mpi-bcast pack",
+              (int)(p->fl[1] < 20 ? p->fl[1] : 20), p->f[1]);
+    p->version = p->f[1][0] - '0';
     return 0;
 }
 
@@ -250,8 +253,11 @@ static int shards_line(mparse *p)
             PFAIL("corrupt manifest (no '%s' line)", KEYS[required[r]]);
     p->declared = (long long)n;
     p->m->shards = calloc((size_t)n, sizeof(pmb_shard));
-    if (!p->m->shards)
+    p->m->shard_part = malloc(sizeof(int) * (size_t)n);
+    if (!p->m->shards || !p->m->shard_part)
         PFAIL("out of memory");
+    for (uint64_t i = 0; i < n; i++)
+        p->m->shard_part[i] = -1;
     p->phase = 1;
     return 0;
 }
@@ -313,7 +319,143 @@ static int prefix_line(mparse *p)
     x->binary = binary;
     x->path = path;
     x->placeholder = ph;
+    p->prefixed = 1;
     return 0;
+}
+
+static uint64_t roundup512(uint64_t n) { return (n + 511) / 512 * 512; }
+
+/* "part SHARD OFFSET SIZE MODE MTIME PATH", against the shard lines and
+ * the part line before it (format.py _part) */
+static int part_line(mparse *p)
+{
+    pmb_manifest *m = p->m;
+    if (p->phase != 2 || p->nf != 7 || p->prefixed)
+        PFAIL("corrupt manifest (bad part line %d)", p->lineno);
+    if (p->version != 3)
+        PFAIL("corrupt manifest (part line %d in a version 2 manifest)", p->lineno);
+    uint64_t s, off, size, mtime;
+    const char *md = p->f[4];
+    int bad = parse_num(p->f[1], p->fl[1], &s) || parse_num(p->f[2], p->fl[2], &off) ||
+              parse_num(p->f[3], p->fl[3], &size) || parse_num(p->f[5], p->fl[5], &mtime) ||
+              p->fl[4] != 4 || md[0] != '0';
+    for (int i = 0; i < 4 && !bad; i++)
+        bad = md[i] < '0' || md[i] > '7';
+    if (bad)
+        PFAIL("corrupt manifest (bad part line %d)", p->lineno);
+    unsigned mode = (unsigned)((md[1] - '0') * 64 + (md[2] - '0') * 8 + (md[3] - '0'));
+    size_t pl;
+    char *path = decode(p->f[6], p->fl[6], &pl);
+    if (!path)
+        PFAIL("corrupt manifest (bad percent-encoding in line %d)", p->lineno);
+    const char *why = pmb_path_problem(path, pl);
+    if (why) {
+        snprintf(p->err, p->errlen, "corrupt manifest (split file path: %s)", why);
+        free(path);
+        return -1;
+    }
+    int ok = 0;
+    const pmb_part *prev = m->nparts ? &m->parts[m->nparts - 1] : NULL;
+    const pmb_split *ps = prev ? &m->splits[prev->split] : NULL;
+    if (s < 1 || (long long)s > (long long)m->nshards - 2)
+        snprintf(p->err, p->errlen, "corrupt manifest (part line %d: shard %llu cannot begin "
+                 "inside a file)", p->lineno, (unsigned long long)s);
+    else if (prev && (int)s <= prev->shard)
+        snprintf(p->err, p->errlen, "corrupt manifest (part lines out of order, line %d)",
+                 p->lineno);
+    else if (off == 0 || off >= size || off % 512)
+        snprintf(p->err, p->errlen, "corrupt manifest (part line %d: offset %llu is not inside "
+                 "the file)", p->lineno, (unsigned long long)off);
+    else
+        ok = 1;
+    if (!ok) {
+        free(path);
+        return -1;
+    }
+    uint64_t before = m->shards[s - 1].usize;
+    int same = prev && prev->shard == (int)s - 1 && !strcmp(ps->path, path);
+    if (same) {
+        free(path);
+        if (size != ps->size || mode != ps->mode || mtime != ps->mtime ||
+            off != prev->offset + before)
+            PFAIL("corrupt manifest (part line %d does not continue the piece before it)",
+                  p->lineno);
+    } else {
+        uint64_t room = before;
+        if (prev) {
+            uint64_t rest = roundup512(ps->size) - prev->offset;
+            if (rest > m->shards[prev->shard].usize) {
+                free(path);
+                PFAIL("corrupt manifest (part line %d: the file's last piece is missing)",
+                      p->lineno - 1);
+            }
+            if (prev->shard == (int)s - 1)
+                room -= rest;
+        }
+        if (off + 512 > room) {
+            free(path);
+            PFAIL("corrupt manifest (part line %d: the file's first piece does not fit shard "
+                  "%llu)", p->lineno, (unsigned long long)(s - 1));
+        }
+        m->splits = pmb_xrealloc(m->splits, sizeof(pmb_split) * (size_t)(m->nsplits + 1));
+        m->splits[m->nsplits++] = (pmb_split){path, size, mtime, mode, (int)s - 1, (int)s};
+    }
+    if (m->nparts == p->cap_parts) {
+        p->cap_parts = p->cap_parts ? 2 * p->cap_parts : 16;
+        m->parts = pmb_xrealloc(m->parts, sizeof(pmb_part) * (size_t)p->cap_parts);
+    }
+    m->parts[m->nparts++] = (pmb_part){(int)s, m->nsplits - 1, off};
+    m->splits[m->nsplits - 1].last = (int)s;
+    m->shard_part[s] = m->nparts - 1;
+    return 0;
+}
+
+static const pmb_manifest *sort_m;
+static int by_path(const void *a, const void *b)
+{
+    return strcmp(sort_m->splits[*(const int *)a].path, sort_m->splits[*(const int *)b].path);
+}
+
+/* after the last line (format.py _parts_end): the last split file ends in
+ * its shard, no file is split twice, no prefix line names a split file */
+static int check_parts(mparse *p)
+{
+    pmb_manifest *m = p->m;
+    if (!m->nparts)
+        return 0;
+    const pmb_part *last = &m->parts[m->nparts - 1];
+    if (roundup512(m->splits[last->split].size) - last->offset > m->shards[last->shard].usize)
+        PFAIL("corrupt manifest (last part line: the file's last piece is missing)");
+    m->split_order = pmb_xmalloc(sizeof(int) * (size_t)m->nsplits);
+    for (int i = 0; i < m->nsplits; i++)
+        m->split_order[i] = i;
+    sort_m = m;
+    qsort(m->split_order, (size_t)m->nsplits, sizeof(int), by_path);
+    for (int i = 0; i + 1 < m->nsplits; i++)
+        if (!strcmp(m->splits[m->split_order[i]].path, m->splits[m->split_order[i + 1]].path))
+            PFAIL("corrupt manifest (split file '%.200s' given twice)",
+                  m->splits[m->split_order[i]].path);
+    for (int i = 0; i < m->nprefix; i++)
+        if (pmb_find_split(m, m->prefix[i].path) >= 0)
+            PFAIL("corrupt manifest (prefix file '%.200s' is a split file)", m->prefix[i].path);
+    return 0;
+}
+
+/* The split file named path (its index in m->splits), or -1. */
+int pmb_find_split(const pmb_manifest *m, const char *path)
+{
+    int lo = 0, hi = m->nsplits - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        int c = strcmp(m->splits[m->split_order[mid]].path, path);
+        if (!c)
+            return m->split_order[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
 }
 
 /* "KEY VALUE" before the shards: each key once, its value checked */
@@ -436,6 +578,8 @@ static int parse_line(mparse *p, const char *line, size_t ll)
         return shard_line(p);
     if (IS(0, "prefix"))
         return prefix_line(p);
+    if (IS(0, "part"))
+        return part_line(p);
     if (IS(0, "end")) {
         if (p->phase != 2 || p->nf != 1)
             PFAIL("corrupt manifest (misplaced 'end')");
@@ -469,7 +613,7 @@ int pmb_manifest_parse(pmb_manifest *m, const char *text, size_t len, char *err,
         if (parse_line(&p, line, ll))
             return -1;
     }
-    if (check_ended(&p))
+    if (check_ended(&p) || check_parts(&p))
         return -1;
     tree_key(m);
     return 0;
@@ -486,8 +630,8 @@ char *pmb_manifest_decode(const unsigned char *body, size_t size, size_t *text_l
         while (n < size && n < sizeof v1 + 8 && body[n] >= '0' && body[n] <= '9')
             n++;
         snprintf(err, errlen, "package format version %.*s is not supported (this python-mpi "
-                 "reads version %d); re-pack it with python-mpi-bcast pack",
-                 (int)(n - (sizeof v1 - 1)), (const char *)body + sizeof v1 - 1, PMB_FORMAT_VERSION);
+                 "reads versions 2 and 3); re-pack it with python-mpi-bcast pack",
+                 (int)(n - (sizeof v1 - 1)), (const char *)body + sizeof v1 - 1);
         return NULL;
     }
     if (size < 5 || body[0] != 0x28 || body[1] != 0xb5 || body[2] != 0x2f || body[3] != 0xfd) {

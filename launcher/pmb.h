@@ -32,7 +32,7 @@
 
 #define PMB_SKIPPABLE_MAGIC 0x184D2A5Bu
 #define PMB_MAX_MANIFEST (64u << 20)
-#define PMB_FORMAT_VERSION 2
+#define PMB_FORMAT_VERSION 3 /* the newest read; version 2: no part lines */
 
 enum pmb_mode { PMB_MODE_EMBED, PMB_MODE_EXEC, PMB_MODE_STAGE_ONLY };
 
@@ -47,6 +47,22 @@ typedef struct {
     char *placeholder;
 } pmb_prefix;
 
+/* "part SHARD OFFSET SIZE MODE MTIME PATH": shard SHARD begins OFFSET bytes
+ * into the data of a file split across shards (split: its index) */
+typedef struct {
+    int shard, split;
+    uint64_t offset;
+} pmb_part;
+
+/* a regular file whose data runs across shards: its header is in shard
+ * head, its last byte in shard last */
+typedef struct {
+    char *path;
+    uint64_t size, mtime;
+    unsigned mode;
+    int head, last;
+} pmb_split;
+
 typedef struct {
     char *file;            /* the name as given in PYTHON_MPI_PACKAGES */
     char *name, *kind, *python, *abi, *libpython, *executable, *site_dir;
@@ -57,6 +73,11 @@ typedef struct {
     pmb_shard *shards;
     int nprefix;
     pmb_prefix *prefix;
+    int nparts, nsplits;
+    pmb_part *parts;
+    int *shard_part;       /* per shard: its part (index into parts) or -1 */
+    pmb_split *splits;     /* in the manifest's order */
+    int *split_order;      /* splits sorted by path */
     char *text;            /* the manifest text as read (broadcast to all ranks) */
     size_t text_len;
 } pmb_manifest;

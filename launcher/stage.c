@@ -882,14 +882,22 @@ static void send_layers(pmb_manifest *ms, int first, int n, const int *fds, int 
                         const char *tree, pmb_stage_report *rep, uint64_t *nf, uint64_t *nb)
 {
     for (int i = first; i < n; i++) {
+        int team_up = unpacker && team->comm != MPI_COMM_NULL;
+        MPI_Request r;
+        if (team_up && ms[i].nsplits) { /* the split files exist before any piece comes */
+            if (pmb_c.node_rank == 0)
+                pmb_split_create(tmp, &ms[i]);
+            MPI_Ibarrier(team->comm, &r);
+            pmb_wait(&r);
+        }
         stage_package(&ms[i], pmb_c.world_rank == 0 ? fds[i] : -1, unpacker, team, bufs, tmp,
                       rep, nf, nb);
-        if (!unpacker || team->comm == MPI_COMM_NULL)
+        if (!team_up)
             continue;
-        MPI_Request r;
         MPI_Ibarrier(team->comm, &r);
         pmb_wait(&r);
         if (pmb_c.node_rank == 0) {
+            pmb_split_finish(tmp, &ms[i]); /* every rank's pieces are in */
             pmb_patch_prefixes(tmp, tree, &ms[i]);
             /* what the tree holds before a last directory layer */
             if (i == n - 2 && !strcmp(ms[n - 1].kind, "directory"))

@@ -156,6 +156,7 @@ int pmb_unpack_main(int argc, char **argv)
         pmb_manifest *m = &ms[i];
         if (lseek(fds[i], (off_t)m->payload_start, SEEK_SET) < 0)
             pmb_die("package '%s': seek failed: %s", m->file, strerror(errno));
+        pmb_split_create(dest, m);
         int *owner = pmb_xmalloc(sizeof(int) * (size_t)m->nshards);
         pmb_assign_shards(m, nt, owner);
         pmb_pool *pool = pmb_pool_new(dest, m, owner, 0, nt, buf, chunk, nbuf, nt == 1);
@@ -178,6 +179,7 @@ int pmb_unpack_main(int argc, char **argv)
         pmb_pool_finish(pool, &files, &bytes);
         free(owner);
         pmb_check_totals(m, files, bytes);
+        pmb_split_finish(dest, m);
         pmb_patch_prefixes(dest, final_root, m);
         close(fds[i]);
     }
@@ -241,6 +243,14 @@ int pmb_manifest_main(int argc, char **argv)
             printf("shard %llu %llu %llu %llu\n", (unsigned long long)m.shards[s].offset,
                    (unsigned long long)m.shards[s].csize, (unsigned long long)m.shards[s].usize,
                    (unsigned long long)m.shards[s].nfiles);
+        for (int p = 0; p < m.nparts; p++) {
+            const pmb_split *sp = &m.splits[m.parts[p].split];
+            printf("part %d %llu %llu %04o %llu", m.parts[p].shard,
+                   (unsigned long long)m.parts[p].offset, (unsigned long long)sp->size, sp->mode,
+                   (unsigned long long)sp->mtime);
+            print_hex("path", sp->path);
+            printf("\n");
+        }
         for (int p = 0; p < m.nprefix; p++) {
             printf("prefix %s", m.prefix[p].binary ? "binary" : "text");
             print_hex("path", m.prefix[p].path);

@@ -25,6 +25,20 @@
  * depth), which with real-directory parents keeps every link inside the
  * tree whatever else it holds.
  *
+ * Split files (format.py, part lines): a regular file whose data runs
+ * across shards.  One process of the node creates it empty before any
+ * shard of the package is unpacked (pmb_split_create: as begin_file does,
+ * never through a link); the shard holding its header and each shard that
+ * begins inside it (shard_begin) open it without creating, O_NOFOLLOW,
+ * and pwrite their piece at its offset, within [0, size); whoever ends a
+ * shard inside the file checks that the manifest continues it in the next
+ * shard at exactly that offset (shard_end), so the pieces cover it without
+ * a gap, and a shard that ends between members must not be announced as
+ * beginning inside one.  A member named like a split file must be its
+ * header, in its shard, with its size, mode and mtime.  The file's mode
+ * and times are set once every piece is in (pmb_split_finish, after the
+ * node's unpack of the package).
+ *
  * A file or link name is given once per package: the threads unpacking a
  * layer in one process share a table of the names they made (names_mark)
  * and refuse a second one, whichever thread meets it; an earlier layer's
@@ -101,6 +115,8 @@ struct pmb_unpacker {
     int pdirfd;
     uint64_t files, bytes, since_poke;
     int open_file;            /* a regular file's data follows */
+    int split;                /* the open file is this split file (-1: a whole one) */
+    uint64_t wpos;            /* a split file: where its next byte goes */
     /* verify's order (pmb_unpack_verify): a failure inside a shard waits
      * for the shard's SHA-256, which is reported first when it differs */
     int sha_first, armed;
@@ -348,6 +364,7 @@ pmb_unpacker *pmb_unpacker_new(const char *root, const pmb_manifest *m, pmb_name
     u->fd = -1;
     u->pdirfd = -1;
     u->shard = -1;
+    u->split = -1;
     return u;
 }
 
@@ -487,8 +504,17 @@ static void reset_pax(pmb_unpacker *u)
 static void finish_file(pmb_unpacker *u)
 {
     u->open_file = 0;
-    if (u->names)
+    if (u->names) {
+        u->split = -1;
         return;
+    }
+    if (u->split >= 0) { /* mode and times once every piece is in (pmb_split_finish) */
+        u->split = -1;
+        if (u->fd >= 0 && close(u->fd))
+            UFAIL(u, "cannot write %s/%s: %s", u->root, u->name, strerror(errno));
+        u->fd = -1;
+        return;
+    }
     if (fchmod(u->fd, u->mode))
         UFAIL(u, "cannot set mode of %s: %s", u->name, strerror(errno));
     struct timespec ts[2] = {{u->mtime, 0}, {u->mtime, 0}};
@@ -626,6 +652,23 @@ static void make_symlink(pmb_unpacker *u, int pfd, const char *leaf, const char 
         UFAIL(u, "cannot create symlink %s/%s", u->root, name);
 }
 
+/* A split file (pmb_split_create made it, empty, before the package's
+ * shards): opened for its piece, never created, never through a link. */
+static void open_piece(pmb_unpacker *u, int pfd, const char *leaf, const char *name)
+{
+    char b[256];
+    struct stat st;
+    u->fd = openat(pfd, leaf, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (u->fd < 0 && (errno == ELOOP || errno == EISDIR))
+        UFAIL(u, "refusing archive member '%s' (the split file is not a regular file)",
+              shown(name, strlen(name), b, sizeof b));
+    if (u->fd < 0)
+        UFAIL(u, "cannot open %s/%s: %s", u->root, name, strerror(errno));
+    if (fstat(u->fd, &st) || !S_ISREG(st.st_mode))
+        UFAIL(u, "refusing archive member '%s' (the split file is not a regular file)",
+              shown(name, strlen(name), b, sizeof b));
+}
+
 /* a regular file: created empty, its data follows (ST_DATA) */
 static void begin_file(pmb_unpacker *u, int pfd, const char *leaf, const char *name,
                        uint64_t size)
@@ -635,6 +678,8 @@ static void begin_file(pmb_unpacker *u, int pfd, const char *leaf, const char *n
         UFAIL(u, "refusing archive member '%s' (" REPEATED ")",
               shown(name, strlen(name), b, sizeof b));
     }
+    if (u->split >= 0 && !u->names)
+        open_piece(u, pfd, leaf, name);
     for (int tries = 0; tries < 8 && u->fd < 0 && !u->names; tries++) {
         u->fd = openat(pfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (u->fd >= 0)
@@ -759,6 +804,17 @@ static void begin_member(pmb_unpacker *u)
     check_member(u, type, name, nl, ll, size);
     u->mode = (unsigned)mode & 0777;
     u->mtime = (int64_t)mtime;
+    u->split = u->m->nsplits ? pmb_find_split(u->m, name) : -1;
+    if (u->split >= 0) { /* the header of a split file: as the manifest says, last in its shard */
+        const pmb_split *sp = &u->m->splits[u->split];
+        if (type != '0' || u->shard != sp->head || size != sp->size || u->mode != sp->mode ||
+            mtime != sp->mtime) {
+            char b[256];
+            UFAIL(u, "refusing archive member '%s' (not the file the manifest splits under that "
+                  "name)", shown(name, nl, b, sizeof b));
+        }
+        u->wpos = 0;
+    }
     memcpy(u->name, name, nl + 1);
     const char *leaf = name;
     int pfd = -1;
@@ -865,7 +921,20 @@ static void tar_feed(pmb_unpacker *u, const unsigned char *p, size_t n)
         }
         if (u->remaining) {
             size_t take = u->remaining < n ? (size_t)u->remaining : n;
-            if (u->state == ST_DATA) {
+            if (u->state == ST_DATA && u->split >= 0) {
+                if (!u->names && u->fd < 0) { /* a piece that begins the shard */
+                    const char *leaf;
+                    int pfd = parent_fd(u, u->name, &leaf);
+                    open_piece(u, pfd, leaf, u->name);
+                }
+                if (!u->names && pmb_pwrite_all(u->fd, p, take, u->wpos)) {
+                    if (errno == ENOSPC)
+                        no_space(u, u->name);
+                    UFAIL(u, "cannot write %s/%s: %s", u->root, u->name, strerror(errno));
+                }
+                u->wpos += take;
+                u->bytes += take;
+            } else if (u->state == ST_DATA) {
                 if (!u->names && pmb_write_all(u->fd, p, take)) {
                     if (errno == ENOSPC)
                         no_space(u, u->name);
@@ -912,6 +981,20 @@ static void shard_begin(pmb_unpacker *u, int s)
     pmb_sha256_init(&u->sha);
     u->state = ST_HEADER;
     u->hdr_have = 0;
+    int k = u->m->shard_part[s];
+    if (k >= 0) { /* the shard begins inside a split file (opened when its data comes) */
+        const pmb_part *pt = &u->m->parts[k];
+        const pmb_split *sp = &u->m->splits[pt->split];
+        u->split = pt->split;
+        u->wpos = pt->offset;
+        u->remaining = sp->size - pt->offset;
+        u->pad = (512 - sp->size % 512) % 512;
+        u->state = ST_DATA;
+        u->open_file = 1;
+        u->mode = sp->mode;
+        u->mtime = (int64_t)sp->mtime;
+        snprintf(u->name, sizeof u->name, "%s", sp->path);
+    }
 }
 
 /* The shard's bytes have all arrived: its SHA-256 first (verify's order:
@@ -953,6 +1036,18 @@ static void shard_end(pmb_unpacker *u)
     if (u->decoded != sh->usize)
         UFAIL(u, "corrupt package: shard %d unpacks to %llu bytes, the manifest says %llu",
               u->shard, (unsigned long long)u->decoded, (unsigned long long)sh->usize);
+    int next = u->shard + 1 < u->m->nshards ? u->m->shard_part[u->shard + 1] : -1;
+    if (next >= 0 && u->open_file && u->state == ST_DATA && u->split >= 0 && u->remaining &&
+        u->m->parts[next].split == u->split &&
+        u->m->parts[next].offset == u->m->splits[u->split].size - u->remaining) {
+        finish_file(u); /* its piece is in: the next shard's owner writes on */
+        u->state = ST_HEADER;
+        u->remaining = u->pad = 0;
+    } else if (next >= 0 && u->state == ST_HEADER && !u->hdr_have && !u->have_pax &&
+               !u->open_file) {
+        UFAIL(u, "corrupt package: shard %d ends between members, but the manifest says shard "
+              "%d begins inside a file", u->shard, u->shard + 1);
+    }
     if (u->state != ST_HEADER || u->hdr_have || u->have_pax || u->open_file)
         UFAIL(u, "corrupt package: shard %d ends inside an archive member", u->shard);
     if (u->shard_files != sh->nfiles)
@@ -1087,6 +1182,84 @@ void pmb_check_totals(const pmb_manifest *m, uint64_t files, uint64_t bytes)
         pmb_die("package '%s' is corrupt (unpacked %llu files / %llu bytes, manifest says "
                 "%llu / %llu)", m->file, (unsigned long long)files, (unsigned long long)bytes,
                 (unsigned long long)m->files, (unsigned long long)m->unpacked_size);
+}
+
+/* ---- split files -------------------------------------------------------- */
+
+/* Before the shards of a package that splits files are unpacked (by one
+ * process of the node, the others waiting): each split file created empty
+ * as begin_file creates a file (real parent directories, an earlier
+ * layer's entry of that name replaced, never through a link), so that the
+ * threads and ranks writing its pieces only open it (open_piece), each
+ * writing its own range [offset, offset + piece) with pwrite. */
+void pmb_split_create(const char *root, const pmb_manifest *m)
+{
+    if (!m->nsplits)
+        return;
+    pmb_unpacker walk = {0};
+    walk.m = m;
+    walk.split = -1;
+    snprintf(walk.root, sizeof walk.root, "%s", root);
+    walk.rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (walk.rootfd < 0)
+        pmb_die("cannot open %s: %s", root, strerror(errno));
+    walk.pdirfd = -1;
+    for (int i = 0; i < m->nsplits; i++) {
+        const char *name = m->splits[i].path, *leaf;
+        int pfd = parent_fd(&walk, name, &leaf), fd = -1;
+        for (int tries = 0; tries < 8 && fd < 0; tries++) {
+            fd = openat(pfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+            if (fd >= 0)
+                break;
+            if (errno == ENOSPC)
+                no_space(&walk, name);
+            if (errno != EEXIST)
+                pmb_die("package '%s': cannot create %s/%s: %s", m->file, root, name,
+                        strerror(errno));
+            clear_leaf(&walk, pfd, leaf, name);
+        }
+        if (fd < 0 || close(fd))
+            pmb_die("package '%s': cannot create %s/%s", m->file, root, name);
+    }
+    if (walk.pdirfd >= 0)
+        close(walk.pdirfd);
+    close(walk.rootfd);
+}
+
+/* Every piece of every split file is in (the node's unpack of the package
+ * is done and checked): each must have its full size (the pieces' ranges
+ * chain without a gap, shard_end); then its mode and times. */
+void pmb_split_finish(const char *root, const pmb_manifest *m)
+{
+    if (!m->nsplits)
+        return;
+    pmb_unpacker walk = {0};
+    walk.m = m;
+    walk.split = -1;
+    snprintf(walk.root, sizeof walk.root, "%s", root);
+    walk.rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (walk.rootfd < 0)
+        pmb_die("cannot open %s: %s", root, strerror(errno));
+    walk.pdirfd = -1;
+    for (int i = 0; i < m->nsplits; i++) {
+        const pmb_split *sp = &m->splits[i];
+        const char *leaf;
+        int pfd = parent_fd(&walk, sp->path, &leaf);
+        int fd = openat(pfd, leaf, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_size != sp->size)
+            pmb_die("package '%s': the split file %s is not complete after unpacking", m->file,
+                    sp->path);
+        struct timespec ts[2] = {{(time_t)sp->mtime, 0}, {(time_t)sp->mtime, 0}};
+        if (fchmod(fd, sp->mode))
+            pmb_die("cannot set mode of %s/%s: %s", root, sp->path, strerror(errno));
+        if (futimens(fd, ts))
+            pmb_die("cannot set times of %s/%s: %s", root, sp->path, strerror(errno));
+        close(fd);
+    }
+    if (walk.pdirfd >= 0)
+        close(walk.pdirfd);
+    close(walk.rootfd);
 }
 
 /* ---- prefixes ----------------------------------------------------------- */

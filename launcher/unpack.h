@@ -26,6 +26,8 @@ void pmb_unpacker_feed(pmb_unpacker *u, const unsigned char *buf, uint64_t offse
                        const int *owner, int me);
 void pmb_unpacker_finish(pmb_unpacker *u, uint64_t *files, uint64_t *bytes);
 int pmb_unpacker_shard(const pmb_unpacker *u);
+void pmb_split_create(const char *root, const pmb_manifest *m);
+void pmb_split_finish(const char *root, const pmb_manifest *m);
 void pmb_check_totals(const pmb_manifest *m, uint64_t files, uint64_t bytes);
 void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_manifest *m);
 void pmb_check_prefixes(const pmb_names *names, const pmb_manifest *m);

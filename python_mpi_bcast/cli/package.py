@@ -45,6 +45,9 @@ def cmd_inspect(a) -> int:
         if value != "":
             print(f"{key + ':':<14} {value}")
     print(f"{'shards:':<14} {len(m.shards) - 1} (+ tar end frame)")
+    if m.parts:
+        print(f"{'split files:':<14} {len({p.path for p in m.parts})} (across "
+              f"{len(m.parts)} more shards; format version 3)")
     print(f"{'prefix files:':<14} {len(m.prefix_files)}")
     for p in m.prefix_files:
         print(f"  {p.mode:<6} {p.path}")

@@ -61,6 +61,11 @@ def add_pack(sub) -> None:
     pk.add_argument("--threads", type=int, default=0, help="compression threads (default: all cores)")
     pk.add_argument("--shard-size", type=_size, default=8 << 20, metavar="SIZE",
                     help="unpacked bytes per shard (default 8M)")
+    pk.add_argument("--no-split", dest="split", action="store_false",
+                    help="keep every file whole, even one of many shards (default: a file of "
+                         "more than 4 shards is split so several threads unpack it; a package "
+                         "without split files is format version 2, which python-mpi launchers "
+                         "older than format 3 read)")
     pk.add_argument("-f", "--force", action="store_true", help="replace existing packages")
     pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines")
     pk.add_argument("--tmpdir", help="directory for the staging skeleton: directories and links, "
@@ -84,7 +89,7 @@ def cmd_pack(a) -> int:
                    output_dir=a.output, name=a.name, excludes=a.exclude, slim=not a.keep_all,
                    level=a.level, threads=a.threads, shard_size=a.shard_size, force=a.force,
                    quiet=a.quiet, tmpdir=a.tmpdir, drop_unused=a.slim,
-                   refuse_editable=a.refuse_editable, reuse=a.reuse)
+                   refuse_editable=a.refuse_editable, reuse=a.reuse, split=a.split)
     for path, m in written:
         print(f"{path}: {m.kind}, Python {m.python}, {m.files} files, "
               f"{m.unpacked_size / 1e6:.1f} MB unpacked, {len(m.shards) - 1} shards")

@@ -22,7 +22,7 @@ import zstandard
 from ..support import leftovers
 from ..support.errors import PmbError, os_error
 from .reuse import file_identity, is_sidecar, remove_sidecar, sidecar_of
-from .format import (DEFAULT_LEVEL, MAX_MANIFEST, Manifest, Shard, content_hash,
+from .format import (DEFAULT_LEVEL, MAX_MANIFEST, Manifest, Part, Shard, content_hash,
                      encode_manifest_frame, link_problem, read_manifest)
 
 log = logging.getLogger("python_mpi_bcast")
@@ -114,9 +114,26 @@ def _tar_bytes(size: int) -> int:
 
 
 MAX_SHARD_FACTOR = 3  # a shard ends at 3 shard sizes at most (a bigger file: alone)
+# A regular file of more than this many shard sizes is split across shards
+# of about one shard size each (format.py, part lines), so that no single
+# file sets the unpack time: one thread decodes a shard, and a 542 MB
+# library in one shard is 542 MB for one thread on every node while the
+# others idle.  Below it a file stays whole: at most 4 shards' worth for
+# one thread, about the spread of shard costs the assignment already
+# evens out (threads.c pmb_assign_shards), and no part lines.
+SPLIT_FACTOR = 4
 
 
-def partition(entries, shard_size: int) -> list[list]:
+class Plan(list):
+    """One shard's entries; a file split across shards (``partition``) is
+    cut at data offsets: the first entry's data starts at ``head`` (0: the
+    entry is whole at the start, header included; else the shard begins
+    inside it), the last entry's data stops at ``cut`` (None: at its end)."""
+    head = 0
+    cut = None
+
+
+def partition(entries, shard_size: int, split: int = 0, splittable=None) -> list[Plan]:
     """Cut the sorted entry list into contiguous shards of about
     ``shard_size`` unpacked bytes (whole files only; a file of more than
     :data:`MAX_SHARD_FACTOR` shards is a shard alone) at cut points that
@@ -129,24 +146,47 @@ def partition(entries, shard_size: int) -> list[list]:
     path and size (about half a shard more on average), and is forced at
     :data:`MAX_SHARD_FACTOR` shards.  Over 1000 shards the shard size is
     doubled until fewer remain (a power of two, so a small change to the
-    environment keeps the size)."""
+    environment keeps the size).
+
+    ``split`` (a factor, 0: off): a regular file of more than ``split``
+    shard sizes for which ``splittable(entry)`` holds is cut into pieces
+    of one shard size (a multiple of 512): its header and first piece end
+    a shard of their own, each further piece is a shard, and the last one
+    starts a shard that goes on as any other (the cuts depend on the file
+    alone)."""
     total = sum(_tar_bytes(e[2]) for e in entries)
     size = max(shard_size, 4096)
     while total // size > 1000:
         size *= 2
     lo, hi = size // 2, size * MAX_SHARD_FACTOR
+    piece = size // 512 * 512
     per_byte = 2.0 / size  # cut probability per byte past the minimum
-    shards, cur, acc = [], [], 0
+    shards, cur, acc = [], Plan(), 0
     for e in entries:
         n = _tar_bytes(e[2])
-        if n >= hi and cur:  # a big file: a shard alone
-            shards.append(cur)
-            cur, acc = [], 0
-        cur.append(e)
-        acc += n
+        if (split and e[1].type == tarfile.REGTYPE and e[2] > split * size
+                and (splittable is None or splittable(e))):
+            if cur:
+                shards.append(cur)
+            at = 0
+            while e[2] - at > piece:
+                p = Plan([e])
+                p.head, p.cut = at, at + piece
+                shards.append(p)
+                at += piece
+            cur = Plan([e])
+            cur.head = at
+            n = _tar_bytes(e[2] - at) - 512
+            acc = n
+        else:
+            if n >= hi and cur:  # a big file: a shard alone
+                shards.append(cur)
+                cur, acc = Plan(), 0
+            cur.append(e)
+            acc += n
         if acc >= hi or (acc >= lo and _hit(e[0], e[2], n * per_byte)):
             shards.append(cur)
-            cur, acc = [], 0
+            cur, acc = Plan(), 0
     if cur or not shards:
         shards.append(cur)
     return shards
@@ -169,9 +209,12 @@ def file_member(root: str, rel: str, ti: tarfile.TarInfo, size: int):
     yield ti, read_chunks(os.path.join(root, rel), rel, size)
 
 
-def read_chunks(path: str, rel: str, size: int):
-    """``size`` bytes of ``path`` in chunks; a file that shrank is an error."""
+def read_chunks(path: str, rel: str, size: int, start: int = 0):
+    """``size`` bytes of ``path`` (from ``start`` on) in chunks; a file that
+    shrank is an error."""
     with open(path, "rb") as f:
+        if start:
+            f.seek(start)
         left = size
         while left:
             buf = f.read(min(COPY_CHUNK, left))
@@ -386,16 +429,58 @@ class _ShardOut(io.RawIOBase):
         return self.n, self.hexdigest()
 
 
+def _write_piece(zw, entries, k: int, pieces, progress) -> tuple[int, int, int]:
+    """The part of the split file ``entries[k]`` that the shard ``entries``
+    (a :class:`Plan`) holds: its header when the shard has its start, its
+    data from ``head`` to ``cut`` (or its end, then its padding).
+    (tar bytes, files, file bytes)."""
+    rel, ti, size = entries[k]
+    start = entries.head if k == 0 else 0
+    end = entries.cut if k == len(entries) - 1 and entries.cut is not None else size
+    usize = nfiles = 0
+    if start == 0:
+        hdr = ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        zw.write(hdr)
+        usize += len(hdr)
+        nfiles = 1
+        if progress:
+            progress.advance(0, files=1)
+    n = 0
+    for buf in pieces(rel, ti, size, start, end):
+        zw.write(buf)
+        n += len(buf)
+        if progress:
+            progress.advance(len(buf))
+    if n != end - start:
+        raise PmbError(f"{rel}: file changed size while packing")
+    pad = (-size) % 512 if end == size else 0
+    zw.write(b"\0" * pad)
+    return usize + n + pad, nfiles, n
+
+
+def _pieces(root: str):
+    return lambda rel, ti, size, start, end: read_chunks(os.path.join(root, rel), rel,
+                                                         end - start, start)
+
+
 def _write_shard(root: str, entries, out: _ShardOut, level: int, progress,
-                 members=None) -> tuple[int, int, str, int, int]:
+                 members=None, pieces=None) -> tuple[int, int, str, int, int]:
     """One shard into ``out``: (compressed size, tar bytes, SHA-256 of the
     frame, files, file bytes).  ``members(rel, ti, size)`` yields the
-    (TarInfo, chunks) an entry becomes (default: :func:`file_member`)."""
+    (TarInfo, chunks) an entry becomes (default: :func:`file_member`);
+    ``pieces(rel, ti, size, start, end)`` the bytes [start, end) of a split
+    file (an entry the :class:`Plan` cuts; default: read from ``root``)."""
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
     usize = nfiles = fbytes = 0
     members = members or (lambda rel, ti, size: file_member(root, rel, ti, size))
+    pieces = pieces or _pieces(root)
+    head, cut = getattr(entries, "head", 0), getattr(entries, "cut", None)
     with cctx.stream_writer(out, closefd=False) as zw:
-        for rel, ti, size in entries:
+        for k, (rel, ti, size) in enumerate(entries):
+            if (k == 0 and head) or (k == len(entries) - 1 and cut is not None):
+                u, f, b = _write_piece(zw, entries, k, pieces, progress)
+                usize, nfiles, fbytes = usize + u, nfiles + f, fbytes + b
+                continue
             for mti, chunks in members(rel, ti, size):
                 hdr = mti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
                 zw.write(hdr)
@@ -505,7 +590,8 @@ def _shift(fd: int, start: int, end: int, delta: int) -> None:
 def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                   threads: int = 0, shard_size: int = 8 << 20, progress=None,
                   replace: bool = True, before_rename=None, entries=None,
-                  members=None, reuse=None, begin_shard=None) -> Manifest:
+                  members=None, reuse=None, begin_shard=None, split: int = SPLIT_FACTOR,
+                  splittable=None, pieces=None) -> Manifest:
     """Write the staging tree ``st.root`` to ``out_path`` atomically.
     ``replace=False``: fail with :class:`Exists` if ``out_path`` exists when
     the package is renamed into place (two writers of one name: one wins).
@@ -527,9 +613,18 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
 
     ``reuse`` (a :class:`Reuse`): shards whose key a previous package's
     sidecar holds are copied from it instead of packed (checked frame by
-    frame), and the new package gets a sidecar of its own."""
+    frame), and the new package gets a sidecar of its own.
+
+    ``split`` (:data:`SPLIT_FACTOR`; 0: off): regular files of more than
+    that many shard sizes are split across shards (:func:`partition`),
+    those ``splittable(entry)`` allows (default: every one that is no
+    prefix file); ``pieces(shard, rel, ti, size, start, end)`` yields a
+    piece's bytes (default: read from the tree)."""
     entries = list_tree(st.root) if entries is None else entries
-    shards = partition(entries, shard_size)
+    if not callable(prefix_files):
+        listed = {p.path for p in prefix_files}
+        splittable = splittable or (lambda e: e[0] not in listed)
+    shards = partition(entries, shard_size, split, splittable)
     keys = [reuse.key(level, ents) for ents in shards] if reuse else [None] * len(shards)
     out_dir = os.path.dirname(os.path.abspath(out_path))
     threads = threads or os.cpu_count() or 1
@@ -543,6 +638,10 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                  sources=":".join(st.scrub))
     if not callable(prefix_files):
         m.prefix_files = list(prefix_files)
+    for i, ents in enumerate(shards):  # known now: the manifest's room counts them
+        if ents.head:
+            rel, ti, size = ents[0]
+            m.parts.append(Part(i, ents.head, size, ti.mode & 0o777, ti.mtime, rel))
     room = manifest_room(m, len(shards) + 1, nregular, not callable(prefix_files))
     final_tmp = side_tmp = keep = None
     try:
@@ -567,7 +666,8 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
                         begin_shard(i, ents)
                     return _write_shard(st.root, ents, dst, level, progress,
                                         (lambda rel, ti, size: members(i, rel, ti, size))
-                                        if members else None), False
+                                        if members else None,
+                                        (lambda *a: pieces(i, *a)) if pieces else None), False
                 except BaseException:
                     sink.fail()
                     raise
@@ -603,6 +703,10 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
             m.content_hash = content_hash([s.sha256 for s in m.shards])
             if callable(prefix_files):
                 m.prefix_files = prefix_files()
+            split_paths = {p.path for p in m.parts}
+            for p in m.prefix_files:
+                if p.path in split_paths:  # splittable() keeps them whole
+                    raise PmbError(f"{p.path}: a prefix file split across shards (a bug)")
             head = encode_manifest_frame(m, room)
             if len(head) > room:
                 log.info("%s: the manifest outgrew its room by %d bytes; moving the payload "

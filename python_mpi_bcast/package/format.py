@@ -1,4 +1,6 @@
-"""The package file format, ``NAME.tar.zst`` (format version 2).
+"""The package file format, ``NAME.tar.zst`` (format version 3; version 2
+is the same without part lines, and a package that splits no file is
+written as version 2).
 
 Layout::
 
@@ -8,8 +10,8 @@ Layout::
     |   manifest text (UTF-8, see below), then padding: zero    |
     |   or more 0x00 bytes up to the length                     |
     +-----------------------------------------------------------+
-    | shard 0: one zstd frame with content checksum = whole     |  payload
-    |   POSIX tar members                                       |
+    | shard 0: one zstd frame with content checksum = POSIX tar |  payload
+    |   members (whole, but a split file's, see below)          |
     | shard 1 ...                                               |
     | tail: one zstd frame = the 1024 zero bytes that end a tar |
     +-----------------------------------------------------------+
@@ -24,15 +26,27 @@ The payload starts right after the skippable frame (8 + its length).
 
 Decoders skip skippable frames and concatenate the others, so
 ``zstd -dc NAME.tar.zst | tar -x`` and ``tar --zstd -xf NAME.tar.zst`` give
-the tree.  Every shard holds whole files, so shards unpack independently.
+the tree.  Shards unpack independently: each holds whole members, except
+that a large regular file may be *split* (archive.partition): its header
+and first bytes end one shard, its data runs on across frame boundaries,
+its last bytes and padding start a later shard, and the manifest's part
+lines say where each shard that begins inside it begins, so whoever
+unpacks that shard writes its piece at that offset (launcher/unpack.c).
 
 The manifest is line oriented (the C launcher parses it without a JSON
 library), one ``key value`` per line in this order: the header
 ``python-mpi-bcast-package 2``; the keys (``name``, ``kind``,
 ``unpacked_size``, ``files``, ``payload_size`` and ``content_hash``
 required, the others optional, each at most once); ``shards N``; N ``shard
-OFFSET CSIZE USIZE FILES SHA256`` lines (the tail is the last); ``prefix
-MODE PATH PLACEHOLDER`` lines; ``end``.  Values are percent-encoded
+OFFSET CSIZE USIZE FILES SHA256`` lines (the tail is the last); version 3:
+``part SHARD OFFSET SIZE MODE MTIME PATH`` lines in shard order (shard
+SHARD begins OFFSET bytes into the data of the split file PATH of SIZE
+bytes, mode MODE as 4 octal digits, mtime MTIME, which the shard before it
+left open; OFFSET on a 512-byte block; a shard whose piece fills it is
+followed by a line for the next shard at OFFSET + its unpacked size; the
+first piece and the header fit the shard before; the last piece ends in
+its shard; a file is split once; a split file is counted in its header's
+shard; never a prefix file); ``prefix MODE PATH PLACEHOLDER`` lines; ``end``.  Values are percent-encoded
 (``%XX``, upper-case hex, for ``%``, space and control bytes; never
 ``%00``); numbers are canonical decimals below 2**63; paths are relative
 with no empty, ``.`` or ``..`` component.  Offsets count from the first
@@ -68,7 +82,7 @@ import zstandard
 
 from ..support.errors import PmbError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # the newest this reads (version 2: the same without part lines)
 SKIPPABLE_MAGIC = 0x184D2A5B
 ZSTD_MAGIC = 0xFD2FB528
 MAX_MANIFEST = 64 << 20
@@ -99,6 +113,19 @@ class Shard:
 
 
 @dataclasses.dataclass
+class Part:
+    """Shard ``shard`` begins ``offset`` bytes into the data of the split
+    file ``path`` (``size`` bytes, mode, mtime as its tar header has them),
+    which the shard before it left open."""
+    shard: int
+    offset: int
+    size: int
+    mode: int
+    mtime: int
+    path: str
+
+
+@dataclasses.dataclass
 class PrefixFile:
     mode: str        # "text" or "binary"
     path: str        # relative to the tree root
@@ -124,10 +151,15 @@ class Manifest:
     sources: str = ""         # ":"-joined absolute paths the content came from
     shards: list[Shard] = dataclasses.field(default_factory=list)
     prefix_files: list[PrefixFile] = dataclasses.field(default_factory=list)
+    parts: list[Part] = dataclasses.field(default_factory=list)
 
     # -- encoding -------------------------------------------------------
+    def format_version(self) -> int:
+        """2 unless a file is split (part lines): readers of version 2 read it."""
+        return 3 if self.parts else 2
+
     def to_text(self) -> str:
-        lines = [f"python-mpi-bcast-package {FORMAT_VERSION}"]
+        lines = [f"python-mpi-bcast-package {self.format_version()}"]
         for key in ("name", "kind", "python", "abi", "platform", "libpython",
                     "executable", "site_dir", "unpacked_size", "files",
                     "payload_size", "content_hash", "created_by", "sources"):
@@ -138,6 +170,9 @@ class Manifest:
         lines.append(f"shards {len(self.shards)}")
         for s in self.shards:
             lines.append(f"shard {s.offset} {s.csize} {s.usize} {s.nfiles} {s.sha256}")
+        for p in self.parts:
+            lines.append(f"part {p.shard} {p.offset} {p.size} {p.mode:04o} {p.mtime} "
+                         f"{quote(p.path)}")
         for p in self.prefix_files:
             lines.append(f"prefix {p.mode} {quote(p.path)} {quote(p.placeholder)}")
         lines.append("end")
@@ -145,7 +180,7 @@ class Manifest:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["format_version"] = FORMAT_VERSION
+        d["format_version"] = self.format_version()
         return d
 
     @classmethod
@@ -224,7 +259,7 @@ def decode_manifest_frame(body: bytes) -> bytes:
         while n < len(body) and n < len(v1) + 9 and 0x30 <= body[n] <= 0x39:
             n += 1
         raise ManifestError(f"package format version {body[len(v1):n].decode()} is not "
-                            f"supported (this python-mpi reads version {FORMAT_VERSION}); "
+                            f"supported (this python-mpi reads versions 2 and 3); "
                             f"re-pack it with python-mpi-bcast pack")
     if len(body) < 5 or body[:4] != b"\x28\xb5\x2f\xfd":
         raise ManifestError("corrupt manifest (not a zstd frame)")
@@ -389,6 +424,8 @@ def parse_manifest_text(text: bytes) -> Manifest:
         if (c < 0x20 and c != 0x0A) or c == 0x7F:
             fail("corrupt manifest (control byte 0x%02x)" % c)
     m = Manifest(name="", kind="")
+    version = 2
+    prefixed = False
     seen = set()
     phase = 0
     declared = 0
@@ -408,10 +445,11 @@ def parse_manifest_text(text: bytes) -> Manifest:
         if lineno == 1:
             if nf != 2 or f[0] != b"python-mpi-bcast-package":
                 fail("not a python-mpi-bcast package (bad manifest header)")
-            if f[1] != b"2":
+            if f[1] not in (b"2", b"3"):
                 fail(f"package format version {_str(f[1][:20])} is not supported (this "
-                     f"python-mpi reads version {FORMAT_VERSION}); re-pack it with "
+                     f"python-mpi reads versions 2 and 3); re-pack it with "
                      f"python-mpi-bcast pack")
+            version = int(f[1])
             continue
         key = f[0]
         if key == b"shards":
@@ -445,6 +483,24 @@ def parse_manifest_text(text: bytes) -> Manifest:
             m.shards.append(Shard(o, cs, us, nfl, f[5].decode()))
             if len(m.shards) == declared:
                 phase = 2
+        elif key == b"part":
+            if phase != 2 or nf != 7 or prefixed:
+                fail(f"corrupt manifest (bad part line {lineno})")
+            if version != 3:
+                fail(f"corrupt manifest (part line {lineno} in a version 2 manifest)")
+            vals = [_num(x) for x in (f[1], f[2], f[3], f[5])]
+            md = f[4]
+            if None in vals or len(md) != 4 or md[0] != 0x30 \
+                    or any(c < 0x30 or c > 0x37 for c in md):
+                fail(f"corrupt manifest (bad part line {lineno})")
+            path = _decode(f[6])
+            if path is None:
+                fail(f"corrupt manifest (bad percent-encoding in line {lineno})")
+            why = path_problem(path)
+            if why:
+                fail(f"corrupt manifest (split file path: {why})")
+            _part(m, Part(vals[0], vals[1], vals[2], int(md, 8), vals[3], _str(path)),
+                  lineno, fail)
         elif key == b"prefix":
             if phase != 2 or nf != 4:
                 fail(f"corrupt manifest (bad prefix line {lineno})")
@@ -457,6 +513,7 @@ def parse_manifest_text(text: bytes) -> Manifest:
             if why:
                 fail(f"corrupt manifest (prefix file path: {why})")
             m.prefix_files.append(PrefixFile(f[1].decode(), _str(path), _str(ph)))
+            prefixed = True
         elif key == b"end":
             if phase != 2 or nf != 1:
                 fail("corrupt manifest (misplaced 'end')")
@@ -495,4 +552,60 @@ def parse_manifest_text(text: bytes) -> Manifest:
         fail("corrupt manifest (last shard is not the archive end)")
     if content_hash([s.sha256 for s in m.shards]) != m.content_hash:
         fail("corrupt manifest (content_hash does not match the shard lines)")
+    _parts_end(m, fail)
     return m
+
+
+def _roundup(n: int) -> int:
+    return (n + 511) // 512 * 512
+
+
+def _part(m: Manifest, p: Part, lineno: int, fail) -> None:
+    """A part line against the shard lines and the part line before it
+    (launcher/manifest.c ``part_line``)."""
+    if p.shard < 1 or p.shard > len(m.shards) - 2:
+        fail(f"corrupt manifest (part line {lineno}: shard {p.shard} cannot begin inside a file)")
+    prev = m.parts[-1] if m.parts else None
+    if prev is not None and p.shard <= prev.shard:
+        fail(f"corrupt manifest (part lines out of order, line {lineno})")
+    if p.offset == 0 or p.offset >= p.size or p.offset % 512:
+        fail(f"corrupt manifest (part line {lineno}: offset {p.offset} is not inside the file)")
+    before = m.shards[p.shard - 1].usize
+    if prev is not None and prev.shard == p.shard - 1 and prev.path == p.path:
+        if (p.size, p.mode, p.mtime) != (prev.size, prev.mode, prev.mtime) \
+                or p.offset != prev.offset + before:
+            fail(f"corrupt manifest (part line {lineno} does not continue the piece before it)")
+    else:
+        room = before
+        if prev is not None:
+            rest = _roundup(prev.size) - prev.offset
+            if rest > m.shards[prev.shard].usize:
+                fail(f"corrupt manifest (part line {lineno - 1}: the file's last piece is "
+                     f"missing)")
+            if prev.shard == p.shard - 1:
+                room -= rest
+        if p.offset + 512 > room:
+            fail(f"corrupt manifest (part line {lineno}: the file's first piece does not fit "
+                 f"shard {p.shard - 1})")
+    m.parts.append(p)
+
+
+def _parts_end(m: Manifest, fail) -> None:
+    """After the last line: the last split file ends in its shard, no file
+    is split twice, no prefix line names a split file."""
+    if not m.parts:
+        return
+    last = m.parts[-1]
+    if _roundup(last.size) - last.offset > m.shards[last.shard].usize:
+        fail("corrupt manifest (last part line: the file's last piece is missing)")
+    heads = sorted(p.path.encode("utf-8", "surrogateescape") for i, p in enumerate(m.parts)
+                   if i == 0 or m.parts[i - 1].shard != p.shard - 1
+                   or m.parts[i - 1].path != p.path)
+    for a, b in zip(heads, heads[1:]):
+        if a == b:
+            fail(f"corrupt manifest (split file '{_str(a[:200])}' given twice)")
+    split = set(heads)
+    for pf in m.prefix_files:
+        if pf.path.encode("utf-8", "surrogateescape") in split:
+            fail(f"corrupt manifest (prefix file '{_str(pf.path.encode('utf-8', 'surrogateescape')[:200])}' "
+                 f"is a split file)")

@@ -304,7 +304,14 @@ class Reuse:
         self.reused_bytes = self.total_bytes = 0
 
     def key(self, level: int, entries) -> str | None:
-        return frame_key(level, self.inputs(entries))
+        """The key of the frame of ``entries`` (an archive.Plan): of its
+        inputs and, when it cuts a split file, of the piece's range (the
+        whole file's identity is among the inputs)."""
+        inputs = self.inputs(entries)
+        head, cut = getattr(entries, "head", 0), getattr(entries, "cut", None)
+        if inputs is not None and (head or cut is not None):
+            inputs += f" piece {head} {cut}"
+        return frame_key(level, inputs)
 
     def frame(self, key: str | None) -> Frame | None:
         if key is None or self.previous is None:

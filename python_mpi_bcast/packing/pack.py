@@ -15,7 +15,7 @@ import tempfile
 from . import collect, relocatable, slim as slimming, stream
 from ..support import leftovers
 from ..source import pyinfo
-from ..package.archive import write_package
+from ..package.archive import SPLIT_FACTOR, write_package
 from ..support.errors import PmbError
 from ..package.format import DEFAULT_LEVEL, SUFFIX, Manifest, read_manifest
 from ..support.progress import Progress
@@ -60,7 +60,7 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
          quiet: bool = False, tmpdir: str | None = None,
          drop_unused: bool = False, copy: bool = False,
          refuse_editable: bool = False,
-         reuse: str | None = None) -> list[tuple[str, Manifest]]:
+         reuse: str | None = None, split: bool = True) -> list[tuple[str, Manifest]]:
     """Pack an interpreter and/or a venv, a conda env (interpreter and
     packages in one package), or a plain directory.  ``drop_unused``
     (``--slim``): leave out tests, headers, documents and debug info
@@ -72,6 +72,8 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
     ``reuse``: a previous package of the same source whose shards are
     copied where nothing they hold changed (package/reuse.py); with
     ``force``, the package being replaced is that one unless told otherwise.
+    ``split=False`` (``--no-split``): every file whole (a package of format
+    version 2, which launchers older than version 3 read).
 
     Returns ``[(path, manifest), ...]`` for the files written, interpreter first.
     """
@@ -147,14 +149,14 @@ def pack(venv: str | None = None, python: str | None = None, with_python: bool =
                 if copy:
                     prefix_files = _prepare(st, compiler, threads)
                     written.append(_archive(st, prefix_files, out, level, threads, shard_size,
-                                            quiet, replace=force))
+                                            quiet, replace=force, split=split))
                 else:
                     # -f over an earlier package: its unchanged shards are reused
                     # (the keys decide; one of another source shares none)
                     prev = reuse if reuse is not None else (
                         out if force and os.path.isfile(out) else None)
                     written.append(_stream(st, compiler, out, level, threads, shard_size, quiet,
-                                           replace=force, reuse_from=prev))
+                                           replace=force, reuse_from=prev, split=split))
                 _say_changed_binaries(st)
             _say_editables(st)
         finally:
@@ -303,7 +305,7 @@ def _lazy(on: bool):
 def _stream(st: collect.Staged, compiler: str | None, out: str, level: int, threads: int,
             shard_size: int, quiet: bool, replace: bool = True, before_rename=None,
             relocate: bool = True, reuse_from: str | None = None,
-            tell_reused: bool = True) -> tuple[str, Manifest]:
+            tell_reused: bool = True, split: bool = True) -> tuple[str, Manifest]:
     """relocate → compile → archive a staged skeleton into ``out``, reading
     each source file once (stream.py).  ``tell_reused=False``: the caller
     says what was reused (``run``)."""
@@ -311,7 +313,7 @@ def _stream(st: collect.Staged, compiler: str | None, out: str, level: int, thre
     prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
     m = stream.write(st, compiler, out, level, threads, shard_size, progress=prog,
                      replace=replace, before_rename=before_rename, relocate=relocate,
-                     reuse_from=reuse_from)
+                     reuse_from=reuse_from, split=split)
     prog.finish()
     if st.reused and not quiet and tell_reused:
         log.info("packing %s: %s", st.name, st.reused)
@@ -358,12 +360,12 @@ def _say_editables(st: collect.Staged) -> None:
 
 def _archive(st: collect.Staged, prefix_files: list, out: str, level: int, threads: int,
              shard_size: int, quiet: bool, replace: bool = True,
-             before_rename=None) -> tuple[str, Manifest]:
+             before_rename=None, split: bool = True) -> tuple[str, Manifest]:
     """archive a prepared tree into ``out`` (atomically)."""
     prog = Progress(f"packing {st.name}", enabled=False if quiet else None)
     m = write_package(st, prefix_files, out, level=level, threads=threads,
                       shard_size=shard_size, progress=prog, replace=replace,
-                      before_rename=before_rename)
+                      before_rename=before_rename, split=SPLIT_FACTOR if split else 0)
     prog.finish()
     return out, m
 

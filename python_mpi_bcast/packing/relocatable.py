@@ -207,6 +207,18 @@ class Relocator:
                                      force_text=bool(mode_ph))
         return data, prefix_files, kept, warnings
 
+    def untouched(self, rel: str, data: bytes) -> bool:
+        """Whether :meth:`file` gives ``data`` back as it is, noting nothing
+        (no conda record of it, not a RECORD to rebase, none of the old
+        locations, maps or moves anywhere in it): such a file may be split
+        across shards (stream.py), as it is never a prefix file."""
+        if self.st.recorded.get(rel):
+            return False
+        if os.path.basename(rel) == "RECORD" and self.old_site_rel:
+            return False
+        needles = self.scrub_b + [o for o, _ in self.maps] + self.move_olds
+        return not any(n and n in data for n in needles)
+
     def big_file_keeps_prefix(self, rel: str) -> list[str]:
         """A file over BIG_FILE is never loaded: one that holds an old prefix is
         recorded as keeping it (a text file this large is data: it is kept as

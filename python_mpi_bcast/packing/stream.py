@@ -41,7 +41,7 @@ import time
 
 from . import collect, elf
 from .relocatable import BIG_FILE, Relocator
-from ..package.archive import _tarinfo, read_chunks, write_package
+from ..package.archive import SPLIT_FACTOR, _tarinfo, read_chunks, write_package
 from ..package.format import Manifest
 from ..package.reuse import Previous, Reuse
 from ..support import leftovers
@@ -340,6 +340,29 @@ class Writer:
         ti = _with_size(ti, len(data))
         yield ti, (data,)
 
+    # -- files split across shards (archive.partition) -------------------------
+    def splittable(self, entry) -> bool:
+        """A file packed as it is (never relocated, so never a prefix file):
+        one over BIG_FILE, any without relocation, or one relocation leaves
+        alone (read here once more, from the page cache later)."""
+        rel, ti, size = entry
+        if rel in self.virtual or ti.type != tarfile.REGTYPE:
+            return False
+        if self.rl is None or size > BIG_FILE:
+            return True
+        try:
+            data = self._read(self._source(rel), rel)
+        except (OSError, PmbError):
+            return False  # packed whole, where the error is reported
+        return len(data) == size and self.rl.untouched(rel, data)
+
+    def piece(self, shard: int, rel: str, ti: tarfile.TarInfo, size: int, start: int,
+              end: int):
+        """The bytes [start, end) of a split file, scanned for the old
+        prefixes as :meth:`_chunks` scans a whole one."""
+        _, kept, _ = self.by_shard.setdefault(shard, ([], [], []))
+        yield from self._chunks(self._source(rel), rel, end - start, kept, start, size)
+
     def _source(self, rel: str) -> str:
         return collect.content_path(os.path.join(self.root, rel))
 
@@ -351,15 +374,18 @@ class Writer:
             raise PmbError(f"{path}: permission denied while reading; packing needs read "
                            f"access to every file") from None
 
-    def _chunks(self, path: str, rel: str, size: int, kept: list):
-        """A large file as it is, scanned on the way for the old prefixes
-        (one that holds one is listed as keeping it, as relocate_files does)."""
-        olds = self.rl.scrub_b if self.rl is not None and size > BIG_FILE else []
+    def _chunks(self, path: str, rel: str, size: int, kept: list, start: int = 0,
+                whole: int | None = None):
+        """A large file as it is (``size`` bytes from ``start``; the file has
+        ``whole``), scanned on the way for the old prefixes (one that holds
+        one is listed as keeping it, as relocate_files does)."""
+        whole = size if whole is None else whole
+        olds = self.rl.scrub_b if self.rl is not None and whole > BIG_FILE else []
         keep = max((len(o) for o in olds), default=1) - 1
         tail = b""
         found = False
         try:
-            for buf in read_chunks(path, rel, size):
+            for buf in read_chunks(path, rel, size, start):
                 if olds and not found:
                     window = tail + buf
                     found = any(o in window for o in olds)
@@ -368,7 +394,7 @@ class Writer:
         except PermissionError:
             raise PmbError(f"{path}: permission denied while reading; packing needs read "
                            f"access to every file") from None
-        if found:
+        if found and rel not in kept:
             kept.append(rel)
 
     def _set_rpath(self, rel: str) -> bytes | None:
@@ -570,7 +596,7 @@ class Writer:
         for i in sorted(self.by_shard):
             p, k, w = self.by_shard[i]
             pf += p
-            kept += k
+            kept += [r for r in k if r not in kept]  # a split file: in each shard of it
             warn += w
         return pf, kept, warn
 
@@ -641,14 +667,14 @@ def _with_size(ti: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
 
 def write(st: collect.Staged, compiler: str | None, out: str, level: int, threads: int,
           shard_size: int, progress=None, replace: bool = True, before_rename=None,
-          relocate: bool = True, reuse_from: str | None = None) -> Manifest:
+          relocate: bool = True, reuse_from: str | None = None, split: bool = True) -> Manifest:
     """Write the package of the staged skeleton ``st`` to ``out``: relocated
     (unless ``relocate`` is False), byte-compiled with ``compiler`` (if
     given), compressed; ``st.compiled_in`` and ``st.warnings`` get what
     relocation found.  The package gets a shard index beside it
     (package/reuse.py); ``reuse_from``: a previous package whose shards
     are copied where their inputs are unchanged (``st.reused`` says how
-    many)."""
+    many).  ``split=False``: every file whole (archive.partition)."""
     scratch = leftovers.mkdtemp(prefix=".pmb-scratch-", dir=os.path.dirname(out))
     w = reuse = None
     try:
@@ -667,7 +693,8 @@ def write(st: collect.Staged, compiler: str | None, out: str, level: int, thread
                              shard_size=shard_size, progress=progress, replace=replace,
                              before_rename=before_rename, entries=entries, members=w.members,
                              begin_shard=w.begin_shard,
-                             reuse=reuse)
+                             reuse=reuse, split=SPLIT_FACTOR if split else 0,
+                             splittable=w.splittable, pieces=w.piece)
     finally:
         if reuse is not None:
             if reuse_from and reuse.shards:

@@ -780,9 +780,174 @@ def test_the_stream_scan_reports_what_the_scan_of_the_unpacked_tree_reports(tmp_
     assert "bin.so" in out[0] and "OK (8 files" in out[0], out[0]
 
 
+# -- split files (format 3): crafted packages that misuse pieces -------------
+
+DATA = bytes(random.Random(3).randrange(256) for _ in range(3000))
+
+
+def split_package(path, *, name="big", header=None, before=b"", after=b"", parts=None,
+                  shard0=None, size=3000, mode=0o644, mtime=1_700_000_000):
+    """A package whose file ``name`` (DATA, 3000 bytes) is split: its header
+    and bytes [0, 1024) end shard 0 (after ``before``), [1024, 2048) are
+    shard 1, the rest and its padding start shard 2 (then ``after``); the
+    manifest's part lines say so unless ``parts`` replaces them."""
+    hdr = header if header is not None else tar_member(name, DATA, mode=mode)[:512]
+    shards = [shard0 if shard0 is not None else before + hdr + DATA[:1024], DATA[1024:2048],
+              DATA[2048:] + b"\0" * 72 + after]
+    parts = parts if parts is not None else [
+        pkgformat.Part(1, 1024, size, mode, mtime, name),
+        pkgformat.Part(2, 2048, size, mode, mtime, name)]
+
+    def fix(m):
+        nb, bb = count(before)
+        na, ba = count(after)
+        head = 1 if header is None or header[156:157] == b"0" else 0
+        for sh, n in zip(m.shards, [nb + head, 0, na, 0]):
+            sh.nfiles = n
+        m.files = nb + na + head
+        m.unpacked_size = bb + ba + (3000 if head else 0)
+        m.parts = parts
+    write_package(path, shards, fix=fix)
+
+
+def test_a_crafted_split_file_is_read_by_every_reader(place):
+    split_package(pkg(place), before=tar_member("a", b"x" * 700), after=tar_member("z", b"zz"))
+    r, dest = place.unpack(PKG)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(dest, "big"), "rb") as f:
+        assert f.read() == DATA
+    assert os.stat(os.path.join(dest, "big")).st_mtime == 1_700_000_000
+    place.threads = 1
+    r = place.launcher(PKG, ranks=4, nodes=2)
+    assert r.returncode == 0, r.stderr
+    assert len(place.ready_trees()) == 2
+    for t in place.ready_trees():
+        with open(os.path.join(t, "big"), "rb") as f:
+            assert f.read() == DATA
+    assert place.verify(PKG).returncode == 0
+
+
+SL, DIR = tarfile.SYMTYPE, tarfile.DIRTYPE
+NOT_IT = "not the file the manifest splits under that name"
+
+
+@pytest.mark.parametrize("kw,needle", [
+    # the split name is a symlink or a directory in the package
+    ({"header": tar_member("big", type_=SL, link="a")[:512]}, NOT_IT),
+    ({"header": tar_member("big", type_=DIR)[:512]}, NOT_IT),
+    # the header does not say what the part lines say
+    ({"size": 3500, "after": tar_member("z", b"z" * 1024)}, NOT_IT),
+    ({"mtime": 1_700_000_001}, NOT_IT),
+    # a second file or link of the split name, in another shard
+    ({"after": tar_member("big", b"again")}, NOT_IT),
+    ({"after": tar_member("big", type_=SL, link="z")}, NOT_IT),
+    ({"before": tar_member("big", b"first")}, NOT_IT),
+    # shard 0 ends between members, the manifest says shard 1 begins inside a file
+    ({"shard0": tar_member("a", b"x" * 1024)}, "shard 0 ends between members"),
+    # shard 0 ends inside a file the manifest does not continue
+    ({"parts": []}, "shard 0 ends inside an archive member"),
+    # a file under the split file (its parent is a file)
+    ({"after": tar_member("big/x", b"x")}, "is a symlink or a file"),
+])
+def test_misused_pieces_are_refused_by_every_reader(place, kw, needle):
+    split_package(pkg(place), **kw)
+    both_refuse(place, PKG, needle)
+
+
+def test_a_link_at_the_split_files_name_is_replaced_never_followed(place):
+    """An earlier layer's symlink where a split file goes (and a file it
+    points to): the split file replaces the link; the target is untouched."""
+    write_package(pkg(place, "l1.tar.zst"),
+                  [tar_member("t.txt", b"target\n") + tar_member("big", type_=SL, link="t.txt")])
+    split_package(pkg(place))
+    for r, trees in [(lambda: place.launcher(f"l1.tar.zst:{PKG}", ranks=2, nodes=1),
+                      place.ready_trees),
+                     (lambda: place.unpack(f"l1.tar.zst:{PKG}")[0],
+                      lambda: [os.path.join(place.base, "dest")])]:
+        res = r()
+        assert res.returncode == 0, res.stderr
+        for t in trees():
+            assert not os.path.islink(os.path.join(t, "big"))
+            with open(os.path.join(t, "big"), "rb") as f:
+                assert f.read() == DATA
+            with open(os.path.join(t, "t.txt"), "rb") as f:
+                assert f.read() == b"target\n"
+
+
 # -- the manifest parsers: one corpus, same verdicts --------------------------
 
-def manifest_corpus(seed=13, n=600) -> list[bytes]:
+def split_manifest() -> pkgformat.Manifest:
+    """A manifest with a file split over shards 0 to 2: its header and 4608
+    bytes in shard 0, 4096 in shard 1, the last 1000 and another file in
+    shard 2."""
+    m = pkgformat.Manifest(name="env", kind="directory", unpacked_size=9704 + 512, files=2,
+                           payload_size=400)
+    m.shards = [pkgformat.Shard(0, 150, 5120, 1, "b" * 64), pkgformat.Shard(150, 100, 4096, 0, "c" * 64),
+                pkgformat.Shard(250, 100, 2048, 1, "d" * 64), pkgformat.Shard(350, 50, 1024, 0, "e" * 64)]
+    m.content_hash = pkgformat.content_hash([s.sha256 for s in m.shards])
+    m.parts = [pkgformat.Part(1, 4608, 9704, 0o644, 1_700_000_000, "big/file"),
+               pkgformat.Part(2, 8704, 9704, 0o644, 1_700_000_000, "big/file")]
+    m.prefix_files = [pkgformat.PrefixFile("text", "bin/a b", "/ph%x")]
+    return m
+
+
+def split_corpus() -> list[bytes]:
+    """The bad part lines of the brief, each by hand, then seeded mutations."""
+    good = split_manifest().to_text().encode()
+    assert good.startswith(b"python-mpi-bcast-package 3\n")
+    p1 = b"part 1 4608 9704 0644 1700000000 big/file"
+    p2 = b"part 2 8704 9704 0644 1700000000 big/file"
+    cases = [good]
+    for old, new in [
+            (p1, b"part 1 9728 9704 0644 1700000000 big/file"),    # offset beyond the size
+            (p1, b"part 1 4600 9704 0644 1700000000 big/file"),    # not on a block
+            (p1, b"part 1 0 9704 0644 1700000000 big/file"),       # not inside
+            (p2 + b"\n", b""),                                     # the last piece missing
+            (p1 + b"\n", b""),                                     # a middle piece missing
+            (p1 + b"\n" + p2, p2 + b"\n" + p1),                    # out of order
+            (p1, p2),                                             # the same shard twice
+            (p2, b"part 2 8704 9704 0644 1700000000 other"),      # another file: does not fit
+            (p2, b"part 2 8704 9705 0644 1700000000 big/file"),   # the size changes
+            (p2, b"part 2 8704 9704 0755 1700000000 big/file"),   # the mode changes
+            (p2, b"part 2 9216 9704 0644 1700000000 big/file"),   # a hole
+            (p1, b"part 0 4608 9704 0644 1700000000 big/file"),   # shard 0 begins a file
+            (p2, b"part 3 8704 9704 0644 1700000000 big/file"),   # the tail
+            (p1, b"part 1 4608 9704 644 1700000000 big/file"),    # mode form
+            (p1, b"part 1 4608 9704 0648 1700000000 big/file"),
+            (p1, b"part 1 4608 9704 1644 1700000000 big/file"),
+            (p1, b"part 1 4608 9704 0644 1700000000 ../file"),
+            (p1, b"part 1 4608 9704 0644 1700000000 big%2Ffile%zz"),
+            (p1, b"part 1 4608 9704 0644 1700000000"),
+            (p1, p1 + b" x"),
+            (b"prefix text bin/a%20b /ph%25x", b"prefix text big/file /ph"),  # a split prefix file
+            (b"python-mpi-bcast-package 3", b"python-mpi-bcast-package 2"),   # parts in version 2
+            (b"python-mpi-bcast-package 3", b"python-mpi-bcast-package 4")]:
+        assert old in good, old
+        cases.append(good.replace(old, new, 1))
+    # the piece is longer than the rest of the member: shard 1 holds 4096 bytes, the file
+    # ends before them
+    cases.append(good.replace(b" 9704 ", b" 7000 "))
+    # announced twice: the same file split again further on is refused (duplicate)
+    m = split_manifest()
+    m.shards = [pkgformat.Shard(0, 1, us, nf, h * 64) for us, nf, h in
+                [(5120, 1, "b"), (4096, 0, "c"), (1024, 0, "d"), (5120, 1, "e"), (6144, 1, "f"),
+                 (1024, 0, "a")]]
+    for i, sh in enumerate(m.shards):
+        sh.offset = i
+    m.payload_size, m.files = len(m.shards), 3
+    m.content_hash = pkgformat.content_hash([s.sha256 for s in m.shards])
+    m.parts.append(pkgformat.Part(4, 4608, 9704, 0o644, 1_700_000_000, "big/file"))
+    cases.append(m.to_text().encode())
+    # a part line after a prefix line, before the shards, after 'end'
+    cases.append(good.replace(p2 + b"\n", b"").replace(b"end\n", p2 + b"\nend\n"))
+    cases.append(good.replace(b"shards 4", p1 + b"\nshards 4"))
+    cases.append(good + p1 + b"\n")
+    tokens = [b"part", b"0644", b"0777", b"4608", b"8704", b"9704", b"9728", b"0", b"1", b"2",
+              b"3", b"big/file", b"big", b"big/file/x", b"%2E%2E", b"1024"]
+    return cases + manifest_corpus(seed=21, n=400, good=good, extra_tokens=tokens)[1:]
+
+
+def manifest_corpus(seed=13, n=600, good=None, extra_tokens=()) -> list[bytes]:
     base = pkgformat.Manifest(name="env", kind="environment", python="3.11", abi="cpython-311",
                               platform="linux-x86_64", site_dir="lib/python3.11/site-packages",
                               libpython="lib/libpython3.11.so", executable="bin/python3.11",
@@ -792,14 +957,14 @@ def manifest_corpus(seed=13, n=600) -> list[bytes]:
     base.content_hash = pkgformat.content_hash(["b" * 64, "c" * 64])
     base.prefix_files = [pkgformat.PrefixFile("text", "bin/a b", "/ph%x"),
                          pkgformat.PrefixFile("binary", "lib/x.so", "/ph")]
-    good = base.to_text().encode()
+    good = good or base.to_text().encode()
     corpus = [good]
     lines = good.split(b"\n")[:-1]
     tokens = [b"", b"0", b"00", b"01", b"-1", b"+1", b"1_0", b"9223372036854775807",
               b"9223372036854775808", b"18446744073709551616", b"99999999999999999999", b"abc",
               b"%00", b"%2E%2E", b"%2e", b"%zz", b"%", b"%4", b"/abs", b"../x", b"a//b", b".", b"a/./b",
               b"a" * 4096, b"\xff\xfe", b"text", b"binary", b"end", b"shard", b"1024", b"a" * 64,
-              b"A" * 64, b"directory", b"interpreter", b"x y", b"\x01", b"\x7f", b"\t", b"\r"]
+              b"A" * 64, b"directory", b"interpreter", b"x y", b"\x01", b"\x7f", b"\t", b"\r"] + list(extra_tokens)
     rng = random.Random(seed)
     for _ in range(n):
         ls = list(lines)
@@ -830,6 +995,21 @@ def manifest_corpus(seed=13, n=600) -> list[bytes]:
 
 def test_python_and_launcher_parse_manifests_alike(tmp_path):
     corpus = manifest_corpus()
+    accepted = parse_alike(tmp_path, corpus)
+    assert 20 < accepted < len(corpus) - 100  # the corpus exercises both sides
+
+
+def test_both_parsers_read_part_lines_alike_and_refuse_bad_ones(tmp_path):
+    """Split files (format version 3): the hand-made bad part lines are
+    refused by both parsers with the same line; mutations agree."""
+    corpus = split_corpus()
+    accepted = parse_alike(tmp_path, corpus, hand=28)
+    assert 5 < accepted < len(corpus) - 100
+
+
+def parse_alike(tmp_path, corpus, hand=0) -> int:
+    """Both parsers on every text: the same verdict, the same line; the
+    first ``hand`` after the first (good) one must be refused."""
     paths = []
     for i, text in enumerate(corpus):
         p = tmp_path / f"m{i}.tar.zst"
@@ -854,6 +1034,7 @@ def test_python_and_launcher_parse_manifests_alike(tmp_path):
             assert res[0] == "ERR " + str(e), (text, res[0], str(e))
             continue
         accepted += 1
+        assert not 0 < corpus.index(text) <= hand, text
         assert res[0].startswith("OK"), (text, res)
         h = lambda s: s.encode("utf-8", "surrogateescape").hex()  # noqa: E731
         want = ("OK" + "".join(f" {k}={h(getattr(m, k))}" for k in
@@ -862,9 +1043,11 @@ def test_python_and_launcher_parse_manifests_alike(tmp_path):
                 + f" shards={len(m.shards)} prefixes={len(m.prefix_files)}")
         assert res[0] == want
         assert res[1:] == ([f"shard {s.offset} {s.csize} {s.usize} {s.nfiles}" for s in m.shards]
+                           + [f"part {p.shard} {p.offset} {p.size} {p.mode:04o} {p.mtime} "
+                              f"path={h(p.path)}" for p in m.parts]
                            + [f"prefix {p.mode} path={h(p.path)} placeholder={h(p.placeholder)}"
                               for p in m.prefix_files])
-    assert 20 < accepted < len(corpus) - 100  # the corpus exercises both sides
+    return accepted
 
 
 # -- seeded mutations of a small real package --------------------------------
