@@ -1202,7 +1202,7 @@ void pmb_split_create(const char *root, const pmb_manifest *m)
     snprintf(walk.root, sizeof walk.root, "%s", root);
     walk.rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (walk.rootfd < 0)
-        pmb_die("cannot open %s: %s", root, strerror(errno));
+        pmb_die("package '%s': cannot open %s: %s", m->file, root, strerror(errno));
     walk.pdirfd = -1;
     for (int i = 0; i < m->nsplits; i++) {
         const char *name = m->splits[i].path, *leaf;
@@ -1239,7 +1239,7 @@ void pmb_split_finish(const char *root, const pmb_manifest *m)
     snprintf(walk.root, sizeof walk.root, "%s", root);
     walk.rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (walk.rootfd < 0)
-        pmb_die("cannot open %s: %s", root, strerror(errno));
+        pmb_die("package '%s': cannot open %s: %s", m->file, root, strerror(errno));
     walk.pdirfd = -1;
     for (int i = 0; i < m->nsplits; i++) {
         const pmb_split *sp = &m->splits[i];
@@ -1252,9 +1252,11 @@ void pmb_split_finish(const char *root, const pmb_manifest *m)
                     sp->path);
         struct timespec ts[2] = {{(time_t)sp->mtime, 0}, {(time_t)sp->mtime, 0}};
         if (fchmod(fd, sp->mode))
-            pmb_die("cannot set mode of %s/%s: %s", root, sp->path, strerror(errno));
+            pmb_die("package '%s': cannot set mode of %s/%s: %s", m->file, root, sp->path,
+                    strerror(errno));
         if (futimens(fd, ts))
-            pmb_die("cannot set times of %s/%s: %s", root, sp->path, strerror(errno));
+            pmb_die("package '%s': cannot set times of %s/%s: %s", m->file, root, sp->path,
+                    strerror(errno));
         close(fd);
     }
     if (walk.pdirfd >= 0)

@@ -641,7 +641,10 @@ def write_package(st, prefix_files, out_path: str, level: int = DEFAULT_LEVEL,
     for i, ents in enumerate(shards):  # known now: the manifest's room counts them
         if ents.head:
             rel, ti, size = ents[0]
-            m.parts.append(Part(i, ents.head, size, ti.mode & 0o777, ti.mtime, rel))
+            # the time the member's header holds (one outside its field's range,
+            # before 1970 or after 2242: 0 there, as the unpackers give whole files)
+            mtime = int(ti.mtime) if 0 <= ti.mtime < 8 ** 11 else 0
+            m.parts.append(Part(i, ents.head, size, ti.mode & 0o777, mtime, rel))
     room = manifest_room(m, len(shards) + 1, nregular, not callable(prefix_files))
     final_tmp = side_tmp = keep = None
     try:

@@ -385,6 +385,9 @@ class Writer:
         tail = b""
         found = False
         try:
+            if olds and keep and start:  # a piece: an old prefix may begin in the one before
+                with open(path, "rb") as f:
+                    tail = os.pread(f.fileno(), min(keep, start), start - min(keep, start))
             for buf in read_chunks(path, rel, size, start):
                 if olds and not found:
                     window = tail + buf

@@ -141,6 +141,34 @@ def test_no_split_keeps_every_file_whole_in_a_version_2_package(tmp_path):
     assert tree_digest(dest, skip=(RECORD,)) == tree_digest(src)
 
 
+@pytest.mark.parametrize("mtime", [-315_619_200, 9_000_000_000], ids=["1960", "2255"])
+def test_a_split_file_whose_time_the_tar_header_cannot_hold_unpacks(tmp_path, mtime):
+    """A time before 1970 or after 2242 does not fit a tar header's field
+    (tarfile writes 0 there and the time in a pax record, which unpackers
+    of whole files ignore too): the part line says what the header says,
+    so every reader accepts the package, as it does the file unsplit."""
+    src = str(tmp_path / "src")
+    os.makedirs(src)
+    with open(os.path.join(src, "big.bin"), "wb") as f:
+        f.write(random.Random(7).randbytes(600_000))
+    os.utime(os.path.join(src, "big.bin"), (mtime, mtime))
+    out = str(tmp_path / "pkgs")
+    os.makedirs(out)
+    for extra in ([], ["--no-split"]):
+        name = "whole" if extra else "split"
+        run(CLI + ["pack", "--directory", src, "-o", out, "-n", name, "-q", "--shard-size",
+                   "64k"] + extra, timeout=120)
+        pack = os.path.join(out, f"{name}.tar.zst")
+        assert bool(pkgformat.read_manifest(pack)[0].parts) == (not extra)
+        run(CLI + ["verify", pack], timeout=120)
+        dest = str(tmp_path / f"dest-{name}")
+        run(CLI + ["unpack", pack, dest], timeout=120)
+        with open(os.path.join(dest, "big.bin"), "rb") as f, \
+                open(os.path.join(src, "big.bin"), "rb") as g:
+            assert f.read() == g.read()
+    assert times(str(tmp_path / "dest-split")) == times(str(tmp_path / "dest-whole"))
+
+
 def test_pieces_are_unpacked_by_a_user_bound_by_file_modes(packed, tmp_path):
     """Root without capabilities (file modes bind it): the read-only split
     file gets its mode only once every piece is in."""
@@ -236,3 +264,26 @@ def test_a_venv_splits_only_files_above_the_threshold_and_unpacks_as_a_whole_pac
     assert trees[0] == trees[1]
     whole, _ = pkgformat.read_manifest(os.path.join(out, "whole.tar.zst"))
     assert whole.parts == [] and (whole.files, whole.unpacked_size) == (m.files, m.unpacked_size)
+
+
+def test_an_old_prefix_across_a_piece_boundary_is_found(tmp_path):
+    """A file over BIG_FILE is scanned for the old prefixes piece by piece
+    (packing/stream.py Writer._chunks): one that straddles two pieces is
+    still found, so the file is reported as keeping it."""
+    import types
+    from python_mpi_bcast.packing import stream
+    from python_mpi_bcast.packing.relocatable import BIG_FILE
+    old = b"/old/prefix/of/the/venv"
+    data = bytearray(random.Random(3).randbytes(3 * 65536))
+    data[65526:65526 + len(old)] = old  # 10 bytes in the first piece, the rest in the second
+    path = tmp_path / "lib.so"
+    path.write_bytes(bytes(data))
+    fake = types.SimpleNamespace(rl=types.SimpleNamespace(scrub_b=[old]))
+    for pieces in ([(0, len(data))], [(0, 65536), (65536, 65536), (131072, 65536)]):
+        kept: list = []
+        got = b""
+        for start, n in pieces:
+            got += b"".join(stream.Writer._chunks(fake, str(path), "lib.so", n, kept, start,
+                                                  BIG_FILE + 1))
+        assert got == bytes(data)
+        assert kept == ["lib.so"], pieces
