@@ -257,8 +257,14 @@ def test_a_venv_splits_only_files_above_the_threshold_and_unpacks_as_a_whole_pac
     split = {p.path: p.size for p in m.parts}
     assert split and all(size > 4 << 20 for size in split.values()), split
     assert any("openblas" in p for p in split), split
+    # the tree's site directory is the interpreter's (Debian's /usr python:
+    # local/lib/pythonX.Y/dist-packages), the venv's is lib/pythonX.Y/site-packages
+    (venv_site,) = [os.path.join("lib", d, "site-packages")
+                    for d in os.listdir(os.path.join(demo_venv, "lib")) if d.startswith("python")]
     for rel in split:
-        with open(os.path.join(demo_venv, rel), "rb") as a, \
+        src = (venv_site + rel[len(m.site_dir):]
+               if m.site_dir and rel.startswith(m.site_dir + "/") else rel)
+        with open(os.path.join(demo_venv, src), "rb") as a, \
                 open(os.path.join(tmp_path, "split", rel), "rb") as b:
             assert a.read() == b.read(), rel
     assert trees[0] == trees[1]
