@@ -1186,6 +1186,27 @@ void pmb_check_totals(const pmb_manifest *m, uint64_t files, uint64_t bytes)
 
 /* ---- split files -------------------------------------------------------- */
 
+/* An unpacker that only walks the unpacked tree of `m` under `root` (its
+ * parent_fd and clear_leaf: never through a link): split files, prefixes. */
+static void walk_open(pmb_unpacker *w, const char *root, const pmb_manifest *m)
+{
+    memset(w, 0, sizeof *w);
+    w->m = m;
+    w->split = -1;
+    w->pdirfd = -1;
+    snprintf(w->root, sizeof w->root, "%s", root);
+    w->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (w->rootfd < 0)
+        pmb_die("package '%s': cannot open %s: %s", m->file, root, strerror(errno));
+}
+
+static void walk_close(pmb_unpacker *w)
+{
+    if (w->pdirfd >= 0)
+        close(w->pdirfd);
+    close(w->rootfd);
+}
+
 /* Before the shards of a package that splits files are unpacked (by one
  * process of the node, the others waiting): each split file created empty
  * as begin_file creates a file (real parent directories, an earlier
@@ -1196,14 +1217,8 @@ void pmb_split_create(const char *root, const pmb_manifest *m)
 {
     if (!m->nsplits)
         return;
-    pmb_unpacker walk = {0};
-    walk.m = m;
-    walk.split = -1;
-    snprintf(walk.root, sizeof walk.root, "%s", root);
-    walk.rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (walk.rootfd < 0)
-        pmb_die("package '%s': cannot open %s: %s", m->file, root, strerror(errno));
-    walk.pdirfd = -1;
+    pmb_unpacker walk;
+    walk_open(&walk, root, m);
     for (int i = 0; i < m->nsplits; i++) {
         const char *name = m->splits[i].path, *leaf;
         int pfd = parent_fd(&walk, name, &leaf), fd = -1;
@@ -1221,9 +1236,7 @@ void pmb_split_create(const char *root, const pmb_manifest *m)
         if (fd < 0 || close(fd))
             pmb_die("package '%s': cannot create %s/%s", m->file, root, name);
     }
-    if (walk.pdirfd >= 0)
-        close(walk.pdirfd);
-    close(walk.rootfd);
+    walk_close(&walk);
 }
 
 /* Every piece of every split file is in (the node's unpack of the package
@@ -1233,14 +1246,8 @@ void pmb_split_finish(const char *root, const pmb_manifest *m)
 {
     if (!m->nsplits)
         return;
-    pmb_unpacker walk = {0};
-    walk.m = m;
-    walk.split = -1;
-    snprintf(walk.root, sizeof walk.root, "%s", root);
-    walk.rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (walk.rootfd < 0)
-        pmb_die("package '%s': cannot open %s: %s", m->file, root, strerror(errno));
-    walk.pdirfd = -1;
+    pmb_unpacker walk;
+    walk_open(&walk, root, m);
     for (int i = 0; i < m->nsplits; i++) {
         const pmb_split *sp = &m->splits[i];
         const char *leaf;
@@ -1259,9 +1266,7 @@ void pmb_split_finish(const char *root, const pmb_manifest *m)
                     strerror(errno));
         close(fd);
     }
-    if (walk.pdirfd >= 0)
-        close(walk.pdirfd);
-    close(walk.rootfd);
+    walk_close(&walk);
 }
 
 /* ---- prefixes ----------------------------------------------------------- */
@@ -1310,13 +1315,8 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
     size_t raw_len = strlen(raw_root);
     size_t py_len;
     char *py_root = py_literal_body(raw_root, &py_len);
-    pmb_unpacker walk = {0};
-    walk.m = m;
-    snprintf(walk.root, sizeof walk.root, "%s", root);
-    walk.rootfd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (walk.rootfd < 0)
-        pmb_die("cannot open %s: %s", root, strerror(errno));
-    walk.pdirfd = -1;
+    pmb_unpacker walk;
+    walk_open(&walk, root, m);
     for (int i = 0; i < m->nprefix; i++) {
         const pmb_prefix *pf = &m->prefix[i];
         size_t olen = strlen(pf->placeholder);
@@ -1415,9 +1415,7 @@ void pmb_patch_prefixes(const char *root, const char *final_root, const pmb_mani
         free(data);
         free(out);
     }
-    if (walk.pdirfd >= 0)
-        close(walk.pdirfd);
-    close(walk.rootfd);
+    walk_close(&walk);
     free(py_root);
 }
 
