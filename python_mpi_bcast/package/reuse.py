@@ -112,10 +112,14 @@ def _checksum(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def file_identity(fd: int) -> list:
-    """What changes whenever a file is written to, renamed or replaced."""
-    s = os.fstat(fd)
+def stat_identity(s: os.stat_result) -> list:
+    """What changes whenever a file is written to, renamed or replaced
+    (ctime: even when its mtime is put back)."""
     return [s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns]
+
+
+def file_identity(fd: int) -> list:
+    return stat_identity(os.fstat(fd))
 
 
 def sidecar_text(m, keys: list, fbytes: list, prefix_files: list, extras: list,

@@ -43,7 +43,7 @@ from . import collect, elf
 from .relocatable import BIG_FILE, Relocator
 from ..package.archive import SPLIT_FACTOR, _tarinfo, read_chunks, write_package
 from ..package.format import Manifest
-from ..package.reuse import Previous, Reuse
+from ..package.reuse import Previous, Reuse, stat_identity
 from ..support import leftovers
 from ..support.errors import PmbError
 
@@ -581,8 +581,7 @@ class Writer:
         src = collect.content_path(staged)
         if src != staged:  # as staged: the stat its tar header was made from
             s = collect.stat(staged)
-            return (f"source {json.dumps(src)} {s.st_dev} {s.st_ino} {s.st_size} "
-                    f"{s.st_mtime_ns} {s.st_ctime_ns}")
+            return f"source {json.dumps(src)} " + " ".join(map(str, stat_identity(s)))
         with open(staged, "rb") as f:  # a file of our own (small: written by a step)
             return "own " + hashlib.sha256(f.read()).hexdigest()
 
@@ -657,7 +656,7 @@ def _pyc_path(source: str, tag: str, opt: int) -> str | None:
 
 def _identity(path: str) -> str:
     s = os.stat(path)
-    return json.dumps([path, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns])
+    return json.dumps([path] + stat_identity(s))
 
 
 def _with_size(ti: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
